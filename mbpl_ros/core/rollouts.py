@@ -1,0 +1,90 @@
+"""Rollouts and the layout of the state vector."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Where each physical quantity lives in the state vector x (dX,).
+
+    x = [q (J), qd (J), p_ee - p_target (3P), v_ee (3P)]
+    for J controlled joints and P end-effector points.
+    """
+
+    n_joints: int
+    n_points: int = 1
+
+    @property
+    def dX(self) -> int:
+        return 2 * self.n_joints + 6 * self.n_points
+
+    @property
+    def dU(self) -> int:
+        return self.n_joints
+
+    @property
+    def position(self) -> np.ndarray:
+        return np.arange(0, self.n_joints)
+
+    @property
+    def velocity(self) -> np.ndarray:
+        return np.arange(self.n_joints, 2 * self.n_joints)
+
+    @property
+    def ee_offset(self) -> np.ndarray:
+        """Indices of the end-effector points minus their targets (3P,)."""
+        start = 2 * self.n_joints
+        return np.arange(start, start + 3 * self.n_points)
+
+    @property
+    def ee_velocity(self) -> np.ndarray:
+        start = 2 * self.n_joints + 3 * self.n_points
+        return np.arange(start, start + 3 * self.n_points)
+
+    def build(self, q, qd, ee_points, ee_velocities, targets) -> np.ndarray:
+        """Assemble x from q (J,), qd (J,), ee_points/ee_velocities/targets (P, 3)."""
+        offset = np.asarray(ee_points, float) - np.asarray(targets, float)
+        return np.concatenate([
+            np.asarray(q, float), np.asarray(qd, float),
+            offset.ravel(), np.asarray(ee_velocities, float).ravel(),
+        ])
+
+
+@dataclass
+class Rollouts:
+    """N rollouts of T steps: X (N, T, dX), U (N, T, dU), condition (N,) ints."""
+
+    X: np.ndarray
+    U: np.ndarray
+    condition: np.ndarray
+
+    def __post_init__(self):
+        self.X = np.asarray(self.X, dtype=float)
+        self.U = np.asarray(self.U, dtype=float)
+        self.condition = np.asarray(self.condition, dtype=int).reshape(-1)
+        if self.X.ndim != 3 or self.U.ndim != 3:
+            raise ValueError(f"X must be (N, T, dX) and U (N, T, dU); got {self.X.shape}, {self.U.shape}")
+        if self.X.shape[:2] != self.U.shape[:2]:
+            raise ValueError(f"X {self.X.shape} and U {self.U.shape} disagree on (N, T)")
+        if self.condition.shape != (self.X.shape[0],):
+            raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got {self.condition.shape}")
+
+    @property
+    def N(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def T(self) -> int:
+        return self.X.shape[1]
+
+    def for_condition(self, m: int) -> "Rollouts":
+        keep = self.condition == m
+        return Rollouts(self.X[keep], self.U[keep], self.condition[keep])
+
+    @staticmethod
+    def concatenate(parts: list["Rollouts"]) -> "Rollouts":
+        return Rollouts(np.concatenate([p.X for p in parts]), np.concatenate([p.U for p in parts]),
+                        np.concatenate([p.condition for p in parts]))
