@@ -1,0 +1,36 @@
+# Two entry points, each doing its own idempotent set-up on a machine without ROS:
+#   make demo   learn the 2-link reach offline and print its progress
+#   make test   run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.mbpl-installed
+
+# DDS stays on this machine; each make invocation gets its own domain unless one is given.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 1 )))
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py package.xml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mbpl train --config config/reacher_2link.yaml --output runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest test
+
+bench: $(STAMP)
+	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info runs

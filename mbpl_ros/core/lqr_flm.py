@@ -1,0 +1,150 @@
+"""LQR with fitted local models (LQR-FLM): one iteration per batch of rollouts.
+
+For each condition m, with rollouts drawn from its current controller p_i(u|x):
+  1. fold the rollouts into the GMM prior and fit p_i(x'|x, u) by Bayesian regression;
+  2. expand the cost around the rollouts into a quadratic model;
+  3. adapt the KL step from the improvement the last update predicted vs. what the new
+     model says it achieved (GPS's rule);
+  4. p_{i+1} = argmin E[cost] s.t. KL(p_{i+1}(τ) ‖ anchor(τ)) ≤ ε, with the anchor being
+     p_i (LQR-FLM) or the linearised global policy (MDGPS's C-step).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mbpl_ros.core.controller import LinearGaussianController
+from mbpl_ros.core.costs import QuadraticCost, quadratic_cost_model
+from mbpl_ros.core.dynamics import LinearGaussianDynamics, fit_dynamics
+from mbpl_ros.core.gmm import GMMPrior
+from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.core.traj_opt import (StepAdjustment, TrajOptSettings, adjust_step, expected_cost,
+                                    forward_pass, optimize_trajectory)
+
+
+@dataclass
+class PriorSettings:
+    """GMM prior over [x_t, u_t, x_{t+1}] tuples (see core.gmm.GMMPrior)."""
+
+    enabled: bool = True
+    max_clusters: int = 20
+    min_points_per_cluster: int = 40
+    max_rollouts: int = 20
+    strength: float = 1.0
+
+
+@dataclass
+class LqrFlmSettings:
+    """kl_step is ε per time step: a trajectory's KL budget is kl_step · step_mult · T."""
+
+    kl_step: float = 1.0
+    initial_eta: float = 1.0
+    dynamics_regularization: float = 1e-6
+    prior: PriorSettings = field(default_factory=PriorSettings)
+    step: StepAdjustment = field(default_factory=StepAdjustment)
+    traj_opt: TrajOptSettings = field(default_factory=TrajOptSettings)
+
+
+@dataclass
+class LocalModel:
+    """What one batch of rollouts taught about a condition: the fitted dynamics and the
+    quadratic cost model around those rollouts."""
+
+    dynamics: LinearGaussianDynamics
+    cost: QuadraticCost
+
+    def estimate_cost(self, controller: LinearGaussianController) -> float:
+        """Expected total cost of `controller` under this model (Laplace estimate)."""
+        return float(np.sum(expected_cost(forward_pass(controller, self.dynamics), self.cost)))
+
+
+@dataclass
+class ConditionState:
+    """Everything LQR-FLM carries from one iteration to the next for one condition."""
+
+    controller: LinearGaussianController
+    eta: float
+    step_mult: float = 1.0
+    prior: Optional[GMMPrior] = None
+    model: Optional[LocalModel] = None             # fitted from the current controller's rollouts
+    previous_controller: Optional[LinearGaussianController] = None
+    previous_model: Optional[LocalModel] = None
+
+
+@dataclass
+class ConditionReport:
+    sample_cost: float       # mean over rollouts of the summed cost
+    predicted_cost: float    # expected cost of the new controller under the fitted model
+    kl_step: float           # the KL budget used (total over the trajectory)
+    kl: float                # the KL reached
+    eta: float
+    step_mult: float
+
+
+class LqrFlm:
+    """LQR-FLM over M conditions, each with its own local controller and dynamics."""
+
+    def __init__(self, cost, initial_controllers: Sequence[LinearGaussianController],
+                 settings: LqrFlmSettings | None = None):
+        self.cost = cost
+        self.settings = settings or LqrFlmSettings()
+        self.conditions = [ConditionState(controller=c, eta=self.settings.initial_eta,
+                                          prior=self._new_prior()) for c in initial_controllers]
+        self.iteration = 0
+
+    @property
+    def controllers(self) -> list[LinearGaussianController]:
+        return [c.controller for c in self.conditions]
+
+    def _new_prior(self) -> Optional[GMMPrior]:
+        p = self.settings.prior
+        if not p.enabled:
+            return None
+        return GMMPrior(max_clusters=p.max_clusters, min_points_per_cluster=p.min_points_per_cluster,
+                        max_rollouts=p.max_rollouts, strength=p.strength)
+
+    def fit_model(self, m: int, X: np.ndarray, U: np.ndarray) -> LocalModel:
+        """Fit condition m's dynamics and cost model to rollouts X (N, T, dX), U (N, T, dU)."""
+        state = self.conditions[m]
+        if state.prior is not None:
+            state.prior.update(np.concatenate([X[:, :-1], U[:, :-1], X[:, 1:]], axis=2))
+        dynamics = fit_dynamics(X, U, prior=state.prior,
+                                regularization=self.settings.dynamics_regularization)
+        return LocalModel(dynamics, quadratic_cost_model(X, U, self.cost.evaluate(X, U)))
+
+    def update(self, rollouts: Rollouts,
+               anchors: Sequence[LinearGaussianController] | None = None) -> list[ConditionReport]:
+        """One LQR-FLM iteration from rollouts of the current controllers.
+
+        anchors (M,) replaces the KL anchor of each condition (MDGPS passes the
+        linearised policy); by default each condition stays near its own controller.
+        """
+        reports = []
+        for m, state in enumerate(self.conditions):
+            batch = rollouts.for_condition(m)
+            if batch.N == 0:
+                raise ValueError(f"no rollouts for condition {m}; every condition needs at least one")
+            costs = self.cost.evaluate(batch.X, batch.U).l.sum(axis=1)
+            state.model = self.fit_model(m, batch.X, batch.U)
+            if state.previous_model is not None:
+                state.step_mult = adjust_step(
+                    state.step_mult,
+                    previous_cost_estimate=state.previous_model.estimate_cost(state.previous_controller),
+                    predicted_new_cost=state.previous_model.estimate_cost(state.controller),
+                    actual_new_cost=state.model.estimate_cost(state.controller),
+                    settings=self.settings.step)
+            kl_step = self.settings.kl_step * state.step_mult * batch.T
+            anchor = state.controller if anchors is None else anchors[m]
+            new_controller, state.eta, info = optimize_trajectory(
+                state.model.dynamics, state.model.cost, anchor, kl_step=kl_step,
+                eta_init=state.eta, settings=self.settings.traj_opt)
+            state.previous_controller, state.previous_model = state.controller, state.model
+            state.controller = new_controller
+            reports.append(ConditionReport(
+                sample_cost=float(np.mean(costs)), predicted_cost=state.model.estimate_cost(new_controller),
+                kl_step=float(kl_step), kl=float(info["kl"]), eta=float(state.eta),
+                step_mult=float(state.step_mult)))
+        self.iteration += 1
+        return reports
