@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from mbpl_ros.config import ConfigError
+from mbpl_ros.experiment import configuration_reference
 
 
 def _train(args) -> int:
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--output", default="runs/train", help="directory for metrics, checkpoints, plot")
     train.add_argument("--seed", type=int, help="override the config's seed")
     train.set_defaults(run=_train)
+    reference = commands.add_parser("config-reference", help="print every experiment key as Markdown")
+    reference.set_defaults(run=lambda args: print(configuration_reference()) or 0)
     args = parser.parse_args(argv)
     if getattr(args, "iterations", None) is not None and args.iterations < 1:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
