@@ -1,0 +1,501 @@
+"""Trajectory optimisation under a KL bound (the LQR step of LQR-FLM and of MDGPS's C-step).
+
+Given linear-Gaussian dynamics p(x'|x,u), a quadratic cost l_t(x,u) and an anchor
+controller p̄(u|x) (the previous controller for LQR-FLM, the linearised global policy for
+MDGPS), find
+
+    p = argmin E_p[Σ_t l_t]   subject to   KL(p(τ) ‖ p̄(τ)) ≤ ε,
+
+where p(τ), p̄(τ) are trajectory distributions under the same dynamics and initial-state
+distribution. Its Lagrangian with multiplier η is solved in closed form by LQR on the cost
+l_t/η − log p̄(u_t|x_t) (the "divide through by η" form of GPS, Levine & Abbeel 2014):
+the solution is the linear-Gaussian controller with mean from the LQR gains and
+covariance Σ_t = Q_uu,t⁻¹ of that η-scaled problem. η is then chosen by a dual search so
+that the KL meets ε within a relative tolerance.
+
+Speed: the backward and forward passes run for a batch of η candidates at once (stacked
+(B, ·, ·) arrays, one batched numpy call per operation and time step), first on a
+log-spaced grid around the previous η, then around the η that a monotone interpolation of
+log KL against log η says meets ε.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+from mbpl_ros.core.controller import LinearGaussianController
+from mbpl_ros.core.costs import QuadraticCost
+from mbpl_ros.core.dynamics import LinearGaussianDynamics
+from mbpl_ros.core.lqr import homogeneous_cost, homogeneous_dynamics, riccati_recursion
+
+
+class TrajectoryOptimizationError(RuntimeError):
+    """No positive-definite Q_uu even at the largest allowed η (TrajOptSettings.max_eta):
+    the dynamics or the cost are broken (NaN, or absurdly ill-conditioned)."""
+
+
+@dataclass
+class TrajectoryMarginals:
+    """State-action marginals of a trajectory distribution, z_t = [x_t; u_t]:
+    mean (T, dX+dU), covar (T, dX+dU, dX+dU) (exactly symmetric)."""
+
+    mean: np.ndarray
+    covar: np.ndarray
+
+
+@dataclass
+class TrajOptSettings:
+    """Dual search on η.
+
+    min_eta, max_eta: the search interval. Past max_eta an indefinite Q_uu raises
+        TrajectoryOptimizationError (as η → ∞ the problem tends to reproducing the anchor,
+        which is always well posed, so failing there means broken inputs).
+    kl_tolerance: accept η once |KL − ε| ≤ kl_tolerance · ε.
+    grid_points, grid_decades: the first batch is grid_points η values log-spaced over
+        η_init · 10^[−grid_decades, +grid_decades] (the previous η is usually close).
+    extension_decades: when every η tried is too large (KL < ε everywhere), the next batch
+        steps down by this many decades per point. (When every η is too small, the next
+        batch is centred where KL ∝ η⁻², its large-η behaviour, says ε is met.)
+    refine_points: batch size of each refinement once ε is bracketed: the η where a
+        monotone interpolation of log KL against log η meets ε, plus points spread over
+        the bracket.
+    max_batches: the most batches (passes) the search may run.
+    retry_factor: when a single backward pass meets an indefinite Q_uu, η is retried at
+        η · retry_factor^j, j = 1 … 8 (one batch), repeatedly up to max_eta.
+
+    Each batch costs about one backward and one forward pass of Python-level work plus
+    the arithmetic of its members; the defaults were tuned on random problems at T=100,
+    dX=20, dU=7 (see bench/traj_opt.py).
+    """
+
+    min_eta: float = 1e-8
+    max_eta: float = 1e16
+    kl_tolerance: float = 0.1
+    grid_points: int = 3
+    grid_decades: float = 1.0
+    extension_decades: float = 3.0
+    refine_points: int = 1
+    max_batches: int = 20
+    retry_factor: float = 10.0 ** 0.5
+
+    def __post_init__(self):
+        if not 0 < self.min_eta < self.max_eta < np.inf:
+            raise ValueError(f"need 0 < min_eta < max_eta < inf, got {self.min_eta}, {self.max_eta}")
+        if not 0 < self.kl_tolerance < 1:
+            raise ValueError(f"kl_tolerance must be in (0, 1), got {self.kl_tolerance}")
+        if self.grid_points < 1 or self.refine_points < 1 or self.max_batches < 1:
+            raise ValueError("grid_points, refine_points and max_batches must be >= 1")
+        if not (self.grid_decades > 0 and self.extension_decades > 0 and self.retry_factor > 1):
+            raise ValueError("grid_decades and extension_decades must be > 0, retry_factor > 1")
+
+
+@dataclass
+class StepAdjustment:
+    """GPS's step-size rule (see adjust_step): the multiplier's change per iteration is
+    clipped to [min_change, max_change], the multiplier itself to [min_mult, max_mult];
+    min_gap floors the denominator (predicted − actual improvement)."""
+
+    min_mult: float = 0.01
+    max_mult: float = 10.0
+    min_change: float = 0.1
+    max_change: float = 5.0
+    min_gap: float = 1e-4
+
+    def __post_init__(self):
+        if not 0 < self.min_mult <= self.max_mult:
+            raise ValueError(f"need 0 < min_mult <= max_mult, got {self.min_mult}, {self.max_mult}")
+        if not 0 < self.min_change <= self.max_change:
+            raise ValueError(f"need 0 < min_change <= max_change, got {self.min_change}, {self.max_change}")
+        if not self.min_gap > 0:
+            raise ValueError(f"min_gap must be > 0, got {self.min_gap}")
+
+
+# ---------------------------------------------------------------- validation
+
+def _check_problem(dynamics: LinearGaussianDynamics, cost: QuadraticCost | None,
+                   controllers: dict[str, LinearGaussianController]) -> tuple[int, int, int]:
+    T, dX, dU = dynamics.T, dynamics.dX, dynamics.dU
+    n = dX + dU
+    expected = {"dynamics.f": (dynamics.f, (T - 1, dX)), "dynamics.covar": (dynamics.covar, (T - 1, dX, dX)),
+                "dynamics.x0_mean": (dynamics.x0_mean, (dX,)), "dynamics.x0_covar": (dynamics.x0_covar, (dX, dX))}
+    if cost is not None:
+        expected.update({"cost.C": (cost.C, (T, n, n)), "cost.c": (cost.c, (T, n)), "cost.c0": (cost.c0, (T,))})
+    for name, c in controllers.items():
+        expected.update({f"{name}.K": (c.K, (T, dU, dX)), f"{name}.k": (c.k, (T, dU)),
+                         f"{name}.covar": (c.covar, (T, dU, dU)), f"{name}.chol": (c.chol, (T, dU, dU)),
+                         f"{name}.inv_covar": (c.inv_covar, (T, dU, dU))})
+    for name, (array, shape) in expected.items():
+        if np.shape(array) != shape:
+            raise ValueError(f"{name} must have shape {shape} (T={T}, dX={dX}, dU={dU} from the dynamics), "
+                             f"got {np.shape(array)}")
+    return T, dX, dU
+
+
+def _sym(A: np.ndarray) -> np.ndarray:
+    return 0.5 * (A + np.swapaxes(A, -1, -2))
+
+
+def _logdet_from_chol(L: np.ndarray) -> np.ndarray:
+    """log det(L Lᵀ) (...,) for lower-triangular L (..., d, d)."""
+    return 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+
+
+# ---------------------------------------------------------------- forward pass, cost, KL
+
+def _state_marginals(K: np.ndarray, k: np.ndarray, covar_u: np.ndarray,
+                     dynamics: LinearGaussianDynamics) -> tuple[np.ndarray, np.ndarray]:
+    """State marginals under controllers K (B, T, dU, dX), k (B, T, dU), covar_u (B, T, dU, dU):
+    mean (B, T, dX) and covariance (B, T, dX, dX).
+
+    With the closed loop A_t = F_x + F_u K_t, x_{t+1} has mean A_t μ_t + F_u k_t + f_t and
+    covariance A_t Σ_t A_tᵀ + F_u Σu_t F_uᵀ + Σdyn_t, symmetrised at every step: that keeps Σ
+    exactly symmetric (unsymmetrised rounding error compounds over the horizon)."""
+    B, T, dU, dX = K.shape
+    Fx, Fu = dynamics.F[:, :, :dX], dynamics.F[:, :, dX:]
+    Fu_T = np.swapaxes(Fu, -1, -2)
+    offset = (Fu @ k[:, :-1, :, None])[..., 0] + dynamics.f          # (B, T-1, dX)
+    mean = np.empty((B, T, dX))
+    covar = np.empty((B, T, dX, dX))
+    mean[:, 0] = dynamics.x0_mean
+    covar[:, 0] = _sym(dynamics.x0_covar)
+    # One step at a time, closed loop included: precomputing (B, T, dX, dX) arrays would
+    # cost more in page faults than the few extra calls per step.
+    for t in range(T - 1):
+        A = Fx[t] + Fu[t] @ K[:, t]
+        S = A @ covar[:, t] @ np.swapaxes(A, -1, -2) + Fu[t] @ covar_u[:, t] @ Fu_T[t]
+        S += dynamics.covar[t]
+        covar[:, t + 1] = 0.5 * (S + np.swapaxes(S, -1, -2))
+        mean[:, t + 1] = (A @ mean[:, t, :, None])[..., 0] + offset[:, t]
+    return mean, covar
+
+
+def _joint_marginals(K, k, covar_u, mean_x, covar_x) -> TrajectoryMarginals:
+    """Append the actions to state marginals (leading axes (..., T) throughout)."""
+    KS = K @ covar_x                                                # Cov(u, x) (..., T, dU, dX)
+    covar_uu = _sym(KS @ np.swapaxes(K, -1, -2)) + _sym(covar_u)
+    mean_u = (K @ mean_x[..., None])[..., 0] + k
+    covar = np.block([[covar_x, np.swapaxes(KS, -1, -2)], [KS, covar_uu]])
+    return TrajectoryMarginals(mean=np.concatenate([mean_x, mean_u], axis=-1), covar=covar)
+
+
+def forward_pass(controller: LinearGaussianController,
+                 dynamics: LinearGaussianDynamics) -> TrajectoryMarginals:
+    """State-action marginals (T, dX+dU) of running `controller` under `dynamics` from its
+    initial-state distribution. The covariances are exactly symmetric."""
+    _check_problem(dynamics, None, {"controller": controller})
+    K, k, covar_u = controller.K[None], controller.k[None], controller.covar[None]
+    mean_x, covar_x = _state_marginals(K, k, covar_u, dynamics)
+    marginals = _joint_marginals(K[0], k[0], covar_u[0], mean_x[0], covar_x[0])
+    return marginals
+
+
+def expected_cost(marginals: TrajectoryMarginals, cost: QuadraticCost) -> np.ndarray:
+    """E[l_t(z_t)] (T,) = ½ tr(C_t Σ_t) + ½ μ_tᵀ C_t μ_t + c_tᵀ μ_t + c0_t for z_t ~ N(μ_t, Σ_t)."""
+    mu, S = marginals.mean, marginals.covar
+    if cost.C.shape != S.shape or cost.c.shape != mu.shape or np.shape(cost.c0) != mu.shape[:1]:
+        raise ValueError(f"cost (C {cost.C.shape}, c {cost.c.shape}, c0 {np.shape(cost.c0)}) does not match "
+                         f"the marginals (mean {mu.shape}, covar {S.shape})")
+    return (0.5 * np.einsum("tij,tji->t", cost.C, S) + 0.5 * np.einsum("ti,tij,tj->t", mu, cost.C, mu)
+            + np.einsum("ti,ti->t", cost.c, mu) + cost.c0)
+
+
+def _expected_conditional_kl(K1, k1, covar1, logdet1, K0, k0, prec0, logdet0, mean_x, covar_x):
+    """E_{x ~ N(mean_x, covar_x)} KL(N(K1 x + k1, covar1) ‖ N(K0 x + k0, prec0⁻¹)), (..., T):
+
+        ½ [tr(P0 Σ1) − dU + log det Σ0 − log det Σ1 + mᵀ P0 m + tr(P0 D Σx Dᵀ)]
+
+    with D = K0 − K1 and m = D μx + k0 − k1, the mean difference at the mean state."""
+    dU = K1.shape[-2]
+    D = K0 - K1
+    m = (D @ mean_x[..., None])[..., 0] + k0 - k1
+    mean_term = np.einsum("...i,...ij,...j->...", m, prec0, m)
+    spread_term = np.einsum("...ij,...ij->...", prec0 @ D, D @ covar_x)
+    trace_term = np.einsum("...ij,...ij->...", prec0, covar1)
+    kl = 0.5 * (trace_term - dU + logdet0 - logdet1 + mean_term + spread_term)
+    return np.maximum(kl, 0.0)       # ≥ 0 exactly in exact arithmetic; clip rounding
+
+
+def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
+                  marginals_of_new: TrajectoryMarginals) -> np.ndarray:
+    """KL(p_new(τ) ‖ p_old(τ)) per time step (T,), for trajectory distributions under the
+    same dynamics and initial state (which cancel): E_{x_t ~ p_new} KL(new(·|x_t) ‖ old(·|x_t)).
+    `marginals_of_new` is forward_pass(new, dynamics). Sum it for the trajectory KL."""
+    T, dU, dX = new.K.shape
+    if old.K.shape != new.K.shape or marginals_of_new.mean.shape != (T, dX + dU):
+        raise ValueError(f"controllers (K {new.K.shape}, {old.K.shape}) and marginals "
+                         f"(mean {marginals_of_new.mean.shape}) must share T, dX, dU")
+    mean_x = marginals_of_new.mean[:, :dX]
+    covar_x = marginals_of_new.covar[:, :dX, :dX]
+    return _expected_conditional_kl(new.K, new.k, new.covar, _logdet_from_chol(new.chol),
+                                    old.K, old.k, old.inv_covar, _logdet_from_chol(old.chol),
+                                    mean_x, covar_x)
+
+
+# ---------------------------------------------------------------- batched backward/forward in η
+
+@dataclass
+class _EtaBatch:
+    """Controllers and their KL to the anchor for B values of η. failed_step (B,) as in
+    RiccatiResult; kl (B,) is +inf where the backward pass failed."""
+
+    eta: np.ndarray
+    K: np.ndarray
+    k: np.ndarray
+    covar: np.ndarray
+    Quu: np.ndarray
+    failed_step: np.ndarray
+    kl_per_step: np.ndarray
+    kl: np.ndarray
+    mean_x: np.ndarray
+    covar_x: np.ndarray
+
+    def controller(self, b: int) -> LinearGaussianController:
+        covar = self.covar[b].copy()
+        return LinearGaussianController(K=self.K[b].copy(), k=self.k[b].copy(), covar=covar,
+                                        chol=np.linalg.cholesky(covar), inv_covar=self.Quu[b].copy())
+
+
+class _KlProblem:
+    """Everything about (dynamics, cost, anchor) that does not depend on η."""
+
+    def __init__(self, dynamics: LinearGaussianDynamics, cost: QuadraticCost,
+                 anchor: LinearGaussianController):
+        T, dX, dU = _check_problem(dynamics, cost, {"anchor": anchor})
+        self.dynamics, self.T, self.dX, self.dU = dynamics, T, dX, dU
+        self.F_hom = homogeneous_dynamics(dynamics.F, dynamics.f)
+        self.cost_hom = homogeneous_cost(_sym(cost.C), cost.c, None, dX)
+        # −log p̄(u|x) = ½ rᵀ P̄ r + const with r = u − K̄x − k̄ = R y, y = [x; 1; u]: ½ yᵀ Rᵀ P̄ R y.
+        R = np.concatenate([-anchor.K, -anchor.k[:, :, None], np.broadcast_to(np.eye(dU), (T, dU, dU))],
+                           axis=2)
+        self.anchor_hom = _sym(np.swapaxes(R, 1, 2) @ _sym(anchor.inv_covar) @ R)
+        self.anchor = anchor
+        self.anchor_logdet = _logdet_from_chol(anchor.chol)
+
+    def evaluate(self, eta: np.ndarray) -> _EtaBatch:
+        """Backward pass, forward pass and KL to the anchor for each η in eta (B,)."""
+        eta = np.asarray(eta, dtype=float)
+        dX = self.dX
+        riccati = riccati_recursion(self.F_hom, self.cost_hom, dX, cost_scale=1.0 / eta,
+                                    cost_offset=self.anchor_hom, keep_value=False)
+        failed = riccati.failed_step >= 0
+        K, k, covar = riccati.gains[..., :dX], riccati.gains[..., dX], riccati.covar
+        if failed.any():   # keep failed members finite so the forward pass stays quiet
+            K, k, covar = K.copy(), k.copy(), covar.copy()
+            K[failed], k[failed], covar[failed] = 0.0, 0.0, np.eye(self.dU)
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean_x, covar_x = _state_marginals(K, k, covar, self.dynamics)
+            a = self.anchor
+            kl_t = _expected_conditional_kl(K, k, covar, -_logdet_from_chol(riccati.chol_Quu),
+                                            a.K, a.k, a.inv_covar, self.anchor_logdet, mean_x, covar_x)
+        kl_t[failed] = np.inf
+        kl = kl_t.sum(axis=1)
+        kl[~np.isfinite(kl)] = np.inf
+        return _EtaBatch(eta=eta, K=K, k=k, covar=covar, Quu=riccati.Quu,
+                         failed_step=riccati.failed_step, kl_per_step=kl_t, kl=kl,
+                         mean_x=mean_x, covar_x=covar_x)
+
+
+def _backward_with_retry(problem: _KlProblem, eta: float, settings: TrajOptSettings
+                         ) -> tuple[_EtaBatch, int]:
+    """The batch holding the smallest η' ≥ eta (on eta · retry_factor^j) with positive
+    definite Q_uu at every step, and that member's index."""
+    batch = problem.evaluate(np.array([eta]))
+    if batch.failed_step[0] < 0:
+        return batch, 0
+    while True:
+        if eta >= settings.max_eta:
+            raise TrajectoryOptimizationError(
+                f"Q_uu is not positive definite at time step {batch.failed_step[-1]} even for "
+                f"η = {eta:.3g} (the bound TrajOptSettings.max_eta = {settings.max_eta:.3g}); "
+                f"check the dynamics and cost for NaN or extreme conditioning")
+        etas = np.minimum(eta * settings.retry_factor ** np.arange(1, 9), settings.max_eta)
+        batch = problem.evaluate(etas)
+        ok = np.flatnonzero(batch.failed_step < 0)
+        if ok.size:
+            return batch, int(ok[0])
+        eta = float(etas[-1])
+
+
+def backward_pass_with_eta(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
+                           anchor: LinearGaussianController, eta: float,
+                           settings: TrajOptSettings | None = None
+                           ) -> tuple[LinearGaussianController, float]:
+    """backward_pass, also returning the η actually used (larger than `eta` when Q_uu
+    was not positive definite at `eta`)."""
+    settings = settings or TrajOptSettings()
+    if not eta > 0:
+        raise ValueError(f"eta must be > 0, got {eta}")
+    batch, b = _backward_with_retry(_KlProblem(dynamics, cost, anchor), float(eta), settings)
+    return batch.controller(b), float(batch.eta[b])
+
+
+def backward_pass(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
+                  anchor: LinearGaussianController, eta: float,
+                  settings: TrajOptSettings | None = None) -> LinearGaussianController:
+    """The controller minimising E[Σ_t l_t/η − log p̄(u_t|x_t)] − H(p) (the KL Lagrangian
+    divided by η): LQR on the cost C/η + anchor precision terms, Σ_t = Q_uu,t⁻¹.
+
+    If Q_uu is not positive definite, η is increased geometrically (settings.retry_factor)
+    until it is; TrajectoryOptimizationError only past settings.max_eta. Use
+    backward_pass_with_eta to learn the η used."""
+    return backward_pass_with_eta(dynamics, cost, anchor, eta, settings)[0]
+
+
+# ---------------------------------------------------------------- dual search on η
+
+def _interpolate_log_eta(eta: np.ndarray, kl: np.ndarray, target: float) -> float:
+    """log η where a monotone (PCHIP) interpolation of log η against log KL meets log target.
+    eta, kl: evaluated points with 0 < kl < inf, any order; needs points on both sides."""
+    order = np.argsort(eta)
+    log_eta, log_kl = np.log(eta[order]), np.log(kl[order])
+    keep = [0]                                   # KL falls with η; drop points breaking that
+    for i in range(1, len(log_eta)):
+        if log_kl[i] < log_kl[keep[-1]]:
+            keep.append(i)
+    log_eta, log_kl = log_eta[keep][::-1], log_kl[keep][::-1]     # increasing in log KL
+    if len(log_eta) < 2:
+        return float(log_eta[0])
+    return float(PchipInterpolator(log_kl, log_eta, extrapolate=True)(math.log(target)))
+
+
+def _spread(center: float, half_width: float, points: int) -> np.ndarray:
+    """points values evenly spaced over center ± half_width (just center for one point)."""
+    if points == 1:
+        return np.array([center])
+    return center + np.linspace(-half_width, half_width, points)
+
+
+def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bracket: float,
+                   settings: TrajOptSettings) -> tuple[np.ndarray, float]:
+    """log η values for the next batch, given all η tried so far, their KL (+inf where
+    Q_uu failed) and the log-width of the previous bracket; returns them with the current
+    bracket's log-width (inf while ε is not bracketed)."""
+    ln10 = math.log(10.0)
+    over = kl > kl_step                       # η too small (or failed): KL over budget
+    if not over.any():                        # every η too large: step down
+        return math.log(eta.min()) - settings.extension_decades * ln10 * np.arange(1, settings.grid_points + 1), np.inf
+    if over.all():                            # every η too small: KL ∝ η⁻² for large η
+        i = int(np.argmax(eta))
+        jump = 0.5 * math.log(kl[i] / kl_step) if np.isfinite(kl[i]) else settings.extension_decades * ln10
+        center = math.log(eta[i]) + max(jump, 0.1)
+        log_etas = _spread(center, settings.grid_decades * ln10, settings.grid_points)
+        return log_etas[log_etas > math.log(eta[i])], np.inf
+    log_a = math.log(eta[over].max())
+    above = ~over & (eta > eta[over].max())
+    log_b = math.log(eta[above].min())
+    width = log_b - log_a
+    usable = np.isfinite(kl) & (kl > 1e-9 * kl_step)
+    if np.isfinite(kl[over]).all() and usable[above].any() and width < 0.9 * previous_bracket:
+        log_star = _interpolate_log_eta(eta[usable], kl[usable], kl_step)
+    else:                                     # failed end, vanishing KL or a stuck interpolation: bisect
+        log_star = 0.5 * (log_a + log_b)
+    margin = 0.02 * width
+    log_etas = _spread(log_star, 0.25 * width, settings.refine_points)
+    return np.clip(log_etas, log_a + margin, log_b - margin), width
+
+
+def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
+                        anchor: LinearGaussianController, kl_step: float, eta_init: float = 1.0,
+                        settings: TrajOptSettings | None = None
+                        ) -> tuple[LinearGaussianController, float, dict]:
+    """Minimise the expected cost subject to KL(p(τ) ‖ anchor(τ)) ≤ kl_step (ε, the total over
+    the T steps), by a dual search on η.
+
+    Stops when |KL − ε| ≤ kl_tolerance · ε ("kl_met"); or at η = min_eta with KL < ε
+    ("min_eta": the bound is slack, the unconstrained optimum is near enough the anchor); or at
+    max_eta if even that η cannot bring the KL down to ε ("max_eta", not converged). η values
+    whose Q_uu is not positive definite count as too small. Failing all that within
+    max_batches ("max_batches", not converged) it returns the η with the largest KL within
+    budget.
+
+    Returns:
+        (controller, eta, info) with info holding "kl" (total), "kl_per_step" (T,),
+        "kl_target" (ε), "expected_cost" (total under the fitted dynamics),
+        "expected_cost_per_step" (T,), "iterations" (batches run), "evaluations" (η values
+        tried), "converged" and "status".
+    Raises:
+        TrajectoryOptimizationError if no η ≤ max_eta gives a positive-definite Q_uu.
+    """
+    settings = settings or TrajOptSettings()
+    if not (kl_step > 0 and np.isfinite(kl_step)):
+        raise ValueError(f"kl_step must be a positive finite KL budget, got {kl_step}")
+    if not (eta_init > 0 and np.isfinite(eta_init)):
+        raise ValueError(f"eta_init must be positive and finite, got {eta_init}")
+    problem = _KlProblem(dynamics, cost, anchor)
+    lo, hi = math.log(settings.min_eta), math.log(settings.max_eta)
+    center = min(max(math.log(eta_init), lo), hi)
+    log_etas = _spread(center, settings.grid_decades * math.log(10.0), settings.grid_points)
+    bracket = np.inf
+
+    batches: list[_EtaBatch] = []
+    for iteration in range(1, settings.max_batches + 1):
+        log_etas = np.unique(np.clip(log_etas, lo, hi))
+        etas = np.exp(log_etas)
+        etas[log_etas == lo], etas[log_etas == hi] = settings.min_eta, settings.max_eta   # exactly
+        batches.append(problem.evaluate(etas))
+        eta = np.concatenate([b.eta for b in batches])
+        kl = np.concatenate([b.kl for b in batches])
+        gap = np.abs(kl - kl_step)
+        if gap.min() <= settings.kl_tolerance * kl_step:
+            choice, status = int(np.argmin(gap)), "kl_met"
+            break
+        if (kl < kl_step).all() and eta.min() <= settings.min_eta:
+            choice, status = int(np.argmin(eta)), "min_eta"
+            break
+        if (kl > kl_step).all() and eta.max() >= settings.max_eta:
+            if not np.isfinite(kl).any():
+                raise TrajectoryOptimizationError(
+                    f"Q_uu is not positive definite at time step {batches[-1].failed_step.max()} "
+                    f"even for η = {settings.max_eta:.3g} (the bound TrajOptSettings.max_eta); "
+                    f"check the dynamics and cost for NaN or extreme conditioning")
+            choice, status = int(np.argmin(kl)), "max_eta"
+            break
+        log_etas, bracket = _next_log_etas(eta, kl, kl_step, bracket, settings)
+    else:
+        within = np.where(kl <= kl_step, kl, -np.inf)
+        choice = int(np.argmax(within)) if np.isfinite(within).any() else int(np.argmin(gap))
+        status = "max_batches"
+
+    offsets = np.cumsum([0] + [b.eta.size for b in batches])
+    i = int(np.searchsorted(offsets, choice, side="right")) - 1
+    batch, j = batches[i], choice - offsets[i]
+    controller = batch.controller(j)
+    marginals = _joint_marginals(batch.K[j], batch.k[j], batch.covar[j], batch.mean_x[j], batch.covar_x[j])
+    cost_per_step = expected_cost(marginals, cost)
+    info = {
+        "kl": float(batch.kl[j]), "kl_per_step": batch.kl_per_step[j].copy(), "kl_target": float(kl_step),
+        "expected_cost": float(cost_per_step.sum()), "expected_cost_per_step": cost_per_step,
+        "iterations": iteration, "evaluations": int(eta.size),
+        "converged": status in ("kl_met", "min_eta"), "status": status,
+    }
+    return controller, float(batch.eta[j]), info
+
+
+# ---------------------------------------------------------------- step size
+
+def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_new_cost: float,
+                actual_new_cost: float, settings: StepAdjustment | None = None) -> float:
+    """GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost:
+
+    previous_cost_estimate: the previous controller under the previous model;
+    predicted_new_cost: the current controller under the previous model (what the last
+        update expected to achieve);
+    actual_new_cost: the current controller under the newly fitted model.
+
+    Modelling the improvement as I(KL) = a·KL + b·KL² through the predicted and actual
+    improvements gives the KL that maximises it, a change of the multiplier by
+    predicted / (2 (predicted − actual)), clipped to [min_change, max_change]; the new
+    multiplier is clipped to [min_mult, max_mult].
+    """
+    settings = settings or StepAdjustment()
+    values = (kl_step_mult, previous_cost_estimate, predicted_new_cost, actual_new_cost)
+    if not all(np.isfinite(v) for v in values) or not kl_step_mult > 0:
+        raise ValueError(f"need a positive multiplier and finite costs, got {values}")
+    predicted = previous_cost_estimate - predicted_new_cost
+    actual = previous_cost_estimate - actual_new_cost
+    change = predicted / (2.0 * max(settings.min_gap, predicted - actual))
+    change = min(max(change, settings.min_change), settings.max_change)
+    return float(min(max(change * kl_step_mult, settings.min_mult), settings.max_mult))

@@ -1,0 +1,310 @@
+"""sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-controlled robot.
+
+Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, effort, stamped),
+               ee_pose (geometry_msgs/PoseStamped) and ee_twist (geometry_msgs/TwistStamped) of
+               the end-effector point, in frame "world";
+               clock (rosgraph_msgs/Clock), in lockstep mode only.
+Subscribes     effort_controller/commands (std_msgs/Float64MultiArray): one effort per joint in
+               the order of the `joints` parameter (ros2_control forward-command convention).
+Serves         ~/reset (std_srvs/Trigger): back to `initial_positions` at rest.
+
+Timing modes
+  realtime  a steady-clock timer steps the arm at control_rate_hz; the last valid command is
+            held, and zero effort is applied once it is older than command_timeout_s.
+  lockstep  each valid command advances the arm by exactly one control step, then the state
+            is published, stamped with simulated time, which is also published on /clock
+            (for nodes with use_sim_time). Deterministic. The state is also published at
+            start-up and after every reset, so a client may call ~/reset, read the initial
+            state, then send one command per state it receives.
+
+Bad input never reaches the simulator as given: a command of the wrong length or with
+NaN/inf is rejected (in lockstep, no step is taken), one beyond the effort limits is clamped;
+both with a rate-limited warning. A bad parameter stops start-up with a message naming it
+and its allowed values.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, ParameterType
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock as ClockMsg
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+from mbpl_ros.nodes import wire
+from mbpl_ros.sim.arm import Arm
+from mbpl_ros.sim.robots import ROBOTS, robot_spec
+
+MODES = ("realtime", "lockstep")
+CONTROL_RATE_RANGE_HZ = (0.1, 1000.0)
+PHYSICS_DT_RANGE_S = (1e-5, 0.1)
+COMMAND_TIMEOUT_RANGE_S = (0.001, 60.0)
+WARNING_PERIOD_S = 1.0  # at most one warning of a kind per second
+COMMAND_QUEUE_DEPTH = 100  # lockstep clients may queue several commands; none may be lost
+
+
+class SimRobotParameterError(ValueError):
+    """A parameter of sim_robot is invalid; the message names it and the allowed values."""
+
+
+@dataclass(frozen=True)
+class SimRobotSettings:
+    """The validated parameters. Arrays are ordered like `joints`."""
+
+    robot: str
+    control_rate_hz: float
+    physics_dt: float
+    substeps: int
+    mode: str
+    joints: tuple
+    initial_positions: np.ndarray
+    command_timeout_s: float
+    gui: bool
+
+    @property
+    def control_period_ns(self) -> int:
+        return round(self.substeps * self.physics_dt * 1e9)
+
+
+def _double_range(low: float, high: float) -> List[FloatingPointRange]:
+    return [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
+
+
+class SimRobotNode(Node):
+    """The sim_robot node; `settings` and `arm` are public for tests and tools."""
+
+    def __init__(self, node_name: str = "sim_robot", **node_kwargs):
+        super().__init__(node_name, **node_kwargs)
+        try:
+            self.settings = self._read_parameters()
+            spec = robot_spec(self.settings.robot)
+            self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
+                           substeps=self.settings.substeps, gui=self.settings.gui)
+            # command index i drives arm joint _arm_index[i]
+            self._arm_index = np.array([spec.joint_names.index(name) for name in self.settings.joints])
+            self._initial_q = np.empty(spec.n_joints)
+            self._initial_q[self._arm_index] = self.settings.initial_positions
+            try:
+                self.arm.reset(self._initial_q)
+            except ValueError as error:
+                raise SimRobotParameterError(
+                    f"parameter 'initial_positions' is {self.settings.initial_positions.tolist()}: "
+                    f"{error}; allowed: angles within "
+                    f"{self.arm.position_limits[self._arm_index].tolist()} for joints "
+                    f"{list(self.settings.joints)}") from None
+        except BaseException:
+            self.destroy_node()
+            raise
+
+        self.steps_taken = 0  # control steps since start-up; lockstep sim time = steps * period
+        self.rejected_commands = 0
+        self.clamped_commands = 0
+        self._held_effort: Optional[np.ndarray] = None  # (J,) in arm order
+        self._held_since = -math.inf  # time.monotonic() of the held command
+
+        # One mutually exclusive group: the arm is touched by one callback at a time under
+        # any executor, so no locks are needed.
+        group = MutuallyExclusiveCallbackGroup()
+        self._joint_state_pub = self.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
+        self._pose_pub = self.create_publisher(PoseStamped, wire.EE_POSE_TOPIC, 10)
+        self._twist_pub = self.create_publisher(TwistStamped, wire.EE_TWIST_TOPIC, 10)
+        self._clock_pub = (self.create_publisher(ClockMsg, "/clock", 10)
+                           if self.settings.mode == "lockstep" else None)
+        self.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command,
+                                 COMMAND_QUEUE_DEPTH, callback_group=group)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
+        if self.settings.mode == "realtime":
+            self._timer = self.create_timer(1.0 / self.settings.control_rate_hz, self._on_tick,
+                                            callback_group=group,
+                                            clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._publish_state()
+        self.get_logger().info(
+            f"{self.settings.robot} in {self.settings.mode} mode at {self.settings.control_rate_hz:g} Hz "
+            f"({self.settings.substeps} physics steps of {self.settings.physics_dt:g} s), "
+            f"joints {list(self.settings.joints)}")
+
+    # ------------------------------------------------------------------ parameters
+    def _declare(self, name: str, default, description: str, allowed: str, **descriptor):
+        """Declare one read-only parameter; a rejected override becomes SimRobotParameterError."""
+        try:
+            return self.declare_parameter(name, default, ParameterDescriptor(
+                description=description, additional_constraints=allowed, read_only=True,
+                **descriptor)).value
+        except (InvalidParameterValueException, InvalidParameterTypeException) as error:
+            raise SimRobotParameterError(
+                f"parameter '{name}' is invalid ({error}); allowed: {allowed}") from None
+
+    def _read_parameters(self) -> SimRobotSettings:
+        robot = self._declare("robot", "reacher_2link", "Robot to simulate.",
+                              f"one of {sorted(ROBOTS)}")
+        if robot not in ROBOTS:
+            raise SimRobotParameterError(
+                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)}")
+        spec = robot_spec(robot)
+
+        low, high = CONTROL_RATE_RANGE_HZ
+        rate = self._declare("control_rate_hz", 20.0, "Control steps per second (Hz).",
+                             f"a double in [{low}, {high}]",
+                             floating_point_range=_double_range(low, high))
+        low, high = PHYSICS_DT_RANGE_S
+        physics_dt = self._declare(
+            "physics_dt", 1.0 / 240.0, "Physics time step (s); must divide the control period.",
+            f"a double in [{low}, {high}] that divides 1/control_rate_hz",
+            floating_point_range=_double_range(low, high))
+        substeps = round(1.0 / (rate * physics_dt))
+        if substeps < 1 or abs(substeps * physics_dt * rate - 1.0) > 1e-9:
+            raise SimRobotParameterError(
+                f"parameter 'physics_dt' = {physics_dt!r} does not divide the control period "
+                f"1/control_rate_hz = {1.0 / rate!r} s; allowed: 1/(control_rate_hz * n) for an "
+                f"integer n >= 1, e.g. {1.0 / (rate * max(substeps, 1))!r}")
+
+        mode = self._declare("mode", "realtime", "Timing mode.", f"one of {list(MODES)}")
+        if mode not in MODES:
+            raise SimRobotParameterError(f"parameter 'mode' is {mode!r}; allowed: one of {list(MODES)}")
+
+        joints = tuple(self._declare(
+            "joints", list(spec.joint_names),
+            "Joint order of effort commands and joint states (default: the robot's joints).",
+            f"an ordering of {list(spec.joint_names)}",
+            type=ParameterType.PARAMETER_STRING_ARRAY))
+        if sorted(joints) != sorted(spec.joint_names):
+            unknown = sorted(set(joints) - set(spec.joint_names))
+            raise SimRobotParameterError(
+                f"parameter 'joints' is {list(joints)}" + (f" (unknown: {unknown})" if unknown else "")
+                + f"; allowed: each joint of {robot} exactly once, from {list(spec.joint_names)}")
+
+        home = spec.initial_condition("home")
+        default_initial = [float(home[spec.joint_names.index(name)]) for name in joints]
+        initial = np.array(self._declare(
+            "initial_positions", default_initial,
+            "Joint angles (rad) at start-up and after ~/reset, ordered like `joints`.",
+            f"{len(joints)} angles within the joint limits",
+            type=ParameterType.PARAMETER_DOUBLE_ARRAY), dtype=float)
+        if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
+            raise SimRobotParameterError(
+                f"parameter 'initial_positions' is {initial.tolist()}; allowed: {len(joints)} finite "
+                f"angles (rad), one per joint {list(joints)}, within the joint limits")
+
+        low, high = COMMAND_TIMEOUT_RANGE_S
+        timeout = self._declare(
+            "command_timeout_s", 0.5,
+            "Realtime mode: apply zero effort once the last command is older than this (s).",
+            f"a double in [{low}, {high}]", floating_point_range=_double_range(low, high))
+        gui = self._declare("gui", False, "Open the PyBullet GUI window.", "true or false")
+        return SimRobotSettings(robot=robot, control_rate_hz=float(rate), physics_dt=float(physics_dt),
+                                substeps=int(substeps), mode=mode, joints=joints,
+                                initial_positions=initial, command_timeout_s=float(timeout), gui=bool(gui))
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        effort = self._validated_effort(msg)
+        if effort is None:
+            return
+        if self.settings.mode == "lockstep":
+            self._step(effort)
+        else:
+            self._held_effort, self._held_since = effort, time.monotonic()
+
+    def _on_tick(self) -> None:
+        effort = np.zeros(self.arm.n_joints)
+        if self._held_effort is not None:
+            if time.monotonic() - self._held_since <= self.settings.command_timeout_s:
+                effort = self._held_effort
+            else:
+                self.get_logger().warning(
+                    f"no effort command for {self.settings.command_timeout_s:g} s: applying zero effort",
+                    throttle_duration_sec=WARNING_PERIOD_S)
+        self._step(effort)
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.arm.reset(self._initial_q)
+        self._held_effort, self._held_since = None, -math.inf
+        self._publish_state()
+        response.success = True
+        response.message = (f"reset to initial_positions {self.settings.initial_positions.tolist()} "
+                            f"for joints {list(self.settings.joints)}, at rest")
+        return response
+
+    # ------------------------------------------------------------------ helpers
+    def _validated_effort(self, msg: Float64MultiArray) -> Optional[np.ndarray]:
+        """The command in arm joint order, clamped to the effort limits; None if rejected."""
+        try:
+            command = wire.decode_effort_command(msg, self.arm.n_joints)
+        except wire.WireFormatError as error:
+            self.rejected_commands += 1
+            self.get_logger().warning(f"rejected effort command: {error}",
+                                      throttle_duration_sec=WARNING_PERIOD_S)
+            return None
+        effort = np.empty(self.arm.n_joints)
+        effort[self._arm_index] = command
+        clamped = np.clip(effort, -self.arm.effort_limits, self.arm.effort_limits)
+        if np.any(clamped != effort):
+            self.clamped_commands += 1
+            self.get_logger().warning(
+                f"effort command {command.tolist()} beyond the limits "
+                f"{self.arm.effort_limits[self._arm_index].tolist()}: clamped",
+                throttle_duration_sec=WARNING_PERIOD_S)
+        return clamped
+
+    def _step(self, effort: np.ndarray) -> None:
+        self.arm.step(effort)
+        self.steps_taken += 1
+        self._publish_state()
+
+    def _stamp(self):
+        if self.settings.mode == "lockstep":
+            return self.steps_taken * self.settings.control_period_ns
+        return self.get_clock().now().to_msg()
+
+    def _publish_state(self) -> None:
+        stamp = self._stamp()
+        if self._clock_pub is not None:
+            self._clock_pub.publish(wire.encode_clock(stamp))
+        q, qd, effort = self.arm.joint_state()
+        order = self._arm_index
+        self._joint_state_pub.publish(wire.encode_joint_state(
+            self.settings.joints, q[order], qd[order], effort[order], stamp))
+        self._pose_pub.publish(wire.encode_pose(self.arm.ee_position(), self.arm.ee_orientation(), stamp))
+        self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(), self.arm.ee_angular_velocity(), stamp))
+
+    def destroy_node(self) -> None:
+        arm = getattr(self, "arm", None)
+        if arm is not None:
+            arm.close()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    """Console entry point: `sim_robot --ros-args -p robot:=kuka_iiwa ...`."""
+    rclpy.init(args=args)
+    try:
+        node = SimRobotNode()
+    except SimRobotParameterError as error:
+        rclpy.logging.get_logger("sim_robot").fatal(f"cannot start: {error}")
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""sim_robot over real DDS: the node and a probe node spun by an executor thread in this process."""
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from geometry_msgs.msg import PoseStamped, TwistStamped
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import Trigger
+
+from mbpl_ros.nodes import wire
+from mbpl_ros.nodes.sim_robot import SimRobotNode, SimRobotParameterError
+from mbpl_ros.sim.arm import Arm
+
+REPO = Path(__file__).resolve().parents[2]
+LOCKSTEP = {"mode": "lockstep"}
+
+
+def parameters(**values):
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+class Probe:
+    """A test node: records what sim_robot publishes, sends commands, calls ~/reset."""
+
+    def __init__(self, context):
+        self.node = rclpy.create_node("probe", context=context)
+        self.states, self.poses, self.twists, self.clocks = [], [], [], []
+        self._arrived = threading.Condition()
+        for msg_type, topic, store in ((JointState, "joint_states", self.states),
+                                       (PoseStamped, "ee_pose", self.poses),
+                                       (TwistStamped, "ee_twist", self.twists),
+                                       (Clock, "/clock", self.clocks)):
+            self.node.create_subscription(msg_type, topic, self._recorder(store), 100)
+        self.commands = self.node.create_publisher(Float64MultiArray, "effort_controller/commands", 100)
+        self.reset_client = self.node.create_client(Trigger, "/sim_robot/reset")
+
+    def _recorder(self, store):
+        def record(msg):
+            with self._arrived:
+                store.append(msg)
+                self._arrived.notify_all()
+        return record
+
+    def wait_for(self, condition, timeout=5.0):
+        with self._arrived:
+            return self._arrived.wait_for(condition, timeout)
+
+    def wait_until_connected(self, sim, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.commands.get_subscription_count() > 0 and self.reset_client.service_is_ready()
+                    and sim.count_subscribers("joint_states") > 0 and sim.count_subscribers("ee_pose") > 0):
+                return
+            time.sleep(0.01)
+        raise TimeoutError("sim_robot and the probe did not discover each other")
+
+    def reset(self):
+        """Call ~/reset and wait for the state it publishes."""
+        count = len(self.states)
+        response = self.reset_client.call(Trigger.Request(), timeout_sec=5.0)
+        assert response is not None and response.success, response
+        assert self.wait_for(lambda: len(self.states) > count)
+        return response
+
+    def lockstep(self, command):
+        """Send one command and wait for the state of the step it caused."""
+        count = len(self.states)
+        self.commands.publish(wire.encode_effort_command(command))
+        assert self.wait_for(lambda: len(self.states) > count, timeout=10.0), "no state after a valid command"
+        assert len(self.states) == count + 1
+        return self.states[-1]
+
+
+@contextmanager
+def running(context, overrides, executor_type=MultiThreadedExecutor):
+    """sim_robot spun by an executor of executor_type, the probe by its own; both in threads.
+
+    The probe has an executor of its own so that the test's subscribers never delay sim_robot.
+    """
+    sim = SimRobotNode(context=context, parameter_overrides=overrides)
+    probe = Probe(context)
+    executors = [executor_type(context=context), SingleThreadedExecutor(context=context)]
+    executors[0].add_node(sim)
+    executors[1].add_node(probe.node)
+    spinners = [threading.Thread(target=executor.spin, daemon=True) for executor in executors]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        probe.wait_until_connected(sim)
+        yield sim, probe
+    finally:
+        for executor, spinner in zip(executors, spinners):
+            executor.shutdown(timeout_sec=5.0)
+            spinner.join(timeout=5.0)
+        probe.node.destroy_node()
+        sim.destroy_node()
+
+
+@contextmanager
+def fresh_context():
+    context = Context()
+    rclpy.init(context=context)
+    try:
+        yield context
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+def state_vector(msg):
+    return np.concatenate([msg.position, msg.velocity, msg.effort])
+
+
+# ---------------------------------------------------------------- interface
+@pytest.mark.timeout(60)
+def test_topics_types_and_the_published_state(ros_context):
+    with running(ros_context, parameters(robot="kuka_iiwa")) as (sim, probe):
+        assert probe.wait_for(lambda: probe.states and probe.poses and probe.twists)
+        topics = dict(probe.node.get_topic_names_and_types())
+        assert topics["/joint_states"] == ["sensor_msgs/msg/JointState"]
+        assert topics["/ee_pose"] == ["geometry_msgs/msg/PoseStamped"]
+        assert topics["/ee_twist"] == ["geometry_msgs/msg/TwistStamped"]
+        assert topics["/effort_controller/commands"] == ["std_msgs/msg/Float64MultiArray"]
+        assert probe.node.get_publishers_info_by_topic("/clock") == []  # realtime: system time
+        services = dict(probe.node.get_service_names_and_types())
+        assert services["/sim_robot/reset"] == ["std_srvs/srv/Trigger"]
+
+        state = probe.states[-1]
+        assert list(state.name) == [f"lbr_iiwa_joint_{i}" for i in range(1, 8)]
+        assert len(state.position) == len(state.velocity) == len(state.effort) == 7
+        assert state.header.stamp.sec > 0
+        position, orientation = wire.decode_pose(probe.poses[-1])
+        assert probe.poses[-1].header.frame_id == "world"
+        assert np.linalg.norm(orientation) == pytest.approx(1.0)
+        with Arm("kuka_iiwa") as offline:  # the pose is the forward kinematics of the state
+            np.testing.assert_allclose(position, offline.forward_kinematics(np.array(state.position)), atol=1e-3)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("executor_type", [SingleThreadedExecutor, MultiThreadedExecutor])
+def test_realtime_publishes_joint_states_at_100_hz(ros_context, executor_type):
+    """Messages received over a 3 s wall-clock window."""
+    overrides = parameters(control_rate_hz=100.0, physics_dt=0.0025)  # 4 physics steps per control step
+    with running(ros_context, overrides, executor_type) as (sim, probe):
+        time.sleep(0.5)  # settle
+        count_before, start = len(probe.states), time.monotonic()
+        time.sleep(3.0)
+        count_after, elapsed = len(probe.states), time.monotonic() - start
+    rate = (count_after - count_before) / elapsed
+    assert rate == pytest.approx(100.0, rel=0.05)
+
+
+@pytest.mark.timeout(60)
+def test_realtime_holds_the_last_command_then_times_out_to_zero_effort(ros_context):
+    overrides = parameters(control_rate_hz=100.0, physics_dt=0.0025, command_timeout_s=0.3)
+    with running(ros_context, overrides) as (sim, probe):
+        assert probe.wait_for(lambda: len(probe.states) > 3)
+        np.testing.assert_array_equal(probe.states[-1].effort, [0.0, 0.0])
+        sent = time.monotonic()
+        probe.commands.publish(wire.encode_effort_command([0.2, -0.1]))
+        assert probe.wait_for(lambda: list(probe.states[-1].effort) == [0.2, -0.1], timeout=1.0)
+        first_held = len(probe.states) - 1
+        assert probe.wait_for(lambda: list(probe.states[-1].effort) == [0.0, 0.0], timeout=2.0)
+        released, last_held = time.monotonic(), len(probe.states) - 2
+        efforts = np.array([msg.effort for msg in probe.states[first_held:last_held + 1]])
+    np.testing.assert_array_equal(efforts, np.tile([0.2, -0.1], (len(efforts), 1)))  # held
+    assert 0.3 <= released - sent < 0.6
+    assert len(efforts) >= 20  # about 30 steps at 100 Hz within the timeout
+
+
+# ---------------------------------------------------------------- lockstep
+def lockstep_run(overrides, commands, executor_type):
+    """Reset, then one command per step; returns the states and /clock stamps seen."""
+    with fresh_context() as context, running(context, overrides, executor_type) as (sim, probe):
+        probe.reset()
+        states = [probe.states[-1]] + [probe.lockstep(command) for command in commands]
+        assert probe.wait_for(lambda: len(probe.clocks) >= len(commands) + 1)
+        clocks = [wire.nanoseconds_from_stamp(msg.clock) for msg in probe.clocks]
+        return states, clocks
+
+
+@pytest.mark.timeout(60)
+def test_lockstep_is_deterministic_under_both_executors_and_equals_the_offline_arm():
+    commands = np.random.default_rng(0).uniform(-1.0, 1.0, size=(15, 2))
+    first, clocks = lockstep_run(parameters(**LOCKSTEP), commands, SingleThreadedExecutor)
+    second, _ = lockstep_run(parameters(**LOCKSTEP), commands, MultiThreadedExecutor)
+    first_states = np.array([state_vector(msg) for msg in first])
+    np.testing.assert_array_equal(first_states, np.array([state_vector(msg) for msg in second]))
+
+    with Arm("reacher_2link") as offline:  # the node steps exactly the same simulation
+        offline.reset("home")
+        expected = [np.concatenate(offline.joint_state())]
+        for command in commands:
+            offline.step(command)
+            expected.append(np.concatenate(offline.joint_state()))
+    np.testing.assert_array_equal(first_states, np.array(expected))
+
+    # stamps are simulated time: one control period (50 ms) per command, also on /clock
+    stamps = [wire.nanoseconds_from_stamp(msg.header.stamp) for msg in first]
+    assert np.all(np.diff(stamps) == 50_000_000)
+    assert clocks[-len(commands):] == stamps[1:]
+
+
+@pytest.mark.timeout(60)
+def test_bad_commands_never_reach_the_simulator(ros_context):
+    with running(ros_context, parameters(**LOCKSTEP)) as (sim, probe):
+        probe.reset()
+        count = len(probe.states)
+        for bad in ([1.0], [0.1, 0.2, 0.3], [np.nan, 0.0], [0.0, np.inf]):
+            probe.commands.publish(Float64MultiArray(data=bad))
+        assert not probe.wait_for(lambda: len(probe.states) > count, timeout=0.5)  # no step taken
+        assert sim.rejected_commands == 4 and sim.steps_taken == 0
+
+        beyond = probe.lockstep([10.0, -10.0])  # clamped to the limits (2, 1) N·m
+        assert sim.clamped_commands == 1 and sim.steps_taken == 1
+    with Arm("reacher_2link") as offline:
+        offline.reset("home")
+        offline.step([2.0, -1.0])
+        np.testing.assert_array_equal(state_vector(beyond), np.concatenate(offline.joint_state()))
+
+
+@pytest.mark.timeout(60)
+def test_commands_follow_the_joints_parameter_order(ros_context):
+    overrides = parameters(mode="lockstep", joints=["elbow", "shoulder"], initial_positions=[1.0, 0.5])
+    with running(ros_context, overrides) as (sim, probe):
+        probe.reset()
+        assert list(probe.states[-1].name) == ["elbow", "shoulder"]
+        np.testing.assert_array_equal(probe.states[-1].position, [1.0, 0.5])
+        state = probe.lockstep([0.4, -0.3])  # elbow 0.4, shoulder -0.3
+    with Arm("reacher_2link") as offline:
+        offline.reset([0.5, 1.0])
+        offline.step([-0.3, 0.4])
+        q, qd, effort = offline.joint_state()
+        np.testing.assert_array_equal(state.position, q[::-1])
+        np.testing.assert_array_equal(state.velocity, qd[::-1])
+        np.testing.assert_array_equal(state.effort, effort[::-1])
+
+
+@pytest.mark.timeout(60)
+def test_reset_service_returns_to_the_initial_condition(ros_context):
+    with running(ros_context, parameters(**LOCKSTEP)) as (sim, probe):
+        probe.reset()
+        for _ in range(5):
+            moved = probe.lockstep([1.0, 1.0])
+        assert np.abs(np.array(moved.position) - [0.0, 1.5]).max() > 0.01
+        response = probe.reset()
+        assert "initial_positions [0.0, 1.5]" in response.message
+        state = probe.states[-1]
+        np.testing.assert_array_equal(state.position, [0.0, 1.5])
+        np.testing.assert_array_equal(state.velocity, [0.0, 0.0])
+        np.testing.assert_array_equal(state.effort, [0.0, 0.0])
+        # simulated time keeps running forward across a reset
+        assert wire.nanoseconds_from_stamp(state.header.stamp) == 5 * 50_000_000
+
+
+# ---------------------------------------------------------------- parameters
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("overrides, message", [
+    (dict(robot="ur5"), r"parameter 'robot' is 'ur5'; allowed: one of \['kuka_iiwa', 'reacher_2link'\]"),
+    (dict(control_rate_hz=0.0), r"parameter 'control_rate_hz' is invalid.*allowed: a double in \[0.1, 1000.0\]"),
+    (dict(control_rate_hz=-20.0), r"parameter 'control_rate_hz'.*allowed: a double in \[0.1, 1000.0\]"),
+    (dict(control_rate_hz=20), r"parameter 'control_rate_hz'.*expecting type 'DOUBLE'"),
+    (dict(physics_dt=0.007), r"parameter 'physics_dt' = 0.007 does not divide the control period 1/control_rate_hz"),
+    (dict(mode="fast"), r"parameter 'mode' is 'fast'; allowed: one of \['realtime', 'lockstep'\]"),
+    (dict(joints=["shoulder", "wrist"]), r"parameter 'joints'.*unknown: \['wrist'\].*\['shoulder', 'elbow'\]"),
+    (dict(joints=["shoulder"]), r"parameter 'joints'.*each joint of reacher_2link exactly once"),
+    (dict(initial_positions=[0.0]), r"parameter 'initial_positions' is \[0.0\]; allowed: 2 finite angles"),
+    (dict(initial_positions=[0.0, 3.1]), r"parameter 'initial_positions'.*outside the position limits"),
+    (dict(command_timeout_s=0.0), r"parameter 'command_timeout_s'.*allowed: a double in \[0.001, 60.0\]"),
+])
+def test_bad_parameters_stop_start_up_naming_the_parameter(ros_context, overrides, message):
+    with pytest.raises(SimRobotParameterError, match=message):
+        SimRobotNode(context=ros_context, parameter_overrides=parameters(**overrides))
+
+
+@pytest.mark.timeout(60)
+def test_the_config_file_starts_the_node_through_the_rcl_yaml_parser(ros_context):
+    node = SimRobotNode(context=ros_context,
+                        cli_args=["--ros-args", "--params-file", str(REPO / "config" / "sim_robot.yaml")])
+    try:
+        settings = node.settings
+        assert (settings.robot, settings.mode, settings.substeps) == ("reacher_2link", "realtime", 12)
+        assert settings.control_rate_hz == 20.0 and settings.joints == ("shoulder", "elbow")
+    finally:
+        node.destroy_node()
+
+
+@pytest.mark.timeout(60)
+def test_main_exits_non_zero_with_the_message_on_a_bad_parameter():
+    result = subprocess.run(
+        [sys.executable, "-m", "mbpl_ros.nodes.sim_robot", "--ros-args", "-p", "mode:=fast"],
+        capture_output=True, text=True, timeout=50, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    assert result.returncode == 1
+    assert "parameter 'mode' is 'fast'; allowed: one of ['realtime', 'lockstep']" in result.stderr
