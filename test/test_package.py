@@ -73,7 +73,7 @@ def test_core_and_sim_import_no_ros():
             "    for m in pkgutil.iter_modules(pkg.__path__):\n"
             "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
             "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('rclpy', 'std_msgs', 'sensor_msgs'))\n"
-            "assert not bad, bad\n"
+            "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
