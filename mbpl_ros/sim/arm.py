@@ -8,7 +8,10 @@ Arrays are ordered like RobotSpec.joint_names; J is the number of joints.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 from numbers import Integral
 from typing import Optional, Tuple, Union
 
@@ -17,6 +20,20 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from mbpl_ros.sim.robots import RobotSpec, robot_spec
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """Send file descriptor 1 to /dev/null for the duration (C-level prints included)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 class Arm:
@@ -41,8 +58,9 @@ class Arm:
         self.joint_names = self.spec.joint_names
         self.n_joints = len(self.joint_names)
 
-        self._client: Optional[BulletClient] = BulletClient(
-            connection_mode=pybullet.GUI if gui else pybullet.DIRECT)
+        with _stdout_silenced():   # PyBullet's C code prints "argv[0]=" on every connect
+            self._client: Optional[BulletClient] = BulletClient(
+                connection_mode=pybullet.GUI if gui else pybullet.DIRECT)
         try:
             self._load()
         except BaseException:
