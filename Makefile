@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mbpl-installed
+BENCH_STAMP := $(VENV)/.mbpl-bench-installed
 
 # DDS stays on this machine; each make invocation gets its own domain unless one is given.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
@@ -29,8 +30,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest test
 
-bench: $(STAMP)
-	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info runs
