@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -9,40 +11,119 @@ from mbpl_ros.config import ConfigError
 from mbpl_ros.experiment import configuration_reference
 
 
-def _train(args) -> int:
+def _limit_threads():
+    """One thread each for BLAS (within the returned context) and torch: the matrices and
+    the policy network are small, and threads cost more than they give."""
     from threadpoolctl import threadpool_limits
 
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    return threadpool_limits(limits=1)
+
+
+def _check_device(config) -> None:
+    """A configured CUDA device that is not there is a configuration error (exit code 2)."""
+    if config.algorithm != "mdgps" or config.policy.device == "cpu":
+        return
+    from mbpl_ros.core.policy import resolve_device
+
+    try:
+        resolve_device(config.policy.device)
+    except RuntimeError as error:
+        raise ConfigError(f"policy.device: {error}") from None
+
+
+def _train(args) -> int:
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.offline import TrainingRun
 
     config = load_experiment(args.config)
+    if args.algorithm is not None:
+        config = dataclasses.replace(config, algorithm=args.algorithm)
+    _check_device(config)
+    if config.algorithm == "mdgps":
+        import torch  # noqa: F401  (loaded now so that its threads are limited too)
     iterations = args.iterations if args.iterations is not None else config.iterations
     seed = args.seed if args.seed is not None else config.seed
-    # The matrices are small (dX + dU of a few tens): threads cost more than they give.
-    with threadpool_limits(limits=1):
+    with _limit_threads():
         metrics = TrainingRun(config, Path(args.output), seed).run(iterations)
     last = metrics[-1]
     reached = sum(d < config.success_distance_m for d in last["final_distance_m"])
-    print(f"done: {reached}/{len(last['final_distance_m'])} conditions within "
-          f"{100 * config.success_distance_m:.1f} cm after {last['iteration']} iterations, "
-          f"{last['rollouts']} rollouts; results in {args.output}")
+    summary = (f"done ({config.algorithm}): {reached}/{len(last['final_distance_m'])} conditions within "
+               f"{100 * config.success_distance_m:.1f} cm after {last['iteration']} iterations, "
+               f"{last['rollouts']} rollouts")
+    if config.algorithm == "mdgps":
+        policy_reached = sum(d < config.success_distance_m for d in last["policy_final_distance_m"])
+        summary += (f"; the policy reaches {policy_reached}/{len(last['policy_final_distance_m'])}, "
+                    f"exported to {Path(args.output) / 'policy.pt'}")
+    print(f"{summary}; results in {args.output}")
+    return 0
+
+
+def _eval(args) -> int:
+    import torch  # noqa: F401  (see _limit_threads)
+
+    from mbpl_ros.experiment import load_experiment
+    from mbpl_ros.offline import evaluate_exported_policy
+
+    config = load_experiment(args.config)
+    try:
+        with _limit_threads():
+            result = evaluate_exported_policy(config, args.policy, args.conditions, args.seed,
+                                              args.success_distance_m)
+    except ValueError as error:
+        print(f"mbpl: {error}", file=sys.stderr)
+        return 2
+    for i, row in enumerate(result["held_out"]):
+        angles = " ".join(f"{q:+.3f}" for q in row["initial_positions"])
+        print(f"held-out {i:3d} | start (rad) {angles} | final distance {100 * row['final_distance_m']:7.2f} cm"
+              f" | {'reached' if row['success'] else 'missed'}")
+    output = Path(args.output) if args.output is not None else Path(args.policy).parent
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "eval.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"success rate {100 * result['success_rate']:.0f}% ({result['successes']}/{result['conditions']} "
+          f"within {100 * result['success_distance_m']:.1f} cm); distance median "
+          f"{100 * result['median_distance_m']:.2f} cm, max {100 * result['max_distance_m']:.2f} cm; "
+          f"written to {path}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mbpl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="learn local controllers offline on the PyBullet arm")
+    train = commands.add_parser("train", help="learn local controllers (and an MDGPS policy) offline "
+                                              "on the PyBullet arm")
     train.add_argument("--config", required=True, help="experiment YAML, e.g. config/reacher_2link.yaml")
+    train.add_argument("--algorithm", choices=("lqr_flm", "mdgps"), help="override the config's algorithm")
     train.add_argument("--iterations", type=int, help="override the config's iterations")
-    train.add_argument("--output", default="runs/train", help="directory for metrics, checkpoints, plot")
+    train.add_argument("--output", default="runs/train",
+                       help="directory for metrics, checkpoints, plot (and policy.pt for mdgps)")
     train.add_argument("--seed", type=int, help="override the config's seed")
     train.set_defaults(run=_train)
+    evaluate = commands.add_parser(
+        "eval", help="run an exported policy from held-out initial conditions drawn inside the box "
+                     "of the training conditions' initial joint angles")
+    evaluate.add_argument("--policy", required=True, help="exported policy, e.g. runs/train/policy.pt")
+    evaluate.add_argument("--config", required=True, help="the experiment YAML the policy was trained with")
+    evaluate.add_argument("--conditions", type=int, default=20, help="number of held-out initial conditions")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out conditions")
+    evaluate.add_argument("--success-distance-m", type=float,
+                          help="success threshold (m); default: the config's success_distance_m")
+    evaluate.add_argument("--output", help="directory for eval.json (default: the policy's directory)")
+    evaluate.set_defaults(run=_eval)
     reference = commands.add_parser("config-reference", help="print every experiment key as Markdown")
     reference.set_defaults(run=lambda args: print(configuration_reference()) or 0)
     args = parser.parse_args(argv)
     if getattr(args, "iterations", None) is not None and args.iterations < 1:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
+    if args.command == "eval":
+        if args.conditions < 1:
+            parser.error(f"--conditions must be >= 1, got {args.conditions}")
+        if args.seed < 0:
+            parser.error(f"--seed must be >= 0, got {args.seed}")
+        if args.success_distance_m is not None and not args.success_distance_m > 0:
+            parser.error(f"--success-distance-m must be > 0, got {args.success_distance_m}")
     try:
         return args.run(args)
     except ConfigError as error:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Optional
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from mbpl_ros.core.costs import build_cost
 from mbpl_ros.core.lqr_flm import LqrFlmSettings, PriorSettings
 from mbpl_ros.core.rollouts import StateLayout
 from mbpl_ros.core.traj_opt import StepAdjustment
+
+if TYPE_CHECKING:  # core.mdgps and core.policy import torch: only when MDGPS is run
+    from mbpl_ros.core.mdgps import MdgpsSettings
 from mbpl_ros.sim.robots import ROBOTS
 
 
@@ -83,6 +86,42 @@ class TrajectoryOptimizationConfig:
 
 
 @dataclass
+class PolicyPriorConfig:
+    enabled: bool = doc("use a GMM prior over [x, policy action] when linearising the policy", True)
+    max_clusters: int = doc("largest number of GMM clusters", 20, ge=1)
+    min_points_per_cluster: int = doc("clusters = min(max_clusters, points // this)", 20, ge=1)
+    strength: float = doc("scales the prior's pseudo-counts", 1.0, gt=0.0)
+
+
+@dataclass
+class PolicyConfig:
+    hidden_sizes: list[int] = doc("widths of the hidden layers of the policy network; [] = linear policy",
+                                  [64, 64], ge=1)
+    activation: Literal["relu", "tanh", "elu", "softplus", "silu"] = doc(
+        "activation after each hidden layer", "relu")
+    iterations: int = doc("Adam minibatch steps per S-step", 1000, ge=1)
+    batch_size: int = doc("states per minibatch (capped at the states available)", 64, ge=1)
+    learning_rate: float = doc("Adam step size", 1e-3, gt=0.0)
+    weight_decay: float = doc("Adam L2 weight decay", 0.0, ge=0.0)
+    initial_variance: float = doc("action variance of the untrained policy (N·m)²", 0.1, gt=0.0)
+    seed: Optional[int] = doc("seeds the weights and minibatch order; null: the experiment's seed",
+                              None, ge=0)
+    device: str = doc("where the S-step trains: cpu, cuda or cuda:<index> (an error if CUDA is absent)",
+                      "cpu")
+    sample_on_policy: bool = doc("from iteration 2 on, draw the rollouts from the policy (with its "
+                                 "variance) instead of the local controllers", False)
+    linearization_regularization: float = doc("ridge of the per-step regression that linearises the policy",
+                                              1e-6, gt=0.0)
+    prior: PolicyPriorConfig = dataclasses.field(
+        default_factory=PolicyPriorConfig, metadata={"doc": "GMM prior of the policy linearisation"})
+
+    def __post_init__(self):
+        if not (self.device in ("cpu", "cuda")
+                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
+            raise ValueError(f"device: must be cpu, cuda or cuda:<index>, got {self.device!r}")
+
+
+@dataclass
 class ExperimentConfig:
     robot: str = doc(f"robot to simulate: one of {', '.join(sorted(ROBOTS))}")
     conditions: list[ConditionConfig] = doc("start poses and targets, one local controller each")
@@ -91,6 +130,9 @@ class ExperimentConfig:
     physics_dt: float = doc("physics time step (s)", 1.0 / 240.0, gt=0.0)
     substeps: int = doc("physics steps per control step; control period = physics_dt · substeps", 12, ge=1)
     rollouts_per_condition: int = doc("rollouts per condition per iteration (N)", 5, ge=1)
+    algorithm: Literal["lqr_flm", "mdgps"] = doc(
+        "lqr_flm: local controllers only; mdgps: also distil them into one neural-network policy",
+        "lqr_flm")
     iterations: int = doc("learning iterations", 10, ge=1)
     seed: int = doc("seed of every random choice (noise, GMM initialisation)", 0, ge=0)
     success_distance_m: float = doc("a condition counts as reached below this final distance (m)",
@@ -103,6 +145,8 @@ class ExperimentConfig:
         default_factory=DynamicsConfig, metadata={"doc": "dynamics fit"})
     trajectory_optimization: TrajectoryOptimizationConfig = dataclasses.field(
         default_factory=TrajectoryOptimizationConfig, metadata={"doc": "KL-bounded LQR step"})
+    policy: PolicyConfig = dataclasses.field(
+        default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
 
     def __post_init__(self):
         if self.robot not in ROBOTS:
@@ -139,6 +183,25 @@ class ExperimentConfig:
                                 max_rollouts=p.max_rollouts, strength=p.strength),
             step=StepAdjustment(min_mult=t.min_step_mult, max_mult=t.max_step_mult,
                                 min_change=t.min_mult_change, max_change=t.max_mult_change))
+
+    def mdgps_settings(self, seed: int | None = None) -> "MdgpsSettings":
+        """MDGPS settings from the policy section; the policy seed defaults to `seed`
+        (the run's seed, e.g. from the command line), else to the experiment's."""
+        from mbpl_ros.core.mdgps import MdgpsSettings, PolicyPriorSettings
+        from mbpl_ros.core.policy import PolicySettings
+
+        p = self.policy
+        policy_seed = p.seed if p.seed is not None else (self.seed if seed is None else seed)
+        return MdgpsSettings(
+            policy=PolicySettings(
+                hidden_sizes=tuple(p.hidden_sizes), activation=p.activation,
+                initial_variance=p.initial_variance, learning_rate=p.learning_rate,
+                weight_decay=p.weight_decay, batch_size=p.batch_size, iterations=p.iterations,
+                seed=policy_seed, device=p.device),
+            policy_prior=PolicyPriorSettings(
+                enabled=p.prior.enabled, max_clusters=p.prior.max_clusters,
+                min_points_per_cluster=p.prior.min_points_per_cluster, strength=p.prior.strength),
+            linearization_regularization=p.linearization_regularization)
 
     def initial_controllers(self, arm) -> list[lg.LinearGaussianController]:
         """One initial controller per condition, its gains and noise scaled by the mass

@@ -8,14 +8,15 @@ from mbpl_ros.config import ConfigError, from_dict
 from mbpl_ros.experiment import ExperimentConfig, configuration_reference, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "config").glob("*_reach*.yaml")) + [ROOT / "config" / "reacher_2link.yaml"]
+# Experiment files have a top-level `robot`; the others are ROS parameter files.
+EXPERIMENTS = [p for p in sorted((ROOT / "config").glob("*.yaml")) if "robot" in yaml.safe_load(p.read_text())]
 
 
 def reacher() -> dict:
     return yaml.safe_load((ROOT / "config" / "reacher_2link.yaml").read_text())
 
 
-@pytest.mark.parametrize("path", sorted(set(CONFIGS)), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_shipped_experiments_load_and_build(path):
     config = load_experiment(path)
     cost = config.build_cost()

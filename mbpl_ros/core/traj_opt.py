@@ -383,12 +383,19 @@ def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bra
         center = math.log(eta[i]) + max(jump, 0.1)
         log_etas = _spread(center, settings.grid_decades * ln10, settings.grid_points)
         return log_etas[log_etas > math.log(eta[i])], np.inf
-    log_a = math.log(eta[over].max())
-    above = ~over & (eta > eta[over].max())
-    log_b = math.log(eta[above].min())
+    # The bracket ends at the smallest η within budget. KL need not be monotone in η (an η
+    # can fail, counting as over budget, above one that succeeds), so its lower end is the
+    # largest η over budget below that one, if any; else keep stepping down.
+    eta_b = eta[~over].min()
+    below = over & (eta < eta_b)
+    if not below.any():
+        return math.log(eta_b) - settings.extension_decades * ln10 * np.arange(1, settings.grid_points + 1), np.inf
+    log_a, log_b = math.log(eta[below].max()), math.log(eta_b)
     width = log_b - log_a
     usable = np.isfinite(kl) & (kl > 1e-9 * kl_step)
-    if np.isfinite(kl[over]).all() and usable[above].any() and width < 0.9 * previous_bracket:
+    order = np.argsort(eta[usable])
+    monotone = np.all(np.diff(kl[usable][order]) <= 0)
+    if monotone and np.isfinite(kl[below]).all() and usable[~over].any() and width < 0.9 * previous_bracket:
         log_star = _interpolate_log_eta(eta[usable], kl[usable], kl_step)
     else:                                     # failed end, vanishing KL or a stuck interpolation: bisect
         log_star = 0.5 * (log_a + log_b)

@@ -320,10 +320,6 @@ def test_no_numpy_warnings(fuzz_results):
     assert not fuzz_results["warnings"], _report(fuzz_results["warnings"], N_CASES, "warned")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core.traj_opt._next_log_etas: when a failed η (KL = inf, counted as 'over budget') lies above "
-    "an η whose KL is within budget, the set of larger within-budget η is empty and "
-    "eta[above].min() raises 'ValueError: zero-size array to reduction operation minimum'"))
 def test_no_exception_but_the_documented_one(fuzz_results):
     assert not fuzz_results["exceptions"], _report(fuzz_results["exceptions"], N_CASES, "raised")
 

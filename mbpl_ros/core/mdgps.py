@@ -1,0 +1,281 @@
+"""Mirror-descent guided policy search (MDGPS, Montgomery & Levine 2016).
+
+LQR-FLM improves one time-varying linear-Gaussian controller p_m(u|x, t) per condition m;
+MDGPS distils them into one state-feedback policy π_θ(u|x) that works from every
+condition, and makes the controllers stay near what the policy can represent. Each
+iteration, from rollouts of the current controllers p_m (or of the policy itself):
+
+  1. S-step: fit π_θ to all controllers at once, minimising over the rollout states x
+
+         Σ_m E_{x ~ p_m} (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)),   μ_m(x) = K_t x + k_t,
+
+     (core.policy.train_policy; the variance has a closed form);
+  2. linearise π_θ around each condition's rollouts: π̄_m(u|x, t) = N(K̄_t x + k̄_t, S̄_t),
+     a per-time-step Bayesian linear regression of μ_θ(x) on x with a GMM prior over
+     [x, μ_θ(x)] fitted to this iteration's points (core.policy.linearize_policy);
+  3. C-step: fit each condition's dynamics and cost from its rollouts, then
+
+         p_m ← argmin E_p[Σ_t l_t]  s.t.  KL(p(τ) ‖ π̄_m(τ)) ≤ ε_m,
+
+     i.e. LqrFlm.update with the linearised policies as the KL anchors (instead of
+     each controller's previous self, the LQR-FLM anchor).
+
+This follows the order of GPS's AlgorithmMDGPS.iteration (update dynamics; policy on
+the current controllers; linearise the policy; C-step), with the S-step of the current
+controllers at their own rollout states, so the first S-step fits the initial
+controllers and the first C-step already has a meaningful anchor.
+
+The KL step size ε_m adapts with LqrFlm's rule, which compares the controllers'
+predicted and achieved costs. GPS's MDGPS compares the policy linearisations' costs
+instead, so that the step shrinks when the policy cannot follow the controllers; with
+LqrFlm's rule the step must not be allowed to grow (max_step_mult = 1, as in GPS's MDGPS
+examples), and sampling from the policy (sample_on_policy) diverged in a trial on the
+reacher.
+
+Shapes: M conditions, N rollouts (all conditions stacked), T time steps, dX state
+dimension, dU action dimension.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from mbpl_ros.core.controller import LinearGaussianController
+from mbpl_ros.core.gmm import GMMPrior
+from mbpl_ros.core.lqr_flm import ConditionReport, LqrFlm, LqrFlmSettings
+from mbpl_ros.core.policy import (Policy, PolicySettings, controller_targets, linearize_policy,
+                                  train_policy)
+from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.core.traj_opt import forward_pass, kl_divergence
+
+__all__ = ["Mdgps", "MdgpsReport", "MdgpsSettings", "PolicyPriorSettings"]
+
+
+@dataclass
+class PolicyPriorSettings:
+    """GMM prior over [x, μ_θ(x)] points for the policy linearisation (GPS's
+    PolicyPriorGMM). Each condition's prior holds only the current iteration's rollouts
+    (its buffer is as long as that condition's batch), so it describes the current
+    policy; the mixture is warm-started from the previous iteration's fit."""
+
+    enabled: bool = True
+    max_clusters: int = 20
+    min_points_per_cluster: int = 20
+    strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"PolicyPriorSettings.enabled must be True or False, got {self.enabled!r}")
+        for name in ("max_clusters", "min_points_per_cluster"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"PolicyPriorSettings.{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.strength, (int, float)) and np.isfinite(self.strength)
+                and self.strength > 0):
+            raise ValueError(f"PolicyPriorSettings.strength must be a number > 0, got {self.strength!r}")
+
+
+@dataclass
+class MdgpsSettings:
+    """policy: network and S-step settings; policy_prior: the linearisation's GMM prior;
+    linearization_regularization: ridge (> 0) of the per-step regression of the policy;
+    covariance: the policy's action covariance Σ_π, which minimises the S-step's
+        E[KL(π ‖ p_m)] over Gaussians of its kind:
+
+        ``"full"``: Σ_π = E[Σ_m,t⁻¹]⁻¹ (dU, dU), the expectation over all training states;
+        ``"diagonal"``: Σ_π = diag(1 / E[diag Σ_m,t⁻¹]), GPS's choice, the Policy's own
+            action_variance.
+
+        They agree for uncorrelated controller noise. With correlated noise (torques
+        M(q) a from joint-acceleration noise a, strongly correlated on an arm) the
+        diagonal one is far narrower than every controller, the C-step then shrinks the
+        controllers to it, and exploration collapses; hence "full" by default.
+    """
+
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    policy_prior: PolicyPriorSettings = field(default_factory=PolicyPriorSettings)
+    linearization_regularization: float = 1e-6
+    covariance: str = "full"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, PolicySettings):
+            raise ValueError(f"MdgpsSettings.policy must be a PolicySettings, got "
+                             f"{type(self.policy).__name__}")
+        if not isinstance(self.policy_prior, PolicyPriorSettings):
+            raise ValueError(f"MdgpsSettings.policy_prior must be a PolicyPriorSettings, got "
+                             f"{type(self.policy_prior).__name__}")
+        if self.covariance not in ("full", "diagonal"):
+            raise ValueError(f"MdgpsSettings.covariance must be 'full' or 'diagonal', "
+                             f"got {self.covariance!r}")
+        r = self.linearization_regularization
+        if not (isinstance(r, (int, float)) and np.isfinite(r) and r > 0):
+            raise ValueError(f"MdgpsSettings.linearization_regularization must be a number > 0, "
+                             f"got {r!r}")
+
+
+@dataclass
+class MdgpsReport:
+    """What one MDGPS iteration did.
+
+    policy_loss: S-step loss after training, mean over states of
+        (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)); an error as large as one draw of the
+        controllers' own exploration noise scores dU, so loss ≪ dU is a close fit.
+    policy_initial_loss: the same before this S-step (the warm-started policy).
+    policy_training: everything core.policy.train_policy returned.
+    policy_kl: (M,) KL(p_m(τ) ‖ π̄_m(τ)) of the controller that drew the rollouts from
+        the policy's linearisation, under the dynamics fitted to those rollouts: how far
+        the policy is from that controller, in the C-step's own units.
+    conditions: (M,) LQR-FLM's report of the C-step per condition.
+    """
+
+    policy_loss: float
+    policy_initial_loss: float
+    policy_training: dict[str, Any]
+    policy_kl: list[float]
+    conditions: list[ConditionReport]
+
+
+class Mdgps:
+    """MDGPS over M conditions: M local controllers (LqrFlm) and one global policy.
+
+    Args:
+        cost: the task cost, ``evaluate(X (N, T, dX), U (N, T, dU)) -> CostExpansion``.
+        initial_controllers: (M,) controllers with the same T, dX, dU.
+        settings: MDGPS settings (policy network, S-step, linearisation).
+        lqr_flm_settings: the C-step's settings (dynamics fit, KL step, step adjustment).
+        policy: optional policy to start from (e.g. restored); by default a fresh one
+            from ``settings.policy``.
+
+    Attributes: ``local`` (the LqrFlm), ``policy`` (the Policy), ``policy_covariance``
+    ((dU, dU), Σ_π of the last S-step, see MdgpsSettings.covariance; the policy's
+    diag(action_variance) before the first), ``anchors`` ((M,) linearised policies of the
+    last C-step, None before the first update).
+    """
+
+    def __init__(self, cost, initial_controllers: Sequence[LinearGaussianController],
+                 settings: MdgpsSettings | None = None,
+                 lqr_flm_settings: LqrFlmSettings | None = None,
+                 policy: Policy | None = None) -> None:
+        self.settings = MdgpsSettings() if settings is None else settings
+        if not isinstance(self.settings, MdgpsSettings):
+            raise ValueError(f"settings must be an MdgpsSettings, got {type(self.settings).__name__}")
+        controllers = list(initial_controllers)
+        if not controllers:
+            raise ValueError("initial_controllers must hold at least one controller (one per condition)")
+        shapes = {(c.T, c.dX, c.dU) for c in controllers}
+        if len(shapes) != 1:
+            raise ValueError(f"initial_controllers must share (T, dX, dU); got {sorted(shapes)}")
+        (self.T, self.dX, self.dU), = shapes
+        if policy is None:
+            policy = Policy.from_settings(self.dX, self.dU, self.settings.policy)
+        elif (policy.dX, policy.dU) != (self.dX, self.dU):
+            raise ValueError(f"policy maps dX={policy.dX} to dU={policy.dU}; the controllers "
+                             f"need dX={self.dX}, dU={self.dU}")
+        self.local = LqrFlm(cost, controllers, lqr_flm_settings)
+        self.policy = policy
+        self.policy_covariance = policy.action_covariance()
+        self._policy_priors: list[Optional[GMMPrior]] = [None] * len(controllers)
+        self.anchors: list[LinearGaussianController] | None = None
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def M(self) -> int:
+        return len(self.local.conditions)
+
+    @property
+    def controllers(self) -> list[LinearGaussianController]:
+        """The current local controllers (M,): the next rollouts' samplers."""
+        return self.local.controllers
+
+    @property
+    def iteration(self) -> int:
+        return self.local.iteration
+
+    # ------------------------------------------------------------------ the steps
+
+    def _split(self, rollouts: Rollouts) -> list[Rollouts]:
+        """Rollouts per condition (M,), after checking shapes and condition ids."""
+        if not isinstance(rollouts, Rollouts):
+            raise ValueError(f"rollouts must be a Rollouts, got {type(rollouts).__name__}")
+        if rollouts.X.shape[1:] != (self.T, self.dX) or rollouts.U.shape[2] != self.dU:
+            raise ValueError(f"rollouts must have X (N, T={self.T}, dX={self.dX}) and "
+                             f"U (N, T, dU={self.dU}); got X {rollouts.X.shape}, U {rollouts.U.shape}")
+        unknown = sorted(set(rollouts.condition.tolist()) - set(range(self.M)))
+        if unknown:
+            raise ValueError(f"rollouts name conditions {unknown}; allowed are 0 .. {self.M - 1}")
+        batches = [rollouts.for_condition(m) for m in range(self.M)]
+        missing = [m for m, batch in enumerate(batches) if batch.N == 0]
+        if missing:
+            raise ValueError(f"no rollouts for conditions {missing}; every condition needs at least one")
+        return batches
+
+    def s_step(self, rollouts: Rollouts) -> dict[str, Any]:
+        """Train the policy on every condition's rollout states X_m (N_m, T, dX) with the
+        targets of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then set
+        ``policy_covariance``. Returns train_policy's result."""
+        batches = self._split(rollouts)
+        targets = [controller_targets(controller, batch.X)
+                   for controller, batch in zip(self.controllers, batches)]
+        X = np.concatenate([batch.X for batch in batches])                  # (N, T, dX)
+        target_mean = np.concatenate([mean for mean, _ in targets])         # (N, T, dU)
+        target_precision = np.concatenate([prec for _, prec in targets])    # (N, T, dU, dU)
+        training = train_policy(self.policy, X, target_mean, target_precision, self.settings.policy)
+        if self.settings.covariance == "full":
+            mean_precision = target_precision.mean(axis=(0, 1))             # E[Σ⁻¹] (dU, dU)
+            covariance = np.linalg.inv(mean_precision)
+            self.policy_covariance = 0.5 * (covariance + covariance.T)
+        else:
+            self.policy_covariance = self.policy.action_covariance()
+        return training
+
+    def _policy_prior(self, m: int, n_rollouts: int) -> Optional[GMMPrior]:
+        """Condition m's prior, its buffer exactly one batch long (new if the batch size
+        changed), so old points labelled by an older policy never enter the fit."""
+        settings = self.settings.policy_prior
+        if not settings.enabled:
+            return None
+        prior = self._policy_priors[m]
+        if prior is None or prior.max_rollouts != n_rollouts:
+            prior = GMMPrior(max_clusters=settings.max_clusters,
+                             min_points_per_cluster=settings.min_points_per_cluster,
+                             max_rollouts=n_rollouts, strength=settings.strength,
+                             seed=self.settings.policy.seed)
+            self._policy_priors[m] = prior
+        return prior
+
+    def linearize(self, rollouts: Rollouts) -> list[LinearGaussianController]:
+        """The policy's linear-Gaussian fit around each condition's rollout states:
+        (M,) controllers with K (T, dU, dX), k (T, dU) and covar (T, dU, dU) = the fit's
+        residual covariance + Σ_π (``policy_covariance``)."""
+        batches = self._split(rollouts)
+        anchors = []
+        for m, batch in enumerate(batches):
+            fit = linearize_policy(self.policy, batch.X, prior=self._policy_prior(m, batch.N),
+                                   regularization=self.settings.linearization_regularization)
+            # linearize_policy adds the Policy's diagonal variance; swap in Σ_π.
+            residual = fit.covar - self.policy.action_covariance()[None]
+            anchors.append(LinearGaussianController.from_covar(
+                fit.K, fit.k, residual + self.policy_covariance[None]))
+        return anchors
+
+    def update(self, rollouts: Rollouts) -> MdgpsReport:
+        """One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
+        U (N, T, dU) with condition ids (N,), drawn from the current controllers (or
+        from the policy); every condition needs at least one rollout."""
+        self._split(rollouts)
+        training = self.s_step(rollouts)
+        anchors = self.linearize(rollouts)
+        sampling_controllers = self.controllers
+        reports = self.local.update(rollouts, anchors=anchors)
+        self.anchors = anchors
+        policy_kl = []
+        for controller, anchor, state in zip(sampling_controllers, anchors, self.local.conditions):
+            dynamics = state.previous_model.dynamics  # fitted to these rollouts
+            marginals = forward_pass(controller, dynamics)
+            policy_kl.append(float(np.sum(kl_divergence(controller, anchor, marginals))))
+        return MdgpsReport(policy_loss=float(training["loss"]),
+                           policy_initial_loss=float(training["initial_loss"]),
+                           policy_training=training, policy_kl=policy_kl, conditions=reports)
