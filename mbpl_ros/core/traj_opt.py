@@ -265,12 +265,18 @@ class _KlProblem:
                  anchor: LinearGaussianController):
         T, dX, dU = _check_problem(dynamics, cost, {"anchor": anchor})
         self.dynamics, self.T, self.dX, self.dU = dynamics, T, dX, dU
-        self.F_hom = homogeneous_dynamics(dynamics.F, dynamics.f)
-        self.cost_hom = homogeneous_cost(_sym(cost.C), cost.c, None, dX)
-        # −log p̄(u|x) = ½ rᵀ P̄ r + const with r = u − K̄x − k̄ = R y, y = [x; 1; u]: ½ yᵀ Rᵀ P̄ R y.
-        R = np.concatenate([-anchor.K, -anchor.k[:, :, None], np.broadcast_to(np.eye(dU), (T, dU, dU))],
-                           axis=2)
-        self.anchor_hom = _sym(np.swapaxes(R, 1, 2) @ _sym(anchor.inv_covar) @ R)
+        # Optimise in anchor-relative actions δ = u − K̄x − k̄: with y = [x; 1; u] = S ŷ,
+        # ŷ = [x; 1; δ], the anchor's −log p̄ is ½ δᵀP̄δ alone. Written in u instead, its share
+        # of V = Q_ss − Q_su Q_uu⁻¹ Q_us is K̄ᵀP̄K̄ − K̄ᵀP̄P̄⁻¹P̄K̄: exactly zero, but computed as a
+        # difference of large numbers, which an ill-conditioned P̄ turns indefinite at large η.
+        s = dX + 1
+        S = np.zeros((T, s + dU, s + dU))
+        S[:, :s, :s] = np.eye(s)
+        S[:, s:, :dX], S[:, s:, dX], S[:, s:, s:] = anchor.K, anchor.k, np.eye(dU)
+        self.F_hom = homogeneous_dynamics(dynamics.F, dynamics.f) @ S[:-1]
+        self.cost_hom = _sym(np.swapaxes(S, 1, 2) @ homogeneous_cost(_sym(cost.C), cost.c, None, dX) @ S)
+        self.anchor_hom = np.zeros_like(self.cost_hom)
+        self.anchor_hom[:, s:, s:] = _sym(anchor.inv_covar)
         self.anchor = anchor
         self.anchor_logdet = _logdet_from_chol(anchor.chol)
 
@@ -281,13 +287,13 @@ class _KlProblem:
         riccati = riccati_recursion(self.F_hom, self.cost_hom, dX, cost_scale=1.0 / eta,
                                     cost_offset=self.anchor_hom, keep_value=False)
         failed = riccati.failed_step >= 0
-        K, k, covar = riccati.gains[..., :dX], riccati.gains[..., dX], riccati.covar
+        a = self.anchor   # gains of δ = u − K̄x − k̄, back to gains of u
+        K, k, covar = riccati.gains[..., :dX] + a.K, riccati.gains[..., dX] + a.k, riccati.covar
         if failed.any():   # keep failed members finite so the forward pass stays quiet
             K, k, covar = K.copy(), k.copy(), covar.copy()
             K[failed], k[failed], covar[failed] = 0.0, 0.0, np.eye(self.dU)
         with np.errstate(over="ignore", invalid="ignore"):
             mean_x, covar_x = _state_marginals(K, k, covar, self.dynamics)
-            a = self.anchor
             kl_t = _expected_conditional_kl(K, k, covar, -_logdet_from_chol(riccati.chol_Quu),
                                             a.K, a.k, a.inv_covar, self.anchor_logdet, mean_x, covar_x)
         kl_t[failed] = np.inf

@@ -8,9 +8,6 @@ covariances), go through core.lqr.lqr_backward (on the convex ones, where it mus
 succeed) and core.traj_opt.optimize_trajectory (on all of them). Allowed outcomes: a
 finite solution whose covariances are symmetric positive definite, or, rarely, the
 documented TrajectoryOptimizationError past TrajOptSettings.max_eta. Nothing else.
-
-Tests marked xfail(strict=True) are known core defects, each named in its reason; they
-turn into failures (XPASS) once fixed, so that the marker gets removed.
 """
 from __future__ import annotations
 
@@ -324,16 +321,6 @@ def test_no_exception_but_the_documented_one(fuzz_results):
     assert not fuzz_results["exceptions"], _report(fuzz_results["exceptions"], N_CASES, "raised")
 
 
-def test_trajectory_optimization_error_stays_below_today_s_level(fuzz_results):
-    """A regression guard at today's level (18 of 1000, 17 of them with an ill-conditioned
-    anchor); the goal is the xfailed test below."""
-    assert len(fuzz_results["traj_errors"]) <= 0.03 * N_CASES, _report(
-        fuzz_results["traj_errors"], N_CASES, "raised TrajectoryOptimizationError")
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "large-η backward passes fail numerically when the anchor's covariance is ill-conditioned "
-    "(see test_large_eta_reproduces_an_ill_conditioned_anchor)"))
 def test_trajectory_optimization_error_is_rare(fuzz_results):
     assert len(fuzz_results["traj_errors"]) <= MAX_ERROR_FRACTION * N_CASES, _report(
         fuzz_results["traj_errors"], N_CASES, "raised TrajectoryOptimizationError")
@@ -349,10 +336,6 @@ def test_search_converges_on_most_cases(fuzz_results):
     assert _converged_fraction(fuzz_results) >= 0.85, dict(fuzz_results["status"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "status 'max_eta' (KL above ε even at η = max_eta, where the KL should be ~0) on most cases "
-    "with an ill-conditioned anchor: the large-η cancellation of "
-    "test_large_eta_reproduces_an_ill_conditioned_anchor"))
 def test_search_converges_on_almost_every_case(fuzz_results):
     assert _converged_fraction(fuzz_results) >= 0.97, dict(fuzz_results["status"])
 
@@ -370,11 +353,6 @@ def test_forward_pass_of_every_result_stays_psd(fuzz_results):
 
 ANCHOR_EIGENVALUE_MIN = 1e-8       # the anchor's covariance has eigenvalues 1e-8, 1, 100
 
-@pytest.mark.xfail(strict=True, reason=(
-    "riccati_recursion forms V = Q_ss − Q_su Q_uu⁻¹ Q_us; at large η the anchor's part "
-    "(K̄ᵀP̄K̄ − K̄ᵀP̄ P̄⁻¹ P̄K̄, exactly 0) is a difference of large numbers, so with an "
-    "ill-conditioned anchor precision P̄ it comes out O(1) and indefinite, and Q_uu fails one step "
-    "earlier; writing u = K̄x + k̄ + δ (anchor-relative actions) removes the cancellation"))
 @pytest.mark.parametrize("seed", range(5))
 def test_large_eta_reproduces_an_ill_conditioned_anchor(seed):
     """As η → ∞ the KL-bounded optimum is the anchor itself, with a cost-to-go of
