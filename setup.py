@@ -27,6 +27,10 @@ setup(
         "console_scripts": [
             "mbpl = mbpl_ros.cli:main",
             "sim_robot = mbpl_ros.nodes.sim_robot:main",
+            "lqr_controller = mbpl_ros.nodes.lqr_controller:main",
+            "sample_collector = mbpl_ros.nodes.sample_collector:main",
+            "dynamics_fitter = mbpl_ros.nodes.dynamics_fitter:main",
+            "gps_trainer = mbpl_ros.nodes.gps_trainer:main",
         ],
     },
 )

@@ -83,6 +83,24 @@ class ConditionReport:
     step_mult: float
 
 
+def new_dynamics_prior(settings: PriorSettings) -> Optional[GMMPrior]:
+    """A fresh GMM prior over [x, u, x'] (None when the prior is disabled)."""
+    if not settings.enabled:
+        return None
+    return GMMPrior(max_clusters=settings.max_clusters, min_points_per_cluster=settings.min_points_per_cluster,
+                    max_rollouts=settings.max_rollouts, strength=settings.strength)
+
+
+def fit_batch_dynamics(prior: Optional[GMMPrior], X: np.ndarray, U: np.ndarray,
+                       regularization: float) -> LinearGaussianDynamics:
+    """One iteration's dynamics fit of a condition from its batch X (N, T, dX), U (N, T, dU):
+    fold the batch's [x_t, u_t, x_{t+1}] tuples into `prior` (refitting it), then fit by
+    Bayesian regression under it. LQR-FLM and the ROS dynamics_fitter both call this."""
+    if prior is not None:
+        prior.update(np.concatenate([X[:, :-1], U[:, :-1], X[:, 1:]], axis=2))
+    return fit_dynamics(X, U, prior=prior, regularization=regularization)
+
+
 class LqrFlm:
     """LQR-FLM over M conditions, each with its own local controller and dynamics."""
 
@@ -99,19 +117,11 @@ class LqrFlm:
         return [c.controller for c in self.conditions]
 
     def _new_prior(self) -> Optional[GMMPrior]:
-        p = self.settings.prior
-        if not p.enabled:
-            return None
-        return GMMPrior(max_clusters=p.max_clusters, min_points_per_cluster=p.min_points_per_cluster,
-                        max_rollouts=p.max_rollouts, strength=p.strength)
+        return new_dynamics_prior(self.settings.prior)
 
     def fit_model(self, m: int, X: np.ndarray, U: np.ndarray) -> LocalModel:
         """Fit condition m's dynamics and cost model to rollouts X (N, T, dX), U (N, T, dU)."""
-        state = self.conditions[m]
-        if state.prior is not None:
-            state.prior.update(np.concatenate([X[:, :-1], U[:, :-1], X[:, 1:]], axis=2))
-        dynamics = fit_dynamics(X, U, prior=state.prior,
-                                regularization=self.settings.dynamics_regularization)
+        dynamics = fit_batch_dynamics(self.conditions[m].prior, X, U, self.settings.dynamics_regularization)
         return LocalModel(dynamics, quadratic_cost_model(X, U, self.cost.evaluate(X, U)))
 
     def update(self, rollouts: Rollouts,
@@ -121,13 +131,36 @@ class LqrFlm:
         anchors (M,) replaces the KL anchor of each condition (MDGPS passes the
         linearised policy); by default each condition stays near its own controller.
         """
+        return self._update(rollouts, anchors, dynamics=None)
+
+    def update_with_dynamics(self, rollouts: Rollouts, dynamics: Sequence[LinearGaussianDynamics],
+                             anchors: Sequence[LinearGaussianController] | None = None
+                             ) -> list[ConditionReport]:
+        """update(), with each condition's dynamics (M,) fitted elsewhere (e.g. by the ROS
+        dynamics_fitter, from the same rollouts with fit_batch_dynamics); this object's
+        priors are then not used. The cost model is still expanded around `rollouts`."""
+        if len(dynamics) != len(self.conditions):
+            raise ValueError(f"need one dynamics model per condition ({len(self.conditions)}), "
+                             f"got {len(dynamics)}")
+        for m, model in enumerate(dynamics):
+            T = rollouts.for_condition(m).T
+            if model.T != T or model.dX != rollouts.X.shape[2] or model.dU != rollouts.U.shape[2]:
+                raise ValueError(f"dynamics[{m}] has (T, dX, dU) = ({model.T}, {model.dX}, {model.dU}); "
+                                 f"the rollouts have ({T}, {rollouts.X.shape[2]}, {rollouts.U.shape[2]})")
+        return self._update(rollouts, anchors, dynamics=dynamics)
+
+    def _update(self, rollouts: Rollouts, anchors, dynamics) -> list[ConditionReport]:
         reports = []
         for m, state in enumerate(self.conditions):
             batch = rollouts.for_condition(m)
             if batch.N == 0:
                 raise ValueError(f"no rollouts for condition {m}; every condition needs at least one")
             costs = self.cost.evaluate(batch.X, batch.U).l.sum(axis=1)
-            state.model = self.fit_model(m, batch.X, batch.U)
+            if dynamics is None:
+                state.model = self.fit_model(m, batch.X, batch.U)
+            else:
+                state.model = LocalModel(dynamics[m], quadratic_cost_model(
+                    batch.X, batch.U, self.cost.evaluate(batch.X, batch.U)))
             if state.previous_model is not None:
                 state.step_mult = adjust_step(
                     state.step_mult,

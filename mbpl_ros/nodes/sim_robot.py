@@ -7,6 +7,9 @@ Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, e
 Subscribes     effort_controller/commands (std_msgs/Float64MultiArray): one effort per joint in
                the order of the `joints` parameter (ros2_control forward-command convention).
 Serves         ~/reset (std_srvs/Trigger): back to `initial_positions` at rest.
+               `initial_positions` is the one parameter settable at runtime (the standard
+               ~/set_parameters service; validated like at start-up), so a trainer can
+               choose the start pose of the next ~/reset.
 
 Timing modes
   realtime  a steady-clock timer steps the arm at control_rate_hz; the last valid command is
@@ -24,6 +27,7 @@ and its allowed values.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -32,7 +36,7 @@ from typing import List, Optional
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
@@ -130,6 +134,7 @@ class SimRobotNode(Node):
             self._timer = self.create_timer(1.0 / self.settings.control_rate_hz, self._on_tick,
                                             callback_group=group,
                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_state()
         self.get_logger().info(
             f"{self.settings.robot} in {self.settings.mode} mode at {self.settings.control_rate_hz:g} Hz "
@@ -137,11 +142,13 @@ class SimRobotNode(Node):
             f"joints {list(self.settings.joints)}")
 
     # ------------------------------------------------------------------ parameters
-    def _declare(self, name: str, default, description: str, allowed: str, **descriptor):
-        """Declare one read-only parameter; a rejected override becomes SimRobotParameterError."""
+    def _declare(self, name: str, default, description: str, allowed: str, read_only: bool = True,
+                 **descriptor):
+        """Declare one parameter (read-only unless said otherwise); a rejected override becomes
+        SimRobotParameterError."""
         try:
             return self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, additional_constraints=allowed, read_only=True,
+                description=description, additional_constraints=allowed, read_only=read_only,
                 **descriptor)).value
         except (InvalidParameterValueException, InvalidParameterTypeException) as error:
             raise SimRobotParameterError(
@@ -190,8 +197,9 @@ class SimRobotNode(Node):
         default_initial = [float(home[spec.joint_names.index(name)]) for name in joints]
         initial = np.array(self._declare(
             "initial_positions", default_initial,
-            "Joint angles (rad) at start-up and after ~/reset, ordered like `joints`.",
-            f"{len(joints)} angles within the joint limits",
+            "Joint angles (rad) at start-up and after ~/reset, ordered like `joints`; "
+            "settable at runtime (takes effect at the next ~/reset).",
+            f"{len(joints)} angles within the joint limits", read_only=False,
             type=ParameterType.PARAMETER_DOUBLE_ARRAY), dtype=float)
         if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
             raise SimRobotParameterError(
@@ -207,6 +215,40 @@ class SimRobotNode(Node):
         return SimRobotSettings(robot=robot, control_rate_hz=float(rate), physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
                                 initial_positions=initial, command_timeout_s=float(timeout), gui=bool(gui))
+
+    def _initial_positions_error(self, value) -> Optional[str]:
+        """Why `value` cannot be initial_positions, or None if it can."""
+        try:
+            initial = np.array(value, dtype=float)
+        except (TypeError, ValueError):
+            initial = np.array([np.nan])
+        joints = list(self.settings.joints)
+        limits = self.arm.position_limits[self._arm_index]
+        if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
+            return (f"parameter 'initial_positions' is {value!r}; allowed: {len(joints)} finite angles "
+                    f"(rad), one per joint {joints}, within the joint limits")
+        outside = (initial < limits[:, 0]) | (initial > limits[:, 1])
+        if outside.any():
+            return (f"parameter 'initial_positions' is {initial.tolist()}: outside the position limits "
+                    f"at joints {[name for name, out in zip(joints, outside) if out]}; allowed: angles within "
+                    f"{limits.tolist()} for joints {joints}")
+        return None
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Runtime changes: only initial_positions (the others are read-only), validated."""
+        for parameter in parameters:
+            if parameter.name != "initial_positions":
+                continue
+            error = self._initial_positions_error(parameter.value)
+            if error is not None:
+                return SetParametersResult(successful=False, reason=error)
+            initial = np.array(parameter.value, dtype=float)
+            initial_q = np.empty(self.arm.n_joints)
+            initial_q[self._arm_index] = initial
+            # Swapped as whole objects: a concurrent ~/reset sees the old or the new pose.
+            self.settings = dataclasses.replace(self.settings, initial_positions=initial)
+            self._initial_q = initial_q
+        return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ callbacks
     def _on_command(self, msg: Float64MultiArray) -> None:

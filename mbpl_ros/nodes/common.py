@@ -1,0 +1,152 @@
+"""What the learning-loop nodes share: validated parameters, the experiment file, start-up.
+
+Every node reads the same experiment YAML as `mbpl train` (parameter `experiment_config`),
+so the ROS graph and the offline trainer run the same algorithm with the same settings;
+ROS-only settings (rates, timeouts, modes) are ordinary parameters declared here with
+descriptors (description, ranges) and checked at start-up.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import rclpy
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+
+from mbpl_ros.config import ConfigError
+from mbpl_ros.experiment import ExperimentConfig, load_experiment
+
+PACKAGE = "mbpl_ros"
+
+
+class NodeParameterError(ValueError):
+    """A parameter is invalid; the message names it and the allowed values."""
+
+
+def _double_range(low: float, high: float) -> List[FloatingPointRange]:
+    return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
+
+
+def _integer_range(low: int, high: int) -> List[IntegerRange]:
+    return [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+
+
+def declare(node: Node, name: str, default, description: str, *, allowed: str,
+            low: Optional[float] = None, high: Optional[float] = None,
+            choices: Optional[Sequence[str]] = None, read_only: bool = True,
+            type_: Optional[int] = None):
+    """Declare a parameter with a descriptor and return its value, or raise
+    NodeParameterError naming the parameter and `allowed`.
+
+    low/high give a floating-point (float default) or integer (int default) range that
+    rclpy enforces; choices restrict a string to a set."""
+    descriptor = ParameterDescriptor(description=description, additional_constraints=allowed,
+                                     read_only=read_only)
+    if type_ is not None:
+        descriptor.type = type_
+    if low is not None:
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise TypeError(f"a range needs a numeric default for {name}")
+        if isinstance(default, int):
+            descriptor.integer_range = _integer_range(int(low), int(high))
+        else:
+            descriptor.floating_point_range = _double_range(low, high)
+    try:
+        value = node.declare_parameter(name, default, descriptor).value
+    except (InvalidParameterValueException, InvalidParameterTypeException) as error:
+        raise NodeParameterError(f"parameter '{name}' is invalid ({error}); allowed: {allowed}") from None
+    if choices is not None and value not in choices:
+        raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: one of {list(choices)}")
+    return value
+
+
+# ---------------------------------------------------------------- the experiment file
+def _share_directory() -> Optional[Path]:
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory(PACKAGE))
+    except (ImportError, LookupError, OSError):  # not installed; no AMENT_PREFIX_PATH
+        return None
+
+
+def experiment_candidates(value: str) -> List[Path]:
+    """Where `value` may be, in order: as given (absolute, or relative to the current
+    directory), then in the installed share/mbpl_ros/config (and share/mbpl_ros), then in
+    this source tree's config/ (so an uninstalled checkout works the same)."""
+    path = Path(os.path.expanduser(value))
+    if path.is_absolute():
+        return [path]
+    candidates = [Path.cwd() / path]
+    share = _share_directory()
+    source = Path(__file__).resolve().parents[2]
+    for root in ([share] if share is not None else []) + [source]:
+        candidates += [root / "config" / path, root / path]
+    unique = []
+    for candidate in candidates:
+        if candidate not in unique:
+            unique.append(candidate)
+    return unique
+
+
+def resolve_experiment_path(value: str) -> Path:
+    """The experiment file named by the `experiment_config` parameter (see experiment_candidates)."""
+    if not value:
+        raise NodeParameterError("parameter 'experiment_config' is empty; allowed: the path of an experiment "
+                                 "YAML (as for `mbpl train --config`), e.g. reacher_2link.yaml")
+    candidates = experiment_candidates(value)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise NodeParameterError(f"parameter 'experiment_config' is {value!r}, which is not a file; tried "
+                             + ", ".join(str(c) for c in candidates)
+                             + "; allowed: an absolute path, or one relative to the current directory "
+                               "or to share/mbpl_ros/config")
+
+
+def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
+    """Declare `experiment_config`, load the experiment (errors name the file and key)."""
+    value = declare(node, "experiment_config", "reacher_2link.yaml",
+                    "Experiment YAML shared with `mbpl train` (robot, conditions, cost, algorithm).",
+                    allowed="an experiment YAML: absolute, relative to the current directory, or in "
+                            "share/mbpl_ros/config")
+    path = resolve_experiment_path(value)
+    try:
+        return load_experiment(path), path
+    except (ConfigError, ValueError, OSError) as error:
+        raise NodeParameterError(f"parameter 'experiment_config' = {str(path)!r} cannot be loaded: {error}") from None
+
+
+# ---------------------------------------------------------------- entry points
+def run_node(factory: Callable[[], Node], name: str, args=None,
+             until: Optional[Callable[[Node], bool]] = None) -> int:
+    """Console entry point body: init, build the node, spin (until `until(node)` when given,
+    e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1."""
+    rclpy.init(args=args)
+    try:
+        node = factory()
+    except (NodeParameterError, ConfigError) as error:
+        rclpy.logging.get_logger(name).fatal(f"cannot start: {error}")
+        rclpy.try_shutdown()
+        return 1
+    code = 0
+    try:
+        if until is None:
+            rclpy.spin(node)
+        else:
+            while rclpy.ok() and not until(node):
+                rclpy.spin_once(node, timeout_sec=0.1)
+            code = int(getattr(node, "exit_code", 0))
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+__all__ = ["NodeParameterError", "declare", "declare_experiment", "resolve_experiment_path",
+           "experiment_candidates", "run_node", "ParameterType"]

@@ -1,0 +1,343 @@
+"""gps_trainer: orchestrates LQR-FLM on the robot, iteration by iteration.
+
+Publishes    gps/controllers (record lg_controller, transient local): every condition's
+             current controller, with a version (= the number of updates behind it)
+             gps/trial_requests (record trial_request): one trial at a time, each with a new id
+Subscribes   gps/rollouts (record rollout): the result of the awaited trial (other ids ignored)
+             gps/dynamics (record lg_dynamics): the complete fit of each condition's batch
+
+Iteration i (1..iterations): for each condition m and rollout n, a sample trial of controller
+version i-1 with the exploration noise rollout_noise(seed, i, m, n) (the offline trainer's
+convention); then LqrFlm.update_with_dynamics with the dynamics dynamics_fitter fitted to
+exactly those rollouts (checked by trial id); then the new controllers are published and
+measured without noise (one evaluation trial per condition), as `mbpl train` does. Each
+iteration appends a metrics.jsonl row (the offline trainer's keys) and writes a checkpoint;
+the run ends with learning_curve.png and the node reports `finished`.
+
+A trial that gets no valid rollout within trial_timeout_s, or whose rollout was dropped
+(gap, stale, non-finite, aborted), is requested again with a new id, up to max_attempts
+times; then the trainer stops with an error (exit code 1).
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, TextIO
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from std_msgs.msg import Float64MultiArray
+
+from mbpl_ros.core.controller import LinearGaussianController
+from mbpl_ros.core.lqr_flm import LqrFlm
+from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.nodes import wire
+from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.offline import CHECKPOINT_FORMAT, plot_learning_curve, write_atomically
+from mbpl_ros.sim.arm import Arm
+from mbpl_ros.sim.rollout import final_distance, rollout_noise
+
+
+#: Pause before retrying a trial, times the attempt number (lets a restarting node come up).
+RETRY_DELAY_S = 0.2
+
+
+def contiguous(controller: LinearGaussianController) -> LinearGaussianController:
+    """The controller with C-contiguous arrays, as lqr_controller receives it: K_t x rounds
+    differently for a strided K_t (from_covar keeps np.broadcast_to's odd strides), and the
+    trainer's controllers must act exactly like the ones on the robot."""
+    return LinearGaussianController(**{name: np.ascontiguousarray(getattr(controller, name))
+                                       for name in ("K", "k", "covar", "chol", "inv_covar")})
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (a trial failed too often, a model never came, or stop())."""
+
+
+class GpsTrainerNode(Node):
+    def __init__(self, node_name: str = "gps_trainer", log: Optional[TextIO] = None, **node_kwargs):
+        super().__init__(node_name, **node_kwargs)
+        try:
+            self._read_parameters()
+        except BaseException:
+            self.destroy_node()
+            raise
+        self.log = log                    # progress lines go here too (e.g. sys.stderr), if given
+        self.metrics: List[dict] = []
+        self.finished = threading.Event()
+        self.exit_code = 0
+        self.error: Optional[str] = None
+        self.ignored_results = 0          # rollouts whose trial id was not the awaited one
+        self._stop = threading.Event()
+        self._arrived = threading.Condition()
+        self._results: Dict[int, wire.RolloutMessage] = {}
+        self._awaited: Optional[int] = None
+        self._dynamics: Dict[int, wire.DynamicsMessage] = {}    # condition -> latest complete fit
+        self._next_trial_id = secrets.randbits(30) << 20          # distinct from another run's ids
+        group = MutuallyExclusiveCallbackGroup()
+        self._request_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self._controller_pub = self.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
+                                                     wire.CONTROLLERS_QOS)
+        self._rollout_sub = self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout,
+                                                     wire.EVENTS_QOS, callback_group=group)
+        self._dynamics_sub = self.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self._on_dynamics,
+                                                      wire.EVENTS_QOS, callback_group=group)
+        self._worker = threading.Thread(target=self._run, name="gps_trainer", daemon=True)
+        self._worker.start()
+
+    # ------------------------------------------------------------------ parameters
+    def _read_parameters(self) -> None:
+        self.config, self.experiment_path = declare_experiment(self)
+        if self.config.algorithm != "lqr_flm":
+            raise NodeParameterError(f"parameter 'experiment_config' = {str(self.experiment_path)!r} asks for "
+                                     f"algorithm {self.config.algorithm!r}; allowed: an lqr_flm experiment "
+                                     "(the ROS graph runs LQR-FLM; use `mbpl train` for mdgps)")
+        iterations = declare(self, "iterations", 0, "Learning iterations; 0: the experiment's.",
+                             allowed="an integer in [0, 100000]", low=0, high=100_000)
+        self.iterations = iterations or self.config.iterations
+        seed = declare(self, "seed", -1, "Seed of the exploration noise; -1: the experiment's.",
+                       allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
+        self.seed = self.config.seed if seed < 0 else seed
+        output = declare(self, "output_dir", "gps_output", "Where metrics.jsonl, checkpoints and "
+                         "learning_curve.png go (relative to the current directory).",
+                         allowed="a writable directory path")
+        if not output:
+            raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
+        self.output = Path(output).expanduser().resolve()
+        self.trial_timeout_s = declare(self, "trial_timeout_s", 60.0, "Longest wait for a trial's rollout (s).",
+                                       allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
+        self.max_attempts = declare(self, "max_attempts", 3, "Tries per trial before the trainer stops.",
+                                    allowed="an integer in [1, 100]", low=1, high=100)
+        self.dynamics_timeout_s = declare(self, "dynamics_timeout_s", 60.0, "Longest wait for the fitted "
+                                          "dynamics of a batch (s).", allowed="a double in [0.1, 3600.0]",
+                                          low=0.1, high=3600.0)
+        self.discovery_timeout_s = declare(self, "discovery_timeout_s", 60.0, "Longest wait for lqr_controller, "
+                                           "sample_collector and dynamics_fitter to appear (s).",
+                                           allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
+
+    # ------------------------------------------------------------------ inputs
+    def _on_rollout(self, msg: Float64MultiArray) -> None:
+        try:
+            rollout = wire.decode_rollout(msg, dX=self.config.layout.dX, dU=self.config.layout.dU)
+        except wire.WireFormatError as error:
+            self.get_logger().error(f"ignored a rollout: {error}")
+            return
+        with self._arrived:
+            if rollout.trial_id != self._awaited:
+                self.ignored_results += 1
+                self.get_logger().debug(f"ignored the rollout of trial {rollout.trial_id}: awaiting {self._awaited}")
+                return
+            self._results[rollout.trial_id] = rollout
+            self._arrived.notify_all()
+
+    def _on_dynamics(self, msg: Float64MultiArray) -> None:
+        try:
+            message = wire.decode_dynamics(msg, dX=self.config.layout.dX, dU=self.config.layout.dU)
+        except wire.WireFormatError as error:
+            self.get_logger().error(f"ignored dynamics: {error}")
+            return
+        if message.complete:
+            with self._arrived:
+                self._dynamics[message.condition] = message
+                self._arrived.notify_all()
+
+    # ------------------------------------------------------------------ the run
+    def stop(self) -> None:
+        """Ask the run to end (it stops at its next wait)."""
+        self._stop.set()
+        with self._arrived:
+            self._arrived.notify_all()
+
+    def _wait(self, predicate, timeout: float) -> bool:
+        """Wait for predicate() under the condition; TrainingStopped if stop() was called."""
+        deadline = time.monotonic() + timeout
+        with self._arrived:
+            while not predicate():
+                if self._stop.is_set():
+                    raise TrainingStopped("stopped")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._arrived.wait(min(left, 0.1))
+        return True
+
+    def _say(self, line: str) -> None:
+        if self.log is not None:
+            print(line, file=self.log, flush=True)
+        else:
+            self.get_logger().info(line)
+
+    def _run(self) -> None:
+        try:
+            self._train()
+        except TrainingStopped as error:
+            if not self._stop.is_set():
+                self.error = str(error)
+                self.get_logger().fatal(f"training stopped: {error}")
+                if self.log is not None:
+                    print(f"gps_trainer: training stopped: {error}", file=self.log, flush=True)
+            self.exit_code = 1
+        except Exception as error:  # the run must end with a message, not a silent thread
+            self.exit_code = 1
+            if self._stop.is_set() or not self.context.ok():
+                self.error = "stopped: the node or its context was shut down"
+                return
+            self.error = f"{type(error).__name__}: {error}"
+            self.get_logger().fatal(f"training failed: {self.error}")
+        finally:
+            self.finished.set()
+
+    def _wait_for_graph(self) -> None:
+        def connected():
+            return (self._request_pub.get_subscription_count() > 0 and self._controller_pub.get_subscription_count() > 0
+                    and self._rollout_sub.get_publisher_count() > 0 and self._dynamics_sub.get_publisher_count() > 0)
+        deadline = time.monotonic() + self.discovery_timeout_s
+        while not connected():
+            if self._stop.is_set():
+                raise TrainingStopped("stopped")
+            if time.monotonic() > deadline:
+                raise TrainingStopped(f"lqr_controller, sample_collector and dynamics_fitter did not all appear "
+                                      f"within discovery_timeout_s={self.discovery_timeout_s:g} s "
+                                      f"(subscribers of {wire.TRIAL_REQUESTS_TOPIC}: "
+                                      f"{self._request_pub.get_subscription_count()}, publishers of "
+                                      f"{wire.ROLLOUTS_TOPIC}: {self._rollout_sub.get_publisher_count()}, of "
+                                      f"{wire.DYNAMICS_TOPIC}: {self._dynamics_sub.get_publisher_count()})")
+            time.sleep(0.05)
+
+    def _train(self) -> None:
+        config = self.config
+        self.output.mkdir(parents=True, exist_ok=True)
+        (self.output / "metrics.jsonl").write_text("")
+        start = time.perf_counter()
+        cost = config.build_cost()
+        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
+            initial = [contiguous(c) for c in config.initial_controllers(model)]
+            algorithm = LqrFlm(cost, initial, config.lqr_flm_settings())
+        self._wait_for_graph()
+        self._publish_controllers(algorithm, version=0)
+        rollouts_total = 0
+        self._record(algorithm, cost, version=0, iteration=0, rollouts=0, start=start)
+        for i in range(1, self.iterations + 1):
+            batch, ids = self._collect(i, version=i - 1)
+            rollouts_total += batch.N
+            dynamics = self._await_dynamics(version=i - 1, ids=ids)
+            reports = algorithm.update_with_dynamics(batch, dynamics)
+            self._publish_controllers(algorithm, version=i)
+            self._record(algorithm, cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
+                         sample_cost=float(np.mean([r.sample_cost for r in reports])),
+                         kl_step=float(np.mean([r.kl_step for r in reports])),
+                         kl=float(np.mean([r.kl for r in reports])))
+            write_atomically(self.output / f"checkpoint_{i:04d}.pkl", pickle.dumps(
+                {"format": CHECKPOINT_FORMAT, "iteration": i, "algorithm": algorithm, "seed": self.seed,
+                 "metrics": self.metrics}))
+        plot_learning_curve(self.metrics, self.output / "learning_curve.png", config.success_distance_m)
+        self._say(f"done: {self.iterations} iterations; results in {self.output}")
+
+    def _publish_controllers(self, algorithm: LqrFlm, version: int) -> None:
+        for m, controller in enumerate(algorithm.controllers):
+            self._controller_pub.publish(wire.encode_controller(wire.ControllerMessage(m, version, controller)))
+
+    def _collect(self, iteration: int, version: int):
+        """The iteration's sample rollouts (M·N, in offline order) and their trial ids per condition."""
+        config, layout = self.config, self.config.layout
+        X, U, condition, ids = [], [], [], {}
+        for m in range(len(config.conditions)):
+            ids[m] = []
+            for n in range(config.rollouts_per_condition):
+                noise = rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
+                                      config.exploration.smoothing, config.exploration.renormalize)
+                rollout = self._trial(m, iteration, n, version, "sample", noise)
+                X.append(rollout.X), U.append(rollout.U), condition.append(m)
+                ids[m].append(rollout.trial_id)
+        return Rollouts(np.stack(X), np.stack(U), np.array(condition)), ids
+
+    def _trial(self, m: int, iteration: int, index: int, version: int, purpose: str,
+               noise: np.ndarray) -> wire.RolloutMessage:
+        """Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
+        max_attempts failures."""
+        spec = self.config.conditions[m]
+        failures = []
+        for attempt in range(1, self.max_attempts + 1):
+            trial_id = self._next_trial_id
+            self._next_trial_id += 1
+            with self._arrived:
+                self._awaited = trial_id
+            self._request_pub.publish(wire.encode_trial_request(wire.TrialRequest(
+                trial_id=trial_id, condition=m, iteration=iteration, index=index, controller_version=version,
+                executor="controller", purpose=purpose,
+                initial_positions=np.asarray(spec.initial_positions, float),
+                target=np.asarray(spec.target, float), noise=noise)))
+            arrived = self._wait(lambda: trial_id in self._results, self.trial_timeout_s)
+            with self._arrived:
+                self._awaited = None
+                rollout = self._results.pop(trial_id, None)
+            if not arrived:
+                failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s")
+            elif rollout.status != wire.TrialStatus.OK:
+                failures.append(f"rollout dropped: {rollout.status.name}")
+            else:
+                return rollout
+            self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, {purpose} "
+                                      f"{index}), attempt {attempt}/{self.max_attempts}: {failures[-1]}")
+            if attempt < self.max_attempts and self._stop.wait(RETRY_DELAY_S * attempt):
+                raise TrainingStopped("stopped")
+        raise TrainingStopped(f"iteration {iteration}, condition {m}, {purpose} {index}: no valid rollout in "
+                              f"{self.max_attempts} attempts ({'; '.join(failures)})")
+
+    def _await_dynamics(self, version: int, ids: Dict[int, List[int]]) -> list:
+        """dynamics_fitter's complete fit of every condition's batch (trial ids as sampled)."""
+        def matches(m):
+            message = self._dynamics.get(m)
+            return message is not None and message.controller_version == version and list(message.trial_ids) == ids[m]
+        M = len(self.config.conditions)
+        if not self._wait(lambda: all(matches(m) for m in range(M)), self.dynamics_timeout_s):
+            missing = [m for m in range(M) if not matches(m)]
+            raise TrainingStopped(f"dynamics_fitter sent no complete fit of controller version {version} on the "
+                                  f"rollouts sampled for conditions {missing} within "
+                                  f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
+        with self._arrived:
+            return [self._dynamics[m].dynamics for m in range(M)]
+
+    def _record(self, algorithm: LqrFlm, cost, *, version: int, iteration: int, rollouts: int, start: float,
+                sample_cost=None, kl_step=None, kl=None) -> None:
+        """Noise-free evaluation trials of the current controllers, then a metrics row
+        (keys of the offline trainer's)."""
+        config, layout = self.config, self.config.layout
+        zero = np.zeros((config.T, layout.dU))
+        distances, costs = [], []
+        for m in range(len(config.conditions)):
+            rollout = self._trial(m, iteration, 0, version, "evaluation", zero)
+            distances.append(final_distance(rollout.X, layout))
+            costs.append(float(cost.evaluate(rollout.X[None], rollout.U[None]).l.sum()))
+        mean_cost = float(np.mean(costs))
+        row = {"iteration": iteration, "rollouts": rollouts, "env_steps": rollouts * config.T,
+               "mean_cost": mean_cost, "sample_cost": sample_cost, "final_distance_m": distances,
+               "kl_step": kl_step, "kl": kl, "wall_s": time.perf_counter() - start}
+        self.metrics.append(row)
+        with open(self.output / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        reached = sum(d < config.success_distance_m for d in distances)
+        self._say(f"iteration {iteration:3d} | rollouts {rollouts:4d} | cost {mean_cost:10.3f} | "
+                  f"final distance (cm) {' '.join(f'{100 * d:6.2f}' for d in distances)} | "
+                  f"reached {reached}/{len(distances)} | {row['wall_s']:6.1f} s")
+
+    def destroy_node(self) -> None:
+        worker = getattr(self, "_worker", None)
+        if worker is not None:
+            self.stop()
+            worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    return run_node(GpsTrainerNode, "gps_trainer", args, until=lambda node: node.finished.is_set())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""sample_collector: turns /joint_states and the controller's trial records into rollouts
+X (T, dX), U (T, dU) of the core's state x = [q, qd, p_ee − target, v_ee].
+
+Subscribes   joint_states (sensor_msgs/JointState), kept in a buffer by stamp
+             gps/trial_records (record trial_record): for each step of a trial, the stamp of
+             the joint state the controller acted on and the command it sent
+Publishes    gps/rollouts (record rollout), with the trial's id
+
+x_t is built from the buffered joint state with the record's stamp t, by forward
+kinematics and the Jacobian of the URDF (sim.rollout.JointStateToState: the same function
+as the offline trainer's), so it needs nothing but /joint_states from a robot. U is the
+command clamped to the URDF's effort limits: the effort the robot applied, as offline.
+
+A rollout is flagged and dropped — published with its status and no data, and logged with
+the reason — when a step's joint state never arrives (MISSING_STATE, after
+assembly_timeout_s), when consecutive steps' states are not one control period apart
+(GAP) or the same/an older state was used again (STALE), or when a state or a command is
+not finite (NON_FINITE).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from mbpl_ros.nodes import wire
+from mbpl_ros.nodes.common import declare, declare_experiment, run_node
+from mbpl_ros.sim.robots import robot_spec
+from mbpl_ros.sim.rollout import JointStateToState
+
+
+class RolloutRejected(Exception):
+    def __init__(self, status: wire.TrialStatus, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+class SampleCollectorNode(Node):
+    def __init__(self, node_name: str = "sample_collector", **node_kwargs):
+        super().__init__(node_name, **node_kwargs)
+        try:
+            self.config, self.experiment_path = declare_experiment(self)
+            self.layout = self.config.layout
+            self.joint_names = robot_spec(self.config.robot).joint_names
+            self.control_period_s = declare(
+                self, "control_period_s", self.config.control_dt,
+                "Expected time between the joint states of consecutive steps (s); default: the experiment's.",
+                allowed="a double in [1e-4, 10.0]", low=1e-4, high=10.0)
+            self.period_tolerance = declare(
+                self, "period_tolerance", 0.5, "Allowed relative deviation of a step's period before the "
+                "rollout counts as having a gap.", allowed="a double in [0.0, 0.99]", low=0.0, high=0.99)
+            self.buffer_size = declare(self, "buffer_size", 5000, "Joint states kept (by stamp).",
+                                       allowed="an integer in [10, 1000000]", low=10, high=1_000_000)
+            self.assembly_timeout_s = declare(
+                self, "assembly_timeout_s", 2.0, "How long a trial record waits for the joint states it "
+                "names before the rollout is dropped (s).", allowed="a double in [0.0, 60.0]", low=0.0, high=60.0)
+            self.state_of = JointStateToState(self.config.robot, self.layout)
+        except BaseException:
+            self.destroy_node()
+            raise
+        limits = self.state_of.model.effort_limits
+        self._effort_low, self._effort_high = -limits, limits
+        # stamp (ns) -> (q (J,), qd (J,)); a later state with the same stamp replaces an earlier
+        # one (in lockstep a reset republishes the current simulated time).
+        self._states: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+        self._waiting: Dict[int, Tuple[wire.TrialRecord, float]] = {}   # trial id -> (record, arrival)
+        self.published: Dict[str, int] = {}   # status name -> count, for tests and tools
+        group = MutuallyExclusiveCallbackGroup()
+        self._rollout_pub = self.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 1000,
+                                 callback_group=group)
+        self.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self._on_record, wire.EVENTS_QOS,
+                                 callback_group=group)
+        self.create_timer(0.05, self._check_waiting, callback_group=group,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    # ------------------------------------------------------------------ inputs
+    def _on_joint_state(self, msg: JointState) -> None:
+        try:
+            q, qd, _ = wire.decode_joint_state(msg, self.joint_names)
+        except wire.WireFormatError as error:
+            self.get_logger().warning(f"ignored a joint state: {error}", throttle_duration_sec=1.0)
+            return
+        stamp = wire.nanoseconds_from_stamp(msg.header.stamp)
+        self._states.pop(stamp, None)
+        self._states[stamp] = (q, qd)
+        while len(self._states) > self.buffer_size:
+            self._states.popitem(last=False)
+        if self._waiting:
+            self._check_waiting()
+
+    def _on_record(self, msg: Float64MultiArray) -> None:
+        try:
+            record = wire.decode_trial_record(msg, dU=self.layout.dU)
+        except wire.WireFormatError as error:
+            self.get_logger().error(f"ignored a trial record: {error}")
+            return
+        if record.status != wire.TrialStatus.OK:
+            self._publish(record, record.status, f"the controller reported {record.status.name}")
+            return
+        self._waiting[record.trial_id] = (record, time.monotonic())
+        self._check_waiting()
+
+    def _check_waiting(self) -> None:
+        now = time.monotonic()
+        for trial_id, (record, arrival) in list(self._waiting.items()):
+            stamps = record.state_stamps_ns
+            missing = [t for t, stamp in enumerate(stamps) if stamp not in self._states]
+            if missing and now - arrival <= self.assembly_timeout_s:
+                continue
+            del self._waiting[trial_id]
+            if missing:
+                self._publish(record, wire.TrialStatus.MISSING_STATE,
+                              f"the joint states of steps {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                              f"never arrived (waited {self.assembly_timeout_s:g} s)")
+                continue
+            try:
+                X, U = self.assemble(record)
+            except RolloutRejected as rejected:
+                self._publish(record, rejected.status, str(rejected))
+                continue
+            self._publish(record, wire.TrialStatus.OK, None, X, U)
+
+    # ------------------------------------------------------------------ assembly
+    def check_timing(self, stamps_ns: np.ndarray) -> None:
+        """RolloutRejected (STALE or GAP) unless the steps' joint states are one control
+        period apart, within period_tolerance."""
+        if stamps_ns.size < 2:
+            return
+        periods = np.diff(stamps_ns) * 1e-9
+        stale = np.flatnonzero(periods <= 0)
+        if stale.size:
+            t = int(stale[0]) + 1
+            raise RolloutRejected(wire.TrialStatus.STALE, f"step {t} used a joint state no newer than step "
+                                  f"{t - 1}'s ({periods[t - 1]:+.4f} s)")
+        expected, tolerance = self.control_period_s, self.period_tolerance * self.control_period_s
+        gaps = np.flatnonzero(np.abs(periods - expected) > tolerance)
+        if gaps.size:
+            t = int(gaps[0]) + 1
+            raise RolloutRejected(wire.TrialStatus.GAP, f"{periods[t - 1]:.4f} s between the joint states of "
+                                  f"steps {t - 1} and {t}; expected {expected:.4f} ± {tolerance:.4f} s")
+
+    def assemble(self, record: wire.TrialRecord) -> Tuple[np.ndarray, np.ndarray]:
+        """X (T, dX), U (T, dU) of a trial whose joint states are all buffered."""
+        stamps = record.state_stamps_ns
+        self.check_timing(stamps)
+        joint_states = [self._states[stamp] for stamp in stamps]
+        q = np.array([state[0] for state in joint_states])
+        qd = np.array([state[1] for state in joint_states])
+        bad = ~(np.isfinite(q).all(axis=1) & np.isfinite(qd).all(axis=1) & np.isfinite(record.commands).all(axis=1))
+        if bad.any():
+            raise RolloutRejected(wire.TrialStatus.NON_FINITE, f"non-finite joint state or command at steps "
+                                  f"{np.flatnonzero(bad)[:5].tolist()}")
+        X = np.stack([self.state_of(q[t], qd[t], record.target) for t in range(len(stamps))])
+        U = np.clip(record.commands, self._effort_low, self._effort_high)
+        return X, U
+
+    def _publish(self, record: wire.TrialRecord, status: wire.TrialStatus, reason: Optional[str],
+                 X: Optional[np.ndarray] = None, U: Optional[np.ndarray] = None) -> None:
+        if status != wire.TrialStatus.OK:
+            self.get_logger().warning(f"trial {record.trial_id} (condition {record.condition}, index "
+                                      f"{record.index}) dropped, {status.name}: {reason}")
+            X, U = np.zeros((0, self.layout.dX)), np.zeros((0, self.layout.dU))
+        self.published[status.name] = self.published.get(status.name, 0) + 1
+        self._rollout_pub.publish(wire.encode_rollout(wire.RolloutMessage(
+            trial_id=record.trial_id, condition=record.condition, iteration=record.iteration,
+            index=record.index, controller_version=record.controller_version, purpose=record.purpose,
+            status=status, X=X, U=U)))
+
+    def destroy_node(self) -> None:
+        state_of = getattr(self, "state_of", None)
+        if state_of is not None:
+            state_of.close()
+        super().destroy_node()
+
+
+def main(args=None) -> int:
+    return run_node(SampleCollectorNode, "sample_collector", args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""`mbpl sim`: the whole ROS node graph — sim_robot and the four learning nodes — in one
+process, learning on the simulated arm over real DDS, with the same outputs as `mbpl train`
+(metrics.jsonl, checkpoints, learning_curve.png).
+
+The node set and each node's parameters come from mbpl_ros.nodes.graph and the
+ros__parameters file, exactly as the launch files start them. Each node is spun by its own
+SingleThreadedExecutor in its own thread, so a busy node (the trainer's update, the
+fitter's GMM) never delays the control loop of another.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+from typing import Dict, List, Optional, TextIO
+
+
+def add_subparser(subparsers) -> argparse.ArgumentParser:
+    """Register `sim` on the `mbpl` command's subparsers."""
+    parser = subparsers.add_parser(
+        "sim", help="learn with the ROS node graph (sim_robot + learning nodes) in one process",
+        description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    parser.set_defaults(run=run)  # mbpl_ros.cli dispatches on args.run
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True,
+                        help="ros__parameters YAML of the graph, e.g. config/sim_reacher_2link.yaml")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="learning iterations (default: gps_trainer's parameter, else the experiment's)")
+    parser.add_argument("--output", default=None, help="output directory (default: gps_trainer's output_dir)")
+    parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the experiment's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    trainer_overrides = {}
+    if args.iterations is not None:
+        if args.iterations < 1:
+            print(f"mbpl sim: --iterations must be >= 1, got {args.iterations}", file=sys.stderr)
+            return 2
+        trainer_overrides["iterations"] = args.iterations
+    if args.output is not None:
+        trainer_overrides["output_dir"] = str(Path(args.output).resolve())
+    if args.seed is not None:
+        trainer_overrides["seed"] = args.seed
+    try:
+        metrics = run_graph(args.config, {"gps_trainer": trainer_overrides})
+    except GraphError as error:
+        print(f"mbpl sim: {error}", file=sys.stderr)
+        return 1
+    last = metrics[-1]
+    print(f"done: final distances (cm) {' '.join(f'{100 * d:.2f}' for d in last['final_distance_m'])} after "
+          f"{last['iteration']} iterations, {last['rollouts']} rollouts")
+    return 0
+
+
+class GraphError(RuntimeError):
+    """The graph could not start, or the training stopped with an error."""
+
+
+def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
+              log: Optional[TextIO] = sys.stderr, timeout_s: Optional[float] = None) -> List[dict]:
+    """Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
+    (plus `overrides`: node name -> {parameter: value}), run until gps_trainer finishes, then
+    destroy the nodes and shut the context down. Returns the trainer's metrics rows;
+    GraphError on a bad parameter, a training error or `timeout_s` passing."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from threadpoolctl import threadpool_limits
+
+    from mbpl_ros.config import ConfigError
+    from mbpl_ros.nodes import graph
+    from mbpl_ros.nodes.common import NodeParameterError
+    from mbpl_ros.nodes.sim_robot import SimRobotParameterError
+
+    params_file = Path(params_file)
+    overrides = overrides or {}
+    specs = graph.nodes(with_sim=True)
+    unknown = sorted(set(overrides) - {spec.name for spec in specs})
+    if unknown:
+        raise GraphError(f"overrides for unknown nodes {unknown}; nodes: {[spec.name for spec in specs]}")
+    try:
+        parameters = {spec.name: {**graph.parameter_overrides(params_file, spec.name), **overrides.get(spec.name, {})}
+                      for spec in specs}
+    except ValueError as error:
+        raise GraphError(str(error)) from None
+
+    context = Context()
+    rclpy.init(context=context, args=[])
+    nodes, executors, threads = [], [], []
+    trainer = None
+    try:
+        with threadpool_limits(limits=1):  # small matrices: BLAS threads cost more than they give
+            for spec in specs:
+                node_class = graph.load_node_class(spec)
+                kwargs = {"log": log} if spec.name == "gps_trainer" else {}
+                try:
+                    node = node_class(context=context, parameter_overrides=graph.as_rclpy_parameters(
+                        parameters[spec.name]), **kwargs)
+                except (NodeParameterError, SimRobotParameterError, ConfigError) as error:
+                    raise GraphError(f"{spec.name} cannot start: {error}") from None
+                nodes.append(node)
+                if spec.name == "gps_trainer":
+                    trainer = node
+                executor = SingleThreadedExecutor(context=context)
+                executor.add_node(node)
+                thread = threading.Thread(target=executor.spin, name=f"spin {spec.name}", daemon=True)
+                thread.start()
+                executors.append(executor), threads.append(thread)
+            if trainer is None:
+                raise GraphError("the graph has no gps_trainer node")
+            try:
+                if not trainer.finished.wait(timeout_s):
+                    raise GraphError(f"training did not finish within {timeout_s} s")
+            except KeyboardInterrupt:
+                trainer.stop()
+                raise GraphError("interrupted") from None
+            if trainer.exit_code != 0:
+                raise GraphError(f"training stopped: {trainer.error}")
+            return list(trainer.metrics)
+    finally:
+        if trainer is not None:
+            trainer.stop()
+        for executor in executors:
+            executor.shutdown(timeout_sec=5.0)
+        for thread in threads:
+            thread.join(timeout=5.0)
+        for node in reversed(nodes):
+            node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """`python -m mbpl_ros.sim_runner --config ...` (the same as `mbpl sim`)."""
+    parser = argparse.ArgumentParser(prog="mbpl sim", description=__doc__.split("\n\n")[0])
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

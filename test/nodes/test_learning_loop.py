@@ -1,0 +1,368 @@
+"""The learning loop over real DDS: collector checks, the trial protocol, the whole graph in
+one process (learning, and the same numbers as offline) and in separate processes."""
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from rclpy.context import Context
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+from threadpoolctl import threadpool_limits
+
+import rclpy
+from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from mbpl_ros.core.dynamics import fit_dynamics
+from mbpl_ros.core.lqr_flm import LqrFlm
+from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.experiment import load_experiment
+from mbpl_ros.nodes import wire
+from mbpl_ros.nodes.gps_trainer import GpsTrainerNode, contiguous
+from mbpl_ros.nodes.lqr_controller import LqrControllerNode
+from mbpl_ros.nodes.sample_collector import SampleCollectorNode
+from mbpl_ros.nodes.sim_robot import SimRobotNode
+from mbpl_ros.offline import evaluate_controllers
+from mbpl_ros.sim.arm import Arm
+from mbpl_ros.sim.rollout import JointStateToState, final_distance, rollout_noise, run_rollout
+
+PERIOD_NS = 50_000_000
+SIM_CONFIG = REPO / "config" / "sim_reacher_2link.yaml"
+
+
+# ---------------------------------------------------------------- sample_collector
+def _record(stamps_ns, commands, trial_id=1, target=(0.2, 0.3, 0.0)):
+    return wire.encode_trial_record(wire.TrialRecord(
+        trial_id=trial_id, condition=0, iteration=1, index=0, controller_version=0, purpose="sample",
+        status=wire.TrialStatus.OK, target=np.array(target), state_stamps=wire.stamps_to_pairs(stamps_ns),
+        commands=np.asarray(commands, float)))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case, status", [
+    ("complete", wire.TrialStatus.OK), ("gap", wire.TrialStatus.GAP), ("stale", wire.TrialStatus.STALE),
+    ("nan_state", wire.TrialStatus.NON_FINITE), ("missing", wire.TrialStatus.MISSING_STATE),
+])
+def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_context, case, status):
+    T = 6
+    rng = np.random.default_rng(0)
+    q, qd = rng.uniform(-1, 1, size=(T, 2)), rng.uniform(-1, 1, size=(T, 2))
+    stamps = 10 ** 18 + PERIOD_NS * np.arange(T)          # wall-clock sized stamps
+    commands = rng.uniform(-3, 3, size=(T, 2))            # beyond the limits (2, 1) N·m: clamped
+    published = list(range(T))
+    if case == "gap":
+        stamps[3:] += PERIOD_NS                            # two periods between steps 2 and 3
+    elif case == "stale":
+        stamps[4] = stamps[3]                              # step 4 reused step 3's state
+        published.remove(4)
+    elif case == "nan_state":
+        q[2, 1] = np.nan
+    elif case == "missing":
+        published.remove(5)
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(assembly_timeout_s=0.3))
+    probe = create_probe(ros_context)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
+    records = probe.create_publisher(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
+    with spinning(ros_context, [collector, probe]):
+        wait_until(lambda: states.get_subscription_count() and records.get_subscription_count()
+                   and probe.count_publishers(wire.ROLLOUTS_TOPIC), what="discovery")
+        for t in published:
+            states.publish(wire.encode_joint_state(["elbow", "shoulder"], q[t, ::-1], qd[t, ::-1], [0, 0], int(stamps[t])))
+        records.publish(_record(stamps, commands, trial_id=77))
+        assert rollouts.wait_for(lambda items: items)
+    rollout = rollouts.items[0]
+    assert (rollout.trial_id, rollout.status) == (77, status)
+    if status != wire.TrialStatus.OK:
+        assert rollout.X.shape == (0, 10) and collector.published == {status.name: 1}
+        return
+    with JointStateToState("reacher_2link") as state_of:  # names were reordered; x by FK + Jacobian
+        expected = np.stack([state_of(q[t], qd[t], [0.2, 0.3, 0.0]) for t in range(T)])
+        np.testing.assert_array_equal(rollout.X, expected)
+        J = state_of.model.jacobian(q[1])
+        np.testing.assert_allclose(rollout.X[1, 7:10], J @ qd[1], rtol=1e-12)
+    np.testing.assert_array_equal(rollout.U, np.clip(commands, [-2.0, -1.0], [2.0, 1.0]))
+
+
+# ---------------------------------------------------------------- the trial protocol (trainer side)
+class FakeRobot:
+    """Plays lqr_controller + sample_collector + dynamics_fitter for gps_trainer: answers each
+    trial request by `behaviours` (in order; then "ok"), with rollouts of the offline arm."""
+
+    def __init__(self, context, config, behaviours):
+        self.node = create_probe(context, "fake_robot")
+        self.config, self.behaviours = config, list(behaviours)
+        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.controllers, self.requests, self.batch = {}, [], {}
+        self.rollouts = self.node.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self.dynamics = self.node.create_publisher(Float64MultiArray, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
+        self.node.create_subscription(Float64MultiArray, wire.CONTROLLERS_TOPIC, self._on_controller,
+                                      wire.CONTROLLERS_QOS)
+        self.node.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
+                                      wire.EVENTS_QOS)
+
+    def _on_controller(self, msg):
+        message = wire.decode_controller(msg)
+        self.controllers[(message.condition, message.version)] = message.controller
+
+    def _on_request(self, msg):
+        request = wire.decode_trial_request(msg)
+        self.requests.append(request)
+        behaviour = self.behaviours.pop(0) if self.behaviours else "ok"
+        if behaviour == "silent":
+            return
+        controller = self.controllers[(request.condition, request.controller_version)]
+        X, U = run_rollout(self.arm, self.config.layout, lambda t, x: controller.act(t, x, request.noise[t]),
+                           request.initial_positions, request.target, request.T)
+        if behaviour == "wrong_id_first":  # a result of another trial, with data that would ruin learning
+            self._publish(request, wire.TrialStatus.OK, X * 0 + 1e6, U, trial_id=request.trial_id + 1000)
+        if behaviour == "dropped":
+            self._publish(request, wire.TrialStatus.GAP, np.zeros((0, X.shape[1])), np.zeros((0, U.shape[1])))
+            return
+        self._publish(request, wire.TrialStatus.OK, X, U)
+        if request.purpose == "sample":
+            batch = self.batch.setdefault((request.condition, request.controller_version), {})
+            batch[request.index] = (request.trial_id, X, U)
+            if len(batch) == self.config.rollouts_per_condition:
+                ids, Xs, Us = zip(*(batch[n] for n in sorted(batch)))
+                self.dynamics.publish(wire.encode_dynamics(wire.DynamicsMessage(
+                    request.condition, request.controller_version, ids, True,
+                    fit_dynamics(np.stack(Xs), np.stack(Us), regularization=1e-6))))
+
+    def _publish(self, request, status, X, U, trial_id=None):
+        self.rollouts.publish(wire.encode_rollout(wire.RolloutMessage(
+            trial_id=request.trial_id if trial_id is None else trial_id, condition=request.condition,
+            iteration=request.iteration, index=request.index, controller_version=request.controller_version,
+            purpose=request.purpose, status=status, X=X, U=U)))
+
+    def destroy_node(self):
+        self.arm.close()
+        self.node.destroy_node()
+
+
+def _trainer(context, experiment, output, **overrides):
+    values = dict(experiment_config=str(experiment), output_dir=str(output), iterations=1,
+                  trial_timeout_s=0.5, max_attempts=3, discovery_timeout_s=20.0)
+    values.update(overrides)
+    return GpsTrainerNode(context=context, parameter_overrides=parameters(**values), log=io.StringIO())
+
+
+@pytest.mark.timeout(90)
+def test_trainer_ignores_wrong_ids_and_retries_dropped_and_silent_trials(ros_context, tmp_path):
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=10, N=2)
+    config = load_experiment(experiment)
+    # requests: evaluation 0, sample 0 (wrong id first), sample 1 (dropped, then silent, then ok), evaluation 1
+    robot = FakeRobot(ros_context, config, ["ok", "wrong_id_first", "dropped", "silent", "ok"])
+    trainer = _trainer(ros_context, experiment, tmp_path / "out")
+    with spinning(ros_context, [trainer, robot]):
+        assert trainer.finished.wait(60)
+    assert trainer.exit_code == 0, trainer.error
+    assert trainer.ignored_results == 1
+    kinds = [(r.purpose, r.index) for r in robot.requests]
+    assert kinds == [("evaluation", 0), ("sample", 0), ("sample", 1), ("sample", 1), ("sample", 1), ("evaluation", 0)]
+    ids = [r.trial_id for r in robot.requests]
+    assert len(set(ids)) == len(ids)                                    # a retry is a new trial id
+    np.testing.assert_array_equal(robot.requests[2].noise, robot.requests[4].noise)  # ... with the same noise
+    np.testing.assert_array_equal(robot.requests[2].noise, rollout_noise(config.seed, 1, 0, 1, 10, 2, 2.0, True))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1] and rows[1]["rollouts"] == 2
+    assert np.isfinite(rows[1]["mean_cost"]) and max(rows[1]["final_distance_m"]) < 1.0  # not the 1e6 data
+    assert (tmp_path / "out" / "checkpoint_0001.pkl").is_file() and (tmp_path / "out" / "learning_curve.png").is_file()
+
+
+@pytest.mark.timeout(60)
+def test_trainer_stops_with_a_clear_message_after_max_attempts(ros_context, tmp_path):
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=10, N=2)
+    robot = FakeRobot(ros_context, load_experiment(experiment), ["silent"] * 10)
+    trainer = _trainer(ros_context, experiment, tmp_path / "out", trial_timeout_s=0.3, max_attempts=2)
+    with spinning(ros_context, [trainer, robot]):
+        assert trainer.finished.wait(30)
+    assert trainer.exit_code == 1
+    assert "iteration 0, condition 0, evaluation 0: no valid rollout in 2 attempts" in trainer.error
+    assert "no rollout within trial_timeout_s=0.3 s" in trainer.error
+    assert len(robot.requests) == 2
+
+
+# ---------------------------------------------------------------- the whole graph, one process
+def offline_reference(config, iterations):
+    """Offline LQR-FLM with the shared noise convention: evaluation rows (iteration,
+    final distances, mean cost)."""
+    rows = []
+    with threadpool_limits(limits=1), \
+            Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+        cost = config.build_cost()
+        algorithm = LqrFlm(cost, [contiguous(c) for c in config.initial_controllers(arm)], config.lqr_flm_settings())
+        rows.append(evaluate_controllers(arm, config, algorithm.controllers, cost))
+        for i in range(1, iterations + 1):
+            X, U, condition = [], [], []
+            for m, (spec, controller) in enumerate(zip(config.conditions, algorithm.controllers)):
+                for n in range(config.rollouts_per_condition):
+                    noise = rollout_noise(config.seed, i, m, n, config.T, config.layout.dU,
+                                          config.exploration.smoothing, config.exploration.renormalize)
+                    x, u = run_rollout(arm, config.layout, lambda t, x: controller.act(t, x, noise[t]),
+                                       spec.initial_positions, spec.target, config.T)
+                    X.append(x), U.append(u), condition.append(m)
+            algorithm.update(Rollouts(np.stack(X), np.stack(U), np.array(condition)))
+            rows.append(evaluate_controllers(arm, config, algorithm.controllers, cost))
+    return rows
+
+
+@pytest.mark.timeout(120)
+def test_three_lockstep_iterations_of_the_graph_learn_and_match_offline(tmp_path):
+    from mbpl_ros import sim_runner
+
+    start = time.monotonic()
+    code = sim_runner.main(["--config", str(SIM_CONFIG), "--iterations", "3", "--output", str(tmp_path)])
+    assert code == 0
+    assert time.monotonic() - start < 90
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1, 2, 3]
+    assert set(rows[0]) == {"iteration", "rollouts", "env_steps", "mean_cost", "sample_cost", "final_distance_m",
+                            "kl_step", "kl", "wall_s"}
+    assert rows[3]["rollouts"] == 3 * 4 * 5 and rows[3]["env_steps"] == 3 * 4 * 5 * 50
+    initial, final = np.mean(rows[0]["final_distance_m"]), np.mean(rows[3]["final_distance_m"])
+    assert final < 0.5 * initial, (initial, final)
+    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "checkpoint_0003.pkl").is_file()
+
+    # The same algorithm offline, with the same noise: the same numbers. States and actions
+    # are bit-identical; arrays decoded from messages are C-contiguous where offline ones may
+    # not be, which changes matmul rounding, so later iterations agree to ~1e-12.
+    reference = offline_reference(load_experiment(REPO / "config" / "reacher_2link.yaml"), iterations=2)
+    for row, (distances, mean_cost) in zip(rows, reference):
+        np.testing.assert_allclose(row["final_distance_m"], distances, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(row["mean_cost"], mean_cost, rtol=1e-9)
+
+
+@pytest.mark.timeout(60)
+def test_sim_runner_reports_a_bad_parameter_and_exits_non_zero(tmp_path, capsys):
+    from mbpl_ros import sim_runner
+
+    params = tmp_path / "params.yaml"
+    params.write_text(SIM_CONFIG.read_text().replace("reset_mode: sim_service", "reset_mode: teleport"))
+    assert sim_runner.main(["--config", str(params), "--iterations", "1", "--output", str(tmp_path)]) == 1
+    assert "lqr_controller cannot start: parameter 'reset_mode' is 'teleport'; allowed: one of ['pd', 'sim_service']" \
+        in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- lqr_controller alone
+@pytest.mark.timeout(60)
+def test_pd_reset_drives_the_arm_to_the_start_pose_before_the_trial(ros_context, tmp_path):
+    """reset_mode pd in lockstep: the trial starts only once the arm is within the tolerances."""
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=8, N=1)
+    config = load_experiment(experiment)
+    common = dict(experiment_config=str(experiment), mode="lockstep")
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(mode="lockstep"))
+    controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+        **common, reset_mode="pd", pd_natural_frequency=6.0, pd_position_tolerance=0.005,
+        pd_velocity_tolerance=0.01))
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment)))
+    probe = create_probe(ros_context)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    spec = config.conditions[1]                     # start (1.5, 0.2); sim_robot starts at home (0, 1.5)
+    with Arm(config.robot) as arm:
+        initial = config.initial_controllers(arm)[1]
+    with spinning(ros_context, [sim, controller, collector, probe]):
+        wait_until(lambda: requests.get_subscription_count() and controllers.get_subscription_count()
+                   and probe.count_publishers(wire.ROLLOUTS_TOPIC), what="discovery")
+        controllers.publish(wire.encode_controller(wire.ControllerMessage(1, 0, initial)))
+        requests.publish(wire.encode_trial_request(wire.TrialRequest(
+            trial_id=5, condition=1, iteration=1, index=0, controller_version=0, executor="controller",
+            purpose="evaluation", initial_positions=np.array(spec.initial_positions), target=np.array(spec.target),
+            noise=np.zeros((8, 2)))))
+        assert rollouts.wait_for(lambda items: items, timeout=30)
+    rollout = rollouts.items[0]
+    assert rollout.status == wire.TrialStatus.OK and rollout.X.shape == (8, 10)
+    assert np.abs(rollout.X[0, :2] - spec.initial_positions).max() <= 0.005
+    assert np.abs(rollout.X[0, 2:4]).max() <= 0.01
+    assert sim.steps_taken > 8                      # the PD phase took steps before the trial's 8
+    np.testing.assert_allclose(rollout.U, np.clip(initial.mean_actions(rollout.X[None])[0], -np.array([2, 1]),
+                                                  np.array([2, 1])), rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- separate processes
+@pytest.mark.timeout(180)
+def test_the_nodes_learn_as_separate_processes_over_dds(tmp_path):
+    """sim_robot and the four learning nodes as five processes (python -m ...), one iteration."""
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=2)
+    output = tmp_path / "out"
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1"}
+    # A second file: its node sections override the first's (a `-p` would not: rcl ranks a
+    # node's section of a file above a process-wide -p).
+    overrides = tmp_path / "overrides.yaml"
+    overrides.write_text(f"/**:\n  ros__parameters:\n    experiment_config: {experiment}\n"
+                         f"gps_trainer:\n  ros__parameters:\n    output_dir: {output}\n    iterations: 1\n")
+    processes = {}
+    try:
+        for name in ("sim_robot", "lqr_controller", "sample_collector", "dynamics_fitter", "gps_trainer"):
+            command = [sys.executable, "-m", f"mbpl_ros.nodes.{name}", "--ros-args", "--params-file", str(SIM_CONFIG),
+                       "--params-file", str(overrides)]
+            processes[name] = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                               stderr=subprocess.STDOUT, text=True)
+        trainer = processes["gps_trainer"]
+        try:
+            output_text, _ = trainer.communicate(timeout=150)
+        except subprocess.TimeoutExpired:
+            trainer.kill()
+            output_text, _ = trainer.communicate()
+        assert trainer.returncode == 0, output_text
+    finally:
+        for name, process in processes.items():
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for name, process in processes.items():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1] and rows[1]["rollouts"] == 4
+    assert "iteration   1 | rollouts    4" in output_text
+    assert all(process.returncode is not None for process in processes.values())
+
+
+@pytest.mark.timeout(60)
+def test_controller_runs_the_exported_torchscript_policy(ros_context, tmp_path):
+    torch = pytest.importorskip("torch")
+    from mbpl_ros.core.policy import Policy, export_torchscript, load_exported_policy
+
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=8, N=1)
+    config = load_experiment(experiment)
+    torch.manual_seed(0)
+    policy_path = tmp_path / "policy.pt"
+    export_torchscript(Policy(config.layout.dX, config.layout.dU, hidden_sizes=(8,)), policy_path)
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(mode="lockstep"))
+    controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep", reset_mode="sim_service", policy_path=str(policy_path)))
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment)))
+    probe = create_probe(ros_context)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    spec = config.conditions[0]
+    with spinning(ros_context, [sim, controller, collector, probe]):
+        wait_until(lambda: requests.get_subscription_count() and probe.count_publishers(wire.ROLLOUTS_TOPIC)
+                   and controller._reset.service_is_ready(), what="discovery")
+        requests.publish(wire.encode_trial_request(wire.TrialRequest(
+            trial_id=3, condition=0, iteration=0, index=0, controller_version=0, executor="policy",
+            purpose="evaluation", initial_positions=np.array(spec.initial_positions), target=np.array(spec.target),
+            noise=np.zeros((8, 2)))))
+        assert rollouts.wait_for(lambda items: items, timeout=30)
+    rollout = rollouts.items[0]
+    assert rollout.status == wire.TrialStatus.OK
+    np.testing.assert_array_equal(rollout.X[0, :2], spec.initial_positions)   # the sim reset, exactly
+    expected = np.clip(load_exported_policy(policy_path)(rollout.X), [-2.0, -1.0], [2.0, 1.0])
+    np.testing.assert_allclose(rollout.U, expected, rtol=1e-5, atol=1e-6)  # float32 network: batch vs one
