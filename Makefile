@@ -1,5 +1,5 @@
 # Two entry points, each doing its own idempotent set-up on a machine without ROS:
-#   make demo   learn the 2-link reach offline and print its progress
+#   make demo   learn the 2-link reach through the ROS 2 node graph (lockstep PyBullet arm)
 #   make test   run the test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -25,7 +25,7 @@ $(STAMP): requirements.txt setup.py package.xml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mbpl train --config config/reacher_2link.yaml --output runs/demo
+	$(VENV)/bin/mbpl sim --config config/sim_reacher_2link.yaml --output runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest test
