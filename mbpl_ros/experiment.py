@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Optional
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 import numpy as np
+import yaml
 
-from mbpl_ros.config import ConfigError, describe, doc, load_yaml
+from mbpl_ros.config import ConfigError, describe, doc, from_dict
 from mbpl_ros.core import controller as lg
 from mbpl_ros.core.costs import build_cost
 from mbpl_ros.core.lqr_flm import LqrFlmSettings, PriorSettings
@@ -21,7 +22,11 @@ from mbpl_ros.core.traj_opt import StepAdjustment
 
 if TYPE_CHECKING:  # core.mdgps and core.policy import torch: only when MDGPS is run
     from mbpl_ros.core.mdgps import MdgpsSettings
-from mbpl_ros.sim.robots import ROBOTS
+from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, check_robot, describe_robot,
+                                  load_robot_description, register_robot, registered_robots, robot_spec)
+
+# initial_controller values when neither the experiment nor the robot description gives one
+INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0, "accel_noise_std": 2.0}
 
 
 @dataclass
@@ -37,11 +42,15 @@ class ConditionConfig:
 @dataclass
 class InitialControllerConfig:
     kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double integrator", "pd")
-    natural_frequency: float = doc("closed-loop natural frequency ω (rad/s), in joint-acceleration terms",
-                                   3.0, gt=0.0)
-    damping_ratio: float = doc("closed-loop damping ratio ζ of the PD controller", 1.0, gt=0.0)
-    accel_noise_std: float = doc("exploration noise, standard deviation in joint acceleration (rad/s²)",
-                                 2.0, gt=0.0)
+    natural_frequency: Optional[float] = doc(
+        "closed-loop natural frequency ω (rad/s), in joint-acceleration terms; null: the robot "
+        "description's initial_controller.natural_frequency, else 3.0", None, gt=0.0)
+    damping_ratio: Optional[float] = doc(
+        "closed-loop damping ratio ζ of the PD controller; null: the robot description's, else 1.0",
+        None, gt=0.0)
+    accel_noise_std: Optional[float] = doc(
+        "exploration noise, standard deviation in joint acceleration (rad/s²); null: the robot "
+        "description's, else 2.0", None, gt=0.0)
     state_cost_weight: float = doc("lqr only: weight of the joint-position error", 1.0, gt=0.0)
     action_cost_weight: float = doc("lqr only: weight of the joint acceleration", 0.01, gt=0.0)
 
@@ -123,7 +132,9 @@ class PolicyConfig:
 
 @dataclass
 class ExperimentConfig:
-    robot: str = doc(f"robot to simulate: one of {', '.join(sorted(ROBOTS))}")
+    robot: str = doc(f"the robot: a built-in one ({', '.join(sorted(BUILTIN_ROBOTS))}), a robot description "
+                     "(a mapping: see 'Robot description' below) or the path of a YAML file holding one "
+                     "(relative to the experiment file); after loading, the robot's name")
     conditions: list[ConditionConfig] = doc("start poses and targets, one local controller each")
     cost: dict = doc("cost terms: see core.costs.build_cost (action, state, distance)")
     T: int = doc("time steps per rollout", 50, ge=2)
@@ -149,19 +160,30 @@ class ExperimentConfig:
         default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
 
     def __post_init__(self):
-        if self.robot not in ROBOTS:
-            raise ValueError(f"robot: unknown robot {self.robot!r}; known robots: {', '.join(sorted(ROBOTS))}")
+        self.robot = _robot_name(self.robot)
         if not self.conditions:
             raise ValueError("conditions: at least one condition is needed")
-        n_joints = len(ROBOTS[self.robot].joint_names)
+        spec = self.robot_spec
+        n_joints = spec.n_joints
         for i, condition in enumerate(self.conditions):
             if len(condition.initial_positions) != n_joints:
                 raise ValueError(f"conditions[{i}].initial_positions: {self.robot} has {n_joints} joints, "
                                  f"got {len(condition.initial_positions)} angles")
+        # Unset initial-controller numbers: the robot's own, else the general defaults.
+        given = {key: getattr(self.initial_controller, key) for key in INITIAL_CONTROLLER_DEFAULTS}
+        resolved = {key: value if value is not None else spec.initial_controller.get(key, INITIAL_CONTROLLER_DEFAULTS[key])
+                    for key, value in given.items()}
+        if resolved != given:
+            self.initial_controller = dataclasses.replace(self.initial_controller, **resolved)
+
+    @property
+    def robot_spec(self) -> RobotSpec:
+        """The robot: a built-in one or the description this experiment registered."""
+        return robot_spec(self.robot)
 
     @property
     def layout(self) -> StateLayout:
-        return StateLayout(n_joints=len(ROBOTS[self.robot].joint_names), n_points=1)
+        return StateLayout(n_joints=self.robot_spec.n_joints, n_points=1)
 
     @property
     def control_dt(self) -> float:
@@ -226,8 +248,84 @@ class ExperimentConfig:
         return controllers
 
 
+def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
+    """The name of an experiment's robot, registering it first when it is described here.
+
+    robot: a built-in or registered name; a robot description mapping; the path of a
+    robot-description YAML file (relative to base_dir, default the current directory);
+    or a RobotSpec. A new description is checked against its URDF once (ConfigError
+    naming `robot` otherwise) and registered under its name (see sim.robots.register_robot).
+    """
+    if isinstance(robot, str) and not robot.endswith((".yaml", ".yml")):
+        try:
+            robot_spec(robot)
+        except ValueError:
+            described = f"; described in this process: {', '.join(registered_robots())}" if registered_robots() else ""
+            raise ValueError(f"robot: unknown robot {robot!r}; known robots: {', '.join(sorted(BUILTIN_ROBOTS))}{described}; "
+                             "or a robot description (a mapping with name, urdf, joints, end_effector) or "
+                             "the path of a YAML file holding one") from None
+        return robot
+    if isinstance(robot, str):
+        path = Path(robot).expanduser()
+        spec = load_robot_description(path if path.is_absolute() or base_dir is None else base_dir / path)
+    elif isinstance(robot, Mapping):
+        spec = describe_robot(robot, base_dir, where="robot")
+    elif isinstance(robot, RobotSpec):
+        spec = robot
+    else:
+        raise ValueError(f"robot: must be a robot name, a robot description mapping or a YAML path; "
+                         f"got {type(robot).__name__}")
+    try:
+        if ROBOTS.get(spec.name) != spec:  # not loaded before in this process
+            check_robot(spec)
+        return register_robot(spec).name
+    except ValueError as error:
+        raise ConfigError(f"robot: {error}") from None
+
+
+def _named_conditions(data: dict, spec: RobotSpec) -> dict:
+    """conditions whose initial_positions or target name one of the robot's
+    initial_conditions or targets, with the numbers put in."""
+    conditions = data.get("conditions")
+    if not isinstance(conditions, list):
+        return data
+    resolved = []
+    for i, condition in enumerate(conditions):
+        if isinstance(condition, dict):
+            condition = dict(condition)
+            for key, table, lookup in (("initial_positions", spec.initial_conditions, spec.initial_condition),
+                                       ("target", spec.targets, spec.target)):
+                if isinstance(condition.get(key), str):
+                    try:
+                        condition[key] = [float(v) for v in lookup(condition[key])]
+                    except ValueError as error:
+                        raise ConfigError(f"conditions[{i}].{key}: {error}") from None
+        resolved.append(condition)
+    return {**data, "conditions": resolved}
+
+
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    return load_yaml(ExperimentConfig, path)
+    """An experiment file, validated. Its `robot` may describe the robot in place or name a
+    description file (relative paths start at the experiment file's directory); a
+    condition's initial_positions and target may name the robot's initial_conditions and
+    targets. Errors are ConfigError naming the file and the key path."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    try:
+        data = data or {}
+        if isinstance(data, dict) and "robot" in data:
+            name = _robot_name(data["robot"], path.resolve().parent)
+            data = _named_conditions({**data, "robot": name}, robot_spec(name))
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    except ValueError as error:
+        raise ConfigError(f"{path}: {error}") from None
 
 
 def configuration_reference() -> str:
@@ -245,5 +343,14 @@ def configuration_reference() -> str:
     lines += ["", "Each entry of `conditions` has:", "", "| key | meaning |", "| --- | --- |"]
     for key, _, text in describe(ConditionConfig):
         lines.append(f"| `{key}` | {text} |")
+    lines += ["", "## Robot description", "",
+              "`robot:` names a built-in robot, or describes one in place (a mapping), or gives the path",
+              "of a YAML file holding such a mapping. Each controlled joint needs an effort limit (the",
+              "URDF's or `limits.effort`); every other movable joint must be locked. A condition's",
+              "`initial_positions` and `target` may name the robot's `initial_conditions` and `targets`.",
+              "See docs/real-robot.md and config/robot_template.yaml.", "",
+              "| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, text in describe(RobotDescription):
+        lines.append(f"| `robot.{key}` | `{default}` | {text} |")
     lines += ["", "## cost", "", "```", inspect.cleandoc(costs.build_cost.__doc__), "```", ""]
     return "\n".join(lines)

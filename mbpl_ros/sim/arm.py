@@ -15,11 +15,17 @@ import sys
 from numbers import Integral
 from typing import Optional, Tuple, Union
 
+from xml.etree import ElementTree
+
 import numpy as np
 import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from mbpl_ros.sim.robots import RobotSpec, robot_spec
+
+#: Largest force (N) or torque (N·m) of the motor holding a locked joint: far above any
+#: arm's effort, so the lock is rigid in practice (drift below 1e-6 rad).
+LOCKED_JOINT_FORCE = 1.0e5
 
 
 @contextlib.contextmanager
@@ -36,10 +42,34 @@ def _stdout_silenced():
         os.close(saved)
 
 
+def _check_urdf_file(path: str, where: str) -> None:
+    """ValueError naming the file unless it exists, is URDF XML and has no floating joint.
+
+    PyBullet's own message for a bad file is only "Cannot load URDF file."."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: the URDF file does not exist")
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"{where}: the URDF is not valid XML: {error}") from None
+    if root.tag != "robot":
+        raise ValueError(f"{where}: not a URDF (root element <{root.tag}>, expected <robot>)")
+    free = [(joint.get("name"), joint.get("type")) for joint in root.iter("joint")
+            if joint.get("type") in ("floating", "planar")]
+    if free:
+        raise ValueError(f"{where}: joints {free} give the robot a floating base or a floating part; "
+                         "only fixed-base serial arms are supported (the base is fixed where "
+                         "base_position says)")
+
+
 class Arm:
     """One robot arm with a fixed base, driven by joint torques.
 
-    Limits come from the URDF and are enforced: efforts are clamped to the effort
+    The controlled joints are RobotSpec.joint_names; every other movable joint of the URDF
+    is locked at its RobotSpec.locked_joints angle by a stiff position motor (its links
+    still count in the dynamics), e.g. a gripper's fingers.
+
+    Limits come from the URDF (or the spec's overrides) and are enforced: efforts are clamped to the effort
     limits, PyBullet's joint-limit constraints keep positions within the position limits,
     and joint speeds are capped at the velocity limits. The default velocity motors are
     disabled, so a zero effort lets the arm move freely under gravity and joint damping.
@@ -73,56 +103,100 @@ class Arm:
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> None:
-        client = self._client
+        client, spec = self._client, self.spec
         client.setTimeStep(self.physics_dt)
-        client.setGravity(*self.spec.gravity_vector)
+        client.setGravity(*spec.gravity_vector)
+        where = f"robot {spec.name!r} (URDF {spec.urdf_path})"
+        _check_urdf_file(spec.urdf_path, where)
         try:
-            self._body = client.loadURDF(
-                self.spec.urdf_path, basePosition=self.spec.base_position, useFixedBase=True,
-                # Keep the URDF's masses and inertias instead of ones derived from shapes.
-                flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
+            with _stdout_silenced():
+                self._body = client.loadURDF(
+                    spec.urdf_path, basePosition=spec.base_position, useFixedBase=True,
+                    # Keep the URDF's masses and inertias instead of ones derived from shapes.
+                    flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
         except pybullet.error as error:
-            raise ValueError(f"cannot load URDF {self.spec.urdf_path!r} of robot "
-                             f"{self.spec.name!r}: {error}") from None
+            raise ValueError(f"cannot load URDF {spec.urdf_path!r} of robot "
+                             f"{spec.name!r}: {error}") from None
 
-        joint_index, link_index, movable = {}, {}, []
+        joint_index, joint_type, link_index, parent_of, movable = {}, {}, {}, {}, []
         for index in range(client.getNumJoints(self._body)):
             info = client.getJointInfo(self._body, index)
-            name, joint_type, link = info[1].decode(), info[2], info[12].decode()
-            joint_index[name], link_index[link] = index, index
-            if joint_type != pybullet.JOINT_FIXED:
+            name, link = info[1].decode(), info[12].decode()
+            joint_index[name], joint_type[name], link_index[link] = index, info[2], index
+            parent_of[index] = info[16]
+            if info[2] != pybullet.JOINT_FIXED:
                 movable.append(name)
-        if set(movable) != set(self.joint_names):
-            raise ValueError(f"robot {self.spec.name!r}: joint_names {list(self.joint_names)} must "
-                             f"be exactly the movable joints of the URDF {movable}")
-        if self.spec.ee_link not in link_index:
-            raise ValueError(f"robot {self.spec.name!r}: ee_link {self.spec.ee_link!r} is not a "
-                             f"link of the URDF; links: {sorted(link_index)}")
+        controlled, locked = list(self.joint_names), list(spec.locked_joints)
+        unknown = [name for name in controlled + locked if name not in joint_index]
+        if unknown:
+            raise ValueError(f"{where}: joints {unknown} are not in the URDF; its movable joints: {movable}")
+        not_movable = [name for name in controlled + locked if name not in movable]
+        if not_movable:
+            raise ValueError(f"{where}: joints {not_movable} are fixed in the URDF; its movable joints: {movable}")
+        not_one_dof = [name for name in controlled + locked
+                       if joint_type[name] not in (pybullet.JOINT_REVOLUTE, pybullet.JOINT_PRISMATIC)]
+        if not_one_dof:
+            raise ValueError(f"{where}: joints {not_one_dof} are not revolute or prismatic; only "
+                             "one-degree-of-freedom joints are supported")
+        if set(movable) != set(controlled) | set(locked):
+            missing = [name for name in movable if name not in controlled and name not in locked]
+            raise ValueError(f"{where}: joints {controlled} (controlled) and locked_joints {locked} "
+                             f"must be exactly the movable joints of the URDF {movable}; "
+                             f"lock or control {missing}")
+        if spec.ee_link not in link_index:
+            raise ValueError(f"robot {spec.name!r}: ee_link {spec.ee_link!r} is not a link of the URDF "
+                             f"{spec.urdf_path}; links: {sorted(link_index)}")
         self._joint_indices = [joint_index[name] for name in self.joint_names]
+        self._ee_link_index = link_index[spec.ee_link]
+        # A serial arm: every controlled joint moves the end-effector link.
+        chain, index = set(), self._ee_link_index
+        while index >= 0:
+            chain.add(index)
+            index = parent_of[index]
+        off_chain = [name for name, index in zip(self.joint_names, self._joint_indices) if index not in chain]
+        if off_chain:
+            raise ValueError(f"{where}: controlled joints {off_chain} do not move the end-effector link "
+                             f"{spec.ee_link!r}; control the joints between the base and it, lock the others")
+
         # PyBullet orders degrees of freedom by joint index; ours follow joint_names.
-        self._dof_of_joint = np.argsort(np.argsort(self._joint_indices))
+        dof_of_index = {index: dof for dof, index in enumerate(sorted(joint_index[n] for n in movable))}
         self._n_dofs = len(movable)
-        self._ee_link_index = link_index[self.spec.ee_link]
+        self._dof_of_joint = np.array([dof_of_index[i] for i in self._joint_indices], dtype=int)
+        self._locked_indices = [joint_index[name] for name in locked]
+        self._locked_dofs = np.array([dof_of_index[i] for i in self._locked_indices], dtype=int)
+        self._locked_positions = np.array([spec.locked_joints[name] for name in locked], dtype=float)
 
         infos = [client.getJointInfo(self._body, i) for i in self._joint_indices]
-        self.position_limits = np.array([[info[8], info[9]] for info in infos], dtype=float)
-        self.effort_limits = np.array([info[10] for info in infos], dtype=float)
-        self.velocity_limits = np.array([info[11] for info in infos], dtype=float)
-        self.joint_damping = np.array([self.spec.damping_overrides.get(name, info[6])
+        self.position_limits = np.array([spec.position_limit_overrides.get(name, (info[8], info[9]))
+                                         for name, info in zip(self.joint_names, infos)], dtype=float)
+        self.effort_limits = np.array([spec.effort_limit_overrides.get(name, info[10])
+                                       for name, info in zip(self.joint_names, infos)], dtype=float)
+        self.velocity_limits = np.array([spec.velocity_limit_overrides.get(name, info[11])
+                                         for name, info in zip(self.joint_names, infos)], dtype=float)
+        self.joint_damping = np.array([spec.damping_overrides.get(name, info[6])
                                        for name, info in zip(self.joint_names, infos)])
-        for what, bad in (("effort", ~(self.effort_limits > 0)),
-                          ("velocity", ~(self.velocity_limits > 0)),
-                          ("position", ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
+        for what, key, bad in (
+                ("effort", "effort", ~(self.effort_limits > 0)),
+                ("velocity", "velocity", ~(self.velocity_limits > 0)),
+                ("position", "position", ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
             if bad.any():
-                raise ValueError(f"robot {self.spec.name!r}: the URDF must give a positive {what} "
-                                 f"limit for joints {list(np.array(self.joint_names)[bad])}")
+                raise ValueError(f"{where}: the URDF must give a positive {what} limit for joints "
+                                 f"{self._names(bad)}, or the robot description "
+                                 f"one in limits.{key}")
+        for name, index, angle in zip(locked, self._locked_indices, self._locked_positions):
+            lower, upper = client.getJointInfo(self._body, index)[8:10]
+            if lower < upper and not lower <= angle <= upper:
+                raise ValueError(f"{where}: locked joint {name!r} at {angle} is outside its URDF limits "
+                                 f"[{lower}, {upper}]")
 
         for index, damping, (lower, upper), speed in zip(
                 self._joint_indices, self.joint_damping, self.position_limits, self.velocity_limits):
             # One property per call: PyBullet 3.2 drops jointDamping when it shares a call
             # with maxJointVelocity.
             client.changeDynamics(self._body, index, jointDamping=float(damping))
-            client.changeDynamics(self._body, index, maxJointVelocity=float(speed))
+            # PyBullet keeps ONE speed cap per body (the last set): the fastest joint's here;
+            # slower joints are capped after each physics step (step()).
+            client.changeDynamics(self._body, index, maxJointVelocity=float(self.velocity_limits.max()))
             client.changeDynamics(self._body, index, jointLowerLimit=float(lower),
                                   jointUpperLimit=float(upper))
         for link in range(-1, client.getNumJoints(self._body)):
@@ -132,6 +206,14 @@ class Arm:
         client.setJointMotorControlArray(
             self._body, self._joint_indices, pybullet.VELOCITY_CONTROL,
             targetVelocities=[0.0] * self.n_joints, forces=[0.0] * self.n_joints)
+        # Locked joints: a position motor, which PyBullet solves as a constraint each physics
+        # step, holds them at their angle. Their links keep their mass and inertia (the arm
+        # carries them), and the joints stay movable, so PyBullet's dynamics and Jacobians
+        # keep the URDF's degrees of freedom; ours pick the controlled ones.
+        for index, angle in zip(self._locked_indices, self._locked_positions):
+            client.setJointMotorControl2(self._body, index, pybullet.POSITION_CONTROL,
+                                         targetPosition=float(angle), targetVelocity=0.0,
+                                         positionGain=1.0, velocityGain=1.0, force=LOCKED_JOINT_FORCE)
 
         # PyBullet reports a link's URDF frame only in single precision but its centre-of-mass
         # frame in double precision: positions are computed from the latter.
@@ -157,12 +239,12 @@ class Arm:
         if outside.any():
             raise ValueError(f"q {q.tolist()} is outside the position limits "
                              f"{self.position_limits.tolist()} at joints "
-                             f"{list(np.array(self.joint_names)[outside])}")
+                             f"{self._names(outside)}")
         too_fast = np.abs(qd) > self.velocity_limits
         if too_fast.any():
             raise ValueError(f"|qd| {np.abs(qd).tolist()} exceeds the velocity limits "
                              f"{self.velocity_limits.tolist()} at joints "
-                             f"{list(np.array(self.joint_names)[too_fast])}")
+                             f"{self._names(too_fast)}")
         self._set_joint_state(q, qd)
         self._applied_effort = np.zeros(self.n_joints)
 
@@ -175,11 +257,14 @@ class Arm:
         applied = np.clip(effort, -self.effort_limits, self.effort_limits)
         forces = applied.tolist()
         client = self._live_client()
+        capped = self.velocity_limits < self.velocity_limits.max()
         for _ in range(self.substeps):
             # Torque commands last one physics step, so they are set before each.
             client.setJointMotorControlArray(self._body, self._joint_indices,
                                              pybullet.TORQUE_CONTROL, forces=forces)
             client.stepSimulation()
+            if capped.any():
+                self._cap_speeds(client, capped)
         self._applied_effort = applied
         return applied.copy()
 
@@ -215,12 +300,15 @@ class Arm:
         The simulation state is restored exactly afterwards.
         """
         q = self._joint_vector(q, "q")
-        saved_q, saved_qd, _ = self.joint_state()
+        client = self._live_client()
+        movable = self._joint_indices + self._locked_indices
+        saved = client.getJointStates(self._body, movable)
         try:
             self._set_joint_state(q, np.zeros(self.n_joints))
             return self._ee_pose_now()[0]
         finally:
-            self._set_joint_state(saved_q, saved_qd)
+            for index, (angle, speed, *_) in zip(movable, saved):
+                client.resetJointState(self._body, index, angle, speed)
 
     def jacobian(self, q: np.ndarray, qd: Optional[np.ndarray] = None) -> np.ndarray:
         """(3, J) linear Jacobian d p_ee / d q of the end-effector point at q (J,).
@@ -236,14 +324,14 @@ class Arm:
     def mass_matrix(self, q: np.ndarray) -> np.ndarray:
         """(J, J) joint-space inertia matrix M(q)."""
         q = self._joint_vector(q, "q")
-        full = np.array(self._live_client().calculateMassMatrix(self._body, self._dofs(q)))
+        full = np.array(self._live_client().calculateMassMatrix(self._body, self._dofs(q, self._locked_positions)))
         return full[np.ix_(self._dof_of_joint, self._dof_of_joint)]
 
     def inverse_dynamics(self, q: np.ndarray, qd: np.ndarray, qdd: np.ndarray) -> np.ndarray:
         """(J,) torque M(q) qdd + c(q, qd) + G(q) for accelerations qdd (J,); excludes damping."""
         q, qd, qdd = (self._joint_vector(v, name) for v, name in ((q, "q"), (qd, "qd"), (qdd, "qdd")))
         torque = self._live_client().calculateInverseDynamics(
-            self._body, self._dofs(q), self._dofs(qd), self._dofs(qdd))
+            self._body, self._dofs(q, self._locked_positions), self._dofs(qd), self._dofs(qdd))
         return np.array(torque, dtype=float)[self._dof_of_joint]
 
     def gravity_torque(self, q: np.ndarray) -> np.ndarray:
@@ -283,16 +371,33 @@ class Arm:
             raise ValueError(f"{what} must be finite; got {vector.tolist()}")
         return vector
 
-    def _dofs(self, joint_values: np.ndarray) -> list:
-        """Reorder a (J,) vector from joint_names order into PyBullet's DoF order."""
-        dof_values = np.empty(self._n_dofs)
+    def _names(self, mask: np.ndarray) -> list:
+        """The names of the joints flagged in `mask` (J,)."""
+        return [name for name, flagged in zip(self.joint_names, mask) if flagged]
+
+    def _cap_speeds(self, client: BulletClient, capped: np.ndarray) -> None:
+        """Clip the speeds of the joints flagged in `capped` (J,) to their velocity limits."""
+        indices = [index for index, cap in zip(self._joint_indices, capped) if cap]
+        limits = self.velocity_limits[capped]
+        for index, limit, (angle, speed, *_) in zip(indices, limits, client.getJointStates(self._body, indices)):
+            if abs(speed) > limit:
+                client.resetJointState(self._body, index, angle, math.copysign(limit, speed))
+
+    def _dofs(self, joint_values: np.ndarray, locked_values: Optional[np.ndarray] = None) -> list:
+        """A (J,) vector in joint_names order as PyBullet's vector over every movable joint
+        (DoF order), the locked joints' entries `locked_values` (default zero)."""
+        dof_values = np.zeros(self._n_dofs)
         dof_values[self._dof_of_joint] = joint_values
+        if locked_values is not None:
+            dof_values[self._locked_dofs] = locked_values
         return dof_values.tolist()
 
     def _set_joint_state(self, q: np.ndarray, qd: np.ndarray) -> None:
         client = self._live_client()
         for index, angle, speed in zip(self._joint_indices, q, qd):
             client.resetJointState(self._body, index, float(angle), float(speed))
+        for index, angle in zip(self._locked_indices, self._locked_positions):
+            client.resetJointState(self._body, index, float(angle), 0.0)
 
     def _ee_pose_now(self) -> Tuple[np.ndarray, np.ndarray]:
         """The end-effector point (3,) and link-frame quaternion (x, y, z, w) (4,), in the world."""
@@ -308,7 +413,7 @@ class Arm:
         zeros = [0.0] * self._n_dofs
         linear, angular = self._live_client().calculateJacobian(
             self._body, self._ee_link_index, self._ee_offset.tolist(),
-            self._dofs(q), zeros, zeros)
+            self._dofs(q, self._locked_positions), zeros, zeros)
         return (np.array(linear)[:, self._dof_of_joint], np.array(angular)[:, self._dof_of_joint])
 
 
