@@ -33,29 +33,65 @@ def _check_device(config) -> None:
         raise ConfigError(f"policy.device: {error}") from None
 
 
+def _existing_run(output: Path) -> str | None:
+    """What in `output` shows that a run was started there (None if nothing)."""
+    from mbpl_ros.checkpoint import checkpoint_paths
+    from mbpl_ros.offline import METRICS_FILE, RECORDING_FILE
+
+    checkpoints = checkpoint_paths(output)
+    if checkpoints:
+        return checkpoints[-1].name
+    for name in (METRICS_FILE, RECORDING_FILE):
+        if (output / name).is_file() and (output / name).stat().st_size > 0:
+            return name
+    return None
+
+
 def _train(args) -> int:
+    from mbpl_ros.checkpoint import CheckpointError
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.offline import TrainingRun
+    from mbpl_ros.recording import RecordingError
 
     config = load_experiment(args.config)
     if args.algorithm is not None:
         config = dataclasses.replace(config, algorithm=args.algorithm)
     _check_device(config)
+    output = Path(args.output)
+    existing = _existing_run(output)
+    if existing is not None and not (args.resume or args.overwrite):
+        print(f"mbpl: {output} already holds a run ({existing}); pass --resume to continue it, "
+              "--overwrite to start it over, or choose another --output", file=sys.stderr)
+        return 2
     if config.algorithm == "mdgps":
         import torch  # noqa: F401  (loaded now so that its threads are limited too)
     iterations = args.iterations if args.iterations is not None else config.iterations
     seed = args.seed if args.seed is not None else config.seed
-    with _limit_threads():
-        metrics = TrainingRun(config, Path(args.output), seed).run(iterations)
+    run = TrainingRun(config, output, seed, record=not args.no_record)
+    try:
+        with _limit_threads():
+            if args.refit_from is not None:
+                metrics = run.refit(args.refit_from)
+            else:
+                metrics = run.run(iterations, resume=args.resume)
+    except CheckpointError as error:
+        print(f"mbpl: cannot resume: {error}", file=sys.stderr)
+        return 2
+    except (RecordingError, ValueError) as error:
+        if args.refit_from is None and not isinstance(error, RecordingError):
+            raise
+        print(f"mbpl: {error}", file=sys.stderr)
+        return 2
     last = metrics[-1]
     reached = sum(d < config.success_distance_m for d in last["final_distance_m"])
-    summary = (f"done ({config.algorithm}): {reached}/{len(last['final_distance_m'])} conditions within "
+    verb = "refit" if args.refit_from is not None else "done"
+    summary = (f"{verb} ({config.algorithm}): {reached}/{len(last['final_distance_m'])} conditions within "
                f"{100 * config.success_distance_m:.1f} cm after {last['iteration']} iterations, "
                f"{last['rollouts']} rollouts")
-    if config.algorithm == "mdgps":
+    if config.algorithm == "mdgps" and last.get("policy_final_distance_m") is not None:
         policy_reached = sum(d < config.success_distance_m for d in last["policy_final_distance_m"])
         summary += (f"; the policy reaches {policy_reached}/{len(last['policy_final_distance_m'])}, "
-                    f"exported to {Path(args.output) / 'policy.pt'}")
+                    f"exported to {output / 'policy.pt'}")
     print(f"{summary}; results in {args.output}")
     return 0
 
@@ -100,6 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--output", default="runs/train",
                        help="directory for metrics, checkpoints, plot (and policy.pt for mdgps)")
     train.add_argument("--seed", type=int, help="override the config's seed")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --output from its last complete iteration (its newest "
+                            "checkpoint); the result is the same as that of an uninterrupted run")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start over in an --output that already holds a run (its checkpoints are deleted)")
+    train.add_argument("--no-record", action="store_true",
+                       help="do not record the rollouts to OUTPUT/rollouts.mcap")
+    train.add_argument("--refit-from", metavar="BAG",
+                       help="no new rollouts: replay the iterations recorded in BAG (an mbpl rollouts.mcap) "
+                            "through the updates, writing controllers (checkpoints) and metrics to --output")
     train.set_defaults(run=_train)
     evaluate = commands.add_parser(
         "eval", help="run an exported policy from held-out initial conditions drawn inside the box "
@@ -112,11 +158,20 @@ def main(argv: list[str] | None = None) -> int:
                           help="success threshold (m); default: the config's success_distance_m")
     evaluate.add_argument("--output", help="directory for eval.json (default: the policy's directory)")
     evaluate.set_defaults(run=_eval)
+    from mbpl_ros import sim_runner
+    sim_runner.add_subparser(commands)   # mbpl sim: the ROS node graph in one process
     reference = commands.add_parser("config-reference", help="print every experiment key as Markdown")
     reference.set_defaults(run=lambda args: print(configuration_reference()) or 0)
     args = parser.parse_args(argv)
     if getattr(args, "iterations", None) is not None and args.iterations < 1:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
+    if args.command == "train":
+        if args.resume and args.overwrite:
+            parser.error("--resume and --overwrite exclude each other")
+        if args.refit_from is not None and args.resume:
+            parser.error("--refit-from replays a recording from the start; it cannot --resume")
+        if args.refit_from is not None and args.iterations is not None:
+            parser.error("--refit-from replays every complete iteration of the recording; drop --iterations")
     if args.command == "eval":
         if args.conditions < 1:
             parser.error(f"--conditions must be >= 1, got {args.conditions}")

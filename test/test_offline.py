@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 import yaml
 
 from mbpl_ros import cli
+from mbpl_ros.checkpoint import read_checkpoint
 from mbpl_ros.config import ConfigError, from_dict
 from mbpl_ros.core.policy import load_exported_policy
 from mbpl_ros.experiment import ExperimentConfig, load_experiment
@@ -93,8 +93,8 @@ def test_mdgps_metrics_rows(mdgps_runs):
 
 def test_exported_policy_is_the_trained_policy(mdgps_runs):
     output = mdgps_runs[0]
-    checkpoint = pickle.loads((output / f"checkpoint_{MDGPS_ITERATIONS:04d}.pkl").read_bytes())
-    trained = checkpoint["algorithm"].policy
+    checkpoint = read_checkpoint(output / f"checkpoint_{MDGPS_ITERATIONS:04d}.pkl")
+    trained = checkpoint.algorithm.policy
     exported = load_exported_policy(output / "policy.pt")
     metadata = json.loads((output / "policy.json").read_text())
     assert (exported.dX, exported.dU) == (10, 2)
@@ -192,8 +192,8 @@ def test_mbpl_train_lqr_flm_writes_metrics_checkpoints_and_plot(tmp_path):
     assert metrics[2]["wall_s"] >= metrics[1]["wall_s"] >= metrics[0]["wall_s"] >= 0
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pkl")) == \
         ["checkpoint_0001.pkl", "checkpoint_0002.pkl"]
-    checkpoint = pickle.loads((tmp_path / "checkpoint_0002.pkl").read_bytes())
-    assert checkpoint["iteration"] == 2 and checkpoint["algorithm"].iteration == 2
+    checkpoint = read_checkpoint(tmp_path / "checkpoint_0002.pkl")
+    assert checkpoint.iteration == 2 and checkpoint.algorithm.iteration == 2
     assert (tmp_path / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "policy.pt").exists()
 

@@ -1,0 +1,362 @@
+"""Every rollout on disk as it completes: an MCAP file in the ros2 profile (rosbag2's format).
+
+One file per training run (`rollouts.mcap` in the run's output directory). Topics:
+
+| topic | type | per rollout |
+| --- | --- | --- |
+| `/joint_states` | sensor_msgs/msg/JointState | T messages: position q_t, velocity qd_t, effort = the effort applied over step t (after clamping) |
+| `/effort_controller/commands` | std_msgs/msg/Float64MultiArray | T messages: the commanded effort u_t (before clamping), one value per joint |
+| `/mbpl/rollout_info` | std_msgs/msg/String | 1 message after the steps, JSON: iteration, condition, index, controller_version, purpose, T, start_ns, dt_ns, initial_positions, target |
+
+Messages are CDR-encoded with `ros2msg` schemas, so `ros2 bag info/play` (rosbag2's mcap
+plugin), the `mcap` CLI and mcap_ros2's reader all read the file. The run's description
+(robot, joints, control period, seed, experiment identity) is an MCAP metadata record
+named `mbpl_run` with one key, `json`.
+
+Stamps are simulated time since the start of the run (what /clock gives a ROS graph with
+use_sim_time): rollout k occupies [k·T·dt, (k+1)·T·dt), step t of it is at start + t·dt.
+
+Durability: a rollout is written as one chunk, then the file is flushed and fsynced, and
+its `/mbpl/rollout_info` message comes last, so a rollout without its info message is
+incomplete. A crash loses at most the rollout being written: the file then lacks its
+summary and footer, and `read_recording` returns the complete rollouts before the cut
+(`mcap recover` also repairs such a file). Resuming a run rewrites the file with the
+rollouts of the iterations its checkpoint covers (atomically) and appends from there, so
+a resumed run's recording holds the same rollouts as an uninterrupted run's.
+
+This module needs only `mcap` and `mcap-ros2-support`, no ROS installation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Optional, Sequence
+
+import numpy as np
+from mcap.exceptions import EndOfFile
+from mcap.records import Channel, Footer, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader
+from mcap.well_known import MessageEncoding, SchemaEncoding
+from mcap.writer import CompressionType, Writer as McapWriter
+from mcap_ros2._dynamic import serialize_dynamic
+from mcap_ros2.decoder import DecoderFactory
+
+import mbpl_ros
+from mbpl_ros.checkpoint import fsync_directory
+
+RECORDING_FORMAT = 1
+JOINT_STATES_TOPIC = "/joint_states"
+COMMANDS_TOPIC = "/effort_controller/commands"
+ROLLOUT_INFO_TOPIC = "/mbpl/rollout_info"
+RUN_METADATA_NAME = "mbpl_run"
+
+_TIME_MSG = "int32 sec\nuint32 nanosec\n"
+_HEADER_MSG = "builtin_interfaces/Time stamp\nstring frame_id\n"
+_SEPARATOR = "=" * 80 + "\n"
+SCHEMAS = {
+    "sensor_msgs/msg/JointState": (
+        "std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\nfloat64[] effort\n"
+        + _SEPARATOR + "MSG: std_msgs/Header\n" + _HEADER_MSG
+        + _SEPARATOR + "MSG: builtin_interfaces/Time\n" + _TIME_MSG),
+    "std_msgs/msg/Float64MultiArray": (
+        "MultiArrayLayout layout\nfloat64[] data\n"
+        + _SEPARATOR + "MSG: std_msgs/MultiArrayLayout\nMultiArrayDimension[] dim\nuint32 data_offset\n"
+        + _SEPARATOR + "MSG: std_msgs/MultiArrayDimension\nstring label\nuint32 size\nuint32 stride\n"),
+    "std_msgs/msg/String": "string data\n",
+}
+_TOPIC_TYPES = {JOINT_STATES_TOPIC: "sensor_msgs/msg/JointState",
+                COMMANDS_TOPIC: "std_msgs/msg/Float64MultiArray",
+                ROLLOUT_INFO_TOPIC: "std_msgs/msg/String"}
+
+
+class RecordingError(RuntimeError):
+    """A recording cannot be read or written: the message names the file and the problem."""
+
+
+@dataclass
+class RecordedRollout:
+    """One rollout as recorded. Arrays are (T, J) for J joints, in joint_names' order:
+    positions q_t, velocities qd_t (the state at step t), efforts (applied over step t),
+    commands (commanded at step t). start_ns/dt_ns: the stamps, start_ns + t·dt_ns
+    (start_ns None until a recorder assigns it)."""
+
+    iteration: int
+    condition: int
+    index: int
+    controller_version: int
+    joint_names: tuple
+    positions: np.ndarray
+    velocities: np.ndarray
+    efforts: np.ndarray
+    commands: np.ndarray
+    target: np.ndarray
+    initial_positions: np.ndarray
+    purpose: str = "sample"
+    start_ns: Optional[int] = None
+    dt_ns: Optional[int] = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.joint_names = tuple(self.joint_names)
+        J = len(self.joint_names)
+        for name in ("positions", "velocities", "efforts", "commands"):
+            value = np.asarray(getattr(self, name), dtype=float)
+            if value.ndim != 2 or value.shape[1] != J:
+                raise ValueError(f"RecordedRollout.{name} must be (T, J={J}), got {value.shape}")
+            setattr(self, name, value)
+        shapes = {getattr(self, name).shape[0] for name in ("positions", "velocities", "efforts", "commands")}
+        if len(shapes) != 1 or 0 in shapes:
+            raise ValueError(f"RecordedRollout arrays must share T >= 1 steps, got {sorted(shapes)}")
+        self.target = np.asarray(self.target, dtype=float)
+        self.initial_positions = np.asarray(self.initial_positions, dtype=float)
+
+    @property
+    def T(self) -> int:
+        return self.positions.shape[0]
+
+    def info(self) -> dict:
+        """The /mbpl/rollout_info JSON of this rollout."""
+        return {"iteration": int(self.iteration), "condition": int(self.condition), "index": int(self.index),
+                "controller_version": int(self.controller_version), "purpose": self.purpose, "T": self.T,
+                "start_ns": int(self.start_ns), "dt_ns": int(self.dt_ns),
+                "initial_positions": self.initial_positions.tolist(), "target": self.target.tolist(),
+                **({"extra": self.extra} if self.extra else {})}
+
+
+@dataclass
+class Recording:
+    """What read_recording found: the run's description, the complete rollouts in file
+    order, and `problem` (None for a cleanly closed file; otherwise why reading stopped,
+    e.g. the file was cut short by a crash)."""
+
+    run_info: dict
+    rollouts: list
+    problem: Optional[str] = None
+    closed: bool = False
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _stamp(ns: int) -> dict:
+    return {"sec": int(ns // 1_000_000_000), "nanosec": int(ns % 1_000_000_000)}
+
+
+class RolloutRecorder:
+    """Writes rollouts to an MCAP file, each one durable once write_rollout returns.
+
+    Use create() for a new run and resume() to continue the recording of a run resumed
+    from a checkpoint. run_info is a JSON-ready dict describing the run (at least
+    joint_names and dt_ns); it becomes the `mbpl_run` metadata record.
+    """
+
+    def __init__(self, path: os.PathLike | str, run_info: dict, *, _write_to: Optional[Path] = None,
+                 _keep: Sequence[RecordedRollout] = ()):
+        self.path = Path(path)
+        self.run_info = dict(run_info, recording_format=RECORDING_FORMAT, mbpl_ros_version=mbpl_ros.__version__)
+        for key in ("joint_names", "dt_ns"):
+            if key not in self.run_info:
+                raise ValueError(f"run_info must hold {key!r}")
+        self.dt_ns = int(self.run_info["dt_ns"])
+        self.clock_ns = 0
+        self.count = 0
+        target = _write_to or self.path
+        self._file: IO[bytes] = open(target, "wb")
+        try:
+            self._writer = McapWriter(self._file, compression=CompressionType.ZSTD, chunk_size=1 << 22)
+            self._writer.start(profile="ros2", library=f"mbpl_ros {mbpl_ros.__version__}")
+            self._schemas = {name: self._writer.register_schema(name, SchemaEncoding.ROS2, text.encode())
+                             for name, text in SCHEMAS.items()}
+            self._channels = {topic: self._writer.register_channel(topic, MessageEncoding.CDR,
+                                                                   self._schemas[kind])
+                              for topic, kind in _TOPIC_TYPES.items()}
+            self._encoders = {name: serialize_dynamic(name, text)[name] for name, text in SCHEMAS.items()}
+            self._writer.add_metadata(RUN_METADATA_NAME, {"json": json.dumps(self.run_info, sort_keys=True)})
+            self._sync()
+            for rollout in _keep:
+                self.write_rollout(rollout)
+        except BaseException:
+            self._file.close()
+            raise
+        if _write_to is not None:
+            os.replace(_write_to, self.path)  # the file handle follows the renamed file
+            fsync_directory(self.path.parent)
+
+    @classmethod
+    def create(cls, path: os.PathLike | str, run_info: dict) -> "RolloutRecorder":
+        """A new recording at `path` (replacing any file there)."""
+        return cls(path, run_info)
+
+    @classmethod
+    def resume(cls, path: os.PathLike | str, run_info: dict, through_iteration: int) -> tuple["RolloutRecorder", int]:
+        """Continue the recording at `path` after a resume from the checkpoint of
+        `through_iteration`: keep its complete rollouts of iterations <= through_iteration
+        (dropping those of the interrupted iteration, which will be drawn again), written
+        to a new file that atomically replaces the old one. Returns the recorder and the
+        number of rollouts kept. RecordingError if the file belongs to another experiment."""
+        path = Path(path)
+        kept: list[RecordedRollout] = []
+        if path.exists():
+            recording = read_recording(path)
+            fingerprint = run_info.get("experiment_fingerprint")
+            if fingerprint is not None and recording.run_info.get("experiment_fingerprint") not in (None, fingerprint):
+                raise RecordingError(f"{path}: recorded by another experiment (fingerprint "
+                                     f"{recording.run_info.get('experiment_fingerprint')}, this run's is {fingerprint})")
+            kept = [r for r in recording.rollouts if r.iteration <= through_iteration]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            recorder = cls(path, run_info, _write_to=tmp, _keep=kept)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return recorder, len(kept)
+
+    def write_rollout(self, rollout: RecordedRollout) -> RecordedRollout:
+        """Write one rollout and make it durable. Stamps are assigned from the recorder's
+        clock unless the rollout has them (a copied rollout). Returns the rollout."""
+        if self._file.closed:
+            raise RecordingError(f"{self.path}: the recording is closed")
+        if tuple(rollout.joint_names) != tuple(self.run_info["joint_names"]):
+            raise ValueError(f"rollout joints {rollout.joint_names} differ from the recording's "
+                             f"{tuple(self.run_info['joint_names'])}")
+        if rollout.start_ns is None:
+            rollout.start_ns, rollout.dt_ns = self.clock_ns, self.dt_ns
+        stamps = rollout.start_ns + rollout.dt_ns * np.arange(rollout.T)
+        names = list(rollout.joint_names)
+        encode_state = self._encoders["sensor_msgs/msg/JointState"]
+        encode_command = self._encoders["std_msgs/msg/Float64MultiArray"]
+        for t, stamp in enumerate(stamps.tolist()):
+            state = {"header": {"stamp": _stamp(stamp), "frame_id": ""}, "name": names,
+                     "position": rollout.positions[t].tolist(), "velocity": rollout.velocities[t].tolist(),
+                     "effort": rollout.efforts[t].tolist()}
+            self._writer.add_message(self._channels[JOINT_STATES_TOPIC], log_time=stamp, publish_time=stamp,
+                                     data=encode_state(state), sequence=t)
+            command = {"layout": {"dim": [], "data_offset": 0}, "data": rollout.commands[t].tolist()}
+            self._writer.add_message(self._channels[COMMANDS_TOPIC], log_time=stamp, publish_time=stamp,
+                                     data=encode_command(command), sequence=t)
+        info_stamp = int(stamps[-1])
+        self._writer.add_message(self._channels[ROLLOUT_INFO_TOPIC], log_time=info_stamp,
+                                 publish_time=info_stamp,
+                                 data=self._encoders["std_msgs/msg/String"]({"data": json.dumps(rollout.info())}),
+                                 sequence=self.count)
+        self._sync()
+        self.clock_ns = max(self.clock_ns, rollout.start_ns + rollout.T * rollout.dt_ns)
+        self.count += 1
+        return rollout
+
+    def _sync(self) -> None:
+        self._writer.flush()   # ends the chunk in progress and writes it out
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Write the summary and footer (indexes for fast seeking) and close the file."""
+        if not self._file.closed:
+            try:
+                self._writer.finish()
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
+
+    def __enter__(self) -> "RolloutRecorder":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _as_array(values: Any) -> np.ndarray:
+    return np.asarray(list(values), dtype=float)
+
+
+def read_recording(path: os.PathLike | str) -> Recording:
+    """The run description and complete rollouts of a recording, in file order.
+
+    Reads records sequentially (no index needed), so a file cut short by a crash yields
+    every rollout completed before the cut and `problem` says where it stopped.
+    RecordingError for a file that cannot be opened, is not MCAP, or is not an mbpl_ros
+    recording."""
+    path = Path(path)
+    try:
+        stream = open(path, "rb")
+    except OSError as error:
+        raise RecordingError(f"{path}: cannot be read ({error.strerror or error})") from None
+    with stream:
+        magic = stream.read(8)
+        stream.seek(0)
+        if magic != b"\x89MCAP0\r\n":
+            what = "truncated before the MCAP signature" if len(magic) < 8 else "not an MCAP file"
+            raise RecordingError(f"{path}: {what}")
+        run_info: dict = {}
+        rollouts: list[RecordedRollout] = []
+        schemas: dict[int, Schema] = {}
+        channels: dict[int, Channel] = {}
+        decoders = DecoderFactory()
+        pending: dict[str, list] = {JOINT_STATES_TOPIC: [], COMMANDS_TOPIC: []}
+        problem, closed = None, False
+        reader = StreamReader(stream, validate_crcs=True, record_size_limit=1 << 30)
+        try:
+            for record in reader.records:
+                if isinstance(record, Schema):
+                    schemas[record.id] = record
+                elif isinstance(record, Channel):
+                    channels[record.id] = record
+                elif isinstance(record, Metadata) and record.name == RUN_METADATA_NAME:
+                    run_info = json.loads(record.metadata["json"])
+                elif isinstance(record, Message):
+                    channel = channels[record.channel_id]
+                    if channel.topic not in _TOPIC_TYPES:
+                        continue
+                    decode = decoders.decoder_for(channel.message_encoding, schemas[channel.schema_id])
+                    message = decode(record.data)
+                    if channel.topic == ROLLOUT_INFO_TOPIC:
+                        rollouts.append(_assemble(path, json.loads(message.data), pending))
+                        pending = {JOINT_STATES_TOPIC: [], COMMANDS_TOPIC: []}
+                    else:
+                        pending[channel.topic].append((record.log_time, message))
+                elif isinstance(record, Footer):
+                    closed = True
+            if not closed:
+                problem = (f"the file ends without its footer (cut short?); {len(rollouts)} complete "
+                           "rollouts before the end were read")
+        except RecordingError:
+            raise
+        except Exception as error:  # mcap's EndOfFile, struct/zstd errors on a cut record, CRC errors
+            closed = False
+            size, offset = path.stat().st_size, stream.tell()
+            if offset >= size or isinstance(error, (EndOfFile, struct.error)):
+                problem = f"truncated at byte {size}: the data after the last complete rollout is lost"
+            else:
+                problem = f"corrupt from near byte {offset} ({type(error).__name__}: {error})"
+            problem += f"; the {len(rollouts)} complete rollouts before it were read"
+        if not run_info and not rollouts:
+            raise RecordingError(f"{path}: no run description (metadata {RUN_METADATA_NAME!r}) and no "
+                                 "complete rollout" + (f"; {problem}" if problem else ""))
+        return Recording(run_info=run_info, rollouts=rollouts, problem=problem, closed=closed)
+
+
+def _assemble(path: Path, info: dict, pending: dict) -> RecordedRollout:
+    states, commands = pending[JOINT_STATES_TOPIC], pending[COMMANDS_TOPIC]
+    T, start, dt = info["T"], info["start_ns"], info["dt_ns"]
+    expected = [start + dt * t for t in range(T)]
+    for topic, messages in ((JOINT_STATES_TOPIC, states), (COMMANDS_TOPIC, commands)):
+        if [stamp for stamp, _ in messages] != expected:
+            raise RecordingError(f"{path}: rollout (iteration {info['iteration']}, condition {info['condition']}, "
+                                 f"index {info['index']}) has {len(messages)} {topic} messages, not the {T} "
+                                 "stamped start_ns + t·dt_ns that its info announces")
+    return RecordedRollout(
+        iteration=info["iteration"], condition=info["condition"], index=info["index"],
+        controller_version=info["controller_version"], purpose=info.get("purpose", "sample"),
+        joint_names=tuple(states[0][1].name),
+        positions=np.stack([_as_array(m.position) for _, m in states]),
+        velocities=np.stack([_as_array(m.velocity) for _, m in states]),
+        efforts=np.stack([_as_array(m.effort) for _, m in states]),
+        commands=np.stack([_as_array(m.data) for _, m in commands]),
+        target=np.asarray(info["target"], float), initial_positions=np.asarray(info["initial_positions"], float),
+        start_ns=start, dt_ns=dt, extra=info.get("extra", {}))
