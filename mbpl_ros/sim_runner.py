@@ -33,6 +33,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning iterations (default: gps_trainer's parameter, else the experiment's)")
     parser.add_argument("--output", default=None, help="output directory (default: gps_trainer's output_dir)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the experiment's)")
+    parser.add_argument("--experiment", default=None,
+                        help="experiment YAML for every node, replacing the file's experiment_config "
+                             "(e.g. config/panda_reach.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,8 +49,14 @@ def run(args: argparse.Namespace) -> int:
         trainer_overrides["output_dir"] = str(Path(args.output).resolve())
     if args.seed is not None:
         trainer_overrides["seed"] = args.seed
+    overrides = {"gps_trainer": trainer_overrides}
+    if args.experiment is not None:
+        from mbpl_ros.nodes import graph
+        experiment = str(Path(args.experiment).resolve())
+        for spec in graph.nodes(with_sim=True):
+            overrides.setdefault(spec.name, {})["experiment_config"] = experiment
     try:
-        metrics = run_graph(args.config, {"gps_trainer": trainer_overrides})
+        metrics = run_graph(args.config, overrides)
     except GraphError as error:
         print(f"mbpl sim: {error}", file=sys.stderr)
         return 1

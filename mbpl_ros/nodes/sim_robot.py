@@ -48,7 +48,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
+from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros.nodes.common import resolve_experiment_path
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.robots import ROBOTS, robot_spec
 
@@ -155,20 +157,33 @@ class SimRobotNode(Node):
                 f"parameter '{name}' is invalid ({error}); allowed: {allowed}") from None
 
     def _read_parameters(self) -> SimRobotSettings:
-        robot = self._declare("robot", "reacher_2link", "Robot to simulate.",
-                              f"one of {sorted(ROBOTS)}")
+        experiment_file = self._declare(
+            "experiment_config", "", "Experiment YAML (as for `mbpl train`) whose robot, physics_dt "
+            "and control period are the defaults of robot, physics_dt and control_rate_hz; a robot "
+            "described in it (not only a built-in one) can then be simulated.",
+            "empty, or a path: absolute, relative to the current directory or to share/mbpl_ros/config")
+        experiment = None
+        if experiment_file:
+            try:
+                experiment = load_experiment(resolve_experiment_path(experiment_file))
+            except ValueError as error:   # ConfigError and NodeParameterError are ValueErrors
+                raise SimRobotParameterError(f"parameter 'experiment_config': {error}") from None
+        robot = self._declare("robot", experiment.robot if experiment else "reacher_2link",
+                              "Robot to simulate.", f"one of {sorted(ROBOTS)} or the experiment's robot")
         if robot not in ROBOTS:
             raise SimRobotParameterError(
-                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)}")
+                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)} or the robot of "
+                f"the experiment_config")
         spec = robot_spec(robot)
 
         low, high = CONTROL_RATE_RANGE_HZ
-        rate = self._declare("control_rate_hz", 20.0, "Control steps per second (Hz).",
-                             f"a double in [{low}, {high}]",
+        rate = self._declare("control_rate_hz", 1.0 / experiment.control_dt if experiment else 20.0,
+                             "Control steps per second (Hz).", f"a double in [{low}, {high}]",
                              floating_point_range=_double_range(low, high))
         low, high = PHYSICS_DT_RANGE_S
         physics_dt = self._declare(
-            "physics_dt", 1.0 / 240.0, "Physics time step (s); must divide the control period.",
+            "physics_dt", experiment.physics_dt if experiment else 1.0 / 240.0,
+            "Physics time step (s); must divide the control period.",
             f"a double in [{low}, {high}] that divides 1/control_rate_hz",
             floating_point_range=_double_range(low, high))
         substeps = round(1.0 / (rate * physics_dt))

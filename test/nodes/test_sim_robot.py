@@ -304,3 +304,18 @@ def test_main_exits_non_zero_with_the_message_on_a_bad_parameter():
         env={**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")})
     assert result.returncode == 1
     assert "parameter 'mode' is 'fast'; allowed: one of ['realtime', 'lockstep']" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_robot_and_timing_default_to_the_experiment_config(ros_context):
+    """A robot described in an experiment file (the Panda) is simulated from that file alone."""
+    config = Path(__file__).resolve().parents[2] / "config" / "panda_reach.yaml"
+    node = SimRobotNode(context=ros_context, parameter_overrides=parameters(experiment_config=str(config)))
+    try:
+        assert node.settings.robot == "panda"
+        assert node.settings.substeps == 12 and node.settings.control_rate_hz == pytest.approx(20.0)
+        assert list(node.settings.joints) == [f"panda_joint{i}" for i in range(1, 8)]
+    finally:
+        node.destroy_node()
+    with pytest.raises(SimRobotParameterError, match="parameter 'experiment_config'"):
+        SimRobotNode(context=ros_context, parameter_overrides=parameters(experiment_config="absent.yaml"))
