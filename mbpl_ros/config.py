@@ -106,17 +106,24 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ConfigError(f"{where}: {error}") from None
 
 
-def load_yaml(cls: type, path: str | Path) -> Any:
-    """Load and validate a YAML file into the dataclass `cls`."""
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """The parsed contents of a YAML file ({} when empty); ConfigError naming the file when it
+    is missing or not YAML."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
+        raise ConfigError(f"{path}: no such {what}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return {} if data is None else data
+
+
+def load_yaml(cls: type, path: str | Path) -> Any:
+    """Load and validate a YAML file into the dataclass `cls`."""
+    data = read_yaml(path)
     try:
-        return from_dict(cls, data or {})
+        return from_dict(cls, data)
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 

@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 import numpy as np
-import yaml
 
-from mbpl_ros.config import ConfigError, describe, doc, from_dict
+from mbpl_ros.config import ConfigError, describe, doc, from_dict, read_yaml
 from mbpl_ros.core import controller as lg
 from mbpl_ros.core.costs import build_cost
 from mbpl_ros.core.lqr_flm import LqrFlmSettings, PriorSettings
@@ -310,14 +309,8 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     condition's initial_positions and target may name the robot's initial_conditions and
     targets. Errors are ConfigError naming the file and the key path."""
     path = Path(path)
+    data = read_yaml(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    try:
-        data = data or {}
         if isinstance(data, dict) and "robot" in data:
             name = _robot_name(data["robot"], path.resolve().parent)
             data = _named_conditions({**data, "robot": name}, robot_spec(name))

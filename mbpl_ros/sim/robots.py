@@ -30,7 +30,7 @@ from typing import Mapping, Optional, Sequence, Union
 import numpy as np
 import pybullet_data
 
-from mbpl_ros.config import ConfigError, doc, from_dict
+from mbpl_ros.config import ConfigError, doc, from_dict, read_yaml
 
 STANDARD_GRAVITY = (0.0, 0.0, -9.81)
 PACKAGE = "mbpl_ros"
@@ -362,17 +362,10 @@ def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None, where
 
 def load_robot_description(path: Union[str, Path]) -> RobotSpec:
     """The RobotSpec of a robot-description YAML file (relative URDF paths start at its directory)."""
-    import yaml
-
     path = Path(path)
+    data = read_yaml(path, "robot description file")
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such robot description file") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    try:
-        return describe_robot(data if data is not None else {}, path.parent, where="robot")
+        return describe_robot(data, path.parent, where="robot")
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
 
