@@ -78,7 +78,7 @@ def write_configuration(directory: Path, rate_hz: float, seconds: float) -> tupl
         "lqr_controller": {"ros__parameters": {
             "experiment_config": str(experiment_path), "mode": "realtime",
             "control_rate_hz": float(rate_hz), "reset_mode": "sim_service", "sim_node": "/sim_robot",
-            "state_timeout_s": 1.0, "controller_wait_s": 30.0}},
+            "controller_wait_s": 30.0}},
     }
     params_path = directory / f"params_{rate_hz:g}hz.yaml"
     params_path.write_text(yaml.safe_dump(params))

@@ -125,6 +125,13 @@ def _eval(args) -> int:
     return 0
 
 
+def _params_reference(args) -> int:
+    from mbpl_ros.nodes.reference import parameter_reference
+
+    print(parameter_reference(args.config))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mbpl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -160,6 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(run=_eval)
     from mbpl_ros import sim_runner
     sim_runner.add_subparser(commands)   # mbpl sim: the ROS node graph in one process
+    nodes = commands.add_parser("params-reference",
+                                help="print every node parameter (value under a params file) as Markdown")
+    nodes.add_argument("--config", default="config/sim_reacher_2link.yaml", help="ros__parameters YAML")
+    nodes.set_defaults(run=_params_reference)
     reference = commands.add_parser("config-reference", help="print every experiment key as Markdown")
     reference.set_defaults(run=lambda args: print(configuration_reference()) or 0)
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ Publishes    gps/controllers (record lg_controller, transient local): every cond
              gps/trial_requests (record trial_request): one trial at a time, each with a new id
 Subscribes   gps/rollouts (record rollout): the result of the awaited trial (other ids ignored)
              gps/dynamics (record lg_dynamics): the complete fit of each condition's batch
+             gps/estop_latched (std_msgs/Bool, transient local): lqr_controller's e-stop latch
 
 Iteration i (1..iterations): for each condition m and rollout n, a sample trial of controller
 version i-1 with the exploration noise rollout_noise(seed, i, m, n) (the offline trainer's
@@ -17,10 +18,21 @@ the run ends with learning_curve.png and the node reports `finished`.
 A trial that gets no valid rollout within trial_timeout_s, or whose rollout was dropped
 (gap, stale, non-finite, aborted), is requested again with a new id, up to max_attempts
 times; then the trainer stops with an error (exit code 1).
+
+While lqr_controller's e-stop is latched the trainer pauses (it does not fail): it sends no
+request, and a trial aborted by the e-stop (status ESTOP) is not counted as an attempt; after
+the reset (~/reset_estop on lqr_controller) it requests that trial again, with a new id and
+the same noise, so no rollout is lost or repeated. `paused` says whether it is waiting.
+
+Runtime parameters (validated; an unsafe value is rejected with the reason): trial_timeout_s,
+max_attempts, dynamics_timeout_s (from the next trial or wait), noise_scale (from the next
+iteration's samples) and kl_step (from the next update).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import pickle
 import secrets
 import sys
@@ -30,9 +42,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.lqr_flm import LqrFlm
@@ -46,6 +59,17 @@ from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
 #: Pause before retrying a trial, times the attempt number (lets a restarting node come up).
 RETRY_DELAY_S = 0.2
+#: After a trial aborted by the e-stop, how long to wait for the latch state (it may trail
+#: the rollout) before the trial is requested again.
+ESTOP_SETTLE_S = 1.0
+#: Runtime-settable parameters and their checks: (predicate, what is allowed).
+RUNTIME_CHECKS = {
+    "trial_timeout_s": (lambda v: math.isfinite(v) and 0.1 <= v <= 3600.0, "a double in [0.1, 3600.0]"),
+    "dynamics_timeout_s": (lambda v: math.isfinite(v) and 0.1 <= v <= 3600.0, "a double in [0.1, 3600.0]"),
+    "max_attempts": (lambda v: 1 <= v <= 100, "an integer in [1, 100]"),
+    "kl_step": (lambda v: math.isfinite(v) and 0.0 < v <= 1e6, "a double in (0, 1e6]"),
+    "noise_scale": (lambda v: math.isfinite(v) and 0.0 <= v <= 100.0, "a double in [0.0, 100.0] (0: no noise)"),
+}
 
 
 def contiguous(controller: LinearGaussianController) -> LinearGaussianController:
@@ -74,6 +98,9 @@ class GpsTrainerNode(Node):
         self.exit_code = 0
         self.error: Optional[str] = None
         self.ignored_results = 0          # rollouts whose trial id was not the awaited one
+        self.estop_latched = False        # lqr_controller's e-stop latch, as last heard
+        self.paused = False               # waiting for the e-stop to be reset
+        self.estop_aborts = 0             # trials aborted by the e-stop (requested again, not counted)
         self._stop = threading.Event()
         self._arrived = threading.Condition()
         self._results: Dict[int, wire.RolloutMessage] = {}
@@ -88,6 +115,9 @@ class GpsTrainerNode(Node):
                                                      wire.EVENTS_QOS, callback_group=group)
         self._dynamics_sub = self.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self._on_dynamics,
                                                       wire.EVENTS_QOS, callback_group=group)
+        self.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self._on_estop_latched, wire.LATCHED_STATE_QOS,
+                                 callback_group=group)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._run, name="gps_trainer", daemon=True)
         self._worker.start()
 
@@ -110,18 +140,53 @@ class GpsTrainerNode(Node):
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
         self.output = Path(output).expanduser().resolve()
-        self.trial_timeout_s = declare(self, "trial_timeout_s", 60.0, "Longest wait for a trial's rollout (s).",
-                                       allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
-        self.max_attempts = declare(self, "max_attempts", 3, "Tries per trial before the trainer stops.",
-                                    allowed="an integer in [1, 100]", low=1, high=100)
+        self.trial_timeout_s = declare(self, "trial_timeout_s", 60.0, "Longest wait for a trial's rollout (s). "
+                                       "Settable at runtime.", allowed="a double in [0.1, 3600.0]", low=0.1,
+                                       high=3600.0, read_only=False)
+        self.max_attempts = declare(self, "max_attempts", 3, "Tries per trial before the trainer stops (trials "
+                                    "aborted by the e-stop do not count). Settable at runtime.",
+                                    allowed="an integer in [1, 100]", low=1, high=100, read_only=False)
         self.dynamics_timeout_s = declare(self, "dynamics_timeout_s", 60.0, "Longest wait for the fitted "
-                                          "dynamics of a batch (s).", allowed="a double in [0.1, 3600.0]",
-                                          low=0.1, high=3600.0)
+                                          "dynamics of a batch (s). Settable at runtime.",
+                                          allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0,
+                                          read_only=False)
+        self.kl_step = declare(self, "kl_step", float(self.config.trajectory_optimization.kl_step),
+                               "KL bound per time step of the controller update; default: the experiment's. "
+                               "Settable at runtime (from the next update).", allowed="a double in (0, 1e6]",
+                               low=1e-12, high=1e6, read_only=False)
+        self.noise_scale = declare(self, "noise_scale", 1.0, "Scale of the exploration noise of sample trials "
+                                   "(1: the offline trainer's). Settable at runtime (from the next iteration).",
+                                   allowed="a double in [0.0, 100.0]", low=0.0, high=100.0, read_only=False)
         self.discovery_timeout_s = declare(self, "discovery_timeout_s", 60.0, "Longest wait for lqr_controller, "
                                            "sample_collector and dynamics_fitter to appear (s).",
                                            allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
 
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Runtime changes, all or none: each checked (an unsafe value is rejected with the
+        reason); the run reads them between trials (and kl_step before each update)."""
+        for parameter in parameters:
+            check = RUNTIME_CHECKS.get(parameter.name)
+            if check is None:
+                continue
+            valid, allowed = check
+            value = parameter.value
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
+                reason = f"parameter '{parameter.name}' is {value!r}; allowed: {allowed}"
+                self.get_logger().warning(f"rejected a parameter change: {reason}")
+                return SetParametersResult(successful=False, reason=reason)
+        for parameter in parameters:
+            if parameter.name in RUNTIME_CHECKS:
+                setattr(self, parameter.name, parameter.value)
+                self.get_logger().info(f"parameter {parameter.name} = {parameter.value!r} (from the next trial, "
+                                       "iteration or update)")
+        return SetParametersResult(successful=True)
+
     # ------------------------------------------------------------------ inputs
+    def _on_estop_latched(self, msg: Bool) -> None:
+        with self._arrived:
+            self.estop_latched = bool(msg.data)
+            self._arrived.notify_all()
+
     def _on_rollout(self, msg: Float64MultiArray) -> None:
         try:
             rollout = wire.decode_rollout(msg, dX=self.config.layout.dX, dU=self.config.layout.dU)
@@ -227,6 +292,7 @@ class GpsTrainerNode(Node):
             batch, ids = self._collect(i, version=i - 1)
             rollouts_total += batch.N
             dynamics = self._await_dynamics(version=i - 1, ids=ids)
+            algorithm.settings = dataclasses.replace(algorithm.settings, kl_step=float(self.kl_step))
             reports = algorithm.update_with_dynamics(batch, dynamics)
             self._publish_controllers(algorithm, version=i)
             self._record(algorithm, cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
@@ -247,23 +313,44 @@ class GpsTrainerNode(Node):
         """The iteration's sample rollouts (M·N, in offline order) and their trial ids per condition."""
         config, layout = self.config, self.config.layout
         X, U, condition, ids = [], [], [], {}
+        noise_scale = float(self.noise_scale)  # one scale for the whole batch
         for m in range(len(config.conditions)):
             ids[m] = []
             for n in range(config.rollouts_per_condition):
-                noise = rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
-                                      config.exploration.smoothing, config.exploration.renormalize)
+                noise = noise_scale * rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
+                                                    config.exploration.smoothing, config.exploration.renormalize)
                 rollout = self._trial(m, iteration, n, version, "sample", noise)
                 X.append(rollout.X), U.append(rollout.U), condition.append(m)
                 ids[m].append(rollout.trial_id)
         return Rollouts(np.stack(X), np.stack(U), np.array(condition)), ids
 
+    def _wait_while_estopped(self) -> None:
+        """Pause, without a time limit, while lqr_controller's e-stop is latched."""
+        with self._arrived:
+            if not self.estop_latched:
+                return
+            self.paused = True
+        self._say("paused: the e-stop is latched; call lqr_controller's ~/reset_estop to resume")
+        try:
+            with self._arrived:
+                while self.estop_latched:
+                    if self._stop.is_set():
+                        raise TrainingStopped("stopped")
+                    self._arrived.wait(0.1)
+        finally:
+            self.paused = False
+        self._say("resumed: the e-stop was reset")
+
     def _trial(self, m: int, iteration: int, index: int, version: int, purpose: str,
                noise: np.ndarray) -> wire.RolloutMessage:
         """Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
-        max_attempts failures."""
+        max_attempts failures. Trials the e-stop aborted are requested again after its
+        reset and not counted."""
         spec = self.config.conditions[m]
         failures = []
-        for attempt in range(1, self.max_attempts + 1):
+        attempt = 0
+        while True:
+            self._wait_while_estopped()
             trial_id = self._next_trial_id
             self._next_trial_id += 1
             with self._arrived:
@@ -277,18 +364,25 @@ class GpsTrainerNode(Node):
             with self._arrived:
                 self._awaited = None
                 rollout = self._results.pop(trial_id, None)
-            if not arrived:
-                failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s")
-            elif rollout.status != wire.TrialStatus.OK:
-                failures.append(f"rollout dropped: {rollout.status.name}")
-            else:
+            if arrived and rollout.status == wire.TrialStatus.OK:
                 return rollout
+            if (arrived and rollout.status == wire.TrialStatus.ESTOP) or (not arrived and self.estop_latched):
+                self.estop_aborts += 1
+                self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, {purpose} "
+                                          f"{index}) stopped by the e-stop: requested again after its reset")
+                self._wait(lambda: self.estop_latched, ESTOP_SETTLE_S)  # the latch may trail the rollout
+                continue
+            attempt += 1
+            failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s" if not arrived
+                            else f"rollout dropped: {rollout.status.name}")
+            max_attempts = int(self.max_attempts)
             self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, {purpose} "
-                                      f"{index}), attempt {attempt}/{self.max_attempts}: {failures[-1]}")
-            if attempt < self.max_attempts and self._stop.wait(RETRY_DELAY_S * attempt):
+                                      f"{index}), attempt {attempt}/{max_attempts}: {failures[-1]}")
+            if attempt >= max_attempts:
+                raise TrainingStopped(f"iteration {iteration}, condition {m}, {purpose} {index}: no valid rollout "
+                                      f"in {attempt} attempts ({'; '.join(failures)})")
+            if self._stop.wait(RETRY_DELAY_S * attempt):
                 raise TrainingStopped("stopped")
-        raise TrainingStopped(f"iteration {iteration}, condition {m}, {purpose} {index}: no valid rollout in "
-                              f"{self.max_attempts} attempts ({'; '.join(failures)})")
 
     def _await_dynamics(self, version: int, ids: Dict[int, List[int]]) -> list:
         """dynamics_fitter's complete fit of every condition's batch (trial ids as sampled)."""

@@ -4,9 +4,12 @@ u_t = K_t x_t + k_t + chol_t ε_t (or of the exported TorchScript policy) on the
 Subscribes   joint_states (sensor_msgs/JointState)
              gps/controllers (record lg_controller, transient local): the latest controllers
              gps/trial_requests (record trial_request): which trial to run next
+             gps/estop (std_msgs/Bool, True = stop; parameter estop_topic)
 Publishes    effort_controller/commands (std_msgs/Float64MultiArray, one effort per joint in
              the order of `joints`: the ros2_control forward-command convention)
              gps/trial_records (record trial_record): what was done in each trial
+             gps/estop_latched (std_msgs/Bool, transient local): the e-stop latch
+Serves       ~/reset_estop (std_srvs/Trigger): clears the e-stop latch
 Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service only)
 
 A trial: reset to the request's start pose — with a PD phase that drives the arm there
@@ -17,6 +20,20 @@ arm.reset(q0)) — then T steps. In `lockstep` mode a step is taken per joint st
 `realtime` mode a timer at control_rate_hz acts on the latest joint state. The state x is
 built from q, qd by forward kinematics (sim.rollout.JointStateToState), as everywhere.
 A new request aborts a running trial (the trainer only re-requests after giving up on one).
+
+Safety (docs/safety.md; the maths in core.safety): every command — trial step or PD
+reset — is guarded near the position limits and clamped to `effort_limits` (at most the
+URDF's); a non-finite output publishes the fallback (`watchdog_action`: zero effort or a
+gravity hold) and aborts the trial (UNSAFE_COMMAND). Non-finite or malformed joint states
+are ignored. The watchdog: while commanding, a latest valid joint state older than
+`watchdog_periods` control periods publishes the fallback and aborts the trial (WATCHDOG).
+The e-stop: True on gps/estop latches at once — one zero-effort command, the running trial
+aborted (ESTOP), then no command and every request refused (ESTOP) until ~/reset_estop,
+which is refused while the last e-stop message was True. In realtime mode every trial, however
+it ends, leaves the fallback as the last command (a ros2_control forward-command controller
+holds the last one); in lockstep mode a command is one simulated step, so only faults send it.
+Safety parameters and the PD gains are settable at runtime: validated (an unsafe value is
+rejected with the reason), then applied between trials, never during one.
 """
 from __future__ import annotations
 
@@ -24,19 +41,21 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import rclpy
+from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 
+from mbpl_ros.core import safety
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
 from mbpl_ros.sim.robots import robot_spec
@@ -46,6 +65,11 @@ MODES = ("realtime", "lockstep")
 RESET_MODES = ("pd", "sim_service")
 #: A sim_service reset is complete at the first joint state this close to the start pose at rest.
 RESET_MATCH_TOLERANCE = 1e-9
+#: Controller versions kept per condition (a request names the exact version it wants).
+KEPT_VERSIONS = 4
+#: Parameters settable at runtime: validated together, applied between trials.
+RUNTIME_PARAMETERS = ("effort_limits", "joint_limit_margin", "joint_limit_damping", "watchdog_periods",
+                      "watchdog_action", "pd_natural_frequency", "pd_damping_ratio", "policy_path")
 
 
 @dataclass
@@ -56,12 +80,27 @@ class _JointSample:
     arrival: float  # time.monotonic() when it arrived
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """The runtime-settable parameters, validated together; swapped whole between trials."""
+
+    safety: safety.SafetyLimits     # robot joint order
+    effort_limits: Tuple[float, ...]  # as the parameter gives them (`joints` order)
+    watchdog_periods: int
+    watchdog_action: str
+    pd_natural_frequency: float
+    pd_damping_ratio: float
+    policy_path: str
+    policy: Optional["_PolicyExecutor"]
+
+
 @dataclass
 class _Trial:
     request: wire.TrialRequest
     act: object                     # act(t, x, noise) -> u (dU,)
     phase: str                      # "resetting" | "running"
     started: float                  # time.monotonic() of the request
+    watched_since: Optional[float] = None  # when commanding began (the watchdog runs from then)
     t: int = 0
     stamps: Optional[np.ndarray] = None    # (T,) int64
     commands: Optional[np.ndarray] = None  # (T, dU)
@@ -85,38 +124,53 @@ class LqrControllerNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
-            self.state_of = JointStateToState(self.config.robot, self.layout)
-            self._load_policy(self.policy_path)
         except BaseException:
             self.destroy_node()
             raise
-        self.controllers: Dict[int, wire.ControllerMessage] = {}   # condition -> latest
+        # (condition, version) -> controller; a republished version replaces the old copy
+        # (a restarted trainer starts again at version 0).
+        self.controllers: Dict[Tuple[int, int], wire.ControllerMessage] = {}
         self.trials_done = 0
+        self.faults: Dict[str, int] = {"watchdog": 0, "unsafe_command": 0, "estop": 0, "rejected_state": 0}
+        self.commands_published = 0
+        self.estop_latched = bool(self.estop_latched_at_start)
+        self._estop_input = False        # the last value received on the e-stop topic
         self._latest: Optional[_JointSample] = None
         self._trial: Optional[_Trial] = None
         self._pending: Optional[wire.TrialRequest] = None  # waiting for its controller version
+        self._staged: Optional[_Settings] = None             # runtime parameters, for the next trial
         self._lock = threading.RLock()
         # Reentrant: service responses must be handled while other callbacks run; the lock
         # above serialises everything that touches the trial.
         group = ReentrantCallbackGroup()
         self._command_pub = self.create_publisher(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, 10)
         self._record_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
+        self._estop_state_pub = self.create_publisher(Bool, wire.ESTOP_LATCHED_TOPIC, wire.LATCHED_STATE_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 10,
                                  callback_group=group)
         self.create_subscription(Float64MultiArray, wire.CONTROLLERS_TOPIC, self._on_controller,
                                  wire.CONTROLLERS_QOS, callback_group=group)
         self.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
                                  wire.EVENTS_QOS, callback_group=group)
+        self.create_subscription(Bool, self.estop_topic, self._on_estop, wire.ESTOP_QOS, callback_group=group)
+        self.create_service(Trigger, "~/reset_estop", self._on_reset_estop, callback_group=group)
         if self.reset_mode == "sim_service":
             self._set_parameters = self.create_client(SetParameters, f"{self.sim_node}/set_parameters",
                                                       callback_group=group)
             self._reset = self.create_client(Trigger, f"{self.sim_node}/reset", callback_group=group)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        if self.mode == "realtime":
-            self.create_timer(1.0 / self.control_rate_hz, self._on_tick, callback_group=group, clock=steady)
+        # Realtime: the control step; both modes: the watchdog, checked every control period.
+        self.create_timer(1.0 / self.control_rate_hz, self._on_tick, callback_group=group, clock=steady)
         self.create_timer(0.1, self._check_timeouts, callback_group=group, clock=steady)
+        self._estop_state_pub.publish(Bool(data=self.estop_latched))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        limits = self.settings.safety
         self.get_logger().info(f"{self.config.robot}: {self.mode} at {self.control_rate_hz:g} Hz, "
-                               f"reset by {self.reset_mode}, joints {list(self.joints)}")
+                               f"reset by {self.reset_mode}, joints {list(self.joints)}, effort limits "
+                               f"{list(self.settings.effort_limits)} N·m, joint-limit margin {limits.margin:g} rad, "
+                               f"watchdog {self.settings.watchdog_periods} periods ({self.settings.watchdog_action}), "
+                               f"e-stop on {self.resolve_topic_name(self.estop_topic)}"
+                               + (" (latched: call ~/reset_estop)" if self.estop_latched else ""))
 
     # ------------------------------------------------------------------ parameters
     def _read_parameters(self) -> None:
@@ -128,7 +182,8 @@ class LqrControllerNode(Node):
                             "step per joint state received (lockstep, with sim_robot in lockstep).",
                             allowed=f"one of {list(MODES)}", choices=MODES)
         self.control_rate_hz = declare(self, "control_rate_hz", 1.0 / self.config.control_dt,
-                                       "Control rate in realtime mode (Hz); default: the experiment's.",
+                                       "Control rate in realtime mode, and the watchdog's period in both "
+                                       "modes (Hz); default: the experiment's.",
                                        allowed="a double in [0.1, 1000.0]", low=0.1, high=1000.0)
         self.joints = tuple(declare(self, "joints", list(spec.joint_names),
                                     "Joint order of the effort commands (the robot's `joints`).",
@@ -149,33 +204,103 @@ class LqrControllerNode(Node):
                                      "node name starting with '/'")
         self.reset_timeout_s = declare(self, "reset_timeout_s", 20.0, "Longest reset (PD phase or service).",
                                        allowed="a double in [0.1, 600.0]", low=0.1, high=600.0)
-        self.pd_natural_frequency = declare(
-            self, "pd_natural_frequency", 4.0, "PD reset: natural frequency (rad/s) in joint acceleration.",
-            allowed="a double in [0.1, 100.0]", low=0.1, high=100.0)
-        self.pd_damping_ratio = declare(self, "pd_damping_ratio", 1.0, "PD reset: damping ratio.",
-                                        allowed="a double in [0.1, 10.0]", low=0.1, high=10.0)
+        declare(self, "pd_natural_frequency", 4.0, "PD reset: natural frequency (rad/s) in joint acceleration. "
+                "Settable at runtime (applied between trials).", allowed="a double in [0.1, 100.0]",
+                low=0.1, high=100.0, read_only=False)
+        declare(self, "pd_damping_ratio", 1.0, "PD reset: damping ratio. Settable at runtime.",
+                allowed="a double in [0.1, 10.0]", low=0.1, high=10.0, read_only=False)
         self.pd_position_tolerance = declare(
             self, "pd_position_tolerance", 0.01, "PD reset ends within this joint-angle error (rad) ...",
             allowed="a double in [1e-6, 1.0]", low=1e-6, high=1.0)
         self.pd_velocity_tolerance = declare(
             self, "pd_velocity_tolerance", 0.02, "... and below this joint speed (rad/s).",
             allowed="a double in [1e-6, 10.0]", low=1e-6, high=10.0)
-        self.state_timeout_s = declare(
-            self, "state_timeout_s", 1.0, "Abort a running trial when no joint state arrives for this long (s).",
-            allowed="a double in [0.01, 60.0]", low=0.01, high=60.0)
         self.controller_wait_s = declare(
             self, "controller_wait_s", 5.0, "How long a request waits for the controller version it names (s).",
             allowed="a double in [0.0, 600.0]", low=0.0, high=600.0)
-        self.policy_path = declare(self, "policy_path", "", "Exported TorchScript policy (policy.pt) for trials "
-                                   "with executor 'policy'; empty: none. Settable at runtime.",
-                                   allowed="empty or the path of a policy exported by `mbpl train`",
-                                   read_only=False)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        declare(self, "policy_path", "", "Exported TorchScript policy (policy.pt) for trials with executor "
+                "'policy'; empty: none. Settable at runtime.",
+                allowed="empty or the path of a policy exported by `mbpl train`", read_only=False)
+        # ---- safety (docs/safety.md)
+        self.state_of = JointStateToState(self.config.robot, self.layout)
+        model = self.state_of.model
+        self.robot_effort_limits = np.asarray(model.effort_limits, dtype=float)      # robot order, URDF
+        self.position_limits = np.asarray(model.position_limits, dtype=float)          # (J, 2), robot order
+        urdf_in_joints_order = self.robot_effort_limits[self._wire_order].tolist()
+        declare(self, "effort_limits", urdf_in_joints_order, "Effort limit per joint (N·m), in the order of "
+                "`joints`; default: the URDF's. Settable at runtime; may only lower the URDF's.",
+                allowed=f"one double per joint in (0, URDF limit], the URDF's being {urdf_in_joints_order}",
+                read_only=False, type_=ParameterType.PARAMETER_DOUBLE_ARRAY)
+        declare(self, "joint_limit_margin", 0.1, "Joint-limit guard: within this distance (rad) of a position "
+                "limit, effort into the limit fades to zero and motion towards it is damped. Settable at runtime.",
+                allowed="a double in [0.0, 1.0], below half of every joint's range", low=0.0, high=1.0,
+                read_only=False)
+        declare(self, "joint_limit_damping", 1.0, "Joint-limit guard: damping gain (N·m·s/rad) at the limit, "
+                "ramping up linearly across the margin. Settable at runtime.",
+                allowed="a double in [0.0, 10000.0]", low=0.0, high=10000.0, read_only=False)
+        declare(self, "watchdog_periods", 5, "Watchdog: while commanding, a latest joint state older than this "
+                "many control periods sends the fallback and aborts the trial. Settable at runtime.",
+                allowed="an integer in [1, 100000]", low=1, high=100000, read_only=False)
+        declare(self, "watchdog_action", "zero", "Fallback effort of the watchdog, of a non-finite command and "
+                "after each realtime trial: zero effort, or hold (gravity torque at the last valid pose). "
+                "Settable at runtime.", allowed=f"one of {list(safety.FALLBACK_ACTIONS)}",
+                choices=safety.FALLBACK_ACTIONS, read_only=False)
+        self.estop_topic = declare(self, "estop_topic", wire.ESTOP_TOPIC, "Emergency stop input "
+                                   "(std_msgs/Bool, True = stop); cleared only by ~/reset_estop.",
+                                   allowed="a topic name")
+        if not self.estop_topic:
+            raise NodeParameterError("parameter 'estop_topic' is empty; allowed: a topic name, e.g. gps/estop")
+        self.estop_latched_at_start = declare(
+            self, "estop_latched_at_start", False, "Start with the e-stop latched, so that nothing moves until "
+            "~/reset_estop (recommended on hardware: a restarted controller does not forget a stop).",
+            allowed="true or false")
+        self.settings = self._validated_settings(
+            {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS})
 
-    def _load_policy(self, path: str) -> None:
-        self.policy = None
+    def _validated_settings(self, values: dict, current: Optional[_Settings] = None) -> _Settings:
+        """The runtime parameters `values` (name -> value) as settings, or NodeParameterError
+        naming the parameter, what is wrong and what is allowed. The policy is loaded only
+        when its path changed."""
+        requested = np.asarray(values["effort_limits"], dtype=float)
+        try:
+            if requested.shape != (len(self.joints),):
+                raise ValueError(f"one per joint of {list(self.joints)} is needed")
+            effort = safety.lowered_effort_limits(self.robot_effort_limits[self._wire_order], requested)
+        except ValueError as error:
+            raise NodeParameterError(
+                f"parameter 'effort_limits' is {requested.tolist()}: {error}; allowed: one double per joint of "
+                f"{list(self.joints)} in (0, URDF limit], the URDF's being "
+                f"{self.robot_effort_limits[self._wire_order].tolist()}") from None
+        effort_robot_order = np.empty_like(effort)
+        effort_robot_order[self._wire_order] = effort
+        margin, damping = float(values["joint_limit_margin"]), float(values["joint_limit_damping"])
+        try:
+            limits = safety.SafetyLimits(effort=effort_robot_order, position=self.position_limits,
+                                         margin=margin, damping=damping)
+        except ValueError as error:
+            name = "joint_limit_damping" if "damping" in str(error) else "joint_limit_margin"
+            raise NodeParameterError(f"parameter '{name}' is {values[name]!r}: {error}; allowed: a margin "
+                                     "in [0, half the smallest joint range) rad and a damping >= 0") from None
+        periods = values["watchdog_periods"]
+        if isinstance(periods, bool) or not isinstance(periods, int) or periods < 1:
+            raise NodeParameterError(f"parameter 'watchdog_periods' is {periods!r}; allowed: an integer >= 1")
+        action = values["watchdog_action"]
+        if action not in safety.FALLBACK_ACTIONS:
+            raise NodeParameterError(f"parameter 'watchdog_action' is {action!r}; allowed: one of "
+                                     f"{list(safety.FALLBACK_ACTIONS)}")
+        for name, low, high in (("pd_natural_frequency", 0.1, 100.0), ("pd_damping_ratio", 0.1, 10.0)):
+            value = values[name]
+            if not (isinstance(value, float) and low <= value <= high):
+                raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: a double in [{low}, {high}]")
+        path = values["policy_path"]
+        policy = current.policy if current is not None and current.policy_path == path else self._load_policy(path)
+        return _Settings(safety=limits, effort_limits=tuple(effort.tolist()), watchdog_periods=int(periods),
+                         watchdog_action=action, pd_natural_frequency=float(values["pd_natural_frequency"]),
+                         pd_damping_ratio=float(values["pd_damping_ratio"]), policy_path=path, policy=policy)
+
+    def _load_policy(self, path: str) -> Optional[_PolicyExecutor]:
         if not path:
-            return
+            return None
         try:
             from mbpl_ros.core.policy import load_exported_policy  # torch: only when a policy is used
             policy = load_exported_policy(path)
@@ -185,17 +310,43 @@ class LqrControllerNode(Node):
         if (policy.dX, policy.dU) != (self.layout.dX, self.layout.dU):
             raise NodeParameterError(f"parameter 'policy_path' is {path!r}: the policy maps dX={policy.dX} to "
                                      f"dU={policy.dU}; this experiment has dX={self.layout.dX}, dU={self.layout.dU}")
-        self.policy = _PolicyExecutor(policy)
+        return _PolicyExecutor(policy)
 
-    def _on_set_parameters(self, parameters):
-        from rcl_interfaces.msg import SetParametersResult
+    @property
+    def policy(self) -> Optional[_PolicyExecutor]:
+        return self.settings.policy
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        """Runtime changes: validated together with the other runtime parameters (an unsafe
+        or inconsistent set is rejected with the reason), then applied when no trial runs —
+        now, or when the running trial ends."""
+        with self._lock:
+            base = self._staged or self.settings
+        values = {"effort_limits": list(base.effort_limits), "joint_limit_margin": base.safety.margin,
+                  "joint_limit_damping": base.safety.damping, "watchdog_periods": base.watchdog_periods,
+                  "watchdog_action": base.watchdog_action, "pd_natural_frequency": base.pd_natural_frequency,
+                  "pd_damping_ratio": base.pd_damping_ratio, "policy_path": base.policy_path}
         for parameter in parameters:
-            if parameter.name == "policy_path":
-                try:
-                    self._load_policy(parameter.value)
-                except NodeParameterError as error:
-                    return SetParametersResult(successful=False, reason=str(error))
+            if parameter.name in values:
+                values[parameter.name] = parameter.value
+        try:  # outside the lock: loading a policy must not stall the control loop
+            staged = self._validated_settings(values, current=base)
+        except NodeParameterError as error:
+            self.get_logger().warning(f"rejected a parameter change: {error}")
+            return SetParametersResult(successful=False, reason=str(error))
+        with self._lock:
+            self._staged = staged
+            if self._trial is None:
+                self._apply_staged()
+            else:
+                self.get_logger().info(f"parameters {[p.name for p in parameters]} take effect after trial "
+                                       f"{self._trial.request.trial_id}")
         return SetParametersResult(successful=True)
+
+    def _apply_staged(self) -> None:
+        """Swap in the staged runtime parameters (under the lock, with no trial running)."""
+        if self._staged is not None:
+            self.settings, self._staged = self._staged, None
 
     # ------------------------------------------------------------------ inputs
     def _on_controller(self, msg: Float64MultiArray) -> None:
@@ -210,9 +361,12 @@ class LqrControllerNode(Node):
                                     f"conditions and T={self.config.T}")
             return
         with self._lock:
-            current = self.controllers.get(message.condition)
-            if current is None or message.version >= current.version:
-                self.controllers[message.condition] = message
+            key = (message.condition, message.version)
+            self.controllers.pop(key, None)
+            self.controllers[key] = message    # newest last
+            versions = [k for k in self.controllers if k[0] == message.condition]
+            for old in versions[:-KEPT_VERSIONS]:
+                del self.controllers[old]
             pending = self._pending
             if pending is not None and pending.condition == message.condition \
                     and pending.controller_version == message.version:
@@ -231,10 +385,14 @@ class LqrControllerNode(Node):
                                           f"{request.trial_id}")
                 self._finish(wire.TrialStatus.ABORTED)
             self._pending = None
+            if self.estop_latched:
+                self._abort_request(request, "the e-stop is latched (call ~/reset_estop)", wire.TrialStatus.ESTOP)
+                return
             if request.T != self.config.T or request.condition >= len(self.config.conditions):
                 self._abort_request(request, f"T={request.T}, condition {request.condition} do not fit the "
                                     f"experiment (T={self.config.T}, {len(self.config.conditions)} conditions)")
                 return
+            self._apply_staged()
             if request.executor == "policy" and self.policy is None:
                 self._abort_request(request, "executor 'policy' but parameter 'policy_path' is empty")
                 return
@@ -245,13 +403,17 @@ class LqrControllerNode(Node):
             self._start(request)
 
     def _has_controller(self, request: wire.TrialRequest) -> bool:
-        current = self.controllers.get(request.condition)
-        return current is not None and current.version == request.controller_version
+        return (request.condition, request.controller_version) in self.controllers
 
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             q, qd, _ = wire.decode_joint_state(msg, self.robot_joints)
+            if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
+                raise wire.WireFormatError(f"joint state is not finite: position {q.tolist()}, "
+                                           f"velocity {qd.tolist()}")
         except wire.WireFormatError as error:
+            with self._lock:
+                self.faults["rejected_state"] += 1
             self.get_logger().warning(f"ignored a joint state: {error}", throttle_duration_sec=1.0)
             return
         sample = _JointSample(q, qd, wire.nanoseconds_from_stamp(msg.header.stamp), time.monotonic())
@@ -262,21 +424,101 @@ class LqrControllerNode(Node):
 
     def _on_tick(self) -> None:
         with self._lock:
-            if self._latest is not None:
+            if self._watchdog_fired():
+                return
+            if self.mode == "realtime" and self._latest is not None:
                 self._advance(self._latest)
+
+    # ------------------------------------------------------------------ the e-stop
+    def _on_estop(self, msg: Bool) -> None:
+        with self._lock:
+            self._estop_input = bool(msg.data)
+            if not msg.data or self.estop_latched:
+                return  # a False never clears the latch
+            self.estop_latched = True
+            self.faults["estop"] += 1
+            self._send(np.zeros(self.layout.dU))   # one zero-effort command, then silence
+            self._estop_state_pub.publish(Bool(data=True))
+            self.get_logger().error("E-STOP latched: zero effort sent; trials refused until ~/reset_estop")
+            if self._trial is not None:
+                self._abort_running("e-stop", wire.TrialStatus.ESTOP, fallback_sent=True)
+            if self._pending is not None:
+                request, self._pending = self._pending, None
+                self._abort_request(request, "e-stop", wire.TrialStatus.ESTOP)
+
+    def _on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            if not self.estop_latched:
+                response.success, response.message = True, "the e-stop was not latched"
+            elif self._estop_input:
+                response.success = False
+                response.message = (f"the e-stop input {self.resolve_topic_name(self.estop_topic)} still says stop "
+                                    "(its last message was True): release it (publish False), then reset")
+            else:
+                self.estop_latched = False
+                self._estop_state_pub.publish(Bool(data=False))
+                response.success, response.message = True, "e-stop reset: trials accepted again"
+                self.get_logger().warning("e-stop reset: trials accepted again")
+        return response
+
+    # ------------------------------------------------------------------ commands
+    def _fallback(self) -> np.ndarray:
+        """The fallback effort (dU,), robot joint order: zero, or the gravity torque at the last valid pose."""
+        hold = None
+        if self.settings.watchdog_action == "hold" and self._latest is not None:
+            hold = self.state_of.model.gravity_torque(self._latest.q)
+        return safety.fallback_effort(self.settings.watchdog_action, self.settings.safety, hold)
+
+    def _send(self, effort: np.ndarray) -> None:
+        """Publish a checked effort (dU,), robot joint order."""
+        self._command_pub.publish(wire.encode_effort_command(effort[self._wire_order]))
+        self.commands_published += 1
+
+    def _command(self, u: np.ndarray, sample: _JointSample) -> Optional[np.ndarray]:
+        """Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
+        None if u (or the state) was not finite: then the fallback was sent and the trial aborted."""
+        command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety, self._fallback())
+        self._send(command.effort)
+        if command.fault is not None:
+            self.faults["unsafe_command"] += 1
+            self._abort_running(f"unsafe command, the fallback ({self.settings.watchdog_action}) was sent: "
+                                f"{command.fault}", wire.TrialStatus.UNSAFE_COMMAND, fallback_sent=True)
+            return None
+        return command.effort
+
+    def _watchdog_fired(self) -> bool:
+        """While commanding, a latest joint state older than watchdog_periods control periods:
+        send the fallback and abort the trial (under the lock)."""
+        trial = self._trial
+        if trial is None or trial.watched_since is None:
+            return False
+        limit = self.settings.watchdog_periods / self.control_rate_hz
+        last = max(self._latest.arrival if self._latest is not None else -np.inf, trial.watched_since)
+        age = time.monotonic() - last
+        if age <= limit:
+            return False
+        self.faults["watchdog"] += 1
+        self._send(self._fallback())
+        self._abort_running(f"watchdog: no joint state for {age:.3f} s (> {self.settings.watchdog_periods} control "
+                            f"periods = {limit:g} s); sent the fallback ({self.settings.watchdog_action})",
+                            wire.TrialStatus.WATCHDOG, fallback_sent=True)
+        return True
 
     # ------------------------------------------------------------------ the trial
     def _start(self, request: wire.TrialRequest) -> None:
+        self._apply_staged()
         if request.executor == "controller":
-            act = self.controllers[request.condition].controller.act
+            act = self.controllers[(request.condition, request.controller_version)].controller.act
         else:
             act = self.policy.act
         T, dU = request.T, self.layout.dU
-        self._trial = _Trial(request, act, "resetting", time.monotonic(),
+        now = time.monotonic()
+        self._trial = _Trial(request, act, "resetting", now,
                              stamps=np.zeros(T, dtype=np.int64), commands=np.zeros((T, dU)))
         if self.reset_mode == "sim_service":
             self._call_sim_reset(request)
         else:
+            self._trial.watched_since = now   # the PD phase commands the arm
             q0 = request.initial_positions
             model = self.state_of.model
             self._pd_mass, self._pd_gravity = model.mass_matrix(q0), model.gravity_torque(q0)
@@ -284,8 +526,7 @@ class LqrControllerNode(Node):
                 if self._latest is not None:
                     self._advance(self._latest)
                 else:  # no state seen yet: a zero-effort step makes the arm publish one
-                    self._command_pub.publish(wire.encode_effort_command(np.zeros(self.layout.dU)))
-
+                    self._send(np.zeros(self.layout.dU))
     def _call_sim_reset(self, request: wire.TrialRequest) -> None:
         trial_id = request.trial_id
         if not (self._set_parameters.service_is_ready() and self._reset.service_is_ready()):
@@ -337,13 +578,22 @@ class LqrControllerNode(Node):
             if not self._reset_done(trial, sample):
                 return
             trial.phase = "running"
+            trial.watched_since = time.monotonic()
         request, t = trial.request, trial.t
-        if trial.t > 0 and self.mode == "lockstep" and sample.stamp_ns == trial.stamps[t - 1]:
-            return  # the same state delivered again: lockstep waits for the step's new state
+        if trial.t > 0 and self.mode == "lockstep" and sample.stamp_ns <= trial.stamps[t - 1]:
+            return  # the same (or an older) state: lockstep waits for the step's new state
         x = self.state_of(sample.q, sample.qd, request.target)
-        u = trial.act(t, x, request.noise[t])
-        self._command_pub.publish(wire.encode_effort_command(u[self._wire_order]))
-        trial.stamps[t], trial.commands[t] = sample.stamp_ns, u
+        try:
+            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite u is caught by _command
+                u = trial.act(t, x, request.noise[t])
+        except Exception as error:  # e.g. a policy that raises: the arm must not keep the last command
+            u = np.full(self.layout.dU, np.nan)
+            self.get_logger().error(f"trial {request.trial_id}, step {t}: the executor raised "
+                                    f"{type(error).__name__}: {error}")
+        effort = self._command(u, sample)
+        if effort is None:
+            return
+        trial.stamps[t], trial.commands[t] = sample.stamp_ns, effort
         trial.t += 1
         if trial.t == request.T:
             self._finish(wire.TrialStatus.OK)
@@ -361,9 +611,8 @@ class LqrControllerNode(Node):
         error, speed = sample.q - q0, sample.qd
         if np.all(np.abs(error) <= self.pd_position_tolerance) and np.all(np.abs(speed) <= self.pd_velocity_tolerance):
             return True
-        w, z = self.pd_natural_frequency, self.pd_damping_ratio
-        u = self._pd_mass @ (-w * w * error - 2.0 * z * w * speed) + self._pd_gravity
-        self._command_pub.publish(wire.encode_effort_command(u[self._wire_order]))
+        w, z = self.settings.pd_natural_frequency, self.settings.pd_damping_ratio
+        self._command(self._pd_mass @ (-w * w * error - 2.0 * z * w * speed) + self._pd_gravity, sample)
         return False
 
     def _check_timeouts(self) -> None:
@@ -382,24 +631,26 @@ class LqrControllerNode(Node):
                 self._abort_running(f"reset not done within reset_timeout_s={self.reset_timeout_s:g} s{waiting}")
             elif trial.awaiting_services:
                 self._call_sim_reset(trial.request)
-            elif trial.phase == "running" and self._latest is not None \
-                    and now - max(self._latest.arrival, trial.started) > self.state_timeout_s:
-                self._abort_running(f"no joint state for state_timeout_s={self.state_timeout_s:g} s")
 
-    def _abort_running(self, reason: str) -> None:
-        self.get_logger().error(f"trial {self._trial.request.trial_id} aborted: {reason}")
-        self._finish(wire.TrialStatus.ABORTED)
+    def _abort_running(self, reason: str, status: wire.TrialStatus = wire.TrialStatus.ABORTED,
+                       fallback_sent: bool = False) -> None:
+        self.get_logger().error(f"trial {self._trial.request.trial_id} aborted ({status.name}): {reason}")
+        self._finish(status, fallback_sent)
 
-    def _abort_request(self, request: wire.TrialRequest, reason: str) -> None:
-        self.get_logger().error(f"trial {request.trial_id} refused: {reason}")
-        self._publish_record(request, wire.TrialStatus.ABORTED, np.zeros(0, dtype=np.int64),
-                             np.zeros((0, self.layout.dU)))
+    def _abort_request(self, request: wire.TrialRequest, reason: str,
+                       status: wire.TrialStatus = wire.TrialStatus.ABORTED) -> None:
+        self.get_logger().error(f"trial {request.trial_id} refused ({status.name}): {reason}")
+        self._publish_record(request, status, np.zeros(0, dtype=np.int64), np.zeros((0, self.layout.dU)))
 
-    def _finish(self, status: wire.TrialStatus) -> None:
+    def _finish(self, status: wire.TrialStatus, fallback_sent: bool = False) -> None:
         trial, self._trial = self._trial, None
         n = trial.t if status == wire.TrialStatus.OK else 0
         self._publish_record(trial.request, status, trial.stamps[:n], trial.commands[:n])
         self.trials_done += 1
+        if self.mode == "realtime" and not fallback_sent:
+            # A forward-command controller holds the last command: leave it a safe one.
+            self._send(self._fallback())
+        self._apply_staged()
 
     def _publish_record(self, request, status, stamps_ns, commands) -> None:
         self._record_pub.publish(wire.encode_trial_record(wire.TrialRecord(

@@ -434,6 +434,10 @@ class TrialStatus(IntEnum):
     NON_FINITE = 3       # a joint state or command had NaN/inf
     MISSING_STATE = 4    # a joint state the controller used never reached the collector
     ABORTED = 5          # the controller could not run the trial (reset failed, unknown controller, ...)
+    # Aborted by a safety rule of lqr_controller (docs/safety.md); the rollout is never used:
+    WATCHDOG = 6         # joint states stopped for watchdog_periods control periods
+    ESTOP = 7            # the emergency stop was (or is) latched; the trainer pauses, then retries
+    UNSAFE_COMMAND = 8   # the controller or policy output (or the state it acted on) was not finite
 
 
 @dataclass(frozen=True)
@@ -672,6 +676,19 @@ CONTROLLERS_TOPIC = "gps/controllers"
 #: Requests, records, rollouts, dynamics: reliable, every message delivered in order.
 EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+#: Emergency stop: std_msgs/Bool, True = stop. lqr_controller latches on True; only its
+#: ~/reset_estop service (std_srvs/Trigger) clears the latch, never a False.
+ESTOP_TOPIC = "gps/estop"
+#: lqr_controller's latch state (std_msgs/Bool, True = latched), published at start-up and on
+#: every change; transient local, so a (re)started gps_trainer knows it at once.
+ESTOP_LATCHED_TOPIC = "gps/estop_latched"
+#: The e-stop input: reliable and volatile, so any reliable publisher matches (a
+#: best-effort one would not: its stop would never arrive).
+ESTOP_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                       durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
+#: A state whose latest value matters to late joiners (the e-stop latch).
+LATCHED_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
 #: Controllers: transient local, so a (re)started lqr_controller gets the latest ones.
 #: The depth keeps more than one version per condition for up to 64 conditions.
 CONTROLLERS_QOS = QoSProfile(depth=128, reliability=ReliabilityPolicy.RELIABLE,
