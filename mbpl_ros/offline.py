@@ -132,7 +132,8 @@ def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
             "experiment_fingerprint": experiment_fingerprint(identity)}
 
 
-def recorded_iterations(recording, config: ExperimentConfig, log: TextIO = sys.stderr) -> list[tuple[int, Rollouts]]:
+def recorded_iterations(recording, config: ExperimentConfig,
+                        log: Optional[TextIO] = None) -> list[tuple[int, Rollouts]]:
     """The sample rollouts of a recording (mbpl_ros.recording.Recording) as one batch per
     iteration, [(iteration, Rollouts (M·N, T, dX))], each in condition-major order as
     collect_rollouts draws them. States are rebuilt from the joint states with
@@ -164,7 +165,7 @@ def recorded_iterations(recording, config: ExperimentConfig, log: TextIO = sys.s
             if np.any(counts != N):
                 if iteration == iterations[-1]:
                     print(f"refit: iteration {iteration} of the recording is incomplete (rollouts per "
-                          f"condition {counts.tolist()}, expected {N}); left out", file=log, flush=True)
+                          f"condition {counts.tolist()}, expected {N}); left out", file=log or sys.stderr, flush=True)
                     break
                 raise ValueError(f"iteration {iteration} of the recording has rollouts per condition "
                                  f"{counts.tolist()}, expected {N} each")

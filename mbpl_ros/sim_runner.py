@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         for spec in graph.nodes(with_sim=True):
             overrides.setdefault(spec.name, {})["experiment_config"] = experiment
     try:
-        metrics = run_graph(args.config, overrides)
+        metrics = run_graph(args.config, overrides, log=sys.stderr)
     except GraphError as error:
         print(f"mbpl sim: {error}", file=sys.stderr)
         return 1
@@ -71,10 +71,11 @@ class GraphError(RuntimeError):
 
 
 def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
-              log: Optional[TextIO] = sys.stderr, timeout_s: Optional[float] = None) -> List[dict]:
+              log: Optional[TextIO] = None, timeout_s: Optional[float] = None) -> List[dict]:
     """Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
     (plus `overrides`: node name -> {parameter: value}), run until gps_trainer finishes, then
-    destroy the nodes and shut the context down. Returns the trainer's metrics rows;
+    destroy the nodes and shut the context down; the trainer's progress lines go to `log`
+    (None: nowhere). Returns the trainer's metrics rows;
     GraphError on a bad parameter, a training error or `timeout_s` passing."""
     import rclpy
     from rclpy.context import Context
