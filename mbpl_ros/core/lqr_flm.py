@@ -17,7 +17,7 @@ import numpy as np
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import QuadraticCost, quadratic_cost_model
-from mbpl_ros.core.dynamics import LinearGaussianDynamics, fit_dynamics
+from mbpl_ros.core.dynamics import LinearGaussianDynamics, fit_dynamics, transition_points
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.core.traj_opt import (StepAdjustment, TrajOptSettings, adjust_step, expected_cost,
@@ -97,7 +97,7 @@ def fit_batch_dynamics(prior: Optional[GMMPrior], X: np.ndarray, U: np.ndarray,
     fold the batch's [x_t, u_t, x_{t+1}] tuples into `prior` (refitting it), then fit by
     Bayesian regression under it. LQR-FLM and the ROS dynamics_fitter both call this."""
     if prior is not None:
-        prior.update(np.concatenate([X[:, :-1], U[:, :-1], X[:, 1:]], axis=2))
+        prior.update(transition_points(X, U))
     return fit_dynamics(X, U, prior=prior, regularization=regularization)
 
 
@@ -109,20 +109,13 @@ class LqrFlm:
         self.cost = cost
         self.settings = settings or LqrFlmSettings()
         self.conditions = [ConditionState(controller=c, eta=self.settings.initial_eta,
-                                          prior=self._new_prior()) for c in initial_controllers]
+                                          prior=new_dynamics_prior(self.settings.prior))
+                           for c in initial_controllers]
         self.iteration = 0
 
     @property
     def controllers(self) -> list[LinearGaussianController]:
         return [c.controller for c in self.conditions]
-
-    def _new_prior(self) -> Optional[GMMPrior]:
-        return new_dynamics_prior(self.settings.prior)
-
-    def fit_model(self, m: int, X: np.ndarray, U: np.ndarray) -> LocalModel:
-        """Fit condition m's dynamics and cost model to rollouts X (N, T, dX), U (N, T, dU)."""
-        dynamics = fit_batch_dynamics(self.conditions[m].prior, X, U, self.settings.dynamics_regularization)
-        return LocalModel(dynamics, quadratic_cost_model(X, U, self.cost.evaluate(X, U)))
 
     def update(self, rollouts: Rollouts,
                anchors: Sequence[LinearGaussianController] | None = None) -> list[ConditionReport]:
@@ -155,12 +148,10 @@ class LqrFlm:
             batch = rollouts.for_condition(m)
             if batch.N == 0:
                 raise ValueError(f"no rollouts for condition {m}; every condition needs at least one")
-            costs = self.cost.evaluate(batch.X, batch.U).l.sum(axis=1)
-            if dynamics is None:
-                state.model = self.fit_model(m, batch.X, batch.U)
-            else:
-                state.model = LocalModel(dynamics[m], quadratic_cost_model(
-                    batch.X, batch.U, self.cost.evaluate(batch.X, batch.U)))
+            expansion = self.cost.evaluate(batch.X, batch.U)
+            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U, self.settings.dynamics_regularization)
+                      if dynamics is None else dynamics[m])
+            state.model = LocalModel(fitted, quadratic_cost_model(batch.X, batch.U, expansion))
             if state.previous_model is not None:
                 state.step_mult = adjust_step(
                     state.step_mult,
@@ -176,7 +167,7 @@ class LqrFlm:
             state.previous_controller, state.previous_model = state.controller, state.model
             state.controller = new_controller
             reports.append(ConditionReport(
-                sample_cost=float(np.mean(costs)), predicted_cost=state.model.estimate_cost(new_controller),
+                sample_cost=float(np.mean(expansion.l.sum(axis=1))), predicted_cost=float(info["expected_cost"]),
                 kl_step=float(kl_step), kl=float(info["kl"]), eta=float(state.eta),
                 step_mult=float(state.step_mult)))
         self.iteration += 1
