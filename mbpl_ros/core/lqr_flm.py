@@ -4,14 +4,15 @@ For each condition m, with rollouts drawn from its current controller p_i(u|x):
   1. fold the rollouts into the GMM prior and fit p_i(x'|x, u) by Bayesian regression;
   2. expand the cost around the rollouts into a quadratic model;
   3. adapt the KL step from the improvement the last update predicted vs. what the new
-     model says it achieved (GPS's rule);
+     model says it achieved (GPS's rule; a caller may supply the three costs it compares,
+     as MDGPS does with its policy linearisations: see StepCosts);
   4. p_{i+1} = argmin E[cost] s.t. KL(p_{i+1}(τ) ‖ anchor(τ)) ≤ ε, with the anchor being
      p_i (LQR-FLM) or the linearised global policy (MDGPS's C-step).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -83,6 +84,21 @@ class ConditionReport:
     step_mult: float
 
 
+StepCosts = Callable[[Sequence["ConditionState"]], np.ndarray]
+"""Supplies the step rule's costs: called with the M condition states once every model
+of this batch is fitted (``state.model``; ``state.previous_model`` is the last one), it
+returns (M, 3) Laplace cost estimates per condition: [previous, predicted new, actual new]
+(see traj_opt.adjust_step). LQR-FLM's own rule is controller_step_costs."""
+
+
+def controller_step_costs(conditions: Sequence["ConditionState"]) -> np.ndarray:
+    """LQR-FLM's step costs (M, 3): the previous controller under the previous model, the
+    current controller under the previous model, the current controller under the new model."""
+    return np.array([[state.previous_model.estimate_cost(state.previous_controller),
+                      state.previous_model.estimate_cost(state.controller),
+                      state.model.estimate_cost(state.controller)] for state in conditions])
+
+
 def new_dynamics_prior(settings: PriorSettings) -> Optional[GMMPrior]:
     """A fresh GMM prior over [x, u, x'] (None when the prior is disabled)."""
     if not settings.enabled:
@@ -118,17 +134,20 @@ class LqrFlm:
         return [c.controller for c in self.conditions]
 
     def update(self, rollouts: Rollouts,
-               anchors: Sequence[LinearGaussianController] | None = None) -> list[ConditionReport]:
+               anchors: Sequence[LinearGaussianController] | None = None,
+               step_costs: StepCosts | None = None) -> list[ConditionReport]:
         """One LQR-FLM iteration from rollouts of the current controllers.
 
         anchors (M,) replaces the KL anchor of each condition (MDGPS passes the
         linearised policy); by default each condition stays near its own controller.
+        step_costs replaces the costs the step rule compares (default
+        controller_step_costs); it is called from the second iteration on.
         """
-        return self._update(rollouts, anchors, dynamics=None)
+        return self._update(rollouts, anchors, dynamics=None, step_costs=step_costs)
 
     def update_with_dynamics(self, rollouts: Rollouts, dynamics: Sequence[LinearGaussianDynamics],
-                             anchors: Sequence[LinearGaussianController] | None = None
-                             ) -> list[ConditionReport]:
+                             anchors: Sequence[LinearGaussianController] | None = None,
+                             step_costs: StepCosts | None = None) -> list[ConditionReport]:
         """update(), with each condition's dynamics (M,) fitted elsewhere (e.g. by the ROS
         dynamics_fitter, from the same rollouts with fit_batch_dynamics); this object's
         priors are then not used. The cost model is still expanded around `rollouts`."""
@@ -140,10 +159,11 @@ class LqrFlm:
             if model.T != T or model.dX != rollouts.X.shape[2] or model.dU != rollouts.U.shape[2]:
                 raise ValueError(f"dynamics[{m}] has (T, dX, dU) = ({model.T}, {model.dX}, {model.dU}); "
                                  f"the rollouts have ({T}, {rollouts.X.shape[2]}, {rollouts.U.shape[2]})")
-        return self._update(rollouts, anchors, dynamics=dynamics)
+        return self._update(rollouts, anchors, dynamics=dynamics, step_costs=step_costs)
 
-    def _update(self, rollouts: Rollouts, anchors, dynamics) -> list[ConditionReport]:
-        reports = []
+    def _update(self, rollouts: Rollouts, anchors, dynamics, step_costs) -> list[ConditionReport]:
+        # Every condition's models first: a supplied step rule may compare conditions.
+        batches, sample_costs = [], []
         for m, state in enumerate(self.conditions):
             batch = rollouts.for_condition(m)
             if batch.N == 0:
@@ -152,13 +172,19 @@ class LqrFlm:
             fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U, self.settings.dynamics_regularization)
                       if dynamics is None else dynamics[m])
             state.model = LocalModel(fitted, quadratic_cost_model(batch.X, batch.U, expansion))
-            if state.previous_model is not None:
-                state.step_mult = adjust_step(
-                    state.step_mult,
-                    previous_cost_estimate=state.previous_model.estimate_cost(state.previous_controller),
-                    predicted_new_cost=state.previous_model.estimate_cost(state.controller),
-                    actual_new_cost=state.model.estimate_cost(state.controller),
-                    settings=self.settings.step)
+            batches.append(batch)
+            sample_costs.append(float(np.mean(expansion.l.sum(axis=1))))
+        if all(state.previous_model is not None for state in self.conditions):
+            costs = np.asarray((step_costs or controller_step_costs)(self.conditions), dtype=float)
+            if costs.shape != (len(self.conditions), 3):
+                raise ValueError(f"step_costs must return (M={len(self.conditions)}, 3) costs, "
+                                 f"got shape {costs.shape}")
+            for state, (previous, predicted, actual) in zip(self.conditions, costs):
+                state.step_mult = adjust_step(state.step_mult, previous_cost_estimate=previous,
+                                              predicted_new_cost=predicted, actual_new_cost=actual,
+                                              settings=self.settings.step)
+        reports = []
+        for m, (state, batch) in enumerate(zip(self.conditions, batches)):
             kl_step = self.settings.kl_step * state.step_mult * batch.T
             anchor = state.controller if anchors is None else anchors[m]
             new_controller, state.eta, info = optimize_trajectory(
@@ -167,7 +193,7 @@ class LqrFlm:
             state.previous_controller, state.previous_model = state.controller, state.model
             state.controller = new_controller
             reports.append(ConditionReport(
-                sample_cost=float(np.mean(expansion.l.sum(axis=1))), predicted_cost=float(info["expected_cost"]),
+                sample_cost=sample_costs[m], predicted_cost=float(info["expected_cost"]),
                 kl_step=float(kl_step), kl=float(info["kl"]), eta=float(state.eta),
                 step_mult=float(state.step_mult)))
         self.iteration += 1

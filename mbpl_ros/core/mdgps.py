@@ -25,12 +25,17 @@ the current controllers; linearise the policy; C-step), with the S-step of the c
 controllers at their own rollout states, so the first S-step fits the initial
 controllers and the first C-step already has a meaningful anchor.
 
-The KL step size ε_m adapts with LqrFlm's rule, which compares the controllers'
-predicted and achieved costs. GPS's MDGPS compares the policy linearisations' costs
-instead, so that the step shrinks when the policy cannot follow the controllers; with
-LqrFlm's rule the step must not be allowed to grow (max_step_mult = 1, as in GPS's MDGPS
-examples), and sampling from the policy (sample_on_policy) diverged in a trial on the
-reacher.
+The KL step size ε adapts with GPS's MDGPS rule (AlgorithmMDGPS._stepadjust, its
+"laplace" rule), which judges the POLICY, not the controllers: with π̄⁻ the previous
+linearisation, p the controller the last C-step made (which drew this batch), π̄ the new
+linearisation, and (F⁻, l⁻), (F, l) the previous and the new dynamics/cost models,
+
+    predicted improvement = J(π̄⁻; F⁻, l⁻) − J(p; F⁻, l⁻),
+    actual improvement    = J(π̄⁻; F⁻, l⁻) − J(π̄; F, l),
+
+J being the Laplace estimate of the expected total cost, each averaged over the M
+conditions, and one multiplier for all conditions (traj_opt.adjust_step). The step
+thus shrinks when the policy does not follow the controllers to their predicted cost.
 
 Shapes: M conditions, N rollouts (all conditions stacked), T time steps, dX state
 dimension, dU action dimension.
@@ -44,7 +49,7 @@ import numpy as np
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.gmm import GMMPrior
-from mbpl_ros.core.lqr_flm import ConditionReport, LqrFlm, LqrFlmSettings
+from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
 from mbpl_ros.core.policy import (Policy, PolicySettings, controller_targets, linearize_policy,
                                   train_policy)
 from mbpl_ros.core.rollouts import Rollouts
@@ -261,6 +266,21 @@ class Mdgps:
                 fit.K, fit.k, residual + self.policy_covariance[None]))
         return anchors
 
+    def step_costs(self, conditions: Sequence[ConditionState],
+                   anchors: Sequence[LinearGaussianController]) -> np.ndarray:
+        """GPS's MDGPS step costs (M, 3) for LqrFlm's step rule, from the conditions' states
+        (their models fitted to this batch) and this batch's linearisations `anchors` (M,):
+        per condition [J(π̄⁻; F⁻, l⁻), J(p; F⁻, l⁻), J(π̄; F, l)] (see the module
+        docstring), averaged over the conditions so that all share one step multiplier."""
+        if self.anchors is None:
+            raise ValueError("the MDGPS step rule needs the previous iteration's linearisations; "
+                             "it applies from the second update on")
+        costs = np.array([[state.previous_model.estimate_cost(previous_anchor),
+                           state.previous_model.estimate_cost(state.controller),
+                           state.model.estimate_cost(anchor)]
+                          for state, previous_anchor, anchor in zip(conditions, self.anchors, anchors)])
+        return np.broadcast_to(costs.mean(axis=0), costs.shape).copy()
+
     def update(self, rollouts: Rollouts) -> MdgpsReport:
         """One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
         U (N, T, dU) with condition ids (N,), drawn from the current controllers (or
@@ -269,7 +289,8 @@ class Mdgps:
         training = self.s_step(rollouts)
         anchors = self.linearize(rollouts)
         sampling_controllers = self.controllers
-        reports = self.local.update(rollouts, anchors=anchors)
+        reports = self.local.update(rollouts, anchors=anchors,
+                                    step_costs=lambda conditions: self.step_costs(conditions, anchors))
         self.anchors = anchors
         policy_kl = []
         for controller, anchor, state in zip(sampling_controllers, anchors, self.local.conditions):

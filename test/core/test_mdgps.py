@@ -17,7 +17,7 @@ from mbpl_ros.core.lqr_flm import LqrFlmSettings
 from mbpl_ros.core.mdgps import Mdgps, MdgpsSettings, PolicyPriorSettings
 from mbpl_ros.core.policy import Policy, PolicySettings, linearize_policy
 from mbpl_ros.core.rollouts import Rollouts
-from mbpl_ros.core.traj_opt import StepAdjustment, forward_pass, kl_divergence
+from mbpl_ros.core.traj_opt import StepAdjustment, adjust_step, forward_pass, kl_divergence
 
 torch.set_num_threads(1)
 
@@ -233,3 +233,31 @@ def test_bad_rollouts_are_rejected():
     with pytest.raises(ValueError, match="dX=4"):
         algorithm.update(Rollouts(batch.X[..., :3], batch.U, batch.condition))
     assert algorithm.iteration == 0 and algorithm.anchors is None
+
+
+
+def test_step_size_follows_the_policy_linearisations_costs():
+    """GPS's MDGPS rule: the multiplier changes by predicted / (2 (predicted − actual)) with
+    the costs [previous linearisation under the previous model, current controller under the
+    previous model, current linearisation under the current model], averaged over conditions."""
+    rng = np.random.default_rng(4)
+    algorithm = linear_mdgps(4)
+    algorithm.update(sample(algorithm.controllers, rng))
+    previous_anchors = algorithm.anchors
+    multipliers = [state.step_mult for state in algorithm.local.conditions]
+    seen = {}
+    real_step_costs = algorithm.step_costs
+
+    def recording_step_costs(conditions, anchors):   # the real method, its inputs kept
+        seen["expected"] = np.mean([[state.previous_model.estimate_cost(previous_anchors[m]),
+                                     state.previous_model.estimate_cost(state.controller),
+                                     state.model.estimate_cost(anchors[m])]
+                                    for m, state in enumerate(conditions)], axis=0)
+        seen["costs"] = real_step_costs(conditions, anchors)
+        return seen["costs"]
+
+    algorithm.step_costs = recording_step_costs
+    algorithm.update(sample(algorithm.controllers, rng))
+    np.testing.assert_allclose(seen["costs"], np.broadcast_to(seen["expected"], seen["costs"].shape), rtol=1e-12)
+    for m, state in enumerate(algorithm.local.conditions):
+        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], algorithm.local.settings.step)
