@@ -12,8 +12,23 @@ version i-1 with the exploration noise rollout_noise(seed, i, m, n) (the offline
 convention); then LqrFlm.update_with_dynamics with the dynamics dynamics_fitter fitted to
 exactly those rollouts (checked by trial id); then the new controllers are published and
 measured without noise (one evaluation trial per condition), as `mbpl train` does. Each
-iteration appends a metrics.jsonl row (the offline trainer's keys) and writes a checkpoint;
-the run ends with learning_curve.png and the node reports `finished`.
+iteration ends by writing checkpoint_<i>.pkl (mbpl_ros.checkpoint: the offline trainer's
+format, atomic and checksummed; the LqrFlm state, metrics, rollout count, elapsed time and,
+in `extra`, the trial-id counter) — the commit point — and then appending its metrics.jsonl
+row (the offline trainer's keys); the run ends with learning_curve.png and the node reports
+`finished`.
+
+Resume (`resume: true`): the run continues from the newest checkpoint in output_dir, read
+and checked first (a damaged checkpoint, or one of another experiment, stops the run before
+any trial, naming the file and the problem). metrics.jsonl is rewritten from the checkpoint,
+the controllers of its iteration k are published again (version k), and iteration k+1 is
+sampled from its first rollout with the same noise: completed iterations are neither
+repeated nor lost; the rollouts of a half-done one are redone. Without a checkpoint it
+starts from the beginning. Without `resume`, an output_dir that holds checkpoints is refused
+(the run stops before any trial), so a run is never overwritten by mistake. The GMM dynamics
+prior lives in dynamics_fitter: resumed with the same dynamics_fitter running, the run
+continues exactly as it would have; with a restarted one, the prior starts afresh from
+iteration k+1's batch.
 
 A trial that gets no valid rollout within trial_timeout_s, or whose rollout was dropped
 (gap, stale, non-finite, aborted), is requested again with a new id, up to max_attempts
@@ -31,9 +46,7 @@ iteration's samples) and kl_step (from the next update).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import pickle
 import secrets
 import sys
 import threading
@@ -47,16 +60,22 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import Bool, Float64MultiArray
 
+from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, append_metrics_row, checkpoint_paths,
+                                 experiment_identity, latest_checkpoint, remove_stale_temporaries,
+                                 write_checkpoint, write_metrics)
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.lqr_flm import LqrFlm
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
-from mbpl_ros.offline import CHECKPOINT_FORMAT, plot_learning_curve, write_atomically
+from mbpl_ros.offline import plot_learning_curve
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
 
+#: Trial ids a resumed run skips after its checkpoint's counter: the interrupted run may have
+#: used some after writing it (the half-done iteration's trials and their retries).
+RESUME_TRIAL_ID_GAP = 1 << 20
 #: Pause before retrying a trial, times the attempt number (lets a restarting node come up).
 RETRY_DELAY_S = 0.2
 #: After a trial aborted by the e-stop, how long to wait for the latch state (it may trail
@@ -105,7 +124,8 @@ class GpsTrainerNode(Node):
         self._arrived = threading.Condition()
         self._results: Dict[int, wire.RolloutMessage] = {}
         self._awaited: Optional[int] = None
-        self._dynamics: Dict[int, wire.DynamicsMessage] = {}    # condition -> latest complete fit
+        # (condition, controller version) -> latest complete fit
+        self._dynamics: Dict[tuple, wire.DynamicsMessage] = {}
         self._next_trial_id = secrets.randbits(30) << 20          # distinct from another run's ids
         group = MutuallyExclusiveCallbackGroup()
         self._request_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
@@ -160,6 +180,11 @@ class GpsTrainerNode(Node):
         self.discovery_timeout_s = declare(self, "discovery_timeout_s", 60.0, "Longest wait for lqr_controller, "
                                            "sample_collector and dynamics_fitter to appear (s).",
                                            allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
+        self.resume = declare(self, "resume", False, "Continue the run in output_dir from its newest checkpoint "
+                              "(completed iterations are kept, a half-done one is redone; none: start at "
+                              "iteration 0). false: start at iteration 0, refused if output_dir holds checkpoints.",
+                              allowed="true or false")
+        self.experiment = experiment_identity(self.config, self.seed)
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Runtime changes, all or none: each checked (an unsafe value is rejected with the
@@ -209,7 +234,7 @@ class GpsTrainerNode(Node):
             return
         if message.complete:
             with self._arrived:
-                self._dynamics[message.condition] = message
+                self._dynamics[(message.condition, message.controller_version)] = message
                 self._arrived.notify_all()
 
     # ------------------------------------------------------------------ the run
@@ -275,33 +300,71 @@ class GpsTrainerNode(Node):
                                       f"{wire.DYNAMICS_TOPIC}: {self._dynamics_sub.get_publisher_count()})")
             time.sleep(0.05)
 
+    def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
+        """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:
+        None, after making sure output_dir holds no run to overwrite. TrainingStopped naming
+        the file and the problem otherwise; checked before anything moves."""
+        if not self.resume:
+            existing = checkpoint_paths(self.output)
+            if existing:
+                raise TrainingStopped(f"output_dir {str(self.output)!r} already holds a run ({existing[-1].name}): "
+                                      "set parameter resume: true to continue it, or choose an output_dir "
+                                      "without checkpoints")
+            return None
+        try:
+            checkpoint = latest_checkpoint(self.output, self.experiment)
+        except CheckpointError as error:
+            raise TrainingStopped(f"resume: the run in output_dir cannot be continued: {error}") from None
+        if checkpoint is not None and "next_trial_id" not in checkpoint.extra:
+            raise TrainingStopped(f"resume: {checkpoint.path} was not written by gps_trainer (it has no trial-id "
+                                  "counter); continue it with `mbpl train --resume`")
+        return checkpoint
+
     def _train(self) -> None:
         config = self.config
         self.output.mkdir(parents=True, exist_ok=True)
-        (self.output / "metrics.jsonl").write_text("")
-        start = time.perf_counter()
+        checkpoint = self._checkpoint_to_resume()
+        remove_stale_temporaries(self.output)   # of a write a crash interrupted
+        metrics_path = self.output / "metrics.jsonl"
         cost = config.build_cost()
-        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
-            initial = [contiguous(c) for c in config.initial_controllers(model)]
-            algorithm = LqrFlm(cost, initial, config.lqr_flm_settings())
+        if checkpoint is None:
+            start = time.perf_counter()
+            write_metrics(metrics_path, [])
+            with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
+                initial = [contiguous(c) for c in config.initial_controllers(model)]
+                algorithm = LqrFlm(cost, initial, config.lqr_flm_settings())
+            first, rollouts_total = 1, 0
+        else:
+            algorithm, rollouts_total = checkpoint.algorithm, checkpoint.rollouts_total
+            start = time.perf_counter() - checkpoint.elapsed_s   # wall_s continues
+            self.metrics = list(checkpoint.metrics)
+            write_metrics(metrics_path, self.metrics)           # rows after the checkpoint are dropped
+            first = checkpoint.iteration + 1
+            # Trial ids go on from the run's, past any the interrupted run used after its checkpoint.
+            self._next_trial_id = int(checkpoint.extra["next_trial_id"]) + RESUME_TRIAL_ID_GAP
+            self._say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
+                      f"{rollouts_total} rollouts; continuing at iteration {first}")
         self._wait_for_graph()
-        self._publish_controllers(algorithm, version=0)
-        rollouts_total = 0
-        self._record(algorithm, cost, version=0, iteration=0, rollouts=0, start=start)
-        for i in range(1, self.iterations + 1):
+        self._publish_controllers(algorithm, version=first - 1)
+        if checkpoint is None:
+            append_metrics_row(metrics_path, self._evaluate(cost, version=0, iteration=0, rollouts=0, start=start))
+        for i in range(first, self.iterations + 1):
             batch, ids = self._collect(i, version=i - 1)
             rollouts_total += batch.N
             dynamics = self._await_dynamics(version=i - 1, ids=ids)
             algorithm.settings = dataclasses.replace(algorithm.settings, kl_step=float(self.kl_step))
             reports = algorithm.update_with_dynamics(batch, dynamics)
             self._publish_controllers(algorithm, version=i)
-            self._record(algorithm, cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
-                         sample_cost=float(np.mean([r.sample_cost for r in reports])),
-                         kl_step=float(np.mean([r.kl_step for r in reports])),
-                         kl=float(np.mean([r.kl for r in reports])))
-            write_atomically(self.output / f"checkpoint_{i:04d}.pkl", pickle.dumps(
-                {"format": CHECKPOINT_FORMAT, "iteration": i, "algorithm": algorithm, "seed": self.seed,
-                 "metrics": self.metrics}))
+            row = self._evaluate(cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
+                                 sample_cost=float(np.mean([r.sample_cost for r in reports])),
+                                 kl_step=float(np.mean([r.kl_step for r in reports])),
+                                 kl=float(np.mean([r.kl for r in reports])))
+            # The checkpoint is the iteration's commit point; its metrics row follows it.
+            write_checkpoint(self.output, Checkpoint(
+                iteration=i, algorithm=algorithm, metrics=list(self.metrics), rollouts_total=rollouts_total,
+                elapsed_s=time.perf_counter() - start, seed=self.seed, experiment=self.experiment,
+                extra={"next_trial_id": self._next_trial_id}))
+            append_metrics_row(metrics_path, row)
         plot_learning_curve(self.metrics, self.output / "learning_curve.png", config.success_distance_m)
         self._say(f"done: {self.iterations} iterations; results in {self.output}")
 
@@ -387,8 +450,8 @@ class GpsTrainerNode(Node):
     def _await_dynamics(self, version: int, ids: Dict[int, List[int]]) -> list:
         """dynamics_fitter's complete fit of every condition's batch (trial ids as sampled)."""
         def matches(m):
-            message = self._dynamics.get(m)
-            return message is not None and message.controller_version == version and list(message.trial_ids) == ids[m]
+            message = self._dynamics.get((m, version))
+            return message is not None and list(message.trial_ids) == ids[m]
         M = len(self.config.conditions)
         if not self._wait(lambda: all(matches(m) for m in range(M)), self.dynamics_timeout_s):
             missing = [m for m in range(M) if not matches(m)]
@@ -396,12 +459,15 @@ class GpsTrainerNode(Node):
                                   f"rollouts sampled for conditions {missing} within "
                                   f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
         with self._arrived:
-            return [self._dynamics[m].dynamics for m in range(M)]
+            fits = [self._dynamics[(m, version)].dynamics for m in range(M)]
+            for key in [key for key in self._dynamics if key[1] <= version]:  # no longer awaited
+                del self._dynamics[key]
+            return fits
 
-    def _record(self, algorithm: LqrFlm, cost, *, version: int, iteration: int, rollouts: int, start: float,
-                sample_cost=None, kl_step=None, kl=None) -> None:
-        """Noise-free evaluation trials of the current controllers, then a metrics row
-        (keys of the offline trainer's)."""
+    def _evaluate(self, cost, *, version: int, iteration: int, rollouts: int, start: float,
+                  sample_cost=None, kl_step=None, kl=None) -> dict:
+        """Noise-free evaluation trials of the current controllers (version `version`); their
+        metrics row (keys of the offline trainer's), added to self.metrics and returned."""
         config, layout = self.config, self.config.layout
         zero = np.zeros((config.T, layout.dU))
         distances, costs = [], []
@@ -414,12 +480,11 @@ class GpsTrainerNode(Node):
                "mean_cost": mean_cost, "sample_cost": sample_cost, "final_distance_m": distances,
                "kl_step": kl_step, "kl": kl, "wall_s": time.perf_counter() - start}
         self.metrics.append(row)
-        with open(self.output / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
         reached = sum(d < config.success_distance_m for d in distances)
         self._say(f"iteration {iteration:3d} | rollouts {rollouts:4d} | cost {mean_cost:10.3f} | "
                   f"final distance (cm) {' '.join(f'{100 * d:6.2f}' for d in distances)} | "
                   f"reached {reached}/{len(distances)} | {row['wall_s']:6.1f} s")
+        return row
 
     def destroy_node(self) -> None:
         worker = getattr(self, "_worker", None)

@@ -16,10 +16,23 @@ A trial: reset to the request's start pose — with a PD phase that drives the a
 (`reset_mode: pd`, what a real robot needs) or by setting sim_robot's initial_positions and
 calling its reset service (`reset_mode: sim_service`, exactly the offline trainer's
 arm.reset(q0)) — then T steps. In `lockstep` mode a step is taken per joint state received
-(sim_robot in lockstep steps once per command, so the loop is deterministic); in
-`realtime` mode a timer at control_rate_hz acts on the latest joint state. The state x is
-built from q, qd by forward kinematics (sim.rollout.JointStateToState), as everywhere.
-A new request aborts a running trial (the trainer only re-requests after giving up on one).
+(sim_robot in lockstep steps once per command, so the loop is deterministic). In `realtime`
+mode `realtime_trigger` says what starts a step: `joint_state` (default) — each NEW joint
+state (a newer stamp than the last step's), computed and published in the state's callback,
+so the robot's state publisher (ros2_control's joint_state_broadcaster) sets the rate and a
+command follows its state by the compute time alone, as in ros2_control's own read-update-
+write loop; `timer` — a steady timer at control_rate_hz acting on the latest joint state
+(unsynchronised with the states: a command waits up to one period after its state). The
+state x is built from q, qd by forward kinematics (sim.rollout.JointStateToState), as
+everywhere. A new request aborts a running trial (the trainer only re-requests after giving
+up on one).
+
+Executor: one SingleThreadedExecutor (rclpy.spin). In CPython one callback runs at a time
+anyway (the GIL); a multi-threaded executor would add a thread hand-off per callback and let
+a busy thread hold the GIL for up to sys.getswitchinterval() (5 ms). Every callback that can
+run during a trial is therefore short: the e-stop, the watchdog tick and the timeout check
+are a few comparisons; parsing controllers and requests, and loading a policy on a parameter
+change, happen between trials.
 
 Safety (docs/safety.md; the maths in core.safety): every command — trial step or PD
 reset — is guarded near the position limits and clamped to `effort_limits` (at most the
@@ -62,6 +75,12 @@ from mbpl_ros.sim.robots import robot_spec
 from mbpl_ros.sim.rollout import JointStateToState
 
 MODES = ("realtime", "lockstep")
+#: What starts a control step in realtime mode (docs/interfaces.md).
+REALTIME_TRIGGERS = ("joint_state", "timer")
+#: realtime_trigger joint_state: a state arriving sooner than this many control periods after
+#: the last command's state starts no step, so a flood of joint states cannot raise the
+#: command rate above 1 / (this · period); arrival jitter up to half a period loses no state.
+MIN_STEP_PERIODS = 0.5
 RESET_MODES = ("pd", "sim_service")
 #: A sim_service reset is complete at the first joint state this close to the start pose at rest.
 RESET_MATCH_TOLERANCE = 1e-9
@@ -105,6 +124,7 @@ class _Trial:
     stamps: Optional[np.ndarray] = None    # (T,) int64
     commands: Optional[np.ndarray] = None  # (T, dU)
     reset_answered: Optional[float] = None  # time.monotonic() of the sim reset's response
+    last_command_arrival: float = -np.inf   # arrival of the joint state the last command acted on
     awaiting_services: bool = False         # sim_service reset waits for the services to appear
 
 
@@ -140,6 +160,9 @@ class LqrControllerNode(Node):
         self._pending: Optional[wire.TrialRequest] = None  # waiting for its controller version
         self._staged: Optional[_Settings] = None             # runtime parameters, for the next trial
         self._lock = threading.RLock()
+        self._zero_effort = np.zeros(self.layout.dU)
+        # One command message, its layout built once: _send (under the lock) only swaps the data.
+        self._command_msg = wire.encode_effort_command(self._zero_effort)
         # Reentrant: service responses must be handled while other callbacks run; the lock
         # above serialises everything that touches the trial.
         group = ReentrantCallbackGroup()
@@ -159,13 +182,15 @@ class LqrControllerNode(Node):
                                                       callback_group=group)
             self._reset = self.create_client(Trigger, f"{self.sim_node}/reset", callback_group=group)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        # Realtime: the control step; both modes: the watchdog, checked every control period.
+        # The watchdog, checked every control period in every mode; realtime_trigger timer: also the step.
         self.create_timer(1.0 / self.control_rate_hz, self._on_tick, callback_group=group, clock=steady)
         self.create_timer(0.1, self._check_timeouts, callback_group=group, clock=steady)
         self._estop_state_pub.publish(Bool(data=self.estop_latched))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         limits = self.settings.safety
-        self.get_logger().info(f"{self.config.robot}: {self.mode} at {self.control_rate_hz:g} Hz, "
+        timing = (f"realtime, a step per new joint state (watchdog at {self.control_rate_hz:g} Hz)"
+                  if self._steps_on_state and self.mode == "realtime" else f"{self.mode} at {self.control_rate_hz:g} Hz")
+        self.get_logger().info(f"{self.config.robot}: {timing}, "
                                f"reset by {self.reset_mode}, joints {list(self.joints)}, effort limits "
                                f"{list(self.settings.effort_limits)} N·m, joint-limit margin {limits.margin:g} rad, "
                                f"watchdog {self.settings.watchdog_periods} periods ({self.settings.watchdog_action}), "
@@ -178,13 +203,25 @@ class LqrControllerNode(Node):
         self.layout = self.config.layout
         spec = robot_spec(self.config.robot)
         self.robot_joints = spec.joint_names
-        self.mode = declare(self, "mode", "realtime", "Timing: a timer at control_rate_hz (realtime) or one "
-                            "step per joint state received (lockstep, with sim_robot in lockstep).",
+        self.mode = declare(self, "mode", "realtime", "Timing: realtime (the robot runs on its own clock; "
+                            "realtime_trigger says what starts a step) or lockstep (one step per joint state "
+                            "received, with sim_robot in lockstep).",
                             allowed=f"one of {list(MODES)}", choices=MODES)
+        self.realtime_trigger = declare(
+            self, "realtime_trigger", "joint_state", "Realtime mode: what starts a control step. joint_state: "
+            "each new joint state (the robot's state publisher, e.g. ros2_control's joint_state_broadcaster, "
+            "sets the rate; the command follows its state at once); timer: a timer at control_rate_hz acting "
+            "on the latest state (up to one period later).",
+            allowed=f"one of {list(REALTIME_TRIGGERS)}", choices=REALTIME_TRIGGERS)
         self.control_rate_hz = declare(self, "control_rate_hz", 1.0 / self.config.control_dt,
-                                       "Control rate in realtime mode, and the watchdog's period in both "
-                                       "modes (Hz); default: the experiment's.",
+                                       "Control rate (Hz): the watchdog's period in every mode, and the step "
+                                       "rate with realtime_trigger timer; default: the experiment's.",
                                        allowed="a double in [0.1, 1000.0]", low=0.1, high=1000.0)
+        # A step per joint state received (lockstep, realtime joint_state) or per timer tick.
+        self._steps_on_state = self.mode == "lockstep" or self.realtime_trigger == "joint_state"
+        # Realtime joint_state: the shortest interval between commands (s), else 0 (no limit).
+        self._min_step_s = (MIN_STEP_PERIODS / self.control_rate_hz
+                            if self.mode == "realtime" and self._steps_on_state else 0.0)
         self.joints = tuple(declare(self, "joints", list(spec.joint_names),
                                     "Joint order of the effort commands (the robot's `joints`).",
                                     allowed=f"an ordering of {list(spec.joint_names)}",
@@ -419,14 +456,14 @@ class LqrControllerNode(Node):
         sample = _JointSample(q, qd, wire.nanoseconds_from_stamp(msg.header.stamp), time.monotonic())
         with self._lock:
             self._latest = sample
-            if self.mode == "lockstep":
+            if self._steps_on_state:
                 self._advance(sample)
 
     def _on_tick(self) -> None:
         with self._lock:
             if self._watchdog_fired():
                 return
-            if self.mode == "realtime" and self._latest is not None:
+            if not self._steps_on_state and self._latest is not None:
                 self._advance(self._latest)
 
     # ------------------------------------------------------------------ the e-stop
@@ -471,19 +508,23 @@ class LqrControllerNode(Node):
 
     def _send(self, effort: np.ndarray) -> None:
         """Publish a checked effort (dU,), robot joint order."""
-        self._command_pub.publish(wire.encode_effort_command(effort[self._wire_order]))
+        self._command_msg.data = effort[self._wire_order]
+        self._command_pub.publish(self._command_msg)
         self.commands_published += 1
 
     def _command(self, u: np.ndarray, sample: _JointSample) -> Optional[np.ndarray]:
         """Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
         None if u (or the state) was not finite: then the fallback was sent and the trial aborted."""
-        command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety, self._fallback())
-        self._send(command.effort)
+        self._trial.last_command_arrival = sample.arrival
+        # The fallback is computed only on a fault ("hold" costs a gravity-torque evaluation).
+        command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety, self._zero_effort)
         if command.fault is not None:
+            self._send(self._fallback())
             self.faults["unsafe_command"] += 1
             self._abort_running(f"unsafe command, the fallback ({self.settings.watchdog_action}) was sent: "
                                 f"{command.fault}", wire.TrialStatus.UNSAFE_COMMAND, fallback_sent=True)
             return None
+        self._send(command.effort)
         return command.effort
 
     def _watchdog_fired(self) -> bool:
@@ -572,7 +613,7 @@ class LqrControllerNode(Node):
     def _advance(self, sample: _JointSample) -> None:
         """One control step of the trial on joint state `sample` (under the lock)."""
         trial = self._trial
-        if trial is None:
+        if trial is None or sample.arrival - trial.last_command_arrival < self._min_step_s:
             return
         if trial.phase == "resetting":
             if not self._reset_done(trial, sample):
@@ -580,8 +621,8 @@ class LqrControllerNode(Node):
             trial.phase = "running"
             trial.watched_since = time.monotonic()
         request, t = trial.request, trial.t
-        if trial.t > 0 and self.mode == "lockstep" and sample.stamp_ns <= trial.stamps[t - 1]:
-            return  # the same (or an older) state: lockstep waits for the step's new state
+        if trial.t > 0 and self._steps_on_state and sample.stamp_ns <= trial.stamps[t - 1]:
+            return  # the same (or an older) state: a step waits for a new state
         x = self.state_of(sample.q, sample.qd, request.target)
         try:
             with np.errstate(over="ignore", invalid="ignore"):  # a non-finite u is caught by _command

@@ -224,17 +224,21 @@ def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path)
 
 # ---------------------------------------------------------------- a joint-state flood
 @pytest.mark.timeout(60)
-def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_context, tmp_path):
+@pytest.mark.parametrize("trigger, commands_per_period", [("timer", 1), ("joint_state", 2)])
+def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_context, tmp_path, trigger,
+                                                                         commands_per_period):
     """2 s of /joint_states at 10x the control rate, with positions beyond the limits, wild
     velocities and NaN, while a realtime trial runs: every command finite and within the
-    limits, at most one per control period."""
-    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=80, N=1)
+    limits; at most one per control period with realtime_trigger timer, and at most one per
+    half period (MIN_STEP_PERIODS) with joint_state, which steps on every new state. (T: the
+    trial outlasts the flood with either trigger.)"""
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=120, N=1)
     config = load_experiment(experiment)
     sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
         mode="realtime", control_rate_hz=RATE_HZ, initial_positions=list(config.conditions[0].initial_positions)))
     controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
-        experiment_config=str(experiment), mode="realtime", reset_mode="pd", watchdog_periods=5,
-        pd_position_tolerance=0.05, pd_velocity_tolerance=0.05))
+        experiment_config=str(experiment), mode="realtime", realtime_trigger=trigger, reset_mode="pd",
+        watchdog_periods=5, pd_position_tolerance=0.05, pd_velocity_tolerance=0.05))
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     flood = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
@@ -262,11 +266,13 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
         end = time.monotonic()
         time.sleep(0.2)
     during = [t for t in commands.times if start <= t <= end]
-    bound = RATE_HZ * (end - start) + 2
+    bound = commands_per_period * RATE_HZ * (end - start) + 2
     assert len(during) <= bound, (len(during), bound)
+    if trigger == "joint_state":   # it does step on the flood's finite states (more than the timer would)
+        assert len(during) > RATE_HZ * (end - start), (len(during), RATE_HZ * (end - start))
     assert commands.violations == []
-    note("joint_states flooded at 10x the rate for 2 s (random poses beyond the limits, |qd| ~ 30 rad/s, 10% NaN)",
-         states_sent=sent, commands_during=len(during), bound=int(bound), violations=len(commands.violations),
+    note(f"joint_states flooded at 10x the rate for 2 s (random poses beyond the limits, |qd| ~ 30 rad/s, "
+         f"10% NaN), realtime_trigger {trigger}", states_sent=sent, commands_during=len(during), bound=int(bound), violations=len(commands.violations),
          rejected_states=controller.faults["rejected_state"])
 
 
