@@ -25,7 +25,7 @@ $(STAMP): requirements.txt setup.py package.xml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/mbpl sim --config config/sim_reacher_2link.yaml --output runs/demo
+	$(VENV)/bin/mbpl sim --config config/sim_reacher_2link.yaml --output runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest test

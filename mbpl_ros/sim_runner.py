@@ -33,6 +33,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="learning iterations (default: gps_trainer's parameter, else the experiment's)")
     parser.add_argument("--output", default=None, help="output directory (default: gps_trainer's output_dir)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the experiment's)")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run in the output directory from its newest checkpoint")
+    start.add_argument("--overwrite", action="store_true",
+                       help="start over in an output directory that holds a run (its checkpoints are deleted)")
     parser.add_argument("--experiment", default=None,
                         help="experiment YAML for every node, replacing the file's experiment_config "
                              "(e.g. config/panda_reach.yaml)")
@@ -49,6 +54,14 @@ def run(args: argparse.Namespace) -> int:
         trainer_overrides["output_dir"] = str(Path(args.output).resolve())
     if args.seed is not None:
         trainer_overrides["seed"] = args.seed
+    if args.resume:
+        trainer_overrides["resume"] = True
+    if args.overwrite:
+        from mbpl_ros.nodes import graph
+        output = Path(trainer_overrides.get("output_dir")
+                      or graph.parameter_overrides(args.config, "gps_trainer").get("output_dir", ""))
+        for stale in output.glob("checkpoint_*.pkl*"):
+            stale.unlink()
     overrides = {"gps_trainer": trainer_overrides}
     if args.experiment is not None:
         from mbpl_ros.nodes import graph
