@@ -68,7 +68,8 @@ from mbpl_ros.core.lqr_flm import LqrFlm
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
-from mbpl_ros.offline import plot_learning_curve
+from mbpl_ros.offline import plot_learning_curve, recording_run_info
+from mbpl_ros.recording import RecordedRollout, RolloutRecorder
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
@@ -344,6 +345,19 @@ class GpsTrainerNode(Node):
             self._next_trial_id = int(checkpoint.extra["next_trial_id"]) + RESUME_TRIAL_ID_GAP
             self._say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
                       f"{rollouts_total} rollouts; continuing at iteration {first}")
+        # Every accepted sample rollout goes to output_dir/rollouts.mcap as it arrives (the
+        # offline trainer's format, so `mbpl train --refit-from` reads it); a resumed run keeps
+        # the rollouts of the iterations its checkpoint covers.
+        recording, run_info = self.output / "rollouts.mcap", recording_run_info(config, self.seed)
+        self._recorder = (RolloutRecorder.create(recording, run_info) if checkpoint is None else
+                          RolloutRecorder.resume(recording, run_info, checkpoint.iteration)[0])
+        try:
+            self._train_iterations(algorithm, cost, checkpoint, first, rollouts_total, start, metrics_path)
+        finally:
+            self._recorder.close()
+
+    def _train_iterations(self, algorithm, cost, checkpoint, first, rollouts_total, start, metrics_path) -> None:
+        config = self.config
         self._wait_for_graph()
         self._publish_controllers(algorithm, version=first - 1)
         if checkpoint is None:
@@ -383,6 +397,12 @@ class GpsTrainerNode(Node):
                 noise = noise_scale * rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
                                                     config.exploration.smoothing, config.exploration.renormalize)
                 rollout = self._trial(m, iteration, n, version, "sample", noise)
+                self._recorder.write_rollout(RecordedRollout(
+                    iteration=iteration, condition=m, index=n, controller_version=version,
+                    joint_names=config.robot_spec.joint_names, positions=rollout.X[:, layout.position],
+                    velocities=rollout.X[:, layout.velocity], efforts=rollout.U, commands=rollout.U,
+                    target=np.asarray(config.conditions[m].target),
+                    initial_positions=np.asarray(config.conditions[m].initial_positions)))
                 X.append(rollout.X), U.append(rollout.U), condition.append(m)
                 ids[m].append(rollout.trial_id)
         return Rollouts(np.stack(X), np.stack(U), np.array(condition)), ids

@@ -26,7 +26,8 @@ from mbpl_ros.nodes.gps_trainer import GpsTrainerNode, contiguous
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
 from mbpl_ros.nodes.sim_robot import SimRobotNode
-from mbpl_ros.offline import evaluate_controllers
+from mbpl_ros.offline import TrainingRun, evaluate_controllers
+from mbpl_ros.recording import read_recording
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import JointStateToState, final_distance, rollout_noise, run_rollout
 
@@ -237,6 +238,17 @@ def test_three_lockstep_iterations_of_the_graph_learn_and_match_offline(tmp_path
     for row, (distances, mean_cost) in zip(rows, reference):
         np.testing.assert_allclose(row["final_distance_m"], distances, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(row["mean_cost"], mean_cost, rtol=1e-9)
+
+    # Every accepted rollout was recorded as it arrived; re-fitting offline from the
+    # recording replays the run.
+    recording = read_recording(tmp_path / "rollouts.mcap")
+    assert recording.problem is None and len(recording.rollouts) == 3 * 4 * 5
+    config = load_experiment(REPO / "config" / "reacher_2link.yaml")
+    with threadpool_limits(limits=1):
+        refit = TrainingRun(config, tmp_path / "refit", config.seed, log=io.StringIO()).refit(
+            tmp_path / "rollouts.mcap")
+    for row, replayed in zip(rows, refit):
+        np.testing.assert_allclose(replayed["final_distance_m"], row["final_distance_m"], rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.timeout(60)
