@@ -14,26 +14,9 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from mbpl_ros.core.controller import LinearGaussianController
-from mbpl_ros.core.costs import QuadraticCost
-from mbpl_ros.core.dynamics import LinearGaussianDynamics
 from mbpl_ros.core.traj_opt import expected_cost, forward_pass, optimize_trajectory
 
-
-def random_problem(rng, T, dX, dU, dt=0.05):
-    Fx = np.eye(dX) + dt * rng.normal(size=(T - 1, dX, dX)) / np.sqrt(dX)
-    Fu = dt * rng.normal(size=(T - 1, dX, dU))
-    G = 0.01 * rng.normal(size=(T - 1, dX, dX))
-    dynamics = LinearGaussianDynamics(np.concatenate([Fx, Fu], axis=2), 0.01 * rng.normal(size=(T - 1, dX)),
-                                      G @ G.transpose(0, 2, 1) + 1e-5 * np.eye(dX),
-                                      rng.normal(size=dX), 0.01 * np.eye(dX))
-    n = dX + dU
-    A = rng.normal(size=(T, n, n)) / np.sqrt(n)
-    C = 0.1 * A @ A.transpose(0, 2, 1) + np.diag(np.r_[np.ones(dX), 1e-2 * np.ones(dU)])
-    cost = QuadraticCost(C, rng.normal(size=(T, n)), np.zeros(T))
-    anchor = LinearGaussianController.from_covar(0.1 * rng.normal(size=(T, dU, dX)), rng.normal(size=(T, dU)),
-                                                 0.5 * np.eye(dU))
-    return dynamics, cost, anchor
+from compute import random_trajopt_problem as random_problem  # bench/ is on sys.path when run as a script
 
 
 def run(args) -> dict[str, list[float]]:
