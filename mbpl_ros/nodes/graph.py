@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple, Union
 
-import yaml
+from mbpl_ros.config import read_yaml
 
 PACKAGE = "mbpl_ros"
 PARAMETERS_KEY = "ros__parameters"
@@ -109,14 +109,7 @@ def read_parameter_file(params_file: Union[str, Path]) -> List[Tuple[str, Dict[s
     Raises ValueError naming the file and the offending key on malformed content.
     """
     path = Path(params_file)
-    try:
-        document = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such parameter file") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
-    if document is None:
-        return []
+    document = read_yaml(path, "parameter file")
     if not isinstance(document, dict):
         raise ValueError(f"{path}: must map node names to {{{PARAMETERS_KEY}: ...}}, "
                          f"got a {type(document).__name__}")
