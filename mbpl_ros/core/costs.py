@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mbpl_ros.core.rollouts import rollout_arrays
+
 
 @dataclass
 class CostExpansion:
@@ -110,7 +112,7 @@ class ActionCost(Cost):
         self.weights = _nonnegative_vector(weights, "weights")
 
     def evaluate(self, X, U):
-        X, U = _as_batch(X, U)
+        X, U = rollout_arrays(X, U)
         N, T, dX = X.shape
         dU = U.shape[2]
         w = _broadcast_to_size(self.weights, dU, "ActionCost weights", "one per action dimension, dU")
@@ -139,7 +141,7 @@ class StateTargetCost(Cost):
         self.ramp, self.final_multiplier, self.T = _ramp_settings(ramp, final_multiplier, T)
 
     def evaluate(self, X, U):
-        X, U = _as_batch(X, U)
+        X, U = rollout_arrays(X, U)
         N, T, dX = X.shape
         _check_indices(self.indices, dX)
         ramp = _ramp_for(self, T)[None, :, None]  # (1, T, 1)
@@ -209,7 +211,7 @@ class DistanceCost(Cost):
         self.ramp, self.final_multiplier, self.T = _ramp_settings(ramp, final_multiplier, T)
 
     def evaluate(self, X, U):
-        X, U = _as_batch(X, U)
+        X, U = rollout_arrays(X, U)
         N, T, dX = X.shape
         _check_indices(self.indices, dX)
         ramp = _ramp_for(self, T)[None, :]  # (1, T)
@@ -254,7 +256,7 @@ class WeightedSum(Cost):
             self.terms.append((weight, cost))
 
     def evaluate(self, X, U):
-        X, U = _as_batch(X, U)
+        X, U = rollout_arrays(X, U)
         (N, T, dX), dU = X.shape, U.shape[2]
         total = CostExpansion.zeros(N, T, dX, dU)
         for weight, cost in self.terms:
@@ -276,7 +278,7 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
     shift). X (N, T, dX), U (N, T, dU); returns C (T, dZ, dZ) exactly symmetric,
     c (T, dZ), c0 (T,) for dZ = dX + dU.
     """
-    X, U = _as_batch(X, U)
+    X, U = rollout_arrays(X, U)
     N, T, dX = X.shape
     dU = U.shape[2]
     expected = {"l": (N, T), "lx": (N, T, dX), "lu": (N, T, dU), "lxx": (N, T, dX, dX),
@@ -425,16 +427,6 @@ def _spec_choice(settings, path, key, default, allowed):
 
 # ---------------------------------------------------------------------------
 # Input checks
-
-def _as_batch(X, U):
-    X = np.asarray(X, dtype=float)
-    U = np.asarray(U, dtype=float)
-    if X.ndim != 3 or U.ndim != 3:
-        raise ValueError(f"X must be (N, T, dX) and U (N, T, dU); got {X.shape} and {U.shape}")
-    if X.shape[:2] != U.shape[:2]:
-        raise ValueError(f"X {X.shape} and U {U.shape} disagree on (N, T)")
-    return X, U
-
 
 def _finite_float(value, name):
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray)) or np.ndim(value) != 0:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .gmm import GMMPrior, NormalInverseWishart, symmetrise, robust_cholesky
+from .rollouts import rollout_arrays
 
 
 @dataclass
@@ -141,12 +142,7 @@ def transition_points(X, U) -> np.ndarray:
 
 
 def _check_rollouts(X, U):
-    X = np.asarray(X, dtype=float)
-    U = np.asarray(U, dtype=float)
-    if X.ndim != 3 or U.ndim != 3:
-        raise ValueError(f"X must be (N, T, dX) and U (N, T, dU); got {X.shape} and {U.shape}")
-    if X.shape[:2] != U.shape[:2]:
-        raise ValueError(f"X {X.shape} and U {U.shape} disagree on (N, T)")
+    X, U = rollout_arrays(X, U)
     if X.shape[0] < 1 or X.shape[1] < 2 or X.shape[2] < 1 or U.shape[2] < 1:
         raise ValueError(f"need N >= 1 rollouts of T >= 2 steps with dX, dU >= 1; got X {X.shape}, U {U.shape}")
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(U))):

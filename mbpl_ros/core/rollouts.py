@@ -53,6 +53,17 @@ class StateLayout:
         ])
 
 
+def rollout_arrays(X, U) -> tuple[np.ndarray, np.ndarray]:
+    """X (N, T, dX) and U (N, T, dU) as float arrays; ValueError naming the shapes otherwise."""
+    X = np.asarray(X, dtype=float)
+    U = np.asarray(U, dtype=float)
+    if X.ndim != 3 or U.ndim != 3:
+        raise ValueError(f"X must be (N, T, dX) and U (N, T, dU); got {X.shape} and {U.shape}")
+    if X.shape[:2] != U.shape[:2]:
+        raise ValueError(f"X {X.shape} and U {U.shape} disagree on (N, T)")
+    return X, U
+
+
 @dataclass
 class Rollouts:
     """N rollouts of T steps: X (N, T, dX), U (N, T, dU), condition (N,) ints."""
@@ -62,13 +73,8 @@ class Rollouts:
     condition: np.ndarray
 
     def __post_init__(self):
-        self.X = np.asarray(self.X, dtype=float)
-        self.U = np.asarray(self.U, dtype=float)
+        self.X, self.U = rollout_arrays(self.X, self.U)
         self.condition = np.asarray(self.condition, dtype=int).reshape(-1)
-        if self.X.ndim != 3 or self.U.ndim != 3:
-            raise ValueError(f"X must be (N, T, dX) and U (N, T, dU); got {self.X.shape}, {self.U.shape}")
-        if self.X.shape[:2] != self.U.shape[:2]:
-            raise ValueError(f"X {self.X.shape} and U {self.U.shape} disagree on (N, T)")
         if self.condition.shape != (self.X.shape[0],):
             raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got {self.condition.shape}")
 
