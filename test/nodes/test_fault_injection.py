@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rclpy.event_handler import SubscriptionEventCallbacks
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
@@ -316,16 +317,22 @@ def test_killed_and_restarted_trainer_and_controller_recover(ros_context, tmp_pa
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     requests = Recorder(wire.decode_trial_request)
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, requests, wire.EVENTS_QOS)
+    # A trainer's requests reach the probe only once its publisher has matched the probe's
+    # subscription: count the matches instead of hoping a sleep was long enough.
+    publishers_matched = []
+    probe.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, requests, wire.EVENTS_QOS,
+                              event_callbacks=SubscriptionEventCallbacks(
+                                  matched=lambda info: publishers_matched.append(info.current_count_change)))
     estop = probe.create_publisher(Bool, wire.ESTOP_TOPIC, wire.ESTOP_QOS)
     reset = probe.create_client(Trigger, "/lqr_controller/reset_estop")
     samples_from = lambda first: [r for r in requests.items[first:] if r.purpose == "sample"]
+    trainers_matched = lambda: sum(change for change in publishers_matched if change > 0)
     try:
         with spinning(ros_context, [probe]):
             for name in ("sim_robot", "sample_collector", "dynamics_fitter", "lqr_controller", "gps_trainer"):
                 nodes.start(name)
             wait_for_line(nodes, "gps_trainer", 0, "paused: the e-stop is latched", timeout=60)
-            time.sleep(1.0)                        # the probe sees the trainer's requests from here on
+            wait_until(lambda: trainers_matched() >= 1, timeout=30, what="the probe matching the trainer")
             reset_estop(reset)
             # 1. the trainer, at its first sample trial (iteration 1 of 2)
             assert requests.wait_for(lambda items: samples_from(0), timeout=60), nodes.report()
@@ -338,7 +345,7 @@ def test_killed_and_restarted_trainer_and_controller_recover(ros_context, tmp_pa
             first = len(requests.items)
             trainer = nodes.start("gps_trainer")
             wait_for_line(nodes, "gps_trainer", 1, "paused: the e-stop is latched", timeout=60)
-            time.sleep(1.0)
+            wait_until(lambda: trainers_matched() >= 2, timeout=30, what="the probe matching the new trainer")
             reset_estop(reset)
             # 2. the controller, at the new run's first sample trial
             assert requests.wait_for(lambda items: samples_from(first), timeout=60), nodes.report()
