@@ -85,6 +85,14 @@ class ProbeRobot:
                    and self.node.count_publishers(wire.EFFORT_COMMANDS_TOPIC)
                    and self.reset_estop.service_is_ready(), timeout=20, what="discovery")
 
+    def start_at(self, controller, q0) -> np.ndarray:
+        """Connected, with the controller holding q0 (J,) as its first joint state."""
+        self.wait_connected()
+        q0 = np.asarray(q0, dtype=float)
+        self.state(q0)
+        wait_until(lambda: controller._latest is not None, what="the first state")
+        return q0
+
     def state(self, q, qd=(0.0, 0.0), names=JOINTS):
         self.stamp_ns += 50_000_000
         self.states.publish(wire.encode_joint_state(names, q, qd, np.zeros(len(names)), self.stamp_ns))
@@ -140,10 +148,7 @@ def test_every_command_is_clamped_and_guarded_near_the_position_limits(ros_conte
     controller = controller_node(ros_context, experiment, joint_limit_margin=0.2, joint_limit_damping=0.5)
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
-        robot.wait_connected()
-        q0 = np.array([0.0, 1.0])
-        robot.state(q0)
-        wait_until(lambda: controller._latest is not None, what="the first state")
+        q0 = robot.start_at(controller, [0.0, 1.0])
         robot.controller(k=(5.0, -5.0))   # pushes far beyond both effort limits
         # free, within the shoulder's margin (s = 0.5), beyond its upper limit, at the elbow's lower limit
         states = [[0.5, 0.5], [URDF_POSITION[0, 1] - 0.1, 0.5], [3.2, 0.5], [0.0, URDF_POSITION[1, 0]],
@@ -166,10 +171,7 @@ def test_non_finite_controller_output_sends_the_fallback_and_aborts_the_trial(ro
     controller = controller_node(ros_context, experiment)
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
-        robot.wait_connected()
-        q0 = np.array([0.5, 1.5])
-        robot.state(q0)
-        wait_until(lambda: controller._latest is not None, what="the first state")
+        q0 = robot.start_at(controller, [0.5, 1.5])
         K = np.zeros((T, 2, 10))
         K[3:, 0, :2] = 1e308                 # finite gains whose K x overflows to inf from step 3 on
         robot.controller(K=K, k=(0.3, 0.2))
@@ -191,10 +193,7 @@ def test_non_finite_and_malformed_joint_states_are_ignored(ros_context, experime
     controller = controller_node(ros_context, experiment)
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
-        robot.wait_connected()
-        q0 = np.array([0.0, 1.5])
-        robot.state(q0)
-        wait_until(lambda: controller._latest is not None, what="the first state")
+        q0 = robot.start_at(controller, [0.0, 1.5])
         robot.controller(k=(0.1, 0.1))
         count = len(robot.commands.commands)
         robot.request(3, q0)
@@ -247,10 +246,7 @@ def test_safe_runtime_parameters_apply_between_trials_not_during_one(ros_context
     controller = controller_node(ros_context, experiment)
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
-        robot.wait_connected()
-        q0 = np.array([0.0, 1.5])
-        robot.state(q0)
-        wait_until(lambda: controller._latest is not None, what="the first state")
+        q0 = robot.start_at(controller, [0.0, 1.5])
         robot.controller(k=(5.0, 5.0))
         count = len(robot.commands.commands)
         robot.request(1, q0)
