@@ -182,18 +182,7 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
     def effort_of_state(model, x):
         return limits * model.predict(x.astype(np.float32), deterministic=True)[0]
 
-    evaluator, steps, distances = _Evaluator(config), [], []
-    start = time.perf_counter()
-    try:
-        model.learn(budget, callback=_make_callback(evaluator, effort_of_state, eval_every, steps, distances,
-                                                            f"SAC seed {seed}"))
-        if steps[-1] < model.num_timesteps:
-            steps.append(int(model.num_timesteps))
-            distances.append(evaluator.mean_final_distance(lambda x: effort_of_state(model, x)))
-    finally:
-        evaluator.close()
-        env.close()
-    return Curve("sac", seed, steps, distances, time.perf_counter() - start, budget)
+    return _learn_and_evaluate("sac", config, seed, model, env, effort_of_state, budget, eval_every)
 
 
 def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -> Curve:
@@ -223,18 +212,24 @@ def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
         obs = venv.normalize_obs(x[None].astype(np.float32))
         return limits * np.clip(model.predict(obs, deterministic=True)[0][0], -1.0, 1.0)
 
+    return _learn_and_evaluate("ppo", config, seed, model, venv, effort_of_state, budget, eval_every)
+
+
+def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budget, eval_every) -> Curve:
+    """Train `model` for `budget` environment steps, evaluating noise-free every `eval_every`
+    steps and once more at the end; closes `env`."""
     evaluator, steps, distances = _Evaluator(config), [], []
     start = time.perf_counter()
     try:
         model.learn(budget, callback=_make_callback(evaluator, effort_of_state, eval_every, steps, distances,
-                                                            f"PPO seed {seed}"))
+                                                    f"{method.upper()} seed {seed}"))
         if steps[-1] < model.num_timesteps:
             steps.append(int(model.num_timesteps))
             distances.append(evaluator.mean_final_distance(lambda x: effort_of_state(model, x)))
     finally:
         evaluator.close()
-        venv.close()
-    return Curve("ppo", seed, steps, distances, time.perf_counter() - start, budget)
+        env.close()
+    return Curve(method, seed, steps, distances, time.perf_counter() - start, budget)
 
 
 # --------------------------------------------------------------------------- report
