@@ -171,9 +171,10 @@ def write_atomically(path: os.PathLike | str, data: bytes) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary files that write_atomically left behind when killed mid-write."""
+    """Delete temporary files that write_atomically (or a policy export) left behind when
+    killed mid-write."""
     removed = []
-    for tmp in Path(directory).glob(".*.tmp"):
+    for tmp in [p for pattern in (".*.tmp", ".*.tmp.pt", ".*.tmp.json") for p in Path(directory).glob(pattern)]:
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed

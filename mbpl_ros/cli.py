@@ -33,35 +33,23 @@ def _check_device(config) -> None:
         raise ConfigError(f"policy.device: {error}") from None
 
 
-def _existing_run(output: Path) -> str | None:
-    """What in `output` shows that a run was started there (None if nothing)."""
-    from mbpl_ros.checkpoint import checkpoint_paths
-    from mbpl_ros.offline import METRICS_FILE, RECORDING_FILE
-
-    checkpoints = checkpoint_paths(output)
-    if checkpoints:
-        return checkpoints[-1].name
-    for name in (METRICS_FILE, RECORDING_FILE):
-        if (output / name).is_file() and (output / name).stat().st_size > 0:
-            return name
-    return None
-
-
 def _train(args) -> int:
     from mbpl_ros.checkpoint import CheckpointError
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.offline import TrainingRun
     from mbpl_ros.recording import RecordingError
+    from mbpl_ros.training import OutputInUse, claim_output
 
     config = load_experiment(args.config)
     if args.algorithm is not None:
         config = dataclasses.replace(config, algorithm=args.algorithm)
     _check_device(config)
     output = Path(args.output)
-    existing = _existing_run(output)
-    if existing is not None and not (args.resume or args.overwrite):
-        print(f"mbpl: {output} already holds a run ({existing}); pass --resume to continue it, "
-              "--overwrite to start it over, or choose another --output", file=sys.stderr)
+    try:
+        claim_output(output, resume=args.resume, overwrite=args.overwrite, resume_hint="pass --resume",
+                     overwrite_hint="--overwrite")
+    except OutputInUse as error:
+        print(f"mbpl: {error}", file=sys.stderr)
         return 2
     if config.algorithm == "mdgps":
         import torch  # noqa: F401  (loaded now so that its threads are limited too)

@@ -48,6 +48,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from mbpl_ros.core.controller import LinearGaussianController
+from mbpl_ros.core.dynamics import LinearGaussianDynamics
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
 from mbpl_ros.core.policy import (Policy, PolicySettings, controller_targets, linearize_policy,
@@ -281,16 +282,25 @@ class Mdgps:
                           for state, previous_anchor, anchor in zip(conditions, self.anchors, anchors)])
         return np.broadcast_to(costs.mean(axis=0), costs.shape).copy()
 
-    def update(self, rollouts: Rollouts) -> MdgpsReport:
+    def update(self, rollouts: Rollouts,
+               dynamics: Optional[Sequence[LinearGaussianDynamics]] = None) -> MdgpsReport:
         """One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
         U (N, T, dU) with condition ids (N,), drawn from the current controllers (or
-        from the policy); every condition needs at least one rollout."""
+        from the policy); every condition needs at least one rollout. dynamics (M,), if
+        given, are each condition's dynamics fitted elsewhere to these rollouts (the ROS
+        dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them."""
         self._split(rollouts)
         training = self.s_step(rollouts)
         anchors = self.linearize(rollouts)
         sampling_controllers = self.controllers
-        reports = self.local.update(rollouts, anchors=anchors,
-                                    step_costs=lambda conditions: self.step_costs(conditions, anchors))
+
+        def step_costs(conditions):
+            return self.step_costs(conditions, anchors)
+        if dynamics is None:
+            reports = self.local.update(rollouts, anchors=anchors, step_costs=step_costs)
+        else:
+            reports = self.local.update_with_dynamics(rollouts, dynamics, anchors=anchors,
+                                                      step_costs=step_costs)
         self.anchors = anchors
         policy_kl = []
         for controller, anchor, state in zip(sampling_controllers, anchors, self.local.conditions):

@@ -636,7 +636,8 @@ def _metadata_path(path: Path) -> Path:
 
 def export_torchscript(policy: Policy, path: str | Path,
                        joint_names: Sequence[str] | None = None,
-                       extra_metadata: Mapping[str, Any] | None = None) -> Path:
+                       extra_metadata: Mapping[str, Any] | None = None,
+                       action_covariance: np.ndarray | None = None) -> Path:
     """Write the policy mean as a TorchScript module at ``path`` (normalisation inside)
     and a JSON description next to it (same name, ``.json``), also embedded in the
     module as the extra file ``metadata.json``.
@@ -645,10 +646,17 @@ def export_torchscript(policy: Policy, path: str | Path,
     (dU,) or (B, dU) in the same dtype; it runs with plain ``torch.jit.load`` and needs
     no mbpl_ros code. JSON keys: format, format_version, mbpl_ros_version,
     torch_version, dX, dU, joint_names, hidden_sizes, activation, action_variance,
-    extra. ``joint_names`` (one per action dimension, the command order) is optional.
+    extra, and action_covariance when given. ``joint_names`` (one per action dimension,
+    the command order) is optional. ``action_covariance`` (dU, dU) is the covariance to
+    sample actions with (MDGPS's Σ_π); without it, diag(action_variance) is meant.
     Returns the path of the JSON file.
     """
     path = Path(path)
+    if action_covariance is not None:
+        action_covariance = np.asarray(action_covariance, dtype=np.float64)
+        if action_covariance.shape != (policy.dU, policy.dU):
+            raise ValueError(f"action_covariance must be (dU, dU) = ({policy.dU}, {policy.dU}), "
+                             f"got {action_covariance.shape}")
     if joint_names is not None:
         joint_names = [str(name) for name in joint_names]
         if len(joint_names) != policy.dU:
@@ -668,6 +676,8 @@ def export_torchscript(policy: Policy, path: str | Path,
         "action_variance": policy.action_variance.detach().double().cpu().tolist(),
         "extra": dict(extra_metadata) if extra_metadata is not None else {},
     }
+    if action_covariance is not None:
+        metadata["action_covariance"] = action_covariance.tolist()
     try:
         metadata_text = json.dumps(metadata, indent=2, sort_keys=True)
     except (TypeError, ValueError) as error:
@@ -697,7 +707,8 @@ class ExportedPolicy:
     or list input, a tensor in the input's dtype for tensor input.
 
     Attributes: ``module`` (the TorchScript module), ``metadata`` (the JSON dict),
-    ``dX``, ``dU``, ``joint_names``, ``action_variance`` (np (dU,)).
+    ``dX``, ``dU``, ``joint_names``, ``action_variance`` (np (dU,)), ``action_covariance``
+    (np (dU, dU): the exported one, else diag(action_variance)).
     """
 
     def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any]) -> None:
@@ -707,6 +718,9 @@ class ExportedPolicy:
         self.dU = int(metadata["dU"])
         self.joint_names = metadata.get("joint_names")
         self.action_variance = np.asarray(metadata["action_variance"], dtype=np.float64)
+        covariance = metadata.get("action_covariance")
+        self.action_covariance = (np.diag(self.action_variance) if covariance is None
+                                  else np.asarray(covariance, dtype=np.float64))
 
     def __call__(self, state: Any) -> Any:
         with torch.inference_mode():

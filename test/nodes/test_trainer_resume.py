@@ -80,7 +80,7 @@ def test_a_run_is_neither_overwritten_nor_resumed_from_a_bad_checkpoint(ros_cont
         finally:
             trainer.destroy_node()
 
-    assert re.search(r"already holds a run \(checkpoint_0001.pkl\): set parameter resume: true to continue it",
+    assert re.search(r"already holds a run \(checkpoint_0001.pkl\); set parameter resume: true to continue it",
                      error_of())
     assert re.search(r"cannot be continued: .*checkpoint_0001.pkl: format version 0 not supported", error_of(resume=True))
     assert (output / "checkpoint_0001.pkl").read_bytes() == b"\x80\x04old pickle"   # left as it was

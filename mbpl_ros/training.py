@@ -1,0 +1,447 @@
+"""The training loop of `mbpl train` and of the ROS gps_trainer: one loop, two rollout sources.
+
+A run of config.algorithm (lqr_flm or mdgps) writes into its output directory:
+metrics.jsonl, checkpoint_<i>.pkl, learning_curve.png, rollouts.mcap (when recording) and,
+for MDGPS, policy.pt + policy.json. Iteration 0 measures the initial controllers; iteration
+i (1 .. iterations) then
+
+    collect    N trials per condition of controller version i-1 (or, for MDGPS with
+               policy.sample_on_policy, of the policy from iteration 2 on), rollout n of
+               condition m exploring with rollout_noise(seed, i, m, n); each sample is
+               recorded as it arrives
+    dynamics   fitted here by the algorithm (GMM prior in the algorithm), or fitted
+               elsewhere and handed over by the source (the ROS dynamics_fitter)
+    update     LqrFlm or Mdgps (S-step, linearisation, C-step)
+    publish    the new controllers (version i) and, for MDGPS, policy.pt + policy.json
+               exported atomically
+    evaluate   one noise-free trial per condition of the controllers and, for MDGPS, of
+               the exported policy: the metrics row
+    commit     checkpoint_<i>.pkl (atomic, checksummed: mbpl_ros.checkpoint), then the
+               metrics row, then the progress line
+
+Where the trials run is a RolloutSource: the PyBullet arm in this process (SimSource, for
+`mbpl train`), or the robot through the ROS node graph (gps_trainer's source). A source runs
+a list of trials (a whole batch at once, so a source may spread them over several robots)
+and reports each as it ends. Hooks: on_trial (every trial result) and on_iteration (every
+committed metrics row), e.g. for progress and ETA output.
+
+Resume continues from the newest checkpoint of the same experiment (CheckpointError
+otherwise): metrics.jsonl and the recording are cut back to it, the RNG states and the
+source's state (e.g. the trial-id counter) are restored, and the interrupted iteration is
+drawn again with the same noise, so a resumed run ends exactly where an uninterrupted one
+does. claim_output is the one rule for an output directory that already holds a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Protocol, Sequence, TextIO
+
+import numpy as np
+
+from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_states, checkpoint_paths,
+                                 experiment_fingerprint, experiment_identity, fsync_directory, latest_checkpoint,
+                                 remove_stale_temporaries, restore_rng_states, write_checkpoint, write_metrics)
+from mbpl_ros.core.controller import LinearGaussianController
+from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.experiment import ExperimentConfig
+from mbpl_ros.sim.rollout import final_distance, rollout_noise
+
+METRICS_FILE = "metrics.jsonl"
+RECORDING_FILE = "rollouts.mcap"
+POLICY_FILE = "policy.pt"
+
+
+# --------------------------------------------------------------------------- trials
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial for a source to run: `executor` ("controller": condition m's controller of
+    `version`; "policy": the policy after `version` updates) from condition m's start,
+    exploring with `noise` (T, dU) (zeros: noise-free). purpose: "sample" or "evaluation"."""
+
+    iteration: int
+    condition: int
+    index: int
+    purpose: str
+    executor: str
+    version: int
+    noise: np.ndarray
+
+
+@dataclass
+class TrialResult:
+    """A trial's rollout: states X (T, dX), applied efforts U (T, dU), commanded actions
+    commands (T, dU) (U where the source does not know them), and the source's trial id."""
+
+    trial: Trial
+    X: np.ndarray
+    U: np.ndarray
+    commands: np.ndarray
+    trial_id: Optional[int] = None
+
+
+TrialHook = Callable[[TrialResult], None]
+IterationHook = Callable[[dict], None]
+
+
+class RolloutSource(Protocol):
+    """Where a training run's trials happen."""
+
+    def start(self, state: Optional[dict]) -> None:
+        """Before the first trial: restore state() of a resumed run (None: a fresh run)."""
+
+    def publish(self, controllers: Sequence[LinearGaussianController], version: int,
+                policy_path: Optional[Path]) -> None:
+        """Make controllers (M,) of `version` (and the exported policy at policy_path) the
+        ones that trials of that version run."""
+
+    def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
+        """Run `trials`; results in the order of `trials`, each passed to on_trial as it ends."""
+
+    def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> Optional[list]:
+        """Each condition's dynamics (M,) fitted elsewhere to the sample `results` of
+        `version`, or None: the algorithm fits them."""
+
+    def state(self) -> dict:
+        """What the source needs to continue a run (kept in the checkpoint's extra)."""
+
+
+# --------------------------------------------------------------------------- the output directory
+
+
+class OutputInUse(RuntimeError):
+    """The output directory holds a run, and neither resume nor overwrite was asked for."""
+
+
+def existing_run(output: Path) -> Optional[str]:
+    """What in `output` shows that a run was started there (None if nothing)."""
+    output = Path(output)
+    checkpoints = checkpoint_paths(output)
+    if checkpoints:
+        return checkpoints[-1].name
+    for name in (METRICS_FILE, RECORDING_FILE):
+        if (output / name).is_file() and (output / name).stat().st_size > 0:
+            return name
+    return None
+
+
+def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: str = "--resume",
+                 overwrite_hint: str = "--overwrite") -> None:
+    """The rule for an output directory that holds a run: continued with resume, started
+    over with overwrite, else OutputInUse naming what was found and the two hints."""
+    found = existing_run(output)
+    if found is not None and not (resume or overwrite):
+        raise OutputInUse(f"{output} already holds a run ({found}); {resume_hint} to continue it, "
+                          f"{overwrite_hint} to start it over, or choose another output directory")
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def contiguous(controller: LinearGaussianController) -> LinearGaussianController:
+    """The controller with C-contiguous arrays, as lqr_controller receives it: K_t x rounds
+    differently for a strided K_t (from_covar keeps np.broadcast_to's odd strides), and every
+    source must run controllers that act exactly like the ones on the robot."""
+    return LinearGaussianController(**{name: np.ascontiguousarray(getattr(controller, name))
+                                       for name in ("K", "k", "covar", "chol", "inv_covar")})
+
+
+def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
+    """The `mbpl_run` description of a recording made by a run of `config` with `seed`."""
+    identity = experiment_identity(config, seed)
+    return {"robot": config.robot, "joint_names": list(config.robot_spec.joint_names),
+            "T": config.T, "control_dt": config.control_dt, "dt_ns": int(round(config.control_dt * 1e9)),
+            "seed": int(seed), "algorithm": config.algorithm, "experiment": identity,
+            "experiment_fingerprint": experiment_fingerprint(identity)}
+
+
+def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, output: Path, iteration: int,
+                  seed: int) -> Path:
+    """policy.pt (TorchScript) and policy.json into `output`, each replaced atomically (written
+    beside, then renamed: the module last, so a reader never pairs a new module with an old
+    description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling."""
+    from mbpl_ros.core.policy import export_torchscript
+
+    output = Path(output)
+    staging = output / f".{POLICY_FILE}.{os.getpid()}.tmp.pt"
+    export_torchscript(
+        policy, staging, joint_names=config.robot_spec.joint_names, action_covariance=covariance,
+        extra_metadata={
+            "robot": config.robot, "algorithm": "mdgps", "iterations": int(iteration),
+            "seed": int(seed), "T": config.T, "control_dt": config.control_dt,
+            "state_layout": {"n_joints": config.layout.n_joints, "n_points": config.layout.n_points},
+            "training_conditions": [{"initial_positions": list(c.initial_positions),
+                                     "target": list(c.target)} for c in config.conditions]})
+    for written, final in ((staging.with_suffix(".json"), output / "policy.json"), (staging, output / POLICY_FILE)):
+        with open(written, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(written, final)
+    fsync_directory(output)
+    return output / POLICY_FILE
+
+
+def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: float) -> None:
+    """Cost and final distance (one line per condition) against iteration; for MDGPS the
+    policy's cost and distances too (dashed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    iterations = [row["iteration"] for row in metrics]
+    distances = np.array([row["final_distance_m"] for row in metrics])
+    policy_rows = [row for row in metrics if row.get("policy_final_distance_m") is not None]
+    fig, (ax_cost, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_cost.plot(iterations, [row["mean_cost"] for row in metrics], marker="o", label="controllers")
+    for m in range(distances.shape[1]):
+        ax_dist.semilogy(iterations, 100 * distances[:, m], marker="o", label=f"condition {m}")
+    if policy_rows:
+        policy_iterations = [row["iteration"] for row in policy_rows]
+        ax_cost.plot(policy_iterations, [row["policy_mean_cost"] for row in policy_rows],
+                     marker="s", linestyle="--", label="policy")
+        ax_cost.legend(fontsize=8)
+        policy_distances = np.array([row["policy_final_distance_m"] for row in policy_rows])
+        colours = [line.get_color() for line in ax_dist.get_lines()]
+        for m in range(policy_distances.shape[1]):
+            ax_dist.semilogy(policy_iterations, 100 * policy_distances[:, m], marker="s",
+                             linestyle="--", color=colours[m], label=f"policy, condition {m}")
+    ax_cost.set(xlabel="iteration", ylabel="total cost, noise-free", title="cost")
+    ax_dist.axhline(100 * success_distance_m, color="k", linestyle=":", label="success")
+    ax_dist.set(xlabel="iteration", ylabel="final distance (cm)", title="end-effector to target")
+    ax_dist.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def progress_line(row: dict, success_distance_m: float) -> str:
+    """The one-line summary of a metrics row."""
+    distances = row["final_distance_m"]
+    reached = sum(d < success_distance_m for d in distances)
+    line = (f"iteration {row['iteration']:3d} | rollouts {row['rollouts']:4d} | cost {row['mean_cost']:10.3f} | "
+            f"final distance (cm) {' '.join(f'{100 * d:6.2f}' for d in distances)} | "
+            f"reached {reached}/{len(distances)}")
+    if row.get("policy_final_distance_m") is not None:
+        line += (f" | policy (cm) {' '.join(f'{100 * d:6.2f}' for d in row['policy_final_distance_m'])}"
+                 f" | policy loss {row['policy_loss']:8.4f}")
+    return f"{line} | {row['wall_s']:6.1f} s"
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class TrainingLoop:
+    """One run of config.algorithm with `seed` over `source`, writing into `output`.
+
+    record: append every sample rollout to rollouts.mcap as it arrives. say: where progress
+    lines go (default: `log`, else sys.stderr). before_update(algorithm): called before each
+    update (e.g. to apply a runtime kl_step). on_trial, on_iteration: see the module docstring.
+    """
+
+    config: ExperimentConfig
+    output: Path
+    seed: int
+    source: RolloutSource
+    record: bool = True
+    log: Optional[TextIO] = None
+    say: Optional[Callable[[str], None]] = None
+    before_update: Optional[Callable[[object], None]] = None
+    on_trial: Optional[TrialHook] = None
+    on_iteration: Optional[IterationHook] = None
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.metrics: list[dict] = []
+        self.algorithm = None
+        if self.say is None:
+            log = self.log if self.log is not None else sys.stderr
+            self.say = lambda line: print(line, file=log, flush=True)
+
+    @property
+    def is_mdgps(self) -> bool:
+        return self.config.algorithm == "mdgps"
+
+    @property
+    def experiment(self) -> dict:
+        return experiment_identity(self.config, self.seed)
+
+    def checkpoint_to_resume(self) -> Optional[Checkpoint]:
+        """The newest checkpoint in output, checked against this experiment (CheckpointError
+        naming the file and the keys that differ); None when there is none."""
+        return latest_checkpoint(self.output, self.experiment)
+
+    def build_algorithm(self):
+        """A fresh LqrFlm or Mdgps from the experiment's initial controllers (C-contiguous)."""
+        from mbpl_ros.core.lqr_flm import LqrFlm
+        from mbpl_ros.sim.arm import Arm
+
+        config = self.config
+        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
+            initial = [contiguous(c) for c in config.initial_controllers(model)]
+        cost = config.build_cost()
+        if not self.is_mdgps:
+            return LqrFlm(cost, initial, config.lqr_flm_settings())
+        from mbpl_ros.core.mdgps import Mdgps  # imports torch: only for MDGPS runs
+
+        return Mdgps(cost, initial, config.mdgps_settings(self.seed), config.lqr_flm_settings())
+
+    def run(self, iterations: int, *, checkpoint: Optional[Checkpoint] = None) -> list[dict]:
+        """Train through iteration `iterations`: from `checkpoint` (see checkpoint_to_resume)
+        or, without one, from the beginning (this directory's old checkpoints are deleted:
+        claim_output decides beforehand whether that is allowed). Returns the metrics rows."""
+        from mbpl_ros.recording import RolloutRecorder
+
+        config, output = self.config, self.output
+        output.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(output)   # of a write a crash interrupted
+        cost = config.build_cost()
+        recorder = None
+        run_info = recording_run_info(config, self.seed)
+        if checkpoint is None:
+            start = time.perf_counter()
+            self.algorithm, rollouts_total, first = self.build_algorithm(), 0, 1
+            self.metrics = []
+            for stale in checkpoint_paths(output):  # of an earlier run here: never resume those
+                stale.unlink()
+            write_metrics(output / METRICS_FILE, [])
+            if self.record:
+                recorder = RolloutRecorder.create(output / RECORDING_FILE, run_info)
+        else:
+            self.algorithm, rollouts_total = checkpoint.algorithm, checkpoint.rollouts_total
+            first = checkpoint.iteration + 1
+            start = time.perf_counter() - checkpoint.elapsed_s   # wall_s continues
+            restore_rng_states(checkpoint.rng_states)
+            self.metrics = list(checkpoint.metrics)
+            write_metrics(output / METRICS_FILE, self.metrics)  # drops rows after the checkpoint
+            note = ""
+            if self.record:
+                recorder, kept = RolloutRecorder.resume(output / RECORDING_FILE, run_info,
+                                                        through_iteration=checkpoint.iteration)
+                note = f"; {kept} recorded rollouts kept"
+            self.say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
+                     f"{rollouts_total} rollouts{note}; continuing at iteration {first}")
+        algorithm = self.algorithm
+        try:
+            self.source.start(None if checkpoint is None else checkpoint.extra)
+            self.source.publish(algorithm.controllers, first - 1, self._export(algorithm, first - 1))
+            if checkpoint is None:
+                self._commit(self._evaluate(algorithm, cost, 0, 0, start), None)
+            for i in range(first, iterations + 1):
+                samples = self.source.run_trials(self._sample_trials(i), self._trial_hook(recorder))
+                batch = Rollouts(np.stack([r.X for r in samples]), np.stack([r.U for r in samples]),
+                                 np.array([r.trial.condition for r in samples]))
+                rollouts_total += batch.N
+                dynamics = self.source.fitted_dynamics(samples[0].trial.version, samples)
+                if self.before_update is not None:
+                    self.before_update(algorithm)
+                report = self._update(algorithm, batch, dynamics)
+                self.source.publish(algorithm.controllers, i, self._export(algorithm, i))
+                conditions = report.conditions if self.is_mdgps else report
+                extra = {"policy_loss": report.policy_loss, "policy_kl": report.policy_kl} if self.is_mdgps else {}
+                row = self._evaluate(algorithm, cost, i, rollouts_total, start,
+                                     sample_cost=float(np.mean([r.sample_cost for r in conditions])),
+                                     kl_step=float(np.mean([r.kl_step for r in conditions])),
+                                     kl=float(np.mean([r.kl for r in conditions])), **extra)
+                self._commit(row, Checkpoint(
+                    iteration=i, algorithm=algorithm, metrics=self.metrics + [row], rollouts_total=rollouts_total,
+                    elapsed_s=time.perf_counter() - start, seed=self.seed, experiment=self.experiment,
+                    rng_states=capture_rng_states(), extra=self.source.state()))
+        finally:
+            if recorder is not None:
+                recorder.close()
+        plot_learning_curve(self.metrics, output / "learning_curve.png", config.success_distance_m)
+        return self.metrics
+
+    # ------------------------------------------------------------------ steps
+
+    def _sample_trials(self, iteration: int) -> list[Trial]:
+        """The iteration's N sample trials per condition, condition-major: of controller
+        version iteration-1, or of the policy (MDGPS with sample_on_policy, from the second
+        iteration on: it is untrained before)."""
+        config, layout = self.config, self.config.layout
+        on_policy = self.is_mdgps and config.policy.sample_on_policy and iteration > 1
+        return [Trial(iteration, m, n, "sample", "policy" if on_policy else "controller", iteration - 1,
+                      rollout_noise(self.seed, iteration, m, n, config.T, layout.dU, config.exploration.smoothing,
+                                    config.exploration.renormalize))
+                for m in range(len(config.conditions)) for n in range(config.rollouts_per_condition)]
+
+    def _trial_hook(self, recorder) -> TrialHook:
+        from mbpl_ros.recording import RecordedRollout
+
+        config, layout = self.config, self.config.layout
+        joint_names = tuple(config.robot_spec.joint_names)
+
+        def on_trial(result: TrialResult) -> None:
+            trial = result.trial
+            if recorder is not None and trial.purpose == "sample":
+                spec = config.conditions[trial.condition]
+                recorder.write_rollout(RecordedRollout(
+                    iteration=trial.iteration, condition=trial.condition, index=trial.index,
+                    controller_version=trial.version, joint_names=joint_names,
+                    positions=result.X[:, layout.position], velocities=result.X[:, layout.velocity],
+                    efforts=result.U, commands=result.commands, target=np.asarray(spec.target, float),
+                    initial_positions=np.asarray(spec.initial_positions, float)))
+            if self.on_trial is not None:
+                self.on_trial(result)
+        return on_trial
+
+    def _update(self, algorithm, batch: Rollouts, dynamics: Optional[list]):
+        if dynamics is None:
+            return algorithm.update(batch)
+        if self.is_mdgps:
+            return algorithm.update(batch, dynamics=dynamics)
+        return algorithm.update_with_dynamics(batch, dynamics)
+
+    def _export(self, algorithm, iteration: int) -> Optional[Path]:
+        """For MDGPS after at least one update: the policy exported (policy.pt)."""
+        if not self.is_mdgps or iteration < 1:
+            return None
+        return export_policy(algorithm.policy, algorithm.policy_covariance, self.config, self.output, iteration,
+                             self.seed)
+
+    def _evaluate(self, algorithm, cost, iteration: int, rollouts: int, start: float, sample_cost=None,
+                  kl_step=None, kl=None, policy_loss=None, policy_kl=None) -> dict:
+        """The metrics row of an iteration: noise-free trials of the controllers (and policy)."""
+        config, layout = self.config, self.config.layout
+        zero = np.zeros((config.T, layout.dU))
+        M = len(config.conditions)
+        trials = [Trial(iteration, m, 0, "evaluation", "controller", iteration, zero) for m in range(M)]
+        # Before the first S-step there is no policy worth measuring.
+        measure_policy = self.is_mdgps and iteration > 0
+        if measure_policy:
+            trials += [Trial(iteration, m, 0, "evaluation", "policy", iteration, zero) for m in range(M)]
+        results = self.source.run_trials(trials, self._trial_hook(None))
+        distances = [final_distance(r.X, layout) for r in results]
+        costs = [float(cost.evaluate(r.X[None], r.U[None]).l.sum()) for r in results]
+        row = {"iteration": iteration, "rollouts": rollouts, "env_steps": rollouts * config.T,
+               "mean_cost": float(np.mean(costs[:M])), "sample_cost": sample_cost,
+               "final_distance_m": distances[:M], "kl_step": kl_step, "kl": kl}
+        if self.is_mdgps:
+            row.update({"policy_final_distance_m": distances[M:] if measure_policy else None,
+                        "policy_mean_cost": float(np.mean(costs[M:])) if measure_policy else None,
+                        "policy_loss": policy_loss, "policy_kl": policy_kl})
+        row["wall_s"] = time.perf_counter() - start
+        return row
+
+    def _commit(self, row: dict, checkpoint: Optional[Checkpoint]) -> None:
+        """The end of an iteration: the checkpoint (the commit point), the metrics row, the
+        progress line, the iteration hook."""
+        if checkpoint is not None:
+            write_checkpoint(self.output, checkpoint)
+        self.metrics.append(row)
+        append_metrics_row(self.output / METRICS_FILE, row)
+        self.say(progress_line(row, self.config.success_distance_m))
+        if self.on_iteration is not None:
+            self.on_iteration(row)
+
+
+def set_kl_step(algorithm, kl_step: float) -> None:
+    """Use `kl_step` (ε per time step) from the next update of an LqrFlm or Mdgps."""
+    local = getattr(algorithm, "local", algorithm)
+    local.settings = dataclasses.replace(local.settings, kl_step=float(kl_step))
