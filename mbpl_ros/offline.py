@@ -85,11 +85,19 @@ class SimSource:
     A controller trial runs the published controllers (C-contiguous, as lqr_controller
     gets them); a policy trial the exported policy.pt, loaded as lqr_controller loads it,
     with noise through the Cholesky factor of its action covariance (PolicySampler), so
-    both sources compute the same actions. Dynamics are left to the algorithm."""
+    both sources compute the same actions. Every command goes through lqr_controller's
+    joint-limit guard (core.safety, its default margin and damping), as on the robot.
+    Dynamics are left to the algorithm."""
 
     def __init__(self, config: ExperimentConfig) -> None:
+        from mbpl_ros.core import safety
+
         self.config = config
         self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.limits = safety.SafetyLimits(effort=self.arm.effort_limits, position=self.arm.position_limits,
+                                          margin=safety.DEFAULT_JOINT_LIMIT_MARGIN,
+                                          damping=safety.DEFAULT_JOINT_LIMIT_DAMPING)
+        self._zero = np.zeros(config.layout.dU)
         self.controllers: dict[int, list] = {}
         self.policies: dict[int, PolicySampler] = {}
 
@@ -108,7 +116,9 @@ class SimSource:
             self.policies[version] = PolicySampler(policy, policy.action_covariance)
 
     def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
-        """Each trial in turn on the arm; U is the applied (clamped) effort."""
+        """Each trial in turn on the arm; U is the applied (guarded, clamped) effort."""
+        from mbpl_ros.core.safety import safe_command
+
         config, layout = self.config, self.config.layout
         results = []
         for trial in trials:
@@ -120,7 +130,11 @@ class SimSource:
             def act(t, x, executor=executor, noise=trial.noise, commands=commands):
                 u = executor.act(t, x, noise[t])
                 commands[t] = u
-                return u
+                command = safe_command(u, x[layout.position], x[layout.velocity], self.limits, self._zero)
+                if command.fault is not None:
+                    raise RuntimeError(f"iteration {trial.iteration}, condition {trial.condition}, "
+                                       f"{trial.purpose} {trial.index}, step {t}: {command.fault}")
+                return command.effort
 
             X, U = run_rollout(self.arm, layout, act, spec.initial_positions, spec.target, config.T)
             result = TrialResult(trial, X, U, commands)

@@ -38,6 +38,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 FALLBACK_ACTIONS = ("zero", "hold")
+#: lqr_controller's default guard (its joint_limit_margin, rad, and joint_limit_damping,
+#: N·m·s/rad), which the training loop's simulated trials apply too.
+DEFAULT_JOINT_LIMIT_MARGIN = 0.1
+DEFAULT_JOINT_LIMIT_DAMPING = 1.0
 
 
 @dataclass(frozen=True)
@@ -183,5 +187,5 @@ def safe_command(u, q, qd, limits: SafetyLimits, fallback: np.ndarray) -> SafeCo
     return SafeCommand(effort)
 
 
-__all__ = ["FALLBACK_ACTIONS", "SafetyLimits", "SafeCommand", "lowered_effort_limits", "clamp_effort",
+__all__ = ["FALLBACK_ACTIONS", "DEFAULT_JOINT_LIMIT_MARGIN", "DEFAULT_JOINT_LIMIT_DAMPING", "SafetyLimits", "SafeCommand", "lowered_effort_limits", "clamp_effort",
            "limit_proximity", "joint_limit_guard", "fallback_effort", "safe_command"]

@@ -1,4 +1,4 @@
-"""gps_trainer: orchestrates LQR-FLM on the robot, iteration by iteration.
+"""gps_trainer: runs LQR-FLM or MDGPS on the robot, iteration by iteration.
 
 Publishes    gps/controllers (record lg_controller, transient local): every condition's
              current controller, with a version (= the number of updates behind it)
@@ -6,29 +6,32 @@ Publishes    gps/controllers (record lg_controller, transient local): every cond
 Subscribes   gps/rollouts (record rollout): the result of the awaited trial (other ids ignored)
              gps/dynamics (record lg_dynamics): the complete fit of each condition's batch
              gps/estop_latched (std_msgs/Bool, transient local): lqr_controller's e-stop latch
+Calls        <controller_node>/set_parameters (MDGPS): policy_path = output_dir/policy.pt
+             before each policy trial, so lqr_controller's policy executor runs the newest policy
 
-Iteration i (1..iterations): for each condition m and rollout n, a sample trial of controller
-version i-1 with the exploration noise rollout_noise(seed, i, m, n) (the offline trainer's
-convention); then LqrFlm.update_with_dynamics with the dynamics dynamics_fitter fitted to
-exactly those rollouts (checked by trial id); then the new controllers are published and
-measured without noise (one evaluation trial per condition), as `mbpl train` does. Each
-iteration ends by writing checkpoint_<i>.pkl (mbpl_ros.checkpoint: the offline trainer's
-format, atomic and checksummed; the LqrFlm state, metrics, rollout count, elapsed time and,
-in `extra`, the trial-id counter) — the commit point — and then appending its metrics.jsonl
-row (the offline trainer's keys); the run ends with learning_curve.png and the node reports
+The loop is mbpl_ros.training.TrainingLoop, the very loop `mbpl train` runs; this node is
+its RolloutSource (RosTrials): trials go to lqr_controller as requests, their rollouts come
+back from sample_collector, and the dynamics of each batch from dynamics_fitter (checked by
+trial id). Sample trial n of condition m at iteration i explores with rollout_noise(seed, i,
+m, n) (times noise_scale). For MDGPS the policy is trained on the robot's rollouts and
+exported (policy.pt + policy.json, atomically) after every iteration; it is measured by
+noise-free trials of lqr_controller's policy executor (policy_final_distance_m), and with
+policy.sample_on_policy it draws the samples from the second iteration on. Each iteration
+ends with checkpoint_<i>.pkl (mbpl_ros.checkpoint; `extra` holds the trial-id counter) — the
+commit point — then its metrics.jsonl row; every accepted sample rollout is recorded to
+rollouts.mcap as it arrives; the run ends with learning_curve.png and the node reports
 `finished`.
 
 Resume (`resume: true`): the run continues from the newest checkpoint in output_dir, read
-and checked first (a damaged checkpoint, or one of another experiment, stops the run before
-any trial, naming the file and the problem). metrics.jsonl is rewritten from the checkpoint,
-the controllers of its iteration k are published again (version k), and iteration k+1 is
-sampled from its first rollout with the same noise: completed iterations are neither
-repeated nor lost; the rollouts of a half-done one are redone. Without a checkpoint it
-starts from the beginning. Without `resume`, an output_dir that holds checkpoints is refused
-(the run stops before any trial), so a run is never overwritten by mistake. The GMM dynamics
-prior lives in dynamics_fitter: resumed with the same dynamics_fitter running, the run
-continues exactly as it would have; with a restarted one, the prior starts afresh from
-iteration k+1's batch.
+and checked first (a damaged checkpoint, one of another experiment or one `mbpl train`
+wrote stops the run before any trial, naming the file and the problem). metrics.jsonl and
+the recording are cut back to the checkpoint, the controllers (and policy) of its iteration
+k are published again, and iteration k+1 is sampled from its first rollout with the same
+noise: completed iterations are neither repeated nor lost. Without a checkpoint it starts
+from the beginning. Without `resume`, an output_dir that holds a run is refused (before any
+trial) unless `overwrite: true` (training.claim_output, the rule of `mbpl train` too). The
+GMM dynamics prior lives in dynamics_fitter: resumed with the same dynamics_fitter running,
+the run continues exactly as it would have.
 
 A trial that gets no valid rollout within trial_timeout_s, or whose rollout was dropped
 (gap, stale, non-finite, aborted), is requested again with a new id, up to max_attempts
@@ -45,34 +48,29 @@ iteration's samples) and kl_step (from the next update).
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import secrets
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, List, Optional, Sequence, TextIO
 
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from std_msgs.msg import Bool, Float64MultiArray
 
-from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, append_metrics_row, checkpoint_paths,
-                                 experiment_identity, latest_checkpoint, remove_stale_temporaries,
-                                 write_checkpoint, write_metrics)
-from mbpl_ros.core.controller import LinearGaussianController
-from mbpl_ros.core.lqr_flm import LqrFlm
-from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.checkpoint import Checkpoint, CheckpointError
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
-from mbpl_ros.offline import plot_learning_curve, recording_run_info
-from mbpl_ros.recording import RecordedRollout, RolloutRecorder
-from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import final_distance, rollout_noise
+from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult, claim_output,
+                               contiguous, set_kl_step)
 
+__all__ = ["GpsTrainerNode", "RosTrials", "TrainingStopped", "contiguous", "main"]
 
 #: Trial ids a resumed run skips after its checkpoint's counter: the interrupted run may have
 #: used some after writing it (the half-done iteration's trials and their retries).
@@ -92,14 +90,6 @@ RUNTIME_CHECKS = {
 }
 
 
-def contiguous(controller: LinearGaussianController) -> LinearGaussianController:
-    """The controller with C-contiguous arrays, as lqr_controller receives it: K_t x rounds
-    differently for a strided K_t (from_covar keeps np.broadcast_to's odd strides), and the
-    trainer's controllers must act exactly like the ones on the robot."""
-    return LinearGaussianController(**{name: np.ascontiguousarray(getattr(controller, name))
-                                       for name in ("K", "k", "covar", "chol", "inv_covar")})
-
-
 class TrainingStopped(RuntimeError):
     """The run cannot go on (a trial failed too often, a model never came, or stop())."""
 
@@ -113,7 +103,7 @@ class GpsTrainerNode(Node):
             self.destroy_node()
             raise
         self.log = log                    # progress lines go here too (e.g. sys.stderr), if given
-        self.metrics: List[dict] = []
+        self._loop: Optional[TrainingLoop] = None
         self.finished = threading.Event()
         self.exit_code = 0
         self.error: Optional[str] = None
@@ -138,6 +128,9 @@ class GpsTrainerNode(Node):
                                                       wire.EVENTS_QOS, callback_group=group)
         self.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self._on_estop_latched, wire.LATCHED_STATE_QOS,
                                  callback_group=group)
+        self._policy_client = self.create_client(SetParameters, f"{self.controller_node}/set_parameters",
+                                                 callback_group=group)
+        self._policy_set: Optional[tuple] = None  # (path, version) lqr_controller last confirmed
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._run, name="gps_trainer", daemon=True)
         self._worker.start()
@@ -145,10 +138,7 @@ class GpsTrainerNode(Node):
     # ------------------------------------------------------------------ parameters
     def _read_parameters(self) -> None:
         self.config, self.experiment_path = declare_experiment(self)
-        if self.config.algorithm != "lqr_flm":
-            raise NodeParameterError(f"parameter 'experiment_config' = {str(self.experiment_path)!r} asks for "
-                                     f"algorithm {self.config.algorithm!r}; allowed: an lqr_flm experiment "
-                                     "(the ROS graph runs LQR-FLM; use `mbpl train` for mdgps)")
+        self._check_experiment()
         iterations = declare(self, "iterations", 0, "Learning iterations; 0: the experiment's.",
                              allowed="an integer in [0, 100000]", low=0, high=100_000)
         self.iterations = iterations or self.config.iterations
@@ -185,7 +175,35 @@ class GpsTrainerNode(Node):
                               "(completed iterations are kept, a half-done one is redone; none: start at "
                               "iteration 0). false: start at iteration 0, refused if output_dir holds checkpoints.",
                               allowed="true or false")
-        self.experiment = experiment_identity(self.config, self.seed)
+        self.overwrite = declare(self, "overwrite", False, "Without resume: start over in an output_dir that "
+                                 "holds a run (its checkpoints are deleted). false: such an output_dir is "
+                                 "refused.", allowed="true or false")
+        if self.resume and self.overwrite:
+            raise NodeParameterError("parameters 'resume' and 'overwrite' are both true; allowed: at most one")
+        self.controller_node = declare(self, "controller_node", "/lqr_controller", "The lqr_controller whose "
+                                       "policy_path an MDGPS run sets to output_dir/policy.pt before policy "
+                                       "trials.", allowed="a node name")
+        if not self.controller_node:
+            raise NodeParameterError("parameter 'controller_node' is empty; allowed: a node name, "
+                                     "e.g. /lqr_controller")
+
+    def _check_experiment(self) -> None:
+        """What the graph cannot run is refused here, naming the file, key and what is allowed."""
+        config, path = self.config, str(self.experiment_path)
+        if config.algorithm == "mdgps" and config.policy.device != "cpu":
+            from mbpl_ros.core.policy import resolve_device
+
+            try:
+                resolve_device(config.policy.device)
+            except RuntimeError as error:
+                raise NodeParameterError(f"parameter 'experiment_config' = {path!r}: key policy.device is "
+                                         f"{config.policy.device!r}: {error}; allowed: cpu or an available "
+                                         "CUDA device") from None
+
+    @property
+    def metrics(self) -> List[dict]:
+        """The metrics rows so far (metrics.jsonl's)."""
+        return list(self._loop.metrics) if self._loop is not None else []
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Runtime changes, all or none: each checked (an unsafe value is rejected with the
@@ -245,6 +263,10 @@ class GpsTrainerNode(Node):
         with self._arrived:
             self._arrived.notify_all()
 
+    def _notify(self) -> None:
+        with self._arrived:
+            self._arrived.notify_all()
+
     def _wait(self, predicate, timeout: float) -> bool:
         """Wait for predicate() under the condition; TrainingStopped if stop() was called."""
         deadline = time.monotonic() + timeout
@@ -284,10 +306,43 @@ class GpsTrainerNode(Node):
         finally:
             self.finished.set()
 
+    def _train(self) -> None:
+        if self.config.algorithm == "mdgps":
+            import torch
+
+            torch.set_num_threads(1)   # a small network: threads cost more than they give (and `mbpl train`'s)
+        self._loop = TrainingLoop(self.config, self.output, self.seed, RosTrials(self), record=True,
+                                  say=self._say, before_update=lambda algorithm: set_kl_step(algorithm,
+                                                                                             self.kl_step))
+        checkpoint = self._checkpoint_to_resume()
+        self._loop.run(self.iterations, checkpoint=checkpoint)
+        self._say(f"done: {self.iterations} iterations; results in {self.output}")
+
+    def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
+        """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:
+        None, after training.claim_output allowed the directory. TrainingStopped naming the
+        file and the problem otherwise; checked before anything is written."""
+        try:
+            claim_output(self.output, resume=self.resume, overwrite=self.overwrite,
+                         resume_hint="set parameter resume: true", overwrite_hint="overwrite: true")
+        except OutputInUse as error:
+            raise TrainingStopped(f"output_dir {error}") from None
+        if not self.resume:
+            return None
+        try:
+            checkpoint = self._loop.checkpoint_to_resume()
+        except CheckpointError as error:
+            raise TrainingStopped(f"resume: the run in output_dir cannot be continued: {error}") from None
+        if checkpoint is not None and "next_trial_id" not in checkpoint.extra:
+            raise TrainingStopped(f"resume: {checkpoint.path} was not written by gps_trainer (it has no trial-id "
+                                  "counter); continue it with `mbpl train --resume`")
+        return checkpoint
+
     def _wait_for_graph(self) -> None:
         def connected():
             return (self._request_pub.get_subscription_count() > 0 and self._controller_pub.get_subscription_count() > 0
-                    and self._rollout_sub.get_publisher_count() > 0 and self._dynamics_sub.get_publisher_count() > 0)
+                    and self._rollout_sub.get_publisher_count() > 0 and self._dynamics_sub.get_publisher_count() > 0
+                    and (self.config.algorithm != "mdgps" or self._policy_client.service_is_ready()))
         deadline = time.monotonic() + self.discovery_timeout_s
         while not connected():
             if self._stop.is_set():
@@ -298,114 +353,30 @@ class GpsTrainerNode(Node):
                                       f"(subscribers of {wire.TRIAL_REQUESTS_TOPIC}: "
                                       f"{self._request_pub.get_subscription_count()}, publishers of "
                                       f"{wire.ROLLOUTS_TOPIC}: {self._rollout_sub.get_publisher_count()}, of "
-                                      f"{wire.DYNAMICS_TOPIC}: {self._dynamics_sub.get_publisher_count()})")
+                                      f"{wire.DYNAMICS_TOPIC}: {self._dynamics_sub.get_publisher_count()}, "
+                                      f"{self.controller_node}/set_parameters ready: "
+                                      f"{self._policy_client.service_is_ready()})")
             time.sleep(0.05)
 
-    def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
-        """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:
-        None, after making sure output_dir holds no run to overwrite. TrainingStopped naming
-        the file and the problem otherwise; checked before anything moves."""
-        if not self.resume:
-            existing = checkpoint_paths(self.output)
-            if existing:
-                raise TrainingStopped(f"output_dir {str(self.output)!r} already holds a run ({existing[-1].name}): "
-                                      "set parameter resume: true to continue it, or choose an output_dir "
-                                      "without checkpoints")
-            return None
-        try:
-            checkpoint = latest_checkpoint(self.output, self.experiment)
-        except CheckpointError as error:
-            raise TrainingStopped(f"resume: the run in output_dir cannot be continued: {error}") from None
-        if checkpoint is not None and "next_trial_id" not in checkpoint.extra:
-            raise TrainingStopped(f"resume: {checkpoint.path} was not written by gps_trainer (it has no trial-id "
-                                  "counter); continue it with `mbpl train --resume`")
-        return checkpoint
-
-    def _train(self) -> None:
-        config = self.config
-        self.output.mkdir(parents=True, exist_ok=True)
-        checkpoint = self._checkpoint_to_resume()
-        remove_stale_temporaries(self.output)   # of a write a crash interrupted
-        metrics_path = self.output / "metrics.jsonl"
-        cost = config.build_cost()
-        if checkpoint is None:
-            start = time.perf_counter()
-            write_metrics(metrics_path, [])
-            with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
-                initial = [contiguous(c) for c in config.initial_controllers(model)]
-                algorithm = LqrFlm(cost, initial, config.lqr_flm_settings())
-            first, rollouts_total = 1, 0
-        else:
-            algorithm, rollouts_total = checkpoint.algorithm, checkpoint.rollouts_total
-            start = time.perf_counter() - checkpoint.elapsed_s   # wall_s continues
-            self.metrics = list(checkpoint.metrics)
-            write_metrics(metrics_path, self.metrics)           # rows after the checkpoint are dropped
-            first = checkpoint.iteration + 1
-            # Trial ids go on from the run's, past any the interrupted run used after its checkpoint.
-            self._next_trial_id = int(checkpoint.extra["next_trial_id"]) + RESUME_TRIAL_ID_GAP
-            self._say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
-                      f"{rollouts_total} rollouts; continuing at iteration {first}")
-        # Every accepted sample rollout goes to output_dir/rollouts.mcap as it arrives (the
-        # offline trainer's format, so `mbpl train --refit-from` reads it); a resumed run keeps
-        # the rollouts of the iterations its checkpoint covers.
-        recording, run_info = self.output / "rollouts.mcap", recording_run_info(config, self.seed)
-        self._recorder = (RolloutRecorder.create(recording, run_info) if checkpoint is None else
-                          RolloutRecorder.resume(recording, run_info, checkpoint.iteration)[0])
-        try:
-            self._train_iterations(algorithm, cost, checkpoint, first, rollouts_total, start, metrics_path)
-        finally:
-            self._recorder.close()
-
-    def _train_iterations(self, algorithm, cost, checkpoint, first, rollouts_total, start, metrics_path) -> None:
-        config = self.config
-        self._wait_for_graph()
-        self._publish_controllers(algorithm, version=first - 1)
-        if checkpoint is None:
-            append_metrics_row(metrics_path, self._evaluate(cost, version=0, iteration=0, rollouts=0, start=start))
-        for i in range(first, self.iterations + 1):
-            batch, ids = self._collect(i, version=i - 1)
-            rollouts_total += batch.N
-            dynamics = self._await_dynamics(version=i - 1, ids=ids)
-            algorithm.settings = dataclasses.replace(algorithm.settings, kl_step=float(self.kl_step))
-            reports = algorithm.update_with_dynamics(batch, dynamics)
-            self._publish_controllers(algorithm, version=i)
-            row = self._evaluate(cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
-                                 sample_cost=float(np.mean([r.sample_cost for r in reports])),
-                                 kl_step=float(np.mean([r.kl_step for r in reports])),
-                                 kl=float(np.mean([r.kl for r in reports])))
-            # The checkpoint is the iteration's commit point; its metrics row follows it.
-            write_checkpoint(self.output, Checkpoint(
-                iteration=i, algorithm=algorithm, metrics=list(self.metrics), rollouts_total=rollouts_total,
-                elapsed_s=time.perf_counter() - start, seed=self.seed, experiment=self.experiment,
-                extra={"next_trial_id": self._next_trial_id}))
-            append_metrics_row(metrics_path, row)
-        plot_learning_curve(self.metrics, self.output / "learning_curve.png", config.success_distance_m)
-        self._say(f"done: {self.iterations} iterations; results in {self.output}")
-
-    def _publish_controllers(self, algorithm: LqrFlm, version: int) -> None:
-        for m, controller in enumerate(algorithm.controllers):
+    def _publish_controllers(self, controllers, version: int) -> None:
+        for m, controller in enumerate(controllers):
             self._controller_pub.publish(wire.encode_controller(wire.ControllerMessage(m, version, controller)))
 
-    def _collect(self, iteration: int, version: int):
-        """The iteration's sample rollouts (M·N, in offline order) and their trial ids per condition."""
-        config, layout = self.config, self.config.layout
-        X, U, condition, ids = [], [], [], {}
-        noise_scale = float(self.noise_scale)  # one scale for the whole batch
-        for m in range(len(config.conditions)):
-            ids[m] = []
-            for n in range(config.rollouts_per_condition):
-                noise = noise_scale * rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
-                                                    config.exploration.smoothing, config.exploration.renormalize)
-                rollout = self._trial(m, iteration, n, version, "sample", noise)
-                self._recorder.write_rollout(RecordedRollout(
-                    iteration=iteration, condition=m, index=n, controller_version=version,
-                    joint_names=config.robot_spec.joint_names, positions=rollout.X[:, layout.position],
-                    velocities=rollout.X[:, layout.velocity], efforts=rollout.U, commands=rollout.U,
-                    target=np.asarray(config.conditions[m].target),
-                    initial_positions=np.asarray(config.conditions[m].initial_positions)))
-                X.append(rollout.X), U.append(rollout.U), condition.append(m)
-                ids[m].append(rollout.trial_id)
-        return Rollouts(np.stack(X), np.stack(U), np.array(condition)), ids
+    def _use_policy(self, path: Path, version: int) -> None:
+        """Make lqr_controller's policy executor run the policy at `path` (of `version`):
+        its policy_path set over its set_parameters service (it reloads a changed file)."""
+        if self._policy_set == (str(path), version):
+            return
+        parameter = Parameter("policy_path", Parameter.Type.STRING, str(path)).to_parameter_msg()
+        future = self._policy_client.call_async(SetParameters.Request(parameters=[parameter]))
+        future.add_done_callback(lambda _: self._notify())
+        if not self._wait(future.done, self.trial_timeout_s):
+            raise TrainingStopped(f"{self.controller_node}/set_parameters (policy_path) gave no answer within "
+                                  f"trial_timeout_s={self.trial_timeout_s:g} s")
+        result = future.result().results[0]
+        if not result.successful:
+            raise TrainingStopped(f"{self.controller_node} refused policy_path {str(path)!r}: {result.reason}")
+        self._policy_set = (str(path), version)
 
     def _wait_while_estopped(self) -> None:
         """Pause, without a time limit, while lqr_controller's e-stop is latched."""
@@ -424,23 +395,25 @@ class GpsTrainerNode(Node):
             self.paused = False
         self._say("resumed: the e-stop was reset")
 
-    def _trial(self, m: int, iteration: int, index: int, version: int, purpose: str,
-               noise: np.ndarray) -> wire.RolloutMessage:
+    def _trial(self, trial: Trial, noise: np.ndarray, policy: Optional[tuple]) -> wire.RolloutMessage:
         """Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
         max_attempts failures. Trials the e-stop aborted are requested again after its
-        reset and not counted."""
+        reset and not counted. policy: (path, version) for a policy trial."""
+        m, iteration, index, purpose = trial.condition, trial.iteration, trial.index, trial.purpose
         spec = self.config.conditions[m]
         failures = []
         attempt = 0
         while True:
             self._wait_while_estopped()
+            if policy is not None:
+                self._use_policy(*policy)
             trial_id = self._next_trial_id
             self._next_trial_id += 1
             with self._arrived:
                 self._awaited = trial_id
             self._request_pub.publish(wire.encode_trial_request(wire.TrialRequest(
-                trial_id=trial_id, condition=m, iteration=iteration, index=index, controller_version=version,
-                executor="controller", purpose=purpose,
+                trial_id=trial_id, condition=m, iteration=iteration, index=index,
+                controller_version=trial.version, executor=trial.executor, purpose=purpose,
                 initial_positions=np.asarray(spec.initial_positions, float),
                 target=np.asarray(spec.target, float), noise=noise)))
             arrived = self._wait(lambda: trial_id in self._results, self.trial_timeout_s)
@@ -456,6 +429,7 @@ class GpsTrainerNode(Node):
                 self._wait(lambda: self.estop_latched, ESTOP_SETTLE_S)  # the latch may trail the rollout
                 continue
             attempt += 1
+            self._policy_set = None   # a restarted lqr_controller has lost it: set it again
             failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s" if not arrived
                             else f"rollout dropped: {rollout.status.name}")
             max_attempts = int(self.max_attempts)
@@ -484,34 +458,64 @@ class GpsTrainerNode(Node):
                 del self._dynamics[key]
             return fits
 
-    def _evaluate(self, cost, *, version: int, iteration: int, rollouts: int, start: float,
-                  sample_cost=None, kl_step=None, kl=None) -> dict:
-        """Noise-free evaluation trials of the current controllers (version `version`); their
-        metrics row (keys of the offline trainer's), added to self.metrics and returned."""
-        config, layout = self.config, self.config.layout
-        zero = np.zeros((config.T, layout.dU))
-        distances, costs = [], []
-        for m in range(len(config.conditions)):
-            rollout = self._trial(m, iteration, 0, version, "evaluation", zero)
-            distances.append(final_distance(rollout.X, layout))
-            costs.append(float(cost.evaluate(rollout.X[None], rollout.U[None]).l.sum()))
-        mean_cost = float(np.mean(costs))
-        row = {"iteration": iteration, "rollouts": rollouts, "env_steps": rollouts * config.T,
-               "mean_cost": mean_cost, "sample_cost": sample_cost, "final_distance_m": distances,
-               "kl_step": kl_step, "kl": kl, "wall_s": time.perf_counter() - start}
-        self.metrics.append(row)
-        reached = sum(d < config.success_distance_m for d in distances)
-        self._say(f"iteration {iteration:3d} | rollouts {rollouts:4d} | cost {mean_cost:10.3f} | "
-                  f"final distance (cm) {' '.join(f'{100 * d:6.2f}' for d in distances)} | "
-                  f"reached {reached}/{len(distances)} | {row['wall_s']:6.1f} s")
-        return row
-
     def destroy_node(self) -> None:
         worker = getattr(self, "_worker", None)
         if worker is not None:
             self.stop()
             worker.join(timeout=10.0)
         super().destroy_node()
+
+
+class RosTrials:
+    """The training loop's RolloutSource on the robot, through the node graph: each trial a
+    request to lqr_controller (retried, paused by the e-stop: GpsTrainerNode._trial), its
+    rollout from sample_collector; each batch's dynamics from dynamics_fitter. Trials run
+    one at a time (one robot)."""
+
+    def __init__(self, node: GpsTrainerNode) -> None:
+        self.node = node
+        self.policy_path: Optional[Path] = None
+        self.policy_version = -1
+
+    def start(self, state: Optional[dict]) -> None:
+        """Trial ids go on from a resumed run's, past any it used after its checkpoint; then
+        wait for the rest of the graph."""
+        if state is not None:
+            self.node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
+        self.node._wait_for_graph()
+
+    def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
+        """Controllers on gps/controllers; the policy goes to lqr_controller before its next trial."""
+        self.node._publish_controllers(controllers, version)
+        if policy_path is not None:
+            self.policy_path, self.policy_version = Path(policy_path), version
+
+    def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
+        """Each trial in turn; sample noise times noise_scale (one scale for the whole call)."""
+        noise_scale = float(self.node.noise_scale)
+        results = []
+        for trial in trials:
+            policy = None
+            if trial.executor == "policy":
+                if self.policy_path is None or self.policy_version != trial.version:
+                    raise TrainingStopped(f"no exported policy of version {trial.version} to run")
+                policy = (self.policy_path, trial.version)
+            noise = noise_scale * trial.noise if trial.purpose == "sample" else trial.noise
+            rollout = self.node._trial(trial, noise, policy)
+            result = TrialResult(trial, rollout.X, rollout.U, rollout.U, rollout.trial_id)
+            on_trial(result)
+            results.append(result)
+        return results
+
+    def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> list:
+        """dynamics_fitter's complete fits of exactly these rollouts (by trial id), per condition."""
+        ids: Dict[int, List[int]] = {m: [] for m in range(len(self.node.config.conditions))}
+        for result in results:
+            ids[result.trial.condition].append(result.trial_id)
+        return self.node._await_dynamics(version, ids)
+
+    def state(self) -> dict:
+        return {"next_trial_id": self.node._next_trial_id}
 
 
 def main(args=None) -> int:

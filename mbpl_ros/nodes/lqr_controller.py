@@ -50,6 +50,7 @@ rejected with the reason), then applied between trials, never during one.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -129,14 +130,25 @@ class _Trial:
 
 
 class _PolicyExecutor:
-    """The exported policy as an executor: u = μ(x) + sqrt(action_variance) ε."""
+    """The exported policy as an executor: u = μ(x) + L ε, L Lᵀ = its action covariance (the
+    training loop's PolicySampler). `file` tells a changed file at the same path."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, file: Tuple[int, int, int]):
         self.policy = policy
-        self.scale = np.sqrt(np.asarray(policy.action_variance, dtype=float))
+        self.file = file
+        self.chol = np.linalg.cholesky(np.asarray(policy.action_covariance, dtype=float))
 
     def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return np.asarray(self.policy(x), dtype=float) + self.scale * noise
+        return np.asarray(self.policy(x), dtype=float) + self.chol @ noise
+
+
+def _file_identity(path: str) -> Tuple[int, int, int]:
+    """(inode, mtime ns, size) of `path`: an export replaces the file, which changes it."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return (-1, -1, -1)
+    return (status.st_ino, status.st_mtime_ns, status.st_size)
 
 
 class LqrControllerNode(Node):
@@ -268,11 +280,11 @@ class LqrControllerNode(Node):
                 "`joints`; default: the URDF's. Settable at runtime; may only lower the URDF's.",
                 allowed=f"one double per joint in (0, URDF limit], the URDF's being {urdf_in_joints_order}",
                 read_only=False, type_=ParameterType.PARAMETER_DOUBLE_ARRAY)
-        declare(self, "joint_limit_margin", 0.1, "Joint-limit guard: within this distance (rad) of a position "
+        declare(self, "joint_limit_margin", safety.DEFAULT_JOINT_LIMIT_MARGIN, "Joint-limit guard: within this distance (rad) of a position "
                 "limit, effort into the limit fades to zero and motion towards it is damped. Settable at runtime.",
                 allowed="a double in [0.0, 1.0], below half of every joint's range", low=0.0, high=1.0,
                 read_only=False)
-        declare(self, "joint_limit_damping", 1.0, "Joint-limit guard: damping gain (N·m·s/rad) at the limit, "
+        declare(self, "joint_limit_damping", safety.DEFAULT_JOINT_LIMIT_DAMPING, "Joint-limit guard: damping gain (N·m·s/rad) at the limit, "
                 "ramping up linearly across the margin. Settable at runtime.",
                 allowed="a double in [0.0, 10000.0]", low=0.0, high=10000.0, read_only=False)
         declare(self, "watchdog_periods", 5, "Watchdog: while commanding, a latest joint state older than this "
@@ -297,7 +309,7 @@ class LqrControllerNode(Node):
     def _validated_settings(self, values: dict, current: Optional[_Settings] = None) -> _Settings:
         """The runtime parameters `values` (name -> value) as settings, or NodeParameterError
         naming the parameter, what is wrong and what is allowed. The policy is loaded only
-        when its path changed."""
+        when its path or its file changed."""
         requested = np.asarray(values["effort_limits"], dtype=float)
         try:
             if requested.shape != (len(self.joints),):
@@ -330,7 +342,9 @@ class LqrControllerNode(Node):
             if not (isinstance(value, float) and low <= value <= high):
                 raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: a double in [{low}, {high}]")
         path = values["policy_path"]
-        policy = current.policy if current is not None and current.policy_path == path else self._load_policy(path)
+        unchanged = (current is not None and current.policy_path == path
+                     and (current.policy is None or current.policy.file == _file_identity(path)))
+        policy = current.policy if unchanged else self._load_policy(path)
         return _Settings(safety=limits, effort_limits=tuple(effort.tolist()), watchdog_periods=int(periods),
                          watchdog_action=action, pd_natural_frequency=float(values["pd_natural_frequency"]),
                          pd_damping_ratio=float(values["pd_damping_ratio"]), policy_path=path, policy=policy)
@@ -338,6 +352,7 @@ class LqrControllerNode(Node):
     def _load_policy(self, path: str) -> Optional[_PolicyExecutor]:
         if not path:
             return None
+        file = _file_identity(path)
         try:
             from mbpl_ros.core.policy import load_exported_policy  # torch: only when a policy is used
             policy = load_exported_policy(path)
@@ -347,7 +362,7 @@ class LqrControllerNode(Node):
         if (policy.dX, policy.dU) != (self.layout.dX, self.layout.dU):
             raise NodeParameterError(f"parameter 'policy_path' is {path!r}: the policy maps dX={policy.dX} to "
                                      f"dU={policy.dU}; this experiment has dX={self.layout.dX}, dU={self.layout.dU}")
-        return _PolicyExecutor(policy)
+        return _PolicyExecutor(policy, file)
 
     @property
     def policy(self) -> Optional[_PolicyExecutor]:

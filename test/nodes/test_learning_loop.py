@@ -16,17 +16,18 @@ from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
 import rclpy
-from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment, small_mdgps_experiment, spinning,
+                          wait_until)
 from mbpl_ros.core.dynamics import fit_dynamics
 from mbpl_ros.core.lqr_flm import LqrFlm
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.gps_trainer import GpsTrainerNode, contiguous
+from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
 from mbpl_ros.nodes.sim_robot import SimRobotNode
-from mbpl_ros.offline import TrainingRun, evaluate_controllers
+from mbpl_ros.offline import TrainingRun
 from mbpl_ros.recording import read_recording
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import JointStateToState, final_distance, rollout_noise, run_rollout
@@ -190,65 +191,83 @@ def test_trainer_stops_with_a_clear_message_after_max_attempts(ros_context, tmp_
 
 
 # ---------------------------------------------------------------- the whole graph, one process
-def offline_reference(config, iterations):
-    """Offline LQR-FLM with the shared noise convention: evaluation rows (iteration,
-    final distances, mean cost)."""
-    rows = []
-    with threadpool_limits(limits=1), \
-            Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
-        cost = config.build_cost()
-        algorithm = LqrFlm(cost, [contiguous(c) for c in config.initial_controllers(arm)], config.lqr_flm_settings())
-        rows.append(evaluate_controllers(arm, config, algorithm.controllers, cost))
-        for i in range(1, iterations + 1):
-            X, U, condition = [], [], []
-            for m, (spec, controller) in enumerate(zip(config.conditions, algorithm.controllers)):
-                for n in range(config.rollouts_per_condition):
-                    noise = rollout_noise(config.seed, i, m, n, config.T, config.layout.dU,
-                                          config.exploration.smoothing, config.exploration.renormalize)
-                    x, u = run_rollout(arm, config.layout, lambda t, x: controller.act(t, x, noise[t]),
-                                       spec.initial_positions, spec.target, config.T)
-                    X.append(x), U.append(u), condition.append(m)
-            algorithm.update(Rollouts(np.stack(X), np.stack(U), np.array(condition)))
-            rows.append(evaluate_controllers(arm, config, algorithm.controllers, cost))
-    return rows
-
-
-@pytest.mark.timeout(120)
-def test_three_lockstep_iterations_of_the_graph_learn_and_match_offline(tmp_path):
+def graph_run(experiment, output, iterations, log=None):
+    """`mbpl sim`'s graph (config/sim_reacher_2link.yaml, lockstep) on `experiment`, in one process."""
     from mbpl_ros import sim_runner
+    from mbpl_ros.nodes import graph
 
-    start = time.monotonic()
-    code = sim_runner.main(["--config", str(SIM_CONFIG), "--iterations", "3", "--output", str(tmp_path)])
-    assert code == 0
-    assert time.monotonic() - start < 90
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [row["iteration"] for row in rows] == [0, 1, 2, 3]
-    assert set(rows[0]) == {"iteration", "rollouts", "env_steps", "mean_cost", "sample_cost", "final_distance_m",
-                            "kl_step", "kl", "wall_s"}
-    assert rows[3]["rollouts"] == 3 * 4 * 5 and rows[3]["env_steps"] == 3 * 4 * 5 * 50
-    initial, final = np.mean(rows[0]["final_distance_m"]), np.mean(rows[3]["final_distance_m"])
-    assert final < 0.5 * initial, (initial, final)
-    assert (tmp_path / "learning_curve.png").stat().st_size > 1000
-    assert (tmp_path / "checkpoint_0003.pkl").is_file()
+    overrides = {spec.name: {"experiment_config": str(experiment)} for spec in graph.nodes(with_sim=True)}
+    overrides["gps_trainer"].update(output_dir=str(output), iterations=iterations)
+    return sim_runner.run_graph(SIM_CONFIG, overrides, log=log, timeout_s=150)
 
-    # The same algorithm offline, with the same noise: the same numbers. States and actions
-    # are bit-identical; arrays decoded from messages are C-contiguous where offline ones may
-    # not be, which changes matmul rounding, so later iterations agree to ~1e-12.
-    reference = offline_reference(load_experiment(REPO / "config" / "reacher_2link.yaml"), iterations=2)
-    for row, (distances, mean_cost) in zip(rows, reference):
-        np.testing.assert_allclose(row["final_distance_m"], distances, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(row["mean_cost"], mean_cost, rtol=1e-9)
 
-    # Every accepted rollout was recorded as it arrived; re-fitting offline from the
-    # recording replays the run.
-    recording = read_recording(tmp_path / "rollouts.mcap")
-    assert recording.problem is None and len(recording.rollouts) == 3 * 4 * 5
-    config = load_experiment(REPO / "config" / "reacher_2link.yaml")
+def offline_run(experiment, output, iterations):
+    """`mbpl train` (the same training loop over the in-process arm) on `experiment`."""
+    import torch
+
+    config = load_experiment(experiment)
     with threadpool_limits(limits=1):
-        refit = TrainingRun(config, tmp_path / "refit", config.seed, log=io.StringIO()).refit(
-            tmp_path / "rollouts.mcap")
-    for row, replayed in zip(rows, refit):
-        np.testing.assert_allclose(replayed["final_distance_m"], row["final_distance_m"], rtol=1e-9, atol=1e-12)
+        torch.set_num_threads(1)
+        return TrainingRun(config, output, config.seed, log=io.StringIO(), record=True).run(iterations)
+
+
+def assert_same_metrics(rows, reference, rtol=1e-9):
+    """Every metrics value but wall_s within rtol (relative; 1e-12 absolute for ~0 values)."""
+    assert len(rows) == len(reference)
+    for row, expected in zip(rows, reference):
+        assert set(row) == set(expected)
+        for key in sorted(set(row) - {"wall_s"}):
+            if expected[key] is None:
+                assert row[key] is None, key
+            else:
+                np.testing.assert_allclose(row[key], expected[key], rtol=rtol, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("algorithm", ["lqr_flm", "mdgps"])
+def test_three_lockstep_iterations_of_the_graph_reproduce_mbpl_train(tmp_path, algorithm):
+    """The graph (trials through lqr_controller, sample_collector, dynamics_fitter over DDS)
+    and `mbpl train` run the one training loop: the same metrics, recordings and policy."""
+    if algorithm == "lqr_flm":
+        experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3)
+    else:
+        experiment = small_mdgps_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3)
+    reference = offline_run(experiment, tmp_path / "offline", iterations=3)
+    rows = graph_run(experiment, tmp_path / "graph", iterations=3)
+    assert rows == [json.loads(line) for line in (tmp_path / "graph" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["iteration"] for row in rows] == [0, 1, 2, 3] and rows[3]["rollouts"] == 3 * 2 * 3
+    assert_same_metrics(rows, reference)
+    initial, final = np.mean(rows[0]["final_distance_m"]), np.mean(rows[3]["final_distance_m"])
+    assert final < 0.7 * initial, (initial, final)
+    assert (tmp_path / "graph" / "learning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "graph" / "checkpoint_0003.pkl").is_file()
+    graph_recording = read_recording(tmp_path / "graph" / "rollouts.mcap")
+    offline_recording = read_recording(tmp_path / "offline" / "rollouts.mcap")
+    assert graph_recording.problem is None and len(graph_recording.rollouts) == 3 * 2 * 3
+    for recorded, expected in zip(graph_recording.rollouts, offline_recording.rollouts):
+        assert (recorded.iteration, recorded.condition, recorded.index) == \
+            (expected.iteration, expected.condition, expected.index)
+        np.testing.assert_allclose(recorded.positions, expected.positions, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(recorded.efforts, expected.efforts, rtol=1e-9, atol=1e-12)
+    if algorithm == "mdgps":
+        from mbpl_ros.core.policy import load_exported_policy
+
+        assert rows[3]["policy_final_distance_m"] is not None and rows[0]["policy_final_distance_m"] is None
+        graph_policy = load_exported_policy(tmp_path / "graph" / "policy.pt")
+        offline_policy = load_exported_policy(tmp_path / "offline" / "policy.pt")
+        assert graph_policy.metadata["extra"]["iterations"] == 3
+        states = np.stack([r.positions for r in offline_recording.rollouts])   # any states will do
+        X = np.zeros((states.shape[0] * states.shape[1], graph_policy.dX))
+        X[:, :2] = states.reshape(-1, 2)
+        np.testing.assert_allclose(graph_policy(X), offline_policy(X), rtol=1e-6, atol=1e-9)
+
+    # Re-fitting offline from the graph's recording replays the run.
+    config = load_experiment(experiment)
+    if algorithm == "lqr_flm":
+        with threadpool_limits(limits=1):
+            refit = TrainingRun(config, tmp_path / "refit", config.seed, log=io.StringIO()).refit(
+                tmp_path / "graph" / "rollouts.mcap")
+        assert_same_metrics(refit, rows)
 
 
 @pytest.mark.timeout(60)

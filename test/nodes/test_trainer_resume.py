@@ -58,7 +58,8 @@ def test_a_resumed_graph_run_continues_from_its_checkpoint(tmp_path):
     assert [row["iteration"] for row in resumed] == [0, 1, 2, 3]
     assert resumed[:3] == first                       # rows 0-2 as written by the first run, wall_s included
     assert resumed[3]["rollouts"] == 3 * 2 * 3 and resumed[3]["wall_s"] > first[2]["wall_s"]
-    assert "resuming from checkpoint_0002.pkl: iteration 2 complete, 12 rollouts; continuing at iteration 3" \
+    assert "resuming from checkpoint_0002.pkl: iteration 2 complete, 12 rollouts; 12 recorded rollouts kept; " \
+        "continuing at iteration 3" \
         in log.getvalue()
     assert read_checkpoint(output / "checkpoint_0003.pkl").metrics == resumed
 
