@@ -57,11 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume:
         trainer_overrides["resume"] = True
     if args.overwrite:
-        from mbpl_ros.nodes import graph
-        output = Path(trainer_overrides.get("output_dir")
-                      or graph.parameter_overrides(args.config, "gps_trainer").get("output_dir", ""))
-        for stale in output.glob("checkpoint_*.pkl*"):
-            stale.unlink()
+        trainer_overrides["overwrite"] = True
     overrides = {"gps_trainer": trainer_overrides}
     if args.experiment is not None:
         from mbpl_ros.nodes import graph
@@ -77,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"done: final distances (cm) {' '.join(f'{100 * d:.2f}' for d in last['final_distance_m'])} after "
           f"{last['iteration']} iterations, {last['rollouts']} rollouts")
     return 0
+
+
+#: dynamics_fitter's state_file in the trainer's output_dir, unless the params file names one.
+FITTER_STATE_FILE = "dynamics_fitter.state"
 
 
 class GraphError(RuntimeError):
@@ -111,6 +111,10 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
                       for spec in specs}
     except ValueError as error:
         raise GraphError(str(error)) from None
+    if "dynamics_fitter" in parameters and not parameters["dynamics_fitter"].get("state_file"):
+        # The fitter's batches and priors live beside the run, so a killed graph resumes exactly.
+        output = Path(parameters.get("gps_trainer", {}).get("output_dir", "gps_output")).expanduser().resolve()
+        parameters["dynamics_fitter"]["state_file"] = str(output / FITTER_STATE_FILE)
 
     context = Context()
     rclpy.init(context=context, args=[])

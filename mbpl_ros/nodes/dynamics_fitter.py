@@ -3,16 +3,16 @@ GMM prior (core) online, as the rollouts arrive.
 
 Subscribes   gps/rollouts (record rollout): sample rollouts (status OK, purpose sample)
 Publishes    gps/dynamics (record lg_dynamics): condition, controller version, the trial ids
-             fitted, complete flag, F, f, covar, x0 mean and covariance
+             fitted, complete flag (always true), F, f, covar, x0 mean and covariance
 
 Per condition and controller version, the sample rollouts of that version form a batch (kept
-by index). Each new one gives an updated fit (core.dynamics.OnlineDynamics under the prior
-the batch starts from, `complete` = false). When the batch has rollouts_per_condition
-rollouts, the dynamics are fitted with core.lqr_flm.fit_batch_dynamics — the very call
-LQR-FLM makes offline — on a copy of that prior, which the batch keeps as the prior after
-it, and published with `complete` = true. A rollout arriving for an index already in a
-complete batch (a retried trial, or a restarted trainer sampling that version again)
-replaces the old one and the complete fit is redone.
+by index). When the batch has rollouts_per_condition rollouts, the dynamics are fitted with
+core.lqr_flm.fit_batch_dynamics — the very call LQR-FLM makes offline — on a copy of the
+prior the batch starts from, which the batch keeps as the prior after it, and published. A
+rollout arriving for an index already in a complete batch (a retried trial, a restarted
+trainer sampling that version again, or the trainer publishing a batch again because its
+fit is overdue) replaces the old one and the fit is redone. Fits of incomplete batches are
+not published: nothing uses them.
 
 The prior a batch of version v starts from is the one after the complete batch of version
 v - 1 of the same condition, so the GMM prior accumulates the batches exactly as LQR-FLM's
@@ -21,13 +21,20 @@ KEPT_VERSIONS most recently used per condition), not only the newest, so a gps_t
 restarts at version 0 — or resumes from its checkpoint of iteration k, sampling version k
 again — gets complete fits of the rollouts it samples, under the same priors as the run it
 replaces: the batches above the version it samples are rebuilt on the new priors as its
-rollouts replace theirs. A batch whose version - 1 is not known here (this node restarted,
-or that batch was dropped) starts from a fresh prior, with a warning.
+rollouts replace theirs. A batch whose version - 1 is not known here (that batch was
+dropped) starts from a fresh prior, with a warning.
+
+Nothing is lost when this node dies: with `state_file` set, the batches and their priors
+are written there (mbpl_ros.checkpoint's format: atomic, checksummed, naming the experiment)
+after every rollout, and read back at start-up (a file of another experiment, or a damaged
+one, stops the start naming the file and the problem). Rollouts published while the node
+was down reach it when gps_trainer publishes the awaited batch again.
 """
 from __future__ import annotations
 
 import copy
 import sys
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -36,11 +43,12 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 
-from mbpl_ros.core.dynamics import OnlineDynamics
+from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, encode_checkpoint, experiment_identity,
+                                 read_checkpoint, write_atomically)
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import declare_experiment, run_node
+from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
 
 
 #: Batches kept per condition (the most recently used): a resumed trainer needs the newest
@@ -54,10 +62,8 @@ class _Batch:
 
     version: int
     rollouts: Dict[int, wire.RolloutMessage] = field(default_factory=dict)
-    online: Optional[OnlineDynamics] = None
     fitted: bool = False                      # a complete fit was made
     prior_after: Optional[GMMPrior] = None    # the prior after this batch's last complete fit
-    online_prior: Optional[GMMPrior] = None   # the prior of the last partial fit
 
 
 class DynamicsFitterNode(Node):
@@ -65,19 +71,56 @@ class DynamicsFitterNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self.config, self.experiment_path = declare_experiment(self)
+            state_file = declare(self, "state_file", "", "Where the batches and their GMM priors are kept "
+                                 "across restarts (written after every rollout, read at start-up); empty: "
+                                 "in memory only.", allowed="empty or a writable file path")
+            self.state_file = Path(state_file).expanduser().resolve() if state_file else None
+            self.experiment = experiment_identity(self.config, self.config.seed)
+            # (condition, controller version) -> batch, least recently used first
+            self.batches: Dict[Tuple[int, int], _Batch] = self._read_state()
         except BaseException:
             self.destroy_node()
             raise
         self.layout = self.config.layout
         self.settings = self.config.lqr_flm_settings()
-        # (condition, controller version) -> batch, least recently used first
-        self.batches: Dict[Tuple[int, int], _Batch] = {}
         self.fits_published = 0
         self._fresh_prior_warned = set()
         group = MutuallyExclusiveCallbackGroup()
         self._dynamics_pub = self.create_publisher(Float64MultiArray, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
         self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS,
                                  callback_group=group)
+
+    def _read_state(self) -> Dict[Tuple[int, int], _Batch]:
+        """The batches of state_file (none if unset or absent); NodeParameterError naming the
+        file and the problem if it cannot be used."""
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        try:
+            state = read_checkpoint(self.state_file, self.experiment)
+        except CheckpointError as error:
+            raise NodeParameterError(f"parameter 'state_file': {error}; allowed: a state file of this "
+                                     "experiment, or a path where none exists yet") from None
+        batches = state.algorithm.get("batches") if isinstance(state.algorithm, dict) else None
+        if not isinstance(batches, dict):
+            raise NodeParameterError(f"parameter 'state_file': {self.state_file} holds no dynamics_fitter "
+                                     "state; allowed: a state file written by dynamics_fitter")
+        self.get_logger().info(f"restored {len(batches)} batches from {self.state_file}")
+        # Plain data in the file: this module may be __main__ in the process that wrote it.
+        return {key: _Batch(key[1], dict(batch["rollouts"]), batch["fitted"], batch["prior_after"])
+                for key, batch in batches.items()}
+
+    def _write_state(self) -> None:
+        if self.state_file is None:
+            return
+        versions = [version for _, version in self.batches]
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.state_file, encode_checkpoint(Checkpoint(
+            iteration=max(versions, default=0), metrics=[],
+            algorithm={"batches": {key: {"rollouts": batch.rollouts, "fitted": batch.fitted,
+                                         "prior_after": batch.prior_after}
+                                   for key, batch in self.batches.items()}},
+            rollouts_total=sum(len(batch.rollouts) for batch in self.batches.values()), elapsed_s=0.0,
+            seed=self.config.seed, experiment=self.experiment)))
 
     def _on_rollout(self, msg: Float64MultiArray) -> None:
         try:
@@ -93,13 +136,10 @@ class DynamicsFitterNode(Node):
                                     f"do not fit the experiment")
             return
         batch = self._touch(m, rollout.controller_version)
-        N = self.config.rollouts_per_condition
-        replaced = rollout.index in batch.rollouts
         batch.rollouts[rollout.index] = rollout
-        if len(batch.rollouts) >= N:
+        if len(batch.rollouts) >= self.config.rollouts_per_condition:
             self._fit_complete(m, batch)
-        else:
-            self._fit_partial(m, batch, rollout, replaced)
+        self._write_state()
 
     def _touch(self, m: int, version: int) -> _Batch:
         """The batch of (m, version), created if new, made the most recently used; the least
@@ -123,21 +163,8 @@ class DynamicsFitterNode(Node):
             self._fresh_prior_warned.add((m, batch.version))
             self.get_logger().warning(f"condition {m}: controller version {batch.version} is fitted under a fresh "
                                       f"prior: no complete batch of version {batch.version - 1} is known here "
-                                      "(dynamics_fitter restarted, or that batch was dropped)")
+                                      "(dynamics_fitter restarted without state_file, or that batch was dropped)")
         return new_dynamics_prior(self.settings.prior)
-
-    def _fit_partial(self, m: int, batch: _Batch, rollout: wire.RolloutMessage, replaced: bool) -> None:
-        if batch.online is None or replaced:  # start over when a rollout was replaced
-            batch.online = OnlineDynamics(self.settings.dynamics_regularization)
-            for earlier in self._ordered(batch):
-                if earlier is not rollout:
-                    batch.online.add(earlier.X, earlier.U)
-        batch.online.add(rollout.X, rollout.U)
-        prior = self._prior_before(m, batch)
-        # Held while in use: OnlineDynamics caches per id(prior), which a freed prior's successor could reuse.
-        batch.online_prior = prior
-        dynamics = batch.online.fit(prior if prior is not None and prior.n_rollouts > 0 else None)
-        self._publish(m, batch, [rollout.trial_id for rollout in self._ordered(batch)], False, dynamics)
 
     def _fit_complete(self, m: int, batch: _Batch) -> None:
         # A copy: the prior before this batch stays as it was for a refit (a replaced rollout).

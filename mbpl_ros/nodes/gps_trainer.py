@@ -80,6 +80,9 @@ RETRY_DELAY_S = 0.2
 #: After a trial aborted by the e-stop, how long to wait for the latch state (it may trail
 #: the rollout) before the trial is requested again.
 ESTOP_SETTLE_S = 1.0
+#: A batch's fit not there this long after its last rollout (s, doubling each time): the batch
+#: is published again, for a dynamics_fitter that was down while some of it came.
+REPUBLISH_AFTER_S = 2.0
 #: Runtime-settable parameters and their checks: (predicate, what is allowed).
 RUNTIME_CHECKS = {
     "trial_timeout_s": (lambda v: math.isfinite(v) and 0.1 <= v <= 3600.0, "a double in [0.1, 3600.0]"),
@@ -122,6 +125,8 @@ class GpsTrainerNode(Node):
         self._request_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
         self._controller_pub = self.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
                                                      wire.CONTROLLERS_QOS)
+        # For a batch published again (REPUBLISH_AFTER_S).
+        self._rollout_pub = self.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
         self._rollout_sub = self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout,
                                                      wire.EVENTS_QOS, callback_group=group)
         self._dynamics_sub = self.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self._on_dynamics,
@@ -341,7 +346,7 @@ class GpsTrainerNode(Node):
     def _wait_for_graph(self) -> None:
         def connected():
             return (self._request_pub.get_subscription_count() > 0 and self._controller_pub.get_subscription_count() > 0
-                    and self._rollout_sub.get_publisher_count() > 0 and self._dynamics_sub.get_publisher_count() > 0
+                    and self._others_publishing(wire.ROLLOUTS_TOPIC) > 0 and self._dynamics_sub.get_publisher_count() > 0
                     and (self.config.algorithm != "mdgps" or self._policy_client.service_is_ready()))
         deadline = time.monotonic() + self.discovery_timeout_s
         while not connected():
@@ -352,11 +357,16 @@ class GpsTrainerNode(Node):
                                       f"within discovery_timeout_s={self.discovery_timeout_s:g} s "
                                       f"(subscribers of {wire.TRIAL_REQUESTS_TOPIC}: "
                                       f"{self._request_pub.get_subscription_count()}, publishers of "
-                                      f"{wire.ROLLOUTS_TOPIC}: {self._rollout_sub.get_publisher_count()}, of "
+                                      f"{wire.ROLLOUTS_TOPIC}: {self._others_publishing(wire.ROLLOUTS_TOPIC)}, of "
                                       f"{wire.DYNAMICS_TOPIC}: {self._dynamics_sub.get_publisher_count()}, "
                                       f"{self.controller_node}/set_parameters ready: "
                                       f"{self._policy_client.service_is_ready()})")
             time.sleep(0.05)
+
+    def _others_publishing(self, topic: str) -> int:
+        """Publishers of `topic` other than this node's own."""
+        return sum(1 for info in self.get_publishers_info_by_topic(topic)
+                   if (info.node_name, info.node_namespace) != (self.get_name(), self.get_namespace()))
 
     def _publish_controllers(self, controllers, version: int) -> None:
         for m, controller in enumerate(controllers):
@@ -441,17 +451,29 @@ class GpsTrainerNode(Node):
             if self._stop.wait(RETRY_DELAY_S * attempt):
                 raise TrainingStopped("stopped")
 
-    def _await_dynamics(self, version: int, ids: Dict[int, List[int]]) -> list:
-        """dynamics_fitter's complete fit of every condition's batch (trial ids as sampled)."""
+    def _await_dynamics(self, version: int, batch: Dict[int, List[wire.RolloutMessage]]) -> list:
+        """dynamics_fitter's complete fit of every condition's batch (its rollouts, by trial
+        id, as sampled). An overdue fit has its batch published again (REPUBLISH_AFTER_S)."""
+        ids = {m: [rollout.trial_id for rollout in rollouts] for m, rollouts in batch.items()}
+
         def matches(m):
             message = self._dynamics.get((m, version))
             return message is not None and list(message.trial_ids) == ids[m]
         M = len(self.config.conditions)
-        if not self._wait(lambda: all(matches(m) for m in range(M)), self.dynamics_timeout_s):
+        deadline = time.monotonic() + self.dynamics_timeout_s
+        pause = REPUBLISH_AFTER_S
+        while not self._wait(lambda: all(matches(m) for m in range(M)), min(pause, deadline - time.monotonic())):
             missing = [m for m in range(M) if not matches(m)]
-            raise TrainingStopped(f"dynamics_fitter sent no complete fit of controller version {version} on the "
-                                  f"rollouts sampled for conditions {missing} within "
-                                  f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
+            if time.monotonic() >= deadline:
+                raise TrainingStopped(f"dynamics_fitter sent no complete fit of controller version {version} on "
+                                      f"the rollouts sampled for conditions {missing} within "
+                                      f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
+            self.get_logger().warning(f"no fit of controller version {version} for conditions {missing} yet: "
+                                      "publishing their rollouts again")
+            for m in missing:
+                for rollout in batch[m]:
+                    self._rollout_pub.publish(wire.encode_rollout(rollout))
+            pause *= 2
         with self._arrived:
             fits = [self._dynamics[(m, version)].dynamics for m in range(M)]
             for key in [key for key in self._dynamics if key[1] <= version]:  # no longer awaited
@@ -476,6 +498,7 @@ class RosTrials:
         self.node = node
         self.policy_path: Optional[Path] = None
         self.policy_version = -1
+        self.samples: Dict[int, wire.RolloutMessage] = {}   # the batch being sampled, by trial id
 
     def start(self, state: Optional[dict]) -> None:
         """Trial ids go on from a resumed run's, past any it used after its checkpoint; then
@@ -502,6 +525,8 @@ class RosTrials:
                 policy = (self.policy_path, trial.version)
             noise = noise_scale * trial.noise if trial.purpose == "sample" else trial.noise
             rollout = self.node._trial(trial, noise, policy)
+            if trial.purpose == "sample":
+                self.samples[rollout.trial_id] = rollout
             result = TrialResult(trial, rollout.X, rollout.U, rollout.U, rollout.trial_id)
             on_trial(result)
             results.append(result)
@@ -509,10 +534,11 @@ class RosTrials:
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> list:
         """dynamics_fitter's complete fits of exactly these rollouts (by trial id), per condition."""
-        ids: Dict[int, List[int]] = {m: [] for m in range(len(self.node.config.conditions))}
+        batch: Dict[int, List[wire.RolloutMessage]] = {m: [] for m in range(len(self.node.config.conditions))}
         for result in results:
-            ids[result.trial.condition].append(result.trial_id)
-        return self.node._await_dynamics(version, ids)
+            batch[result.trial.condition].append(self.samples[result.trial_id])
+        self.samples = {}
+        return self.node._await_dynamics(version, batch)
 
     def state(self) -> dict:
         return {"next_trial_id": self.node._next_trial_id}

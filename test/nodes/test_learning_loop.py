@@ -224,14 +224,16 @@ def assert_same_metrics(rows, reference, rtol=1e-9):
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("algorithm", ["lqr_flm", "mdgps"])
+@pytest.mark.parametrize("algorithm", ["lqr_flm", "mdgps", "mdgps_on_policy"])
 def test_three_lockstep_iterations_of_the_graph_reproduce_mbpl_train(tmp_path, algorithm):
     """The graph (trials through lqr_controller, sample_collector, dynamics_fitter over DDS)
-    and `mbpl train` run the one training loop: the same metrics, recordings and policy."""
+    and `mbpl train` run the one training loop: the same metrics, recordings and policy.
+    mdgps_on_policy: iterations 2 and 3 are sampled by lqr_controller's policy executor."""
     if algorithm == "lqr_flm":
         experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3)
     else:
-        experiment = small_mdgps_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3)
+        experiment = small_mdgps_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3,
+                                            policy={"sample_on_policy": algorithm == "mdgps_on_policy"})
     reference = offline_run(experiment, tmp_path / "offline", iterations=3)
     rows = graph_run(experiment, tmp_path / "graph", iterations=3)
     assert rows == [json.loads(line) for line in (tmp_path / "graph" / "metrics.jsonl").read_text().splitlines()]
@@ -249,7 +251,7 @@ def test_three_lockstep_iterations_of_the_graph_reproduce_mbpl_train(tmp_path, a
             (expected.iteration, expected.condition, expected.index)
         np.testing.assert_allclose(recorded.positions, expected.positions, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(recorded.efforts, expected.efforts, rtol=1e-9, atol=1e-12)
-    if algorithm == "mdgps":
+    if algorithm != "lqr_flm":
         from mbpl_ros.core.policy import load_exported_policy
 
         assert rows[3]["policy_final_distance_m"] is not None and rows[0]["policy_final_distance_m"] is None
