@@ -20,6 +20,12 @@ class LinearGaussianDynamics:
     x0_mean: np.ndarray
     x0_covar: np.ndarray
 
+    def __post_init__(self) -> None:
+        # One memory layout (C order): strides change matmul rounding, and a model fitted
+        # here must compute exactly as the same model decoded from a ROS message.
+        for name in ("F", "f", "covar", "x0_mean", "x0_covar"):
+            setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=float))
+
     @property
     def T(self) -> int:
         return self.F.shape[0] + 1
