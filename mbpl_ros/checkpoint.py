@@ -174,7 +174,8 @@ def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporary files that write_atomically (or a policy export) left behind when
     killed mid-write."""
     removed = []
-    for tmp in [p for pattern in (".*.tmp", ".*.tmp.pt", ".*.tmp.json") for p in Path(directory).glob(pattern)]:
+    patterns = (".*.tmp", ".*.tmp.pt", ".*.tmp.json")
+    for tmp in [path for pattern in patterns for path in Path(directory).glob(pattern)]:
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed

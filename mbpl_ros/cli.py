@@ -46,8 +46,8 @@ def _train(args) -> int:
     _check_device(config)
     output = Path(args.output)
     try:
-        claim_output(output, resume=args.resume, overwrite=args.overwrite, resume_hint="pass --resume",
-                     overwrite_hint="--overwrite")
+        claim_output(output, resume=args.resume, overwrite=args.overwrite,
+                     resume_hint="pass --resume", overwrite_hint="--overwrite")
     except OutputInUse as error:
         print(f"mbpl: {error}", file=sys.stderr)
         return 2

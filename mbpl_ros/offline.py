@@ -29,15 +29,17 @@ from typing import Any, Callable, List, Optional, Sequence, TextIO
 import numpy as np
 
 # CHECKPOINT_FORMAT, CheckpointError and write_atomically are re-exported for existing callers.
-from mbpl_ros.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, experiment_fingerprint,  # noqa: F401
-                                 experiment_identity, identity_differences, write_atomically)
+from mbpl_ros.checkpoint import (CHECKPOINT_FORMAT, CheckpointError,  # noqa: F401
+                                 experiment_fingerprint, experiment_identity, identity_differences,
+                                 write_atomically)
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import JointStateToState, final_distance, run_rollout
 # Re-exported: they were defined here before the loop moved to mbpl_ros.training.
 from mbpl_ros.training import (METRICS_FILE, RECORDING_FILE, Trial, TrainingLoop,  # noqa: F401
-                               TrialHook, TrialResult, contiguous, plot_learning_curve, recording_run_info)
+                               TrialHook, TrialResult, check_policy_matches, contiguous,
+                               plot_learning_curve, recording_run_info)
 
 #: Held-out initial conditions are at least this far (rad, Euclidean in joint space)
 #: from every training condition's initial joint angles.
@@ -94,7 +96,8 @@ class SimSource:
 
         self.config = config
         self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
-        self.limits = safety.SafetyLimits(effort=self.arm.effort_limits, position=self.arm.position_limits,
+        self.limits = safety.SafetyLimits(effort=self.arm.effort_limits,
+                                          position=self.arm.position_limits,
                                           margin=safety.DEFAULT_JOINT_LIMIT_MARGIN,
                                           damping=safety.DEFAULT_JOINT_LIMIT_DAMPING)
         self._zero = np.zeros(config.layout.dU)
@@ -123,20 +126,23 @@ class SimSource:
         results = []
         for trial in trials:
             spec = config.conditions[trial.condition]
-            executor = (self.controllers[trial.version][trial.condition] if trial.executor == "controller"
-                        else self.policies[trial.version])
+            executor = (self.controllers[trial.version][trial.condition]
+                        if trial.executor == "controller" else self.policies[trial.version])
             commands = np.empty((config.T, layout.dU))
 
             def act(t, x, executor=executor, noise=trial.noise, commands=commands):
                 u = executor.act(t, x, noise[t])
                 commands[t] = u
-                command = safe_command(u, x[layout.position], x[layout.velocity], self.limits, self._zero)
+                command = safe_command(u, x[layout.position], x[layout.velocity], self.limits,
+                                       self._zero)
                 if command.fault is not None:
-                    raise RuntimeError(f"iteration {trial.iteration}, condition {trial.condition}, "
-                                       f"{trial.purpose} {trial.index}, step {t}: {command.fault}")
+                    raise RuntimeError(f"iteration {trial.iteration}, condition "
+                                       f"{trial.condition}, {trial.purpose} {trial.index}, "
+                                       f"step {t}: {command.fault}")
                 return command.effort
 
-            X, U = run_rollout(self.arm, layout, act, spec.initial_positions, spec.target, config.T)
+            X, U = run_rollout(self.arm, layout, act, spec.initial_positions, spec.target,
+                               config.T)
             result = TrialResult(trial, X, U, commands)
             on_trial(result)
             results.append(result)
@@ -269,8 +275,10 @@ class TrainingRun:
         source = RecordedSource(self.config, [batch for _, batch in batches])
         return self._train(source, len(batches), resume=False, record=False)
 
-    def _train(self, source: SimSource, iterations: int, *, resume: bool, record: bool) -> list[dict]:
-        loop = TrainingLoop(self.config, self.output, self.seed, source, record=record, log=self.log)
+    def _train(self, source: SimSource, iterations: int, *, resume: bool,
+               record: bool) -> list[dict]:
+        loop = TrainingLoop(self.config, self.output, self.seed, source, record=record,
+                            log=self.log)
         try:
             checkpoint = loop.checkpoint_to_resume() if resume else None
             self.metrics = loop.run(iterations, checkpoint=checkpoint)
@@ -333,10 +341,7 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
     from mbpl_ros.core.policy import load_exported_policy
 
     policy = load_exported_policy(policy_path)
-    layout = config.layout
-    if (policy.dX, policy.dU) != (layout.dX, layout.dU):
-        raise ValueError(f"{policy_path}: the policy maps dX={policy.dX} to dU={policy.dU}, but "
-                         f"{config.robot} has dX={layout.dX}, dU={layout.dU}")
+    check_policy_matches(policy, config, policy_path)
     threshold = config.success_distance_m if success_distance_m is None else float(success_distance_m)
     if not threshold > 0:
         raise ValueError(f"success_distance_m must be > 0, got {threshold!r}")

@@ -111,9 +111,11 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
                       for spec in specs}
     except ValueError as error:
         raise GraphError(str(error)) from None
+    _check_one_experiment(params_file, parameters)
     if "dynamics_fitter" in parameters and not parameters["dynamics_fitter"].get("state_file"):
         # The fitter's batches and priors live beside the run, so a killed graph resumes exactly.
-        output = Path(parameters.get("gps_trainer", {}).get("output_dir", "gps_output")).expanduser().resolve()
+        output = Path(parameters.get("gps_trainer", {}).get("output_dir", "gps_output"))
+        output = output.expanduser().resolve()
         parameters["dynamics_fitter"]["state_file"] = str(output / FITTER_STATE_FILE)
 
     context = Context()
@@ -159,6 +161,41 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
         for node in reversed(nodes):
             node.destroy_node()
         rclpy.try_shutdown(context=context)
+
+
+def _check_one_experiment(params_file: Path, parameters: Dict[str, dict]) -> None:
+    """GraphError unless every node runs the same experiment (and sim_robot its robot): a
+    graph whose nodes disagree cannot learn. Names the file, the node, the key and what is
+    allowed."""
+    from mbpl_ros.config import ConfigError
+    from mbpl_ros.experiment import load_experiment
+    from mbpl_ros.nodes.common import NodeParameterError, resolve_experiment_path
+
+    loaded = {}
+    for name, values in parameters.items():
+        if name == "sim_robot" and not values.get("experiment_config"):
+            continue
+        try:
+            path = resolve_experiment_path(values.get("experiment_config", "reacher_2link.yaml"))
+        except NodeParameterError:
+            continue   # the node's own start-up says what is wrong with it
+        try:
+            loaded[name] = (path, load_experiment(path))
+        except (ConfigError, ValueError, OSError) as error:
+            raise GraphError(f"{params_file}: {name} parameter 'experiment_config' = "
+                             f"{str(path)!r} cannot be loaded: {error}") from None
+    if not loaded:
+        return
+    first, (first_path, experiment) = next(iter(loaded.items()))
+    for name, (path, config) in loaded.items():
+        if config != experiment:
+            raise GraphError(f"{params_file}: {name} parameter 'experiment_config' is "
+                             f"{str(path)!r} but {first}'s is {str(first_path)!r}; allowed: one "
+                             "experiment for every node (--experiment sets it)")
+    robot = parameters.get("sim_robot", {}).get("robot")
+    if robot is not None and robot != experiment.robot:
+        raise GraphError(f"{params_file}: sim_robot parameter 'robot' is {robot!r}; allowed: "
+                         f"the experiment's robot {experiment.robot!r} ({first_path})")
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -43,9 +43,10 @@ from typing import Callable, List, Optional, Protocol, Sequence, TextIO
 
 import numpy as np
 
-from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_states, checkpoint_paths,
-                                 experiment_fingerprint, experiment_identity, fsync_directory, latest_checkpoint,
-                                 remove_stale_temporaries, restore_rng_states, write_checkpoint, write_metrics)
+from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_states,
+                                 checkpoint_paths, experiment_fingerprint, experiment_identity,
+                                 fsync_directory, latest_checkpoint, remove_stale_temporaries,
+                                 restore_rng_states, write_checkpoint, write_metrics)
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import ExperimentConfig
@@ -156,13 +157,14 @@ def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
     """The `mbpl_run` description of a recording made by a run of `config` with `seed`."""
     identity = experiment_identity(config, seed)
     return {"robot": config.robot, "joint_names": list(config.robot_spec.joint_names),
-            "T": config.T, "control_dt": config.control_dt, "dt_ns": int(round(config.control_dt * 1e9)),
+            "T": config.T, "control_dt": config.control_dt,
+            "dt_ns": int(round(config.control_dt * 1e9)),
             "seed": int(seed), "algorithm": config.algorithm, "experiment": identity,
             "experiment_fingerprint": experiment_fingerprint(identity)}
 
 
-def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, output: Path, iteration: int,
-                  seed: int) -> Path:
+def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, output: Path,
+                  iteration: int, seed: int) -> Path:
     """policy.pt (TorchScript) and policy.json into `output`, each replaced atomically (written
     beside, then renamed: the module last, so a reader never pairs a new module with an old
     description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling."""
@@ -175,15 +177,36 @@ def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, outp
         extra_metadata={
             "robot": config.robot, "algorithm": "mdgps", "iterations": int(iteration),
             "seed": int(seed), "T": config.T, "control_dt": config.control_dt,
-            "state_layout": {"n_joints": config.layout.n_joints, "n_points": config.layout.n_points},
+            "state_layout": {"n_joints": config.layout.n_joints,
+                             "n_points": config.layout.n_points},
             "training_conditions": [{"initial_positions": list(c.initial_positions),
                                      "target": list(c.target)} for c in config.conditions]})
-    for written, final in ((staging.with_suffix(".json"), output / "policy.json"), (staging, output / POLICY_FILE)):
+    for written, final in ((staging.with_suffix(".json"), output / "policy.json"),
+                           (staging, output / POLICY_FILE)):
         with open(written, "rb") as f:
             os.fsync(f.fileno())
         os.replace(written, final)
     fsync_directory(output)
     return output / POLICY_FILE
+
+
+def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
+    """ValueError naming `path`, the key and what is allowed when an exported policy (as
+    core.policy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
+    joint_names (the command order) and state_layout must be the experiment's."""
+    layout, joints = config.layout, list(config.robot_spec.joint_names)
+    if (policy.dX, policy.dU) != (layout.dX, layout.dU):
+        raise ValueError(f"{path}: keys dX, dU are {policy.dX}, {policy.dU}; allowed: "
+                         f"{layout.dX}, {layout.dU} (the state and action sizes of "
+                         f"{config.robot})")
+    if policy.joint_names is not None and list(policy.joint_names) != joints:
+        raise ValueError(f"{path}: key joint_names is {list(policy.joint_names)}; allowed: "
+                         f"{joints} ({config.robot}'s joints, in its order)")
+    stored = policy.metadata.get("extra", {}).get("state_layout")
+    expected = {"n_joints": layout.n_joints, "n_points": layout.n_points}
+    if stored is not None and stored != expected:
+        raise ValueError(f"{path}: key extra.state_layout is {stored}; allowed: {expected} "
+                         f"(the state layout of {config.robot})")
 
 
 def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: float) -> None:
@@ -197,7 +220,8 @@ def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: flo
     distances = np.array([row["final_distance_m"] for row in metrics])
     policy_rows = [row for row in metrics if row.get("policy_final_distance_m") is not None]
     fig, (ax_cost, ax_dist) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_cost.plot(iterations, [row["mean_cost"] for row in metrics], marker="o", label="controllers")
+    ax_cost.plot(iterations, [row["mean_cost"] for row in metrics], marker="o",
+                 label="controllers")
     for m in range(distances.shape[1]):
         ax_dist.semilogy(iterations, 100 * distances[:, m], marker="o", label=f"condition {m}")
     if policy_rows:
@@ -223,11 +247,13 @@ def progress_line(row: dict, success_distance_m: float) -> str:
     """The one-line summary of a metrics row."""
     distances = row["final_distance_m"]
     reached = sum(d < success_distance_m for d in distances)
-    line = (f"iteration {row['iteration']:3d} | rollouts {row['rollouts']:4d} | cost {row['mean_cost']:10.3f} | "
-            f"final distance (cm) {' '.join(f'{100 * d:6.2f}' for d in distances)} | "
+    def cm(values):
+        return " ".join(f"{100 * d:6.2f}" for d in values)
+    line = (f"iteration {row['iteration']:3d} | rollouts {row['rollouts']:4d} | "
+            f"cost {row['mean_cost']:10.3f} | final distance (cm) {cm(distances)} | "
             f"reached {reached}/{len(distances)}")
     if row.get("policy_final_distance_m") is not None:
-        line += (f" | policy (cm) {' '.join(f'{100 * d:6.2f}' for d in row['policy_final_distance_m'])}"
+        line += (f" | policy (cm) {cm(row['policy_final_distance_m'])}"
                  f" | policy loss {row['policy_loss']:8.4f}")
     return f"{line} | {row['wall_s']:6.1f} s"
 
@@ -324,17 +350,20 @@ class TrainingLoop:
                 recorder, kept = RolloutRecorder.resume(output / RECORDING_FILE, run_info,
                                                         through_iteration=checkpoint.iteration)
                 note = f"; {kept} recorded rollouts kept"
-            self.say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
-                     f"{rollouts_total} rollouts{note}; continuing at iteration {first}")
+            self.say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} "
+                     f"complete, {rollouts_total} rollouts{note}; continuing at iteration {first}")
         algorithm = self.algorithm
         try:
             self.source.start(None if checkpoint is None else checkpoint.extra)
-            self.source.publish(algorithm.controllers, first - 1, self._export(algorithm, first - 1))
+            self.source.publish(algorithm.controllers, first - 1,
+                                self._export(algorithm, first - 1))
             if checkpoint is None:
                 self._commit(self._evaluate(algorithm, cost, 0, 0, start), None)
             for i in range(first, iterations + 1):
-                samples = self.source.run_trials(self._sample_trials(i), self._trial_hook(recorder))
-                batch = Rollouts(np.stack([r.X for r in samples]), np.stack([r.U for r in samples]),
+                samples = self.source.run_trials(self._sample_trials(i),
+                                                 self._trial_hook(recorder))
+                batch = Rollouts(np.stack([r.X for r in samples]),
+                                 np.stack([r.U for r in samples]),
                                  np.array([r.trial.condition for r in samples]))
                 rollouts_total += batch.N
                 dynamics = self.source.fitted_dynamics(samples[0].trial.version, samples)
@@ -343,14 +372,17 @@ class TrainingLoop:
                 report = self._update(algorithm, batch, dynamics)
                 self.source.publish(algorithm.controllers, i, self._export(algorithm, i))
                 conditions = report.conditions if self.is_mdgps else report
-                extra = {"policy_loss": report.policy_loss, "policy_kl": report.policy_kl} if self.is_mdgps else {}
-                row = self._evaluate(algorithm, cost, i, rollouts_total, start,
-                                     sample_cost=float(np.mean([r.sample_cost for r in conditions])),
-                                     kl_step=float(np.mean([r.kl_step for r in conditions])),
-                                     kl=float(np.mean([r.kl for r in conditions])), **extra)
+                extra = ({"policy_loss": report.policy_loss, "policy_kl": report.policy_kl}
+                         if self.is_mdgps else {})
+                row = self._evaluate(
+                    algorithm, cost, i, rollouts_total, start,
+                    sample_cost=float(np.mean([r.sample_cost for r in conditions])),
+                    kl_step=float(np.mean([r.kl_step for r in conditions])),
+                    kl=float(np.mean([r.kl for r in conditions])), **extra)
                 self._commit(row, Checkpoint(
-                    iteration=i, algorithm=algorithm, metrics=self.metrics + [row], rollouts_total=rollouts_total,
-                    elapsed_s=time.perf_counter() - start, seed=self.seed, experiment=self.experiment,
+                    iteration=i, algorithm=algorithm, metrics=self.metrics + [row],
+                    rollouts_total=rollouts_total, elapsed_s=time.perf_counter() - start,
+                    seed=self.seed, experiment=self.experiment,
                     rng_states=capture_rng_states(), extra=self.source.state()))
         finally:
             if recorder is not None:
@@ -366,10 +398,12 @@ class TrainingLoop:
         iteration on: it is untrained before)."""
         config, layout = self.config, self.config.layout
         on_policy = self.is_mdgps and config.policy.sample_on_policy and iteration > 1
-        return [Trial(iteration, m, n, "sample", "policy" if on_policy else "controller", iteration - 1,
-                      rollout_noise(self.seed, iteration, m, n, config.T, layout.dU, config.exploration.smoothing,
-                                    config.exploration.renormalize))
-                for m in range(len(config.conditions)) for n in range(config.rollouts_per_condition)]
+        executor = "policy" if on_policy else "controller"
+        return [Trial(iteration, m, n, "sample", executor, iteration - 1,
+                      rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
+                                    config.exploration.smoothing, config.exploration.renormalize))
+                for m in range(len(config.conditions))
+                for n in range(config.rollouts_per_condition)]
 
     def _trial_hook(self, recorder) -> TrialHook:
         from mbpl_ros.recording import RecordedRollout
@@ -384,8 +418,9 @@ class TrainingLoop:
                 recorder.write_rollout(RecordedRollout(
                     iteration=trial.iteration, condition=trial.condition, index=trial.index,
                     controller_version=trial.version, joint_names=joint_names,
-                    positions=result.X[:, layout.position], velocities=result.X[:, layout.velocity],
-                    efforts=result.U, commands=result.commands, target=np.asarray(spec.target, float),
+                    positions=result.X[:, layout.position],
+                    velocities=result.X[:, layout.velocity], efforts=result.U,
+                    commands=result.commands, target=np.asarray(spec.target, float),
                     initial_positions=np.asarray(spec.initial_positions, float)))
             if self.on_trial is not None:
                 self.on_trial(result)
@@ -402,20 +437,23 @@ class TrainingLoop:
         """For MDGPS after at least one update: the policy exported (policy.pt)."""
         if not self.is_mdgps or iteration < 1:
             return None
-        return export_policy(algorithm.policy, algorithm.policy_covariance, self.config, self.output, iteration,
-                             self.seed)
+        return export_policy(algorithm.policy, algorithm.policy_covariance, self.config,
+                             self.output, iteration, self.seed)
 
-    def _evaluate(self, algorithm, cost, iteration: int, rollouts: int, start: float, sample_cost=None,
-                  kl_step=None, kl=None, policy_loss=None, policy_kl=None) -> dict:
+    def _evaluate(self, algorithm, cost, iteration: int, rollouts: int, start: float,
+                  sample_cost=None, kl_step=None, kl=None, policy_loss=None,
+                  policy_kl=None) -> dict:
         """The metrics row of an iteration: noise-free trials of the controllers (and policy)."""
         config, layout = self.config, self.config.layout
         zero = np.zeros((config.T, layout.dU))
         M = len(config.conditions)
-        trials = [Trial(iteration, m, 0, "evaluation", "controller", iteration, zero) for m in range(M)]
+        trials = [Trial(iteration, m, 0, "evaluation", "controller", iteration, zero)
+                  for m in range(M)]
         # Before the first S-step there is no policy worth measuring.
         measure_policy = self.is_mdgps and iteration > 0
         if measure_policy:
-            trials += [Trial(iteration, m, 0, "evaluation", "policy", iteration, zero) for m in range(M)]
+            trials += [Trial(iteration, m, 0, "evaluation", "policy", iteration, zero)
+                       for m in range(M)]
         results = self.source.run_trials(trials, self._trial_hook(None))
         distances = [final_distance(r.X, layout) for r in results]
         costs = [float(cost.evaluate(r.X[None], r.U[None]).l.sum()) for r in results]

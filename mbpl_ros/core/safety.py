@@ -187,5 +187,6 @@ def safe_command(u, q, qd, limits: SafetyLimits, fallback: np.ndarray) -> SafeCo
     return SafeCommand(effort)
 
 
-__all__ = ["FALLBACK_ACTIONS", "DEFAULT_JOINT_LIMIT_MARGIN", "DEFAULT_JOINT_LIMIT_DAMPING", "SafetyLimits", "SafeCommand", "lowered_effort_limits", "clamp_effort",
+__all__ = ["FALLBACK_ACTIONS", "SafetyLimits", "SafeCommand", "lowered_effort_limits", "clamp_effort",
            "limit_proximity", "joint_limit_guard", "fallback_effort", "safe_command"]
+__all__ += ["DEFAULT_JOINT_LIMIT_MARGIN", "DEFAULT_JOINT_LIMIT_DAMPING"]

@@ -43,8 +43,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 
-from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, encode_checkpoint, experiment_identity,
-                                 read_checkpoint, write_atomically)
+from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, encode_checkpoint,
+                                 experiment_identity, read_checkpoint, write_atomically)
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
@@ -71,9 +71,10 @@ class DynamicsFitterNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self.config, self.experiment_path = declare_experiment(self)
-            state_file = declare(self, "state_file", "", "Where the batches and their GMM priors are kept "
-                                 "across restarts (written after every rollout, read at start-up); empty: "
-                                 "in memory only.", allowed="empty or a writable file path")
+            state_file = declare(self, "state_file", "", "Where the batches and their GMM "
+                                 "priors are kept across restarts (written after every rollout, "
+                                 "read at start-up); empty: in memory only.",
+                                 allowed="empty or a writable file path")
             self.state_file = Path(state_file).expanduser().resolve() if state_file else None
             self.experiment = experiment_identity(self.config, self.config.seed)
             # (condition, controller version) -> batch, least recently used first
@@ -98,12 +99,14 @@ class DynamicsFitterNode(Node):
         try:
             state = read_checkpoint(self.state_file, self.experiment)
         except CheckpointError as error:
-            raise NodeParameterError(f"parameter 'state_file': {error}; allowed: a state file of this "
-                                     "experiment, or a path where none exists yet") from None
+            raise NodeParameterError(f"parameter 'state_file': {error}; allowed: a state file "
+                                     "of this experiment, or a path where none exists "
+                                     "yet") from None
         batches = state.algorithm.get("batches") if isinstance(state.algorithm, dict) else None
         if not isinstance(batches, dict):
-            raise NodeParameterError(f"parameter 'state_file': {self.state_file} holds no dynamics_fitter "
-                                     "state; allowed: a state file written by dynamics_fitter")
+            raise NodeParameterError(f"parameter 'state_file': {self.state_file} holds no "
+                                     "dynamics_fitter state; allowed: a state file written by "
+                                     "dynamics_fitter")
         self.get_logger().info(f"restored {len(batches)} batches from {self.state_file}")
         # Plain data in the file: this module may be __main__ in the process that wrote it.
         return {key: _Batch(key[1], dict(batch["rollouts"]), batch["fitted"], batch["prior_after"])
@@ -119,7 +122,8 @@ class DynamicsFitterNode(Node):
             algorithm={"batches": {key: {"rollouts": batch.rollouts, "fitted": batch.fitted,
                                          "prior_after": batch.prior_after}
                                    for key, batch in self.batches.items()}},
-            rollouts_total=sum(len(batch.rollouts) for batch in self.batches.values()), elapsed_s=0.0,
+            rollouts_total=sum(len(batch.rollouts) for batch in self.batches.values()),
+            elapsed_s=0.0,
             seed=self.config.seed, experiment=self.experiment)))
 
     def _on_rollout(self, msg: Float64MultiArray) -> None:
@@ -163,7 +167,8 @@ class DynamicsFitterNode(Node):
             self._fresh_prior_warned.add((m, batch.version))
             self.get_logger().warning(f"condition {m}: controller version {batch.version} is fitted under a fresh "
                                       f"prior: no complete batch of version {batch.version - 1} is known here "
-                                      "(dynamics_fitter restarted without state_file, or that batch was dropped)")
+                                      "(dynamics_fitter restarted without state_file, or that "
+                                      "batch was dropped)")
         return new_dynamics_prior(self.settings.prior)
 
     def _fit_complete(self, m: int, batch: _Batch) -> None:

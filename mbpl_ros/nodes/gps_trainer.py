@@ -67,8 +67,8 @@ from std_msgs.msg import Bool, Float64MultiArray
 from mbpl_ros.checkpoint import Checkpoint, CheckpointError
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
-from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult, claim_output,
-                               contiguous, set_kl_step)
+from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
+                               claim_output, contiguous, set_kl_step)
 
 __all__ = ["GpsTrainerNode", "RosTrials", "TrainingStopped", "contiguous", "main"]
 
@@ -126,15 +126,16 @@ class GpsTrainerNode(Node):
         self._controller_pub = self.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
                                                      wire.CONTROLLERS_QOS)
         # For a batch published again (REPUBLISH_AFTER_S).
-        self._rollout_pub = self.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self._rollout_pub = self.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC,
+                                                  wire.EVENTS_QOS)
         self._rollout_sub = self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout,
                                                      wire.EVENTS_QOS, callback_group=group)
         self._dynamics_sub = self.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self._on_dynamics,
                                                       wire.EVENTS_QOS, callback_group=group)
         self.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self._on_estop_latched, wire.LATCHED_STATE_QOS,
                                  callback_group=group)
-        self._policy_client = self.create_client(SetParameters, f"{self.controller_node}/set_parameters",
-                                                 callback_group=group)
+        self._policy_client = self.create_client(
+            SetParameters, f"{self.controller_node}/set_parameters", callback_group=group)
         self._policy_set: Optional[tuple] = None  # (path, version) lqr_controller last confirmed
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._run, name="gps_trainer", daemon=True)
@@ -150,8 +151,9 @@ class GpsTrainerNode(Node):
         seed = declare(self, "seed", -1, "Seed of the exploration noise; -1: the experiment's.",
                        allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
         self.seed = self.config.seed if seed < 0 else seed
-        output = declare(self, "output_dir", "gps_output", "Where metrics.jsonl, checkpoints and "
-                         "learning_curve.png go (relative to the current directory).",
+        output = declare(self, "output_dir", "gps_output", "Where metrics.jsonl, checkpoints, "
+                         "rollouts.mcap, learning_curve.png and (MDGPS) policy.pt go "
+                         "(relative to the current directory).",
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
@@ -178,16 +180,19 @@ class GpsTrainerNode(Node):
                                            allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
         self.resume = declare(self, "resume", False, "Continue the run in output_dir from its newest checkpoint "
                               "(completed iterations are kept, a half-done one is redone; none: start at "
-                              "iteration 0). false: start at iteration 0, refused if output_dir holds checkpoints.",
+                              "iteration 0). false: start at iteration 0, refused if output_dir "
+                              "holds a run (unless overwrite).",
                               allowed="true or false")
-        self.overwrite = declare(self, "overwrite", False, "Without resume: start over in an output_dir that "
-                                 "holds a run (its checkpoints are deleted). false: such an output_dir is "
-                                 "refused.", allowed="true or false")
+        self.overwrite = declare(self, "overwrite", False, "Without resume: start over in an "
+                                 "output_dir that holds a run (its checkpoints are deleted). "
+                                 "false: such an output_dir is refused.", allowed="true or false")
         if self.resume and self.overwrite:
-            raise NodeParameterError("parameters 'resume' and 'overwrite' are both true; allowed: at most one")
-        self.controller_node = declare(self, "controller_node", "/lqr_controller", "The lqr_controller whose "
-                                       "policy_path an MDGPS run sets to output_dir/policy.pt before policy "
-                                       "trials.", allowed="a node name")
+            raise NodeParameterError("parameters 'resume' and 'overwrite' are both true; "
+                                     "allowed: at most one")
+        self.controller_node = declare(self, "controller_node", "/lqr_controller",
+                                       "The lqr_controller whose policy_path an MDGPS run sets to "
+                                       "output_dir/policy.pt before policy trials.",
+                                       allowed="a node name")
         if not self.controller_node:
             raise NodeParameterError("parameter 'controller_node' is empty; allowed: a node name, "
                                      "e.g. /lqr_controller")
@@ -201,9 +206,10 @@ class GpsTrainerNode(Node):
             try:
                 resolve_device(config.policy.device)
             except RuntimeError as error:
-                raise NodeParameterError(f"parameter 'experiment_config' = {path!r}: key policy.device is "
-                                         f"{config.policy.device!r}: {error}; allowed: cpu or an available "
-                                         "CUDA device") from None
+                raise NodeParameterError(
+                    f"parameter 'experiment_config' = {path!r}: key policy.device is "
+                    f"{config.policy.device!r}: {error}; allowed: cpu or an available CUDA "
+                    "device") from None
 
     @property
     def metrics(self) -> List[dict]:
@@ -315,10 +321,10 @@ class GpsTrainerNode(Node):
         if self.config.algorithm == "mdgps":
             import torch
 
-            torch.set_num_threads(1)   # a small network: threads cost more than they give (and `mbpl train`'s)
-        self._loop = TrainingLoop(self.config, self.output, self.seed, RosTrials(self), record=True,
-                                  say=self._say, before_update=lambda algorithm: set_kl_step(algorithm,
-                                                                                             self.kl_step))
+            torch.set_num_threads(1)   # a small network: threads cost more than they give
+        self._loop = TrainingLoop(
+            self.config, self.output, self.seed, RosTrials(self), record=True, say=self._say,
+            before_update=lambda algorithm: set_kl_step(algorithm, self.kl_step))
         checkpoint = self._checkpoint_to_resume()
         self._loop.run(self.iterations, checkpoint=checkpoint)
         self._say(f"done: {self.iterations} iterations; results in {self.output}")
@@ -329,7 +335,8 @@ class GpsTrainerNode(Node):
         file and the problem otherwise; checked before anything is written."""
         try:
             claim_output(self.output, resume=self.resume, overwrite=self.overwrite,
-                         resume_hint="set parameter resume: true", overwrite_hint="overwrite: true")
+                         resume_hint="set parameter resume: true",
+                         overwrite_hint="overwrite: true")
         except OutputInUse as error:
             raise TrainingStopped(f"output_dir {error}") from None
         if not self.resume:
@@ -337,17 +344,22 @@ class GpsTrainerNode(Node):
         try:
             checkpoint = self._loop.checkpoint_to_resume()
         except CheckpointError as error:
-            raise TrainingStopped(f"resume: the run in output_dir cannot be continued: {error}") from None
+            raise TrainingStopped(f"resume: the run in output_dir cannot be continued: "
+                                  f"{error}") from None
         if checkpoint is not None and "next_trial_id" not in checkpoint.extra:
-            raise TrainingStopped(f"resume: {checkpoint.path} was not written by gps_trainer (it has no trial-id "
-                                  "counter); continue it with `mbpl train --resume`")
+            raise TrainingStopped(f"resume: {checkpoint.path} was not written by gps_trainer (it "
+                                  "has no trial-id counter); continue it with "
+                                  "`mbpl train --resume`")
         return checkpoint
 
     def _wait_for_graph(self) -> None:
         def connected():
-            return (self._request_pub.get_subscription_count() > 0 and self._controller_pub.get_subscription_count() > 0
-                    and self._others_publishing(wire.ROLLOUTS_TOPIC) > 0 and self._dynamics_sub.get_publisher_count() > 0
-                    and (self.config.algorithm != "mdgps" or self._policy_client.service_is_ready()))
+            return (self._request_pub.get_subscription_count() > 0
+                    and self._controller_pub.get_subscription_count() > 0
+                    and self._others_publishing(wire.ROLLOUTS_TOPIC) > 0
+                    and self._dynamics_sub.get_publisher_count() > 0
+                    and (self.config.algorithm != "mdgps"
+                         or self._policy_client.service_is_ready()))
         deadline = time.monotonic() + self.discovery_timeout_s
         while not connected():
             if self._stop.is_set():
@@ -357,8 +369,10 @@ class GpsTrainerNode(Node):
                                       f"within discovery_timeout_s={self.discovery_timeout_s:g} s "
                                       f"(subscribers of {wire.TRIAL_REQUESTS_TOPIC}: "
                                       f"{self._request_pub.get_subscription_count()}, publishers of "
-                                      f"{wire.ROLLOUTS_TOPIC}: {self._others_publishing(wire.ROLLOUTS_TOPIC)}, of "
-                                      f"{wire.DYNAMICS_TOPIC}: {self._dynamics_sub.get_publisher_count()}, "
+                                      f"{wire.ROLLOUTS_TOPIC}: "
+                                      f"{self._others_publishing(wire.ROLLOUTS_TOPIC)}, of "
+                                      f"{wire.DYNAMICS_TOPIC}: "
+                                      f"{self._dynamics_sub.get_publisher_count()}, "
                                       f"{self.controller_node}/set_parameters ready: "
                                       f"{self._policy_client.service_is_ready()})")
             time.sleep(0.05)
@@ -366,7 +380,8 @@ class GpsTrainerNode(Node):
     def _others_publishing(self, topic: str) -> int:
         """Publishers of `topic` other than this node's own."""
         return sum(1 for info in self.get_publishers_info_by_topic(topic)
-                   if (info.node_name, info.node_namespace) != (self.get_name(), self.get_namespace()))
+                   if (info.node_name, info.node_namespace)
+                   != (self.get_name(), self.get_namespace()))
 
     def _publish_controllers(self, controllers, version: int) -> None:
         for m, controller in enumerate(controllers):
@@ -381,11 +396,12 @@ class GpsTrainerNode(Node):
         future = self._policy_client.call_async(SetParameters.Request(parameters=[parameter]))
         future.add_done_callback(lambda _: self._notify())
         if not self._wait(future.done, self.trial_timeout_s):
-            raise TrainingStopped(f"{self.controller_node}/set_parameters (policy_path) gave no answer within "
-                                  f"trial_timeout_s={self.trial_timeout_s:g} s")
+            raise TrainingStopped(f"{self.controller_node}/set_parameters (policy_path) gave no "
+                                  f"answer within trial_timeout_s={self.trial_timeout_s:g} s")
         result = future.result().results[0]
         if not result.successful:
-            raise TrainingStopped(f"{self.controller_node} refused policy_path {str(path)!r}: {result.reason}")
+            raise TrainingStopped(f"{self.controller_node} refused policy_path {str(path)!r}: "
+                                  f"{result.reason}")
         self._policy_set = (str(path), version)
 
     def _wait_while_estopped(self) -> None:
@@ -405,7 +421,8 @@ class GpsTrainerNode(Node):
             self.paused = False
         self._say("resumed: the e-stop was reset")
 
-    def _trial(self, trial: Trial, noise: np.ndarray, policy: Optional[tuple]) -> wire.RolloutMessage:
+    def _trial(self, trial: Trial, noise: np.ndarray,
+               policy: Optional[tuple]) -> wire.RolloutMessage:
         """Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
         max_attempts failures. Trials the e-stop aborted are requested again after its
         reset and not counted. policy: (path, version) for a policy trial."""
@@ -462,14 +479,16 @@ class GpsTrainerNode(Node):
         M = len(self.config.conditions)
         deadline = time.monotonic() + self.dynamics_timeout_s
         pause = REPUBLISH_AFTER_S
-        while not self._wait(lambda: all(matches(m) for m in range(M)), min(pause, deadline - time.monotonic())):
+        while not self._wait(lambda: all(matches(m) for m in range(M)),
+                             min(pause, deadline - time.monotonic())):
             missing = [m for m in range(M) if not matches(m)]
             if time.monotonic() >= deadline:
-                raise TrainingStopped(f"dynamics_fitter sent no complete fit of controller version {version} on "
-                                      f"the rollouts sampled for conditions {missing} within "
-                                      f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
-            self.get_logger().warning(f"no fit of controller version {version} for conditions {missing} yet: "
-                                      "publishing their rollouts again")
+                raise TrainingStopped(
+                    f"dynamics_fitter sent no complete fit of controller version {version} on the "
+                    f"rollouts sampled for conditions {missing} within "
+                    f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
+            self.get_logger().warning(f"no fit of controller version {version} for conditions "
+                                      f"{missing} yet: publishing their rollouts again")
             for m in missing:
                 for rollout in batch[m]:
                     self._rollout_pub.publish(wire.encode_rollout(rollout))
@@ -508,7 +527,8 @@ class RosTrials:
         self.node._wait_for_graph()
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
-        """Controllers on gps/controllers; the policy goes to lqr_controller before its next trial."""
+        """Controllers on gps/controllers; the policy goes to lqr_controller before its next
+        trial."""
         self.node._publish_controllers(controllers, version)
         if policy_path is not None:
             self.policy_path, self.policy_version = Path(policy_path), version
@@ -533,8 +553,10 @@ class RosTrials:
         return results
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> list:
-        """dynamics_fitter's complete fits of exactly these rollouts (by trial id), per condition."""
-        batch: Dict[int, List[wire.RolloutMessage]] = {m: [] for m in range(len(self.node.config.conditions))}
+        """dynamics_fitter's complete fits of exactly these rollouts (by trial id), per
+        condition."""
+        M = len(self.node.config.conditions)
+        batch: Dict[int, List[wire.RolloutMessage]] = {m: [] for m in range(M)}
         for result in results:
             batch[result.trial.condition].append(self.samples[result.trial_id])
         self.samples = {}

@@ -74,6 +74,7 @@ from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
 from mbpl_ros.sim.robots import robot_spec
 from mbpl_ros.sim.rollout import JointStateToState
+from mbpl_ros.training import check_policy_matches
 
 MODES = ("realtime", "lockstep")
 #: What starts a control step in realtime mode (docs/interfaces.md).
@@ -280,12 +281,14 @@ class LqrControllerNode(Node):
                 "`joints`; default: the URDF's. Settable at runtime; may only lower the URDF's.",
                 allowed=f"one double per joint in (0, URDF limit], the URDF's being {urdf_in_joints_order}",
                 read_only=False, type_=ParameterType.PARAMETER_DOUBLE_ARRAY)
-        declare(self, "joint_limit_margin", safety.DEFAULT_JOINT_LIMIT_MARGIN, "Joint-limit guard: within this distance (rad) of a position "
-                "limit, effort into the limit fades to zero and motion towards it is damped. Settable at runtime.",
+        declare(self, "joint_limit_margin", safety.DEFAULT_JOINT_LIMIT_MARGIN,
+                "Joint-limit guard: within this distance (rad) of a position limit, effort into "
+                "the limit fades to zero and motion towards it is damped. Settable at runtime.",
                 allowed="a double in [0.0, 1.0], below half of every joint's range", low=0.0, high=1.0,
                 read_only=False)
-        declare(self, "joint_limit_damping", safety.DEFAULT_JOINT_LIMIT_DAMPING, "Joint-limit guard: damping gain (N·m·s/rad) at the limit, "
-                "ramping up linearly across the margin. Settable at runtime.",
+        declare(self, "joint_limit_damping", safety.DEFAULT_JOINT_LIMIT_DAMPING,
+                "Joint-limit guard: damping gain (N·m·s/rad) at the limit, ramping up linearly "
+                "across the margin. Settable at runtime.",
                 allowed="a double in [0.0, 10000.0]", low=0.0, high=10000.0, read_only=False)
         declare(self, "watchdog_periods", 5, "Watchdog: while commanding, a latest joint state older than this "
                 "many control periods sends the fallback and aborts the trial. Settable at runtime.",
@@ -359,9 +362,10 @@ class LqrControllerNode(Node):
         except (ValueError, OSError, RuntimeError) as error:
             raise NodeParameterError(f"parameter 'policy_path' is {path!r}: {error}; allowed: empty or an "
                                      "exported policy") from None
-        if (policy.dX, policy.dU) != (self.layout.dX, self.layout.dU):
-            raise NodeParameterError(f"parameter 'policy_path' is {path!r}: the policy maps dX={policy.dX} to "
-                                     f"dU={policy.dU}; this experiment has dX={self.layout.dX}, dU={self.layout.dU}")
+        try:
+            check_policy_matches(policy, self.config, path)
+        except ValueError as error:
+            raise NodeParameterError(f"parameter 'policy_path': {error}") from None
         return _PolicyExecutor(policy, file)
 
     @property

@@ -18,7 +18,8 @@ def parameters(**values):
     return [Parameter(name, value=value) for name, value in values.items()]
 
 
-def small_experiment(path: Path, conditions=1, T=10, N=2, base="reacher_2link.yaml", **changes) -> Path:
+def small_experiment(path: Path, conditions=1, T=10, N=2, base="reacher_2link.yaml",
+                     **changes) -> Path:
     """A short reacher experiment (few conditions, steps and rollouts) written to `path`;
     `base` names the experiment in config/ it shortens."""
     config = yaml.safe_load((REPO / "config" / base).read_text())
@@ -31,7 +32,8 @@ def small_mdgps_experiment(path: Path, conditions=2, T=20, N=3, **changes) -> Pa
     """A short MDGPS reacher experiment: a small network and few Adam steps per S-step."""
     policy = yaml.safe_load((REPO / "config" / "reacher_2link_mdgps.yaml").read_text())["policy"]
     policy.update(hidden_sizes=[16, 16], iterations=60, **changes.pop("policy", {}))
-    return small_experiment(path, conditions, T, N, base="reacher_2link_mdgps.yaml", policy=policy, **changes)
+    return small_experiment(path, conditions, T, N, base="reacher_2link_mdgps.yaml", policy=policy,
+                            **changes)
 
 
 @contextmanager

@@ -103,3 +103,34 @@ def test_a_restarted_or_resumed_trainer_gets_the_fits_of_lqr_flm_at_any_version(
     # ... and they differ from each other (the check can fail): other data, other priors.
     assert not np.allclose(again[1].F, expected_first[1].F)
     assert sorted(fitter.batches) == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_the_fitter_keeps_its_batches_in_state_file_and_refuses_another_experiments(ros_context,
+                                                                                    tmp_path):
+    """state_file: a restarted fitter has the batches and priors (the next version's fit is
+    LQR-FLM's chain, not a fresh prior's); a state file of another experiment stops the start."""
+    from mbpl_ros.nodes.common import NodeParameterError
+
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=T, N=N)
+    config = load_experiment(experiment)
+    data = batches(config, seed=1, versions=2)
+    state = tmp_path / "fitter.state"
+    overrides = parameters(experiment_config=str(experiment), state_file=str(state))
+    fitter = DynamicsFitterNode(context=ros_context, parameter_overrides=overrides)
+    trainer = Trainer(ros_context)
+    with spinning(ros_context, [fitter, trainer]):
+        wait_until(lambda: trainer.rollouts.get_subscription_count(), what="discovery")
+        trainer.sample(0, *data[0], first_id=10)
+    restarted = DynamicsFitterNode(context=ros_context, parameter_overrides=overrides)
+    trainer = Trainer(ros_context)
+    with spinning(ros_context, [restarted, trainer]):
+        wait_until(lambda: trainer.rollouts.get_subscription_count(), what="discovery")
+        fit = trainer.sample(1, *data[1], first_id=20)
+    expected, _ = offline_chain(config, data)
+    assert_same_dynamics(fit, expected[1])
+    other = small_experiment(tmp_path / "other.yaml", conditions=1, T=T + 2, N=N)
+    with pytest.raises(NodeParameterError, match=rf"parameter 'state_file': {state}: made for "
+                       r"another experiment: config differs in keys T; allowed: a state file of "
+                       r"this experiment"):
+        DynamicsFitterNode(context=ros_context, parameter_overrides=parameters(
+            experiment_config=str(other), state_file=str(state)))

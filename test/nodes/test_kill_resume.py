@@ -54,14 +54,16 @@ def assert_same_run(output, reference):
     for a, e in zip(actual.algorithm.controllers, expected.algorithm.controllers):
         np.testing.assert_allclose(a.K, e.K, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(a.k, e.k, rtol=1e-9, atol=1e-12)
-    recording, expected_recording = read_recording(output / "rollouts.mcap"), read_recording(reference / "rollouts.mcap")
+    recording = read_recording(output / "rollouts.mcap")
+    expected_recording = read_recording(reference / "rollouts.mcap")
     assert recording.problem is None
     keys = [(r.iteration, r.condition, r.index) for r in recording.rollouts]
     assert keys == [(r.iteration, r.condition, r.index) for r in expected_recording.rollouts]
     for r, e in zip(recording.rollouts, expected_recording.rollouts):
         np.testing.assert_allclose(r.positions, e.positions, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(r.efforts, e.efforts, rtol=1e-9, atol=1e-12)
-    policy, expected_policy = load_exported_policy(output / "policy.pt"), load_exported_policy(reference / "policy.pt")
+    policy = load_exported_policy(output / "policy.pt")
+    expected_policy = load_exported_policy(reference / "policy.pt")
     X = np.stack([np.concatenate([r.positions[t], r.velocities[t], np.zeros(policy.dX - 4)])
                   for r in expected_recording.rollouts for t in range(0, 20, 5)])
     np.testing.assert_allclose(policy(X), expected_policy(X), rtol=1e-6, atol=1e-9)
@@ -83,13 +85,17 @@ def wait_for_rows(output, count, processes, timeout):
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("index, victim", list(enumerate(
     ["gps_trainer", "dynamics_fitter", "sample_collector", "lqr_controller"])))
-def test_a_node_killed_mid_iteration_and_restarted_changes_nothing(experiment, reference, tmp_path, index, victim):
+def test_a_node_killed_mid_iteration_and_restarted_changes_nothing(experiment, reference, tmp_path,
+                                                                   index, victim):
     output = tmp_path / "out"
     overrides = tmp_path / "overrides.yaml"
-    overrides.write_text(f"/**:\n  ros__parameters:\n    experiment_config: {experiment}\n"
-                         f"dynamics_fitter:\n  ros__parameters:\n    state_file: {output / 'dynamics_fitter.state'}\n"
-                         f"gps_trainer:\n  ros__parameters:\n    output_dir: {output}\n    iterations: {ITERATIONS}\n"
-                         f"    trial_timeout_s: 5.0\n    max_attempts: 5\n    dynamics_timeout_s: 60.0\n")
+    overrides.write_text(
+        f"/**:\n  ros__parameters:\n    experiment_config: {experiment}\n"
+        f"dynamics_fitter:\n  ros__parameters:\n"
+        f"    state_file: {output / 'dynamics_fitter.state'}\n"
+        f"gps_trainer:\n  ros__parameters:\n    output_dir: {output}\n"
+        f"    iterations: {ITERATIONS}\n    trial_timeout_s: 5.0\n    max_attempts: 5\n"
+        f"    dynamics_timeout_s: 60.0\n")
     resume = tmp_path / "resume.yaml"   # a file: rcl ranks a node's section of a file above a -p
     resume.write_text("gps_trainer:\n  ros__parameters:\n    resume: true\n")
     nodes = NodeProcesses(tmp_path, [SIM_CONFIG, overrides])
@@ -97,7 +103,7 @@ def test_a_node_killed_mid_iteration_and_restarted_changes_nothing(experiment, r
     try:
         for name in NODES:
             nodes.start(name)
-        wait_for_rows(output, 2, nodes.processes, timeout=120)    # iterations 0 and 1 done: inside iteration 2
+        wait_for_rows(output, 2, nodes.processes, timeout=120)    # rows 0, 1: inside iteration 2
         time.sleep(delay)
         assert nodes.processes["gps_trainer"].poll() is None, nodes.report()
         nodes.kill(victim)
@@ -106,8 +112,8 @@ def test_a_node_killed_mid_iteration_and_restarted_changes_nothing(experiment, r
         try:
             trainer.wait(timeout=150)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the run did not finish after {victim} was killed {delay:.2f} s into iteration 2\n"
-                        + nodes.report())
+            pytest.fail(f"the run did not finish after {victim} was killed {delay:.2f} s into "
+                        "iteration 2\n" + nodes.report())
         assert trainer.returncode == 0, nodes.report()
     finally:
         nodes.stop_all()
@@ -115,15 +121,19 @@ def test_a_node_killed_mid_iteration_and_restarted_changes_nothing(experiment, r
 
 
 @pytest.mark.timeout(240)
-def test_mbpl_sim_killed_mid_iteration_and_resumed_changes_nothing(experiment, reference, tmp_path):
+def test_mbpl_sim_killed_mid_iteration_and_resumed_changes_nothing(experiment, reference,
+                                                                    tmp_path):
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "mbpl_ros.sim_runner", "--config", str(SIM_CONFIG), "--experiment",
-               str(experiment), "--output", str(output), "--iterations", str(ITERATIONS)]
+    command = [sys.executable, "-m", "mbpl_ros.sim_runner", "--config", str(SIM_CONFIG),
+               "--experiment", str(experiment), "--output", str(output),
+               "--iterations", str(ITERATIONS)]
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+           "OPENBLAS_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     delay = random.Random(KILL_SEED + 4).uniform(0.0, 1.5)
     with open(tmp_path / "first.log", "w") as log:
-        first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        first = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log,
+                                 stderr=subprocess.STDOUT)
     try:
         wait_for_rows(output, 2, {"mbpl sim": first}, timeout=120)
         time.sleep(delay)
@@ -132,8 +142,8 @@ def test_mbpl_sim_killed_mid_iteration_and_resumed_changes_nothing(experiment, r
         first.kill()
         first.wait(timeout=10)
     assert len(rows_of(output)) < ITERATIONS + 1
-    second = subprocess.run(command + ["--resume"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=150)
+    second = subprocess.run(command + ["--resume"], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=150)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "resuming from checkpoint_" in second.stderr
     assert_same_run(output, reference)

@@ -3,10 +3,10 @@ one process (learning, and the same numbers as offline) and in separate processe
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,11 +16,9 @@ from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
 import rclpy
-from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment, small_mdgps_experiment, spinning,
-                          wait_until)
+from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment,
+                          small_mdgps_experiment, spinning, wait_until)
 from mbpl_ros.core.dynamics import fit_dynamics
-from mbpl_ros.core.lqr_flm import LqrFlm
-from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
@@ -30,7 +28,7 @@ from mbpl_ros.nodes.sim_robot import SimRobotNode
 from mbpl_ros.offline import TrainingRun
 from mbpl_ros.recording import read_recording
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import JointStateToState, final_distance, rollout_noise, run_rollout
+from mbpl_ros.sim.rollout import JointStateToState, rollout_noise, run_rollout
 
 PERIOD_NS = 50_000_000
 SIM_CONFIG = REPO / "config" / "sim_reacher_2link.yaml"
@@ -192,11 +190,13 @@ def test_trainer_stops_with_a_clear_message_after_max_attempts(ros_context, tmp_
 
 # ---------------------------------------------------------------- the whole graph, one process
 def graph_run(experiment, output, iterations, log=None):
-    """`mbpl sim`'s graph (config/sim_reacher_2link.yaml, lockstep) on `experiment`, in one process."""
+    """`mbpl sim`'s graph (config/sim_reacher_2link.yaml, lockstep) on `experiment`, in one
+    process."""
     from mbpl_ros import sim_runner
     from mbpl_ros.nodes import graph
 
-    overrides = {spec.name: {"experiment_config": str(experiment)} for spec in graph.nodes(with_sim=True)}
+    overrides = {spec.name: {"experiment_config": str(experiment)}
+                 for spec in graph.nodes(with_sim=True)}
     overrides["gps_trainer"].update(output_dir=str(output), iterations=iterations)
     return sim_runner.run_graph(SIM_CONFIG, overrides, log=log, timeout_s=150)
 
@@ -208,7 +208,8 @@ def offline_run(experiment, output, iterations):
     config = load_experiment(experiment)
     with threadpool_limits(limits=1):
         torch.set_num_threads(1)
-        return TrainingRun(config, output, config.seed, log=io.StringIO(), record=True).run(iterations)
+        run = TrainingRun(config, output, config.seed, log=io.StringIO(), record=True)
+        return run.run(iterations)
 
 
 def assert_same_metrics(rows, reference, rtol=1e-9):
@@ -220,7 +221,8 @@ def assert_same_metrics(rows, reference, rtol=1e-9):
             if expected[key] is None:
                 assert row[key] is None, key
             else:
-                np.testing.assert_allclose(row[key], expected[key], rtol=rtol, atol=1e-12, err_msg=key)
+                np.testing.assert_allclose(row[key], expected[key], rtol=rtol, atol=1e-12,
+                                           err_msg=key)
 
 
 @pytest.mark.timeout(240)
@@ -232,11 +234,13 @@ def test_three_lockstep_iterations_of_the_graph_reproduce_mbpl_train(tmp_path, a
     if algorithm == "lqr_flm":
         experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3)
     else:
+        on_policy = algorithm == "mdgps_on_policy"
         experiment = small_mdgps_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=3,
-                                            policy={"sample_on_policy": algorithm == "mdgps_on_policy"})
+                                            policy={"sample_on_policy": on_policy})
     reference = offline_run(experiment, tmp_path / "offline", iterations=3)
     rows = graph_run(experiment, tmp_path / "graph", iterations=3)
-    assert rows == [json.loads(line) for line in (tmp_path / "graph" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "graph" / "metrics.jsonl").read_text().splitlines()
+    assert rows == [json.loads(line) for line in lines]
     assert [row["iteration"] for row in rows] == [0, 1, 2, 3] and rows[3]["rollouts"] == 3 * 2 * 3
     assert_same_metrics(rows, reference)
     initial, final = np.mean(rows[0]["final_distance_m"]), np.mean(rows[3]["final_distance_m"])
@@ -254,7 +258,8 @@ def test_three_lockstep_iterations_of_the_graph_reproduce_mbpl_train(tmp_path, a
     if algorithm != "lqr_flm":
         from mbpl_ros.core.policy import load_exported_policy
 
-        assert rows[3]["policy_final_distance_m"] is not None and rows[0]["policy_final_distance_m"] is None
+        assert rows[3]["policy_final_distance_m"] is not None
+        assert rows[0]["policy_final_distance_m"] is None
         graph_policy = load_exported_policy(tmp_path / "graph" / "policy.pt")
         offline_policy = load_exported_policy(tmp_path / "offline" / "policy.pt")
         assert graph_policy.metadata["extra"]["iterations"] == 3
@@ -281,6 +286,25 @@ def test_sim_runner_reports_a_bad_parameter_and_exits_non_zero(tmp_path, capsys)
     assert sim_runner.main(["--config", str(params), "--iterations", "1", "--output", str(tmp_path)]) == 1
     assert "lqr_controller cannot start: parameter 'reset_mode' is 'teleport'; allowed: one of ['pd', 'sim_service']" \
         in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_sim_runner_refuses_nodes_that_run_different_experiments(tmp_path):
+    from mbpl_ros import sim_runner
+
+    mdgps = str(REPO / "config" / "reacher_2link_mdgps.yaml")
+    overrides = {"lqr_controller": {"experiment_config": mdgps},
+                 "gps_trainer": {"output_dir": str(tmp_path / "out")}}
+    message = (r"lqr_controller parameter 'experiment_config' is '.*reacher_2link_mdgps.yaml' but "
+               r"sim_robot's is '.*reacher_2link.yaml'; allowed: one experiment for every node")
+    with pytest.raises(sim_runner.GraphError, match=message):
+        sim_runner.run_graph(SIM_CONFIG, overrides)
+    overrides = {"sim_robot": {"robot": "panda"},
+                 "gps_trainer": {"output_dir": str(tmp_path / "out")}}
+    with pytest.raises(sim_runner.GraphError, match=r"sim_robot parameter 'robot' is 'panda'; "
+                       r"allowed: the experiment's robot 'reacher_2link'"):
+        sim_runner.run_graph(SIM_CONFIG, overrides)
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- lqr_controller alone
@@ -399,3 +423,24 @@ def test_controller_runs_the_exported_torchscript_policy(ros_context, tmp_path):
     np.testing.assert_array_equal(rollout.X[0, :2], spec.initial_positions)   # the sim reset, exactly
     expected = np.clip(load_exported_policy(policy_path)(rollout.X), [-2.0, -1.0], [2.0, 1.0])
     np.testing.assert_allclose(rollout.U, expected, rtol=1e-5, atol=1e-6)  # float32 network: batch vs one
+
+
+def test_controller_refuses_a_policy_of_other_joints_or_state_layout(ros_context, tmp_path):
+    pytest.importorskip("torch")
+    from mbpl_ros.core.policy import Policy, export_torchscript
+    from mbpl_ros.nodes.common import NodeParameterError
+
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=8, N=1)
+    policy = Policy(10, 2, hidden_sizes=(4,))
+    cases = [(dict(joint_names=["elbow", "shoulder"]),
+              r"key joint_names is \['elbow', 'shoulder'\]; allowed: \['shoulder', 'elbow'\]"),
+             (dict(extra_metadata={"state_layout": {"n_joints": 2, "n_points": 2}}),
+              r"key extra.state_layout is \{'n_joints': 2, 'n_points': 2\}; "
+              r"allowed: \{'n_joints': 2, 'n_points': 1\}")]
+    for i, (export, message) in enumerate(cases):
+        path = tmp_path / f"policy_{i}.pt"
+        export_torchscript(policy, path, **export)
+        with pytest.raises(NodeParameterError,
+                           match=rf"parameter 'policy_path': {re.escape(str(path))}: {message}"):
+            LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+                experiment_config=str(experiment), policy_path=str(path)))

@@ -34,7 +34,8 @@ ALL = [LqrControllerNode, SampleCollectorNode, DynamicsFitterNode, GpsTrainerNod
     (SampleCollectorNode, dict(buffer_size=1), r"parameter 'buffer_size' is invalid.*allowed: an integer in \[10, 1000000\]"),
     (GpsTrainerNode, dict(max_attempts=0), r"parameter 'max_attempts' is invalid.*allowed: an integer in \[1, 100\]"),
     (GpsTrainerNode, dict(output_dir=""), r"parameter 'output_dir' is empty"),
-    (GpsTrainerNode, dict(resume=True, overwrite=True), r"parameters 'resume' and 'overwrite' are both true; allowed: at most one"),
+    (GpsTrainerNode, dict(resume=True, overwrite=True),
+     r"parameters 'resume' and 'overwrite' are both true; allowed: at most one"),
 ])
 def test_bad_parameters_stop_start_up_naming_the_parameter(ros_context, node_class, overrides, message):
     with pytest.raises(NodeParameterError, match=message):

@@ -12,7 +12,7 @@ from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
 from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning
-from mbpl_ros.checkpoint import experiment_identity, read_checkpoint
+from mbpl_ros.checkpoint import Checkpoint, experiment_identity, read_checkpoint, write_checkpoint
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import graph, wire
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
@@ -58,9 +58,8 @@ def test_a_resumed_graph_run_continues_from_its_checkpoint(tmp_path):
     assert [row["iteration"] for row in resumed] == [0, 1, 2, 3]
     assert resumed[:3] == first                       # rows 0-2 as written by the first run, wall_s included
     assert resumed[3]["rollouts"] == 3 * 2 * 3 and resumed[3]["wall_s"] > first[2]["wall_s"]
-    assert "resuming from checkpoint_0002.pkl: iteration 2 complete, 12 rollouts; 12 recorded rollouts kept; " \
-        "continuing at iteration 3" \
-        in log.getvalue()
+    assert ("resuming from checkpoint_0002.pkl: iteration 2 complete, 12 rollouts; 12 recorded "
+            "rollouts kept; continuing at iteration 3") in log.getvalue()
     assert read_checkpoint(output / "checkpoint_0003.pkl").metrics == resumed
 
 
@@ -81,11 +80,21 @@ def test_a_run_is_neither_overwritten_nor_resumed_from_a_bad_checkpoint(ros_cont
         finally:
             trainer.destroy_node()
 
-    assert re.search(r"already holds a run \(checkpoint_0001.pkl\); set parameter resume: true to continue it",
+    assert re.search(r"already holds a run \(checkpoint_0001.pkl\); set parameter resume: true to "
+                     r"continue it",
                      error_of())
     assert re.search(r"cannot be continued: .*checkpoint_0001.pkl: format version 0 not supported", error_of(resume=True))
     assert (output / "checkpoint_0001.pkl").read_bytes() == b"\x80\x04old pickle"   # left as it was
     assert not (output / "metrics.jsonl").exists()
+    # A checkpoint of another experiment (another T): named with the keys that differ.
+    other = load_experiment(small_experiment(tmp_path / "other.yaml", conditions=1, T=12, N=2))
+    (output / "checkpoint_0001.pkl").unlink()
+    write_checkpoint(output, Checkpoint(iteration=1, algorithm={}, metrics=[], rollouts_total=2,
+                                        elapsed_s=1.0, seed=other.seed,
+                                        experiment=experiment_identity(other, other.seed)))
+    assert re.search(r"cannot be continued: .*checkpoint_0001.pkl: made for another experiment: "
+                     r"config differs in keys T$", error_of(resume=True))
+    assert sorted(path.name for path in output.iterdir()) == ["checkpoint_0001.pkl"]  # no writes
 
 
 # ---------------------------------------------------------------- the trainer alone restarted
