@@ -172,13 +172,30 @@ def write_atomically(path: os.PathLike | str, data: bytes) -> None:
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
     """Delete temporary files that write_atomically (or a policy export) left behind when
-    killed mid-write."""
+    killed mid-write; one whose writer (the pid in its name) still runs is being written
+    (e.g. by dynamics_fitter into the run's directory) and is left alone."""
     removed = []
     patterns = (".*.tmp", ".*.tmp.pt", ".*.tmp.json")
     for tmp in [path for pattern in patterns for path in Path(directory).glob(pattern)]:
+        if _writer_runs(tmp.name):
+            continue
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
+
+
+def _writer_runs(name: str) -> bool:
+    """Whether the process whose pid a temporary file's name holds is alive."""
+    match = re.search(r"\.(\d+)\.tmp(\.pt|\.json)?$", name)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
 
 
 def checkpoint_path(directory: os.PathLike | str, iteration: int) -> Path:
