@@ -63,31 +63,36 @@ def main() -> int:
     output = Path(args.output or tempfile.mkdtemp(prefix="mbpl_mdgps_graph_"))
     results = []
     for seed in args.seeds:
-        overrides = {spec.name: {"experiment_config": str(CONFIG)} for spec in graph.nodes(with_sim=True)}
+        overrides = {spec.name: {"experiment_config": str(CONFIG)}
+                     for spec in graph.nodes(with_sim=True)}
         overrides["gps_trainer"].update(output_dir=str(output / f"graph_{seed}"), seed=seed)
         start = time.perf_counter()
         graph_rows = sim_runner.run_graph(SIM_CONFIG, overrides)
         graph_s = time.perf_counter() - start
         start = time.perf_counter()
         with threadpool_limits(limits=1):
-            offline_rows = TrainingRun(config, output / f"train_{seed}", seed, log=io.StringIO()).run(
-                config.iterations)
+            run = TrainingRun(config, output / f"train_{seed}", seed, log=io.StringIO())
+            offline_rows = run.run(config.iterations)
         offline_s = time.perf_counter() - start
         success = {}
         for name in ("graph", "train"):
             with threadpool_limits(limits=1):
-                result = evaluate_exported_policy(config, output / f"{name}_{seed}" / "policy.pt", 20, 0)
-            (output / f"{name}_{seed}" / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+                result = evaluate_exported_policy(config, output / f"{name}_{seed}" / "policy.pt",
+                                                  20, 0)
+            (output / f"{name}_{seed}" / "eval.json").write_text(
+                json.dumps(result, indent=2) + "\n")
             success[name] = result["success_rate"]
         difference = largest_relative_difference(graph_rows, offline_rows)
         results.append((seed, difference, success["graph"], success["train"], graph_s, offline_s))
-        print(f"seed {seed}: metrics differ by at most {difference:.1e} (relative); held-out success "
-              f"graph {100 * success['graph']:.0f}%, mbpl train {100 * success['train']:.0f}%; "
+        print(f"seed {seed}: metrics differ by at most {difference:.1e} (relative); held-out "
+              f"success graph {100 * success['graph']:.0f}%, "
+              f"mbpl train {100 * success['train']:.0f}%; "
               f"{graph_s:.0f} s through the graph, {offline_s:.0f} s offline", flush=True)
     table = np.array([row[1:] for row in results])
-    print(f"median over seeds {args.seeds}: difference {np.median(table[:, 0]):.1e}, held-out success graph "
-          f"{100 * np.median(table[:, 1]):.0f}%, mbpl train {100 * np.median(table[:, 2]):.0f}%; "
-          f"{np.median(table[:, 3]):.0f} s vs {np.median(table[:, 4]):.0f} s; runs in {output}")
+    print(f"median over seeds {args.seeds}: difference {np.median(table[:, 0]):.1e}, held-out "
+          f"success graph {100 * np.median(table[:, 1]):.0f}%, "
+          f"mbpl train {100 * np.median(table[:, 2]):.0f}%; {np.median(table[:, 3]):.0f} s vs "
+          f"{np.median(table[:, 4]):.0f} s; runs in {output}")
     return 0
 
 
