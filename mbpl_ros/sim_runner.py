@@ -117,6 +117,8 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
         output = Path(parameters.get("gps_trainer", {}).get("output_dir", "gps_output"))
         output = output.expanduser().resolve()
         parameters["dynamics_fitter"]["state_file"] = str(output / FITTER_STATE_FILE)
+        if parameters.get("gps_trainer", {}).get("overwrite"):
+            (output / FITTER_STATE_FILE).unlink(missing_ok=True)   # starting over: not its batches
 
     context = Context()
     rclpy.init(context=context, args=[])
