@@ -169,6 +169,16 @@ def controller_fault(controller) -> Optional[str]:
     return _covariance_fault("the controller's covar", controller.covar)
 
 
+def controllers_fault(controllers) -> Optional[str]:
+    """The first condition whose controller (a sequence, one per condition) is not to be used,
+    named with the reason, or None."""
+    for m, controller in enumerate(controllers):
+        fault = controller_fault(controller)
+        if fault is not None:
+            return f"condition {m}: {fault}"
+    return None
+
+
 __all__ = ["POSITION_MARGIN_RAD", "VELOCITY_FACTOR", "STEP_SLACK_RAD", "FUTURE_STAMP_TOLERANCE_S",
            "STAMP_RESYNC_S", "ABSURD_MAGNITUDE", "StateEnvelope", "state_fault", "step_fault",
-           "trajectory_fault", "stamp_fault", "dynamics_fault", "controller_fault"]
+           "trajectory_fault", "stamp_fault", "dynamics_fault", "controller_fault", "controllers_fault"]

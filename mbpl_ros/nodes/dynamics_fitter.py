@@ -12,7 +12,9 @@ rollouts, the dynamics are fitted with core.lqr_flm.fit_batch_dynamics — the v
 LQR-FLM makes offline — on a copy of that prior, which the batch keeps as the prior after
 it, and published with `complete` = true. A rollout arriving for an index already in a
 complete batch (a retried trial, or a restarted trainer sampling that version again)
-replaces the old one and the complete fit is redone.
+replaces the old one and the complete fit is redone. A fit with non-finite or absurd numbers
+(core.sanity.dynamics_fault) is not published, nor is its prior kept; the error names the
+condition and version.
 
 The prior a batch of version v starts from is the one after the complete batch of version
 v - 1 of the same condition, so the GMM prior accumulates the batches exactly as LQR-FLM's
@@ -36,6 +38,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 
+from mbpl_ros.core import sanity
 from mbpl_ros.core.dynamics import OnlineDynamics
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
@@ -146,20 +149,28 @@ class DynamicsFitterNode(Node):
         X = np.stack([rollout.X for rollout in ordered])
         U = np.stack([rollout.U for rollout in ordered])
         dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics_regularization)
-        batch.prior_after, batch.fitted = prior, True
-        self._publish(m, batch, [rollout.trial_id for rollout in ordered], True, dynamics)
+        if self._publish(m, batch, [rollout.trial_id for rollout in ordered], True, dynamics):
+            batch.prior_after, batch.fitted = prior, True   # a refused fit's prior is not kept either
 
     @staticmethod
     def _ordered(batch: _Batch) -> list:
         return [batch.rollouts[index] for index in sorted(batch.rollouts)]
 
-    def _publish(self, m: int, batch: _Batch, trial_ids, complete: bool, dynamics) -> None:
+    def _publish(self, m: int, batch: _Batch, trial_ids, complete: bool, dynamics) -> bool:
+        """Publish a fit; False (and an error naming the condition and version) for one with
+        non-finite or absurd numbers, which is never sent."""
+        fault = sanity.dynamics_fault(dynamics)
+        if fault is not None:
+            self.get_logger().error(f"condition {m}: the fit of controller version {batch.version} from "
+                                    f"{len(trial_ids)} rollouts is not published: {fault}")
+            return False
         self._dynamics_pub.publish(wire.encode_dynamics(wire.DynamicsMessage(
             condition=m, controller_version=batch.version, trial_ids=tuple(trial_ids), complete=complete,
             dynamics=dynamics)))
         self.fits_published += 1
         self.get_logger().debug(f"condition {m}: dynamics of version {batch.version} from "
                                 f"{len(trial_ids)} rollouts{' (complete)' if complete else ''}")
+        return True
 
 
 def main(args=None) -> int:

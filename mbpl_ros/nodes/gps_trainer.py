@@ -63,6 +63,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, append_metrics_row, checkpoint_paths,
                                  experiment_identity, latest_checkpoint, remove_stale_temporaries,
                                  write_checkpoint, write_metrics)
+from mbpl_ros.core import sanity
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.lqr_flm import LqrFlm
 from mbpl_ros.core.rollouts import Rollouts
@@ -368,6 +369,8 @@ class GpsTrainerNode(Node):
             dynamics = self._await_dynamics(version=i - 1, ids=ids)
             algorithm.settings = dataclasses.replace(algorithm.settings, kl_step=float(self.kl_step))
             reports = algorithm.update_with_dynamics(batch, dynamics)
+            if (fault := sanity.controllers_fault(algorithm.controllers)) is not None:  # never published
+                raise TrainingStopped(f"iteration {i}: the controller update (version {i}) is unusable: {fault}")
             self._publish_controllers(algorithm, version=i)
             row = self._evaluate(cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
                                  sample_cost=float(np.mean([r.sample_cost for r in reports])),
