@@ -191,6 +191,7 @@ class TrainingRun:
     metrics: list[dict] = field(default_factory=list)
     log: Optional[TextIO] = None      # progress lines; None: sys.stderr at construction
     record: bool = False
+    allow_incomplete_recording: bool = False   # resume even if rollouts.mcap lacks covered rollouts
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -281,7 +282,10 @@ class TrainingRun:
                     if self.record:
                         recorder, kept = RolloutRecorder.resume(output / RECORDING_FILE,
                                                                 recording_run_info(config, self.seed),
-                                                                through_iteration=checkpoint.iteration)
+                                                                through_iteration=checkpoint.iteration,
+                                                                samples=(len(config.conditions),
+                                                                         config.rollouts_per_condition),
+                                                                allow_incomplete=self.allow_incomplete_recording)
                         note = f"; {kept} recorded rollouts kept"
                     print(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
                           f"{rollouts_total} rollouts{note}", file=self.log, flush=True)

@@ -38,6 +38,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue the run in the output directory from its newest checkpoint")
     start.add_argument("--overwrite", action="store_true",
                        help="start over in an output directory that holds a run (its checkpoints are deleted)")
+    parser.add_argument("--allow-incomplete-recording", action="store_true",
+                        help="with --resume: continue even if rollouts.mcap lacks rollouts of the "
+                             "completed iterations (the recording is then marked incomplete)")
     parser.add_argument("--experiment", default=None,
                         help="experiment YAML for every node, replacing the file's experiment_config "
                              "(e.g. config/panda_reach.yaml)")
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         trainer_overrides["seed"] = args.seed
     if args.resume:
         trainer_overrides["resume"] = True
+    if args.allow_incomplete_recording:
+        trainer_overrides["allow_incomplete_recording"] = True
     if args.overwrite:
         from mbpl_ros.nodes import graph
         output = Path(trainer_overrides.get("output_dir")

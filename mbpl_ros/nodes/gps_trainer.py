@@ -70,7 +70,7 @@ from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
 from mbpl_ros.offline import plot_learning_curve, recording_run_info
-from mbpl_ros.recording import RecordedRollout, RolloutRecorder
+from mbpl_ros.recording import RecordedRollout, RecordingError, RolloutRecorder
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
@@ -186,6 +186,10 @@ class GpsTrainerNode(Node):
                               "(completed iterations are kept, a half-done one is redone; none: start at "
                               "iteration 0). false: start at iteration 0, refused if output_dir holds checkpoints.",
                               allowed="true or false")
+        self.allow_incomplete_recording = declare(
+            self, "allow_incomplete_recording", False, "Resume even if output_dir's rollouts.mcap lacks rollouts "
+            "of the iterations the checkpoint covers (the recording is then marked incomplete); false: such a "
+            "resume is refused, naming what is missing.", allowed="true or false")
         self.experiment = experiment_identity(self.config, self.seed)
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
@@ -350,8 +354,12 @@ class GpsTrainerNode(Node):
         # offline trainer's format, so `mbpl train --refit-from` reads it); a resumed run keeps
         # the rollouts of the iterations its checkpoint covers.
         recording, run_info = self.output / "rollouts.mcap", recording_run_info(config, self.seed)
-        self._recorder = (RolloutRecorder.create(recording, run_info) if checkpoint is None else
-                          RolloutRecorder.resume(recording, run_info, checkpoint.iteration)[0])
+        try:
+            self._recorder = (RolloutRecorder.create(recording, run_info) if checkpoint is None else RolloutRecorder.resume(
+                recording, run_info, checkpoint.iteration, samples=(len(config.conditions), config.rollouts_per_condition),
+                allow_incomplete=self.allow_incomplete_recording)[0])
+        except RecordingError as error:
+            raise TrainingStopped(f"resume: {error}") from None
         try:
             self._train_iterations(algorithm, cost, checkpoint, first, rollouts_total, start, metrics_path)
         finally:
