@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mbpl_ros.config import ConfigError
+from mbpl_ros.config import ConfigError, check_output_directory
 from mbpl_ros.experiment import configuration_reference
 
 
@@ -57,7 +57,7 @@ def _train(args) -> int:
     if args.algorithm is not None:
         config = dataclasses.replace(config, algorithm=args.algorithm)
     _check_device(config)
-    output = Path(args.output)
+    output = check_output_directory(args.output, "--output")   # before anything is written
     existing = _existing_run(output)
     if existing is not None and not (args.resume or args.overwrite):
         print(f"mbpl: {output} already holds a run ({existing}); pass --resume to continue it, "

@@ -54,7 +54,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         trainer_overrides["iterations"] = args.iterations
     if args.output is not None:
-        trainer_overrides["output_dir"] = str(Path(args.output).resolve())
+        from mbpl_ros.config import ConfigError, check_output_directory
+        try:
+            trainer_overrides["output_dir"] = str(check_output_directory(args.output, "--output"))
+        except ConfigError as error:
+            print(f"mbpl sim: {error}", file=sys.stderr)
+            return 2
     if args.seed is not None:
         trainer_overrides["seed"] = args.seed
     if args.resume:

@@ -51,7 +51,6 @@ import secrets
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Dict, List, Optional, TextIO
 
 import numpy as np
@@ -63,6 +62,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, append_metrics_row, checkpoint_paths,
                                  experiment_identity, latest_checkpoint, remove_stale_temporaries,
                                  write_checkpoint, write_metrics)
+from mbpl_ros.config import ConfigError, check_output_directory
 from mbpl_ros.core import sanity
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.lqr_flm import LqrFlm
@@ -161,7 +161,10 @@ class GpsTrainerNode(Node):
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
-        self.output = Path(output).expanduser().resolve()
+        try:
+            self.output = check_output_directory(output, "parameter 'output_dir'")
+        except ConfigError as error:
+            raise NodeParameterError(str(error)) from None
         self.trial_timeout_s = declare(self, "trial_timeout_s", 60.0, "Longest wait for a trial's rollout (s). "
                                        "Settable at runtime.", allowed="a double in [0.1, 3600.0]", low=0.1,
                                        high=3600.0, read_only=False)
