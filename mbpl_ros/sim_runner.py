@@ -47,6 +47,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from mbpl_ros.dds import use_loopback_only
+    use_loopback_only()   # a simulation's graph is reachable from this machine only (docs/safety.md)
     trainer_overrides = {}
     if args.iterations is not None:
         if args.iterations < 1:
