@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--no-record", action="store_true",
                        help="do not record the rollouts to OUTPUT/rollouts.mcap")
     train.add_argument("--allow-incomplete-recording", action="store_true",
-                       help="with --resume: continue even if OUTPUT/rollouts.mcap lacks rollouts of "
-                            "the completed iterations (the recording is then marked incomplete)")
+                       help="with --resume: continue even if OUTPUT/rollouts.mcap lacks "
+                            "rollouts of the completed iterations (the recording is then "
+                            "marked incomplete)")
     train.add_argument("--refit-from", metavar="BAG",
                        help="no new rollouts: replay the iterations recorded in BAG (an mbpl rollouts.mcap) "
                             "through the updates, writing controllers (checkpoints) and metrics to --output")

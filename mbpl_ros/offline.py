@@ -191,7 +191,7 @@ class TrainingRun:
     metrics: list[dict] = field(default_factory=list)
     log: Optional[TextIO] = None      # progress lines; None: sys.stderr at construction
     record: bool = False
-    allow_incomplete_recording: bool = False   # resume even if rollouts.mcap lacks covered rollouts
+    allow_incomplete_recording: bool = False   # resume even if rollouts.mcap lacks some
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -280,12 +280,11 @@ class TrainingRun:
                     write_metrics(output / METRICS_FILE, self.metrics)  # drops rows after the checkpoint
                     note = ""
                     if self.record:
-                        recorder, kept = RolloutRecorder.resume(output / RECORDING_FILE,
-                                                                recording_run_info(config, self.seed),
-                                                                through_iteration=checkpoint.iteration,
-                                                                samples=(len(config.conditions),
-                                                                         config.rollouts_per_condition),
-                                                                allow_incomplete=self.allow_incomplete_recording)
+                        recorder, kept = RolloutRecorder.resume(
+                            output / RECORDING_FILE, recording_run_info(config, self.seed),
+                            through_iteration=checkpoint.iteration,
+                            samples=(len(config.conditions), config.rollouts_per_condition),
+                            allow_incomplete=self.allow_incomplete_recording)
                         note = f"; {kept} recorded rollouts kept"
                     print(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} complete, "
                           f"{rollouts_total} rollouts{note}", file=self.log, flush=True)

@@ -222,15 +222,17 @@ class RolloutRecorder:
         earlier = recording.run_info.get("incomplete") if recording is not None else None
         missing = missing_rollouts(kept, through_iteration, samples) if samples is not None else []
         if missing:
-            state = ("does not exist" if recording is None else
-                     f"holds {len(kept)} of them" + (f" ({recording.problem})" if recording.problem else ""))
+            state = "does not exist" if recording is None else f"holds {len(kept)} of them"
+            if recording is not None and recording.problem:
+                state += f" ({recording.problem})"
             if not allow_incomplete:
                 raise RecordingError(
                     f"{path}: the checkpoint covers iterations 1-{through_iteration} "
-                    f"({through_iteration * samples[0] * samples[1]} sample rollouts) but the recording {state}; "
-                    f"missing {len(missing)} (iteration, condition, index): {_listed(missing)}. Restore the "
-                    "file, or continue with an incomplete recording (mbpl train/sim "
-                    "--allow-incomplete-recording; gps_trainer parameter allow_incomplete_recording: true)")
+                    f"({through_iteration * samples[0] * samples[1]} sample rollouts) but the "
+                    f"recording {state}; missing {len(missing)} (iteration, condition, index): "
+                    f"{_listed(missing)}. Restore the file, or continue with an incomplete "
+                    "recording (mbpl train/sim --allow-incomplete-recording; gps_trainer "
+                    "parameter allow_incomplete_recording: true)")
         if missing or earlier:
             run_info["incomplete"] = sorted({tuple(key) for key in (earlier or [])} | set(missing))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

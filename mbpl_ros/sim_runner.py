@@ -48,7 +48,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from mbpl_ros.dds import use_loopback_only
-    use_loopback_only()   # a simulation's graph is reachable from this machine only (docs/safety.md)
+    use_loopback_only()   # the simulation's graph: reachable from this machine only
     trainer_overrides = {}
     if args.iterations is not None:
         if args.iterations < 1:

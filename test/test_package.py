@@ -52,7 +52,8 @@ def test_every_data_file_is_installed(wheel):
     assert len(expected) > 3, "nothing to install under config/ or urdf/"
     assert expected <= names, sorted(expected - names)
     # the loopback Fast DDS profile: in share/ and beside mbpl_ros.dds, which finds it
-    assert data + "mbpl_ros/dds/fastdds_loopback.xml" in names and "mbpl_ros/dds/fastdds_loopback.xml" in names
+    assert data + "mbpl_ros/dds/fastdds_loopback.xml" in names
+    assert "mbpl_ros/dds/fastdds_loopback.xml" in names
 
 
 def test_every_console_script_imports_and_every_node_has_one(wheel):

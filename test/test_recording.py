@@ -281,17 +281,19 @@ def test_refit_from_something_that_is_no_recording_is_a_clear_error(tmp_path, ca
 
 def test_resume_names_the_rollouts_a_recording_lacks_and_marks_an_accepted_gap(tmp_path):
     path = tmp_path / "rollouts.mcap"
-    with RolloutRecorder.create(path, RUN_INFO) as recorder:   # iterations 1-2 of M=2, N=1; (2, 1, 0) lost
+    # iterations 1-2 of M=2, N=1, of which (2, 1, 0) is lost
+    with RolloutRecorder.create(path, RUN_INFO) as recorder:
         for k, (iteration, condition) in enumerate([(1, 0), (1, 1), (2, 0)]):
             rollout = synthetic_rollout(k, iteration=iteration)
             rollout.condition, rollout.index = condition, 0
             recorder.write_rollout(rollout)
     original = path.read_bytes()
-    with pytest.raises(RecordingError, match=r"rollouts.mcap: the checkpoint covers iterations 1-2 \(4 sample "
-                       r"rollouts\) but the recording holds 3 of them; missing 1 \(iteration, condition, "
-                       r"index\): \(2, 1, 0\)\. Restore the file"):
+    with pytest.raises(RecordingError, match=r"rollouts.mcap: the checkpoint covers iterations "
+                       r"1-2 \(4 sample rollouts\) but the recording holds 3 of them; missing 1 "
+                       r"\(iteration, condition, index\): \(2, 1, 0\)\. Restore the file"):
         RolloutRecorder.resume(path, RUN_INFO, through_iteration=2, samples=(2, 1))
-    assert path.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.mcap"]
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.mcap"]
     recorder, kept = RolloutRecorder.resume(path, RUN_INFO, through_iteration=2, samples=(2, 1),
                                             allow_incomplete=True)
     recorder.close()

@@ -246,8 +246,8 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(config_file, refe
 
 
 @pytest.mark.parametrize("damage", ["truncated", "deleted"])
-def test_resume_with_a_recording_that_lacks_covered_rollouts_refuses_unless_asked(config_file, reference,
-                                                                                 tmp_path, capsys, damage):
+def test_resume_with_a_recording_that_lacks_covered_rollouts_refuses_unless_asked(
+        config_file, reference, tmp_path, capsys, damage):
     """The recording is data: a rollouts.mcap cut short (or gone) blocks `--resume`, naming
     the file and the missing rollouts, and nothing changes; --allow-incomplete-recording goes
     on and marks the recording incomplete."""
@@ -262,8 +262,8 @@ def test_resume_with_a_recording_that_lacks_covered_rollouts_refuses_unless_aske
     command = ["train", "--config", str(config_file), "--output", str(output), "--resume"]
     assert cli.main(command) == 2
     error = capsys.readouterr().err
-    assert f"mbpl: {recording}: the checkpoint covers iterations 1-{ITERATIONS} ({ITERATIONS * 4} sample " \
-           "rollouts) but the recording " in error
+    assert (f"mbpl: {recording}: the checkpoint covers iterations 1-{ITERATIONS} "
+            f"({ITERATIONS * 4} sample rollouts) but the recording ") in error
     assert ("does not exist" if damage == "deleted" else "truncated at byte") in error
     assert "missing " in error and "(4, 1, 1)" in error and "--allow-incomplete-recording" in error
     assert "Traceback" not in error
@@ -274,4 +274,5 @@ def test_resume_with_a_recording_that_lacks_covered_rollouts_refuses_unless_aske
     kept = read_recording(recording)
     missing = kept.run_info["incomplete"]
     assert len(kept.rollouts) + len(missing) == ITERATIONS * 4 and [4, 1, 1] in missing
-    assert {(r.iteration, r.condition, r.index) for r in kept.rollouts}.isdisjoint(map(tuple, missing))
+    present = {(r.iteration, r.condition, r.index) for r in kept.rollouts}
+    assert present.isdisjoint(map(tuple, missing))

@@ -6,7 +6,8 @@ on what they receive and what they make (docs/safety.md, "Bad data").
 
        q_j < lower_j - POSITION_MARGIN_RAD  or  q_j > upper_j + POSITION_MARGIN_RAD,
        |qd_j| > VELOCITY_FACTOR · v_j,
-       or, between two states dt > 0 apart,  |q_j' - q_j| > VELOCITY_FACTOR · v_j · dt + STEP_SLACK_RAD,
+       or, between two states dt > 0 apart,
+           |q_j' - q_j| > VELOCITY_FACTOR · v_j · dt + STEP_SLACK_RAD,
 
    or when any value is not finite. The margin and the factor leave room for overshoot past
    a soft limit, encoder noise and a velocity estimate's spikes; beyond them the reading is
@@ -56,8 +57,8 @@ class StateEnvelope:
             raise ValueError(f"the envelope needs position (J, 2) and velocity (J,) limits; got "
                              f"{position.shape} and {velocity.shape}")
         if not np.all(position[:, 0] < position[:, 1]) or not np.all(velocity > 0):
-            raise ValueError(f"position limits must have lower < upper and velocity limits be > 0; "
-                             f"got {position.tolist()} and {velocity.tolist()}")
+            raise ValueError(f"position limits must have lower < upper and velocity limits "
+                             f"be > 0; got {position.tolist()} and {velocity.tolist()}")
         object.__setattr__(self, "position", position)
         object.__setattr__(self, "velocity", velocity)
 
@@ -97,15 +98,17 @@ def step_fault(q_before, q_after, dt_s: float, envelope: StateEnvelope) -> Optio
         beyond = np.flatnonzero(~(step <= reach))
     if beyond.size:
         j = int(beyond[0])
-        return (f"joint {j} moved {step[j]:.6g} rad in {dt_s:.4g} s; at most {reach[j]:.4g} rad is possible "
-                f"({VELOCITY_FACTOR:g} x its velocity limit {envelope.velocity[j]:.4g} rad/s)")
+        return (f"joint {j} moved {step[j]:.6g} rad in {dt_s:.4g} s; at most {reach[j]:.4g} "
+                f"rad is possible ({VELOCITY_FACTOR:g} x its velocity limit "
+                f"{envelope.velocity[j]:.4g} rad/s)")
     return None
 
 
 def trajectory_fault(q, qd, stamps_s, envelope: StateEnvelope) -> Optional[str]:
     """The first impossible state or step of a trajectory q, qd (T, J) at times stamps_s (T,)
     (increasing), named by its step, or None."""
-    q, qd, stamps_s = np.asarray(q, dtype=float), np.asarray(qd, dtype=float), np.asarray(stamps_s, float)
+    q, qd = np.asarray(q, dtype=float), np.asarray(qd, dtype=float)
+    stamps_s = np.asarray(stamps_s, dtype=float)
     for t in range(q.shape[0]):
         fault = state_fault(q[t], qd[t], envelope)
         if fault is None and t > 0:
@@ -115,16 +118,18 @@ def trajectory_fault(q, qd, stamps_s, envelope: StateEnvelope) -> Optional[str]:
     return None
 
 
-def stamp_fault(stamp_ns: int, now_ns: int, latest_ns: Optional[int], since_latest_s: float) -> Optional[str]:
+def stamp_fault(stamp_ns: int, now_ns: int, latest_ns: Optional[int],
+                since_latest_s: float) -> Optional[str]:
     """Why a joint state stamped stamp_ns is rejected (law 2) by a node whose clock reads
     now_ns and whose latest accepted state (None: none yet) was stamped latest_ns and
     arrived since_latest_s ago; None to accept it."""
     ahead_s = (int(stamp_ns) - int(now_ns)) * 1e-9
     if ahead_s > FUTURE_STAMP_TOLERANCE_S:
-        return (f"stamped {ahead_s:.3f} s ahead of this node's clock (tolerance {FUTURE_STAMP_TOLERANCE_S} s; "
-                "are the clocks synchronised?)")
+        return (f"stamped {ahead_s:.3f} s ahead of this node's clock (tolerance "
+                f"{FUTURE_STAMP_TOLERANCE_S} s; are the clocks synchronised?)")
     if latest_ns is not None and stamp_ns < latest_ns and since_latest_s <= STAMP_RESYNC_S:
-        return f"stamped {(latest_ns - stamp_ns) * 1e-9:.3f} s before the latest accepted joint state"
+        behind_s = (latest_ns - stamp_ns) * 1e-9
+        return f"stamped {behind_s:.3f} s before the latest accepted joint state"
     return None
 
 
@@ -181,4 +186,5 @@ def controllers_fault(controllers) -> Optional[str]:
 
 __all__ = ["POSITION_MARGIN_RAD", "VELOCITY_FACTOR", "STEP_SLACK_RAD", "FUTURE_STAMP_TOLERANCE_S",
            "STAMP_RESYNC_S", "ABSURD_MAGNITUDE", "StateEnvelope", "state_fault", "step_fault",
-           "trajectory_fault", "stamp_fault", "dynamics_fault", "controller_fault", "controllers_fault"]
+           "trajectory_fault", "stamp_fault", "dynamics_fault", "controller_fault",
+           "controllers_fault"]

@@ -150,7 +150,8 @@ class DynamicsFitterNode(Node):
         U = np.stack([rollout.U for rollout in ordered])
         dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics_regularization)
         if self._publish(m, batch, [rollout.trial_id for rollout in ordered], True, dynamics):
-            batch.prior_after, batch.fitted = prior, True   # a refused fit's prior is not kept either
+            # (a refused fit's prior is not kept either)
+            batch.prior_after, batch.fitted = prior, True
 
     @staticmethod
     def _ordered(batch: _Batch) -> list:
@@ -161,8 +162,9 @@ class DynamicsFitterNode(Node):
         non-finite or absurd numbers, which is never sent."""
         fault = sanity.dynamics_fault(dynamics)
         if fault is not None:
-            self.get_logger().error(f"condition {m}: the fit of controller version {batch.version} from "
-                                    f"{len(trial_ids)} rollouts is not published: {fault}")
+            self.get_logger().error(f"condition {m}: the fit of controller version "
+                                    f"{batch.version} from {len(trial_ids)} rollouts is not "
+                                    f"published: {fault}")
             return False
         self._dynamics_pub.publish(wire.encode_dynamics(wire.DynamicsMessage(
             condition=m, controller_version=batch.version, trial_ids=tuple(trial_ids), complete=complete,

@@ -190,9 +190,10 @@ class GpsTrainerNode(Node):
                               "iteration 0). false: start at iteration 0, refused if output_dir holds checkpoints.",
                               allowed="true or false")
         self.allow_incomplete_recording = declare(
-            self, "allow_incomplete_recording", False, "Resume even if output_dir's rollouts.mcap lacks rollouts "
-            "of the iterations the checkpoint covers (the recording is then marked incomplete); false: such a "
-            "resume is refused, naming what is missing.", allowed="true or false")
+            self, "allow_incomplete_recording", False, "Resume even if output_dir's "
+            "rollouts.mcap lacks rollouts of the iterations the checkpoint covers (the recording "
+            "is then marked incomplete); false: such a resume is refused, naming what is "
+            "missing.", allowed="true or false")
         self.experiment = experiment_identity(self.config, self.seed)
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
@@ -357,10 +358,12 @@ class GpsTrainerNode(Node):
         # offline trainer's format, so `mbpl train --refit-from` reads it); a resumed run keeps
         # the rollouts of the iterations its checkpoint covers.
         recording, run_info = self.output / "rollouts.mcap", recording_run_info(config, self.seed)
+        samples = (len(config.conditions), config.rollouts_per_condition)
         try:
-            self._recorder = (RolloutRecorder.create(recording, run_info) if checkpoint is None else RolloutRecorder.resume(
-                recording, run_info, checkpoint.iteration, samples=(len(config.conditions), config.rollouts_per_condition),
-                allow_incomplete=self.allow_incomplete_recording)[0])
+            self._recorder = (RolloutRecorder.create(recording, run_info) if checkpoint is None
+                              else RolloutRecorder.resume(
+                                  recording, run_info, checkpoint.iteration, samples=samples,
+                                  allow_incomplete=self.allow_incomplete_recording)[0])
         except RecordingError as error:
             raise TrainingStopped(f"resume: {error}") from None
         try:
@@ -380,8 +383,10 @@ class GpsTrainerNode(Node):
             dynamics = self._await_dynamics(version=i - 1, ids=ids)
             algorithm.settings = dataclasses.replace(algorithm.settings, kl_step=float(self.kl_step))
             reports = algorithm.update_with_dynamics(batch, dynamics)
-            if (fault := sanity.controllers_fault(algorithm.controllers)) is not None:  # never published
-                raise TrainingStopped(f"iteration {i}: the controller update (version {i}) is unusable: {fault}")
+            fault = sanity.controllers_fault(algorithm.controllers)
+            if fault is not None:  # never published
+                raise TrainingStopped(f"iteration {i}: the controller update (version {i}) is "
+                                      f"unusable: {fault}")
             self._publish_controllers(algorithm, version=i)
             row = self._evaluate(cost, version=i, iteration=i, rollouts=rollouts_total, start=start,
                                  sample_cost=float(np.mean([r.sample_cost for r in reports])),

@@ -42,8 +42,9 @@ wrong lengths) are ignored; joint states stamped ahead of this node's clock or o
 the latest accepted one are ignored and counted (core.sanity), so none can hold back the
 next step; a non-finite joint state, or one outside the physical envelope (core.sanity:
 beyond the position limits by a margin, too fast, or a step no arm can take), is never acted
-on: a trial in progress gets the fallback and is aborted (IMPLAUSIBLE_STATE). The watchdog: while commanding, a latest valid joint state older than
-`watchdog_periods` control periods publishes the fallback and aborts the trial (WATCHDOG).
+on: a trial in progress gets the fallback and is aborted (IMPLAUSIBLE_STATE). The watchdog:
+while commanding, a latest valid joint state older than `watchdog_periods` control periods
+publishes the fallback and aborts the trial (WATCHDOG).
 The e-stop: True on gps/estop latches at once — one zero-effort command, the running trial
 aborted (ESTOP), then no command and every request refused (ESTOP) until ~/reset_estop,
 which is refused while the last e-stop message was True. In realtime mode every trial, however
@@ -155,8 +156,9 @@ class LqrControllerNode(Node):
         # (a restarted trainer starts again at version 0).
         self.controllers: Dict[Tuple[int, int], wire.ControllerMessage] = {}
         self.trials_done = 0
-        self.faults: Dict[str, int] = {"watchdog": 0, "unsafe_command": 0, "estop": 0, "rejected_state": 0,
-                                       "implausible_state": 0, "rejected_stamp": 0}
+        self.faults: Dict[str, int] = {"watchdog": 0, "unsafe_command": 0, "estop": 0,
+                                       "rejected_state": 0, "implausible_state": 0,
+                                       "rejected_stamp": 0}
         self.commands_published = 0
         self.estop_latched = bool(self.estop_latched_at_start)
         self._estop_input = False        # the last value received on the e-stop topic
@@ -461,17 +463,20 @@ class LqrControllerNode(Node):
         with self._lock:
             latest = self._latest
             # A stamp ahead of this clock or out of order is dropped, so it never gates a step.
-            fault = sanity.stamp_fault(sample.stamp_ns, now_ns, None if latest is None else latest.stamp_ns,
-                                       sample.arrival - latest.arrival if latest is not None else 0.0)
+            fault = sanity.stamp_fault(
+                sample.stamp_ns, now_ns, None if latest is None else latest.stamp_ns,
+                0.0 if latest is None else sample.arrival - latest.arrival)
             if fault is not None:
                 self.faults["rejected_stamp"] += 1
-                self.get_logger().warning(f"ignored a joint state: {fault}", throttle_duration_sec=1.0)
+                self.get_logger().warning(f"ignored a joint state: {fault}",
+                                          throttle_duration_sec=1.0)
                 return
             fault = sanity.state_fault(q, qd, self.envelope)
             trial = self._trial
             if fault is None and trial is not None and trial.phase == "running" and trial.t > 0 \
                     and sample.stamp_ns > latest.stamp_ns:
-                fault = sanity.step_fault(latest.q, q, (sample.stamp_ns - latest.stamp_ns) * 1e-9, self.envelope)
+                dt_s = (sample.stamp_ns - latest.stamp_ns) * 1e-9
+                fault = sanity.step_fault(latest.q, q, dt_s, self.envelope)
             if fault is not None:
                 self._on_implausible_state(fault)
                 return
@@ -485,11 +490,13 @@ class LqrControllerNode(Node):
         self.faults["rejected_state"] += 1
         self.faults["implausible_state"] += 1
         if self._trial is None:
-            self.get_logger().warning(f"ignored an impossible joint state: {fault}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"ignored an impossible joint state: {fault}",
+                                      throttle_duration_sec=1.0)
             return
         self._send(self._fallback())
-        self._abort_running(f"impossible joint state, the fallback ({self.settings.watchdog_action}) was sent: "
-                            f"{fault}", wire.TrialStatus.IMPLAUSIBLE_STATE, fallback_sent=True)
+        self._abort_running(f"impossible joint state, the fallback "
+                            f"({self.settings.watchdog_action}) was sent: {fault}",
+                            wire.TrialStatus.IMPLAUSIBLE_STATE, fallback_sent=True)
 
     def _on_tick(self) -> None:
         with self._lock:

@@ -107,7 +107,7 @@ class SampleCollectorNode(Node):
             self.rejected_stamps += 1
             self.get_logger().warning(f"ignored a joint state: {fault}", throttle_duration_sec=1.0)
             return
-        if sanity.state_fault(q, qd, self.envelope) is None:  # an impossible state moves no watermark
+        if sanity.state_fault(q, qd, self.envelope) is None:  # an impossible one moves no mark
             self._latest_accepted = (stamp, arrival)
         self._states.pop(stamp, None)
         self._states[stamp] = (q, qd)
@@ -180,7 +180,8 @@ class SampleCollectorNode(Node):
                                   f"{np.flatnonzero(bad)[:5].tolist()}")
         fault = sanity.trajectory_fault(q, qd, (stamps - stamps[0]) * 1e-9, self.envelope)
         if fault is not None:
-            raise RolloutRejected(wire.TrialStatus.IMPLAUSIBLE_STATE, f"impossible joint state at {fault}")
+            raise RolloutRejected(wire.TrialStatus.IMPLAUSIBLE_STATE,
+                                  f"impossible joint state at {fault}")
         X = np.stack([self.state_of(q[t], qd[t], record.target) for t in range(len(stamps))])
         U = np.clip(record.commands, self._effort_low, self._effort_high)
         return X, U

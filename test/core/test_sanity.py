@@ -12,8 +12,9 @@ ENVELOPE = sanity.StateEnvelope(position=[[-3.0, 3.0], [-1.0, 2.0]], velocity=[1
 
 @pytest.mark.parametrize("q, qd, fault", [
     ([0.0, 0.0], [0.0, 0.0], None),
-    ([3.0 + sanity.POSITION_MARGIN_RAD, -1.0 - sanity.POSITION_MARGIN_RAD], [20.0, -10.0], None),  # at the edge
-    ([3.3, 0.0], [0.0, 0.0], "joint 0 at 3.3 rad, beyond its limits [-3, 3] by more than 0.25 rad"),
+    ([3.0 + sanity.POSITION_MARGIN_RAD, -1.0 - sanity.POSITION_MARGIN_RAD], [20.0, -10.0],
+     None),                                                               # at the edges
+    ([3.3, 0.0], [0.0, 0.0], "joint 0 at 3.3 rad, beyond its limits [-3, 3] by more than 0.25"),
     ([0.0, -1.3], [0.0, 0.0], "joint 1 at -1.3 rad, beyond its limits [-1, 2]"),
     ([1e6, 0.0], [0.0, 0.0], "joint 0 at 1e+06 rad"),
     ([0.0, 0.0], [0.0, -10.5], "joint 1 at -10.5 rad/s, above 2 x its velocity limit 5 rad/s"),
@@ -45,9 +46,11 @@ def test_trajectory_fault_names_the_first_bad_step():
     q, qd, stamps = np.zeros((T, 2)), np.zeros((T, 2)), 0.05 * np.arange(T)
     assert sanity.trajectory_fault(q, qd, stamps, ENVELOPE) is None
     q[3, 0] = 1.5                                     # a 1.5 rad jump in 0.05 s (1.01 possible)
-    assert sanity.trajectory_fault(q, qd, stamps, ENVELOPE).startswith("step 3: joint 0 moved 1.5 rad")
+    fault = sanity.trajectory_fault(q, qd, stamps, ENVELOPE)
+    assert fault.startswith("step 3: joint 0 moved 1.5 rad"), fault
     qd[2, 1] = 1e6
-    assert sanity.trajectory_fault(q, qd, stamps, ENVELOPE).startswith("step 2: joint 1 at 1e+06 rad/s")
+    fault = sanity.trajectory_fault(q, qd, stamps, ENVELOPE)
+    assert fault.startswith("step 2: joint 1 at 1e+06 rad/s"), fault
 
 
 def test_stamp_law():
@@ -55,15 +58,17 @@ def test_stamp_law():
     assert sanity.stamp_fault(now + tol, now, None, 0.0) is None
     fault = sanity.stamp_fault(now + 7_700_000_000, now, None, 0.0)
     assert fault.startswith("stamped 7.700 s ahead of this node's clock (tolerance 0.02 s")
-    assert sanity.stamp_fault(now - 10, now, now - 10, 0.01) is None           # the same stamp again
-    assert sanity.stamp_fault(now - 11, now, now - 10, 0.01).startswith("stamped 0.000 s before the latest")
+    assert sanity.stamp_fault(now - 10, now, now - 10, 0.01) is None      # the same stamp again
+    fault = sanity.stamp_fault(now - 11, now, now - 10, 0.01)
+    assert fault.startswith("stamped 0.000 s before the latest"), fault
     # nothing accepted for STAMP_RESYNC_S: the source restarted, its (older) clock is taken again
     assert sanity.stamp_fault(5, now, now - 10, sanity.STAMP_RESYNC_S + 0.01) is None
     assert sanity.stamp_fault(5, now, now - 10, sanity.STAMP_RESYNC_S - 0.01) is not None
 
 
 def _controller(T=4, dU=2, dX=6, scale=1.0):
-    return LinearGaussianController.from_covar(scale * np.ones((T, dU, dX)), np.zeros((T, dU)), 0.1 * np.eye(dU))
+    return LinearGaussianController.from_covar(scale * np.ones((T, dU, dX)), np.zeros((T, dU)),
+                                               0.1 * np.eye(dU))
 
 
 def test_controller_fault():

@@ -15,7 +15,8 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment, spinning,
+                          wait_until)
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
@@ -38,11 +39,11 @@ class Glitcher:
         self.targets, self.lock = set(targets), threading.Lock()
         self.armed, self.commands_seen, self.injected, self.latest_stamp = None, 0, [], 0
         self.rollouts = Recorder(wire.decode_rollout)
-        self.node.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self.rollouts, wire.EVENTS_QOS)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
-                                      wire.EVENTS_QOS)
-        self.node.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command, 100)
-        self.node.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 100)
+        subscribe = self.node.create_subscription
+        subscribe(Float64MultiArray, wire.ROLLOUTS_TOPIC, self.rollouts, wire.EVENTS_QOS)
+        subscribe(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request, wire.EVENTS_QOS)
+        subscribe(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command, 100)
+        subscribe(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 100)
         self.states = self.node.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
 
     def _on_request(self, msg):
@@ -55,7 +56,8 @@ class Glitcher:
 
     def _on_state(self, msg):
         with self.lock:
-            self.latest_stamp = max(self.latest_stamp, wire.nanoseconds_from_stamp(msg.header.stamp))
+            stamp = wire.nanoseconds_from_stamp(msg.header.stamp)
+            self.latest_stamp = max(self.latest_stamp, stamp)
 
     def _on_command(self, msg):
         with self.lock:
@@ -73,8 +75,8 @@ class Glitcher:
 
 
 @pytest.mark.timeout(240)
-def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_change_no_metric(ros_context,
-                                                                                            tmp_path):
+def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_change_no_metric(
+        ros_context, tmp_path):
     """`mbpl sim` (its own process, lockstep): an encoder glitch in iteration 1's first sample
     trial and in its first evaluation trial. Each is aborted (IMPLAUSIBLE_STATE), retried
     with the same noise, and the run's metrics equal the offline run's (= a run without
@@ -83,20 +85,22 @@ def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_chang
     config = load_experiment(experiment)
     output = tmp_path / "out"
     glitcher = Glitcher(ros_context, {(1, "sample"), (1, "evaluation")})
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # Started with the e-stop latched: nothing runs until the glitcher has found the graph.
     params = tmp_path / "params.yaml"
-    params.write_text(SIM_CONFIG.read_text().replace("    estop_topic: gps/estop",
-                                                     "    estop_latched_at_start: true\n    estop_topic: gps/estop"))
+    latched = "    estop_latched_at_start: true\n    estop_topic: gps/estop"
+    params.write_text(SIM_CONFIG.read_text().replace("    estop_topic: gps/estop", latched))
     reset = glitcher.node.create_client(Trigger, "/lqr_controller/reset_estop")
     with spinning(ros_context, [glitcher]):
-        run = subprocess.Popen([sys.executable, "-m", "mbpl_ros.cli", "sim", "--config", str(params),
-                                "--experiment", str(experiment), "--iterations", "2", "--output", str(output)],
-                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "mbpl_ros.cli", "sim", "--config", str(params), "--experiment",
+             str(experiment), "--iterations", "2", "--output", str(output)],
+            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: all(glitcher.node.count_publishers(topic) for topic in (
-                wire.ROLLOUTS_TOPIC, wire.TRIAL_REQUESTS_TOPIC, wire.EFFORT_COMMANDS_TOPIC, wire.JOINT_STATES_TOPIC))
+            topics = (wire.ROLLOUTS_TOPIC, wire.TRIAL_REQUESTS_TOPIC, wire.EFFORT_COMMANDS_TOPIC,
+                      wire.JOINT_STATES_TOPIC)
+            wait_until(lambda: all(glitcher.node.count_publishers(topic) for topic in topics)
                 and glitcher.states.get_subscription_count() >= 2 and reset.service_is_ready(),
                 timeout=60, what="the graph")
             response = reset.call(Trigger.Request(), timeout_sec=10.0)
@@ -111,8 +115,9 @@ def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_chang
     dropped = [r for r in glitcher.rollouts.items if r.status != wire.TrialStatus.OK]
     assert len(glitcher.injected) == 2, glitcher.injected
     assert sorted(r.trial_id for r in dropped) == sorted(glitcher.injected)
-    assert {(r.purpose, r.status) for r in dropped} == {("sample", wire.TrialStatus.IMPLAUSIBLE_STATE),
-                                                        ("evaluation", wire.TrialStatus.IMPLAUSIBLE_STATE)}
+    implausible = wire.TrialStatus.IMPLAUSIBLE_STATE
+    assert {(r.purpose, r.status) for r in dropped} == {("sample", implausible),
+                                                        ("evaluation", implausible)}
     assert stderr.count("rollout dropped: IMPLAUSIBLE_STATE") == 2, stderr[-3000:]
     rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2] and rows[2]["rollouts"] == 4
@@ -141,15 +146,18 @@ def test_a_future_or_out_of_order_stamp_holds_back_no_command(ros_context, tmp_p
     probe.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC,
                               lambda msg: command_times.append(time.monotonic()), 100)
     sim_states = []
-    probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, lambda msg: sim_states.append(msg)
-                              if msg.header.frame_id != "probe" else None, 100)
+    probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, lambda msg: (
+        sim_states.append(msg) if msg.header.frame_id != "probe" else None), 100)
     rollouts = Recorder(wire.decode_rollout)
     probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
     states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
+                                         wire.CONTROLLERS_QOS)
+    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC,
+                                      wire.EVENTS_QOS)
     controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
-        experiment_config=str(experiment), mode="realtime", realtime_trigger=trigger, reset_mode="pd",
+        experiment_config=str(experiment), mode="realtime", realtime_trigger=trigger,
+        reset_mode="pd",
         watchdog_periods=5, pd_position_tolerance=0.05, pd_velocity_tolerance=0.05))
     collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
         experiment_config=str(experiment)))
@@ -158,16 +166,20 @@ def test_a_future_or_out_of_order_stamp_holds_back_no_command(ros_context, tmp_p
                     f"initial_positions:={list(config.conditions[0].initial_positions)}")
         with spinning(ros_context, [controller, collector, probe]):
             wait_until(lambda: sim_states and requests.get_subscription_count()
-                       and probe.count_publishers(wire.ROLLOUTS_TOPIC), timeout=30, what="sim_robot")
-            controllers.publish(wire.encode_controller(wire.ControllerMessage(0, 0, initial_controller(config))))
+                       and probe.count_publishers(wire.ROLLOUTS_TOPIC), timeout=30,
+                       what="sim_robot")
+            controllers.publish(wire.encode_controller(
+                wire.ControllerMessage(0, 0, initial_controller(config))))
             wait_until(lambda: (0, 0) in controller.controllers, what="the controller")
             requests.publish(request_message(1, config))
-            wait_until(lambda: controller._trial is not None and controller._trial.phase == "running"
-                       and controller._trial.t >= 10, timeout=20, what="ten steps of the trial")
+            wait_until(lambda: controller._trial is not None
+                       and controller._trial.phase == "running" and controller._trial.t >= 10,
+                       timeout=20, what="ten steps of the trial")
             for offset_ns in (7_700_000_000, -500_000_000):
                 real = sim_states[-1]
                 stamp = wire.nanoseconds_from_stamp(real.header.stamp) + offset_ns
-                glitch = wire.encode_joint_state(list(real.name), real.position, real.velocity, real.effort, stamp)
+                glitch = wire.encode_joint_state(list(real.name), real.position, real.velocity,
+                                                 real.effort, stamp)
                 glitch.header.frame_id = "probe"
                 states.publish(glitch)
                 time.sleep(0.3)
@@ -175,7 +187,7 @@ def test_a_future_or_out_of_order_stamp_holds_back_no_command(ros_context, tmp_p
     finally:
         nodes.stop_all()
     rollout = rollouts.items[0]
-    if trigger == "joint_state":   # (a timer unsynchronised with the robot may reuse a state: STALE)
+    if trigger == "joint_state":   # (a timer, unsynchronised, may reuse a state: STALE)
         assert rollout.status == wire.TrialStatus.OK and rollout.X.shape[0] == T
     assert controller.faults["rejected_stamp"] == 2 and collector.rejected_stamps == 2
     assert controller.faults["implausible_state"] == 0

@@ -63,7 +63,8 @@ class Trainer:
 
         def complete(items):
             return [m for m in items if m.complete and m.controller_version == version and m.trial_ids == ids]
-        assert self.fits.wait_for(complete, timeout=timeout), f"no complete fit of version {version} on {ids}"
+        assert self.fits.wait_for(complete, timeout=timeout), \
+            f"no complete fit of version {version} on {ids}"
         return complete(self.fits.items)[-1].dynamics
 
     def destroy_node(self):
@@ -121,9 +122,10 @@ def test_a_fit_with_absurd_numbers_is_not_published(ros_context, tmp_path):
     with spinning(ros_context, [fitter, trainer]):
         wait_until(lambda: trainer.rollouts.get_subscription_count()
                    and trainer.node.count_publishers(wire.DYNAMICS_TOPIC), what="discovery")
-        with np.errstate(all="ignore"), pytest.raises(AssertionError, match="no complete fit of version 0"):
+        with np.errstate(all="ignore"), \
+                pytest.raises(AssertionError, match="no complete fit of version 0"):
             trainer.sample(0, X, U, first_id=500, timeout=3)
         published = fitter.fits_published
         fit = trainer.sample(1, X_sane, U_sane, first_id=600)
-    assert published == 1                                 # only the partial fit of the sane first rollout
+    assert published == 1                     # only the partial fit of the sane first rollout
     assert np.all(np.isfinite(fit.F))

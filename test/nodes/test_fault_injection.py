@@ -217,27 +217,30 @@ def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path)
         commands_before_nan = len(commands.commands)
         requests.publish(request_message(6, config))
         assert commands.wait_for_count(commands_before_nan + 2, timeout=10)
-        bad_states.publish(wire.encode_joint_state(JOINTS, [np.nan, 0.1], [0.0, 0.0], [0.0, 0.0], stamp + 3))
+        bad_states.publish(wire.encode_joint_state(JOINTS, [np.nan, 0.1], [0.0, 0.0], [0.0, 0.0],
+                                                   stamp + 3))
         assert rollouts.wait_for(lambda items: len(items) == 2, timeout=20)
     rollout, aborted = rollouts.items
     assert rollout.status == wire.TrialStatus.OK and np.all(np.isfinite(rollout.X)) and np.all(np.isfinite(rollout.U))
-    assert rejected["rejected_state"] >= 40          # every bad state seen was ignored (DDS may drop some)
+    assert rejected["rejected_state"] >= 40    # each bad state seen was ignored (DDS may drop some)
     assert commands_before_nan - commands_before == config.T and commands.violations == []
     assert aborted.status == wire.TrialStatus.IMPLAUSIBLE_STATE and aborted.X.shape[0] == 0
     np.testing.assert_array_equal(commands.commands[-1], [0.0, 0.0])
     note("NaN/inf/short/long commands to sim_robot", rejected=sim.rejected_commands, steps_taken=0)
     note("short/long joint states to lqr_controller and sample_collector during a trial",
          sent=60, ignored_by_controller=rejected["rejected_state"], trial=rollout.status.name,
-         commands_checked=commands_before_nan - commands_before, violations=len(commands.violations))
-    note("a NaN joint state during a trial", trial=aborted.status.name, last_command="zero fallback")
+         commands_checked=commands_before_nan - commands_before,
+         violations=len(commands.violations))
+    note("a NaN joint state during a trial", trial=aborted.status.name,
+         last_command="zero fallback")
 
 
 # ---------------------------------------------------------------- a joint-state flood
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("trigger, commands_per_period, wild", [("timer", 1, False), ("joint_state", 2, False),
-                                                                 ("joint_state", 2, True)])
-def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_context, tmp_path, trigger,
-                                                                         commands_per_period, wild):
+@pytest.mark.parametrize("trigger, commands_per_period, wild", [
+    ("timer", 1, False), ("joint_state", 2, False), ("joint_state", 2, True)])
+def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(
+        ros_context, tmp_path, trigger, commands_per_period, wild):
     """2 s of /joint_states at 10x the control rate while a realtime trial runs: every
     command finite and within the limits; at most one per control period with
     realtime_trigger timer, and at most one per half period (MIN_STEP_PERIODS) with
@@ -255,7 +258,8 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     records = Recorder(wire.decode_trial_record)
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, records, wire.EVENTS_QOS)
+    probe.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, records,
+                              wire.EVENTS_QOS)
     sim_states = []     # (stamp ns, q, qd) of sim_robot's own states
 
     def on_state(msg):
@@ -301,14 +305,15 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
         assert [r.status for r in records.items] == [wire.TrialStatus.IMPLAUSIBLE_STATE]
         assert len(during) <= 2 and controller.faults["implausible_state"] >= 1
         np.testing.assert_array_equal(commands.commands[-1], [0.0, 0.0])
-    elif trigger == "joint_state":   # it does step on the flood's states (more than the timer would)
+    elif trigger == "joint_state":   # it steps on the flood's states (more than a timer would)
         assert len(during) > RATE_HZ * (end - start), (len(during), RATE_HZ * (end - start))
         assert controller.faults["implausible_state"] == 0
     assert commands.violations == []
     kind = ("random poses beyond the limits, |qd| ~ 30 rad/s, 10% NaN" if wild
             else "sim_robot's state carried forward")
-    note(f"joint_states flooded at 10x the rate for 2 s ({kind}), realtime_trigger {trigger}", states_sent=sent,
-         commands_during=len(during), bound=int(bound), violations=len(commands.violations),
+    note(f"joint_states flooded at 10x the rate for 2 s ({kind}), realtime_trigger {trigger}",
+         states_sent=sent, commands_during=len(during), bound=int(bound),
+         violations=len(commands.violations),
          rejected_states=controller.faults["rejected_state"],
          trial=records.items[0].status.name if records.items else "running")
 

@@ -45,11 +45,13 @@ def udp_sockets(pid):
 
 
 def test_the_loopback_environment(tmp_path):
-    assert loopback_environment() == {} or os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
-    assert loopback_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": "/my/profile.xml"}) == {}   # the user's
+    assert loopback_environment() == {} or \
+        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
+    # a profile of the user's is left alone
+    assert loopback_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": "/my/profile.xml"}) == {}
     assert loopback_environment({}) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE),
                                         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT"}
-    copy = tmp_path / "share" / "fastdds_loopback.xml"           # e.g. the installed one, set by hand
+    copy = tmp_path / "share" / "fastdds_loopback.xml"      # e.g. the installed one, set by hand
     copy.parent.mkdir()
     copy.write_bytes(LOOPBACK_PROFILE.read_bytes())
     assert loopback_environment({"FASTDDS_DEFAULT_PROFILES_FILE": str(copy),
@@ -68,12 +70,15 @@ def test_every_udp_socket_of_a_running_graph_is_bound_to_loopback(ros_context, t
     try:
         nodes.start("sim_robot", "-p", "mode:=realtime", "-p", "control_rate_hz:=20.0")
         with spinning(ros_context, [probe]):
-            wait_until(lambda: len(states.items) >= 5, timeout=30, what="joint states over loopback")
+            wait_until(lambda: len(states.items) >= 5, timeout=30,
+                       what="joint states over loopback")
             time.sleep(0.5)
-            found = {"sim_robot": udp_sockets(nodes.processes["sim_robot"].pid), "this process": udp_sockets(os.getpid())}
+            found = {"sim_robot": udp_sockets(nodes.processes["sim_robot"].pid),
+                     "this process": udp_sockets(os.getpid())}
     finally:
         nodes.stop_all()
     for who, bound in found.items():
         assert len(bound) >= 2, (who, bound)              # discovery and user data at least
-        outside = [(address, port) for address, port in bound if not ipaddress.ip_address(address).is_loopback]
+        outside = [(address, port) for address, port in bound
+                   if not ipaddress.ip_address(address).is_loopback]
         assert outside == [], f"{who} has UDP sockets bound off loopback: {outside}"

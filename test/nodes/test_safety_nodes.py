@@ -152,7 +152,7 @@ def test_every_command_is_clamped_and_guarded_near_the_position_limits(ros_conte
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
         q0 = robot.start_at(controller, [0.0, 1.0])
-        robot.stamp_step_ns = 10 ** 9     # states 1 s apart: the jumps between these poses are possible
+        robot.stamp_step_ns = 10 ** 9     # states 1 s apart: the jumps between these are possible
         robot.controller(k=(5.0, -5.0))   # pushes far beyond both effort limits
         # free, within the shoulder's margin (s = 0.5), beyond its upper limit, at the elbow's lower limit
         states = [[0.5, 0.5], [URDF_POSITION[0, 1] - 0.1, 0.5], [3.2, 0.5], [0.0, URDF_POSITION[1, 0]],
@@ -205,7 +205,8 @@ def test_malformed_joint_states_are_ignored(ros_context, experiment):
         msg = wire.encode_joint_state(JOINTS, [0.0, 1.5], [0.0, 0.0], [0.0, 0.0], robot.stamp_ns + 1)
         msg.position = [0.0]                                              # short
         robot.states.publish(msg)
-        robot.states.publish(wire.encode_joint_state(["gripper"], [0.0], [0.0], [0.0], robot.stamp_ns + 2))
+        robot.states.publish(wire.encode_joint_state(["gripper"], [0.0], [0.0], [0.0],
+                                                     robot.stamp_ns + 2))
         wait_until(lambda: controller.faults["rejected_state"] == 2, what="two rejected states")
         assert len(robot.commands.commands) == count + 1                   # none of them made a step
         for _ in range(T - 1):
@@ -223,7 +224,8 @@ def test_malformed_joint_states_are_ignored(ros_context, experiment):
     ([0.0, 1.5], [0.0, 1e300], "joint 1 at 1e\\+300 rad/s, above 2 x its velocity limit 10 rad/s"),
     ([0.0, 2.7], [0.0, 0.0], "joint 1 moved 1.2 rad in 0.05 s; at most 1.01 rad is possible"),
 ])
-def test_impossible_joint_states_send_the_fallback_and_abort_the_trial(ros_context, experiment, q, qd, reason):
+def test_impossible_joint_states_send_the_fallback_and_abort_the_trial(ros_context, experiment, q,
+                                                                       qd, reason):
     """A state no arm can be in (core.sanity) is never acted on: the fallback, the trial
     aborted (IMPLAUSIBLE_STATE), the fault counted and named in the log."""
     controller = controller_node(ros_context, experiment)
@@ -234,7 +236,7 @@ def test_impossible_joint_states_send_the_fallback_and_abort_the_trial(ros_conte
         count = len(robot.commands.commands)
         robot.request(4, q0)
         assert robot.commands.wait_for_count(count + 1)
-        robot.step(q0)                                                    # step 1: a plausible state
+        robot.step(q0)                                          # step 1: a plausible state
         robot.state(q, qd)
         assert robot.records.wait_for(lambda items: items)
     record = robot.records.items[0]

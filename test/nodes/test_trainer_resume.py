@@ -52,13 +52,14 @@ def test_a_resumed_graph_run_continues_from_its_checkpoint(tmp_path):
     assert set(checkpoint.extra) == {"next_trial_id"}
     assert len(checkpoint.algorithm.controllers) == 2
 
-    # A recording cut short blocks the resume, naming the file and what is missing; restored, it goes on.
+    # A recording cut short blocks the resume, naming the file and what is missing; restored,
+    # it goes on.
     recording = output / "rollouts.mcap"
     intact = recording.read_bytes()
     recording.write_bytes(intact[:len(intact) // 3])
     with pytest.raises(sim_runner.GraphError, match=re.escape(
-            f"training stopped: resume: {recording}: the checkpoint covers iterations 1-2 (12 sample "
-            "rollouts) but the recording holds ")) as refused:
+            f"training stopped: resume: {recording}: the checkpoint covers iterations 1-2 "
+            "(12 sample rollouts) but the recording holds ")) as refused:
         run(experiment, output, io.StringIO(), iterations=3, resume=True)
     assert "allow_incomplete_recording: true" in str(refused.value)
     assert rows_of(output) == first and not (output / "checkpoint_0003.pkl").exists()
