@@ -222,7 +222,7 @@ def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path)
         assert rollouts.wait_for(lambda items: len(items) == 2, timeout=20)
     rollout, aborted = rollouts.items
     assert rollout.status == wire.TrialStatus.OK and np.all(np.isfinite(rollout.X)) and np.all(np.isfinite(rollout.U))
-    assert rejected["rejected_state"] >= 40    # each bad state seen was ignored (DDS may drop some)
+    assert rejected["rejected_state"] >= 40    # each bad state seen ignored (DDS may drop some)
     assert commands_before_nan - commands_before == config.T and commands.violations == []
     assert aborted.status == wire.TrialStatus.IMPLAUSIBLE_STATE and aborted.X.shape[0] == 0
     np.testing.assert_array_equal(commands.commands[-1], [0.0, 0.0])
