@@ -9,13 +9,10 @@ STAMP := $(VENV)/.mbpl-installed
 BENCH_STAMP := $(VENV)/.mbpl-bench-installed
 
 # DDS stays on this machine; each make invocation gets its own domain unless one is given.
-# Unless a Fast DDS profile is set, the package's binds every socket to loopback (it needs
-# the SYSTEM_DEFAULT discovery range; mbpl_ros/dds/__init__.py says why).
+# The package's Fast DDS profile (loopback only, mbpl_ros/dds) is used unless one is set.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 ifeq ($(FASTDDS_DEFAULT_PROFILES_FILE)$(FASTRTPS_DEFAULT_PROFILES_FILE),)
 export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/mbpl_ros/dds/fastdds_loopback.xml
-export ROS_AUTOMATIC_DISCOVERY_RANGE := SYSTEM_DEFAULT
-else
-export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 endif
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 1 )))
 export PYTHONUNBUFFERED := 1

@@ -4,10 +4,13 @@ environment that makes a process use it. No ROS import: the variables must be se
 the first rclpy.init of a process (Fast DDS reads them once).
 
 The profile binds every socket to 127.0.0.1, sends no multicast and discovers peers at
-127.0.0.1 only. It is used with ROS_AUTOMATIC_DISCOVERY_RANGE=SYSTEM_DEFAULT: with LOCALHOST
-rmw_fastrtps adds a UDP transport on every interface of its own, which would bind 0.0.0.0
-and the external addresses again. A profile the user chose (either variable set) is left
-alone, with the discovery range as given.
+127.0.0.1 only. It does so fully with ROS_AUTOMATIC_DISCOVERY_RANGE unset or SYSTEM_DEFAULT:
+with LOCALHOST, rmw_fastrtps adds a UDP transport of its own that binds 0.0.0.0 and the
+external addresses again (it still sends nothing off the machine). So a process whose range
+is unset gets the profile and SYSTEM_DEFAULT; one whose range was set (LOCALHOST in the
+Makefile, CI and the tests, which must not depend on a profile file loading to stay on the
+machine) keeps it and gets the profile too. A profile the user chose (either variable set)
+is left alone.
 """
 from __future__ import annotations
 
@@ -31,13 +34,15 @@ def is_loopback_profile(path: str) -> bool:
 
 def loopback_environment(environ: Mapping[str, str] = os.environ) -> dict:
     """The variables to set for a loopback-only graph, given the environment `environ`: the
-    profile and the discovery range it needs; only the range when the profile set is this
-    one (e.g. by the Makefile); {} when the user set a profile file of their own."""
+    profile, unless one is set ({} when the user set a profile file of their own), and the
+    SYSTEM_DEFAULT discovery range where no range is set."""
     chosen = [environ[name] for name in PROFILE_VARIABLES if environ.get(name)]
     if chosen and not all(is_loopback_profile(path) for path in chosen):
         return {}
-    return {**({} if chosen else {"FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE)}),
-            "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT"}
+    changes = {} if chosen else {"FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE)}
+    if not environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE"):
+        changes["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
+    return changes
 
 
 def use_loopback_only(environ: MutableMapping[str, str] = os.environ) -> dict:

@@ -85,8 +85,8 @@ def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_chang
     config = load_experiment(experiment)
     output = tmp_path / "out"
     glitcher = Glitcher(ros_context, {(1, "sample"), (1, "evaluation")})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # Started with the e-stop latched: nothing runs until the glitcher has found the graph.
     params = tmp_path / "params.yaml"
     latched = "    estop_latched_at_start: true\n    estop_topic: gps/estop"

@@ -63,7 +63,7 @@ class NodeProcesses:
 
     def __init__(self, directory: Path, params_files):
         self.directory, self.params_files, self.processes, self.logs = directory, params_files, {}, {}
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1",  # DDS as set up by conftest
+        self.env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "OMP_NUM_THREADS": "1",
                     "OPENBLAS_NUM_THREADS": "1",
                     "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 

@@ -322,7 +322,7 @@ def test_the_nodes_learn_as_separate_processes_over_dds(tmp_path):
     """sim_robot and the four learning nodes as five processes (python -m ...), one iteration."""
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=20, N=2)
     output = tmp_path / "out"
-    env = {**os.environ,  # DDS on loopback, as set up by conftest
+    env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1"}
     # A second file: its node sections override the first's (a `-p` would not: rcl ranks a

@@ -1,20 +1,46 @@
-"""Reachable only from this machine: with the package's Fast DDS profile (mbpl_ros.dds, set
-up by conftest as by the Makefile, CI and `mbpl sim`), every UDP socket of a running graph —
-node processes and this process — is bound to a loopback address, none to 0.0.0.0 or an
-external interface, and the graph still works (discovery and data over loopback)."""
+"""Reachable only from this machine: with the package's Fast DDS profile (mbpl_ros.dds) and
+the discovery range a user's shell has (unset), every UDP socket of a running graph is bound
+to a loopback address, none to 0.0.0.0 or an external interface, and the graph works
+(discovery and data over loopback).
+
+The graph runs in a network namespace of its own that has only a loopback interface, so that
+even a profile that failed to load could send nothing off this machine; without the profile
+the same graph binds 0.0.0.0 there, which shows the check can fail. Our own runs keep
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (mbpl_ros/dds says what that costs)."""
 import ipaddress
+import json
 import os
 import socket
 import struct
-import time
+import subprocess
+import sys
 
 import pytest
-from sensor_msgs.msg import JointState
 
-from loop_helpers import Recorder, create_probe, spinning, wait_until
-from mbpl_ros.dds import LOOPBACK_PROFILE, is_loopback_profile, loopback_environment
-from mbpl_ros.nodes import wire
-from test_fault_injection import NodeProcesses
+from mbpl_ros.dds import LOOPBACK_PROFILE, loopback_environment
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+#: Two nodes in one process: a publisher and a subscriber that must hear it over DDS; then
+#: the addresses of every UDP socket the process holds, as JSON.
+GRAPH = """
+import json, os, sys, time
+sys.path.insert(0, os.path.join(sys.argv[1], "test", "nodes"))
+import rclpy
+from std_msgs.msg import String
+from test_loopback_only import udp_sockets
+rclpy.init()
+talker, listener = rclpy.create_node("talker"), rclpy.create_node("listener")
+heard = []
+listener.create_subscription(String, "chatter", heard.append, 10)
+publisher = talker.create_publisher(String, "chatter", 10)
+deadline = time.monotonic() + 20.0
+while not heard and time.monotonic() < deadline:
+    publisher.publish(String(data="hello"))
+    rclpy.spin_once(listener, timeout_sec=0.1)
+print(json.dumps({"heard": len(heard), "bound": udp_sockets(os.getpid())}))
+rclpy.shutdown()
+"""
 
 
 def udp_sockets(pid):
@@ -45,40 +71,52 @@ def udp_sockets(pid):
 
 
 def test_the_loopback_environment(tmp_path):
-    assert loopback_environment() == {} or \
-        os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] == "SYSTEM_DEFAULT"
-    # a profile of the user's is left alone
-    assert loopback_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": "/my/profile.xml"}) == {}
+    # our runs (a range is set): the profile only, the range as it is
+    assert loopback_environment({"ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}) == {
+        "FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE)}
+    # a user's shell (no range): the profile and the range it binds loopback with
     assert loopback_environment({}) == {"FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE),
                                         "ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT"}
+    # a profile of the user's is left alone
+    assert loopback_environment({"FASTRTPS_DEFAULT_PROFILES_FILE": "/my/profile.xml"}) == {}
     copy = tmp_path / "share" / "fastdds_loopback.xml"      # e.g. the installed one, set by hand
     copy.parent.mkdir()
     copy.write_bytes(LOOPBACK_PROFILE.read_bytes())
     assert loopback_environment({"FASTDDS_DEFAULT_PROFILES_FILE": str(copy),
-                                 "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}) == \
-        {"ROS_AUTOMATIC_DISCOVERY_RANGE": "SYSTEM_DEFAULT"}
+                                 "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}) == {}
 
 
-@pytest.mark.timeout(60)
-def test_every_udp_socket_of_a_running_graph_is_bound_to_loopback(ros_context, tmp_path):
-    if not is_loopback_profile(os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE", "")):
-        pytest.skip("a Fast DDS profile of the user's is in use")
-    nodes = NodeProcesses(tmp_path, [])
-    probe = create_probe(ros_context)
-    states = Recorder()
-    probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, states, 10)
-    try:
-        nodes.start("sim_robot", "-p", "mode:=realtime", "-p", "control_rate_hz:=20.0")
-        with spinning(ros_context, [probe]):
-            wait_until(lambda: len(states.items) >= 5, timeout=30,
-                       what="joint states over loopback")
-            time.sleep(0.5)
-            found = {"sim_robot": udp_sockets(nodes.processes["sim_robot"].pid),
-                     "this process": udp_sockets(os.getpid())}
-    finally:
-        nodes.stop_all()
-    for who, bound in found.items():
-        assert len(bound) >= 2, (who, bound)              # discovery and user data at least
-        outside = [(address, port) for address, port in bound
-                   if not ipaddress.ip_address(address).is_loopback]
-        assert outside == [], f"{who} has UDP sockets bound off loopback: {outside}"
+def _graph_in_own_network(profile: bool) -> dict:
+    """Run GRAPH in a new network namespace (only `lo`), as a user's shell would: no discovery
+    range set, the package's profile or none."""
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot create a network namespace here (unshare -n needs CAP_SYS_ADMIN)")
+    env = {key: value for key, value in os.environ.items() if key not in (
+        "ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")}
+    env.update(loopback_environment(env) if profile else {})
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" -c "$1" "$2"',
+         sys.executable, GRAPH, REPO], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _off_loopback(bound):
+    return [(address, port) for address, port in bound
+            if not ipaddress.ip_address(address).is_loopback]
+
+
+@pytest.mark.timeout(120)
+def test_every_udp_socket_of_a_graph_with_the_profile_is_bound_to_loopback():
+    graph = _graph_in_own_network(profile=True)
+    assert graph["heard"] > 0, "the nodes did not hear each other over loopback"
+    assert len(graph["bound"]) >= 2, graph               # discovery and user data at least
+    assert _off_loopback(graph["bound"]) == [], f"UDP sockets bound off loopback: {graph['bound']}"
+
+
+@pytest.mark.timeout(120)
+def test_without_the_profile_the_same_graph_binds_every_interface():
+    graph = _graph_in_own_network(profile=False)
+    assert graph["heard"] > 0
+    assert _off_loopback(graph["bound"]), graph["bound"]
