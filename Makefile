@@ -9,7 +9,11 @@ STAMP := $(VENV)/.mbpl-installed
 BENCH_STAMP := $(VENV)/.mbpl-bench-installed
 
 # DDS stays on this machine; each make invocation gets its own domain unless one is given.
+# The package's Fast DDS profile (loopback only, mbpl_ros/dds) is used unless one is set.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+ifeq ($(FASTDDS_DEFAULT_PROFILES_FILE)$(FASTRTPS_DEFAULT_PROFILES_FILE),)
+export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/mbpl_ros/dds/fastdds_loopback.xml
+endif
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 1 )))
 export PYTHONUNBUFFERED := 1
 

@@ -14,7 +14,9 @@ setup(
         ("share/" + package_name + "/launch", sorted(glob("launch/*.launch.py"))),
         ("share/" + package_name + "/config", sorted(glob("config/*.yaml"))),
         ("share/" + package_name + "/urdf", sorted(glob("urdf/*"))),
+        ("share/" + package_name + "/dds", sorted(glob("mbpl_ros/dds/*.xml"))),
     ],
+    package_data={"mbpl_ros.dds": ["*.xml"]},
     # Dependencies come from package.xml (rosdep) on ROS machines, requirements.txt elsewhere.
     install_requires=["setuptools"],
     zip_safe=True,

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from mbpl_ros.config import ConfigError
+from mbpl_ros.config import ConfigError, check_output_directory
 from mbpl_ros.experiment import configuration_reference
 
 
@@ -44,7 +44,7 @@ def _train(args) -> int:
     if args.algorithm is not None:
         config = dataclasses.replace(config, algorithm=args.algorithm)
     _check_device(config)
-    output = Path(args.output)
+    output = check_output_directory(args.output, "--output")   # before anything is written
     try:
         claim_output(output, resume=args.resume, overwrite=args.overwrite,
                      resume_hint="pass --resume", overwrite_hint="--overwrite")
@@ -55,7 +55,8 @@ def _train(args) -> int:
         import torch  # noqa: F401  (loaded now so that its threads are limited too)
     iterations = args.iterations if args.iterations is not None else config.iterations
     seed = args.seed if args.seed is not None else config.seed
-    run = TrainingRun(config, output, seed, record=not args.no_record)
+    run = TrainingRun(config, output, seed, record=not args.no_record,
+                      allow_incomplete_recording=args.allow_incomplete_recording)
     try:
         with _limit_threads():
             if args.refit_from is not None:
@@ -138,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                        help="start over in an --output that already holds a run (its checkpoints are deleted)")
     train.add_argument("--no-record", action="store_true",
                        help="do not record the rollouts to OUTPUT/rollouts.mcap")
+    train.add_argument("--allow-incomplete-recording", action="store_true",
+                       help="with --resume: continue even if OUTPUT/rollouts.mcap lacks "
+                            "rollouts of the completed iterations (the recording is then "
+                            "marked incomplete)")
     train.add_argument("--refit-from", metavar="BAG",
                        help="no new rollouts: replay the iterations recorded in BAG (an mbpl rollouts.mcap) "
                             "through the updates, writing controllers (checkpoints) and metrics to --output")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -106,17 +107,66 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
         raise ConfigError(f"{where}: {error}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a mapping key given twice (PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:   # an unhashable key: construct_mapping names it
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise ConfigError(f"key {key!r} is given twice, on lines {first} and "
+                                      f"{key_node.start_mark.line + 1}; allowed: each key once")
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
     """The parsed contents of a YAML file ({} when empty); ConfigError naming the file when it
-    is missing or not YAML."""
+    is missing, not YAML, or gives a key twice in one mapping (with both line numbers)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such {what}") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return {} if data is None else data
+
+
+def check_output_directory(path: str | Path, what: str = "output directory") -> Path:
+    """`path` resolved, once it is known that a run can write there: an existing directory
+    that is writable, or one that can be created. ConfigError naming the path and the
+    reason (it, or a parent, is a file; not writable; cannot be created) otherwise. Checked
+    by writing a probe that is removed at once, so permissions, read-only file systems and
+    pseudo file systems all count; nothing is left behind."""
+    import tempfile
+
+    path = Path(path).expanduser().absolute()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        which = "is a file" if existing == path else f"cannot be created: {existing} is a file"
+        raise ConfigError(f"{what} {str(path)!r} {which}; allowed: a directory path")
+    try:
+        if existing == path:
+            handle, probe = tempfile.mkstemp(prefix=".mbpl-write-check-", dir=path)
+            os.close(handle)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".mbpl-write-check-", dir=existing))
+    except OSError as error:
+        reason = "is not writable" if existing == path else f"cannot be created (in {existing})"
+        raise ConfigError(f"{what} {str(path)!r} {reason}: {error.strerror or error}; allowed: a "
+                          "directory this user can write to or create") from None
+    return path.resolve()
 
 
 def load_yaml(cls: type, path: str | Path) -> Any:

@@ -237,6 +237,7 @@ class TrainingRun:
     metrics: list = None
     log: Optional[TextIO] = None      # progress lines; None: sys.stderr at construction
     record: bool = False
+    allow_incomplete_recording: bool = False   # resume even if rollouts.mcap lacks some
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -278,7 +279,8 @@ class TrainingRun:
     def _train(self, source: SimSource, iterations: int, *, resume: bool,
                record: bool) -> list[dict]:
         loop = TrainingLoop(self.config, self.output, self.seed, source, record=record,
-                            log=self.log)
+                            log=self.log,
+                            allow_incomplete_recording=self.allow_incomplete_recording)
         try:
             checkpoint = loop.checkpoint_to_resume() if resume else None
             self.metrics = loop.run(iterations, checkpoint=checkpoint)

@@ -22,7 +22,10 @@ incomplete. A crash loses at most the rollout being written: the file then lacks
 summary and footer, and `read_recording` returns the complete rollouts before the cut
 (`mcap recover` also repairs such a file). Resuming a run rewrites the file with the
 rollouts of the iterations its checkpoint covers (atomically) and appends from there, so
-a resumed run's recording holds the same rollouts as an uninterrupted run's.
+a resumed run's recording holds the same rollouts as an uninterrupted run's. A recording
+that lacks rollouts the checkpoint covers (deleted, cut short) stops the resume with the
+file and the missing rollouts named, unless the user accepts an incomplete recording: then
+its run description lists them under `incomplete`.
 
 This module needs only `mcap` and `mcap-ros2-support`, no ROS installation.
 """
@@ -191,14 +194,23 @@ class RolloutRecorder:
         return cls(path, run_info)
 
     @classmethod
-    def resume(cls, path: os.PathLike | str, run_info: dict, through_iteration: int) -> tuple["RolloutRecorder", int]:
+    def resume(cls, path: os.PathLike | str, run_info: dict, through_iteration: int, *,
+               samples: Optional[tuple[int, int]] = None,
+               allow_incomplete: bool = False) -> tuple["RolloutRecorder", int]:
         """Continue the recording at `path` after a resume from the checkpoint of
         `through_iteration`: keep its complete rollouts of iterations <= through_iteration
         (dropping those of the interrupted iteration, which will be drawn again), written
         to a new file that atomically replaces the old one. Returns the recorder and the
-        number of rollouts kept. RecordingError if the file belongs to another experiment."""
+        number of rollouts kept. RecordingError if the file belongs to another experiment.
+
+        samples = (M, N): every iteration 1..through_iteration must hold the sample rollouts
+        (condition m < M, index n < N). A recording that lacks some (deleted, or cut short)
+        is a RecordingError naming the file and what is missing, before anything changes;
+        with allow_incomplete the run goes on and the new file's run description says it is
+        incomplete (`incomplete`: the missing rollouts, as (iteration, condition, index))."""
         path = Path(path)
         kept: list[RecordedRollout] = []
+        recording = None
         if path.exists():
             recording = read_recording(path)
             fingerprint = run_info.get("experiment_fingerprint")
@@ -206,6 +218,23 @@ class RolloutRecorder:
                 raise RecordingError(f"{path}: recorded by another experiment (fingerprint "
                                      f"{recording.run_info.get('experiment_fingerprint')}, this run's is {fingerprint})")
             kept = [r for r in recording.rollouts if r.iteration <= through_iteration]
+        run_info = dict(run_info)
+        earlier = recording.run_info.get("incomplete") if recording is not None else None
+        missing = missing_rollouts(kept, through_iteration, samples) if samples is not None else []
+        if missing:
+            state = "does not exist" if recording is None else f"holds {len(kept)} of them"
+            if recording is not None and recording.problem:
+                state += f" ({recording.problem})"
+            if not allow_incomplete:
+                raise RecordingError(
+                    f"{path}: the checkpoint covers iterations 1-{through_iteration} "
+                    f"({through_iteration * samples[0] * samples[1]} sample rollouts) but the "
+                    f"recording {state}; missing {len(missing)} (iteration, condition, index): "
+                    f"{_listed(missing)}. Restore the file, or continue with an incomplete "
+                    "recording (mbpl train/sim --allow-incomplete-recording; gps_trainer "
+                    "parameter allow_incomplete_recording: true)")
+        if missing or earlier:
+            run_info["incomplete"] = sorted({tuple(key) for key in (earlier or [])} | set(missing))
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             recorder = cls(path, run_info, _write_to=tmp, _keep=kept)
@@ -266,6 +295,21 @@ class RolloutRecorder:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def missing_rollouts(rollouts: Sequence[RecordedRollout], through_iteration: int,
+                     samples: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The (iteration, condition, index) of the sample rollouts of iterations
+    1..through_iteration, M conditions by N rollouts (samples = (M, N)), not in `rollouts`."""
+    M, N = samples
+    present = {(r.iteration, r.condition, r.index) for r in rollouts if r.purpose == "sample"}
+    return [(i, m, n) for i in range(1, through_iteration + 1) for m in range(M) for n in range(N)
+            if (i, m, n) not in present]
+
+
+def _listed(keys: Sequence[tuple], shown: int = 4) -> str:
+    text = ", ".join(str(key) for key in keys[:shown])
+    return text + (f" ... {keys[-1]}" if len(keys) > shown else "")
 
 
 # ----------------------------------------------------------------------------- reading

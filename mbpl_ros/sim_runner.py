@@ -38,12 +38,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="continue the run in the output directory from its newest checkpoint")
     start.add_argument("--overwrite", action="store_true",
                        help="start over in an output directory that holds a run (its checkpoints are deleted)")
+    parser.add_argument("--allow-incomplete-recording", action="store_true",
+                        help="with --resume: continue even if rollouts.mcap lacks rollouts of the "
+                             "completed iterations (the recording is then marked incomplete)")
     parser.add_argument("--experiment", default=None,
                         help="experiment YAML for every node, replacing the file's experiment_config "
                              "(e.g. config/panda_reach.yaml)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from mbpl_ros.dds import use_loopback_only
+    use_loopback_only()   # the simulation's graph: reachable from this machine only
     trainer_overrides = {}
     if args.iterations is not None:
         if args.iterations < 1:
@@ -51,11 +56,18 @@ def run(args: argparse.Namespace) -> int:
             return 2
         trainer_overrides["iterations"] = args.iterations
     if args.output is not None:
-        trainer_overrides["output_dir"] = str(Path(args.output).resolve())
+        from mbpl_ros.config import ConfigError, check_output_directory
+        try:
+            trainer_overrides["output_dir"] = str(check_output_directory(args.output, "--output"))
+        except ConfigError as error:
+            print(f"mbpl sim: {error}", file=sys.stderr)
+            return 2
     if args.seed is not None:
         trainer_overrides["seed"] = args.seed
     if args.resume:
         trainer_overrides["resume"] = True
+    if args.allow_incomplete_recording:
+        trainer_overrides["allow_incomplete_recording"] = True
     if args.overwrite:
         trainer_overrides["overwrite"] = True
     overrides = {"gps_trainer": trainer_overrides}

@@ -265,7 +265,9 @@ def progress_line(row: dict, success_distance_m: float) -> str:
 class TrainingLoop:
     """One run of config.algorithm with `seed` over `source`, writing into `output`.
 
-    record: append every sample rollout to rollouts.mcap as it arrives. say: where progress
+    record: append every sample rollout to rollouts.mcap as it arrives; a resume refuses a
+    recording that lacks rollouts the checkpoint covers, unless allow_incomplete_recording
+    (the recording then says what it lacks). say: where progress
     lines go (default: `log`, else sys.stderr). before_update(algorithm): called before each
     update (e.g. to apply a runtime kl_step). on_trial, on_iteration: see the module docstring.
     """
@@ -275,6 +277,7 @@ class TrainingLoop:
     seed: int
     source: RolloutSource
     record: bool = True
+    allow_incomplete_recording: bool = False
     log: Optional[TextIO] = None
     say: Optional[Callable[[str], None]] = None
     before_update: Optional[Callable[[object], None]] = None
@@ -347,8 +350,10 @@ class TrainingLoop:
             write_metrics(output / METRICS_FILE, self.metrics)  # drops rows after the checkpoint
             note = ""
             if self.record:
-                recorder, kept = RolloutRecorder.resume(output / RECORDING_FILE, run_info,
-                                                        through_iteration=checkpoint.iteration)
+                recorder, kept = RolloutRecorder.resume(
+                    output / RECORDING_FILE, run_info, through_iteration=checkpoint.iteration,
+                    samples=(len(config.conditions), config.rollouts_per_condition),
+                    allow_incomplete=self.allow_incomplete_recording)
                 note = f"; {kept} recorded rollouts kept"
             self.say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} "
                      f"complete, {rollouts_total} rollouts{note}; continuing at iteration {first}")

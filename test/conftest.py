@@ -3,10 +3,15 @@ import os
 
 import pytest
 
+from mbpl_ros.dds import use_loopback_only
+
 # Set before any rclpy.init: discovery on this host only, and a domain that parallel
-# test processes do not share (the Makefile passes one; a bare pytest derives one).
+# test processes do not share (the Makefile passes one; a bare pytest derives one). DDS is
+# bound to loopback by the package's Fast DDS profile (mbpl_ros.dds), unless one is set;
+# node processes the tests start inherit both.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 1))
+use_loopback_only()
 
 
 @pytest.fixture

@@ -48,8 +48,12 @@ def test_every_data_file_is_installed(wheel):
     expected = {data + "ament_index/resource_index/packages/mbpl_ros", data + "mbpl_ros/package.xml"}
     for pattern in ("launch/*.launch.py", "config/*.yaml", "urdf/*"):
         expected |= {data + "mbpl_ros/" + str(p.relative_to(ROOT)) for p in ROOT.glob(pattern)}
+    expected |= {data + "mbpl_ros/dds/" + p.name for p in ROOT.glob("mbpl_ros/dds/*.xml")}
     assert len(expected) > 3, "nothing to install under config/ or urdf/"
     assert expected <= names, sorted(expected - names)
+    # the loopback Fast DDS profile: in share/ and beside mbpl_ros.dds, which finds it
+    assert data + "mbpl_ros/dds/fastdds_loopback.xml" in names
+    assert "mbpl_ros/dds/fastdds_loopback.xml" in names
 
 
 def test_every_console_script_imports_and_every_node_has_one(wheel):

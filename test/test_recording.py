@@ -277,3 +277,28 @@ def test_refit_from_something_that_is_no_recording_is_a_clear_error(tmp_path, ca
     assert cli.main(["train", "--config", str(config_file), "--output", str(tmp_path / "out2"),
                      "--refit-from", str(other)]) == 2
     assert "the recording's joints ['joint0', 'joint1'] are not reacher_2link's" in capsys.readouterr().err
+
+
+def test_resume_names_the_rollouts_a_recording_lacks_and_marks_an_accepted_gap(tmp_path):
+    path = tmp_path / "rollouts.mcap"
+    # iterations 1-2 of M=2, N=1, of which (2, 1, 0) is lost
+    with RolloutRecorder.create(path, RUN_INFO) as recorder:
+        for k, (iteration, condition) in enumerate([(1, 0), (1, 1), (2, 0)]):
+            rollout = synthetic_rollout(k, iteration=iteration)
+            rollout.condition, rollout.index = condition, 0
+            recorder.write_rollout(rollout)
+    original = path.read_bytes()
+    with pytest.raises(RecordingError, match=r"rollouts.mcap: the checkpoint covers iterations "
+                       r"1-2 \(4 sample rollouts\) but the recording holds 3 of them; missing 1 "
+                       r"\(iteration, condition, index\): \(2, 1, 0\)\. Restore the file"):
+        RolloutRecorder.resume(path, RUN_INFO, through_iteration=2, samples=(2, 1))
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rollouts.mcap"]
+    recorder, kept = RolloutRecorder.resume(path, RUN_INFO, through_iteration=2, samples=(2, 1),
+                                            allow_incomplete=True)
+    recorder.close()
+    assert kept == 3 and read_recording(path).run_info["incomplete"] == [[2, 1, 0]]
+    # A later resume keeps the mark, though nothing more is missing from what it covers now.
+    recorder, _ = RolloutRecorder.resume(path, RUN_INFO, through_iteration=1, samples=(2, 1))
+    recorder.close()
+    assert read_recording(path).run_info["incomplete"] == [[2, 1, 0]]

@@ -243,3 +243,36 @@ def test_resume_without_a_checkpoint_starts_from_the_beginning(config_file, refe
     with threadpool_limits(limits=1):
         assert cli.main(["train", "--config", str(config_file), "--output", str(output), "--resume"]) == 0
     assert_same_run(output, reference[0])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_resume_with_a_recording_that_lacks_covered_rollouts_refuses_unless_asked(
+        config_file, reference, tmp_path, capsys, damage):
+    """The recording is data: a rollouts.mcap cut short (or gone) blocks `--resume`, naming
+    the file and the missing rollouts, and nothing changes; --allow-incomplete-recording goes
+    on and marks the recording incomplete."""
+    output = tmp_path / "run"
+    shutil.copytree(reference[0], output)
+    recording = output / "rollouts.mcap"
+    if damage == "truncated":
+        recording.write_bytes(recording.read_bytes()[:recording.stat().st_size // 2])
+    else:
+        recording.unlink()
+    before = {p.name: p.read_bytes() for p in output.iterdir()}
+    command = ["train", "--config", str(config_file), "--output", str(output), "--resume"]
+    assert cli.main(command) == 2
+    error = capsys.readouterr().err
+    assert (f"mbpl: {recording}: the checkpoint covers iterations 1-{ITERATIONS} "
+            f"({ITERATIONS * 4} sample rollouts) but the recording ") in error
+    assert ("does not exist" if damage == "deleted" else "truncated at byte") in error
+    assert "missing " in error and "(4, 1, 1)" in error and "--allow-incomplete-recording" in error
+    assert "Traceback" not in error
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == before     # nothing was touched
+
+    with threadpool_limits(limits=1):
+        assert cli.main(command + ["--allow-incomplete-recording"]) == 0
+    kept = read_recording(recording)
+    missing = kept.run_info["incomplete"]
+    assert len(kept.rollouts) + len(missing) == ITERATIONS * 4 and [4, 1, 1] in missing
+    present = {(r.iteration, r.condition, r.index) for r in kept.rollouts}
+    assert present.isdisjoint(map(tuple, missing))

@@ -12,7 +12,9 @@ prior the batch starts from, which the batch keeps as the prior after it, and pu
 rollout arriving for an index already in a complete batch (a retried trial, a restarted
 trainer sampling that version again, or the trainer publishing a batch again because its
 fit is overdue) replaces the old one and the fit is redone. Fits of incomplete batches are
-not published: nothing uses them.
+not published: nothing uses them. A fit with non-finite or absurd numbers
+(core.sanity.dynamics_fault) is not published, nor is its prior kept; the error names the
+condition and version.
 
 The prior a batch of version v starts from is the one after the complete batch of version
 v - 1 of the same condition, so the GMM prior accumulates the batches exactly as LQR-FLM's
@@ -45,6 +47,7 @@ from std_msgs.msg import Float64MultiArray
 
 from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, encode_checkpoint,
                                  experiment_identity, read_checkpoint, write_atomically)
+from mbpl_ros.core import sanity
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
@@ -178,20 +181,30 @@ class DynamicsFitterNode(Node):
         X = np.stack([rollout.X for rollout in ordered])
         U = np.stack([rollout.U for rollout in ordered])
         dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics_regularization)
-        batch.prior_after, batch.fitted = prior, True
-        self._publish(m, batch, [rollout.trial_id for rollout in ordered], True, dynamics)
+        if self._publish(m, batch, [rollout.trial_id for rollout in ordered], True, dynamics):
+            # (a refused fit's prior is not kept either)
+            batch.prior_after, batch.fitted = prior, True
 
     @staticmethod
     def _ordered(batch: _Batch) -> list:
         return [batch.rollouts[index] for index in sorted(batch.rollouts)]
 
-    def _publish(self, m: int, batch: _Batch, trial_ids, complete: bool, dynamics) -> None:
+    def _publish(self, m: int, batch: _Batch, trial_ids, complete: bool, dynamics) -> bool:
+        """Publish a fit; False (and an error naming the condition and version) for one with
+        non-finite or absurd numbers, which is never sent."""
+        fault = sanity.dynamics_fault(dynamics)
+        if fault is not None:
+            self.get_logger().error(f"condition {m}: the fit of controller version "
+                                    f"{batch.version} from {len(trial_ids)} rollouts is not "
+                                    f"published: {fault}")
+            return False
         self._dynamics_pub.publish(wire.encode_dynamics(wire.DynamicsMessage(
             condition=m, controller_version=batch.version, trial_ids=tuple(trial_ids), complete=complete,
             dynamics=dynamics)))
         self.fits_published += 1
         self.get_logger().debug(f"condition {m}: dynamics of version {batch.version} from "
                                 f"{len(trial_ids)} rollouts{' (complete)' if complete else ''}")
+        return True
 
 
 def main(args=None) -> int:

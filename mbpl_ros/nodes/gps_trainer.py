@@ -65,8 +65,10 @@ from rclpy.parameter import Parameter
 from std_msgs.msg import Bool, Float64MultiArray
 
 from mbpl_ros.checkpoint import Checkpoint, CheckpointError
+from mbpl_ros.config import ConfigError, check_output_directory
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.recording import RecordingError
 from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
                                claim_output, contiguous, set_kl_step)
 
@@ -157,7 +159,10 @@ class GpsTrainerNode(Node):
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
-        self.output = Path(output).expanduser().resolve()
+        try:
+            self.output = check_output_directory(output, "parameter 'output_dir'")
+        except ConfigError as error:
+            raise NodeParameterError(str(error)) from None
         self.trial_timeout_s = declare(self, "trial_timeout_s", 60.0, "Longest wait for a trial's rollout (s). "
                                        "Settable at runtime.", allowed="a double in [0.1, 3600.0]", low=0.1,
                                        high=3600.0, read_only=False)
@@ -193,6 +198,11 @@ class GpsTrainerNode(Node):
                                        "The lqr_controller whose policy_path an MDGPS run sets to "
                                        "output_dir/policy.pt before policy trials.",
                                        allowed="a node name")
+        self.allow_incomplete_recording = declare(
+            self, "allow_incomplete_recording", False, "Resume even if output_dir's "
+            "rollouts.mcap lacks rollouts of the iterations the checkpoint covers (the recording "
+            "is then marked incomplete); false: such a resume is refused, naming what is "
+            "missing.", allowed="true or false")
         if not self.controller_node:
             raise NodeParameterError("parameter 'controller_node' is empty; allowed: a node name, "
                                      "e.g. /lqr_controller")
@@ -324,9 +334,13 @@ class GpsTrainerNode(Node):
             torch.set_num_threads(1)   # a small network: threads cost more than they give
         self._loop = TrainingLoop(
             self.config, self.output, self.seed, RosTrials(self), record=True, say=self._say,
+            allow_incomplete_recording=self.allow_incomplete_recording,
             before_update=lambda algorithm: set_kl_step(algorithm, self.kl_step))
         checkpoint = self._checkpoint_to_resume()
-        self._loop.run(self.iterations, checkpoint=checkpoint)
+        try:
+            self._loop.run(self.iterations, checkpoint=checkpoint)
+        except RecordingError as error:   # e.g. a resume whose recording lacks rollouts
+            raise TrainingStopped(f"resume: {error}") from None
         self._say(f"done: {self.iterations} iterations; results in {self.output}")
 
     def _checkpoint_to_resume(self) -> Optional[Checkpoint]:

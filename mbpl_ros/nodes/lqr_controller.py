@@ -37,9 +37,14 @@ change, happen between trials.
 Safety (docs/safety.md; the maths in core.safety): every command — trial step or PD
 reset — is guarded near the position limits and clamped to `effort_limits` (at most the
 URDF's); a non-finite output publishes the fallback (`watchdog_action`: zero effort or a
-gravity hold) and aborts the trial (UNSAFE_COMMAND). Non-finite or malformed joint states
-are ignored. The watchdog: while commanding, a latest valid joint state older than
-`watchdog_periods` control periods publishes the fallback and aborts the trial (WATCHDOG).
+gravity hold) and aborts the trial (UNSAFE_COMMAND). Malformed joint states (other joints,
+wrong lengths) are ignored; joint states stamped ahead of this node's clock or older than
+the latest accepted one are ignored and counted (core.sanity), so none can hold back the
+next step; a non-finite joint state, or one outside the physical envelope (core.sanity:
+beyond the position limits by a margin, too fast, or a step no arm can take), is never acted
+on: a trial in progress gets the fallback and is aborted (IMPLAUSIBLE_STATE). The watchdog:
+while commanding, a latest valid joint state older than `watchdog_periods` control periods
+publishes the fallback and aborts the trial (WATCHDOG).
 The e-stop: True on gps/estop latches at once — one zero-effort command, the running trial
 aborted (ESTOP), then no command and every request refused (ESTOP) until ~/reset_estop,
 which is refused while the last e-stop message was True. In realtime mode every trial, however
@@ -69,7 +74,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 
-from mbpl_ros.core import safety
+from mbpl_ros.core import safety, sanity
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
 from mbpl_ros.sim.robots import robot_spec
@@ -164,7 +169,9 @@ class LqrControllerNode(Node):
         # (a restarted trainer starts again at version 0).
         self.controllers: Dict[Tuple[int, int], wire.ControllerMessage] = {}
         self.trials_done = 0
-        self.faults: Dict[str, int] = {"watchdog": 0, "unsafe_command": 0, "estop": 0, "rejected_state": 0}
+        self.faults: Dict[str, int] = {"watchdog": 0, "unsafe_command": 0, "estop": 0,
+                                       "rejected_state": 0, "implausible_state": 0,
+                                       "rejected_stamp": 0}
         self.commands_published = 0
         self.estop_latched = bool(self.estop_latched_at_start)
         self._estop_input = False        # the last value received on the e-stop topic
@@ -276,6 +283,7 @@ class LqrControllerNode(Node):
         model = self.state_of.model
         self.robot_effort_limits = np.asarray(model.effort_limits, dtype=float)      # robot order, URDF
         self.position_limits = np.asarray(model.position_limits, dtype=float)          # (J, 2), robot order
+        self.envelope = sanity.StateEnvelope(self.position_limits, model.velocity_limits)
         urdf_in_joints_order = self.robot_effort_limits[self._wire_order].tolist()
         declare(self, "effort_limits", urdf_in_joints_order, "Effort limit per joint (N·m), in the order of "
                 "`joints`; default: the URDF's. Settable at runtime; may only lower the URDF's.",
@@ -464,19 +472,50 @@ class LqrControllerNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         try:
             q, qd, _ = wire.decode_joint_state(msg, self.robot_joints)
-            if not (np.all(np.isfinite(q)) and np.all(np.isfinite(qd))):
-                raise wire.WireFormatError(f"joint state is not finite: position {q.tolist()}, "
-                                           f"velocity {qd.tolist()}")
         except wire.WireFormatError as error:
             with self._lock:
                 self.faults["rejected_state"] += 1
             self.get_logger().warning(f"ignored a joint state: {error}", throttle_duration_sec=1.0)
             return
         sample = _JointSample(q, qd, wire.nanoseconds_from_stamp(msg.header.stamp), time.monotonic())
+        now_ns = self.get_clock().now().nanoseconds
         with self._lock:
+            latest = self._latest
+            # A stamp ahead of this clock or out of order is dropped, so it never gates a step.
+            fault = sanity.stamp_fault(
+                sample.stamp_ns, now_ns, None if latest is None else latest.stamp_ns,
+                0.0 if latest is None else sample.arrival - latest.arrival)
+            if fault is not None:
+                self.faults["rejected_stamp"] += 1
+                self.get_logger().warning(f"ignored a joint state: {fault}",
+                                          throttle_duration_sec=1.0)
+                return
+            fault = sanity.state_fault(q, qd, self.envelope)
+            trial = self._trial
+            if fault is None and trial is not None and trial.phase == "running" and trial.t > 0 \
+                    and sample.stamp_ns > latest.stamp_ns:
+                dt_s = (sample.stamp_ns - latest.stamp_ns) * 1e-9
+                fault = sanity.step_fault(latest.q, q, dt_s, self.envelope)
+            if fault is not None:
+                self._on_implausible_state(fault)
+                return
             self._latest = sample
             if self._steps_on_state:
                 self._advance(sample)
+
+    def _on_implausible_state(self, fault: str) -> None:
+        """A joint state no arm can be in (core.sanity): never acted on; a trial in progress
+        gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a non-finite command."""
+        self.faults["rejected_state"] += 1
+        self.faults["implausible_state"] += 1
+        if self._trial is None:
+            self.get_logger().warning(f"ignored an impossible joint state: {fault}",
+                                      throttle_duration_sec=1.0)
+            return
+        self._send(self._fallback())
+        self._abort_running(f"impossible joint state, the fallback "
+                            f"({self.settings.watchdog_action}) was sent: {fault}",
+                            wire.TrialStatus.IMPLAUSIBLE_STATE, fallback_sent=True)
 
     def _on_tick(self) -> None:
         with self._lock:

@@ -14,8 +14,12 @@ command clamped to the URDF's effort limits: the effort the robot applied, as of
 A rollout is flagged and dropped — published with its status and no data, and logged with
 the reason — when a step's joint state never arrives (MISSING_STATE, after
 assembly_timeout_s), when consecutive steps' states are not one control period apart
-(GAP) or the same/an older state was used again (STALE), or when a state or a command is
-not finite (NON_FINITE).
+(GAP) or the same/an older state was used again (STALE), when a state or a command is
+not finite (NON_FINITE), or when a state or a step between two leaves the physical envelope
+(IMPLAUSIBLE_STATE; core.sanity: beyond the URDF position limits by a margin, faster than a
+multiple of the velocity limits): the fit never sees an impossible state. Joint states
+stamped ahead of this node's clock, or older than the latest one it accepted, are not
+buffered (counted in `rejected_stamps`; core.sanity).
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
+from mbpl_ros.core import sanity
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import declare, declare_experiment, run_node
 from mbpl_ros.sim.robots import robot_spec
@@ -67,6 +72,10 @@ class SampleCollectorNode(Node):
             self.destroy_node()
             raise
         limits = self.state_of.model.effort_limits
+        self.envelope = sanity.StateEnvelope(self.state_of.model.position_limits,
+                                             self.state_of.model.velocity_limits)
+        self.rejected_stamps = 0
+        self._latest_accepted: Optional[Tuple[int, float]] = None   # (stamp ns, arrival)
         self._effort_low, self._effort_high = -limits, limits
         # stamp (ns) -> (q (J,), qd (J,)); a later state with the same stamp replaces an earlier
         # one (in lockstep a reset republishes the current simulated time).
@@ -89,7 +98,17 @@ class SampleCollectorNode(Node):
         except wire.WireFormatError as error:
             self.get_logger().warning(f"ignored a joint state: {error}", throttle_duration_sec=1.0)
             return
-        stamp = wire.nanoseconds_from_stamp(msg.header.stamp)
+        stamp, arrival = wire.nanoseconds_from_stamp(msg.header.stamp), time.monotonic()
+        latest = self._latest_accepted
+        fault = sanity.stamp_fault(stamp, self.get_clock().now().nanoseconds,
+                                   None if latest is None else latest[0],
+                                   0.0 if latest is None else arrival - latest[1])
+        if fault is not None:
+            self.rejected_stamps += 1
+            self.get_logger().warning(f"ignored a joint state: {fault}", throttle_duration_sec=1.0)
+            return
+        if sanity.state_fault(q, qd, self.envelope) is None:  # an impossible one moves no mark
+            self._latest_accepted = (stamp, arrival)
         self._states.pop(stamp, None)
         self._states[stamp] = (q, qd)
         while len(self._states) > self.buffer_size:
@@ -159,6 +178,10 @@ class SampleCollectorNode(Node):
         if bad.any():
             raise RolloutRejected(wire.TrialStatus.NON_FINITE, f"non-finite joint state or command at steps "
                                   f"{np.flatnonzero(bad)[:5].tolist()}")
+        fault = sanity.trajectory_fault(q, qd, (stamps - stamps[0]) * 1e-9, self.envelope)
+        if fault is not None:
+            raise RolloutRejected(wire.TrialStatus.IMPLAUSIBLE_STATE,
+                                  f"impossible joint state at {fault}")
         X = np.stack([self.state_of(q[t], qd[t], record.target) for t in range(len(stamps))])
         U = np.clip(record.commands, self._effort_low, self._effort_high)
         return X, U

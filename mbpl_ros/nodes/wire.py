@@ -438,6 +438,7 @@ class TrialStatus(IntEnum):
     WATCHDOG = 6         # joint states stopped for watchdog_periods control periods
     ESTOP = 7            # the emergency stop was (or is) latched; the trainer pauses, then retries
     UNSAFE_COMMAND = 8   # the controller or policy output (or the state it acted on) was not finite
+    IMPLAUSIBLE_STATE = 9  # a joint state not finite or outside the envelope (core.sanity)
 
 
 @dataclass(frozen=True)

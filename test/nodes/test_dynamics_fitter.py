@@ -53,7 +53,7 @@ class Trainer:
         self.node.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self.fits, wire.EVENTS_QOS)
         self.rollouts = self.node.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
 
-    def sample(self, version, X, U, first_id):
+    def sample(self, version, X, U, first_id, timeout=20):
         """Publish a batch of version `version`; its complete fit (waited for) by trial ids."""
         ids = tuple(range(first_id, first_id + N))
         for n in range(N):
@@ -63,7 +63,8 @@ class Trainer:
 
         def complete(items):
             return [m for m in items if m.complete and m.controller_version == version and m.trial_ids == ids]
-        assert self.fits.wait_for(complete, timeout=20), f"no complete fit of version {version} on {ids}"
+        assert self.fits.wait_for(complete, timeout=timeout), \
+            f"no complete fit of version {version} on {ids}"
         return complete(self.fits.items)[-1].dynamics
 
     def destroy_node(self):
@@ -134,3 +135,28 @@ def test_the_fitter_keeps_its_batches_in_state_file_and_refuses_another_experime
                        r"this experiment"):
         DynamicsFitterNode(context=ros_context, parameter_overrides=parameters(
             experiment_config=str(other), state_file=str(state)))
+
+
+@pytest.mark.timeout(60)
+def test_a_fit_with_absurd_numbers_is_not_published(ros_context, tmp_path):
+    """Finite but absurd states (|q| = 1e300, what a glitching encoder gave before the
+    collector's envelope check) make a fit that dynamics_fitter refuses to publish; the next
+    sane batch is fitted and published as usual."""
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=T, N=N)
+    config = load_experiment(experiment)
+    (X, U), (X_sane, U_sane) = batches(config, seed=4, versions=2)
+    X = X.copy()
+    X[1, 4, 0] = 1e300
+    fitter = DynamicsFitterNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment)))
+    trainer = Trainer(ros_context)
+    with spinning(ros_context, [fitter, trainer]):
+        wait_until(lambda: trainer.rollouts.get_subscription_count()
+                   and trainer.node.count_publishers(wire.DYNAMICS_TOPIC), what="discovery")
+        with np.errstate(all="ignore"), \
+                pytest.raises(AssertionError, match="no complete fit of version 0"):
+            trainer.sample(0, X, U, first_id=500, timeout=3)
+        published = fitter.fits_published
+        fit = trainer.sample(1, X_sane, U_sane, first_id=600)
+    assert published == 0                     # incomplete batches are never published
+    assert np.all(np.isfinite(fit.F))

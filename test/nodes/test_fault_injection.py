@@ -161,9 +161,10 @@ def test_killing_the_sensor_source_mid_trial_trips_the_watchdog(ros_context, tmp
 # ---------------------------------------------------------------- malformed input
 @pytest.mark.timeout(60)
 def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path):
-    """NaN/inf/short/long commands to sim_robot take no step; NaN/short/long joint states
-    sent to the controller and the collector during a trial are ignored by the controller
-    (the trial completes on the real states) and never reach a valid rollout."""
+    """NaN/inf/short/long commands to sim_robot take no step; short/long joint states sent to
+    the controller and the collector during a trial are ignored by the controller (the trial
+    completes on the real states); a NaN joint state aborts a trial with the fallback
+    (IMPLAUSIBLE_STATE), so it never reaches a valid rollout."""
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=10, N=1)
     config = load_experiment(experiment)
     sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(mode="lockstep"))
@@ -203,36 +204,50 @@ def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path)
         stamp = 10 ** 9
         for k in range(30):
             stamp += 7
-            nan_state = wire.encode_joint_state(JOINTS, [np.nan, 0.1], [0.0, 0.0], [0.0, 0.0], stamp)
             short = wire.encode_joint_state(JOINTS, [0.0, 0.1], [0.0, 0.0], [0.0, 0.0], stamp + 1)
             short.velocity = [0.0]
             long = wire.encode_joint_state(JOINTS, [0.0, 0.1], [0.0, 0.0], [0.0, 0.0], stamp + 2)
             long.position = [0.0, 0.1, 0.2]
-            for message in (nan_state, short, long):
+            for message in (short, long):
                 bad_states.publish(message)
             time.sleep(0.005)
         assert rollouts.wait_for(lambda items: items, timeout=20)
         rejected = dict(controller.faults)
-    rollout = rollouts.items[0]
+        # 3. a NaN joint state during a trial: the fallback, the trial aborted, no rollout data
+        commands_before_nan = len(commands.commands)
+        requests.publish(request_message(6, config))
+        assert commands.wait_for_count(commands_before_nan + 2, timeout=10)
+        bad_states.publish(wire.encode_joint_state(JOINTS, [np.nan, 0.1], [0.0, 0.0], [0.0, 0.0],
+                                                   stamp + 3))
+        assert rollouts.wait_for(lambda items: len(items) == 2, timeout=20)
+    rollout, aborted = rollouts.items
     assert rollout.status == wire.TrialStatus.OK and np.all(np.isfinite(rollout.X)) and np.all(np.isfinite(rollout.U))
-    assert rejected["rejected_state"] >= 60          # every bad state seen was ignored (DDS may drop some)
-    assert len(commands.commands) - commands_before == config.T and commands.violations == []
+    assert rejected["rejected_state"] >= 40    # each bad state seen ignored (DDS may drop some)
+    assert commands_before_nan - commands_before == config.T and commands.violations == []
+    assert aborted.status == wire.TrialStatus.IMPLAUSIBLE_STATE and aborted.X.shape[0] == 0
+    np.testing.assert_array_equal(commands.commands[-1], [0.0, 0.0])
     note("NaN/inf/short/long commands to sim_robot", rejected=sim.rejected_commands, steps_taken=0)
-    note("NaN/short/long joint states to lqr_controller and sample_collector during a trial",
-         sent=90, ignored_by_controller=rejected["rejected_state"], trial=rollout.status.name,
-         commands_checked=len(commands.commands), violations=len(commands.violations))
+    note("short/long joint states to lqr_controller and sample_collector during a trial",
+         sent=60, ignored_by_controller=rejected["rejected_state"], trial=rollout.status.name,
+         commands_checked=commands_before_nan - commands_before,
+         violations=len(commands.violations))
+    note("a NaN joint state during a trial", trial=aborted.status.name,
+         last_command="zero fallback")
 
 
 # ---------------------------------------------------------------- a joint-state flood
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("trigger, commands_per_period", [("timer", 1), ("joint_state", 2)])
-def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_context, tmp_path, trigger,
-                                                                         commands_per_period):
-    """2 s of /joint_states at 10x the control rate, with positions beyond the limits, wild
-    velocities and NaN, while a realtime trial runs: every command finite and within the
-    limits; at most one per control period with realtime_trigger timer, and at most one per
-    half period (MIN_STEP_PERIODS) with joint_state, which steps on every new state. (T: the
-    trial outlasts the flood with either trigger.)"""
+@pytest.mark.parametrize("trigger, commands_per_period, wild", [
+    ("timer", 1, False), ("joint_state", 2, False), ("joint_state", 2, True)])
+def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(
+        ros_context, tmp_path, trigger, commands_per_period, wild):
+    """2 s of /joint_states at 10x the control rate while a realtime trial runs: every
+    command finite and within the limits; at most one per control period with
+    realtime_trigger timer, and at most one per half period (MIN_STEP_PERIODS) with
+    joint_state, which steps on every new state. The flood is either plausible (sim_robot's
+    latest state carried forward to the flood's stamp) or wild (random poses beyond the
+    limits, |qd| ~ 30 rad/s, 10% NaN): the first wild state aborts the trial with the
+    fallback (IMPLAUSIBLE_STATE). (T: the trial outlasts the flood with either trigger.)"""
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=120, N=1)
     config = load_experiment(experiment)
     sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
@@ -242,6 +257,16 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
         watchdog_periods=5, pd_position_tolerance=0.05, pd_velocity_tolerance=0.05))
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
+    records = Recorder(wire.decode_trial_record)
+    probe.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, records,
+                              wire.EVENTS_QOS)
+    sim_states = []     # (stamp ns, q, qd) of sim_robot's own states
+
+    def on_state(msg):
+        if msg.header.frame_id != "flood":
+            q, qd, _ = wire.decode_joint_state(msg, JOINTS)
+            sim_states.append((wire.nanoseconds_from_stamp(msg.header.stamp), q, qd))
+    probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, on_state, 100)
     flood = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
     controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
     requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
@@ -249,7 +274,7 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
     flood_hz, flood_s = 10 * RATE_HZ, 2.0
     with spinning(ros_context, [sim, controller, probe]):
         wait_until(lambda: requests.get_subscription_count() and flood.get_subscription_count()
-                   and controller._latest is not None, timeout=20, what="discovery")
+                   and controller._latest is not None and sim_states, timeout=20, what="discovery")
         controllers.publish(wire.encode_controller(wire.ControllerMessage(0, 0, initial_controller(config))))
         wait_until(lambda: (0, 0) in controller.controllers, what="the controller")
         requests.publish(request_message(9, config))
@@ -257,11 +282,18 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
         start = time.monotonic()
         sent = 0
         while time.monotonic() - start < flood_s:
-            q = rng.uniform(-3.6, 3.6, size=2)
-            qd = rng.normal(scale=30.0, size=2)
-            if sent % 10 == 9:
-                q[0] = np.nan
-            flood.publish(wire.encode_joint_state(JOINTS, q, qd, [0.0, 0.0], sim.get_clock().now().to_msg()))
+            now = sim.get_clock().now().nanoseconds
+            if wild:
+                q = rng.uniform(-3.6, 3.6, size=2)
+                qd = rng.normal(scale=30.0, size=2)
+                if sent % 10 == 9:
+                    q[0] = np.nan
+            else:
+                stamp, q, qd = sim_states[-1]
+                q = q + qd * (now - stamp) * 1e-9
+            message = wire.encode_joint_state(JOINTS, q, qd, [0.0, 0.0], now)
+            message.header.frame_id = "flood"
+            flood.publish(message)
             sent += 1
             time.sleep(max(0.0, start + sent / flood_hz - time.monotonic()))
         end = time.monotonic()
@@ -269,12 +301,21 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(ros_cont
     during = [t for t in commands.times if start <= t <= end]
     bound = commands_per_period * RATE_HZ * (end - start) + 2
     assert len(during) <= bound, (len(during), bound)
-    if trigger == "joint_state":   # it does step on the flood's finite states (more than the timer would)
+    if wild:   # the first impossible state: the fallback and IMPLAUSIBLE_STATE, then no trial runs
+        assert [r.status for r in records.items] == [wire.TrialStatus.IMPLAUSIBLE_STATE]
+        assert len(during) <= 2 and controller.faults["implausible_state"] >= 1
+        np.testing.assert_array_equal(commands.commands[-1], [0.0, 0.0])
+    elif trigger == "joint_state":   # it steps on the flood's states (more than a timer would)
         assert len(during) > RATE_HZ * (end - start), (len(during), RATE_HZ * (end - start))
+        assert controller.faults["implausible_state"] == 0
     assert commands.violations == []
-    note(f"joint_states flooded at 10x the rate for 2 s (random poses beyond the limits, |qd| ~ 30 rad/s, "
-         f"10% NaN), realtime_trigger {trigger}", states_sent=sent, commands_during=len(during), bound=int(bound), violations=len(commands.violations),
-         rejected_states=controller.faults["rejected_state"])
+    kind = ("random poses beyond the limits, |qd| ~ 30 rad/s, 10% NaN" if wild
+            else "sim_robot's state carried forward")
+    note(f"joint_states flooded at 10x the rate for 2 s ({kind}), realtime_trigger {trigger}",
+         states_sent=sent, commands_during=len(during), bound=int(bound),
+         violations=len(commands.violations),
+         rejected_states=controller.faults["rejected_state"],
+         trial=records.items[0].status.name if records.items else "running")
 
 
 # ---------------------------------------------------------------- killed and restarted nodes

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -46,11 +47,17 @@ def _record(stamps_ns, commands, trial_id=1, target=(0.2, 0.3, 0.0)):
 @pytest.mark.parametrize("case, status", [
     ("complete", wire.TrialStatus.OK), ("gap", wire.TrialStatus.GAP), ("stale", wire.TrialStatus.STALE),
     ("nan_state", wire.TrialStatus.NON_FINITE), ("missing", wire.TrialStatus.MISSING_STATE),
+    ("absurd_position", wire.TrialStatus.IMPLAUSIBLE_STATE),
+    ("absurd_velocity", wire.TrialStatus.IMPLAUSIBLE_STATE),
+    ("impossible_step", wire.TrialStatus.IMPLAUSIBLE_STATE),
+    ("future_stamp", wire.TrialStatus.MISSING_STATE),
 ])
 def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_context, case, status):
     T = 6
     rng = np.random.default_rng(0)
-    q, qd = rng.uniform(-1, 1, size=(T, 2)), rng.uniform(-1, 1, size=(T, 2))
+    # a path an arm can take (0.3 rad per step at most)
+    q = rng.uniform(-1, 1, size=2) + np.cumsum(rng.uniform(-0.3, 0.3, size=(T, 2)), axis=0)
+    qd = rng.uniform(-1, 1, size=(T, 2))
     stamps = 10 ** 18 + PERIOD_NS * np.arange(T)          # wall-clock sized stamps
     commands = rng.uniform(-3, 3, size=(T, 2))            # beyond the limits (2, 1) N·m: clamped
     published = list(range(T))
@@ -63,6 +70,14 @@ def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_con
         q[2, 1] = np.nan
     elif case == "missing":
         published.remove(5)
+    elif case == "absurd_position":                        # the glitching encoder of issue 13
+        q[2, 0] = 1e6
+    elif case == "absurd_velocity":
+        qd[4, 1] = 1e300
+    elif case == "impossible_step":
+        q[3:, 1] += 1.5                          # 1.5 rad in 0.05 s: 2 x 10 rad/s allows 1.01
+    elif case == "future_stamp":                 # ahead of the collector's clock: not kept
+        stamps = time.time_ns() + 10 ** 9 + PERIOD_NS * np.arange(T)
     collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(assembly_timeout_s=0.3))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
@@ -78,6 +93,7 @@ def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_con
         assert rollouts.wait_for(lambda items: items)
     rollout = rollouts.items[0]
     assert (rollout.trial_id, rollout.status) == (77, status)
+    assert collector.rejected_stamps == (T if case == "future_stamp" else 0)
     if status != wire.TrialStatus.OK:
         assert rollout.X.shape == (0, 10) and collector.published == {status.name: 1}
         return

@@ -5,6 +5,7 @@ and checks every command), and gps_trainer's runtime parameters.
 The probe-as-robot makes a lockstep trial deterministic: with reset_mode pd and the probe
 at the start pose at rest, the controller takes one step per joint state the probe sends.
 """
+import re
 import threading
 import time
 
@@ -16,6 +17,7 @@ from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
 from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from mbpl_ros.core import sanity
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
@@ -77,6 +79,7 @@ class ProbeRobot:
         self.estop = self.node.create_publisher(Bool, wire.ESTOP_TOPIC, wire.ESTOP_QOS)
         self.reset_estop = self.node.create_client(Trigger, "/lqr_controller/reset_estop")
         self.stamp_ns = 10 ** 18
+        self.stamp_step_ns = 50_000_000   # one control period
 
     def wait_connected(self):
         wait_until(lambda: self.states.get_subscription_count() and self.requests.get_subscription_count()
@@ -94,7 +97,7 @@ class ProbeRobot:
         return q0
 
     def state(self, q, qd=(0.0, 0.0), names=JOINTS):
-        self.stamp_ns += 50_000_000
+        self.stamp_ns += self.stamp_step_ns
         self.states.publish(wire.encode_joint_state(names, q, qd, np.zeros(len(names)), self.stamp_ns))
 
     def controller(self, K=None, k=(0.0, 0.0), version=0, dX=10):
@@ -149,6 +152,7 @@ def test_every_command_is_clamped_and_guarded_near_the_position_limits(ros_conte
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
         q0 = robot.start_at(controller, [0.0, 1.0])
+        robot.stamp_step_ns = 10 ** 9     # states 1 s apart: the jumps between these are possible
         robot.controller(k=(5.0, -5.0))   # pushes far beyond both effort limits
         # free, within the shoulder's margin (s = 0.5), beyond its upper limit, at the elbow's lower limit
         states = [[0.5, 0.5], [URDF_POSITION[0, 1] - 0.1, 0.5], [3.2, 0.5], [0.0, URDF_POSITION[1, 0]],
@@ -189,7 +193,7 @@ def test_non_finite_controller_output_sends_the_fallback_and_aborts_the_trial(ro
 
 
 @pytest.mark.timeout(60)
-def test_non_finite_and_malformed_joint_states_are_ignored(ros_context, experiment):
+def test_malformed_joint_states_are_ignored(ros_context, experiment):
     controller = controller_node(ros_context, experiment)
     robot = ProbeRobot(ros_context)
     with spinning(ros_context, [controller, robot]):
@@ -198,18 +202,50 @@ def test_non_finite_and_malformed_joint_states_are_ignored(ros_context, experime
         count = len(robot.commands.commands)
         robot.request(3, q0)
         assert robot.commands.wait_for_count(count + 1)
-        robot.state([np.nan, 1.5])
-        robot.state([0.0, 1.5], [np.inf, 0.0])
         msg = wire.encode_joint_state(JOINTS, [0.0, 1.5], [0.0, 0.0], [0.0, 0.0], robot.stamp_ns + 1)
         msg.position = [0.0]                                              # short
         robot.states.publish(msg)
-        wait_until(lambda: controller.faults["rejected_state"] == 3, what="three rejected states")
+        robot.states.publish(wire.encode_joint_state(["gripper"], [0.0], [0.0], [0.0],
+                                                     robot.stamp_ns + 2))
+        wait_until(lambda: controller.faults["rejected_state"] == 2, what="two rejected states")
         assert len(robot.commands.commands) == count + 1                   # none of them made a step
         for _ in range(T - 1):
             robot.step(q0)
         assert robot.records.wait_for(lambda items: items)
     assert robot.records.items[0].status == wire.TrialStatus.OK
-    assert robot.commands.violations == []
+    assert robot.commands.violations == [] and controller.faults["implausible_state"] == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("q, qd, reason", [
+    ([np.nan, 1.5], [0.0, 0.0], "not finite"),
+    ([0.0, 1.5], [np.inf, 0.0], "not finite"),
+    ([1e6, 1.5], [0.0, 0.0], "joint 0 at 1e\\+06 rad, beyond its limits"),
+    ([0.0, 1.5], [0.0, 1e300], "joint 1 at 1e\\+300 rad/s, above 2 x its velocity limit 10 rad/s"),
+    ([0.0, 2.7], [0.0, 0.0], "joint 1 moved 1.2 rad in 0.05 s; at most 1.01 rad is possible"),
+])
+def test_impossible_joint_states_send_the_fallback_and_abort_the_trial(ros_context, experiment, q,
+                                                                       qd, reason):
+    """A state no arm can be in (core.sanity) is never acted on: the fallback, the trial
+    aborted (IMPLAUSIBLE_STATE), the fault counted and named in the log."""
+    controller = controller_node(ros_context, experiment)
+    robot = ProbeRobot(ros_context)
+    with spinning(ros_context, [controller, robot]):
+        q0 = robot.start_at(controller, [0.0, 1.5])
+        robot.controller(k=(0.1, 0.1))
+        count = len(robot.commands.commands)
+        robot.request(4, q0)
+        assert robot.commands.wait_for_count(count + 1)
+        robot.step(q0)                                          # step 1: a plausible state
+        robot.state(q, qd)
+        assert robot.records.wait_for(lambda items: items)
+    record = robot.records.items[0]
+    assert (record.trial_id, record.status) == (4, wire.TrialStatus.IMPLAUSIBLE_STATE)
+    np.testing.assert_allclose(robot.commands.commands[count:], [[0.1, 0.1]] * 2 + [[0.0, 0.0]])
+    assert controller.faults["implausible_state"] == 1 and robot.commands.violations == []
+    envelope = sanity.StateEnvelope(URDF_POSITION, [10.0, 10.0])
+    fault = sanity.state_fault(q, qd, envelope) or sanity.step_fault(q0, q, 0.05, envelope)
+    assert re.search(reason, fault), fault
 
 
 # ---------------------------------------------------------------- runtime parameters

@@ -12,6 +12,7 @@ from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
 from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning
+from mbpl_ros import sim_runner
 from mbpl_ros.checkpoint import Checkpoint, experiment_identity, read_checkpoint, write_checkpoint
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import graph, wire
@@ -50,6 +51,19 @@ def test_a_resumed_graph_run_continues_from_its_checkpoint(tmp_path):
     assert checkpoint.iteration == 2 and checkpoint.rollouts_total == 2 * 2 * 3 and checkpoint.metrics == first
     assert set(checkpoint.extra) == {"next_trial_id"}
     assert len(checkpoint.algorithm.controllers) == 2
+
+    # A recording cut short blocks the resume, naming the file and what is missing; restored,
+    # it goes on.
+    recording = output / "rollouts.mcap"
+    intact = recording.read_bytes()
+    recording.write_bytes(intact[:len(intact) // 3])
+    with pytest.raises(sim_runner.GraphError, match=re.escape(
+            f"training stopped: resume: {recording}: the checkpoint covers iterations 1-2 "
+            "(12 sample rollouts) but the recording holds ")) as refused:
+        run(experiment, output, io.StringIO(), iterations=3, resume=True)
+    assert "allow_incomplete_recording: true" in str(refused.value)
+    assert rows_of(output) == first and not (output / "checkpoint_0003.pkl").exists()
+    recording.write_bytes(intact)
 
     log = io.StringIO()
     metrics = run(experiment, output, log, iterations=3, resume=True)
