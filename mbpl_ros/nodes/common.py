@@ -7,6 +7,7 @@ descriptors (description, ranges) and checked at start-up.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -62,6 +63,28 @@ def declare(node: Node, name: str, default, description: str, *, allowed: str,
     if choices is not None and value not in choices:
         raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: one of {list(choices)}")
     return value
+
+
+#: Declared by rclpy itself for every node.
+RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+def check_known_parameters(node: Node) -> None:
+    """NodeParameterError naming each parameter given to `node` (params file, -p, or
+    parameter_overrides) that it has not declared, with the closest declared name. rclpy
+    ignores such a parameter silently, so a misspelt safety setting (`effort_limit`) would
+    not be in force. Call it once every parameter is declared, before anything starts."""
+    declared = sorted(node._parameters)
+    unknown = sorted(set(node._parameter_overrides) - set(declared))
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+        named.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    own = [name for name in declared if name not in RCLPY_PARAMETERS]
+    raise NodeParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(named)} "
+                             f"given to {node.get_fully_qualified_name()}; allowed: its parameters {own}")
 
 
 # ---------------------------------------------------------------- the experiment file
@@ -148,5 +171,5 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
     return code
 
 
-__all__ = ["NodeParameterError", "declare", "declare_experiment", "resolve_experiment_path",
+__all__ = ["NodeParameterError", "check_known_parameters", "declare", "declare_experiment", "resolve_experiment_path",
            "experiment_candidates", "run_node", "ParameterType"]

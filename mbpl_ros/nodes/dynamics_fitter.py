@@ -41,6 +41,7 @@ from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import declare_experiment, run_node
+from mbpl_ros.nodes.common import check_known_parameters
 
 
 #: Batches kept per condition (the most recently used): a resumed trainer needs the newest
@@ -65,6 +66,7 @@ class DynamicsFitterNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self.config, self.experiment_path = declare_experiment(self)
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise

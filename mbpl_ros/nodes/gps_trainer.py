@@ -68,6 +68,7 @@ from mbpl_ros.core.lqr_flm import LqrFlm
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.offline import plot_learning_curve, recording_run_info
 from mbpl_ros.recording import RecordedRollout, RolloutRecorder
 from mbpl_ros.sim.arm import Arm
@@ -109,6 +110,7 @@ class GpsTrainerNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise

@@ -71,6 +71,7 @@ from std_srvs.srv import Trigger
 from mbpl_ros.core import safety
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.sim.robots import robot_spec
 from mbpl_ros.sim.rollout import JointStateToState
 
@@ -144,6 +145,7 @@ class LqrControllerNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise

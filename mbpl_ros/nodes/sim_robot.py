@@ -35,12 +35,10 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from geometry_msgs.msg import PoseStamped, TwistStamped
@@ -50,7 +48,7 @@ from std_srvs.srv import Trigger
 
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import resolve_experiment_path
+from mbpl_ros.nodes.common import NodeParameterError, check_known_parameters, resolve_experiment_path, run_node
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.robots import ROBOTS, robot_spec
 
@@ -62,7 +60,7 @@ WARNING_PERIOD_S = 1.0  # at most one warning of a kind per second
 COMMAND_QUEUE_DEPTH = 100  # lockstep clients may queue several commands; none may be lost
 
 
-class SimRobotParameterError(ValueError):
+class SimRobotParameterError(NodeParameterError):
     """A parameter of sim_robot is invalid; the message names it and the allowed values."""
 
 
@@ -96,6 +94,7 @@ class SimRobotNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self.settings = self._read_parameters()
+            check_known_parameters(self)
             spec = robot_spec(self.settings.robot)
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
                            substeps=self.settings.substeps, gui=self.settings.gui)
@@ -346,21 +345,7 @@ class SimRobotNode(Node):
 
 def main(args=None) -> int:
     """Console entry point: `sim_robot --ros-args -p robot:=kuka_iiwa ...`."""
-    rclpy.init(args=args)
-    try:
-        node = SimRobotNode()
-    except SimRobotParameterError as error:
-        rclpy.logging.get_logger("sim_robot").fatal(f"cannot start: {error}")
-        rclpy.try_shutdown()
-        return 1
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(SimRobotNode, "sim_robot", args)
 
 
 if __name__ == "__main__":
