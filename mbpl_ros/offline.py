@@ -191,6 +191,7 @@ class TrainingRun:
     metrics: list[dict] = field(default_factory=list)
     log: Optional[TextIO] = None      # progress lines; None: sys.stderr at construction
     record: bool = False
+    gui: bool = False                 # show the arm in the PyBullet window (sim.view)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -255,7 +256,12 @@ class TrainingRun:
         remove_stale_temporaries(output)
         checkpoint = latest_checkpoint(output, self.experiment) if resume else None
         recorder = None
-        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps,
+                 gui=self.gui) as arm:
+            if self.gui:
+                from mbpl_ros.sim import view
+                view.prepare(arm, [c.initial_positions for c in config.conditions],
+                             [c.target for c in config.conditions], gui=True)
             cost = config.build_cost()
             try:
                 if checkpoint is None:

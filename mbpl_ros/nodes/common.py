@@ -147,8 +147,17 @@ def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
 def run_node(factory: Callable[[], Node], name: str, args=None,
              until: Optional[Callable[[Node], bool]] = None) -> int:
     """Console entry point body: init, build the node, spin (until `until(node)` when given,
-    e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1."""
-    rclpy.init(args=args)
+    e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1.
+
+    SIGINT/SIGTERM stop the spin while the context is still valid (rclpy's own handlers
+    would shut it down first), so destroy_node can still publish, e.g. lqr_controller's
+    fallback command."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from mbpl_ros.interrupt import interruptible
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = factory()
     except (NodeParameterError, ConfigError) as error:
@@ -156,16 +165,19 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
         rclpy.try_shutdown()
         return 1
     code = 0
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        if until is None:
-            rclpy.spin(node)
-        else:
-            while rclpy.ok() and not until(node):
-                rclpy.spin_once(node, timeout_sec=0.1)
+        with interruptible():
+            # A bounded wait, so that a signal is seen within 0.1 s however quiet the graph.
+            while rclpy.ok() and not (until is not None and until(node)):
+                executor.spin_once(timeout_sec=0.1)
+        if until is not None:
             code = int(getattr(node, "exit_code", 0))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return code

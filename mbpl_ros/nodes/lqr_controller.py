@@ -703,6 +703,14 @@ class LqrControllerNode(Node):
             commands=commands)))
 
     def destroy_node(self) -> None:
+        if getattr(self, "_command_pub", None) is not None and self.context.ok():
+            with self._lock:
+                if self._trial is not None or self.mode == "realtime":
+                    # Stopped (Ctrl-C, a launch ending): leave a safe last command, which a
+                    # forward-command controller holds.
+                    self._send(self._fallback())
+                    self.get_logger().warning("shutting down: sent the fallback "
+                                              f"({self.settings.watchdog_action})")
         state_of = getattr(self, "state_of", None)
         if state_of is not None:
             state_of.close()

@@ -49,6 +49,7 @@ from std_srvs.srv import Trigger
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, check_known_parameters, resolve_experiment_path, run_node
+from mbpl_ros.sim import view
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.robots import ROBOTS, robot_spec
 
@@ -110,6 +111,11 @@ class SimRobotNode(Node):
                     f"{error}; allowed: angles within "
                     f"{self.arm.position_limits[self._arm_index].tolist()} for joints "
                     f"{list(self.settings.joints)}") from None
+            if self.settings.gui:   # the camera and markers of `mbpl replay`, in the window
+                conditions = self.experiment.conditions if self.experiment is not None else []
+                view.prepare(self.arm, [self._initial_q] + [c.initial_positions for c in conditions],
+                             [c.target for c in conditions], gui=True)
+                self.arm.reset(self._initial_q)
         except BaseException:
             self.destroy_node()
             raise
@@ -161,10 +167,11 @@ class SimRobotNode(Node):
             "and control period are the defaults of robot, physics_dt and control_rate_hz; a robot "
             "described in it (not only a built-in one) can then be simulated.",
             "empty, or a path: absolute, relative to the current directory or to share/mbpl_ros/config")
-        experiment = None
+        experiment = self.experiment = None
         if experiment_file:
             try:
-                experiment = load_experiment(resolve_experiment_path(experiment_file))
+                experiment = self.experiment = load_experiment(
+                    resolve_experiment_path(experiment_file))
             except ValueError as error:   # ConfigError and NodeParameterError are ValueErrors
                 raise SimRobotParameterError(f"parameter 'experiment_config': {error}") from None
         robot = self._declare("robot", experiment.robot if experiment else "reacher_2link",
@@ -225,7 +232,8 @@ class SimRobotNode(Node):
             "command_timeout_s", 0.5,
             "Realtime mode: apply zero effort once the last command is older than this (s).",
             f"a double in [{low}, {high}]", floating_point_range=_double_range(low, high))
-        gui = self._declare("gui", False, "Open the PyBullet GUI window.", "true or false")
+        gui = self._declare("gui", False, "Open the PyBullet GUI window (camera framed on the arm, the "
+                            "experiment's targets drawn).", "true or false")
         return SimRobotSettings(robot=robot, control_rate_hz=float(rate), physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
                                 initial_positions=initial, command_timeout_s=float(timeout), gui=bool(gui))
