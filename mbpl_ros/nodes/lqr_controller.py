@@ -83,6 +83,10 @@ REALTIME_TRIGGERS = ("joint_state", "timer")
 #: command rate above 1 / (this · period); arrival jitter up to half a period loses no state.
 MIN_STEP_PERIODS = 0.5
 RESET_MODES = ("pd", "sim_service")
+#: Joint-state intervals measured at start-up (realtime mode) before trials are accepted,
+#: and how far the measured rate may be from what the timing needs (relative).
+RATE_SAMPLES = 10
+RATE_TOLERANCE = 0.2
 #: A sim_service reset is complete at the first joint state this close to the start pose at rest.
 RESET_MATCH_TOLERANCE = 1e-9
 #: Controller versions kept per condition (a request names the exact version it wants).
@@ -129,6 +133,29 @@ class _Trial:
     awaiting_services: bool = False         # sim_service reset waits for the services to appear
 
 
+def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) -> Optional[str]:
+    """Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
+    (their median is the rate), or None. realtime_trigger joint_state steps on each state,
+    so the states must come at control_rate_hz; timer needs them at least that often."""
+    rate = 1.0 / max(float(np.median(intervals_s)), 1e-9)
+    ratio = rate / control_rate_hz
+    if trigger == "joint_state" and abs(ratio - 1.0) <= RATE_TOLERANCE:
+        return None
+    if trigger == "timer" and ratio >= 1.0 - RATE_TOLERANCE:
+        return None
+    fixes = []
+    if trigger == "joint_state" and ratio > 1.0:
+        fixes.append("set realtime_trigger: timer (a step at control_rate_hz on the latest state)")
+    fixes.append(f"make the joint-state publisher (joint_state_broadcaster's publish_rate) run at "
+                 f"{control_rate_hz:g} Hz")
+    fixes.append(f"or use an experiment whose control period is 1/{rate:.0f} s with "
+                 f"control_rate_hz {rate:.0f}")
+    needs = "at" if trigger == "joint_state" else "at least at"
+    return (f"joint states arrive at {rate:.1f} Hz, but realtime_trigger {trigger} needs them "
+            f"{needs} control_rate_hz = {control_rate_hz:g} Hz (within {100 * RATE_TOLERANCE:.0f}%); "
+            "fix: " + "; ".join(fixes))
+
+
 class _PolicyExecutor:
     """The exported policy as an executor: u = μ(x) + sqrt(action_variance) ε."""
 
@@ -162,6 +189,8 @@ class LqrControllerNode(Node):
         self._pending: Optional[wire.TrialRequest] = None  # waiting for its controller version
         self._staged: Optional[_Settings] = None             # runtime parameters, for the next trial
         self._lock = threading.RLock()
+        self.state_rate_problem: Optional[str] = None   # see _measure_state_rate
+        self._first_stamps: list = []   # stamps (ns) of the first joint states
         self._zero_effort = np.zeros(self.layout.dU)
         # One command message, its layout built once: _send (under the lock) only swaps the data.
         self._command_msg = wire.encode_effort_command(self._zero_effort)
@@ -427,6 +456,9 @@ class LqrControllerNode(Node):
             if self.estop_latched:
                 self._abort_request(request, "the e-stop is latched (call ~/reset_estop)", wire.TrialStatus.ESTOP)
                 return
+            if self.state_rate_problem is not None:
+                self._abort_request(request, self.state_rate_problem)
+                return
             if request.T != self.config.T or request.condition >= len(self.config.conditions):
                 self._abort_request(request, f"T={request.T}, condition {request.condition} do not fit the "
                                     f"experiment (T={self.config.T}, {len(self.config.conditions)} conditions)")
@@ -440,6 +472,25 @@ class LqrControllerNode(Node):
                 self._pending_since = time.monotonic()
                 return
             self._start(request)
+
+    def _measure_state_rate(self, stamp_ns: int) -> None:
+        """Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
+        joint-state intervals (the robot's clock: arrivals bunch), a rate the timing cannot
+        work with refuses every trial, naming the fix."""
+        self._first_stamps.append(stamp_ns)
+        if len(self._first_stamps) <= RATE_SAMPLES:
+            return
+        intervals = np.diff(np.asarray(self._first_stamps, dtype=np.int64)) * 1e-9
+        intervals = intervals[intervals > 0]   # repeated stamps (a reset's state) say nothing
+        if len(intervals) == 0:
+            return
+        trigger = self.realtime_trigger
+        self.state_rate_problem = joint_state_rate_problem(intervals, trigger,
+                                                           self.control_rate_hz)
+        if self.state_rate_problem is not None:
+            self.get_logger().error(f"trials refused: {self.state_rate_problem}")
+            if self._trial is not None:
+                self._abort_running(self.state_rate_problem)
 
     def _has_controller(self, request: wire.TrialRequest) -> bool:
         return (request.condition, request.controller_version) in self.controllers
@@ -457,6 +508,9 @@ class LqrControllerNode(Node):
             return
         sample = _JointSample(q, qd, wire.nanoseconds_from_stamp(msg.header.stamp), time.monotonic())
         with self._lock:
+            measuring = self.state_rate_problem is None and len(self._first_stamps) <= RATE_SAMPLES
+            if self.mode == "realtime" and measuring:
+                self._measure_state_rate(sample.stamp_ns)
             self._latest = sample
             if self._steps_on_state:
                 self._advance(sample)
