@@ -62,6 +62,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -763,6 +764,7 @@ class LqrControllerNode(Node):
                     # Stopped (Ctrl-C, a launch ending): leave a safe last command, which a
                     # forward-command controller holds.
                     self._send(self._fallback())
+                    self._command_pub.wait_for_all_acked(Duration(seconds=1.0))   # before it goes
                     self.get_logger().warning("shutting down: sent the fallback "
                                               f"({self.settings.watchdog_action})")
         state_of = getattr(self, "state_of", None)
