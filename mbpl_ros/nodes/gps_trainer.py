@@ -157,8 +157,9 @@ class GpsTrainerNode(Node):
         seed = declare(self, "seed", -1, "Seed of the exploration noise; -1: the experiment's.",
                        allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
         self.seed = self.config.seed if seed < 0 else seed
-        output = declare(self, "output_dir", "gps_output", "Where metrics.jsonl, checkpoints and "
-                         "learning_curve.png go (relative to the current directory).",
+        output = declare(self, "output_dir", f"runs/gps_{self.experiment_path.stem}",
+                         "Where metrics.jsonl, checkpoints and learning_curve.png go (relative to the "
+                         "current directory); default: runs/gps_<the experiment file's name>.",
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
