@@ -14,7 +14,7 @@ import pytest
 
 launch_pytest = pytest.importorskip(
     "launch_pytest",
-    reason="launch_pytest is not installable from PyPI: run with ROS 2 or the overlay, see CONTRIBUTING.md")
+    reason="launch_pytest is not on PyPI: run with ROS 2 or the overlay, see CONTRIBUTING.md")
 
 import rclpy  # noqa: E402
 from launch import LaunchContext, LaunchDescription  # noqa: E402
