@@ -194,8 +194,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=None, help="script names (with or without .py)")
     parser.add_argument("--skip", nargs="+", default=[], help="script names to leave out")
-    parser.add_argument("--quick", action="store_true", help="pass --quick to the scripts that take it "
-                                                             "(implies --no-docs)")
+    parser.add_argument("--quick", action="store_true",
+                        help="pass --quick to the scripts that take it (implies --no-docs)")
     parser.add_argument("--timeout", type=float, default=3000.0, help="seconds per script")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
     parser.add_argument("--list", action="store_true", help="print the commands and exit")
@@ -205,7 +205,8 @@ def main() -> int:
         return name[:-3] if name.endswith(".py") else name
 
     if args.quick and not args.no_docs and not args.list:
-        print("--quick: docs/benchmarks.md is left alone (smoke-run figures are not the documented ones)")
+        print("--quick: docs/benchmarks.md is left alone (smoke-run figures are not the "
+              "documented ones)")
         args.no_docs = True
     scripts = discover()
     if args.only:

@@ -37,10 +37,10 @@ def _train(args) -> int:
     from mbpl_ros.checkpoint import CheckpointError
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.offline import TrainingRun
-    from mbpl_ros.recording import RecordingError
-
     from mbpl_ros.interrupt import interruptible, print_stopped, resume_command
-    from mbpl_ros.runs import default_output, existing_run, read_run_description, write_run_description
+    from mbpl_ros.recording import RecordingError
+    from mbpl_ros.runs import (default_output, existing_run, read_run_description,
+                               write_run_description)
 
     config = load_experiment(args.config)
     if args.algorithm is not None:
@@ -59,7 +59,8 @@ def _train(args) -> int:
     run = TrainingRun(config, output, seed, record=not args.no_record, gui=args.gui)
     resume = resume_command(["mbpl", "train"], [
         ("--config", args.config), ("--output", output), ("--algorithm", args.algorithm or False),
-        ("--iterations", args.iterations or False), ("--seed", False if args.seed is None else args.seed),
+        ("--iterations", args.iterations or False),
+        ("--seed", False if args.seed is None else args.seed),
         ("--no-record", None if args.no_record else False), ("--resume", None)])
     try:
         with interruptible():
@@ -72,8 +73,8 @@ def _train(args) -> int:
                     metrics = run.run(iterations, resume=args.resume)
     except KeyboardInterrupt:
         if args.refit_from is not None:
-            print(f"mbpl train: stopped; the refit in {output} is incomplete: run it again with --overwrite",
-                  file=sys.stderr)
+            print(f"mbpl train: stopped; the refit in {output} is incomplete: run it again with "
+                  "--overwrite", file=sys.stderr)
             return 130
         return print_stopped("mbpl train", output, resume)
     except CheckpointError as error:
@@ -94,7 +95,7 @@ def _train(args) -> int:
         policy_reached = sum(d < config.success_distance_m for d in last["policy_final_distance_m"])
         summary += (f"; the policy reaches {policy_reached}/{len(last['policy_final_distance_m'])}, "
                     f"exported to {output / 'policy.pt'}")
-    print(f"{summary}; results in {args.output}")
+    print(f"{summary}; results in {output}")
     return 0
 
 
@@ -108,16 +109,17 @@ def _eval(args) -> int:
     if args.run_dir is not None:
         return _eval_controllers(args)
     if args.config is None:
-        print("mbpl eval: --policy needs --config (the experiment YAML the policy was trained with)",
-              file=sys.stderr)
+        print("mbpl eval: --policy needs --config (the experiment YAML the policy was trained "
+              "with)", file=sys.stderr)
         return 2
     kind = describe_file(args.policy)
     if not kind.startswith("a TorchScript module"):
         run = Path(args.policy).parent if Path(args.policy).is_file() else Path(args.policy)
         hint = (f"; for the controllers of a run use: mbpl eval --run {run}"
                 if "checkpoint" in kind or "run directory" in kind else "")
-        print(f"mbpl eval: --policy {args.policy} is {kind}; expected an exported policy (policy.pt, written "
-              f"by `mbpl train` at the end of an mdgps run){hint}", file=sys.stderr)
+        print(f"mbpl eval: --policy {args.policy} is {kind}; expected an exported policy "
+              f"(policy.pt, written by `mbpl train` at the end of an mdgps run){hint}",
+              file=sys.stderr)
         return 2
     config = load_experiment(args.config)
     try:
@@ -156,26 +158,32 @@ def _eval_controllers(args) -> int:
     except (RunError, CheckpointError) as error:
         print(f"mbpl eval: {error}", file=sys.stderr)
         return 2
-    threshold = config.success_distance_m if args.success_distance_m is None else args.success_distance_m
-    with _limit_threads(), Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+    threshold = args.success_distance_m
+    if threshold is None:
+        threshold = config.success_distance_m
+    arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+    with _limit_threads(), arm:
         distances, mean_cost = evaluate_controllers(arm, config, checkpoint.algorithm.controllers,
                                                     config.build_cost())
-    rows = [{"condition": m, "initial_positions": list(c.initial_positions), "target": list(c.target),
-             "final_distance_m": d, "success": d < threshold}
+    rows = [{"condition": m, "initial_positions": list(c.initial_positions),
+             "target": list(c.target), "final_distance_m": d, "success": d < threshold}
             for m, (c, d) in enumerate(zip(config.conditions, distances))]
     for row in rows:
-        print(f"condition {row['condition']:3d} | final distance {100 * row['final_distance_m']:7.2f} cm | "
-              f"{'reached' if row['success'] else 'missed'}")
-    result = {"run": str(run), "checkpoint": checkpoint.path.name, "iteration": checkpoint.iteration,
-              "algorithm": config.algorithm, "robot": config.robot, "T": config.T,
-              "success_distance_m": threshold, "mean_cost": mean_cost,
-              "successes": int(sum(r["success"] for r in rows)), "conditions": rows}
+        verdict = "reached" if row["success"] else "missed"
+        print(f"condition {row['condition']:3d} | final distance "
+              f"{100 * row['final_distance_m']:7.2f} cm | {verdict}")
+    result = {"run": str(run), "checkpoint": checkpoint.path.name,
+              "iteration": checkpoint.iteration, "algorithm": config.algorithm,
+              "robot": config.robot, "T": config.T, "success_distance_m": threshold,
+              "mean_cost": mean_cost, "successes": int(sum(r["success"] for r in rows)),
+              "conditions": rows}
     output = Path(args.output) if args.output is not None else run
     output.mkdir(parents=True, exist_ok=True)
     path = output / "eval_controllers.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"controllers of iteration {checkpoint.iteration}: {result['successes']}/{len(rows)} conditions "
-          f"within {100 * threshold:.1f} cm, mean cost {mean_cost:.3f}; written to {path}")
+    print(f"controllers of iteration {checkpoint.iteration}: {result['successes']}/{len(rows)} "
+          f"conditions within {100 * threshold:.1f} cm, mean cost {mean_cost:.3f}; "
+          f"written to {path}")
     return 0
 
 
@@ -191,10 +199,10 @@ def _replay(args) -> int:
         import torch  # noqa: F401  (see _limit_threads)
     try:
         with _limit_threads():
-            replay(Path(args.run_dir), None if args.output is None else Path(args.output), config_path=args.config,
-                   iteration=args.iteration, condition=args.condition, policy=args.policy,
-                   held_out=args.held_out, sequence=args.sequence, gui=args.gui, width=args.width,
-                   height=args.height)
+            replay(Path(args.run_dir), None if args.output is None else Path(args.output),
+                   config_path=args.config, iteration=args.iteration, condition=args.condition,
+                   policy=args.policy, held_out=args.held_out, sequence=args.sequence,
+                   gui=args.gui, width=args.width, height=args.height)
     except (RunError, CheckpointError) as error:
         print(f"mbpl replay: {error}", file=sys.stderr)
         return 2
@@ -219,56 +227,69 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--config", required=True, help="experiment YAML, e.g. config/reacher_2link.yaml")
     train.add_argument("--algorithm", choices=("lqr_flm", "mdgps"), help="override the config's algorithm")
     train.add_argument("--iterations", type=int, help="override the config's iterations")
-    train.add_argument("--output", help="directory for metrics, checkpoints, plot (and policy.pt for mdgps); "
-                                        "default: runs/<the experiment file's name>")
+    train.add_argument("--output", help="directory for metrics, checkpoints, plot (and policy.pt "
+                                        "for mdgps); default: runs/<the experiment file's name>")
     train.add_argument("--seed", type=int, help="override the config's seed (an integer >= 0)")
     train.add_argument("--resume", action="store_true",
-                       help="continue the run in --output from its last complete iteration (its newest "
-                            "checkpoint); the result is the same as that of an uninterrupted run")
+                       help="continue the run in --output from its last complete iteration (its "
+                            "newest checkpoint); the result is the same as that of an "
+                            "uninterrupted run")
     train.add_argument("--overwrite", action="store_true",
-                       help="start over in an --output that already holds a run (its checkpoints are deleted)")
+                       help="start over in an --output that already holds a run (its checkpoints "
+                            "are deleted)")
     train.add_argument("--no-record", action="store_true",
                        help="do not record the rollouts to OUTPUT/rollouts.mcap")
     train.add_argument("--refit-from", metavar="BAG",
-                       help="no new rollouts: replay the iterations recorded in BAG (an mbpl rollouts.mcap) "
-                            "through the updates, writing controllers (checkpoints) and metrics to --output")
+                       help="no new rollouts: replay the iterations recorded in BAG (an mbpl "
+                            "rollouts.mcap) through the updates, writing controllers "
+                            "(checkpoints) and metrics to --output")
     train.add_argument("--gui", action="store_true",
-                       help="show the arm in the PyBullet window (framed on the arm, targets drawn)")
+                       help="show the arm in the PyBullet window (framed on it, targets drawn)")
     train.set_defaults(run=_train)
     evaluate = commands.add_parser(
-        "eval", help="run an exported policy from held-out initial conditions drawn inside the box "
-                     "of the training conditions' initial joint angles, or (--run) a run's controllers "
-                     "from their own conditions")
+        "eval", help="run an exported policy from held-out initial conditions drawn inside the "
+                     "box of the training conditions' initial joint angles, or (--run) a run's "
+                     "controllers from their own conditions")
     source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--policy", help="exported policy, e.g. runs/reacher_2link_mdgps/policy.pt")
-    source.add_argument("--run", dest="run_dir", metavar="RUN", help="a run directory: evaluate the controllers of its newest checkpoint "
-                                      "(or --iteration's), one noise-free rollout per condition")
-    evaluate.add_argument("--config", help="the experiment YAML of the policy or run (a run's run.json "
-                                           "names it: not needed with --run)")
-    evaluate.add_argument("--iteration", type=int, help="with --run: the checkpoint's iteration (default: newest)")
+    source.add_argument("--policy", help="exported policy, e.g. runs/mdgps/policy.pt")
+    source.add_argument("--run", dest="run_dir", metavar="RUN",
+                        help="a run directory: evaluate the controllers of its newest checkpoint "
+                             "(or --iteration's), one noise-free rollout per condition")
+    evaluate.add_argument("--config", help="the experiment YAML of the policy or run (with --run: "
+                                           "default the one RUN/run.json names)")
+    evaluate.add_argument("--iteration", type=int,
+                          help="with --run: the checkpoint's iteration (default: the newest)")
     evaluate.add_argument("--conditions", type=int, default=20, help="number of held-out initial conditions")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out conditions")
     evaluate.add_argument("--success-distance-m", type=float,
                           help="success threshold (m); default: the config's success_distance_m")
-    evaluate.add_argument("--output", help="directory for eval.json / eval_controllers.json (default: the "
-                                           "policy's directory, or the run)")
+    evaluate.add_argument("--output", help="directory for eval.json or eval_controllers.json "
+                                           "(default: the policy's directory, or RUN)")
     evaluate.set_defaults(run=_eval)
     replay = commands.add_parser(
-        "replay", help="render noise-free rollouts of a run's controllers (or its policy) to a GIF or mp4, "
-                       "or show them in the PyBullet window")
-    replay.add_argument("run_dir", metavar="RUN", help="a run directory (the --output of mbpl train or mbpl sim)")
+        "replay", help="render noise-free rollouts of a run's controllers (or its policy) to a "
+                       "GIF or mp4, or show them in the PyBullet window")
+    replay.add_argument("run_dir", metavar="RUN",
+                        help="a run directory (the --output of mbpl train or mbpl sim)")
     replay.add_argument("--output", help="FILE.gif or FILE.mp4 (mp4 needs ffmpeg)")
-    replay.add_argument("--iteration", type=int, help="the controllers of this checkpoint (default: the newest)")
-    replay.add_argument("--condition", type=int, help="only this condition (default: all, side by side)")
-    replay.add_argument("--policy", action="store_true", help="the exported policy (RUN/policy.pt of an mdgps "
-                                                             "run) instead of the controllers")
-    replay.add_argument("--held-out", type=int, metavar="K", help="with --policy: from K held-out starts "
-                                                                  "(as mbpl eval draws them, seed 0)")
-    replay.add_argument("--config", help="the run's experiment YAML (default: the one RUN/run.json names)")
-    replay.add_argument("--sequence", action="store_true", help="episodes one after another, not side by side")
-    replay.add_argument("--width", type=int, default=320, help="width of one episode's frame (pixels)")
-    replay.add_argument("--height", type=int, default=240, help="height of one episode's frame (pixels)")
-    replay.add_argument("--gui", action="store_true", help="also show it in the PyBullet window, in real time")
+    replay.add_argument("--iteration", type=int,
+                        help="the controllers of this checkpoint (default: the newest)")
+    replay.add_argument("--condition", type=int,
+                        help="only this condition (default: all, side by side)")
+    replay.add_argument("--policy", action="store_true",
+                        help="the exported policy (RUN/policy.pt of an mdgps run) instead of the "
+                             "controllers")
+    replay.add_argument("--held-out", type=int, metavar="K",
+                        help="with --policy: from K held-out starts (drawn as mbpl eval does, "
+                             "seed 0)")
+    replay.add_argument("--config",
+                        help="the run's experiment YAML (default: the one RUN/run.json names)")
+    replay.add_argument("--sequence", action="store_true",
+                        help="episodes one after another, not side by side")
+    replay.add_argument("--width", type=int, default=320, help="width of an episode's frame")
+    replay.add_argument("--height", type=int, default=240, help="height of an episode's frame")
+    replay.add_argument("--gui", action="store_true",
+                        help="also show it in the PyBullet window, in real time")
     replay.set_defaults(run=_replay)
     from mbpl_ros import sim_runner
     sim_runner.add_subparser(commands)   # mbpl sim: the ROS node graph in one process
@@ -283,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     if getattr(args, "iterations", None) is not None and args.iterations < 1:
         parser.error(f"--iterations must be >= 1, got {args.iterations}")
-    for flag, low in (("seed", 0), ("iteration", 0), ("condition", 0), ("held_out", 1), ("width", 16),
-                      ("height", 16)):
+    for flag, low in (("seed", 0), ("iteration", 0), ("condition", 0), ("held_out", 1),
+                      ("width", 16), ("height", 16)):
         value = getattr(args, flag, None)
         if value is not None and value < low:
             what = " (as the experiment's seed)" if flag == "seed" else ""

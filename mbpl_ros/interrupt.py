@@ -78,8 +78,8 @@ def stopped_line(command: str, output: Path, resume: str) -> str:
     if checkpoints:
         iteration = int(checkpoints[-1].stem.split("_")[1])
         kept = (
-            f"iterations 0 .. {iteration} are kept in {output} ({checkpoints[-1].name}), the half-done "
-            f"iteration {iteration + 1} is discarded"
+            f"iterations 0 .. {iteration} are kept in {output} ({checkpoints[-1].name}), "
+            f"the half-done iteration {iteration + 1} is discarded"
         )
     else:
         kept = f"no iteration was complete, nothing in {output} is kept"

@@ -94,8 +94,8 @@ def episodes_of_run(
         )
     if iteration is not None:
         raise RunError(
-            "--iteration chooses a checkpoint's controllers; the exported policy (--policy) is the "
-            "final one"
+            "--iteration chooses a checkpoint's controllers; the exported policy (--policy) is "
+            "the final one"
         )
     path = run / "policy.pt"
     if not path.is_file():
@@ -108,8 +108,8 @@ def episodes_of_run(
     exported = load_exported_policy(path)
     if (exported.dX, exported.dU) != (config.layout.dX, config.layout.dU):
         raise RunError(
-            f"{path}: the policy maps dX={exported.dX} to dU={exported.dU}, but {config.robot} has "
-            f"dX={config.layout.dX}, dU={config.layout.dU}"
+            f"{path}: the policy maps dX={exported.dX} to dU={exported.dU}, but {config.robot} "
+            f"has dX={config.layout.dX}, dU={config.layout.dU}"
         )
 
     def act(t, x):
@@ -229,7 +229,7 @@ def _ffmpeg() -> Optional[str]:
 
 
 def check_output(path: Path) -> None:
-    """RunError unless `path` is a .gif, or an .mp4 with ffmpeg available (checked before any work)."""
+    """RunError unless `path` is a .gif, or an .mp4 with ffmpeg available (checked first)."""
     if path.suffix.lower() not in FORMATS:
         raise RunError(f"--output {path}: allowed: a .gif or .mp4 file name")
     if path.suffix.lower() == ".mp4" and _ffmpeg() is None:

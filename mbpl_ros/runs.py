@@ -129,7 +129,7 @@ def describe_file(path: str | os.PathLike) -> str:
 
 
 def run_config(run: Path, config_path: Optional[str | os.PathLike] = None) -> ExperimentConfig:
-    """The experiment of the run in `run`: `config_path` when given, else the one run.json names."""
+    """The experiment of the run in `run`: `config_path` if given, else the one run.json names."""
     run = Path(run)
     if not run.is_dir():
         raise RunError(

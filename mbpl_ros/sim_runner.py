@@ -32,8 +32,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=None,
                         help="learning iterations (default: gps_trainer's parameter, else the experiment's)")
     parser.add_argument("--output", default=None,
-                        help="output directory (default: gps_trainer's output_dir in --config, or with "
-                             "--experiment runs/sim_<the experiment's name>)")
+                        help="output directory (default: gps_trainer's output_dir in --config, or "
+                             "with --experiment runs/sim_<the experiment's name>)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the experiment's)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
@@ -42,9 +42,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="start over in an output directory that holds a run (its checkpoints are deleted)")
     parser.add_argument("--experiment", default=None,
                         help="experiment YAML for every node, replacing the file's experiment_config "
-                             "(e.g. config/panda_reach.yaml); the default output is then runs/sim_<its name>")
+                             "(e.g. config/panda_reach.yaml); the default output is then "
+                             "runs/sim_<its name>")
     parser.add_argument("--gui", action="store_true",
-                        help="show the simulated arm in the PyBullet window (sim_robot's gui parameter)")
+                        help="show the simulated arm in the PyBullet window (sim_robot's gui "
+                             "parameter)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -56,17 +58,20 @@ def run(args: argparse.Namespace) -> int:
     from mbpl_ros.interrupt import interruptible, print_stopped, resume_command
     from mbpl_ros.nodes import graph
     from mbpl_ros.nodes.common import NodeParameterError, resolve_experiment_path
-    from mbpl_ros.runs import default_output, existing_run, read_run_description, write_run_description
+    from mbpl_ros.runs import (default_output, existing_run, read_run_description,
+                               write_run_description)
 
     for flag, value, low, high in (("--iterations", args.iterations, 1, 100_000),
                                    ("--seed", args.seed, 0, 2 ** 31 - 1)):
         if value is not None and not low <= value <= high:
-            print(f"mbpl sim: {flag} must be an integer in [{low}, {high}], got {value}", file=sys.stderr)
+            print(f"mbpl sim: {flag} must be an integer in [{low}, {high}], got {value}",
+                  file=sys.stderr)
             return 2
     try:
         trainer_file = graph.parameter_overrides(args.config, "gps_trainer")
+        named = str(trainer_file.get("experiment_config", "reacher_2link.yaml"))
         experiment = (Path(args.experiment) if args.experiment is not None
-                      else resolve_experiment_path(str(trainer_file.get("experiment_config", "reacher_2link.yaml"))))
+                      else resolve_experiment_path(named))
         load_experiment(experiment)
     except (ValueError, ConfigError, NodeParameterError) as error:  # ConfigError: a ValueError too
         print(f"mbpl sim: {error}", file=sys.stderr)
@@ -81,8 +86,8 @@ def run(args: argparse.Namespace) -> int:
         output = default_output(experiment, prefix="sim_")
     existing = existing_run(output)
     if existing is not None and not (args.resume or args.overwrite):
-        print(f"mbpl sim: {output} already holds a run ({existing}); pass --resume to continue it, "
-              "--overwrite to start it over, or choose another --output", file=sys.stderr)
+        print(f"mbpl sim: {output} already holds a run ({existing}); pass --resume to continue "
+              "it, --overwrite to start it over, or choose another --output", file=sys.stderr)
         return 2
     trainer_overrides = {"output_dir": str(output.resolve())}
     if args.iterations is not None:
@@ -101,13 +106,15 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "gui", False):
         overrides.setdefault("sim_robot", {})["gui"] = True
     resume = resume_command(["mbpl", "sim"], [
-        ("--config", args.config), ("--output", output), ("--experiment", args.experiment or False),
-        ("--iterations", args.iterations or False), ("--seed", False if args.seed is None else args.seed),
+        ("--config", args.config), ("--output", output),
+        ("--experiment", args.experiment or False), ("--iterations", args.iterations or False),
+        ("--seed", False if args.seed is None else args.seed),
         ("--resume", None)])
     try:
         with interruptible():
             if not args.resume or read_run_description(output) is None:
-                write_run_description(output, experiment, ["mbpl", *getattr(args, "argv", ["sim"])])
+                command = ["mbpl", *getattr(args, "argv", ["sim"])]
+                write_run_description(output, experiment, command)
             metrics = run_graph(args.config, overrides, log=sys.stderr)
     except (KeyboardInterrupt, GraphInterrupted):
         return print_stopped("mbpl sim", output, resume)

@@ -29,8 +29,8 @@ def ros_context():
 # Tests write only to temporary directories: nothing may appear in the repository (a run
 # directory in runs/, a stray file at the top). Caches and build output are not outputs.
 _REPOSITORY = Path(__file__).resolve().parents[1]
-_NOT_OUTPUTS = {".pytest_cache", ".hypothesis", "__pycache__", ".venv", "build", "mbpl_ros.egg-info",
-                ".whl"}
+_NOT_OUTPUTS = {".pytest_cache", ".hypothesis", "__pycache__", ".venv", "build",
+                "mbpl_ros.egg-info", ".whl"}
 
 
 def _repository_outputs() -> set:
@@ -53,5 +53,6 @@ def pytest_sessionfinish(session, exitstatus):
     if written:
         session.config.get_terminal_writer().line()
         session.config.get_terminal_writer().line(
-            f"test outputs written into the repository (tests must use tmp_path): {written}", red=True)
+            f"test outputs written into the repository (tests must use tmp_path): {written}",
+            red=True)
         session.exitstatus = 1

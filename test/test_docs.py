@@ -117,4 +117,5 @@ def test_launch_guide_says_how_to_run_and_verify_on_a_ros_machine():
         assert f"ros2 launch mbpl_ros {launch_file}" in blocks
     assert "python3 -m pytest test/launch" in blocks and "colcon test" in blocks
     contributing = (ROOT / "CONTRIBUTING.md").read_text()
-    assert "ros-launch-overlay" in contributing and "-p launch_pytest.plugin test/launch" in contributing
+    assert "ros-launch-overlay" in contributing
+    assert "-p launch_pytest.plugin test/launch" in contributing

@@ -2,6 +2,7 @@
 exit status 130, no traceback, one line naming what was kept and the command to resume;
 that command ends where an uninterrupted run ends. Bad arguments are refused before
 anything is written."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ import yaml
 from mbpl_ros.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
+PYTHON = (
+    str(ROOT / ".venv" / "bin" / "python")
+    if (ROOT / ".venv" / "bin" / "python").exists()
     else sys.executable
+)
 SIM_CONFIG = ROOT / "config" / "sim_reacher_2link.yaml"
 ITERATIONS = 4
 
@@ -37,7 +41,13 @@ def mbpl(*args: str) -> list[str]:
 def experiment(tmp_path_factory) -> Path:
     """The reacher with T=20, two conditions × two rollouts, four iterations."""
     data = yaml.safe_load((ROOT / "config" / "reacher_2link.yaml").read_text())
-    data.update(T=20, rollouts_per_condition=2, iterations=ITERATIONS, seed=3, conditions=data["conditions"][:2])
+    data.update(
+        T=20,
+        rollouts_per_condition=2,
+        iterations=ITERATIONS,
+        seed=3,
+        conditions=data["conditions"][:2],
+    )
     path = tmp_path_factory.mktemp("experiment") / "small.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -56,8 +66,14 @@ def controllers(directory: Path) -> list:
 def interrupted(command: list[str], cwd: Path, after_line: str, signum: int) -> tuple[int, str]:
     """Run `command`, send `signum` once a stderr line starts with `after_line`; the exit
     status and the whole stderr."""
-    process = subprocess.Popen(command, cwd=cwd, env=environment(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines = []
     try:
         for line in process.stderr:
@@ -79,29 +95,42 @@ def resumed(stderr: str, cwd: Path) -> subprocess.CompletedProcess:
     assert "resume with: " in last, stderr
     words = shlex.split(last.split("resume with: ", 1)[1])
     assert words[0] == "mbpl" and "--resume" in words
-    return subprocess.run(mbpl(*words[1:]), cwd=cwd, env=environment(), capture_output=True, text=True,
-                          timeout=240)
+    return subprocess.run(
+        mbpl(*words[1:]), cwd=cwd, env=environment(), capture_output=True, text=True, timeout=240
+    )
 
 
 @pytest.fixture(scope="module")
 def train_reference(experiment, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("train_reference") / "run"
-    subprocess.run(mbpl("train", "--config", str(experiment), "--output", str(output)), check=True,
-                   env=environment(), capture_output=True, timeout=240)
+    subprocess.run(
+        mbpl("train", "--config", str(experiment), "--output", str(output)),
+        check=True,
+        env=environment(),
+        capture_output=True,
+        timeout=240,
+    )
     return output
 
 
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stopped_train_says_how_to_resume_and_the_resumed_run_is_the_same(experiment, train_reference,
-                                                                           tmp_path, signum):
+def test_a_stopped_train_says_how_to_resume_and_the_resumed_run_is_the_same(
+    experiment, train_reference, tmp_path, signum
+):
     output = tmp_path / "run"
-    code, stderr = interrupted(mbpl("train", "--config", str(experiment), "--output", str(output)), tmp_path,
-                               "iteration   2", signum)
+    code, stderr = interrupted(
+        mbpl("train", "--config", str(experiment), "--output", str(output)),
+        tmp_path,
+        "iteration   2",
+        signum,
+    )
     assert code == 130, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith("mbpl train: stopped; iterations 0 .. ") and "is discarded" in last, last
+    assert (
+        last.startswith("mbpl train: stopped; iterations 0 .. ") and "is discarded" in last
+    ), last
     result = resumed(stderr, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "resuming from checkpoint_" in result.stderr
@@ -113,15 +142,24 @@ def test_a_stopped_train_says_how_to_resume_and_the_resumed_run_is_the_same(expe
 def test_a_stopped_sim_says_how_to_resume_and_the_resumed_run_is_the_same(experiment, tmp_path):
     common = ["sim", "--config", str(SIM_CONFIG), "--experiment", str(experiment)]
     reference = tmp_path / "reference"
-    done = subprocess.run(mbpl(*common, "--output", str(reference)), cwd=tmp_path, env=environment(),
-                          capture_output=True, text=True, timeout=240)
+    done = subprocess.run(
+        mbpl(*common, "--output", str(reference)),
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr
     output = tmp_path / "run"
-    code, stderr = interrupted(mbpl(*common, "--output", str(output)), tmp_path, "iteration   2",
-                               signal.SIGINT)
+    code, stderr = interrupted(
+        mbpl(*common, "--output", str(output)), tmp_path, "iteration   2", signal.SIGINT
+    )
     assert code == 130, stderr
     assert "Traceback" not in stderr
-    assert "lqr_controller]: shutting down: sent the fallback" in stderr or "is discarded" in stderr
+    assert (
+        "lqr_controller]: shutting down: sent the fallback" in stderr or "is discarded" in stderr
+    )
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("mbpl sim: stopped; iterations 0 .. "), last
     kept = int(last.split("iterations 0 .. ")[1].split(" ")[0])
@@ -129,34 +167,54 @@ def test_a_stopped_sim_says_how_to_resume_and_the_resumed_run_is_the_same(experi
     assert result.returncode == 0, result.stderr
     rows, expected = without_wall_time(output), without_wall_time(reference)
     assert [row["iteration"] for row in rows] == list(range(ITERATIONS + 1))
-    assert rows[:kept + 1] == expected[:kept + 1]          # the kept iterations, untouched
+    assert rows[: kept + 1] == expected[: kept + 1]  # the kept iterations, untouched
     # The discarded iteration is drawn again exactly: the same controllers and noise. (The
     # updates after it differ slightly: a restarted dynamics_fitter starts from a fresh GMM
     # prior: it keeps no checkpoint.)
     assert rows[kept + 1]["sample_cost"] == expected[kept + 1]["sample_cost"]
     assert rows[kept + 1]["rollouts"] == expected[kept + 1]["rollouts"]
     # Started again without --resume, the run is refused with the flag to use.
-    again = subprocess.run(mbpl(*common, "--output", str(output)), cwd=tmp_path, env=environment(),
-                           capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        mbpl(*common, "--output", str(output)),
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2
-    assert "already holds a run (checkpoint_0004.pkl); pass --resume to continue it" in again.stderr
+    assert (
+        "already holds a run (checkpoint_0004.pkl); pass --resume to continue it" in again.stderr
+    )
     assert "parameter resume" not in again.stderr
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("args, message", [
-    (["train", "--seed", "-1"], "--seed must be >= 0 (as the experiment's seed), got -1"),
-    (["train", "--iterations", "0"], "--iterations must be >= 1, got 0"),
-    (["train", "--algorithm", "ppo"], "argument --algorithm: invalid choice: 'ppo'"),
-    (["sim", "--config", str(SIM_CONFIG), "--seed", "-1"], "--seed must be >= 0 (as the experiment's seed)"),
-    (["sim", "--config", str(SIM_CONFIG), "--experiment", "no_such.yaml"], "no_such.yaml"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--seed", "-1"], "--seed must be >= 0 (as the experiment's seed), got -1"),
+        (["train", "--iterations", "0"], "--iterations must be >= 1, got 0"),
+        (["train", "--algorithm", "ppo"], "argument --algorithm: invalid choice: 'ppo'"),
+        (
+            ["sim", "--config", str(SIM_CONFIG), "--seed", "-1"],
+            "--seed must be >= 0 (as the experiment's seed)",
+        ),
+        (["sim", "--config", str(SIM_CONFIG), "--experiment", "no_such.yaml"], "no_such.yaml"),
+    ],
+)
 def test_bad_arguments_are_refused_before_anything_is_written(experiment, tmp_path, args, message):
     output = tmp_path / "run"
     if args[0] == "train":
         args = args + ["--config", str(experiment)]
-    result = subprocess.run(mbpl(*args, "--output", str(output)), cwd=tmp_path, env=environment(),
-                            capture_output=True, text=True, timeout=100)
+    result = subprocess.run(
+        mbpl(*args, "--output", str(output)),
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not output.exists() and not (tmp_path / "runs").exists()
@@ -164,8 +222,14 @@ def test_bad_arguments_are_refused_before_anything_is_written(experiment, tmp_pa
 
 @pytest.mark.timeout(120)
 def test_a_run_is_named_for_its_experiment_unless_given(experiment, tmp_path):
-    result = subprocess.run(mbpl("train", "--config", str(experiment), "--iterations", "1"), cwd=tmp_path,
-                            env=environment(), capture_output=True, text=True, timeout=100)
+    result = subprocess.run(
+        mbpl("train", "--config", str(experiment), "--iterations", "1"),
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "runs" / "small" / "checkpoint_0001.pkl").is_file()
     description = json.loads((tmp_path / "runs" / "small" / "run.json").read_text())

@@ -141,8 +141,8 @@ def third_party_imports() -> dict:
 def requirement_names(text: str) -> set:
     import re
 
-    return {re.split(r"[<>=!~\[ ]", line.strip(), maxsplit=1)[0].lower() for line in text.splitlines()
-            if line.strip() and not line.strip().startswith("#")}
+    return {re.split(r"[<>=!~\[ ]", line.strip(), maxsplit=1)[0].lower()
+            for line in text.splitlines() if line.strip() and not line.strip().startswith("#")}
 
 
 def test_package_xml_and_the_pip_lines_name_every_runtime_dependency():
@@ -155,7 +155,7 @@ def test_package_xml_and_the_pip_lines_name_every_runtime_dependency():
     exec_depends = {e.text for e in root.findall("exec_depend")}
     readme = (ROOT / "README.md").read_text()
     ros_section = readme[readme.index("## On a ROS 2 machine"):]
-    (pip_line,) = [line for line in ros_section.splitlines() if line.startswith("pip install ")][:1]
+    pip_line = [line for line in ros_section.splitlines() if line.startswith("pip install ")][0]
     pip_names = requirement_names("\n".join(pip_line.split()[2:]))
     requirements = requirement_names((ROOT / "requirements.txt").read_text())
     for name in imports:
@@ -163,5 +163,7 @@ def test_package_xml_and_the_pip_lines_name_every_runtime_dependency():
             continue
         key, pip_name, requirement = RUNTIME_IMPORTS[name]
         assert key in exec_depends, f"package.xml lacks <exec_depend>{key}</exec_depend> ({name})"
-        assert pip_name is None or pip_name in pip_names, f"README's ROS-machine pip line lacks {pip_name}"
-        assert requirement is None or requirement in requirements, f"requirements.txt lacks {requirement}"
+        assert pip_name is None or pip_name in pip_names, \
+            f"README's ROS-machine pip line lacks {pip_name}"
+        assert requirement is None or requirement in requirements, \
+            f"requirements.txt lacks {requirement}"

@@ -83,8 +83,9 @@ def check_known_parameters(node: Node) -> None:
         close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
         named.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
     own = [name for name in declared if name not in RCLPY_PARAMETERS]
-    raise NodeParameterError(f"unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(named)} "
-                             f"given to {node.get_fully_qualified_name()}; allowed: its parameters {own}")
+    plural = "s" if len(unknown) > 1 else ""
+    raise NodeParameterError(f"unknown parameter{plural} {', '.join(named)} given to "
+                             f"{node.get_fully_qualified_name()}; allowed: its parameters {own}")
 
 
 # ---------------------------------------------------------------- the experiment file
@@ -183,5 +184,6 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
     return code
 
 
-__all__ = ["NodeParameterError", "check_known_parameters", "declare", "declare_experiment", "resolve_experiment_path",
+__all__ = ["NodeParameterError", "check_known_parameters", "declare", "declare_experiment",
+           "resolve_experiment_path",
            "experiment_candidates", "run_node", "ParameterType"]

@@ -158,8 +158,8 @@ class GpsTrainerNode(Node):
                        allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
         self.seed = self.config.seed if seed < 0 else seed
         output = declare(self, "output_dir", f"runs/gps_{self.experiment_path.stem}",
-                         "Where metrics.jsonl, checkpoints and learning_curve.png go (relative to the "
-                         "current directory); default: runs/gps_<the experiment file's name>.",
+                         "Where metrics.jsonl, checkpoints and learning_curve.png go (relative to "
+                         "the current directory); default: runs/gps_<the experiment file's name>.",
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")

@@ -153,7 +153,8 @@ def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) 
                  f"control_rate_hz {rate:.0f}")
     needs = "at" if trigger == "joint_state" else "at least at"
     return (f"joint states arrive at {rate:.1f} Hz, but realtime_trigger {trigger} needs them "
-            f"{needs} control_rate_hz = {control_rate_hz:g} Hz (within {100 * RATE_TOLERANCE:.0f}%); "
+            f"{needs} control_rate_hz = {control_rate_hz:g} Hz (within "
+            f"{100 * RATE_TOLERANCE:.0f}%); "
             "fix: " + "; ".join(fixes))
 
 

@@ -67,9 +67,11 @@ def _rows(context, spec: graph.NodeSpec, parameters: dict) -> list:
         names = sorted(set(node._parameters) - _RCLPY_PARAMETERS)
         for name, descriptor in zip(names, node.describe_parameters(names)):
             value = node.get_parameter(name).value
-            value = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "tolist") else value
+            if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+                value = list(value)
             rows.append(f"| `{spec.name}` | `{name}` | `{_cell(repr(value))}` | "
-                        f"{_cell(descriptor.description)} | {_cell(descriptor.additional_constraints)} |")
+                        f"{_cell(descriptor.description)} | "
+                        f"{_cell(descriptor.additional_constraints)} |")
     finally:
         node.destroy_node()
     return rows

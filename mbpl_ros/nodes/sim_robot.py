@@ -48,7 +48,8 @@ from std_srvs.srv import Trigger
 
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import NodeParameterError, check_known_parameters, resolve_experiment_path, run_node
+from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters,
+                                   resolve_experiment_path, run_node)
 from mbpl_ros.sim import view
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.robots import ROBOTS, robot_spec
@@ -113,7 +114,8 @@ class SimRobotNode(Node):
                     f"{list(self.settings.joints)}") from None
             if self.settings.gui:   # the camera and markers of `mbpl replay`, in the window
                 conditions = self.experiment.conditions if self.experiment is not None else []
-                view.prepare(self.arm, [self._initial_q] + [c.initial_positions for c in conditions],
+                view.prepare(self.arm,
+                             [self._initial_q] + [c.initial_positions for c in conditions],
                              [c.target for c in conditions], gui=True)
                 self.arm.reset(self._initial_q)
         except BaseException:
@@ -232,8 +234,8 @@ class SimRobotNode(Node):
             "command_timeout_s", 0.5,
             "Realtime mode: apply zero effort once the last command is older than this (s).",
             f"a double in [{low}, {high}]", floating_point_range=_double_range(low, high))
-        gui = self._declare("gui", False, "Open the PyBullet GUI window (camera framed on the arm, the "
-                            "experiment's targets drawn).", "true or false")
+        gui = self._declare("gui", False, "Open the PyBullet GUI window (camera framed on the "
+                            "arm, the experiment's targets drawn).", "true or false")
         return SimRobotSettings(robot=robot, control_rate_hz=float(rate), physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
                                 initial_positions=initial, command_timeout_s=float(timeout), gui=bool(gui))

@@ -1,5 +1,6 @@
 """A parameter a node does not have stops it at start-up, named with the closest known
 name: rclpy would ignore it, so a misspelt safety setting would silently not be in force."""
+
 import os
 import subprocess
 import sys
@@ -22,14 +23,18 @@ TYPOS = [
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("node, typo, value, meant", TYPOS)
-def test_every_node_refuses_an_unknown_parameter_naming_the_closest(ros_context, tmp_path, node, typo,
-                                                                    value, meant):
+def test_every_node_refuses_an_unknown_parameter_naming_the_closest(
+    ros_context, tmp_path, node, typo, value, meant
+):
     node_class = graph.load_node_class(graph.node_spec(node))
     given = {typo: value}
     if node == "gps_trainer":
         given["output_dir"] = str(tmp_path / "run")
-    with pytest.raises(NodeParameterError, match=rf"unknown parameter '{typo}' \(did you mean "
-                                                 rf"'{meant}'\?\) given to /{node}; allowed: its parameters"):
+    with pytest.raises(
+        NodeParameterError,
+        match=rf"unknown parameter '{typo}' \(did you mean "
+        rf"'{meant}'\?\) given to /{node}; allowed: its parameters",
+    ):
         node_class(context=ros_context, parameter_overrides=parameters(**given))
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -41,11 +46,26 @@ def test_a_params_file_typo_stops_the_node_process(tmp_path, node):
     params = tmp_path / "params.yaml"
     typo = "effort_limit: [1.0, 0.5]" if node == "lqr_controller" else "control_rate: 50.0"
     meant = "effort_limits" if node == "lqr_controller" else "control_rate_hz"
-    params.write_text(f"/**:\n  ros__parameters:\n    experiment_config: reacher_2link.yaml\n"
-                      f"{node}:\n  ros__parameters:\n    mode: lockstep\n    {typo}\n")
+    params.write_text(
+        f"/**:\n  ros__parameters:\n    experiment_config: reacher_2link.yaml\n"
+        f"{node}:\n  ros__parameters:\n    mode: lockstep\n    {typo}\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", f"mbpl_ros.nodes.{node}", "--ros-args", "--params-file",
-                             str(params)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            f"mbpl_ros.nodes.{node}",
+            "--ros-args",
+            "--params-file",
+            str(params),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"did you mean '{meant}'?" in result.stderr
     assert typo.split(":")[0] in result.stderr and "Traceback" not in result.stderr
