@@ -213,3 +213,27 @@ def test_replay_refuses_what_it_cannot_do_before_rendering(reacher_run, tmp_path
         result = mbpl("replay", str(run), "--output", str(tmp_path / "x.mp4"), cwd=tmp_path)
         assert result.returncode == 2 and "writing mp4 needs ffmpeg" in result.stderr
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_markers_and_frames_leave_the_dynamics_alone():
+    """What --gui adds to a training arm (view.prepare: markers, camera) and rendering change
+    no rollout: the same efforts give bit-identical states with and without them."""
+    config = load_experiment(ROOT / "config" / "kuka_reach.yaml")
+    efforts = np.random.default_rng(0).uniform(-5.0, 5.0, (15, 7))
+
+    def states(viewed: bool) -> np.ndarray:
+        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+            if viewed:
+                starts = [c.initial_positions for c in config.conditions]
+                camera, markers = view.prepare(arm, starts, [c.target for c in config.conditions])
+            arm.reset(config.conditions[0].initial_positions)
+            out = []
+            for u in efforts:
+                arm.step(u)
+                if viewed:
+                    markers.follow()
+                    view.render(arm, camera, 64, 48)
+                out.append(np.concatenate(arm.joint_state()[:2]))
+            return np.array(out)
+
+    np.testing.assert_array_equal(states(True), states(False))
