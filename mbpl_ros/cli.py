@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -310,6 +311,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < low:
             what = " (as the experiment's seed)" if flag == "seed" else ""
             parser.error(f"--{flag.replace('_', '-')} must be >= {low}{what}, got {value}")
+    has_display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if getattr(args, "gui", False) and not has_display:
+        parser.error("--gui opens the PyBullet window, which needs a display (DISPLAY is not "
+                     "set); mbpl replay --output FILE.gif renders without one")
     if args.command == "train":
         if args.resume and args.overwrite:
             parser.error("--resume and --overwrite exclude each other")

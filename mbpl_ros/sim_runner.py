@@ -84,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
         output = Path(str(trainer_file["output_dir"]))
     else:
         output = default_output(experiment, prefix="sim_")
+    resuming = args.resume or trainer_file.get("resume") is True
     existing = existing_run(output)
-    if existing is not None and not (args.resume or args.overwrite):
+    if existing is not None and not (resuming or args.overwrite):
         print(f"mbpl sim: {output} already holds a run ({existing}); pass --resume to continue "
               "it, --overwrite to start it over, or choose another --output", file=sys.stderr)
         return 2
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         ("--resume", None)])
     try:
         with interruptible():
-            if not args.resume or read_run_description(output) is None:
+            if not resuming or read_run_description(output) is None:
                 command = ["mbpl", *getattr(args, "argv", ["sim"])]
                 write_run_description(output, experiment, command)
             metrics = run_graph(args.config, overrides, log=sys.stderr)

@@ -234,3 +234,19 @@ def test_a_run_is_named_for_its_experiment_unless_given(experiment, tmp_path):
     assert (tmp_path / "runs" / "small" / "checkpoint_0001.pkl").is_file()
     description = json.loads((tmp_path / "runs" / "small" / "run.json").read_text())
     assert description["experiment_config"] == str(experiment)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("command", [
+    ["train", "--config", str(ROOT / "config" / "kuka_reach.yaml")],
+    ["sim", "--config", str(SIM_CONFIG)],
+    ["replay", "runs/none", "--output", "x.gif"],
+])
+def test_gui_without_a_display_is_refused_before_anything_starts(tmp_path, command):
+    env = {key: value for key, value in environment().items()
+           if key not in ("DISPLAY", "WAYLAND_DISPLAY")}
+    result = subprocess.run(mbpl(*command, "--gui"), cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=50)
+    assert result.returncode == 2, result.stderr
+    assert "--gui opens the PyBullet window, which needs a display" in result.stderr
+    assert not list(tmp_path.iterdir())

@@ -237,3 +237,31 @@ def test_markers_and_frames_leave_the_dynamics_alone():
             return np.array(out)
 
     np.testing.assert_array_equal(states(True), states(False))
+
+
+@pytest.mark.timeout(180)
+def test_replay_of_an_exported_policy_from_held_out_starts(reacher_run, tmp_path):
+    """--policy --held-out K: K tiles of the policy (here an untrained network: what is tested
+    is the replay, not the learning), from the starts `mbpl eval` draws."""
+    import torch
+
+    from mbpl_ros.core.policy import Policy, export_torchscript
+    from mbpl_ros.offline import held_out_conditions
+
+    config_file, trained = reacher_run
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    config = load_experiment(config_file)
+    torch.manual_seed(0)
+    network = Policy(config.layout.dX, config.layout.dU, hidden_sizes=(8,))
+    export_torchscript(network, run / "policy.pt")
+    gif = tmp_path / "policy.gif"
+    result = mbpl("replay", str(run), "--policy", "--held-out", "3", "--sequence", "--output",
+                  str(gif), "--width", str(WIDTH), "--height", str(HEIGHT), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "the exported policy from 3 held-out starts (seed 0)" in result.stderr
+    image = Image.open(gif)
+    assert image.n_frames == 3 * config.T and image.size == (WIDTH, HEIGHT)   # in sequence
+    starts, _ = held_out_conditions(config, 3, 0)
+    assert len(starts) == 3
+    assert all(f"held-out {k}: final distance" in result.stderr for k in range(3))

@@ -192,6 +192,7 @@ class LqrControllerNode(Node):
         self._staged: Optional[_Settings] = None             # runtime parameters, for the next trial
         self._lock = threading.RLock()
         self.state_rate_problem: Optional[str] = None   # see _measure_state_rate
+        self.state_rate_hz: Optional[float] = None      # measured at start-up (realtime)
         self._first_stamps: list = []   # stamps (ns) of the first joint states
         self._zero_effort = np.zeros(self.layout.dU)
         # One command message, its layout built once: _send (under the lock) only swaps the data.
@@ -487,6 +488,7 @@ class LqrControllerNode(Node):
         if len(intervals) == 0:
             return
         trigger = self.realtime_trigger
+        self.state_rate_hz = 1.0 / max(float(np.median(intervals)), 1e-9)
         self.state_rate_problem = joint_state_rate_problem(intervals, trigger,
                                                            self.control_rate_hz)
         if self.state_rate_problem is not None:
