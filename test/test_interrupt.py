@@ -250,3 +250,17 @@ def test_gui_without_a_display_is_refused_before_anything_starts(tmp_path, comma
     assert result.returncode == 2, result.stderr
     assert "--gui opens the PyBullet window, which needs a display" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.timeout(200)
+def test_mbpl_sim_with_another_experiment_is_named_for_it(experiment, tmp_path):
+    """--experiment replaces the parameter file's experiment: its run does not land in the
+    file's output_dir (runs/sim_reacher_2link) but in runs/sim_<experiment name>."""
+    command = mbpl("sim", "--config", str(SIM_CONFIG), "--experiment", str(experiment),
+                   "--iterations", "1")
+    result = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "runs" / "sim_small" / "metrics.jsonl").is_file()
+    assert not (tmp_path / "runs" / "sim_reacher_2link").exists()
+    assert f"results in {Path('runs') / 'sim_small'}" in result.stdout
