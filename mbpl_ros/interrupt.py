@@ -41,12 +41,19 @@ def _inside_protected(frame) -> bool:
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (after
-    any write of a run's file in progress); the previous handlers come back afterwards."""
+    any write of a run's file in progress); the previous handlers come back afterwards. A
+    signal still deferred when the block ends raises KeyboardInterrupt there."""
     pid = os.getpid()
+    deferred: list = []   # signals waiting for a write to end
 
     def handler(signum, frame):
+        if deferred:
+            deferred.pop().cancel()
         if _inside_protected(frame):  # deliver it again once the write is done
-            threading.Timer(RETRY_S, os.kill, (pid, signum)).start()
+            timer = threading.Timer(RETRY_S, os.kill, (pid, signum))
+            timer.daemon = True
+            deferred.append(timer)
+            timer.start()
             return
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -58,6 +65,10 @@ def interruptible() -> Iterator[None]:
     finally:
         for signum, old in previous.items():
             signal.signal(signum, old)
+        if deferred:
+            deferred.pop().cancel()
+            if sys.exc_info()[0] is None:   # not already leaving by an exception
+                raise KeyboardInterrupt("deferred")
 
 
 def resume_command(program: Sequence[str], options: Sequence[tuple]) -> str:

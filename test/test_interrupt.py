@@ -264,3 +264,34 @@ def test_mbpl_sim_with_another_experiment_is_named_for_it(experiment, tmp_path):
     assert (tmp_path / "runs" / "sim_small" / "metrics.jsonl").is_file()
     assert not (tmp_path / "runs" / "sim_reacher_2link").exists()
     assert f"results in {Path('runs') / 'sim_small'}" in result.stdout
+
+
+@pytest.mark.parametrize("more_work", [True, False])
+def test_a_signal_during_a_file_write_waits_for_the_write(tmp_path, monkeypatch, more_work):
+    """SIGINT arriving inside checkpoint.write_atomically (here: while it fsyncs) stops the
+    block only once the file is complete, whether more work follows or the block ends."""
+    import os as os_module
+
+    from mbpl_ros import interrupt
+    from mbpl_ros.checkpoint import write_atomically
+
+    real_fsync = os_module.fsync
+
+    def fsync_during_a_signal(fd):
+        os_module.kill(os_module.getpid(), signal.SIGINT)
+        time.sleep(0.1)            # the handler runs here, inside write_atomically
+        return real_fsync(fd)
+
+    path, data = tmp_path / "file.bin", b"x" * 100_000
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.interruptible():
+            monkeypatch.setattr(os_module, "fsync", fsync_during_a_signal)
+            write_atomically(path, data)
+            monkeypatch.setattr(os_module, "fsync", real_fsync)
+            finished.append("write")
+            if more_work:
+                time.sleep(2.0)    # the deferred signal arrives here
+                finished.append("more work")
+    assert finished == ["write"]
+    assert path.read_bytes() == data
