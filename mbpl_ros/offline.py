@@ -91,11 +91,16 @@ class SimSource:
     joint-limit guard (core.safety, its default margin and damping), as on the robot.
     Dynamics are left to the algorithm."""
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, gui: bool = False) -> None:
         from mbpl_ros.core import safety
 
         self.config = config
-        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps,
+                       gui=gui)
+        if gui:   # the window's camera and target markers change no rollout (test_replay)
+            from mbpl_ros.sim import view
+            view.prepare(self.arm, [c.initial_positions for c in config.conditions],
+                         [c.target for c in config.conditions], gui=True)
         self.limits = safety.SafetyLimits(effort=self.arm.effort_limits,
                                           position=self.arm.position_limits,
                                           margin=safety.DEFAULT_JOINT_LIMIT_MARGIN,
@@ -238,6 +243,7 @@ class TrainingRun:
     log: Optional[TextIO] = None      # progress lines; None: sys.stderr at construction
     record: bool = False
     allow_incomplete_recording: bool = False   # resume even if rollouts.mcap lacks some
+    gui: bool = False                 # show the arm in the PyBullet window (sim.view)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -253,7 +259,8 @@ class TrainingRun:
         """Train for `iterations` iterations. With resume, continue from the newest
         checkpoint in `output` (CheckpointError if it is damaged or of another
         experiment; a fresh start if there is none)."""
-        return self._train(SimSource(self.config), iterations, resume=resume, record=self.record)
+        return self._train(SimSource(self.config, gui=self.gui), iterations, resume=resume,
+                           record=self.record)
 
     def refit(self, recording_path: str | Path) -> list[dict]:
         """Re-run the updates on the rollouts of a recording instead of drawing new ones:

@@ -50,10 +50,9 @@ from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_sta
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import ExperimentConfig
+from mbpl_ros.runs import METRICS_FILE, RECORDING_FILE, existing_run
 from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
-METRICS_FILE = "metrics.jsonl"
-RECORDING_FILE = "rollouts.mcap"
 POLICY_FILE = "policy.pt"
 
 
@@ -118,18 +117,6 @@ class RolloutSource(Protocol):
 
 class OutputInUse(RuntimeError):
     """The output directory holds a run, and neither resume nor overwrite was asked for."""
-
-
-def existing_run(output: Path) -> Optional[str]:
-    """What in `output` shows that a run was started there (None if nothing)."""
-    output = Path(output)
-    checkpoints = checkpoint_paths(output)
-    if checkpoints:
-        return checkpoints[-1].name
-    for name in (METRICS_FILE, RECORDING_FILE):
-        if (output / name).is_file() and (output / name).stat().st_size > 0:
-            return name
-    return None
 
 
 def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: str = "--resume",

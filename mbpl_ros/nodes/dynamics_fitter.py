@@ -51,7 +51,8 @@ from mbpl_ros.core import sanity
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters, declare,
+                                   declare_experiment, run_node)
 
 
 #: Batches kept per condition (the most recently used): a resumed trainer needs the newest
@@ -82,6 +83,7 @@ class DynamicsFitterNode(Node):
             self.experiment = experiment_identity(self.config, self.config.seed)
             # (condition, controller version) -> batch, least recently used first
             self.batches: Dict[Tuple[int, int], _Batch] = self._read_state()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise

@@ -68,6 +68,7 @@ from mbpl_ros.checkpoint import Checkpoint, CheckpointError
 from mbpl_ros.config import ConfigError, check_output_directory
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.recording import RecordingError
 from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
                                claim_output, contiguous, set_kl_step)
@@ -104,6 +105,7 @@ class GpsTrainerNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise
@@ -153,9 +155,10 @@ class GpsTrainerNode(Node):
         seed = declare(self, "seed", -1, "Seed of the exploration noise; -1: the experiment's.",
                        allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
         self.seed = self.config.seed if seed < 0 else seed
-        output = declare(self, "output_dir", "gps_output", "Where metrics.jsonl, checkpoints, "
-                         "rollouts.mcap, learning_curve.png and (MDGPS) policy.pt go "
-                         "(relative to the current directory).",
+        output = declare(self, "output_dir", f"runs/gps_{self.experiment_path.stem}",
+                         "Where metrics.jsonl, checkpoints, rollouts.mcap, learning_curve.png and "
+                         "(MDGPS) policy.pt go (relative to the current directory); default: "
+                         "runs/gps_<the experiment file's name>.",
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")

@@ -352,6 +352,16 @@ class Arm:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    @property
+    def client(self) -> BulletClient:
+        """The arm's PyBullet client, for viewing (mbpl_ros.sim.view); never step it directly."""
+        return self._live_client()
+
+    @property
+    def body(self) -> int:
+        """The PyBullet body id of the arm in `client`."""
+        return self._body
+
     # ------------------------------------------------------------------ helpers
     def _live_client(self) -> BulletClient:
         if self._client is None:
