@@ -154,7 +154,6 @@ def _eval_controllers(args) -> int:
     from mbpl_ros.checkpoint import CheckpointError
     from mbpl_ros.offline import evaluate_controllers
     from mbpl_ros.runs import RunError, run_checkpoint, run_config
-    from mbpl_ros.sim.arm import Arm
 
     run = Path(args.run_dir)
     try:
@@ -166,9 +165,8 @@ def _eval_controllers(args) -> int:
     threshold = args.success_distance_m
     if threshold is None:
         threshold = config.success_distance_m
-    arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
-    with _limit_threads(), arm:
-        distances, mean_cost = evaluate_controllers(arm, config, checkpoint.algorithm.controllers,
+    with _limit_threads():
+        distances, mean_cost = evaluate_controllers(config, checkpoint.algorithm.controllers,
                                                     config.build_cost())
     rows = [{"condition": m, "initial_positions": list(c.initial_positions),
              "target": list(c.target), "final_distance_m": d, "success": d < threshold}

@@ -181,6 +181,23 @@ class RecordedSource(SimSource):
         return results
 
 
+def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[list[float], float]:
+    """Noise-free trials of each condition's controller (M,) on the arm, as the training
+    loop's evaluation runs them (SimSource: the same guard and clamp): final distances (M,)
+    and the mean total cost."""
+    layout, M = config.layout, len(config.conditions)
+    source = SimSource(config)
+    try:
+        source.publish(controllers, 0, None)
+        zero = np.zeros((config.T, layout.dU))
+        results = source.run_trials([Trial(0, m, 0, "evaluation", "controller", 0, zero)
+                                     for m in range(M)], lambda result: None)
+    finally:
+        source.close()
+    costs = [float(cost.evaluate(r.X[None], r.U[None]).l.sum()) for r in results]
+    return [final_distance(r.X, layout) for r in results], float(np.mean(costs))
+
+
 # --------------------------------------------------------------------------- recordings
 
 

@@ -92,13 +92,13 @@ def run(args: argparse.Namespace) -> int:
         output = default_output(experiment, prefix="sim_")
     resuming = args.resume or trainer_file.get("resume") is True
     try:
-        output = check_output_directory(output, "--output")
+        resolved = check_output_directory(output, "--output")
         claim_output(output, resume=resuming, overwrite=args.overwrite,
                      resume_hint="pass --resume", overwrite_hint="--overwrite")
     except (ConfigError, OutputInUse) as error:
         print(f"mbpl sim: {error}", file=sys.stderr)
         return 2
-    trainer_overrides = {"output_dir": str(output)}
+    trainer_overrides = {"output_dir": str(resolved)}
     if args.iterations is not None:
         trainer_overrides["iterations"] = args.iterations
     if args.seed is not None:
