@@ -41,7 +41,7 @@ def _train(args) -> int:
     from mbpl_ros.interrupt import interruptible, print_stopped, resume_command
     from mbpl_ros.recording import RecordingError
     from mbpl_ros.runs import default_output, read_run_description, write_run_description
-    from mbpl_ros.training import OutputInUse, claim_output
+    from mbpl_ros.training import OutputInUse, UnusableBatch, claim_output
 
     config = load_experiment(args.config)
     if args.algorithm is not None:
@@ -85,6 +85,9 @@ def _train(args) -> int:
     except CheckpointError as error:
         print(f"mbpl: cannot resume: {error}", file=sys.stderr)
         return 2
+    except UnusableBatch as error:
+        print(f"mbpl train: stopped: {error}", file=sys.stderr)
+        return 1
     except (RecordingError, ValueError) as error:
         if args.refit_from is None and not isinstance(error, RecordingError):
             raise

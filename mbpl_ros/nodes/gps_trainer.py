@@ -71,7 +71,7 @@ from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experimen
 from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.recording import RecordingError
 from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
-                               claim_output, contiguous, set_kl_step)
+                               UnusableBatch, claim_output, contiguous, set_kl_step)
 
 __all__ = ["GpsTrainerNode", "RosTrials", "TrainingStopped", "contiguous", "main"]
 
@@ -313,7 +313,7 @@ class GpsTrainerNode(Node):
     def _run(self) -> None:
         try:
             self._train()
-        except TrainingStopped as error:
+        except (TrainingStopped, UnusableBatch) as error:
             if not self._stop.is_set():
                 self.error = str(error)
                 self.get_logger().fatal(f"training stopped: {error}")
@@ -499,8 +499,8 @@ class GpsTrainerNode(Node):
         while not self._wait(lambda: all(matches(m) for m in range(M)),
                              min(pause, deadline - time.monotonic())):
             missing = [m for m in range(M) if not matches(m)]
-            if time.monotonic() >= deadline:
-                raise TrainingStopped(
+            if time.monotonic() >= deadline:   # e.g. the fitter refused an absurd fit
+                raise UnusableBatch(
                     f"dynamics_fitter sent no complete fit of controller version {version} on the "
                     f"rollouts sampled for conditions {missing} within "
                     f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")
