@@ -39,6 +39,46 @@ class ConditionConfig:
 
 
 @dataclass
+class BoxConfig:
+    size: list[float] = doc("full side lengths (m), [x, y, z]", gt=0.0)
+    position: list[float] = doc("centre in the fixture's frame (m), [x, y, z]", [0.0, 0.0, 0.0])
+
+    def __post_init__(self):
+        if len(self.size) != 3 or len(self.position) != 3:
+            raise ValueError("size and position must have 3 entries [x, y, z]")
+
+
+@dataclass
+class FixtureConfig:
+    name: str = doc("the fixture's name (errors, logs)")
+    boxes: list[BoxConfig] = doc("its boxes (each a collision and a visual shape), axis-aligned "
+                                 "with the fixture's frame")
+    position: list[float] = doc("the fixture frame's origin (m): in the world, or an offset from "
+                                "each condition's target when relative_to is target", [0.0, 0.0, 0.0])
+    relative_to: Literal["world", "target"] = doc(
+        "world: fixed; target: placed at each condition's target + position at every reset "
+        "(e.g. a hole whose bottom is the target)", "world")
+    color: list[float] = doc("RGBA, each in [0, 1]", [0.55, 0.55, 0.6, 1.0])
+    lateral_friction: float = doc("Coulomb friction coefficient of its surfaces", 0.5, ge=0.0)
+
+    def __post_init__(self):
+        if not self.boxes:
+            raise ValueError("boxes: at least one box is needed")
+        if len(self.position) != 3:
+            raise ValueError(f"position must have 3 entries [x, y, z], got {len(self.position)}")
+        if len(self.color) != 4 or not all(0.0 <= c <= 1.0 for c in self.color):
+            raise ValueError(f"color must be 4 numbers in [0, 1] (RGBA), got {self.color}")
+
+    def fixture(self):
+        """The sim.scene.Fixture this entry describes."""
+        from mbpl_ros.sim.scene import Box, Fixture
+
+        return Fixture(name=self.name, boxes=tuple(Box(tuple(b.size), tuple(b.position)) for b in self.boxes),
+                       position=tuple(self.position), relative_to=self.relative_to,
+                       color=tuple(self.color), lateral_friction=self.lateral_friction)
+
+
+@dataclass
 class InitialControllerConfig:
     kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double integrator", "pd")
     natural_frequency: Optional[float] = doc(
@@ -157,6 +197,8 @@ class ExperimentConfig:
         default_factory=TrajectoryOptimizationConfig, metadata={"doc": "KL-bounded LQR step"})
     policy: PolicyConfig = dataclasses.field(
         default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
+    fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see 'Fixtures' "
+                                        "below); none by default", [])
 
     def __post_init__(self):
         self.robot = _robot_name(self.robot)
@@ -182,7 +224,19 @@ class ExperimentConfig:
 
     @property
     def layout(self) -> StateLayout:
-        return StateLayout(n_joints=self.robot_spec.n_joints, n_points=1)
+        return StateLayout(n_joints=self.robot_spec.n_joints, n_points=self.robot_spec.n_points)
+
+    @property
+    def scene(self) -> tuple:
+        """The fixtures (sim.scene.Fixture) of the scene."""
+        return tuple(f.fixture() for f in self.fixtures)
+
+    def make_arm(self, gui: bool = False):
+        """The simulated arm of this experiment: its robot, physics_dt, substeps and fixtures."""
+        from mbpl_ros.sim.arm import Arm
+
+        return Arm(self.robot, physics_dt=self.physics_dt, substeps=self.substeps, gui=gui,
+                   fixtures=self.scene)
 
     @property
     def control_dt(self) -> float:
@@ -345,5 +399,13 @@ def configuration_reference() -> str:
               "| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, text in describe(RobotDescription):
         lines.append(f"| `robot.{key}` | `{default}` | {text} |")
+    lines += ["", "## Fixtures", "",
+              "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a hole:",
+              "four walls and a floor; see config/peg_insertion.yaml):", "",
+              "| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, text in describe(FixtureConfig):
+        lines.append(f"| `fixtures[].{key}` | `{default}` | {text} |")
+    for key, default, text in describe(BoxConfig):
+        lines.append(f"| `fixtures[].boxes[].{key}` | `{default}` | {text} |")
     lines += ["", "## cost", "", "```", inspect.cleandoc(costs.build_cost.__doc__), "```", ""]
     return "\n".join(lines)

@@ -255,7 +255,7 @@ class TrainingRun:
         remove_stale_temporaries(output)
         checkpoint = latest_checkpoint(output, self.experiment) if resume else None
         recorder = None
-        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+        with config.make_arm() as arm:
             cost = config.build_cost()
             try:
                 if checkpoint is None:
@@ -479,7 +479,7 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
     if not threshold > 0:
         raise ValueError(f"success_distance_m must be > 0, got {threshold!r}")
     starts, targets = held_out_conditions(config, count, seed)
-    with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+    with config.make_arm() as arm:
         distances, _ = evaluate_policy(arm, config, policy, starts, targets)
     success = [d < threshold for d in distances]
     return {
