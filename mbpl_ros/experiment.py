@@ -53,8 +53,9 @@ class FixtureConfig:
     name: str = doc("the fixture's name (errors, logs)")
     boxes: list[BoxConfig] = doc("its boxes (each a collision and a visual shape), axis-aligned "
                                  "with the fixture's frame")
-    position: list[float] = doc("the fixture frame's origin (m): in the world, or an offset from "
-                                "each condition's target when relative_to is target", [0.0, 0.0, 0.0])
+    position: list[float] = doc("the fixture frame's origin (m): in the world, or an offset "
+                                "from each condition's target when relative_to is target",
+                                [0.0, 0.0, 0.0])
     relative_to: Literal["world", "target"] = doc(
         "world: fixed; target: placed at each condition's target + position at every reset "
         "(e.g. a hole whose bottom is the target)", "world")
@@ -73,8 +74,9 @@ class FixtureConfig:
         """The sim.scene.Fixture this entry describes."""
         from mbpl_ros.sim.scene import Box, Fixture
 
-        return Fixture(name=self.name, boxes=tuple(Box(tuple(b.size), tuple(b.position)) for b in self.boxes),
-                       position=tuple(self.position), relative_to=self.relative_to,
+        boxes = tuple(Box(tuple(b.size), tuple(b.position)) for b in self.boxes)
+        return Fixture(name=self.name, boxes=boxes, position=tuple(self.position),
+                       relative_to=self.relative_to,
                        color=tuple(self.color), lateral_friction=self.lateral_friction)
 
 
@@ -197,8 +199,8 @@ class ExperimentConfig:
         default_factory=TrajectoryOptimizationConfig, metadata={"doc": "KL-bounded LQR step"})
     policy: PolicyConfig = dataclasses.field(
         default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
-    fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see 'Fixtures' "
-                                        "below); none by default", [])
+    fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see "
+                                        "'Fixtures' below); none by default", [])
 
     def __post_init__(self):
         self.robot = _robot_name(self.robot)
@@ -400,8 +402,8 @@ def configuration_reference() -> str:
     for key, default, text in describe(RobotDescription):
         lines.append(f"| `robot.{key}` | `{default}` | {text} |")
     lines += ["", "## Fixtures", "",
-              "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a hole:",
-              "four walls and a floor; see config/peg_insertion.yaml):", "",
+              "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
+              "hole: four walls and a floor; see config/peg_insertion.yaml):", "",
               "| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, text in describe(FixtureConfig):
         lines.append(f"| `fixtures[].{key}` | `{default}` | {text} |")

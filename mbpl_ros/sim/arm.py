@@ -65,7 +65,8 @@ def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
     for mesh in tree.getroot().iter("mesh"):
         name = mesh.get("filename", "")
         if name.startswith("pybullet_data://"):
-            mesh.set("filename", os.path.join(pybullet_data.getDataPath(), name[len("pybullet_data://"):]))
+            relative = name[len("pybullet_data://"):]
+            mesh.set("filename", os.path.join(pybullet_data.getDataPath(), relative))
         elif "://" not in name and not os.path.isabs(name):
             mesh.set("filename", os.path.join(base, name))
     copy = os.path.join(directory, os.path.basename(path))
@@ -330,7 +331,8 @@ class Arm:
         """(P, 3) world positions of every end-effector point now (spec.point_offsets)."""
         com_position, com_orientation = self._live_client().getLinkState(
             self._body, self._ee_link_index, computeForwardKinematics=True)[:2]
-        return np.array(com_position) + self._point_offsets_from_com @ _rotation(np.array(com_orientation)).T
+        rotation = _rotation(np.array(com_orientation))
+        return np.array(com_position) + self._point_offsets_from_com @ rotation.T
 
     def points_kinematics(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """World positions (P, 3) and linear velocities (P, 3) of every end-effector point at

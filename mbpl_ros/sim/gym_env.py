@@ -92,7 +92,8 @@ class ReachEnv(gymnasium.Env):
         if seed is not None:
             self._next_round_robin = 0
         self._condition = self._pick_condition(options)
-        self.arm.reset(self.initial_positions[self._condition], target=self.targets[self._condition])
+        self.arm.reset(self.initial_positions[self._condition],
+                       target=self.targets[self._condition])
         self._t = 0
         self._x = self._observe()
         return self._x.copy(), self._info()
@@ -111,7 +112,8 @@ class ReachEnv(gymnasium.Env):
         truncated = self._t >= self.T
         info = self._info()
         if truncated:
-            info["final_distance_m"] = float(np.linalg.norm(x_before[self.layout.first_point_offset]))
+            info["final_distance_m"] = float(
+                np.linalg.norm(x_before[self.layout.first_point_offset]))
         return self._x.copy(), float(reward), False, truncated, info
 
     def close(self) -> None:

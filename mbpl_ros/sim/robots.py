@@ -147,7 +147,8 @@ class RobotSpec:
         object.__setattr__(self, "joint_names", tuple(str(n) for n in self.joint_names))
         object.__setattr__(self, "ee_offset", _vector3(self.ee_offset, "ee_offset"))
         object.__setattr__(self, "extra_points", tuple(
-            (_vector3(offset, f"extra_points[{i}] offset"), _vector3(target, f"extra_points[{i}] target"))
+            (_vector3(offset, f"extra_points[{i}] offset"),
+             _vector3(target, f"extra_points[{i}] target"))
             for i, (offset, target) in enumerate(self.extra_points)))
         object.__setattr__(self, "base_position", _vector3(self.base_position, "base_position"))
         if not isinstance(self.gravity, bool):
@@ -209,12 +210,14 @@ class RobotSpec:
     @property
     def point_offsets(self) -> np.ndarray:
         """(P, 3) every end-effector point in ee_link's URDF frame, the controlled one first."""
-        return np.array([self.ee_offset] + [offset for offset, _ in self.extra_points], dtype=float)
+        return np.array([self.ee_offset] + [offset for offset, _ in self.extra_points],
+                        dtype=float)
 
     @property
     def point_target_offsets(self) -> np.ndarray:
         """(P, 3) world offsets of the points' targets from a condition's target (first row 0)."""
-        return np.array([(0.0, 0.0, 0.0)] + [target for _, target in self.extra_points], dtype=float)
+        return np.array([(0.0, 0.0, 0.0)] + [target for _, target in self.extra_points],
+                        dtype=float)
 
     def point_targets(self, target: np.ndarray) -> np.ndarray:
         """(P, 3) the targets of every end-effector point for a condition's target (3,)."""

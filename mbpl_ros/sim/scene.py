@@ -69,8 +69,8 @@ class Fixture:
         if not boxes:
             raise ValueError(f"fixture {self.name!r}: needs at least one box")
         if self.relative_to not in RELATIVE_TO:
-            raise ValueError(f"fixture {self.name!r}: relative_to must be one of {', '.join(RELATIVE_TO)}; "
-                             f"got {self.relative_to!r}")
+            raise ValueError(f"fixture {self.name!r}: relative_to must be one of "
+                             f"{', '.join(RELATIVE_TO)}; got {self.relative_to!r}")
         color = tuple(float(c) for c in self.color)
         if len(color) != 4 or not all(0.0 <= c <= 1.0 for c in color):
             raise ValueError(f"fixture {self.name!r}: color must be 4 numbers in [0, 1] (RGBA); "
@@ -79,7 +79,8 @@ class Fixture:
             raise ValueError(f"fixture {self.name!r}: lateral_friction must be >= 0; "
                              f"got {self.lateral_friction!r}")
         object.__setattr__(self, "boxes", boxes)
-        object.__setattr__(self, "position", _vector3(self.position, f"fixture {self.name!r} position"))
+        object.__setattr__(self, "position",
+                           _vector3(self.position, f"fixture {self.name!r} position"))
         object.__setattr__(self, "color", color)
         object.__setattr__(self, "lateral_friction", float(self.lateral_friction))
 
@@ -121,7 +122,8 @@ class SceneBodies:
         for fixture, body in zip(self.fixtures, self.bodies):
             if fixture.relative_to == "target" and target is None:
                 continue
-            self._client.resetBasePositionAndOrientation(body, list(fixture.origin(target)), [0, 0, 0, 1])
+            self._client.resetBasePositionAndOrientation(body, list(fixture.origin(target)),
+                                                         [0, 0, 0, 1])
 
 
 def _vector3(value, what: str) -> tuple:
