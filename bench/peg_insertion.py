@@ -65,13 +65,15 @@ def first_all_inserted(metrics: list[dict], key: str, success: float) -> Optiona
                  and all(d < success for d in row[key])), None)
 
 
-def train(config: ExperimentConfig, seed: int, iterations: int, out: Path) -> tuple[list[dict], float]:
+def train(config: ExperimentConfig, seed: int, iterations: int,
+          out: Path) -> tuple[list[dict], float]:
     start = time.perf_counter()
     metrics = TrainingRun(config, out, seed, log=io.StringIO()).run(iterations)
     return metrics, time.perf_counter() - start
 
 
-def run_lqr_flm(config: ExperimentConfig, seed: int, iterations: int, picture: Optional[Path]) -> dict:
+def run_lqr_flm(config: ExperimentConfig, seed: int, iterations: int,
+                picture: Optional[Path]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         metrics, wall = train(config, seed, iterations, Path(out))
         if picture is not None:
@@ -87,7 +89,8 @@ def run_lqr_flm(config: ExperimentConfig, seed: int, iterations: int, picture: O
             "budget": metrics[-1]["env_steps"]}
 
 
-def run_mdgps(config: ExperimentConfig, seed: int, iterations: int, held_out: int, eval_seed: int) -> dict:
+def run_mdgps(config: ExperimentConfig, seed: int, iterations: int, held_out: int,
+              eval_seed: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         metrics, wall = train(config, seed, iterations, Path(out))
         report = evaluate_exported_policy(config, Path(out) / "policy.pt", held_out, eval_seed)
@@ -95,13 +98,15 @@ def run_mdgps(config: ExperimentConfig, seed: int, iterations: int, held_out: in
     row = first_all_inserted(metrics, "final_distance_m", success)
     inserted = [sum(d < success for d in r["final_distance_m"]) for r in metrics]
     policy_train = sum(d < success for d in metrics[-1]["policy_final_distance_m"])
-    log(f"MDGPS seed {seed}: controllers inserted per iteration {inserted}; policy: {policy_train}/"
-        f"{len(config.conditions)} training holes, {report['successes']}/{held_out} held-out holes "
-        f"(distances cm {' '.join(f'{100 * d:.1f}' for d in report['distances_m'])}), {wall:.0f} s")
+    distances = " ".join(f"{100 * d:.1f}" for d in report["distances_m"])
+    log(f"MDGPS seed {seed}: controllers inserted per iteration {inserted}; policy: "
+        f"{policy_train}/{len(config.conditions)} training holes, {report['successes']}/"
+        f"{held_out} held-out holes (distances cm {distances}), {wall:.0f} s")
     return {"seed": seed, "iteration": None if row is None else row["iteration"],
             "env_steps": None if row is None else row["env_steps"], "inserted": inserted,
             "policy_training": policy_train, "held_out_success": report["success_rate"],
-            "held_out_successes": report["successes"], "wall_s": wall, "budget": metrics[-1]["env_steps"]}
+            "held_out_successes": report["successes"], "wall_s": wall,
+            "budget": metrics[-1]["env_steps"]}
 
 
 def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -> dict:
@@ -119,16 +124,18 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
     starts = np.array([c.initial_positions for c in config.conditions], float)
     targets = np.array([c.target for c in config.conditions], float)
     success = config.success_distance_m
-    evaluations: list[tuple[int, int, float]] = []     # (steps, conditions inserted, best distance)
+    evaluations: list[tuple[int, int, float]] = []   # (steps, holes inserted, best distance)
+
+    def effort(x: np.ndarray) -> np.ndarray:
+        return limits * model.predict(x.astype(np.float32), deterministic=True)[0]
 
     def evaluate(arm, steps: int) -> bool:
-        distances, _ = evaluate_policy(
-            arm, config, lambda x: limits * model.predict(x.astype(np.float32), deterministic=True)[0],
-            starts, targets)
+        distances, _ = evaluate_policy(arm, config, effort, starts, targets)
         evaluations.append((steps, sum(d < success for d in distances), float(np.min(distances))))
         if len(evaluations) % 5 == 1:
-            log(f"    SAC seed {seed}: {steps:,} steps, inserted {evaluations[-1][1]}/{len(starts)}, "
-                f"distances (cm) {' '.join(f'{100 * d:.1f}' for d in distances)}")
+            shown = " ".join(f"{100 * d:.1f}" for d in distances)
+            log(f"    SAC seed {seed}: {steps:,} steps, inserted {evaluations[-1][1]}/"
+                f"{len(starts)}, distances (cm) {shown}")
         return evaluations[-1][1] == len(starts)
 
     class EvaluateEvery(BaseCallback):
@@ -152,10 +159,11 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
             env.close()
     wall = time.perf_counter() - start
     reached = next((steps for steps, n, _ in evaluations if n == len(starts)), None)
-    log(f"SAC seed {seed}: {evaluations[-1][0]:,} steps, most inserted {max(n for _, n, _ in evaluations)}"
-        f"/{len(starts)}, reached {'-' if reached is None else f'{reached:,}'}, {wall:.0f} s")
+    most = max(n for _, n, _ in evaluations)
+    log(f"SAC seed {seed}: {evaluations[-1][0]:,} steps, most inserted {most}/{len(starts)}, "
+        f"reached {'-' if reached is None else f'{reached:,}'}, {wall:.0f} s")
     return {"seed": seed, "env_steps": reached, "budget": budget, "wall_s": wall,
-            "most_inserted": max(n for _, n, _ in evaluations),
+            "most_inserted": most,
             "best_distance_m": min(d for _, _, d in evaluations)}
 
 
@@ -171,9 +179,10 @@ def render_inserted(config: ExperimentConfig, controller, path: Path) -> None:
                     condition.initial_positions, condition.target, config.T)
         client = arm._live_client()
         view = client.computeViewMatrixFromYawPitchRoll(
-            cameraTargetPosition=list(np.asarray(condition.target) + [0.0, 0.0, 0.08]),
-            distance=0.55, yaw=60.0, pitch=-20.0, roll=0.0, upAxisIndex=2)
-        projection = client.computeProjectionMatrixFOV(fov=50.0, aspect=4 / 3, nearVal=0.05, farVal=3.0)
+            cameraTargetPosition=list(np.asarray(condition.target) + [-0.2, 0.0, 0.22]),
+            distance=1.15, yaw=55.0, pitch=-20.0, roll=0.0, upAxisIndex=2)
+        projection = client.computeProjectionMatrixFOV(fov=50.0, aspect=4 / 3, nearVal=0.05,
+                                                       farVal=3.0)
         width, height = 400, 300
         _, _, rgba, _, _ = client.getCameraImage(width, height, view, projection,
                                                  renderer=client.ER_TINY_RENDERER)
@@ -195,18 +204,20 @@ def _per_seed(values: list) -> str:
 
 
 def markdown(results: dict, args, picture: Path) -> str:
-    lines = ["Peg-in-hole insertion (`config/peg_insertion.yaml`, `config/peg_insertion_mdgps.yaml`): "
-             "inserted = the noise-free run ends with the peg's tip within 1 cm of the hole's bottom. "
-             "Environment steps count training rollouts only (never evaluation runs).", "",
-             "| method | seeds | budget (env steps) | iterations until every training hole is inserted "
-             "(per seed; median) | env steps until then (median) | held-out holes inserted "
-             "(per seed; median) | wall time per run (s, median) |",
+    lines = ["Peg-in-hole insertion (`config/peg_insertion.yaml`, "
+             "`config/peg_insertion_mdgps.yaml`): inserted = the noise-free run ends with the "
+             "peg's tip within 1 cm of the hole's bottom. Environment steps count training "
+             "rollouts only (never evaluation runs).", "",
+             "| method | seeds | budget (env steps) | iterations until every training hole is "
+             "inserted (per seed; median) | env steps until then (median) | held-out holes "
+             "inserted (per seed; median) | wall time per run (s, median) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     lqr = results.get("lqr_flm")
     if lqr:
         iterations = [r["iteration"] for r in lqr]
         lines.append(f"| LQR-FLM, 4 holes | {', '.join(str(r['seed']) for r in lqr)} | "
-                     f"{lqr[0]['budget']:,} | {_per_seed(iterations)}; {_median_text(iterations)} | "
+                     f"{lqr[0]['budget']:,} | {_per_seed(iterations)}; "
+                     f"{_median_text(iterations)} | "
                      f"{_median_text([r['env_steps'] for r in lqr])} | – | "
                      f"{np.median([r['wall_s'] for r in lqr]):.0f} |")
     mdgps = results.get("mdgps")
@@ -214,7 +225,8 @@ def markdown(results: dict, args, picture: Path) -> str:
         iterations = [r["iteration"] for r in mdgps]
         held = [r["held_out_successes"] for r in mdgps]
         lines.append(f"| MDGPS, 9 holes (policy) | {', '.join(str(r['seed']) for r in mdgps)} | "
-                     f"{mdgps[0]['budget']:,} | {_per_seed(iterations)}; {_median_text(iterations)} "
+                     f"{mdgps[0]['budget']:,} | {_per_seed(iterations)}; "
+                     f"{_median_text(iterations)} "
                      f"(local controllers) | {_median_text([r['env_steps'] for r in mdgps])} | "
                      f"{', '.join(f'{h}/{args.held_out}' for h in held)}; "
                      f"{100 * np.median([r['held_out_success'] for r in mdgps]):.0f}% | "
@@ -230,16 +242,18 @@ def markdown(results: dict, args, picture: Path) -> str:
         base = [r["env_steps"] for r in lqr if r["env_steps"] is not None]
         filled = [r["env_steps"] if r["env_steps"] is not None else r["budget"] for r in sac]
         bound = "≥ " if any(r["env_steps"] is None for r in sac) else ""
-        ratio = f"{bound}{np.median(filled) / np.median(base):.1f}x" if base else "n/a (LQR-FLM did not insert)"
-        lines += ["", f"SAC / LQR-FLM, environment steps until every training hole is inserted (ratio of "
-                  f"medians; a SAC seed that never got there counts as its whole budget, so ≥ marks a "
-                  f"lower bound): **{ratio}**."]
-    lines += ["", f"SAC: the settings of bench/sample_efficiency.py (rl-baselines3-zoo, ReacherBulletEnv-v0, "
-              f"learning_starts 1000), evaluated every {args.eval_every:,} steps. MDGPS held-out holes: "
-              f"{args.held_out} drawn from the square the 9 training holes span (seed {args.eval_seed}), "
-              "as `mbpl eval` draws them."]
+        ratio = (f"{bound}{np.median(filled) / np.median(base):.1f}x" if base
+                 else "n/a (LQR-FLM did not insert)")
+        lines += ["", "SAC / LQR-FLM, environment steps until every training hole is inserted "
+                  "(ratio of medians; a SAC seed that never got there counts as its whole budget, "
+                  f"so ≥ marks a lower bound): **{ratio}**."]
+    lines += ["", "SAC: the settings of bench/sample_efficiency.py (rl-baselines3-zoo, "
+              f"ReacherBulletEnv-v0, learning_starts 1000), evaluated every {args.eval_every:,} "
+              f"steps. MDGPS held-out holes: {args.held_out} drawn from the square the 9 training "
+              f"holes span (seed {args.eval_seed}), as `mbpl eval` draws them."]
     if picture == PICTURE:
-        lines += ["", f"![the peg in the hole after LQR-FLM, seed {args.seeds[0]}]({picture.name})"]
+        lines += ["", f"![the peg in the hole after LQR-FLM, seed {args.seeds[0]}]"
+                  f"({picture.name})"]
     return "\n".join(lines)
 
 
@@ -247,17 +261,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "sac"],
                         choices=["lqr_flm", "mdgps", "sac"])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="LQR-FLM and MDGPS seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="LQR-FLM and MDGPS seeds")
     parser.add_argument("--sac-seeds", type=int, nargs="+", default=[0], help="SAC seeds")
     parser.add_argument("--lqr-iterations", type=int, default=None, help="default: the config's")
     parser.add_argument("--mdgps-iterations", type=int, default=None, help="default: the config's")
-    parser.add_argument("--sac-steps", type=int, default=60_000, help="SAC budget, environment steps")
-    parser.add_argument("--eval-every", type=int, default=2000, help="SAC evaluation period (steps)")
-    parser.add_argument("--held-out", type=int, default=20, help="held-out hole positions for MDGPS")
-    parser.add_argument("--eval-seed", type=int, default=0, help="seed of the held-out hole positions")
+    parser.add_argument("--sac-steps", type=int, default=60_000,
+                        help="SAC budget, environment steps")
+    parser.add_argument("--eval-every", type=int, default=2000,
+                        help="SAC evaluation period (steps)")
+    parser.add_argument("--held-out", type=int, default=20,
+                        help="held-out hole positions for MDGPS")
+    parser.add_argument("--eval-seed", type=int, default=0,
+                        help="seed of the held-out hole positions")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: seed 0, 2 iterations each, SAC 2000 steps; writes nothing in docs/")
-    parser.add_argument("--markdown", action="store_true", help="print only the markdown report on stdout")
+                        help="smoke run: seed 0, 2 iterations each, SAC 2000 steps; writes "
+                             "nothing in docs/")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print only the markdown report on stdout")
     args = parser.parse_args()
     lqr_config, mdgps_config = load_experiment(LQR_CONFIG), load_experiment(MDGPS_CONFIG)
     if args.quick:
@@ -273,17 +294,20 @@ def main() -> int:
     with threadpool_limits(limits=1):
         for method in args.methods:
             if method == "lqr_flm":
-                results[method] = [run_lqr_flm(lqr_config, seed, args.lqr_iterations or lqr_config.iterations,
+                iterations = args.lqr_iterations or lqr_config.iterations
+                results[method] = [run_lqr_flm(lqr_config, seed, iterations,
                                                picture if seed == args.seeds[0] else None)
                                    for seed in args.seeds]
             elif method == "mdgps":
-                results[method] = [run_mdgps(mdgps_config, seed, args.mdgps_iterations or mdgps_config.iterations,
-                                             args.held_out, args.eval_seed) for seed in args.seeds]
+                iterations = args.mdgps_iterations or mdgps_config.iterations
+                results[method] = [run_mdgps(mdgps_config, seed, iterations, args.held_out,
+                                             args.eval_seed) for seed in args.seeds]
             else:
                 results[method] = [run_sac(lqr_config, seed, args.sac_steps, args.eval_every)
                                    for seed in args.sac_seeds]
     report = markdown(results, args, picture)
-    print(report + f"\n\nTotal wall time {time.perf_counter() - start:.0f} s (one BLAS and torch thread).")
+    wall = time.perf_counter() - start
+    print(report + f"\n\nTotal wall time {wall:.0f} s (one BLAS and torch thread).")
     if not args.markdown:
         print(f"picture: {picture}")
     return 0

@@ -273,8 +273,10 @@ class EndEffectorDescription:
     link: str = doc("URDF link that carries the end-effector point")
     offset: list[float] = doc("the point in that link's URDF frame (m), [x, y, z]", [0.0, 0.0, 0.0])
     extra_points: list[EndEffectorPoint] = doc(
-        "more points on that link with targets of their own, e.g. a held peg's top: the cost on "
-        "every point then sets the tool's orientation too (the state has 6 entries per point)", [])
+        "more points on that link, each {offset: [x, y, z] in the link's frame (m), target: "
+        "[x, y, z] world offset (m) of its target from the end-effector point's}, e.g. a held "
+        "peg's top: a cost on every point sets the tool's orientation too (6 state entries "
+        "per point)", [])
 
     def __post_init__(self):
         if len(self.offset) != 3:

@@ -1,4 +1,4 @@
-"""The peg-in-hole task: its robot, its block, its cost, its held-out holes (seconds, not minutes)."""
+"""The peg-in-hole task: its robot, block, cost and held-out holes (seconds, not minutes)."""
 import dataclasses
 import io
 from pathlib import Path
@@ -64,8 +64,9 @@ def drive_tip(arm, spec, goal_tip, seconds, approach_height=0.0, gain=300.0, dam
         effort = arm.gravity_torque(q) - 2.0 * qd
         lift = np.array([0.0, 0.0, approach_height if t < steps // 2 else 0.0])
         for offset, point, velocity, goal in zip(spec.point_offsets, points, velocities, goals):
-            jacobian = np.array(client.calculateJacobian(arm._body, arm._ee_link_index, offset.tolist(),
-                                                         q.tolist(), [0.0] * 7, [0.0] * 7)[0])
+            zeros = [0.0] * 7
+            jacobian = np.array(client.calculateJacobian(
+                arm._body, arm._ee_link_index, offset.tolist(), q.tolist(), zeros, zeros)[0])
             effort = effort + jacobian.T @ (gain * (goal + lift - point) - damping * velocity)
         arm.step(effort)
         deepest = max(deepest, arm.fixture_penetration())
@@ -89,7 +90,8 @@ def test_peg_configs_load_a_described_robot_with_two_peg_points(config):
 
 def test_a_bad_fixture_is_named(tmp_path):
     text = CONFIG.read_text().replace("relative_to: target", "relative_to: hole")
-    (tmp_path / "robot_kuka_iiwa_peg.yaml").write_text((ROOT / "config" / "robot_kuka_iiwa_peg.yaml").read_text())
+    robot = (ROOT / "config" / "robot_kuka_iiwa_peg.yaml").read_text()
+    (tmp_path / "robot_kuka_iiwa_peg.yaml").write_text(robot)
     (tmp_path / "bad.yaml").write_text(text)
     with pytest.raises(ValueError, match=r"fixtures\[0\]\.relative_to.*'world', 'target'"):
         load_experiment(tmp_path / "bad.yaml")
@@ -105,7 +107,8 @@ def test_the_peg_is_a_rigid_link_of_the_urdf_with_a_few_mm_clearance_in_a_deep_h
     arm.reset(np.asarray(config.conditions[0].initial_positions))     # the peg upright
     lower, upper = (np.array(corner) for corner in client.getAABB(arm._body, arm._ee_link_index))
     # (the box PyBullet reports includes its contact margin, 2 mm on each side)
-    np.testing.assert_allclose(upper - lower, [2 * PEG_RADIUS, 2 * PEG_RADIUS, PEG_LENGTH], atol=0.005)
+    np.testing.assert_allclose(upper - lower, [2 * PEG_RADIUS, 2 * PEG_RADIUS, PEG_LENGTH],
+                               atol=0.005)
     width, depth = hole_geometry(config)
     assert width / 2 - PEG_RADIUS == pytest.approx(0.0025)
     assert depth >= 0.04
@@ -115,7 +118,7 @@ def test_the_peg_is_a_rigid_link_of_the_urdf_with_a_few_mm_clearance_in_a_deep_h
     arm.reset(np.asarray(config.conditions[0].initial_positions), target=tip - [0.0, 0.0, 0.03])
     gaps = [point[8] for point in client.getClosestPoints(arm._body, arm.scene.bodies[0], 0.02,
                                                          linkIndexA=arm._ee_link_index)]
-    assert gaps and 0.001 <= min(gaps) <= 0.005, f"clearance {1000 * min(gaps, default=np.nan):.2f} mm"
+    assert gaps and 0.001 <= min(gaps) <= 0.005, f"clearance {1000 * min(gaps, default=0):.2f} mm"
     assert depth >= 0.04
 
 
@@ -124,10 +127,12 @@ def test_the_block_is_placed_per_condition_with_the_hole_bottom_at_the_target(co
     for condition in config.conditions[:2]:
         arm.reset(np.asarray(condition.initial_positions), target=condition.target)
         x, y, z = condition.target
-        inside, rim, beside = ray_hits(arm, [(x, y), (x + width / 2 + 0.002, y), (x, y - width / 2 - 0.02)],
-                                       z_from=z + depth + 0.03)    # below the peg: the rays meet the block
+        # From below the peg, so that the rays meet the block first.
+        rays = [(x, y), (x + width / 2 + 0.002, y), (x, y - width / 2 - 0.02)]
+        inside, rim, beside = ray_hits(arm, rays, z_from=z + depth + 0.03)
         assert inside == pytest.approx(z, abs=1e-6)                  # down the hole to its bottom
-        assert rim == pytest.approx(z + depth, abs=1e-6) and beside == pytest.approx(z + depth, abs=1e-6)
+        assert rim == pytest.approx(z + depth, abs=1e-6)
+        assert beside == pytest.approx(z + depth, abs=1e-6)
 
 
 # ---------------------------------------------------------------- contact
@@ -165,8 +170,8 @@ def test_the_state_and_cost_see_both_peg_points(config, arm):
     arm.reset(q0, target=condition.target)
     x = observe(arm, config.layout, condition.target)
     offsets = x[config.layout.ee_offset].reshape(2, 3)
-    np.testing.assert_allclose(offsets, arm.ee_points() - config.robot_spec.point_targets(condition.target),
-                               atol=1e-9)
+    expected = arm.ee_points() - config.robot_spec.point_targets(condition.target)
+    np.testing.assert_allclose(offsets, expected, atol=1e-9)
     with JointStateToState(config.robot_spec) as to_state:
         np.testing.assert_allclose(to_state(q0, np.zeros(7), condition.target), x, atol=1e-12)
     # The tip on its target, the top off its own: inserted by the success test (the tip),
@@ -185,9 +190,11 @@ def test_held_out_holes_lie_in_the_training_box_away_from_the_training_holes():
     starts, targets = held_out_conditions(mdgps, 20, seed=0)
     training = np.array([c.target for c in mdgps.conditions])
     assert starts.shape == (20, 7) and targets.shape == (20, 3)
-    np.testing.assert_array_equal(starts, np.repeat([mdgps.conditions[0].initial_positions], 20, axis=0))
+    start = mdgps.conditions[0].initial_positions
+    np.testing.assert_array_equal(starts, np.repeat([start], 20, axis=0))
     assert np.all(targets >= training.min(axis=0)) and np.all(targets <= training.max(axis=0))
-    assert np.linalg.norm(targets[:, None] - training[None], axis=2).min() >= HELD_OUT_MIN_SEPARATION_M
+    gaps = np.linalg.norm(targets[:, None] - training[None], axis=2)
+    assert gaps.min() >= HELD_OUT_MIN_SEPARATION_M
     assert len(np.unique(targets[:, :2], axis=0)) == 20
 
 
