@@ -27,12 +27,13 @@ docs/peg_insertion.png (a full run only; --quick writes runs/bench/peg_insertion
 never touches docs/).
 
     .venv/bin/python bench/peg_insertion.py [--seeds 0 1 2] [--sac-seeds 0] [--sac-steps N]
-        [--methods lqr_flm mdgps sac] [--quick] [--markdown]
+        [--methods lqr_flm mdgps sac] [--jobs N] [--quick] [--markdown]
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import tempfile
 import time
@@ -257,16 +258,27 @@ def markdown(results: dict, args, picture: Path) -> str:
     return "\n".join(lines)
 
 
+def _one_thread() -> None:
+    """Worker set-up: one BLAS and one torch thread, as in the main process, and the
+    experiments' robot registered (a config arrives pickled, its robot known by name)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    threadpool_limits(limits=1)
+    load_experiment(LQR_CONFIG)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "sac"],
+    parser.add_argument("--methods", nargs="+", default=["sac", "mdgps", "lqr_flm"],
                         choices=["lqr_flm", "mdgps", "sac"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="LQR-FLM and MDGPS seeds")
     parser.add_argument("--sac-seeds", type=int, nargs="+", default=[0], help="SAC seeds")
     parser.add_argument("--lqr-iterations", type=int, default=None, help="default: the config's")
     parser.add_argument("--mdgps-iterations", type=int, default=None, help="default: the config's")
-    parser.add_argument("--sac-steps", type=int, default=60_000,
+    parser.add_argument("--sac-steps", type=int, default=40_000,
                         help="SAC budget, environment steps")
     parser.add_argument("--eval-every", type=int, default=2000,
                         help="SAC evaluation period (steps)")
@@ -277,6 +289,12 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: seed 0, 2 iterations each, SAC 2000 steps; writes "
                              "nothing in docs/")
+    parser.add_argument("--json", help="also write the per-seed results to this file")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="report the results of earlier runs (their --json files) instead of "
+                             "running anything; later files win per method")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own process with one thread")
     parser.add_argument("--markdown", action="store_true",
                         help="print only the markdown report on stdout")
     args = parser.parse_args()
@@ -291,20 +309,48 @@ def main() -> int:
     torch.set_num_threads(1)
     results: dict[str, list] = {}
     start = time.perf_counter()
-    with threadpool_limits(limits=1):
-        for method in args.methods:
-            if method == "lqr_flm":
-                iterations = args.lqr_iterations or lqr_config.iterations
-                results[method] = [run_lqr_flm(lqr_config, seed, iterations,
-                                               picture if seed == args.seeds[0] else None)
-                                   for seed in args.seeds]
-            elif method == "mdgps":
-                iterations = args.mdgps_iterations or mdgps_config.iterations
-                results[method] = [run_mdgps(mdgps_config, seed, iterations, args.held_out,
-                                             args.eval_seed) for seed in args.seeds]
-            else:
-                results[method] = [run_sac(lqr_config, seed, args.sac_steps, args.eval_every)
-                                   for seed in args.sac_seeds]
+    if args.merge:
+        # Each method's results, and the settings they were run with, from its file.
+        settings = {"lqr_flm": ("seeds",), "mdgps": ("held_out", "eval_seed"),
+                    "sac": ("sac_steps", "eval_every")}
+        for path in args.merge:
+            merged = json.loads(Path(path).read_text())
+            for method, rows in merged["results"].items():
+                results[method] = rows
+                for key in settings[method]:
+                    setattr(args, key, merged["args"][key])
+        print(markdown(results, args, picture))
+        return 0
+    tasks = []     # (method, function, arguments), one run each
+    for method in args.methods:
+        if method == "lqr_flm":
+            iterations = args.lqr_iterations or lqr_config.iterations
+            tasks += [(method, run_lqr_flm, (lqr_config, seed, iterations,
+                                             picture if seed == args.seeds[0] else None))
+                      for seed in args.seeds]
+        elif method == "mdgps":
+            iterations = args.mdgps_iterations or mdgps_config.iterations
+            tasks += [(method, run_mdgps, (mdgps_config, seed, iterations, args.held_out,
+                                           args.eval_seed)) for seed in args.seeds]
+        else:
+            tasks += [(method, run_sac, (lqr_config, seed, args.sac_steps, args.eval_every))
+                      for seed in args.sac_seeds]
+    if args.jobs == 1:
+        with threadpool_limits(limits=1):
+            outcomes = [function(*arguments) for _, function, arguments in tasks]
+    else:   # independent runs in worker processes, one thread each
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_thread) as pool:
+            futures = [pool.submit(function, *arguments) for _, function, arguments in tasks]
+            outcomes = [future.result() for future in futures]
+    for (method, _, _), outcome in zip(tasks, outcomes):
+        results.setdefault(method, []).append(outcome)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     report = markdown(results, args, picture)
     wall = time.perf_counter() - start
     print(report + f"\n\nTotal wall time {wall:.0f} s (one BLAS and torch thread).")

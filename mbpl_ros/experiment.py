@@ -162,6 +162,9 @@ class PolicyConfig:
                                  "variance) instead of the local controllers", False)
     linearization_regularization: float = doc("ridge of the per-step regression that linearises the policy",
                                               1e-6, gt=0.0)
+    refit_normalization: bool = doc(
+        "refit the policy's input normaliser at every S-step (the network's function kept), not "
+        "only at the first: for tasks whose later states leave the first iteration's range", False)
     prior: PolicyPriorConfig = dataclasses.field(
         default_factory=PolicyPriorConfig, metadata={"doc": "GMM prior of the policy linearisation"})
 
@@ -274,7 +277,7 @@ class ExperimentConfig:
                 hidden_sizes=tuple(p.hidden_sizes), activation=p.activation,
                 initial_variance=p.initial_variance, learning_rate=p.learning_rate,
                 weight_decay=p.weight_decay, batch_size=p.batch_size, iterations=p.iterations,
-                seed=policy_seed, device=p.device),
+                seed=policy_seed, device=p.device, refit_normalization=p.refit_normalization),
             policy_prior=PolicyPriorSettings(
                 enabled=p.prior.enabled, max_clusters=p.prior.max_clusters,
                 min_points_per_cluster=p.prior.min_points_per_cluster, strength=p.prior.strength),
