@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from mbpl_ros.checkpoint import latest_checkpoint  # noqa: E402
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_exported_policy, evaluate_policy  # noqa: E402
-from mbpl_ros.sim.rollout import run_rollout  # noqa: E402
+from mbpl_ros.sim.rollout import final_distance, run_rollout  # noqa: E402
 
 LQR_CONFIG = ROOT / "config" / "peg_insertion.yaml"
 MDGPS_CONFIG = ROOT / "config" / "peg_insertion_mdgps.yaml"
@@ -79,7 +79,7 @@ def run_lqr_flm(config: ExperimentConfig, seed: int, iterations: int,
         metrics, wall = train(config, seed, iterations, Path(out))
         if picture is not None:
             checkpoint = latest_checkpoint(Path(out))
-            render_inserted(config, checkpoint.algorithm.controllers[0], picture)
+            render_inserted(config, checkpoint.algorithm.controllers, picture)
     success = config.success_distance_m
     row = first_all_inserted(metrics, "final_distance_m", success)
     inserted = [sum(d < success for d in r["final_distance_m"]) for r in metrics]
@@ -168,16 +168,24 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
             "best_distance_m": min(d for _, _, d in evaluations)}
 
 
-def render_inserted(config: ExperimentConfig, controller, path: Path) -> None:
-    """A PNG of the arm at the end of a noise-free run of `controller` on condition 0."""
+def render_inserted(config: ExperimentConfig, controllers, path: Path) -> None:
+    """A PNG of the arm at the end of the noise-free run of the first condition whose
+    controller (of `controllers`, one per condition) inserts; condition 0 if none does."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    condition, zero = config.conditions[0], np.zeros(config.layout.dU)
+    zero = np.zeros(config.layout.dU)
     with config.make_arm() as arm:
-        run_rollout(arm, config.layout, lambda t, x: controller.act(t, x, zero),
-                    condition.initial_positions, condition.target, config.T)
+        for condition, controller in zip(config.conditions, controllers):
+            X, _ = run_rollout(arm, config.layout, lambda t, x: controller.act(t, x, zero),
+                               condition.initial_positions, condition.target, config.T)
+            if final_distance(X, config.layout) < config.success_distance_m:
+                break
+        else:
+            condition, controller = config.conditions[0], controllers[0]
+            run_rollout(arm, config.layout, lambda t, x: controller.act(t, x, zero),
+                        condition.initial_positions, condition.target, config.T)
         client = arm._live_client()
         view = client.computeViewMatrixFromYawPitchRoll(
             cameraTargetPosition=list(np.asarray(condition.target) + [-0.2, 0.0, 0.22]),
