@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import sys
+import tempfile
 from numbers import Integral
 from typing import Optional, Sequence, Tuple, Union
 
@@ -105,6 +106,9 @@ class Arm:
     limits, PyBullet's joint-limit constraints keep positions within the position limits,
     and joint speeds are capped at the velocity limits. The default velocity motors are
     disabled, so a zero effort lets the arm move freely under gravity and joint damping.
+
+    fixtures: static bodies of boxes (sim.scene.Fixture) in the same world, with the contact
+    settings CONTACT_SETTINGS; reset(q, target=...) places those placed relative to a target.
     """
 
     def __init__(self, robot: Union[str, RobotSpec], physics_dt: float = 1.0 / 240.0,
@@ -143,8 +147,6 @@ class Arm:
         where = f"robot {spec.name!r} (URDF {spec.urdf_path})"
         _check_urdf_file(spec.urdf_path, where)
         try:
-            import tempfile
-
             with _stdout_silenced(), tempfile.TemporaryDirectory() as directory:
                 self._body = client.loadURDF(
                     _urdf_with_resolved_meshes(spec.urdf_path, directory),

@@ -205,3 +205,14 @@ def test_one_short_lqr_flm_iteration_runs_on_the_peg_task(config, tmp_path):
     assert [row["iteration"] for row in metrics] == [0, 1]
     assert metrics[1]["rollouts"] == 4 and len(metrics[1]["final_distance_m"]) == 2
     assert all(np.isfinite(metrics[1]["final_distance_m"]))
+
+
+def test_a_bad_extra_point_is_named():
+    from mbpl_ros.config import ConfigError
+    from mbpl_ros.sim.robots import describe_robot
+
+    description = {"name": "peg_check", "urdf": "package://mbpl_ros/urdf/kuka_iiwa_peg.urdf",
+                   "joints": [f"lbr_iiwa_joint_{i}" for i in range(1, 8)],
+                   "end_effector": {"link": "peg", "extra_points": [{"offset": [0, 0]}]}}
+    with pytest.raises(ConfigError, match=r"robot\.end_effector\.extra_points\[0\]"):
+        describe_robot(description)
