@@ -226,7 +226,8 @@ def markdown(results: dict, args, picture: Path) -> str:
         iterations = [r["iteration"] for r in lqr]
         lines.append(f"| LQR-FLM, 4 holes | {', '.join(str(r['seed']) for r in lqr)} | "
                      f"{lqr[0]['budget']:,} | {_per_seed(iterations)}; "
-                     f"{_median_text(iterations)} | "
+                     f"{_median_text(iterations)} (inserted after the last iteration: "
+                     f"{', '.join(str(r['final_inserted']) for r in lqr)} of 4) | "
                      f"{_median_text([r['env_steps'] for r in lqr])} | – | "
                      f"{np.median([r['wall_s'] for r in lqr]):.0f} |")
     mdgps = results.get("mdgps")
@@ -236,7 +237,9 @@ def markdown(results: dict, args, picture: Path) -> str:
         lines.append(f"| MDGPS, 9 holes (policy) | {', '.join(str(r['seed']) for r in mdgps)} | "
                      f"{mdgps[0]['budget']:,} | {_per_seed(iterations)}; "
                      f"{_median_text(iterations)} "
-                     f"(local controllers) | {_median_text([r['env_steps'] for r in mdgps])} | "
+                     f"(local controllers; the policy inserts into "
+                     f"{', '.join(str(r['policy_training']) for r in mdgps)} of the 9 training "
+                     f"holes at the end) | {_median_text([r['env_steps'] for r in mdgps])} | "
                      f"{', '.join(f'{h}/{args.held_out}' for h in held)}; "
                      f"{100 * np.median([r['held_out_success'] for r in mdgps]):.0f}% | "
                      f"{np.median([r['wall_s'] for r in mdgps]):.0f} |")
