@@ -165,6 +165,9 @@ class PolicyConfig:
     refit_normalization: bool = doc(
         "refit the policy's input normaliser at every S-step (the network's function kept), not "
         "only at the first: for tasks whose later states leave the first iteration's range", False)
+    normalize_actions: bool = doc(
+        "scale the policy's outputs by the mean and std. dev. of the first S-step's target "
+        "actions: for actions of tens of N·m (an arm's gravity torques)", False)
     prior: PolicyPriorConfig = dataclasses.field(
         default_factory=PolicyPriorConfig, metadata={"doc": "GMM prior of the policy linearisation"})
 
@@ -277,7 +280,8 @@ class ExperimentConfig:
                 hidden_sizes=tuple(p.hidden_sizes), activation=p.activation,
                 initial_variance=p.initial_variance, learning_rate=p.learning_rate,
                 weight_decay=p.weight_decay, batch_size=p.batch_size, iterations=p.iterations,
-                seed=policy_seed, device=p.device, refit_normalization=p.refit_normalization),
+                seed=policy_seed, device=p.device, refit_normalization=p.refit_normalization,
+                normalize_actions=p.normalize_actions),
             policy_prior=PolicyPriorSettings(
                 enabled=p.prior.enabled, max_clusters=p.prior.max_clusters,
                 min_points_per_cluster=p.prior.min_points_per_cluster, strength=p.prior.strength),
