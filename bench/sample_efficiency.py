@@ -58,7 +58,6 @@ sys.path.insert(0, str(ROOT))
 
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_policy  # noqa: E402
-from mbpl_ros.sim.arm import Arm  # noqa: E402
 
 LQR_CONFIG = ROOT / "config" / "reacher_2link.yaml"
 MDGPS_CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
@@ -128,7 +127,7 @@ class _Evaluator:
 
     def __init__(self, config: ExperimentConfig):
         self.config = config
-        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.arm = config.make_arm()
         self.starts = np.array([c.initial_positions for c in config.conditions], float)
         self.targets = np.array([c.target for c in config.conditions], float)
 

@@ -24,7 +24,6 @@ import numpy as np
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.runs import RunError, run_checkpoint, run_config
 from mbpl_ros.sim import view
-from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import observe
 
 FORMATS = (".gif", ".mp4")
@@ -150,7 +149,7 @@ def play(
     """Run each episode noise-free for config.T steps on one arm, keeping its distances and
     (render) a frame per step; with gui, in the PyBullet window at the control rate."""
     layout = config.layout
-    with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps, gui=gui) as arm:
+    with config.make_arm(gui=gui) as arm:   # with the experiment's fixtures (a peg's block)
         camera, markers = view.prepare(
             arm,
             [e.initial_positions for e in episodes],
