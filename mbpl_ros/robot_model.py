@@ -60,6 +60,15 @@ class RobotModel:
         self.joint_damping = np.array([spec.damping_overrides.get(name, d)
                                        for name, d in zip(spec.joint_names, damping)])
         self.n_joints = len(spec.joint_names)
+        # Limits in spec order, the spec's overrides replacing the URDF's (as the simulator).
+        names = spec.joint_names
+        lower, upper = self._from_model(model.lowerPositionLimit), self._from_model(model.upperPositionLimit)
+        self.position_limits = np.array([spec.position_limit_overrides.get(name, (lo, hi))
+                                         for name, lo, hi in zip(names, lower, upper)], dtype=float)
+        self.velocity_limits = np.array([spec.velocity_limit_overrides.get(name, v) for name, v
+                                         in zip(names, self._from_model(model.velocityLimit))])
+        self.effort_limits = np.array([spec.effort_limit_overrides.get(name, e) for name, e
+                                       in zip(names, self._from_model(model.effortLimit))])
 
     # ------------------------------------------------------------------ orderings
     def _to_model(self, vector: np.ndarray) -> np.ndarray:

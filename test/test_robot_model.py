@@ -24,7 +24,8 @@ def test_kinematics_and_dynamics_equal_the_simulators(robot):
     model = RobotModel(robot)
     rng = np.random.default_rng(0)
     with Arm(robot) as arm:
-        np.testing.assert_array_equal(model.joint_damping, arm.joint_damping)
+        for name in ("joint_damping", "position_limits", "velocity_limits", "effort_limits"):
+            np.testing.assert_array_equal(getattr(model, name), getattr(arm, name), err_msg=name)
         lower, upper = arm.position_limits.T
         for _ in range(5):
             q, qd, qdd = rng.uniform(lower, upper), rng.normal(size=model.n_joints), rng.normal(size=model.n_joints)
