@@ -117,6 +117,7 @@ RUNTIME_IMPORTS = {
     "mcap": ("python3-mcap-pip", "mcap", "mcap"),
     "mcap_ros2": ("python3-mcap-ros2-support-pip", "mcap-ros2-support", "mcap-ros2-support"),
     "gymnasium": ("python3-gymnasium-pip", "gymnasium", "gymnasium"),
+    "pinocchio": ("pinocchio", None, "pin"),   # a ROS package (ros-<distro>-pinocchio)
 }
 #: Imported only when present, with a message saying what it adds.
 OPTIONAL_IMPORTS = {"imageio_ffmpeg"}
