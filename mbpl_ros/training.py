@@ -19,7 +19,10 @@ i (1 .. iterations) then
     evaluate   one noise-free trial per condition of the controllers and, for MDGPS, of
                the exported policy: the metrics row
     commit     checkpoint_<i>.pkl (atomic, checksummed: mbpl_ros.checkpoint), then the
-               metrics row, then the progress line
+               metrics row, learning_curve.png (rewritten every iteration), the progress
+               line
+
+Between these, mbpl_ros.progress reports the phase, the trials done and the time left.
 
 Where the trials run is a RolloutSource: the PyBullet arm in this process (SimSource, for
 `mbpl train`), or the robot through the ROS node graph (gps_trainer's source). A source runs
@@ -53,6 +56,7 @@ from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_sta
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import ExperimentConfig
+from mbpl_ros.progress import Progress, ProgressTracker
 from mbpl_ros.runs import METRICS_FILE, RECORDING_FILE, existing_run
 from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
@@ -264,9 +268,11 @@ class TrainingLoop:
 
     record: append every sample rollout to rollouts.mcap as it arrives; a resume refuses a
     recording that lacks rollouts the checkpoint covers, unless allow_incomplete_recording
-    (the recording then says what it lacks). say: where progress
-    lines go (default: `log`, else sys.stderr). before_update(algorithm): called before each
-    update (e.g. to apply a runtime kl_step). on_trial, on_iteration: see the module docstring.
+    (the recording then says what it lacks). say: where progress lines go (default: `log`,
+    else sys.stderr). before_update(algorithm): called before each update (e.g. to apply a
+    runtime kl_step). on_trial, on_iteration: see the module docstring. on_progress: every
+    phase change and trial (mbpl_ros.progress.Progress, with the estimated time left), e.g.
+    for a ROS topic; a line of it goes to `say` every progress_interval_s.
     """
 
     config: ExperimentConfig
@@ -280,6 +286,8 @@ class TrainingLoop:
     before_update: Optional[Callable[[object], None]] = None
     on_trial: Optional[TrialHook] = None
     on_iteration: Optional[IterationHook] = None
+    on_progress: Optional[Callable[[Progress], None]] = None
+    progress_interval_s: float = 5.0
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -355,13 +363,19 @@ class TrainingLoop:
             self.say(f"resuming from {checkpoint.path.name}: iteration {checkpoint.iteration} "
                      f"complete, {rollouts_total} rollouts{note}; continuing at iteration {first}")
         algorithm = self.algorithm
+        self.progress = ProgressTracker(iterations, self.on_progress, self.say,
+                                        self.progress_interval_s)
         try:
             self.source.start(None if checkpoint is None else checkpoint.extra)
             self.source.publish(algorithm.controllers, first - 1,
                                 self._export(algorithm, first - 1))
             if checkpoint is None:
+                self.progress.start_iteration(0, self._evaluation_trials(0))
                 self._commit(self._evaluate(algorithm, cost, 0, 0, start), None)
             for i in range(first, iterations + 1):
+                self.progress.start_iteration(
+                    i, len(config.conditions) * config.rollouts_per_condition
+                    + self._evaluation_trials(i))
                 samples, batch, report = self._accepted_update(i, recorder)
                 algorithm = self.algorithm
                 rollouts_total += batch.N
@@ -379,10 +393,12 @@ class TrainingLoop:
                     rollouts_total=rollouts_total, elapsed_s=time.perf_counter() - start,
                     seed=self.seed, experiment=self.experiment,
                     rng_states=capture_rng_states(), extra=self.source.state()))
+        except BaseException:
+            self.progress.phase("failed")
+            raise
         finally:
             if recorder is not None:
                 recorder.close()
-        plot_learning_curve(self.metrics, output / "learning_curve.png", config.success_distance_m)
         return self.metrics
 
     # ------------------------------------------------------------------ steps
@@ -399,15 +415,20 @@ class TrainingLoop:
 
         problems = []
         for attempt in range(BATCH_ATTEMPTS):
-            samples = self.source.run_trials(self._sample_trials(iteration, attempt),
-                                             self._on_trial)
+            trials = self._sample_trials(iteration, attempt)
+            if attempt > 0:
+                self.progress.add_trials(len(trials))
+                self.progress.phase("sampling")
+            samples = self.source.run_trials(trials, self._on_trial)
             batch = Rollouts(np.stack([r.X for r in samples]), np.stack([r.U for r in samples]),
                              np.array([r.trial.condition for r in samples]))
             before = copy.deepcopy(self.algorithm)
             try:
+                self.progress.phase("fitting")
                 dynamics = self.source.fitted_dynamics(samples[0].trial.version, samples)
                 if self.before_update is not None:
                     self.before_update(self.algorithm)
+                self.progress.phase("updating")
                 report = self._update(self.algorithm, batch, dynamics)
                 problem = sanity.controllers_fault(self.algorithm.controllers)
             except (UnusableBatch, TrajectoryOptimizationError) as error:
@@ -441,8 +462,15 @@ class TrainingLoop:
                 for n in range(config.rollouts_per_condition)]
 
     def _on_trial(self, result: TrialResult) -> None:
+        self.progress.trial_done()
         if self.on_trial is not None:
             self.on_trial(result)
+
+    def _evaluation_trials(self, iteration: int) -> int:
+        """Noise-free trials of an iteration's evaluation: each condition's controller and,
+        for MDGPS after the first update, the policy."""
+        M = len(self.config.conditions)
+        return 2 * M if self.is_mdgps and iteration > 0 else M
 
     def _record(self, recorder, result: TrialResult) -> None:
         """Append a sample rollout to the recording (when recording)."""
@@ -487,6 +515,7 @@ class TrainingLoop:
         if measure_policy:
             trials += [Trial(iteration, m, 0, "evaluation", "policy", iteration, zero)
                        for m in range(M)]
+        self.progress.phase("evaluating")
         results = self.source.run_trials(trials, self._on_trial)
         distances = [final_distance(r.X, layout) for r in results]
         costs = [float(cost.evaluate(r.X[None], r.U[None]).l.sum()) for r in results]
@@ -507,7 +536,11 @@ class TrainingLoop:
             write_checkpoint(self.output, checkpoint)
         self.metrics.append(row)
         append_metrics_row(self.output / METRICS_FILE, row)
+        # Rewritten every iteration, so a long run can be watched as it learns.
+        plot_learning_curve(self.metrics, self.output / "learning_curve.png",
+                            self.config.success_distance_m)
         self.say(progress_line(row, self.config.success_distance_m))
+        self.progress.iteration_done(row)
         if self.on_iteration is not None:
             self.on_iteration(row)
 

@@ -99,6 +99,8 @@ RUNTIME_IMPORTS = {
     "std_msgs": ("std_msgs", None, "ros-kilted-std-msgs"),
     "sensor_msgs": ("sensor_msgs", None, "ros-kilted-sensor-msgs"),
     "geometry_msgs": ("geometry_msgs", None, "ros-kilted-geometry-msgs"),
+    "visualization_msgs": ("visualization_msgs", None, "ros-kilted-visualization-msgs"),
+    "mbpl_ros_interfaces": ("mbpl_ros_interfaces", None, None),   # this repository's
     "std_srvs": ("std_srvs", None, "ros-kilted-std-srvs"),
     "rosgraph_msgs": ("rosgraph_msgs", None, "ros-kilted-rosgraph-msgs"),
     "ament_index_python": ("ament_index_python", None, "ros-kilted-ament-index-python"),
@@ -157,7 +159,7 @@ def test_package_xml_and_the_pip_lines_name_every_runtime_dependency():
     assert not unknown, ("new runtime imports: add them to package.xml, requirements.txt and "
                          f"RUNTIME_IMPORTS: {unknown}")
     root = ET.parse(ROOT / "package.xml").getroot()
-    exec_depends = {e.text for e in root.findall("exec_depend")}
+    exec_depends = {e.text for e in root.findall("exec_depend") + root.findall("depend")}
     readme = (ROOT / "README.md").read_text()
     ros_section = readme[readme.index("## On a ROS 2 machine"):]
     pip_line = [line for line in ros_section.splitlines() if line.startswith("pip install ")][0]

@@ -3,6 +3,10 @@
 Publishes    gps/controllers (record lg_controller, transient local): every condition's
              current controller, with a version (= the number of updates behind it)
              gps/trial_requests (record trial_request): one trial at a time, each with a new id
+             gps/progress (mbpl_ros_interfaces/TrainingProgress, transient local): the phase,
+             the trials done, the last evaluation and the time left, at every trial and phase
+             gps/markers (visualization_msgs/MarkerArray, transient local): the targets and
+             each condition's latest end-effector path, for RViz or Foxglove (frame world)
 Subscribes   gps/rollouts (record rollout): the result of the awaited trial (other ids ignored)
              gps/dynamics (record lg_dynamics): the complete fit of each condition's batch
              gps/estop_latched (std_msgs/Bool, transient local): lqr_controller's e-stop latch
@@ -62,7 +66,9 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from mbpl_ros_interfaces.msg import TrainingProgress
 from std_msgs.msg import Bool, Float64MultiArray
+from visualization_msgs.msg import MarkerArray
 
 from mbpl_ros.checkpoint import Checkpoint, CheckpointError
 from mbpl_ros.config import ConfigError, check_output_directory
@@ -127,6 +133,11 @@ class GpsTrainerNode(Node):
         self._next_trial_id = secrets.randbits(30) << 20          # distinct from another run's ids
         group = MutuallyExclusiveCallbackGroup()
         self._request_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self._progress_pub = self.create_publisher(TrainingProgress, wire.PROGRESS_TOPIC,
+                                                   wire.LATCHED_STATE_QOS)
+        self._markers_pub = self.create_publisher(MarkerArray, wire.MARKERS_TOPIC,
+                                                  wire.LATCHED_STATE_QOS)
+        self._paths: Dict[int, np.ndarray] = {}   # condition -> end-effector path of its last trial
         self._controller_pub = self.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
                                                      wire.CONTROLLERS_QOS)
         # For a batch published again (REPUBLISH_AFTER_S).
@@ -338,13 +349,27 @@ class GpsTrainerNode(Node):
         self._loop = TrainingLoop(
             self.config, self.output, self.seed, RosTrials(self), record=True, say=self._say,
             allow_incomplete_recording=self.allow_incomplete_recording,
-            before_update=lambda algorithm: set_kl_step(algorithm, self.kl_step))
+            before_update=lambda algorithm: set_kl_step(algorithm, self.kl_step),
+            on_progress=self._publish_progress, on_trial=self._publish_markers)
         checkpoint = self._checkpoint_to_resume()
         try:
             self._loop.run(self.iterations, checkpoint=checkpoint)
         except RecordingError as error:   # e.g. a resume whose recording lacks rollouts
             raise TrainingStopped(f"resume: {error}") from None
         self._say(f"done: {self.iterations} iterations; results in {self.output}")
+
+    def _publish_progress(self, progress) -> None:
+        self._progress_pub.publish(wire.encode_progress(
+            progress, self.config.algorithm, self.get_clock().now().nanoseconds))
+
+    def _publish_markers(self, result: TrialResult) -> None:
+        """The condition targets and the end-effector path of each condition's latest trial."""
+        config, layout = self.config, self.config.layout
+        target = np.asarray(config.conditions[result.trial.condition].target, dtype=float)
+        self._paths[result.trial.condition] = result.X[:, layout.ee_offset[:3]] + target
+        self._markers_pub.publish(wire.encode_markers(
+            [c.target for c in config.conditions], self._paths,
+            self.get_clock().now().nanoseconds))
 
     def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
         """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:

@@ -667,12 +667,61 @@ def decode_dynamics(msg: Float64MultiArray, dX: Optional[int] = None, dU: Option
             x0_covar=_field(fields, k, "x0_covar", ("dX", "dX2"), (dX, dX))))
 
 
+# ---------------------------------------------------------------- progress and markers
+def encode_progress(progress, algorithm: str, stamp: Stamp):
+    """mbpl_ros_interfaces/TrainingProgress of a mbpl_ros.progress.Progress (eta_s -1: unknown)."""
+    from mbpl_ros_interfaces.msg import TrainingProgress
+
+    from mbpl_ros.progress import PHASES
+
+    return TrainingProgress(
+        stamp=_stamp(stamp), algorithm=algorithm, iteration=progress.iteration,
+        iterations=progress.iterations, phase=PHASES.index(progress.phase),
+        trials_done=progress.trials_done, trials_in_iteration=progress.trials_in_iteration,
+        rollouts=progress.rollouts, env_steps=progress.env_steps,
+        final_distance_m=[float(d) for d in progress.final_distance_m],
+        policy_final_distance_m=[float(d) for d in progress.policy_final_distance_m],
+        mean_cost=float("nan") if progress.mean_cost is None else float(progress.mean_cost),
+        eta_s=-1.0 if progress.eta_s is None else float(progress.eta_s))
+
+
+def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
+    """visualization_msgs/MarkerArray for RViz or Foxglove: a sphere at each condition's
+    target (targets (M, 3), namespace "targets") and, for each condition with one, the
+    end-effector path of its latest trial (paths: condition -> (T, 3), namespace "paths")."""
+    from geometry_msgs.msg import Point
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    markers = []
+    for m, target in enumerate(np.asarray(targets, dtype=float)):
+        sphere = Marker(ns="targets", id=m, type=Marker.SPHERE, action=Marker.ADD)
+        sphere.header.frame_id, sphere.header.stamp = frame_id, _stamp(stamp)
+        sphere.pose.position = Point(x=target[0], y=target[1], z=target[2])
+        sphere.pose.orientation.w = 1.0
+        sphere.scale.x = sphere.scale.y = sphere.scale.z = 0.02
+        sphere.color.r, sphere.color.g, sphere.color.a = 1.0, 0.3, 0.9
+        markers.append(sphere)
+    for m, path in sorted(paths.items()):
+        line = Marker(ns="paths", id=m, type=Marker.LINE_STRIP, action=Marker.ADD)
+        line.header.frame_id, line.header.stamp = frame_id, _stamp(stamp)
+        line.pose.orientation.w = 1.0
+        line.scale.x = 0.004
+        line.color.b, line.color.g, line.color.a = 1.0, 0.6, 0.9
+        line.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in np.asarray(path)]
+        markers.append(line)
+    return MarkerArray(markers=markers)
+
+
 # ---------------------------------------------------------------- topics and QoS of the learning loop
 TRIAL_REQUESTS_TOPIC = "gps/trial_requests"
 TRIAL_RECORDS_TOPIC = "gps/trial_records"
 ROLLOUTS_TOPIC = "gps/rollouts"
 DYNAMICS_TOPIC = "gps/dynamics"
 CONTROLLERS_TOPIC = "gps/controllers"
+#: gps_trainer's progress (mbpl_ros_interfaces/TrainingProgress) and the targets and
+#: end-effector paths of its trials (visualization_msgs/MarkerArray), both LATCHED_STATE_QOS.
+PROGRESS_TOPIC = "gps/progress"
+MARKERS_TOPIC = "gps/markers"
 
 #: Requests, records, rollouts, dynamics: reliable, every message delivered in order.
 EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,

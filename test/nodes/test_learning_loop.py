@@ -461,3 +461,38 @@ def test_controller_refuses_a_policy_of_other_joints_or_state_layout(ros_context
                            match=rf"parameter 'policy_path': {re.escape(str(path))}: {message}"):
             LqrControllerNode(context=ros_context, parameter_overrides=parameters(
                 experiment_config=str(experiment), policy_path=str(path)))
+
+
+@pytest.mark.timeout(120)
+def test_the_trainer_publishes_its_progress_and_markers(ros_context, tmp_path):
+    """A dashboard's view of a graph run: typed progress at every trial and phase (the time
+    left included) and markers of the targets and end-effector paths."""
+    from mbpl_ros_interfaces.msg import TrainingProgress
+    from visualization_msgs.msg import MarkerArray
+
+    from mbpl_ros import sim_runner
+
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=2, T=10, N=2)
+    probe = create_probe(ros_context)
+    progress, markers = Recorder(), Recorder()
+    probe.create_subscription(TrainingProgress, wire.PROGRESS_TOPIC, progress, 100)
+    probe.create_subscription(MarkerArray, wire.MARKERS_TOPIC, markers, 100)
+    overrides = {name: {"experiment_config": str(experiment)} for name in
+                 ("sim_robot", "sample_collector", "dynamics_fitter", "lqr_controller")}
+    overrides["gps_trainer"] = {"experiment_config": str(experiment), "iterations": 2,
+                                "output_dir": str(tmp_path / "out")}
+    with spinning(ros_context, [probe]):
+        sim_runner.run_graph(SIM_CONFIG, overrides, timeout_s=100)
+        wait_until(lambda: progress.items and progress.items[-1].phase == TrainingProgress.PHASE_DONE,
+                   timeout=10, what="the final progress message")
+    phases = {message.phase for message in progress.items}
+    assert {TrainingProgress.PHASE_SAMPLING, TrainingProgress.PHASE_UPDATING,
+            TrainingProgress.PHASE_EVALUATING, TrainingProgress.PHASE_DONE} <= phases
+    last = progress.items[-1]
+    assert (last.iteration, last.iterations, last.algorithm) == (2, 2, "lqr_flm")
+    assert len(last.final_distance_m) == 2 and last.rollouts == 8 and last.eta_s == 0.0
+    assert any(message.eta_s > 0 for message in progress.items)
+    final = markers.items[-1].markers
+    assert {(marker.ns, marker.id) for marker in final} == {("targets", 0), ("targets", 1),
+                                                            ("paths", 0), ("paths", 1)}
+    assert all(len(marker.points) == 10 for marker in final if marker.ns == "paths")
