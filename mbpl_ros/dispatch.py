@@ -19,6 +19,7 @@ until it is back, and then rejoins at the next assignment.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Dict, Generic, List, Optional, Sequence, TypeVar
 
@@ -210,3 +211,23 @@ class Dispatcher(Generic[R]):
         if len(reasons) >= self.max_attempts:
             raise TrialFailed(f"no valid rollout in {len(reasons)} attempts "
                               f"({'; '.join(reasons)})", index)
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*\Z")
+
+
+def robot_names(values: Sequence[str], where: str = "parameter 'robots'") -> List[str]:
+    """The robots' namespaces from a `robots` setting: [] or [""] -> [] (one robot, not
+    namespaced); else each a ROS name ("robot_0", "/lab/arm_1"; leading "/" dropped),
+    distinct. ValueError naming `where`, the value and what is allowed."""
+    names = [str(value).strip("/") for value in values]
+    if names in ([], [""]):
+        return []
+    allowed = ("allowed: [''] (one robot) or distinct names of letters, digits and '_' "
+               "(not starting with a digit), '/'-separated")
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"{where} is {list(values)}: {name!r} is not a ROS name; {allowed}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where} is {list(values)}: a name repeats; {allowed}")
+    return names

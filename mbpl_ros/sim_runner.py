@@ -44,6 +44,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default=None,
                         help="experiment YAML for every node, replacing the file's experiment_config "
                              "(e.g. config/panda_reach.yaml)")
+    parser.add_argument("--robots", type=int, default=None, metavar="K",
+                        help="K simulated robots (/robot_0 ...), each robot's nodes in a process "
+                             "of its own; the trainer spreads each batch over them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
         for spec in graph.nodes(with_sim=True):
             overrides.setdefault(spec.name, {})["experiment_config"] = experiment
     try:
-        metrics = run_graph(args.config, overrides, log=sys.stderr)
+        if args.robots is not None:
+            from mbpl_ros.multi_robot import run_robots
+            metrics = run_robots(args.config, args.robots, overrides, log=sys.stderr)
+        else:
+            metrics = run_graph(args.config, overrides, log=sys.stderr)
     except GraphError as error:
         print(f"mbpl sim: {error}", file=sys.stderr)
         return 1
@@ -96,12 +103,14 @@ class GraphError(RuntimeError):
 
 
 def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
-              log: Optional[TextIO] = None, timeout_s: Optional[float] = None) -> List[dict]:
+              log: Optional[TextIO] = None, timeout_s: Optional[float] = None,
+              only: Optional[List[str]] = None) -> List[dict]:
     """Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
     (plus `overrides`: node name -> {parameter: value}), run until gps_trainer finishes, then
     destroy the nodes and shut the context down; the trainer's progress lines go to `log`
     (None: nowhere). Returns the trainer's metrics rows;
-    GraphError on a bad parameter, a training error or `timeout_s` passing."""
+    GraphError on a bad parameter, a training error or `timeout_s` passing. only: start
+    just these nodes (the rest run elsewhere, e.g. robots in their own processes)."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -114,7 +123,7 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
 
     params_file = Path(params_file)
     overrides = overrides or {}
-    specs = graph.nodes(with_sim=True)
+    specs = [spec for spec in graph.nodes(with_sim=True) if only is None or spec.name in only]
     unknown = sorted(set(overrides) - {spec.name for spec in specs})
     if unknown:
         raise GraphError(f"overrides for unknown nodes {unknown}; nodes: {[spec.name for spec in specs]}")

@@ -109,3 +109,14 @@ def test_estop_aborts_do_not_count_as_attempts():
 def test_robot_names_must_be_distinct():
     with pytest.raises(ValueError, match="distinct"):
         Dispatcher(1, ["a", "a"], next_id=0)
+
+
+def test_robot_names():
+    from mbpl_ros.dispatch import robot_names
+
+    assert robot_names([""]) == [] and robot_names([]) == []
+    assert robot_names(["/robot_0", "lab/arm_1"]) == ["robot_0", "lab/arm_1"]
+    with pytest.raises(ValueError, match="'robots'.*repeats"):
+        robot_names(["a", "/a"])
+    with pytest.raises(ValueError, match="'0a' is not a ROS name"):
+        robot_names(["0a"])
