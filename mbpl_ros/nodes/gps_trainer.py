@@ -355,6 +355,10 @@ class GpsTrainerNode(Node):
         except RecordingError as error:   # e.g. a resume whose recording lacks rollouts
             raise TrainingStopped(f"resume: {error}") from None
         self._say(f"done: {self.iterations} iterations; results in {self.output}")
+        if isinstance(source, SpreadTrials):
+            self._say("trials per robot: " + ", ".join(
+                f"{name} {count}" for name, count in source.completed.items())
+                + f"; trials lost by a robot and run again: {source.lost}")
 
     def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
         """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:
@@ -662,6 +666,8 @@ class SpreadTrials(RosTrials):
         self._arrivals: List[tuple] = []   # (link, rollout) of awaited ids, in arrival order
         self._awaited: set = set()
         self.links = [RobotLink(node, name, self._on_rollout) for name in node.robots]
+        self.completed = {name: 0 for name in node.robots}   # trials each robot completed
+        self.lost = 0      # trials a robot lost (it left, stalled or was e-stopped): run again
 
     def _on_rollout(self, link: RobotLink, msg: Float64MultiArray) -> None:
         node = self.node
@@ -738,9 +744,11 @@ class SpreadTrials(RosTrials):
                     lost = dispatcher.set_present(name, present)
                     lost = dispatcher.set_estopped(name, link.estop_latched) if lost is None else lost
                     if lost is not None:
+                        self.lost += 1
                         node.get_logger().warning(f"robot /{name} lost trial {lost} (left or "
                                                   "e-stopped): it goes to another robot")
                 for name, index, trial_id in dispatcher.expire(now):
+                    self.lost += 1
                     node.get_logger().warning(f"robot /{name}: no rollout of trial {trial_id} "
                                               f"within trial_timeout_s: it goes to another robot")
                     links[name].policy_set = None   # a restarted lqr_controller lost it
@@ -766,6 +774,8 @@ class SpreadTrials(RosTrials):
         finally:
             node.paused = False
             node.estop_aborts += dispatcher.estop_aborts
+            for name, robot in dispatcher.state.items():
+                self.completed[name] += robot.completed
             with node._arrived:
                 self._awaited.clear()
         return results
@@ -800,6 +810,7 @@ class SpreadTrials(RosTrials):
                 self.node._rollout_pub.publish(wire.encode_rollout(rollout))   # to the fitter
         elif rollout.status == wire.TrialStatus.ESTOP:
             dispatcher.estop_aborted(rollout.trial_id)
+            self.lost += 1
             dispatcher.state[link.name].resting_until = now + ESTOP_SETTLE_S   # latch trails
             self.node.get_logger().warning(f"robot /{link.name}: trial {rollout.trial_id} "
                                            "stopped by the e-stop: it goes to another robot")
