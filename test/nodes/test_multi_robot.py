@@ -112,3 +112,108 @@ def test_a_robot_killed_mid_iteration_loses_its_trial_to_the_other(experiment, r
     # robot_1 died in a trial: that trial was run again (by robot_0)
     lost = re.search(r"trials lost by a robot and run again: (\d+)", log.getvalue())
     assert lost is not None and int(lost.group(1)) >= 1, log.getvalue()
+
+
+class Training:
+    """The trainer's nodes (run_graph) in a thread over robot processes started here."""
+
+    def __init__(self, experiment, output, tmp_path, **trainer):
+        self.namespaces = graph.robot_namespaces(2)
+        overrides = overrides_for(experiment, output, robots=self.namespaces, **trainer)
+        self.overrides = {name: overrides[name] for name in graph.TRAINER_NODES}
+        self.processes = start_robots(SIM_CONFIG, self.namespaces, str(experiment),
+                                      tmp_path / "robots")
+        self.output, self.log, self.outcome = output, io.StringIO(), {}
+        self.thread = threading.Thread(target=self._train)
+        self.thread.start()
+
+    def _train(self):
+        from mbpl_ros.sim_runner import run_graph
+        try:
+            self.outcome["rows"] = run_graph(SIM_CONFIG, self.overrides, log=self.log,
+                                             timeout_s=150, only=list(graph.TRAINER_NODES))
+        except Exception as error:   # reported by the test
+            self.outcome["error"] = error
+
+    def wait_for_rows(self, count, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not ((self.output / "metrics.jsonl").exists()
+                   and len(rows_of(self.output)) >= count):
+            assert time.monotonic() < deadline and self.thread.is_alive(), self.outcome
+            time.sleep(0.02)
+
+    def finish(self, timeout=180):
+        self.thread.join(timeout=timeout)
+        assert not self.thread.is_alive()
+        assert "error" not in self.outcome, self.outcome
+        return self.outcome["rows"]
+
+    def close(self):
+        stop_robots(self.processes)
+        self.thread.join(timeout=30)
+
+
+@pytest.mark.timeout(240)
+def test_one_robots_estop_stops_that_robot_only(experiment, reference, tmp_path, ros_context):
+    from std_msgs.msg import Bool
+
+    from loop_helpers import create_probe, spinning
+
+    probe = create_probe(ros_context)
+    estop = probe.create_publisher(Bool, "/robot_1/gps/estop", 10)
+    latched = []
+    probe.create_subscription(Bool, "/robot_1/gps/estop_latched",
+                              lambda msg: latched.append(msg.data), wire_latched_qos())
+    training = Training(experiment, tmp_path / "out", tmp_path)
+    try:
+        with spinning(ros_context, [probe]):
+            training.wait_for_rows(2)
+            time.sleep(0.2)
+            estop.publish(Bool(data=True))
+            rows = training.finish()
+            assert latched and latched[-1] is True     # robot_1 stayed stopped
+    finally:
+        training.close()
+    assert_same_metrics(rows, rows_of(reference))
+    assert_same_recording(tmp_path / "out", reference)
+    assert "paused" not in training.log.getvalue()       # robot_0 went on: no pause
+
+
+@pytest.mark.timeout(240)
+def test_the_global_estop_stops_every_robot_until_reset(experiment, reference, tmp_path,
+                                                       ros_context):
+    from std_msgs.msg import Bool
+    from std_srvs.srv import Trigger
+
+    from loop_helpers import create_probe, spinning, wait_until
+
+    probe = create_probe(ros_context)
+    estop = probe.create_publisher(Bool, "/gps/estop", 10)
+    resets = [probe.create_client(Trigger, f"/{ns}/lqr_controller/reset_estop")
+              for ns in graph.robot_namespaces(2)]
+    training = Training(experiment, tmp_path / "out", tmp_path)
+    try:
+        with spinning(ros_context, [probe]):
+            training.wait_for_rows(2)
+            time.sleep(0.2)
+            estop.publish(Bool(data=True))
+            wait_until(lambda: "paused: every robot" in training.log.getvalue(), timeout=20,
+                       what="the trainer paused")
+            rows_then = len(rows_of(training.output))
+            time.sleep(1.0)
+            assert len(rows_of(training.output)) == rows_then   # nothing runs while stopped
+            estop.publish(Bool(data=False))
+            for client in resets:
+                assert client.wait_for_service(timeout_sec=10.0)
+                response = client.call(Trigger.Request(), timeout_sec=10.0)
+                assert response is not None and response.success, response
+            rows = training.finish()
+    finally:
+        training.close()
+    assert_same_metrics(rows, rows_of(reference))
+    assert_same_recording(tmp_path / "out", reference)
+
+
+def wire_latched_qos():
+    from mbpl_ros.nodes import wire
+    return wire.LATCHED_STATE_QOS
