@@ -629,7 +629,8 @@ class RobotLink:
         policy service)."""
         return (self.request_pub.get_subscription_count() > 0
                 and self.rollout_sub.get_publisher_count() > 0
-                and (self.node.config.algorithm != "mdgps" or self.policy_client.service_is_ready()))
+                and (self.node.config.algorithm != "mdgps"
+                     or self.policy_client.service_is_ready()))
 
     def use_policy(self, path: Path, version: int) -> None:
         """Its lqr_controller's policy_path set to `path` (of `version`), as _use_policy."""
@@ -640,7 +641,8 @@ class RobotLink:
         future.add_done_callback(lambda _: self.node._notify())
         if not self.node._wait(future.done, self.node.trial_timeout_s):
             raise TrainingStopped(f"/{self.name}/lqr_controller/set_parameters (policy_path) gave "
-                                  f"no answer within trial_timeout_s={self.node.trial_timeout_s:g} s")
+                                  "no answer within trial_timeout_s="
+                                  f"{self.node.trial_timeout_s:g} s")
         result = future.result().results[0]
         if not result.successful:
             raise TrainingStopped(f"/{self.name}/lqr_controller refused policy_path "
@@ -740,9 +742,11 @@ class SpreadTrials(RosTrials):
                 for name, link in links.items():
                     present = link.present()
                     if present != dispatcher.state[name].present:
-                        node.get_logger().warning(f"robot /{name} {'joined' if present else 'left'}")
+                        node.get_logger().warning(
+                            f"robot /{name} {'joined' if present else 'left'}")
                     lost = dispatcher.set_present(name, present)
-                    lost = dispatcher.set_estopped(name, link.estop_latched) if lost is None else lost
+                    if lost is None:
+                        lost = dispatcher.set_estopped(name, link.estop_latched)
                     if lost is not None:
                         self.lost += 1
                         node.get_logger().warning(f"robot /{name} lost trial {lost} (left or "
