@@ -7,6 +7,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mbpl-installed
 BENCH_STAMP := $(VENV)/.mbpl-bench-installed
+# The interface package (ament_cmake + rosidl), built with cmake into the venv itself.
+IFACE := mbpl_ros_interfaces
+IFACE_BUILD := build/$(IFACE)
+IFACE_STAMP := $(VENV)/.mbpl-interfaces-installed
+IFACE_SOURCES := $(IFACE)/CMakeLists.txt $(IFACE)/package.xml \
+	$(wildcard $(IFACE)/msg/*.msg $(IFACE)/srv/*.srv $(IFACE)/action/*.action)
 
 # DDS stays on this machine; each make invocation gets its own domain unless one is given.
 # The package's Fast DDS profile (loopback only, mbpl_ros/dds) is used unless one is set.
@@ -19,7 +25,7 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo test bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(IFACE_STAMP)
 
 $(STAMP): requirements.txt setup.py package.xml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,13 +34,27 @@ $(STAMP): requirements.txt setup.py package.xml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Rebuilt from a clean build directory whenever an interface file or the venv's packages
+# change (an incremental build keeps stale generated code; the C extensions compile against
+# the venv's numpy), after removing what the previous build installed.
+$(IFACE_STAMP): $(STAMP) $(IFACE_SOURCES)
+	@if [ -f $(IFACE_BUILD)/install_manifest.txt ]; then \
+	  xargs -d '\n' rm -f < $(IFACE_BUILD)/install_manifest.txt; fi
+	@rm -rf $(IFACE_BUILD) && mkdir -p $(IFACE_BUILD)
+	@echo "building $(IFACE) (log: $(IFACE_BUILD).log)"
+	@( cmake -S $(IFACE) -B $(IFACE_BUILD) -DCMAKE_INSTALL_PREFIX=$(abspath $(VENV)) \
+	    -DCMAKE_PREFIX_PATH=$(abspath $(VENV)) -DPython3_EXECUTABLE=$(abspath $(PY)) \
+	    -DBUILD_TESTING=OFF && cmake --build $(IFACE_BUILD) -j2 && cmake --install $(IFACE_BUILD) \
+	  ) > $(IFACE_BUILD).log 2>&1 || { tail -n 40 $(IFACE_BUILD).log; exit 1; }
+	@touch $@
+
+demo: setup
 	$(VENV)/bin/mbpl sim --config config/sim_reacher_2link.yaml --output runs/demo --overwrite
 
-test: $(STAMP)
+test: setup
 	$(PY) -m pytest test
 
-$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+$(BENCH_STAMP): $(STAMP) $(IFACE_STAMP) requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $(BENCH_STAMP)
 

@@ -58,7 +58,6 @@ sys.path.insert(0, str(ROOT))
 
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_policy  # noqa: E402
-from mbpl_ros.sim.arm import Arm  # noqa: E402
 
 LQR_CONFIG = ROOT / "config" / "reacher_2link.yaml"
 MDGPS_CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
@@ -128,7 +127,7 @@ class _Evaluator:
 
     def __init__(self, config: ExperimentConfig):
         self.config = config
-        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.arm = config.make_arm()
         self.starts = np.array([c.initial_positions for c in config.conditions], float)
         self.targets = np.array([c.target for c in config.conditions], float)
 
@@ -346,13 +345,18 @@ def main() -> int:
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: seed 0, SAC 3000 and PPO 8192 steps, 7 LQR-FLM / MDGPS iterations")
-    parser.add_argument("--plot", default=str(DEFAULT_PLOT))
+    parser.add_argument("--plot", help=f"where the plot goes (default: "
+                                       f"{DEFAULT_PLOT.relative_to(ROOT)}; with --quick a "
+                                       "temporary file, never the committed plot)")
     parser.add_argument("--json", help="also write every curve to this file")
     parser.add_argument("--markdown", action="store_true", help="print only the markdown report on stdout")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sac_steps, args.ppo_steps = [0], 3000, 8192
         args.lqr_iterations = args.mdgps_iterations = 7
+    if args.plot is None:
+        quick_plot = Path(tempfile.gettempdir()) / "benchmark_sample_efficiency_quick.png"
+        args.plot = str(quick_plot if args.quick else DEFAULT_PLOT)
 
     import torch
     from threadpoolctl import threadpool_limits

@@ -39,6 +39,48 @@ class ConditionConfig:
 
 
 @dataclass
+class BoxConfig:
+    size: list[float] = doc("full side lengths (m), [x, y, z]", gt=0.0)
+    position: list[float] = doc("centre in the fixture's frame (m), [x, y, z]", [0.0, 0.0, 0.0])
+
+    def __post_init__(self):
+        if len(self.size) != 3 or len(self.position) != 3:
+            raise ValueError("size and position must have 3 entries [x, y, z]")
+
+
+@dataclass
+class FixtureConfig:
+    name: str = doc("the fixture's name (errors, logs)")
+    boxes: list[BoxConfig] = doc("its boxes (each a collision and a visual shape), axis-aligned "
+                                 "with the fixture's frame")
+    position: list[float] = doc("the fixture frame's origin (m): in the world, or an offset "
+                                "from each condition's target when relative_to is target",
+                                [0.0, 0.0, 0.0])
+    relative_to: Literal["world", "target"] = doc(
+        "world: fixed; target: placed at each condition's target + position at every reset "
+        "(e.g. a hole whose bottom is the target)", "world")
+    color: list[float] = doc("RGBA, each in [0, 1]", [0.55, 0.55, 0.6, 1.0])
+    lateral_friction: float = doc("Coulomb friction coefficient of its surfaces", 0.5, ge=0.0)
+
+    def __post_init__(self):
+        if not self.boxes:
+            raise ValueError("boxes: at least one box is needed")
+        if len(self.position) != 3:
+            raise ValueError(f"position must have 3 entries [x, y, z], got {len(self.position)}")
+        if len(self.color) != 4 or not all(0.0 <= c <= 1.0 for c in self.color):
+            raise ValueError(f"color must be 4 numbers in [0, 1] (RGBA), got {self.color}")
+
+    def fixture(self):
+        """The sim.scene.Fixture this entry describes."""
+        from mbpl_ros.sim.scene import Box, Fixture
+
+        boxes = tuple(Box(tuple(b.size), tuple(b.position)) for b in self.boxes)
+        return Fixture(name=self.name, boxes=boxes, position=tuple(self.position),
+                       relative_to=self.relative_to,
+                       color=tuple(self.color), lateral_friction=self.lateral_friction)
+
+
+@dataclass
 class InitialControllerConfig:
     kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double integrator", "pd")
     natural_frequency: Optional[float] = doc(
@@ -120,6 +162,12 @@ class PolicyConfig:
                                  "variance) instead of the local controllers", False)
     linearization_regularization: float = doc("ridge of the per-step regression that linearises the policy",
                                               1e-6, gt=0.0)
+    refit_normalization: bool = doc(
+        "refit the policy's input normaliser at every S-step (the network's function kept), not "
+        "only at the first: for tasks whose later states leave the first iteration's range", False)
+    normalize_actions: bool = doc(
+        "scale the policy's outputs by the mean and std. dev. of the first S-step's target "
+        "actions: for actions of tens of N·m (an arm's gravity torques)", False)
     prior: PolicyPriorConfig = dataclasses.field(
         default_factory=PolicyPriorConfig, metadata={"doc": "GMM prior of the policy linearisation"})
 
@@ -157,6 +205,8 @@ class ExperimentConfig:
         default_factory=TrajectoryOptimizationConfig, metadata={"doc": "KL-bounded LQR step"})
     policy: PolicyConfig = dataclasses.field(
         default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
+    fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see "
+                                        "'Fixtures' below); none by default", [])
 
     def __post_init__(self):
         self.robot = _robot_name(self.robot)
@@ -182,7 +232,19 @@ class ExperimentConfig:
 
     @property
     def layout(self) -> StateLayout:
-        return StateLayout(n_joints=self.robot_spec.n_joints, n_points=1)
+        return StateLayout(n_joints=self.robot_spec.n_joints, n_points=self.robot_spec.n_points)
+
+    @property
+    def scene(self) -> tuple:
+        """The fixtures (sim.scene.Fixture) of the scene."""
+        return tuple(f.fixture() for f in self.fixtures)
+
+    def make_arm(self, gui: bool = False):
+        """The simulated arm of this experiment: its robot, physics_dt, substeps and fixtures."""
+        from mbpl_ros.sim.arm import Arm
+
+        return Arm(self.robot, physics_dt=self.physics_dt, substeps=self.substeps, gui=gui,
+                   fixtures=self.scene)
 
     @property
     def control_dt(self) -> float:
@@ -218,7 +280,8 @@ class ExperimentConfig:
                 hidden_sizes=tuple(p.hidden_sizes), activation=p.activation,
                 initial_variance=p.initial_variance, learning_rate=p.learning_rate,
                 weight_decay=p.weight_decay, batch_size=p.batch_size, iterations=p.iterations,
-                seed=policy_seed, device=p.device),
+                seed=policy_seed, device=p.device, refit_normalization=p.refit_normalization,
+                normalize_actions=p.normalize_actions),
             policy_prior=PolicyPriorSettings(
                 enabled=p.prior.enabled, max_clusters=p.prior.max_clusters,
                 min_points_per_cluster=p.prior.min_points_per_cluster, strength=p.prior.strength),
@@ -346,5 +409,13 @@ def configuration_reference() -> str:
               "| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, text in describe(RobotDescription):
         lines.append(f"| `robot.{key}` | `{default}` | {text} |")
+    lines += ["", "## Fixtures", "",
+              "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
+              "hole: four walls and a floor; see config/peg_insertion.yaml):", "",
+              "| key | default | meaning |", "| --- | --- | --- |"]
+    for key, default, text in describe(FixtureConfig):
+        lines.append(f"| `fixtures[].{key}` | `{default}` | {text} |")
+    for key, default, text in describe(BoxConfig):
+        lines.append(f"| `fixtures[].boxes[].{key}` | `{default}` | {text} |")
     lines += ["", "## cost", "", "```", inspect.cleandoc(costs.build_cost.__doc__), "```", ""]
     return "\n".join(lines)

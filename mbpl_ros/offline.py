@@ -44,6 +44,9 @@ from mbpl_ros.training import (METRICS_FILE, RECORDING_FILE, Trial, TrainingLoop
 #: Held-out initial conditions are at least this far (rad, Euclidean in joint space)
 #: from every training condition's initial joint angles.
 HELD_OUT_MIN_SEPARATION_RAD = 0.05
+#: Held-out targets (when the training conditions differ only in their targets, e.g. the
+#: position of a hole) are at least this far (m) from every training target.
+HELD_OUT_MIN_SEPARATION_M = 0.005
 
 # A mean policy: state x (dX,) -> action (dU,).
 MeanPolicy = Callable[[np.ndarray], np.ndarray]
@@ -91,11 +94,15 @@ class SimSource:
     joint-limit guard (core.safety, its default margin and damping), as on the robot.
     Dynamics are left to the algorithm."""
 
-    def __init__(self, config: ExperimentConfig) -> None:
+    def __init__(self, config: ExperimentConfig, gui: bool = False) -> None:
         from mbpl_ros.core import safety
 
         self.config = config
-        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.arm = config.make_arm(gui=gui)   # with the experiment's fixtures
+        if gui:   # the window's camera and target markers change no rollout (test_replay)
+            from mbpl_ros.sim import view
+            view.prepare(self.arm, [c.initial_positions for c in config.conditions],
+                         [c.target for c in config.conditions], gui=True)
         self.limits = safety.SafetyLimits(effort=self.arm.effort_limits,
                                           position=self.arm.position_limits,
                                           margin=safety.DEFAULT_JOINT_LIMIT_MARGIN,
@@ -176,6 +183,23 @@ class RecordedSource(SimSource):
         return results
 
 
+def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[list[float], float]:
+    """Noise-free trials of each condition's controller (M,) on the arm, as the training
+    loop's evaluation runs them (SimSource: the same guard and clamp): final distances (M,)
+    and the mean total cost."""
+    layout, M = config.layout, len(config.conditions)
+    source = SimSource(config)
+    try:
+        source.publish(controllers, 0, None)
+        zero = np.zeros((config.T, layout.dU))
+        results = source.run_trials([Trial(0, m, 0, "evaluation", "controller", 0, zero)
+                                     for m in range(M)], lambda result: None)
+    finally:
+        source.close()
+    costs = [float(cost.evaluate(r.X[None], r.U[None]).l.sum()) for r in results]
+    return [final_distance(r.X, layout) for r in results], float(np.mean(costs))
+
+
 # --------------------------------------------------------------------------- recordings
 
 
@@ -238,6 +262,7 @@ class TrainingRun:
     log: Optional[TextIO] = None      # progress lines; None: sys.stderr at construction
     record: bool = False
     allow_incomplete_recording: bool = False   # resume even if rollouts.mcap lacks some
+    gui: bool = False                 # show the arm in the PyBullet window (sim.view)
 
     def __post_init__(self) -> None:
         self.output = Path(self.output)
@@ -253,7 +278,8 @@ class TrainingRun:
         """Train for `iterations` iterations. With resume, continue from the newest
         checkpoint in `output` (CheckpointError if it is damaged or of another
         experiment; a fresh start if there is none)."""
-        return self._train(SimSource(self.config), iterations, resume=resume, record=self.record)
+        return self._train(SimSource(self.config, gui=self.gui), iterations, resume=resume,
+                           record=self.record)
 
     def refit(self, recording_path: str | Path) -> list[dict]:
         """Re-run the updates on the rollouts of a recording instead of drawing new ones:
@@ -302,7 +328,9 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
 
     The target is the training conditions' target when they share one; when they differ,
     each held-out start takes the target of the training condition whose initial joint
-    angles are nearest (Euclidean in joint space).
+    angles are nearest (Euclidean in joint space). When every training condition starts
+    from the same joint angles and only the targets differ, held-out targets are drawn
+    instead (held_out_targets).
     """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
@@ -311,6 +339,8 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
     starts = np.array([c.initial_positions for c in config.conditions], float)   # (M, J)
     targets = np.array([c.target for c in config.conditions], float)              # (M, 3)
     low, high = starts.min(axis=0), starts.max(axis=0)
+    if np.all(high == low) and np.any(targets.max(axis=0) > targets.min(axis=0)):
+        return held_out_targets(config, count, seed)
     if np.all(high - low <= min_separation):
         raise ValueError("the training conditions' initial joint angles span no box wider than "
                          f"{min_separation} rad: there is no room for held-out conditions "
@@ -331,10 +361,38 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
     return held_out, targets[nearest]
 
 
+def held_out_targets(config: ExperimentConfig, count: int, seed: int,
+                     min_separation: float = HELD_OUT_MIN_SEPARATION_M
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """For training conditions that share their start and differ in their targets (the
+    hole moves, the arm starts where it always does): that start (count, J) and `count`
+    targets (count, 3) drawn uniformly from the box the training targets span (per axis,
+    smallest to largest; an axis on which they agree keeps its value), each at least
+    `min_separation` m from every training target."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    starts = np.array([c.initial_positions for c in config.conditions], float)   # (M, J)
+    targets = np.array([c.target for c in config.conditions], float)              # (M, 3)
+    low, high = targets.min(axis=0), targets.max(axis=0)
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for _ in range(1000 * count):  # rejection sampling
+        target = rng.uniform(low, high)
+        if np.linalg.norm(targets - target, axis=1).min() >= min_separation:
+            chosen.append(target)
+            if len(chosen) == count:
+                break
+    else:
+        raise ValueError(f"could not draw {count} held-out targets at least {min_separation} m "
+                         "from every training target; the training targets fill their box")
+    return np.repeat(starts[:1], count, axis=0), np.stack(chosen)
+
+
 def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, count: int, seed: int,
                              success_distance_m: float | None = None) -> dict[str, Any]:
     """Run the exported policy at `policy_path` noise-free from `count` held-out initial
-    conditions (held_out_conditions(config, count, seed)) for config.T steps.
+    conditions (held_out_conditions(config, count, seed): held-out starts, or held-out
+    targets where only the targets vary) for config.T steps.
 
     Returns a JSON-ready dict: policy, robot, seed, T, success_distance_m, success_rate,
     successes, distances_m (count,), mean/median/max distance, and per-condition
@@ -348,7 +406,7 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
     if not threshold > 0:
         raise ValueError(f"success_distance_m must be > 0, got {threshold!r}")
     starts, targets = held_out_conditions(config, count, seed)
-    with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
+    with config.make_arm() as arm:
         distances, _ = evaluate_policy(arm, config, policy, starts, targets)
     success = [d < threshold for d in distances]
     return {

@@ -31,7 +31,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ros__parameters YAML of the graph, e.g. config/sim_reacher_2link.yaml")
     parser.add_argument("--iterations", type=int, default=None,
                         help="learning iterations (default: gps_trainer's parameter, else the experiment's)")
-    parser.add_argument("--output", default=None, help="output directory (default: gps_trainer's output_dir)")
+    parser.add_argument("--output", default=None,
+                        help="output directory (default: gps_trainer's output_dir in --config, or "
+                             "with --experiment runs/sim_<the experiment's name>)")
     parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the experiment's)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
@@ -43,28 +45,65 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                              "completed iterations (the recording is then marked incomplete)")
     parser.add_argument("--experiment", default=None,
                         help="experiment YAML for every node, replacing the file's experiment_config "
-                             "(e.g. config/panda_reach.yaml)")
+                             "(e.g. config/panda_reach.yaml); the default output is then "
+                             "runs/sim_<its name>")
+    parser.add_argument("--gui", action="store_true",
+                        help="show the simulated arm in the PyBullet window (sim_robot's gui "
+                             "parameter)")
     parser.add_argument("--robots", type=int, default=None, metavar="K",
                         help="K simulated robots (/robot_0 ...), each robot's nodes in a process "
                              "of its own; the trainer spreads each batch over them")
 
 
 def run(args: argparse.Namespace) -> int:
+    """`mbpl sim`: check the arguments (nothing is written before), run the graph; a stop by
+    SIGINT/SIGTERM ends the current trial (lqr_controller sends its fallback), keeps the
+    complete iterations and prints the command that resumes the run (exit status 130)."""
+    from mbpl_ros.config import ConfigError, check_output_directory
     from mbpl_ros.dds import use_loopback_only
+    from mbpl_ros.experiment import load_experiment
+    from mbpl_ros.interrupt import interruptible, print_stopped, resume_command
+    from mbpl_ros.nodes import graph
+    from mbpl_ros.nodes.common import NodeParameterError, resolve_experiment_path
+    from mbpl_ros.runs import default_output, read_run_description, write_run_description
+    from mbpl_ros.training import OutputInUse, claim_output
+
     use_loopback_only()   # the simulation's graph: reachable from this machine only
-    trainer_overrides = {}
-    if args.iterations is not None:
-        if args.iterations < 1:
-            print(f"mbpl sim: --iterations must be >= 1, got {args.iterations}", file=sys.stderr)
+
+    for flag, value, low, high in (("--iterations", args.iterations, 1, 100_000),
+                                   ("--seed", args.seed, 0, 2 ** 31 - 1)):
+        if value is not None and not low <= value <= high:
+            print(f"mbpl sim: {flag} must be an integer in [{low}, {high}], got {value}",
+                  file=sys.stderr)
             return 2
-        trainer_overrides["iterations"] = args.iterations
+    try:
+        trainer_file = graph.parameter_overrides(args.config, "gps_trainer")
+        named = str(trainer_file.get("experiment_config", "reacher_2link.yaml"))
+        experiment = (Path(args.experiment) if args.experiment is not None
+                      else resolve_experiment_path(named))
+        load_experiment(experiment)
+    except (ValueError, ConfigError, NodeParameterError) as error:  # ConfigError: a ValueError too
+        print(f"mbpl sim: {error}", file=sys.stderr)
+        return 2
+    # Named for the experiment unless given: --output, else the file's output_dir unless
+    # --experiment replaced the experiment it was written for.
     if args.output is not None:
-        from mbpl_ros.config import ConfigError, check_output_directory
-        try:
-            trainer_overrides["output_dir"] = str(check_output_directory(args.output, "--output"))
-        except ConfigError as error:
-            print(f"mbpl sim: {error}", file=sys.stderr)
-            return 2
+        output = Path(args.output)
+    elif args.experiment is None and trainer_file.get("output_dir"):
+        output = Path(str(trainer_file["output_dir"]))
+    else:
+        output = default_output(experiment, prefix="sim_")
+    resuming = args.resume or trainer_file.get("resume") is True
+    try:
+        resolved = check_output_directory(output, "--output")
+        claim_output(output, resume=resuming, overwrite=args.overwrite,
+                     resume_hint="pass --resume", overwrite_hint="--overwrite")
+    except (ConfigError, OutputInUse) as error:
+        print(f"mbpl sim: {error}", file=sys.stderr)
+        return 2
+    trainer_overrides = {"output_dir": str(resolved)}
+    if args.iterations is not None:
+        trainer_overrides["iterations"] = args.iterations
     if args.seed is not None:
         trainer_overrides["seed"] = args.seed
     if args.resume:
@@ -72,25 +111,36 @@ def run(args: argparse.Namespace) -> int:
     if args.allow_incomplete_recording:
         trainer_overrides["allow_incomplete_recording"] = True
     if args.overwrite:
-        trainer_overrides["overwrite"] = True
+        trainer_overrides["overwrite"] = True   # the trainer's rule clears the old run
     overrides = {"gps_trainer": trainer_overrides}
     if args.experiment is not None:
-        from mbpl_ros.nodes import graph
-        experiment = str(Path(args.experiment).resolve())
         for spec in graph.nodes(with_sim=True):
-            overrides.setdefault(spec.name, {})["experiment_config"] = experiment
+            overrides.setdefault(spec.name, {})["experiment_config"] = str(experiment.resolve())
+    if getattr(args, "gui", False):
+        overrides.setdefault("sim_robot", {})["gui"] = True
+    resume = resume_command(["mbpl", "sim"], [
+        ("--config", args.config), ("--output", output),
+        ("--experiment", args.experiment or False), ("--iterations", args.iterations or False),
+        ("--seed", False if args.seed is None else args.seed),
+        ("--resume", None)])
     try:
-        if args.robots is not None:
-            from mbpl_ros.multi_robot import run_robots
-            metrics = run_robots(args.config, args.robots, overrides, log=sys.stderr)
-        else:
-            metrics = run_graph(args.config, overrides, log=sys.stderr)
+        with interruptible():
+            if not resuming or read_run_description(output) is None:
+                command = ["mbpl", *getattr(args, "argv", ["sim"])]
+                write_run_description(output, experiment, command)
+            if args.robots is not None:
+                from mbpl_ros.multi_robot import run_robots
+                metrics = run_robots(args.config, args.robots, overrides, log=sys.stderr)
+            else:
+                metrics = run_graph(args.config, overrides, log=sys.stderr)
+    except (KeyboardInterrupt, GraphInterrupted):
+        return print_stopped("mbpl sim", output, resume)
     except GraphError as error:
         print(f"mbpl sim: {error}", file=sys.stderr)
         return 1
     last = metrics[-1]
     print(f"done: final distances (cm) {' '.join(f'{100 * d:.2f}' for d in last['final_distance_m'])} after "
-          f"{last['iteration']} iterations, {last['rollouts']} rollouts")
+          f"{last['iteration']} iterations, {last['rollouts']} rollouts; results in {output}")
     return 0
 
 
@@ -100,6 +150,10 @@ FITTER_STATE_FILE = "dynamics_fitter.state"
 
 class GraphError(RuntimeError):
     """The graph could not start, or the training stopped with an error."""
+
+
+class GraphInterrupted(GraphError):
+    """SIGINT/SIGTERM (KeyboardInterrupt) stopped the run; the nodes were shut down."""
 
 
 def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
@@ -170,7 +224,7 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
                     raise GraphError(f"training did not finish within {timeout_s} s")
             except KeyboardInterrupt:
                 trainer.stop()
-                raise GraphError("interrupted") from None
+                raise GraphInterrupted("interrupted") from None
             if trainer.exit_code != 0:
                 raise GraphError(f"training stopped: {trainer.error}")
             return list(trainer.metrics)

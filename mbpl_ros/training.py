@@ -7,11 +7,13 @@ i (1 .. iterations) then
 
     collect    N trials per condition of controller version i-1 (or, for MDGPS with
                policy.sample_on_policy, of the policy from iteration 2 on), rollout n of
-               condition m exploring with rollout_noise(seed, i, m, n); each sample is
-               recorded as it arrives
+               condition m exploring with rollout_noise(seed, i, m, n)
     dynamics   fitted here by the algorithm (GMM prior in the algorithm), or fitted
                elsewhere and handed over by the source (the ROS dynamics_fitter)
-    update     LqrFlm or Mdgps (S-step, linearisation, C-step)
+    update     LqrFlm or Mdgps (S-step, linearisation, C-step); a batch whose dynamics
+               never come or whose update gives unusable controllers (core.sanity) is
+               drawn again with fresh noise (UnusableBatch, at most BATCH_ATTEMPTS draws);
+               the accepted batch's samples are recorded
     publish    the new controllers (version i) and, for MDGPS, policy.pt + policy.json
                exported atomically
     evaluate   one noise-free trial per condition of the controllers and, for MDGPS, of
@@ -33,6 +35,7 @@ does. claim_output is the one rule for an output directory that already holds a 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import sys
@@ -50,11 +53,17 @@ from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_sta
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.experiment import ExperimentConfig
+from mbpl_ros.runs import METRICS_FILE, RECORDING_FILE, existing_run
 from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
-METRICS_FILE = "metrics.jsonl"
-RECORDING_FILE = "rollouts.mcap"
 POLICY_FILE = "policy.pt"
+#: Draws of an iteration's batch before the run stops, when a batch cannot be used.
+BATCH_ATTEMPTS = 3
+
+
+class UnusableBatch(RuntimeError):
+    """An iteration's batch gave no usable dynamics or update (a source raises it when the
+    dynamics of a batch never come); the loop draws the batch again with fresh noise."""
 
 
 # --------------------------------------------------------------------------- trials
@@ -118,18 +127,6 @@ class RolloutSource(Protocol):
 
 class OutputInUse(RuntimeError):
     """The output directory holds a run, and neither resume nor overwrite was asked for."""
-
-
-def existing_run(output: Path) -> Optional[str]:
-    """What in `output` shows that a run was started there (None if nothing)."""
-    output = Path(output)
-    checkpoints = checkpoint_paths(output)
-    if checkpoints:
-        return checkpoints[-1].name
-    for name in (METRICS_FILE, RECORDING_FILE):
-        if (output / name).is_file() and (output / name).stat().st_size > 0:
-            return name
-    return None
 
 
 def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: str = "--resume",
@@ -365,16 +362,9 @@ class TrainingLoop:
             if checkpoint is None:
                 self._commit(self._evaluate(algorithm, cost, 0, 0, start), None)
             for i in range(first, iterations + 1):
-                samples = self.source.run_trials(self._sample_trials(i),
-                                                 self._trial_hook(recorder))
-                batch = Rollouts(np.stack([r.X for r in samples]),
-                                 np.stack([r.U for r in samples]),
-                                 np.array([r.trial.condition for r in samples]))
+                samples, batch, report = self._accepted_update(i, recorder)
+                algorithm = self.algorithm
                 rollouts_total += batch.N
-                dynamics = self.source.fitted_dynamics(samples[0].trial.version, samples)
-                if self.before_update is not None:
-                    self.before_update(algorithm)
-                report = self._update(algorithm, batch, dynamics)
                 self.source.publish(algorithm.controllers, i, self._export(algorithm, i))
                 conditions = report.conditions if self.is_mdgps else report
                 extra = ({"policy_loss": report.policy_loss, "policy_kl": report.policy_kl}
@@ -397,39 +387,77 @@ class TrainingLoop:
 
     # ------------------------------------------------------------------ steps
 
-    def _sample_trials(self, iteration: int) -> list[Trial]:
+    def _accepted_update(self, iteration: int, recorder):
+        """Draw the iteration's samples and update on them: (samples, batch, report). A batch
+        whose dynamics the source could not fit (UnusableBatch), whose update fails
+        (TrajectoryOptimizationError) or gives controllers not to be used (core.sanity:
+        non-finite or absurd numbers) is drawn again
+        with fresh noise, from the algorithm as it was before, up to BATCH_ATTEMPTS times;
+        then UnusableBatch. Only the accepted batch's rollouts are recorded."""
+        from mbpl_ros.core import sanity
+        from mbpl_ros.core.traj_opt import TrajectoryOptimizationError
+
+        problems = []
+        for attempt in range(BATCH_ATTEMPTS):
+            samples = self.source.run_trials(self._sample_trials(iteration, attempt),
+                                             self._on_trial)
+            batch = Rollouts(np.stack([r.X for r in samples]), np.stack([r.U for r in samples]),
+                             np.array([r.trial.condition for r in samples]))
+            before = copy.deepcopy(self.algorithm)
+            try:
+                dynamics = self.source.fitted_dynamics(samples[0].trial.version, samples)
+                if self.before_update is not None:
+                    self.before_update(self.algorithm)
+                report = self._update(self.algorithm, batch, dynamics)
+                problem = sanity.controllers_fault(self.algorithm.controllers)
+            except (UnusableBatch, TrajectoryOptimizationError) as error:
+                problem = str(error)
+            if problem is None:
+                for result in samples:
+                    self._record(recorder, result)
+                return samples, batch, report
+            problems.append(problem)
+            self.algorithm = before
+            self.say(f"iteration {iteration}: the batch cannot be used ({problem}); drawing it "
+                     f"again with fresh noise (attempt {attempt + 2} of {BATCH_ATTEMPTS})"
+                     if attempt + 1 < BATCH_ATTEMPTS else
+                     f"iteration {iteration}: the batch cannot be used ({problem})")
+        raise UnusableBatch(f"iteration {iteration}: no usable batch in {BATCH_ATTEMPTS} "
+                            f"attempts ({'; '.join(problems)})")
+
+    def _sample_trials(self, iteration: int, attempt: int = 0) -> list[Trial]:
         """The iteration's N sample trials per condition, condition-major: of controller
         version iteration-1, or of the policy (MDGPS with sample_on_policy, from the second
-        iteration on: it is untrained before)."""
+        iteration on: it is untrained before); `attempt` > 0 draws the batch again with
+        fresh noise."""
         config, layout = self.config, self.config.layout
         on_policy = self.is_mdgps and config.policy.sample_on_policy and iteration > 1
         executor = "policy" if on_policy else "controller"
         return [Trial(iteration, m, n, "sample", executor, iteration - 1,
                       rollout_noise(self.seed, iteration, m, n, config.T, layout.dU,
-                                    config.exploration.smoothing, config.exploration.renormalize))
+                                    config.exploration.smoothing, config.exploration.renormalize,
+                                    attempt=attempt))
                 for m in range(len(config.conditions))
                 for n in range(config.rollouts_per_condition)]
 
-    def _trial_hook(self, recorder) -> TrialHook:
+    def _on_trial(self, result: TrialResult) -> None:
+        if self.on_trial is not None:
+            self.on_trial(result)
+
+    def _record(self, recorder, result: TrialResult) -> None:
+        """Append a sample rollout to the recording (when recording)."""
         from mbpl_ros.recording import RecordedRollout
 
-        config, layout = self.config, self.config.layout
-        joint_names = tuple(config.robot_spec.joint_names)
-
-        def on_trial(result: TrialResult) -> None:
-            trial = result.trial
-            if recorder is not None and trial.purpose == "sample":
-                spec = config.conditions[trial.condition]
-                recorder.write_rollout(RecordedRollout(
-                    iteration=trial.iteration, condition=trial.condition, index=trial.index,
-                    controller_version=trial.version, joint_names=joint_names,
-                    positions=result.X[:, layout.position],
-                    velocities=result.X[:, layout.velocity], efforts=result.U,
-                    commands=result.commands, target=np.asarray(spec.target, float),
-                    initial_positions=np.asarray(spec.initial_positions, float)))
-            if self.on_trial is not None:
-                self.on_trial(result)
-        return on_trial
+        trial, config, layout = result.trial, self.config, self.config.layout
+        if recorder is None or trial.purpose != "sample":
+            return
+        spec = config.conditions[trial.condition]
+        recorder.write_rollout(RecordedRollout(
+            iteration=trial.iteration, condition=trial.condition, index=trial.index,
+            controller_version=trial.version, joint_names=tuple(config.robot_spec.joint_names),
+            positions=result.X[:, layout.position], velocities=result.X[:, layout.velocity],
+            efforts=result.U, commands=result.commands, target=np.asarray(spec.target, float),
+            initial_positions=np.asarray(spec.initial_positions, float)))
 
     def _update(self, algorithm, batch: Rollouts, dynamics: Optional[list]):
         if dynamics is None:
@@ -459,7 +487,7 @@ class TrainingLoop:
         if measure_policy:
             trials += [Trial(iteration, m, 0, "evaluation", "policy", iteration, zero)
                        for m in range(M)]
-        results = self.source.run_trials(trials, self._trial_hook(None))
+        results = self.source.run_trials(trials, self._on_trial)
         distances = [final_distance(r.X, layout) for r in results]
         costs = [float(cost.evaluate(r.X[None], r.U[None]).l.sum()) for r in results]
         row = {"iteration": iteration, "rollouts": rollouts, "env_steps": rollouts * config.T,

@@ -1,5 +1,6 @@
 """Test-wide set-up: DDS stays on loopback, in a domain of this test process's own."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,36 @@ def ros_context():
     finally:
         if context.ok():
             rclpy.shutdown(context=context)
+
+
+# ---------------------------------------------------------------- outputs stay in tmp
+# Tests write only to temporary directories: nothing may appear in the repository (a run
+# directory in runs/, a stray file at the top). Caches and build output are not outputs.
+_REPOSITORY = Path(__file__).resolve().parents[1]
+_NOT_OUTPUTS = {".pytest_cache", ".hypothesis", "__pycache__", ".venv", "build",
+                "mbpl_ros.egg-info", ".whl"}
+
+
+def _repository_outputs() -> set:
+    found = {p for p in _REPOSITORY.iterdir() if p.name not in _NOT_OUTPUTS}
+    runs = _REPOSITORY / "runs"
+    if runs.is_dir():
+        found |= set(runs.iterdir())
+    return found
+
+
+def pytest_sessionstart(session):
+    session.config._outputs_before = _repository_outputs()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_outputs_before", None)
+    if before is None:
+        return
+    written = sorted(str(p.relative_to(_REPOSITORY)) for p in _repository_outputs() - before)
+    if written:
+        session.config.get_terminal_writer().line()
+        session.config.get_terminal_writer().line(
+            f"test outputs written into the repository (tests must use tmp_path): {written}",
+            red=True)
+        session.exitstatus = 1

@@ -91,3 +91,31 @@ def test_guide_controllers_yaml_drives_the_panda_joints_by_effort():
     assert effort["joints"] == panda["joints"]
     assert controllers["controller_manager"]["ros__parameters"]["effort_controller"]["type"] == \
         "forward_command_controller/ForwardCommandController"
+
+
+# Paths of a development machine and the contributors' tools: never in user docs.
+DEVELOPMENT_ONLY = [r"/work/", r"/home/[a-z_][\w-]*/", r"/root/", r"ros-launch-overlay",
+                    r"shared/tools", r"launch_pytest\.plugin"]
+
+
+def user_docs() -> list[Path]:
+    return [README] + sorted((ROOT / "docs").glob("*.md"))
+
+
+@pytest.mark.parametrize("path", user_docs(), ids=lambda p: p.name)
+def test_user_docs_name_no_development_path_or_contributor_tool(path):
+    text = path.read_text()
+    found = [(pattern, text[max(0, m.start() - 40):m.end() + 40])
+             for pattern in DEVELOPMENT_ONLY for m in re.finditer(pattern, text)]
+    assert not found, f"{path.name} names what only a contributor's machine has: {found}"
+
+
+def test_launch_guide_says_how_to_run_and_verify_on_a_ros_machine():
+    text = (ROOT / "docs" / "launch.md").read_text()
+    blocks = "\n".join(body for _, body in code_blocks(text, "bash"))
+    for launch_file in ("sim_gps.launch.py", "robot_gps.launch.py"):
+        assert f"ros2 launch mbpl_ros {launch_file}" in blocks
+    assert "python3 -m pytest test/launch" in blocks and "colcon test" in blocks
+    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    assert "ros-launch-overlay" in contributing
+    assert "-p launch_pytest.plugin test/launch" in contributing

@@ -2,6 +2,7 @@
 reacher, their files, the exported policy and `mbpl eval` on held-out starts."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -266,3 +267,59 @@ def test_sampling_on_policy_runs(tmp_path):
     metrics = TrainingRun(config, tmp_path, seed=0, log=io.StringIO()).run(2)
     assert len(metrics) == 3 and all(np.isfinite(metrics[2]["policy_final_distance_m"]))
     assert metrics[2]["rollouts"] == 40
+
+
+class _GlitchingSource:
+    """The arm of `mbpl train` (offline.SimSource, real), except that the first sample batch
+    of iteration 1 comes back with one rollout corrupted as a glitching encoder would
+    corrupt it, finite but absurd: the fault the loop's batch check is for."""
+
+    def __new__(cls, config):
+        from mbpl_ros.offline import SimSource
+
+        class Glitching(SimSource):
+            glitched = False
+
+            def run_trials(self, trials, on_trial):
+                results = super().run_trials(trials, on_trial)
+                if not self.glitched and trials[0].purpose == "sample" and trials[0].iteration == 1:
+                    self.glitched = True
+                    results[0].X[5:, 0] = 1e300
+                return results
+        return Glitching(config)
+
+
+def test_an_unusable_batch_is_drawn_again_with_fresh_noise_and_recorded_once(tmp_path):
+    """The absurd batch gives unusable controllers (core.sanity); the loop restores the
+    algorithm, draws iteration 1 again with the noise of attempt 1, records only that batch,
+    and the run goes on."""
+    from mbpl_ros.recording import read_recording
+    from mbpl_ros.sim.rollout import rollout_noise
+    from mbpl_ros.training import TrainingLoop
+
+    config = load_experiment(LQR_FLM_CONFIG)
+    config = dataclasses.replace(config, T=15, rollouts_per_condition=2,
+                                 conditions=config.conditions[:2])
+    lines = []
+    source = _GlitchingSource(config)
+    try:
+        with np.errstate(all="ignore"):
+            metrics = TrainingLoop(config, tmp_path, 0, source, record=True,
+                                   say=lines.append).run(2)
+    finally:
+        source.close()
+    assert source.glitched and [row["iteration"] for row in metrics] == [0, 1, 2]
+    assert any("iteration 1: the batch cannot be used" in line and "attempt 2 of 3" in line
+               for line in lines), lines
+    assert all(np.isfinite(d) for row in metrics for d in row["final_distance_m"])
+    recorded = [r for r in read_recording(tmp_path / "rollouts.mcap").rollouts if r.iteration == 1]
+    assert sorted((r.condition, r.index) for r in recorded) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    layout = config.layout
+    for r in recorded:   # the accepted batch explored with attempt 1's noise
+        noise = rollout_noise(0, 1, r.condition, r.index, config.T, layout.dU,
+                              config.exploration.smoothing, config.exploration.renormalize,
+                              attempt=1)
+        first = rollout_noise(0, 1, r.condition, r.index, config.T, layout.dU,
+                              config.exploration.smoothing, config.exploration.renormalize)
+        assert not np.allclose(noise, first)
+        assert np.all(np.abs(r.positions) < 10)   # no absurd state reached the recording

@@ -88,3 +88,87 @@ def test_core_does_not_import_the_simulator():
             "bad = sorted(n for n in sys.modules if n.startswith(('pybullet', 'mbpl_ros.sim', 'mbpl_ros.nodes')))\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# Third-party imports of mbpl_ros/ and launch/: (package.xml key, pip name when the README's
+# ROS-machine pip line must install it, else None; requirements.txt name or None (ROS wheel)).
+RUNTIME_IMPORTS = {
+    "rclpy": ("rclpy", None, "ros-kilted-rclpy"),
+    "rcl_interfaces": ("rcl_interfaces", None, None),
+    "builtin_interfaces": ("builtin_interfaces", None, None),
+    "std_msgs": ("std_msgs", None, "ros-kilted-std-msgs"),
+    "sensor_msgs": ("sensor_msgs", None, "ros-kilted-sensor-msgs"),
+    "geometry_msgs": ("geometry_msgs", None, "ros-kilted-geometry-msgs"),
+    "std_srvs": ("std_srvs", None, "ros-kilted-std-srvs"),
+    "rosgraph_msgs": ("rosgraph_msgs", None, "ros-kilted-rosgraph-msgs"),
+    "ament_index_python": ("ament_index_python", None, "ros-kilted-ament-index-python"),
+    "launch": ("launch", None, None),          # launch files only; not on PyPI
+    "launch_ros": ("launch_ros", None, None),
+    "numpy": ("python3-numpy", None, "numpy"),
+    "scipy": ("python3-scipy", None, "scipy"),
+    "yaml": ("python3-yaml", None, "pyyaml"),
+    "matplotlib": ("python3-matplotlib", None, "matplotlib"),
+    "PIL": ("python3-pil", None, "pillow"),
+    "threadpoolctl": ("python3-threadpoolctl", "threadpoolctl", "threadpoolctl"),
+    "pybullet": ("python3-pybullet-pip", "pybullet", "pybullet"),
+    "pybullet_data": ("python3-pybullet-pip", "pybullet", "pybullet"),
+    "pybullet_utils": ("python3-pybullet-pip", "pybullet", "pybullet"),
+    "torch": ("python3-torch-pip", "torch", "torch"),
+    "mcap": ("python3-mcap-pip", "mcap", "mcap"),
+    "mcap_ros2": ("python3-mcap-ros2-support-pip", "mcap-ros2-support", "mcap-ros2-support"),
+    "gymnasium": ("python3-gymnasium-pip", "gymnasium", "gymnasium"),
+    "pinocchio": ("pinocchio", None, "pin"),   # a ROS package (ros-<distro>-pinocchio)
+}
+#: Imported only when present, with a message saying what it adds.
+OPTIONAL_IMPORTS = {"imageio_ffmpeg"}
+
+
+def third_party_imports() -> dict:
+    """Top-level module -> files importing it, for mbpl_ros/**.py and launch/*.py."""
+    import ast
+
+    found = {}
+    for path in sorted(ROOT.glob("mbpl_ros/**/*.py")) + sorted(ROOT.glob("launch/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "mbpl_ros":
+                    found.setdefault(top, set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def requirement_names(text: str) -> set:
+    import re
+
+    return {re.split(r"[<>=!~\[ ]", line.strip(), maxsplit=1)[0].lower()
+            for line in text.splitlines() if line.strip() and not line.strip().startswith("#")}
+
+
+def test_package_xml_and_the_pip_lines_name_every_runtime_dependency():
+    imports = third_party_imports()
+    unknown = {name: sorted(files) for name, files in imports.items()
+               if name not in RUNTIME_IMPORTS and name not in OPTIONAL_IMPORTS}
+    assert not unknown, ("new runtime imports: add them to package.xml, requirements.txt and "
+                         f"RUNTIME_IMPORTS: {unknown}")
+    root = ET.parse(ROOT / "package.xml").getroot()
+    exec_depends = {e.text for e in root.findall("exec_depend")}
+    readme = (ROOT / "README.md").read_text()
+    ros_section = readme[readme.index("## On a ROS 2 machine"):]
+    pip_line = [line for line in ros_section.splitlines() if line.startswith("pip install ")][0]
+    pip_names = requirement_names("\n".join(pip_line.split()[2:]))
+    requirements = requirement_names((ROOT / "requirements.txt").read_text())
+    for name in imports:
+        if name in OPTIONAL_IMPORTS:
+            continue
+        key, pip_name, requirement = RUNTIME_IMPORTS[name]
+        assert key in exec_depends, f"package.xml lacks <exec_depend>{key}</exec_depend> ({name})"
+        assert pip_name is None or pip_name in pip_names, \
+            f"README's ROS-machine pip line lacks {pip_name}"
+        assert requirement is None or requirement in requirements, \
+            f"requirements.txt lacks {requirement}"

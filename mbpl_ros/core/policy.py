@@ -152,6 +152,10 @@ class PolicySettings:
         refit_normalization: False (GPS behaviour) fits the input normaliser at the first
             S-step only. True refits it at every S-step and rescales the first layer so
             the network's function is unchanged by the refit (warm start stays valid).
+        normalize_actions: True fits an output scaling at the first S-step, μ_θ(x) =
+            offset + scale ⊙ net(x̂), offset and scale the per-dimension mean and standard
+            deviation of the controllers' mean actions: for actions of tens of units (an
+            arm's gravity torques), which a freshly initialised network reaches slowly.
         loss_includes_log_det: add the θ-independent −E[log det Λ] term to the reported
             losses (the objective then is the policy's Gaussian NLL up to constants);
             gradients are unaffected.
@@ -173,6 +177,7 @@ class PolicySettings:
     patience: int = 5
     entropy_regularization: float = 0.0
     refit_normalization: bool = False
+    normalize_actions: bool = False
     loss_includes_log_det: bool = False
     seed: int = 0
     device: str = "cpu"
@@ -191,7 +196,7 @@ class PolicySettings:
         _check_int("validation_interval", self.validation_interval, 1)
         _check_int("patience", self.patience, 1)
         _check_float("entropy_regularization", self.entropy_regularization, 0.0)
-        for flag in ("refit_normalization", "loss_includes_log_det"):
+        for flag in ("refit_normalization", "normalize_actions", "loss_includes_log_det"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(
                     f"PolicySettings.{flag} must be True or False, got {getattr(self, flag)!r}")
@@ -241,6 +246,8 @@ class Policy(nn.Module):
 
     Buffers (saved in ``state_dict`` with the weights):
         state_mean (dX,), state_std (dX,): input normaliser, x̂ = (x − mean) / std;
+        action_offset (dU,), action_scale (dU,): output scaling, μ_θ(x) = offset + scale ⊙
+            net(x̂) (0 and 1 unless PolicySettings.normalize_actions);
         action_variance (dU,): diagonal of the action covariance;
         normalizer_fitted (): whether the normaliser was fitted from data;
         s_steps (): number of S-steps trained, which varies the minibatch order between
@@ -271,6 +278,9 @@ class Policy(nn.Module):
         self.register_buffer("state_std", torch.ones(self.dX))
         self.register_buffer("action_variance", torch.full((self.dU,), float(initial_variance)))
         self.register_buffer("normalizer_fitted", torch.tensor(False))
+        self.register_buffer("action_offset", torch.zeros(self.dU))
+        self.register_buffer("action_scale", torch.ones(self.dU))
+        self.register_buffer("action_scaling_fitted", torch.tensor(False))
         self.register_buffer("s_steps", torch.tensor(0, dtype=torch.int64))
         self.to(resolve_device(device))
 
@@ -292,7 +302,19 @@ class Policy(nn.Module):
         return self.state_mean.device
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return self.network((state - self.state_mean) / self.state_std)
+        return self.action_offset + self.action_scale * self.network(
+            (state - self.state_mean) / self.state_std)
+
+    def fit_action_scaling(self, target_mean: np.ndarray, min_std: float = 1e-3) -> None:
+        """Set the output scaling from mean actions (..., dU): offset = their mean,
+        scale = their standard deviation (floored at min_std). Meant for the first S-step:
+        it changes the policy's function."""
+        actions = np.asarray(target_mean, dtype=np.float64).reshape(-1, self.dU)
+        with torch.no_grad():
+            self.action_offset.copy_(torch.as_tensor(actions.mean(axis=0), dtype=torch.float32))
+            self.action_scale.copy_(torch.as_tensor(np.maximum(actions.std(axis=0), min_std),
+                                                    dtype=torch.float32))
+            self.action_scaling_fitted.fill_(True)
 
     # ---- normalisation
 
@@ -441,6 +463,8 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
 
     if settings.refit_normalization or not bool(policy.normalizer_fitted):
         policy.fit_normalization(X, settings.min_state_std, preserve_function=True)
+    if settings.normalize_actions and not bool(policy.action_scaling_fitted):
+        policy.fit_action_scaling(target_mean)
 
     # Deterministic per S-step: (seed, how many S-steps this policy has seen).
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + int(policy.s_steps))
@@ -606,12 +630,15 @@ class _DeployedPolicy(nn.Module):
     (dU,) or (B, dU) in the input's dtype (float64 for integer input)."""
 
     def __init__(self, network: nn.Sequential, state_mean: torch.Tensor,
-                 state_std: torch.Tensor, action_variance: torch.Tensor) -> None:
+                 state_std: torch.Tensor, action_variance: torch.Tensor,
+                 action_offset: torch.Tensor, action_scale: torch.Tensor) -> None:
         super().__init__()
         self.network = network
         self.register_buffer("state_mean", state_mean)
         self.register_buffer("state_std", state_std)
         self.register_buffer("action_variance", action_variance)
+        self.register_buffer("action_offset", action_offset)
+        self.register_buffer("action_scale", action_scale)
         self.dX = int(state_mean.shape[0])
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
@@ -622,7 +649,8 @@ class _DeployedPolicy(nn.Module):
         x = state.to(self.state_mean.dtype)
         if single:
             x = x.unsqueeze(0)
-        action = self.network((x - self.state_mean) / self.state_std)
+        action = self.action_offset + self.action_scale * self.network(
+            (x - self.state_mean) / self.state_std)
         if single:
             action = action.squeeze(0)
         if state.is_floating_point():
@@ -686,7 +714,9 @@ def export_torchscript(policy: Policy, path: str | Path,
     deployed = _DeployedPolicy(copy.deepcopy(policy.network).cpu().eval(),
                                policy.state_mean.detach().cpu().clone(),
                                policy.state_std.detach().cpu().clone(),
-                               policy.action_variance.detach().cpu().clone()).eval()
+                               policy.action_variance.detach().cpu().clone(),
+                               policy.action_offset.detach().cpu().clone(),
+                               policy.action_scale.detach().cpu().clone()).eval()
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
     with warnings.catch_warnings():
@@ -777,5 +807,6 @@ def load_policy(path: str | Path, device: str = "cpu") -> Policy:
         raise ValueError(f"{path} is not a policy checkpoint written by save_policy")
     config = checkpoint["config"]
     policy = Policy(config["dX"], config["dU"], config["hidden_sizes"], config["activation"])
-    policy.load_state_dict(checkpoint["state_dict"])
+    # Checkpoints from before the output scaling lack its buffers: identity scaling.
+    policy.load_state_dict({**policy.state_dict(), **checkpoint["state_dict"]})
     return policy.to(resolve_device(device)).eval()

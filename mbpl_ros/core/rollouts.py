@@ -40,6 +40,11 @@ class StateLayout:
         return np.arange(start, start + 3 * self.n_points)
 
     @property
+    def first_point_offset(self) -> np.ndarray:
+        """Indices (3,) of the first end-effector point minus its target (the success measure)."""
+        return self.ee_offset[:3]
+
+    @property
     def ee_velocity(self) -> np.ndarray:
         start = 2 * self.n_joints + 3 * self.n_points
         return np.arange(start, start + 3 * self.n_points)

@@ -7,6 +7,7 @@ descriptors (description, ranges) and checked at start-up.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -62,6 +63,29 @@ def declare(node: Node, name: str, default, description: str, *, allowed: str,
     if choices is not None and value not in choices:
         raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: one of {list(choices)}")
     return value
+
+
+#: Declared by rclpy itself for every node.
+RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+def check_known_parameters(node: Node) -> None:
+    """NodeParameterError naming each parameter given to `node` (params file, -p, or
+    parameter_overrides) that it has not declared, with the closest declared name. rclpy
+    ignores such a parameter silently, so a misspelt safety setting (`effort_limit`) would
+    not be in force. Call it once every parameter is declared, before anything starts."""
+    declared = sorted(node._parameters)
+    unknown = sorted(set(node._parameter_overrides) - set(declared))
+    if not unknown:
+        return
+    named = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+        named.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    own = [name for name in declared if name not in RCLPY_PARAMETERS]
+    plural = "s" if len(unknown) > 1 else ""
+    raise NodeParameterError(f"unknown parameter{plural} {', '.join(named)} given to "
+                             f"{node.get_fully_qualified_name()}; allowed: its parameters {own}")
 
 
 # ---------------------------------------------------------------- the experiment file
@@ -124,8 +148,17 @@ def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
 def run_node(factory: Callable[[], Node], name: str, args=None,
              until: Optional[Callable[[Node], bool]] = None) -> int:
     """Console entry point body: init, build the node, spin (until `until(node)` when given,
-    e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1."""
-    rclpy.init(args=args)
+    e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1.
+
+    SIGINT/SIGTERM stop the spin while the context is still valid (rclpy's own handlers
+    would shut it down first), so destroy_node can still publish, e.g. lqr_controller's
+    fallback command."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from mbpl_ros.interrupt import interruptible
+
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = factory()
     except (NodeParameterError, ConfigError) as error:
@@ -133,20 +166,24 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
         rclpy.try_shutdown()
         return 1
     code = 0
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
     try:
-        if until is None:
-            rclpy.spin(node)
-        else:
-            while rclpy.ok() and not until(node):
-                rclpy.spin_once(node, timeout_sec=0.1)
+        with interruptible():
+            # A bounded wait, so that a signal is seen within 0.1 s however quiet the graph.
+            while rclpy.ok() and not (until is not None and until(node)):
+                executor.spin_once(timeout_sec=0.1)
+        if until is not None:
             code = int(getattr(node, "exit_code", 0))
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
     return code
 
 
-__all__ = ["NodeParameterError", "declare", "declare_experiment", "resolve_experiment_path",
+__all__ = ["NodeParameterError", "check_known_parameters", "declare", "declare_experiment",
+           "resolve_experiment_path",
            "experiment_candidates", "run_node", "ParameterType"]

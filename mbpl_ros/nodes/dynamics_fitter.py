@@ -51,7 +51,8 @@ from mbpl_ros.core import sanity
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters, declare,
+                                   declare_experiment, run_node)
 
 
 #: Batches kept per condition (the most recently used): a resumed trainer needs the newest
@@ -82,6 +83,7 @@ class DynamicsFitterNode(Node):
             self.experiment = experiment_identity(self.config, self.config.seed)
             # (condition, controller version) -> batch, least recently used first
             self.batches: Dict[Tuple[int, int], _Batch] = self._read_state()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise
@@ -144,9 +146,12 @@ class DynamicsFitterNode(Node):
             return
         batch = self._touch(m, rollout.controller_version)
         batch.rollouts[rollout.index] = rollout
-        if len(batch.rollouts) >= self.config.rollouts_per_condition:
-            self._fit_complete(m, batch)
+        complete = len(batch.rollouts) >= self.config.rollouts_per_condition
+        fit = self._fit_complete(m, batch) if complete else None
+        # The state first: a fitter killed after the trainer got a fit restarts with its prior.
         self._write_state()
+        if fit is not None:
+            self._publish(m, batch, *fit)
 
     def _touch(self, m: int, version: int) -> _Batch:
         """The batch of (m, version), created if new, made the most recently used; the least
@@ -174,37 +179,36 @@ class DynamicsFitterNode(Node):
                                       "batch was dropped)")
         return new_dynamics_prior(self.settings.prior)
 
-    def _fit_complete(self, m: int, batch: _Batch) -> None:
+    def _fit_complete(self, m: int, batch: _Batch):
+        """The batch's fit under (a copy of) the prior it starts from, kept with the prior
+        after it: (trial ids, dynamics); None for a fit with non-finite or absurd numbers
+        (core.sanity), which is never published, nor its prior kept."""
         # A copy: the prior before this batch stays as it was for a refit (a replaced rollout).
         prior = copy.deepcopy(self._prior_before(m, batch))
         ordered = self._ordered(batch)[:self.config.rollouts_per_condition]
         X = np.stack([rollout.X for rollout in ordered])
         U = np.stack([rollout.U for rollout in ordered])
+        trial_ids = [rollout.trial_id for rollout in ordered]
         dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics_regularization)
-        if self._publish(m, batch, [rollout.trial_id for rollout in ordered], True, dynamics):
-            # (a refused fit's prior is not kept either)
-            batch.prior_after, batch.fitted = prior, True
+        fault = sanity.dynamics_fault(dynamics)
+        if fault is not None:
+            self.get_logger().error(f"condition {m}: the fit of controller version {batch.version} "
+                                    f"from {len(trial_ids)} rollouts is not published: {fault}")
+            return None
+        batch.prior_after, batch.fitted = prior, True
+        return trial_ids, dynamics
 
     @staticmethod
     def _ordered(batch: _Batch) -> list:
         return [batch.rollouts[index] for index in sorted(batch.rollouts)]
 
-    def _publish(self, m: int, batch: _Batch, trial_ids, complete: bool, dynamics) -> bool:
-        """Publish a fit; False (and an error naming the condition and version) for one with
-        non-finite or absurd numbers, which is never sent."""
-        fault = sanity.dynamics_fault(dynamics)
-        if fault is not None:
-            self.get_logger().error(f"condition {m}: the fit of controller version "
-                                    f"{batch.version} from {len(trial_ids)} rollouts is not "
-                                    f"published: {fault}")
-            return False
+    def _publish(self, m: int, batch: _Batch, trial_ids, dynamics) -> None:
         self._dynamics_pub.publish(wire.encode_dynamics(wire.DynamicsMessage(
-            condition=m, controller_version=batch.version, trial_ids=tuple(trial_ids), complete=complete,
-            dynamics=dynamics)))
+            condition=m, controller_version=batch.version, trial_ids=tuple(trial_ids),
+            complete=True, dynamics=dynamics)))
         self.fits_published += 1
         self.get_logger().debug(f"condition {m}: dynamics of version {batch.version} from "
-                                f"{len(trial_ids)} rollouts{' (complete)' if complete else ''}")
-        return True
+                                f"{len(trial_ids)} rollouts")
 
 
 def main(args=None) -> int:

@@ -70,9 +70,10 @@ from mbpl_ros.dispatch import Dispatcher, TrialFailed, robot_names
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import (NodeParameterError, ParameterType, declare,
                                    declare_experiment, run_node)
+from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.recording import RecordingError
 from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
-                               claim_output, contiguous, set_kl_step)
+                               UnusableBatch, claim_output, contiguous, set_kl_step)
 
 __all__ = ["GpsTrainerNode", "RosTrials", "SpreadTrials", "TrainingStopped", "contiguous",
            "main"]
@@ -107,6 +108,7 @@ class GpsTrainerNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise
@@ -156,9 +158,10 @@ class GpsTrainerNode(Node):
         seed = declare(self, "seed", -1, "Seed of the exploration noise; -1: the experiment's.",
                        allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
         self.seed = self.config.seed if seed < 0 else seed
-        output = declare(self, "output_dir", "gps_output", "Where metrics.jsonl, checkpoints, "
-                         "rollouts.mcap, learning_curve.png and (MDGPS) policy.pt go "
-                         "(relative to the current directory).",
+        output = declare(self, "output_dir", f"runs/gps_{self.experiment_path.stem}",
+                         "Where metrics.jsonl, checkpoints, rollouts.mcap, learning_curve.png and "
+                         "(MDGPS) policy.pt go (relative to the current directory); default: "
+                         "runs/gps_<the experiment file's name>.",
                          allowed="a writable directory path")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
@@ -322,7 +325,7 @@ class GpsTrainerNode(Node):
     def _run(self) -> None:
         try:
             self._train()
-        except TrainingStopped as error:
+        except (TrainingStopped, UnusableBatch) as error:
             if not self._stop.is_set():
                 self.error = str(error)
                 self.get_logger().fatal(f"training stopped: {error}")
@@ -513,8 +516,8 @@ class GpsTrainerNode(Node):
         while not self._wait(lambda: all(matches(m) for m in range(M)),
                              min(pause, deadline - time.monotonic())):
             missing = [m for m in range(M) if not matches(m)]
-            if time.monotonic() >= deadline:
-                raise TrainingStopped(
+            if time.monotonic() >= deadline:   # e.g. the fitter refused an absurd fit
+                raise UnusableBatch(
                     f"dynamics_fitter sent no complete fit of controller version {version} on the "
                     f"rollouts sampled for conditions {missing} within "
                     f"dynamics_timeout_s={self.dynamics_timeout_s:g} s")

@@ -69,6 +69,7 @@ from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -78,6 +79,7 @@ from std_srvs.srv import Trigger
 from mbpl_ros.core import safety, sanity
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.sim.robots import robot_spec
 from mbpl_ros.sim.rollout import JointStateToState
 from mbpl_ros.training import check_policy_matches
@@ -90,6 +92,10 @@ REALTIME_TRIGGERS = ("joint_state", "timer")
 #: command rate above 1 / (this · period); arrival jitter up to half a period loses no state.
 MIN_STEP_PERIODS = 0.5
 RESET_MODES = ("pd", "sim_service")
+#: Joint-state intervals measured at start-up (realtime mode) before trials are accepted,
+#: and how far the measured rate may be from what the timing needs (relative).
+RATE_SAMPLES = 10
+RATE_TOLERANCE = 0.2
 #: A sim_service reset is complete at the first joint state this close to the start pose at rest.
 RESET_MATCH_TOLERANCE = 1e-9
 #: Controller versions kept per condition (a request names the exact version it wants).
@@ -136,6 +142,30 @@ class _Trial:
     awaiting_services: bool = False         # sim_service reset waits for the services to appear
 
 
+def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) -> Optional[str]:
+    """Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
+    (their median is the rate), or None. realtime_trigger joint_state steps on each state,
+    so the states must come at control_rate_hz; timer needs them at least that often."""
+    rate = 1.0 / max(float(np.median(intervals_s)), 1e-9)
+    ratio = rate / control_rate_hz
+    if trigger == "joint_state" and abs(ratio - 1.0) <= RATE_TOLERANCE:
+        return None
+    if trigger == "timer" and ratio >= 1.0 - RATE_TOLERANCE:
+        return None
+    fixes = []
+    if trigger == "joint_state" and ratio > 1.0:
+        fixes.append("set realtime_trigger: timer (a step at control_rate_hz on the latest state)")
+    fixes.append(f"make the joint-state publisher (joint_state_broadcaster's publish_rate) run at "
+                 f"{control_rate_hz:g} Hz")
+    fixes.append(f"or use an experiment whose control period is 1/{rate:.0f} s with "
+                 f"control_rate_hz {rate:.0f}")
+    needs = "at" if trigger == "joint_state" else "at least at"
+    return (f"joint states arrive at {rate:.1f} Hz, but realtime_trigger {trigger} needs them "
+            f"{needs} control_rate_hz = {control_rate_hz:g} Hz (within "
+            f"{100 * RATE_TOLERANCE:.0f}%); "
+            "fix: " + "; ".join(fixes))
+
+
 class _PolicyExecutor:
     """The exported policy as an executor: u = μ(x) + L ε, L Lᵀ = its action covariance (the
     training loop's PolicySampler). `file` tells a changed file at the same path."""
@@ -163,6 +193,7 @@ class LqrControllerNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise
@@ -182,6 +213,9 @@ class LqrControllerNode(Node):
         self._pending: Optional[wire.TrialRequest] = None  # waiting for its controller version
         self._staged: Optional[_Settings] = None             # runtime parameters, for the next trial
         self._lock = threading.RLock()
+        self.state_rate_problem: Optional[str] = None   # see _measure_state_rate
+        self.state_rate_hz: Optional[float] = None      # measured at start-up (realtime)
+        self._first_stamps: list = []   # stamps (ns) of the first joint states
         self._zero_effort = np.zeros(self.layout.dU)
         # One command message, its layout built once: _send (under the lock) only swaps the data.
         self._command_msg = wire.encode_effort_command(self._zero_effort)
@@ -463,6 +497,9 @@ class LqrControllerNode(Node):
             if self.estop_latched:
                 self._abort_request(request, "the e-stop is latched (call ~/reset_estop)", wire.TrialStatus.ESTOP)
                 return
+            if self.state_rate_problem is not None:
+                self._abort_request(request, self.state_rate_problem)
+                return
             if request.T != self.config.T or request.condition >= len(self.config.conditions):
                 self._abort_request(request, f"T={request.T}, condition {request.condition} do not fit the "
                                     f"experiment (T={self.config.T}, {len(self.config.conditions)} conditions)")
@@ -476,6 +513,26 @@ class LqrControllerNode(Node):
                 self._pending_since = time.monotonic()
                 return
             self._start(request)
+
+    def _measure_state_rate(self, stamp_ns: int) -> None:
+        """Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
+        joint-state intervals (the robot's clock: arrivals bunch), a rate the timing cannot
+        work with refuses every trial, naming the fix."""
+        self._first_stamps.append(stamp_ns)
+        if len(self._first_stamps) <= RATE_SAMPLES:
+            return
+        intervals = np.diff(np.asarray(self._first_stamps, dtype=np.int64)) * 1e-9
+        intervals = intervals[intervals > 0]   # repeated stamps (a reset's state) say nothing
+        if len(intervals) == 0:
+            return
+        trigger = self.realtime_trigger
+        self.state_rate_hz = 1.0 / max(float(np.median(intervals)), 1e-9)
+        self.state_rate_problem = joint_state_rate_problem(intervals, trigger,
+                                                           self.control_rate_hz)
+        if self.state_rate_problem is not None:
+            self.get_logger().error(f"trials refused: {self.state_rate_problem}")
+            if self._trial is not None:
+                self._abort_running(self.state_rate_problem)
 
     def _has_controller(self, request: wire.TrialRequest) -> bool:
         return (request.condition, request.controller_version) in self.controllers
@@ -501,6 +558,9 @@ class LqrControllerNode(Node):
                 self.get_logger().warning(f"ignored a joint state: {fault}",
                                           throttle_duration_sec=1.0)
                 return
+            measuring = self.state_rate_problem is None and len(self._first_stamps) <= RATE_SAMPLES
+            if self.mode == "realtime" and measuring:
+                self._measure_state_rate(sample.stamp_ns)
             fault = sanity.state_fault(q, qd, self.envelope)
             trial = self._trial
             if fault is None and trial is not None and trial.phase == "running" and trial.t > 0 \
@@ -774,6 +834,15 @@ class LqrControllerNode(Node):
             commands=commands)))
 
     def destroy_node(self) -> None:
+        if getattr(self, "_command_pub", None) is not None and self.context.ok():
+            with self._lock:
+                if self._trial is not None or self.mode == "realtime":
+                    # Stopped (Ctrl-C, a launch ending): leave a safe last command, which a
+                    # forward-command controller holds.
+                    self._send(self._fallback())
+                    self._command_pub.wait_for_all_acked(Duration(seconds=1.0))   # before it goes
+                    self.get_logger().warning("shutting down: sent the fallback "
+                                              f"({self.settings.watchdog_action})")
         state_of = getattr(self, "state_of", None)
         if state_of is not None:
             state_of.close()

@@ -38,6 +38,7 @@ from std_msgs.msg import Float64MultiArray
 from mbpl_ros.core import sanity
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.sim.robots import robot_spec
 from mbpl_ros.sim.rollout import JointStateToState
 
@@ -68,6 +69,7 @@ class SampleCollectorNode(Node):
                 self, "assembly_timeout_s", 2.0, "How long a trial record waits for the joint states it "
                 "names before the rollout is dropped (s).", allowed="a double in [0.0, 60.0]", low=0.0, high=60.0)
             self.state_of = JointStateToState(self.config.robot, self.layout)
+            check_known_parameters(self)
         except BaseException:
             self.destroy_node()
             raise

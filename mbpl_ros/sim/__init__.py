@@ -1,5 +1,5 @@
-"""PyBullet robots under effort control (ROS-free): used by the sim node and offline runs."""
-from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import ROBOTS, RobotSpec, robot_spec
+"""PyBullet robots under effort control (ROS-free): used by the sim node and offline runs.
 
-__all__ = ["Arm", "ROBOTS", "RobotSpec", "robot_spec"]
+Import the modules themselves (mbpl_ros.sim.arm, mbpl_ros.sim.robots): importing the robot
+descriptions must not load the simulator.
+"""

@@ -12,8 +12,9 @@ import contextlib
 import math
 import os
 import sys
+import tempfile
 from numbers import Integral
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 from xml.etree import ElementTree
 
@@ -22,10 +23,18 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from mbpl_ros.sim.robots import RobotSpec, robot_spec
+from mbpl_ros.sim.scene import Fixture, SceneBodies
 
 #: Largest force (N) or torque (N·m) of the motor holding a locked joint: far above any
 #: arm's effort, so the lock is rigid in practice (drift below 1e-6 rad).
 LOCKED_JOINT_FORCE = 1.0e5
+
+#: Contact solver settings (setPhysicsEngineParameter) of an Arm with fixtures: more solver
+#: iterations than the default and a split impulse (penetration is corrected without adding
+#: momentum), so that a tool pressed into a fixture stays out of it and does not bounce.
+CONTACT_SETTINGS = {"numSolverIterations": 150, "useSplitImpulse": 1,
+                    "splitImpulsePenetrationThreshold": -0.001, "contactERP": 0.2,
+                    "enableConeFriction": 1}
 
 
 @contextlib.contextmanager
@@ -40,6 +49,30 @@ def _stdout_silenced():
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
+    """`path` itself, or when its mesh files are named pybullet_data://<path> (PyBullet's
+    bundled meshes, which PyBullet cannot resolve itself), a copy written into `directory`
+    with every mesh path absolute."""
+    with open(path) as file:
+        text = file.read()
+    if "pybullet_data://" not in text:
+        return path
+    import pybullet_data
+
+    tree = ElementTree.ElementTree(ElementTree.fromstring(text))
+    base = os.path.dirname(os.path.abspath(path))
+    for mesh in tree.getroot().iter("mesh"):
+        name = mesh.get("filename", "")
+        if name.startswith("pybullet_data://"):
+            relative = name[len("pybullet_data://"):]
+            mesh.set("filename", os.path.join(pybullet_data.getDataPath(), relative))
+        elif "://" not in name and not os.path.isabs(name):
+            mesh.set("filename", os.path.join(base, name))
+    copy = os.path.join(directory, os.path.basename(path))
+    tree.write(copy)
+    return copy
 
 
 def _check_urdf_file(path: str, where: str) -> None:
@@ -73,10 +106,13 @@ class Arm:
     limits, PyBullet's joint-limit constraints keep positions within the position limits,
     and joint speeds are capped at the velocity limits. The default velocity motors are
     disabled, so a zero effort lets the arm move freely under gravity and joint damping.
+
+    fixtures: static bodies of boxes (sim.scene.Fixture) in the same world, with the contact
+    settings CONTACT_SETTINGS; reset(q, target=...) places those placed relative to a target.
     """
 
     def __init__(self, robot: Union[str, RobotSpec], physics_dt: float = 1.0 / 240.0,
-                 substeps: int = 12, gui: bool = False):
+                 substeps: int = 12, gui: bool = False, fixtures: Sequence[Fixture] = ()):
         self.spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
         if not (isinstance(physics_dt, (int, float)) and math.isfinite(physics_dt) and physics_dt > 0):
             raise ValueError(f"physics_dt must be a positive finite number of seconds; got {physics_dt!r}")
@@ -87,6 +123,8 @@ class Arm:
         self.control_dt = self.physics_dt * self.substeps
         self.joint_names = self.spec.joint_names
         self.n_joints = len(self.joint_names)
+        self.fixtures = tuple(fixtures)
+        self.scene: Optional[SceneBodies] = None
 
         with _stdout_silenced():   # PyBullet's C code prints "argv[0]=" on every connect
             self._client: Optional[BulletClient] = BulletClient(
@@ -109,9 +147,10 @@ class Arm:
         where = f"robot {spec.name!r} (URDF {spec.urdf_path})"
         _check_urdf_file(spec.urdf_path, where)
         try:
-            with _stdout_silenced():
+            with _stdout_silenced(), tempfile.TemporaryDirectory() as directory:
                 self._body = client.loadURDF(
-                    spec.urdf_path, basePosition=spec.base_position, useFixedBase=True,
+                    _urdf_with_resolved_meshes(spec.urdf_path, directory),
+                    basePosition=spec.base_position, useFixedBase=True,
                     # Keep the URDF's masses and inertias instead of ones derived from shapes.
                     flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
         except pybullet.error as error:
@@ -223,12 +262,20 @@ class Arm:
         self._ee_inertial_orientation = np.array(inertial_orientation, dtype=float)
         self._ee_offset_from_com = _rotation(self._ee_inertial_orientation).T @ (
             np.array(self.spec.ee_offset) - np.array(inertial_position))
+        self._point_offsets = self.spec.point_offsets                        # (P, 3), link frame
+        self._point_offsets_from_com = (self._point_offsets - np.array(inertial_position)) @ \
+            _rotation(self._ee_inertial_orientation)                         # (P, 3), COM frame
+        if self.fixtures:
+            client.setPhysicsEngineParameter(**CONTACT_SETTINGS)
+            self.scene = SceneBodies(client, self.fixtures)
 
     # ------------------------------------------------------------------ control
-    def reset(self, q: Union[np.ndarray, str], qd: Optional[np.ndarray] = None) -> None:
+    def reset(self, q: Union[np.ndarray, str], qd: Optional[np.ndarray] = None,
+              target: Optional[np.ndarray] = None) -> None:
         """Put the arm at joint angles q (J,) or a named initial condition, with speeds qd (J,).
 
-        qd defaults to zero; the applied effort is reset to zero.
+        qd defaults to zero; the applied effort is reset to zero. With a condition's target
+        (3,), the fixtures placed relative to the target are moved there first.
         """
         if isinstance(q, str):
             q = self.spec.initial_condition(q)
@@ -245,6 +292,8 @@ class Arm:
             raise ValueError(f"|qd| {np.abs(qd).tolist()} exceeds the velocity limits "
                              f"{self.velocity_limits.tolist()} at joints "
                              f"{self._names(too_fast)}")
+        if self.scene is not None:
+            self.scene.place(None if target is None else np.asarray(target, dtype=float))
         self._set_joint_state(q, qd)
         self._applied_effort = np.zeros(self.n_joints)
 
@@ -279,6 +328,46 @@ class Arm:
     def ee_position(self) -> np.ndarray:
         """(3,) world position of the end-effector point now."""
         return self._ee_pose_now()[0]
+
+    def ee_points(self) -> np.ndarray:
+        """(P, 3) world positions of every end-effector point now (spec.point_offsets)."""
+        com_position, com_orientation = self._live_client().getLinkState(
+            self._body, self._ee_link_index, computeForwardKinematics=True)[:2]
+        rotation = _rotation(np.array(com_orientation))
+        return np.array(com_position) + self._point_offsets_from_com @ rotation.T
+
+    def points_kinematics(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """World positions (P, 3) and linear velocities (P, 3) of every end-effector point at
+        joint angles q (J,) and speeds qd (J,). The simulation state is restored afterwards."""
+        q, qd = self._joint_vector(q, "q"), self._joint_vector(qd, "qd")
+        client = self._live_client()
+        movable = self._joint_indices + self._locked_indices
+        saved = client.getJointStates(self._body, movable)
+        try:
+            self._set_joint_state(q, np.zeros(self.n_joints))
+            points = self.ee_points()
+        finally:
+            for index, (angle, speed, *_) in zip(movable, saved):
+                client.resetJointState(self._body, index, angle, speed)
+        zeros = [0.0] * self._n_dofs
+        dofs = self._dofs(q, self._locked_positions)
+        velocities = np.stack([
+            np.array(client.calculateJacobian(self._body, self._ee_link_index, offset.tolist(),
+                                              dofs, zeros, zeros)[0])[:, self._dof_of_joint] @ qd
+            for offset in self._point_offsets])
+        return points, velocities
+
+    def fixture_penetration(self) -> float:
+        """Deepest penetration (m, >= 0) of the arm into any fixture now: minus the most
+        negative contact distance PyBullet reports between them (0 without contact)."""
+        if self.scene is None:
+            return 0.0
+        client = self._live_client()
+        depth = 0.0
+        for body in self.scene.bodies:
+            for contact in client.getContactPoints(bodyA=self._body, bodyB=body):
+                depth = max(depth, -float(contact[8]))
+        return depth
 
     def ee_orientation(self) -> np.ndarray:
         """(4,) world orientation quaternion (x, y, z, w) of the end-effector link frame now."""
@@ -351,6 +440,16 @@ class Arm:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    @property
+    def client(self) -> BulletClient:
+        """The arm's PyBullet client, for viewing (mbpl_ros.sim.view); never step it directly."""
+        return self._live_client()
+
+    @property
+    def body(self) -> int:
+        """The PyBullet body id of the arm in `client`."""
+        return self._body
 
     # ------------------------------------------------------------------ helpers
     def _live_client(self) -> BulletClient:

@@ -11,7 +11,7 @@ with LQR-FLM and MDGPS step for step:
   environment's seeded generator (`condition_order="random"`), or the one named by
   `reset(options={"condition": m})`;
 - observation: the core state x (dX,) of mbpl_ros.sim.rollout.observe, float64,
-  x = [q (J), qd (J), p_ee - p_target (3), v_ee (3)];
+  x = [q (J), qd (J), p_ee - p_target (3P), v_ee (3P)] for P end-effector points;
 - action: joint efforts. With `normalize_actions=True` (the default, what SB3 expects)
   the action space is Box(-1, 1, (J,)) and the effort is action * effort_limits (N·m);
   with False it is Box(-effort_limits, effort_limits) in N·m. Either way the arm clamps
@@ -23,7 +23,7 @@ with LQR-FLM and MDGPS step for step:
 - after T steps the episode is truncated (never terminated: the task has no terminal
   state).
 
-info: "condition" (index), "t" (steps taken), "distance_m" (end-effector to target now)
+info: "condition" (index), "t" (steps taken), "distance_m" (end-effector point to target now)
 and, at truncation, "final_distance_m": the distance at x_{T-1}, the last state at which
 an action was taken, i.e. exactly mbpl_ros.sim.rollout.final_distance of the episode's
 X (T, dX), the success measure of the offline runs.
@@ -40,7 +40,6 @@ import numpy as np
 from gymnasium import spaces
 
 from mbpl_ros.experiment import ExperimentConfig
-from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.rollout import observe
 
 CONDITION_ORDERS = ("round_robin", "random")
@@ -66,7 +65,7 @@ class ReachEnv(gymnasium.Env):
         self.cost = config.build_cost()
         self.initial_positions = np.array([c.initial_positions for c in config.conditions], float)  # (M, J)
         self.targets = np.array([c.target for c in config.conditions], float)                        # (M, 3)
-        self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
+        self.arm = config.make_arm()
         self.effort_limits = self.arm.effort_limits.copy()                                          # (J,)
 
         dU = self.layout.dU
@@ -93,7 +92,8 @@ class ReachEnv(gymnasium.Env):
         if seed is not None:
             self._next_round_robin = 0
         self._condition = self._pick_condition(options)
-        self.arm.reset(self.initial_positions[self._condition])
+        self.arm.reset(self.initial_positions[self._condition],
+                       target=self.targets[self._condition])
         self._t = 0
         self._x = self._observe()
         return self._x.copy(), self._info()
@@ -112,7 +112,8 @@ class ReachEnv(gymnasium.Env):
         truncated = self._t >= self.T
         info = self._info()
         if truncated:
-            info["final_distance_m"] = float(np.linalg.norm(x_before[self.layout.ee_offset]))
+            info["final_distance_m"] = float(
+                np.linalg.norm(x_before[self.layout.first_point_offset]))
         return self._x.copy(), float(reward), False, truncated, info
 
     def close(self) -> None:
@@ -167,4 +168,4 @@ class ReachEnv(gymnasium.Env):
 
     def _info(self) -> dict[str, Any]:
         return {"condition": self._condition, "t": self._t,
-                "distance_m": float(np.linalg.norm(self._x[self.layout.ee_offset]))}
+                "distance_m": float(np.linalg.norm(self._x[self.layout.first_point_offset]))}

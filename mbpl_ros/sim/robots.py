@@ -105,6 +105,9 @@ class RobotSpec:
     joint_names: the controlled joints, in the order of every (J,) array.
     ee_link: the link that carries the end-effector point.
     ee_offset: (3,) the end-effector point in ee_link's URDF frame, metres.
+    extra_points: more points on ee_link, each (offset (3,) in ee_link's URDF frame,
+        target_offset (3,) world offset of its target from the end-effector point's): e.g. the
+        top of a held peg, so that a cost on every point also sets the tool's orientation.
     base_position: (3,) world position of the fixed base, metres.
     gravity: True for standard gravity, False for none, or a (3,) world vector in m/s^2.
     damping_overrides: joint name -> viscous joint damping (N·m·s/rad) replacing the URDF
@@ -127,6 +130,7 @@ class RobotSpec:
     joint_names: tuple
     ee_link: str
     ee_offset: tuple = (0.0, 0.0, 0.0)
+    extra_points: tuple = ()
     base_position: tuple = (0.0, 0.0, 0.0)
     gravity: Union[bool, tuple] = True
     damping_overrides: Mapping[str, float] = field(default_factory=dict)
@@ -142,6 +146,10 @@ class RobotSpec:
         # Normalise containers so that a spec is immutable and compares by value.
         object.__setattr__(self, "joint_names", tuple(str(n) for n in self.joint_names))
         object.__setattr__(self, "ee_offset", _vector3(self.ee_offset, "ee_offset"))
+        object.__setattr__(self, "extra_points", tuple(
+            (_vector3(offset, f"extra_points[{i}] offset"),
+             _vector3(target, f"extra_points[{i}] target"))
+            for i, (offset, target) in enumerate(self.extra_points)))
         object.__setattr__(self, "base_position", _vector3(self.base_position, "base_position"))
         if not isinstance(self.gravity, bool):
             object.__setattr__(self, "gravity", _vector3(self.gravity, "gravity"))
@@ -195,6 +203,27 @@ class RobotSpec:
         return len(self.joint_names)
 
     @property
+    def n_points(self) -> int:
+        """P: the end-effector point and the extra points."""
+        return 1 + len(self.extra_points)
+
+    @property
+    def point_offsets(self) -> np.ndarray:
+        """(P, 3) every end-effector point in ee_link's URDF frame, the controlled one first."""
+        return np.array([self.ee_offset] + [offset for offset, _ in self.extra_points],
+                        dtype=float)
+
+    @property
+    def point_target_offsets(self) -> np.ndarray:
+        """(P, 3) world offsets of the points' targets from a condition's target (first row 0)."""
+        return np.array([(0.0, 0.0, 0.0)] + [target for _, target in self.extra_points],
+                        dtype=float)
+
+    def point_targets(self, target: np.ndarray) -> np.ndarray:
+        """(P, 3) the targets of every end-effector point for a condition's target (3,)."""
+        return np.asarray(target, dtype=float).reshape(1, 3) + self.point_target_offsets
+
+    @property
     def gravity_vector(self) -> np.ndarray:
         """(3,) world gravity in m/s^2."""
         if self.gravity is True:
@@ -229,9 +258,25 @@ def _vector3(value: Sequence[float], what: str) -> tuple:
 
 # ---------------------------------------------------------------------- the YAML schema
 @dataclass
+class EndEffectorPoint:
+    offset: list[float] = doc("the point in the end-effector link's URDF frame (m), [x, y, z]")
+    target: list[float] = doc("where its target is: a world offset (m) from the target of the "
+                              "end-effector point, [x, y, z]")
+
+    def __post_init__(self):
+        if len(self.offset) != 3 or len(self.target) != 3:
+            raise ValueError("offset and target must have 3 entries [x, y, z]")
+
+
+@dataclass
 class EndEffectorDescription:
     link: str = doc("URDF link that carries the end-effector point")
     offset: list[float] = doc("the point in that link's URDF frame (m), [x, y, z]", [0.0, 0.0, 0.0])
+    extra_points: list[EndEffectorPoint] = doc(
+        "more points on that link, each {offset: [x, y, z] in the link's frame (m), target: "
+        "[x, y, z] world offset (m) of its target from the end-effector point's}, e.g. a held "
+        "peg's top: a cost on every point sets the tool's orientation too (6 state entries "
+        "per point)", [])
 
     def __post_init__(self):
         if len(self.offset) != 3:
@@ -353,6 +398,8 @@ def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None, where
     return RobotSpec(
         name=description.name, urdf_path=urdf_path, joint_names=tuple(joints),
         ee_link=description.end_effector.link, ee_offset=tuple(description.end_effector.offset),
+        extra_points=tuple((tuple(point.offset), tuple(point.target))
+                           for point in description.end_effector.extra_points),
         base_position=tuple(description.base_position),
         gravity=True if gravity == STANDARD_GRAVITY else gravity,
         damping_overrides=damping, initial_conditions=conditions, locked_joints=locked,

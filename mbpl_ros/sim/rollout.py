@@ -23,7 +23,9 @@ Policy = Callable[[int, np.ndarray], np.ndarray]
 
 class JointStateToState:
     """x (dX,) from q (J,), qd (J,) and a target (3,): one forward kinematics and one
-    Jacobian of the robot's URDF per call, p_ee = FK(q), v_ee = J(q) qd.
+    Jacobian of the robot's URDF per call and end-effector point, p_ee = FK(q),
+    v_ee = J(q) qd. With the robot's extra_points (P > 1), every point's offset is from
+    its own target, spec.point_targets(target).
 
     Owns a PyBullet client in DIRECT mode used only as a kinematics library (the arm in
     it never steps), so it works for a real robot that publishes only joint states.
@@ -32,10 +34,10 @@ class JointStateToState:
 
     def __init__(self, robot: Union[str, RobotSpec], layout: StateLayout | None = None):
         spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
-        self.layout = layout or StateLayout(n_joints=spec.n_joints, n_points=1)
-        if self.layout.n_joints != spec.n_joints or self.layout.n_points != 1:
+        self.layout = layout or StateLayout(n_joints=spec.n_joints, n_points=spec.n_points)
+        if self.layout.n_joints != spec.n_joints or self.layout.n_points != spec.n_points:
             raise ValueError(f"layout must have n_joints={spec.n_joints} (robot {spec.name!r}) and "
-                             f"n_points=1; got {self.layout}")
+                             f"n_points={spec.n_points}; got {self.layout}")
         self.spec = spec
         self._kinematics = Arm(spec)
 
@@ -48,6 +50,9 @@ class JointStateToState:
     def __call__(self, q: np.ndarray, qd: np.ndarray, target: np.ndarray) -> np.ndarray:
         q = np.asarray(q, dtype=float)
         qd = np.asarray(qd, dtype=float)
+        if self.spec.n_points > 1:
+            points, velocities = self._kinematics.points_kinematics(q, qd)
+            return self.layout.build(q, qd, points, velocities, self.spec.point_targets(target))
         ee_position = self._kinematics.forward_kinematics(q)
         ee_velocity = self._kinematics.jacobian(q) @ qd
         return self.layout.build(q, qd, ee_position[None], ee_velocity[None], np.asarray(target, float)[None])
@@ -86,12 +91,13 @@ def observe(arm: Arm, layout: StateLayout, target: np.ndarray) -> np.ndarray:
 
 def run_rollout(arm: Arm, layout: StateLayout, policy: Policy, initial_positions: np.ndarray,
                 target: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reset to `initial_positions` (J,) at rest and run `policy` for T steps.
+    """Reset to `initial_positions` (J,) at rest, the arm's fixtures placed for `target`,
+    and run `policy` for T steps.
 
     Returns X (T, dX) and U (T, dU), U being the effort actually applied (after the
     arm's clamping), since that is what the fitted dynamics must explain.
     """
-    arm.reset(np.asarray(initial_positions, float))
+    arm.reset(np.asarray(initial_positions, float), target=target)
     X = np.empty((T, layout.dX))
     U = np.empty((T, layout.dU))
     for t in range(T):
@@ -101,20 +107,24 @@ def run_rollout(arm: Arm, layout: StateLayout, policy: Policy, initial_positions
 
 
 def final_distance(X: np.ndarray, layout: StateLayout) -> float:
-    """End-effector distance to the target at the last step of X (T, dX), in metres."""
-    return float(np.linalg.norm(X[-1, layout.ee_offset]))
+    """End-effector distance to the target at the last step of X (T, dX), in metres: of the
+    end-effector point (the first of the layout's points; e.g. a peg's tip)."""
+    return float(np.linalg.norm(X[-1, layout.first_point_offset]))
 
 
 def rollout_noise(seed: int, iteration: int, condition: int, index: int, T: int, dU: int,
-                  smoothing: float, renormalize: bool) -> np.ndarray:
+                  smoothing: float, renormalize: bool, attempt: int = 0) -> np.ndarray:
     """The exploration noise (T, dU) of rollout `index` of `condition` at `iteration`:
-    smoothed_noise from np.random.default_rng([seed, iteration, condition, index]).
+    smoothed_noise from np.random.default_rng([seed, iteration, condition, index]), or with
+    [..., attempt] for a batch drawn again (attempt > 0) because the first could not be used.
 
     One generator per rollout, so the noise of a rollout does not depend on how many
     were drawn before it (a retried or re-ordered trial on the robot gets the same noise)
     and the offline trainer and the ROS gps_trainer draw identical noise."""
-    for name, value in (("seed", seed), ("iteration", iteration), ("condition", condition), ("index", index)):
+    for name, value in (("seed", seed), ("iteration", iteration), ("condition", condition),
+                        ("index", index), ("attempt", attempt)):
         if isinstance(value, bool) or int(value) != value or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    rng = np.random.default_rng([int(seed), int(iteration), int(condition), int(index)])
+    key = [int(seed), int(iteration), int(condition), int(index)] + ([int(attempt)] if attempt else [])
+    rng = np.random.default_rng(key)
     return smoothed_noise(rng, T, dU, smoothing_sigma=smoothing, renormalize=renormalize)

@@ -421,3 +421,29 @@ def test_checkpoint_round_trip_restores_weights_and_normalizer(tmp_path):
     assert (restored.hidden_sizes, restored.activation) == ((16, 8), "elu")
     states = rng.normal(size=(6, 5))
     np.testing.assert_array_equal(restored.action_mean(states), policy.action_mean(states))
+
+
+def test_output_scaling_fits_large_actions_and_is_exported(tmp_path):
+    """Targets of tens of units (an arm's gravity torques): with normalize_actions the same
+    S-step budget fits them far better, and the exported module applies the scaling."""
+    rng = np.random.default_rng(0)
+    N, T, dX, dU = 4, 20, 6, 3
+    X = rng.normal(size=(N, T, dX))
+    target = np.array([40.0, -25.0, 10.0]) + 0.5 * X[..., :dU]                 # (N, T, dU)
+    precision = np.broadcast_to(np.eye(dU), (N, T, dU, dU)).copy()
+    losses = {}
+    for scaled in (False, True):
+        settings = PolicySettings(hidden_sizes=(32,), iterations=300, batch_size=32,
+                                  normalize_actions=scaled, seed=0)
+        policy = Policy.from_settings(dX, dU, settings)
+        losses[scaled] = train_policy(policy, X, target, precision, settings)["loss"]
+    assert losses[True] < 0.05 * losses[False], losses
+    np.testing.assert_allclose(policy.action_offset.numpy(), target.reshape(-1, dU).mean(axis=0),
+                               rtol=1e-5)
+    export_torchscript(policy, tmp_path / "policy.pt")
+    exported = load_exported_policy(tmp_path / "policy.pt")
+    np.testing.assert_allclose(exported(X[0]), policy.action_mean(X[0]), rtol=1e-5, atol=1e-4)
+    # Without the setting the scaling is the identity: the network's output as it was.
+    plain = Policy(dX, dU, (32,))
+    np.testing.assert_array_equal(plain.action_mean(X[0]), plain.network(
+        torch.as_tensor(X[0], dtype=torch.float32)).detach().double().numpy())

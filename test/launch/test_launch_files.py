@@ -2,10 +2,10 @@
 topics, and shut down cleanly.
 
 launch, launch_ros and launch_pytest are not on PyPI; these tests run with a ROS 2
-installation or with the local overlay (docs/launch.md), as
+installation (docs/launch.md) or with the contributors' overlay (CONTRIBUTING.md), as
     . /tmp/ros-launch-overlay/env.sh && .venv/bin/python -m pytest -p launch_pytest.plugin test/launch
 and skip elsewhere. The package must be findable through the ament index (colcon install,
-or `ros-launch-overlay register mbpl_ros --share ...`, see docs/launch.md).
+or `ros-launch-overlay register mbpl_ros --share ...`, see CONTRIBUTING.md).
 """
 import time
 from pathlib import Path
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 launch_pytest = pytest.importorskip(
-    "launch_pytest", reason="launch_pytest is not installable from PyPI: run with the overlay, see docs/launch.md")
+    "launch_pytest",
+    reason="launch_pytest is not on PyPI: run with ROS 2 or the overlay, see CONTRIBUTING.md")
 
 import rclpy  # noqa: E402
 from launch import LaunchContext, LaunchDescription  # noqa: E402
@@ -26,6 +27,7 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
 
 from mbpl_ros.nodes import graph  # noqa: E402
 from mbpl_ros.nodes.sim_robot import SimRobotNode  # noqa: E402
@@ -177,6 +179,13 @@ def test_robot_graph_uses_the_remapped_controller_topics(robot_exits):
             "-r", f"{graph.EFFORT_COMMANDS_TOPIC}:={commands}"])
         probe.executor.add_node(stand_in)
         try:
+            # config/robot_gps.yaml starts with the e-stop latched (nothing moves until a person
+            # releases it): release it as the guide says, with lqr_controller's ~/reset_estop.
+            reset = probe.node.create_client(Trigger, "/lqr_controller/reset_estop")
+            assert probe.spin_until(reset.service_is_ready, robot_exits), "no reset_estop service"
+            answer = reset.call_async(Trigger.Request())
+            assert probe.spin_until(answer.done, robot_exits), "no answer from reset_estop"
+            assert answer.result().success, answer.result().message
             assert probe.spin_until(lambda: len(commands_received) >= 5, robot_exits), \
                 f"no effort commands on {commands}; exits so far: {robot_exits}"
             assert len(commands_received[-1].data) == 2

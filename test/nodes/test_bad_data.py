@@ -2,6 +2,7 @@
 real processes over DDS on loopback: impossible joint states during sample and evaluation
 trials are rejected and retried, and the run's metrics are those of a run without them; a
 joint state stamped in the future, or out of order, holds back no command."""
+import io
 import json
 import os
 import subprocess
@@ -21,9 +22,9 @@ from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
+from mbpl_ros.offline import TrainingRun
 from mbpl_ros.recording import read_recording
 from test_fault_injection import NodeProcesses, initial_controller, request_message
-from test_learning_loop import offline_reference
 
 SIM_CONFIG = REPO / "config" / "sim_reacher_2link.yaml"
 JOINTS = ["shoulder", "elbow"]
@@ -121,9 +122,11 @@ def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_chang
     assert stderr.count("rollout dropped: IMPLAUSIBLE_STATE") == 2, stderr[-3000:]
     rows = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1, 2] and rows[2]["rollouts"] == 4
-    for row, (distances, mean_cost) in zip(rows, offline_reference(config, iterations=2)):
-        np.testing.assert_allclose(row["final_distance_m"], distances, rtol=1e-9, atol=1e-12)
-        np.testing.assert_allclose(row["mean_cost"], mean_cost, rtol=1e-9)
+    offline = TrainingRun(config, tmp_path / "offline", config.seed, log=io.StringIO()).run(2)
+    for row, expected in zip(rows, offline):   # `mbpl train`, the same loop on the arm
+        np.testing.assert_allclose(row["final_distance_m"], expected["final_distance_m"],
+                                   rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(row["mean_cost"], expected["mean_cost"], rtol=1e-9)
     recording = read_recording(output / "rollouts.mcap")
     assert len(recording.rollouts) == 4
     assert max(np.abs(r.positions).max() for r in recording.rollouts) < 4.0

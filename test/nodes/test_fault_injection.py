@@ -277,6 +277,8 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(
                    and controller._latest is not None and sim_states, timeout=20, what="discovery")
         controllers.publish(wire.encode_controller(wire.ControllerMessage(0, 0, initial_controller(config))))
         wait_until(lambda: (0, 0) in controller.controllers, what="the controller")
+        # The flood is a fault during a run, after the start-up check of the state rate.
+        wait_until(lambda: controller.state_rate_hz is not None, what="the state-rate check")
         requests.publish(request_message(9, config))
         assert commands.wait_for_count(3, timeout=10)
         start = time.monotonic()

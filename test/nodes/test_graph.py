@@ -218,7 +218,7 @@ def test_launch_file_takes_its_node_set_from_graph(file_name, with_sim):
 @pytest.mark.parametrize("file_name, with_sim", LAUNCH_FILES.items())
 def test_launch_description_starts_exactly_graphs_nodes(file_name, with_sim):
     pytest.importorskip("launch_ros", reason="launch_ros is not installable from PyPI: run with the "
-                                             "overlay, see docs/launch.md")
+                                             "overlay, see CONTRIBUTING.md")
     from launch.launch_description_sources import get_launch_description_from_python_launch_file
     from launch_ros.actions import Node
 

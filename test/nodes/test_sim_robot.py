@@ -319,3 +319,11 @@ def test_robot_and_timing_default_to_the_experiment_config(ros_context):
         node.destroy_node()
     with pytest.raises(SimRobotParameterError, match="parameter 'experiment_config'"):
         SimRobotNode(context=ros_context, parameter_overrides=parameters(experiment_config="absent.yaml"))
+
+
+@pytest.mark.timeout(60)
+def test_an_experiment_with_fixtures_is_refused_rather_than_simulated_without_them(ros_context):
+    config = Path(__file__).resolve().parents[2] / "config" / "peg_insertion.yaml"
+    overrides = parameters(experiment_config=str(config))
+    with pytest.raises(SimRobotParameterError, match="declares fixtures \\(block\\)"):
+        SimRobotNode(context=ros_context, parameter_overrides=overrides)
