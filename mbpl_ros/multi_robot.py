@@ -15,6 +15,7 @@ robot's own sim_robot.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -41,11 +42,11 @@ def robot_parameters(params_file, node_name: str, namespace: str,
     return values
 
 
-def run_robot(params_file, namespace: str, experiment: Optional[str] = None,
+def run_robot(params_file, namespace: str, overrides: Optional[Dict[str, dict]] = None,
               stop: Optional[threading.Event] = None) -> int:
-    """Robot `namespace`'s nodes in this process, each spun in its own thread, until `stop`
-    is set, SIGTERM or SIGINT. Returns 0, or 1 when a node cannot start (the reason on
-    stderr)."""
+    """Robot `namespace`'s nodes in this process (with `overrides`: node name -> {parameter:
+    value}), each spun in its own thread, until `stop` is set, SIGTERM or SIGINT. Returns 0,
+    or 1 when a node cannot start (the reason on stderr)."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -59,7 +60,7 @@ def run_robot(params_file, namespace: str, experiment: Optional[str] = None,
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    extra = {"experiment_config": experiment} if experiment else {}
+    overrides = overrides or {}
     context = Context()
     rclpy.init(context=context, args=[])
     nodes, executors, threads = [], [], []
@@ -67,7 +68,8 @@ def run_robot(params_file, namespace: str, experiment: Optional[str] = None,
         with threadpool_limits(limits=1):
             for name in [spec.name for spec in graph.SIM_NODES] + list(graph.ROBOT_NODES):
                 spec = graph.node_spec(name)
-                parameters = robot_parameters(params_file, name, namespace, extra)
+                parameters = robot_parameters(params_file, name, namespace,
+                                              overrides.get(name))
                 try:
                     node = graph.load_node_class(spec)(
                         context=context, namespace=f"/{namespace}",
@@ -94,16 +96,19 @@ def run_robot(params_file, namespace: str, experiment: Optional[str] = None,
         rclpy.try_shutdown(context=context)
 
 
-def robot_command(params_file, namespace: str, experiment: Optional[str] = None) -> List[str]:
+def robot_command(params_file, namespace: str,
+                  overrides: Optional[Dict[str, dict]] = None) -> List[str]:
     """The command line of robot `namespace`'s process."""
     command = [sys.executable, "-m", "mbpl_ros.multi_robot", "--config", str(params_file),
                "--namespace", namespace]
-    return command + (["--experiment", experiment] if experiment else [])
+    return command + (["--overrides", json.dumps(overrides)] if overrides else [])
 
 
-def start_robots(params_file, namespaces: List[str], experiment: Optional[str] = None,
+def start_robots(params_file, namespaces: List[str],
+                 overrides: Optional[Dict[str, dict]] = None,
                  log_dir: Optional[Path] = None) -> Dict[str, subprocess.Popen]:
-    """One process per robot (output to log_dir/<namespace>.log, else inherited)."""
+    """One process per robot (overrides: node name -> {parameter: value}, for every robot;
+    output to log_dir/<namespace>.log, else inherited)."""
     processes = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
@@ -113,7 +118,7 @@ def start_robots(params_file, namespaces: List[str], experiment: Optional[str] =
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             out = open(Path(log_dir) / f"{namespace.replace('/', '_')}.log", "w")
         processes[namespace] = subprocess.Popen(
-            robot_command(params_file, namespace, experiment), env=env, stdout=out,
+            robot_command(params_file, namespace, overrides), env=env, stdout=out,
             stderr=subprocess.STDOUT if out is not None else None)
         if out is not None:
             out.close()
@@ -145,17 +150,15 @@ def run_robots(params_file, count: int, overrides: Optional[Dict[str, dict]] = N
     if not 1 <= count <= 64:
         raise GraphError(f"--robots is {count}; allowed: an integer in [1, 64]")
     overrides = dict(overrides or {})
-    experiment = None
-    for name in list(overrides):
-        if name not in graph.TRAINER_NODES:   # e.g. --experiment's, for every node
-            experiment = overrides.pop(name).get("experiment_config", experiment)
+    robot_overrides = {name: overrides.pop(name) for name in list(overrides)
+                       if name not in graph.TRAINER_NODES}   # e.g. --experiment's, --gui
     namespaces = graph.robot_namespaces(count)
     trainer = dict(overrides.get("gps_trainer", {}))
     trainer["robots"] = namespaces
     if "controller_node" in trainer:
         del trainer["controller_node"]
     overrides["gps_trainer"] = trainer
-    processes = start_robots(params_file, namespaces, experiment, log_dir)
+    processes = start_robots(params_file, namespaces, robot_overrides, log_dir)
     try:
         return run_graph(params_file, overrides, log=log, timeout_s=timeout_s,
                          only=list(graph.TRAINER_NODES))
@@ -169,11 +172,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="ros__parameters YAML of the graph")
     parser.add_argument("--namespace", required=True, help="the robot's namespace, e.g. robot_0")
-    parser.add_argument("--experiment", default=None, help="experiment YAML for every node")
+    parser.add_argument("--overrides", default="{}",
+                        help="JSON: node name -> {parameter: value}, over the file's")
     args = parser.parse_args(argv)
     from mbpl_ros.dds import use_loopback_only
     use_loopback_only()
-    return run_robot(Path(args.config), args.namespace.strip("/"), args.experiment)
+    return run_robot(Path(args.config), args.namespace.strip("/"), json.loads(args.overrides))
 
 
 if __name__ == "__main__":

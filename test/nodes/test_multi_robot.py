@@ -78,7 +78,7 @@ def test_a_robot_killed_mid_iteration_loses_its_trial_to_the_other(experiment, r
     namespaces = graph.robot_namespaces(2)
     overrides = overrides_for(experiment, output, robots=namespaces, trial_timeout_s=5.0,
                               max_attempts=3)
-    processes = start_robots(SIM_CONFIG, namespaces, str(experiment), tmp_path / "robots")
+    processes = start_robots(SIM_CONFIG, namespaces, overrides, tmp_path / "robots")
     outcome, log = {}, io.StringIO()
 
     def train():
@@ -121,7 +121,7 @@ class Training:
         self.namespaces = graph.robot_namespaces(2)
         overrides = overrides_for(experiment, output, robots=self.namespaces, **trainer)
         self.overrides = {name: overrides[name] for name in graph.TRAINER_NODES}
-        self.processes = start_robots(SIM_CONFIG, self.namespaces, str(experiment),
+        self.processes = start_robots(SIM_CONFIG, self.namespaces, overrides,
                                       tmp_path / "robots")
         self.output, self.log, self.outcome = output, io.StringIO(), {}
         self.thread = threading.Thread(target=self._train)
