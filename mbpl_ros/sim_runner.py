@@ -50,6 +50,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gui", action="store_true",
                         help="show the simulated arm in the PyBullet window (sim_robot's gui "
                              "parameter)")
+    parser.add_argument("--robots", type=int, default=None, metavar="K",
+                        help="K simulated robots (/robot_0 ...), each robot's nodes in a process "
+                             "of its own; the trainer spreads each batch over them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +128,11 @@ def run(args: argparse.Namespace) -> int:
             if not resuming or read_run_description(output) is None:
                 command = ["mbpl", *getattr(args, "argv", ["sim"])]
                 write_run_description(output, experiment, command)
-            metrics = run_graph(args.config, overrides, log=sys.stderr)
+            if args.robots is not None:
+                from mbpl_ros.multi_robot import run_robots
+                metrics = run_robots(args.config, args.robots, overrides, log=sys.stderr)
+            else:
+                metrics = run_graph(args.config, overrides, log=sys.stderr)
     except (KeyboardInterrupt, GraphInterrupted):
         return print_stopped("mbpl sim", output, resume)
     except GraphError as error:
@@ -150,12 +157,14 @@ class GraphInterrupted(GraphError):
 
 
 def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
-              log: Optional[TextIO] = None, timeout_s: Optional[float] = None) -> List[dict]:
+              log: Optional[TextIO] = None, timeout_s: Optional[float] = None,
+              only: Optional[List[str]] = None) -> List[dict]:
     """Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
     (plus `overrides`: node name -> {parameter: value}), run until gps_trainer finishes, then
     destroy the nodes and shut the context down; the trainer's progress lines go to `log`
     (None: nowhere). Returns the trainer's metrics rows;
-    GraphError on a bad parameter, a training error or `timeout_s` passing."""
+    GraphError on a bad parameter, a training error or `timeout_s` passing. only: start
+    just these nodes (the rest run elsewhere, e.g. robots in their own processes)."""
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -168,7 +177,7 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
 
     params_file = Path(params_file)
     overrides = overrides or {}
-    specs = graph.nodes(with_sim=True)
+    specs = [spec for spec in graph.nodes(with_sim=True) if only is None or spec.name in only]
     unknown = sorted(set(overrides) - {spec.name for spec in specs})
     if unknown:
         raise GraphError(f"overrides for unknown nodes {unknown}; nodes: {[spec.name for spec in specs]}")

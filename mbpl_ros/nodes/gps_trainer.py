@@ -72,14 +72,17 @@ from visualization_msgs.msg import MarkerArray
 
 from mbpl_ros.checkpoint import Checkpoint, CheckpointError
 from mbpl_ros.config import ConfigError, check_output_directory
+from mbpl_ros.dispatch import Dispatcher, TrialFailed, robot_names
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import (NodeParameterError, ParameterType, declare,
+                                   declare_experiment, run_node)
 from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.recording import RecordingError
 from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
                                UnusableBatch, claim_output, contiguous, set_kl_step)
 
-__all__ = ["GpsTrainerNode", "RosTrials", "TrainingStopped", "contiguous", "main"]
+__all__ = ["GpsTrainerNode", "RosTrials", "SpreadTrials", "TrainingStopped", "contiguous",
+           "main"]
 
 #: Trial ids a resumed run skips after its checkpoint's counter: the interrupted run may have
 #: used some after writing it (the half-done iteration's trials and their retries).
@@ -220,6 +223,15 @@ class GpsTrainerNode(Node):
         if not self.controller_node:
             raise NodeParameterError("parameter 'controller_node' is empty; allowed: a node name, "
                                      "e.g. /lqr_controller")
+        robots = declare(self, "robots", [""], "Namespaces of the robots to spread each batch "
+                         "over (e.g. [robot_0, robot_1]: /robot_0/lqr_controller, ...); [''] "
+                         "(default): one robot, not namespaced.",
+                         allowed="a list of distinct ROS names, or ['']",
+                         type_=ParameterType.PARAMETER_STRING_ARRAY)
+        try:
+            self.robots = robot_names(robots)
+        except ValueError as error:
+            raise NodeParameterError(str(error)) from None
 
     def _check_experiment(self) -> None:
         """What the graph cannot run is refused here, naming the file, key and what is allowed."""
@@ -346,8 +358,9 @@ class GpsTrainerNode(Node):
             import torch
 
             torch.set_num_threads(1)   # a small network: threads cost more than they give
+        source = SpreadTrials(self) if self.robots else RosTrials(self)
         self._loop = TrainingLoop(
-            self.config, self.output, self.seed, RosTrials(self), record=True, say=self._say,
+            self.config, self.output, self.seed, source, record=True, say=self._say,
             allow_incomplete_recording=self.allow_incomplete_recording,
             before_update=lambda algorithm: set_kl_step(algorithm, self.kl_step),
             on_progress=self._publish_progress, on_trial=self._publish_markers)
@@ -357,6 +370,10 @@ class GpsTrainerNode(Node):
         except RecordingError as error:   # e.g. a resume whose recording lacks rollouts
             raise TrainingStopped(f"resume: {error}") from None
         self._say(f"done: {self.iterations} iterations; results in {self.output}")
+        if isinstance(source, SpreadTrials):
+            self._say("trials per robot: " + ", ".join(
+                f"{name} {count}" for name, count in source.completed.items())
+                + f"; trials lost by a robot and run again: {source.lost}")
 
     def _publish_progress(self, progress) -> None:
         self._progress_pub.publish(wire.encode_progress(
@@ -606,6 +623,234 @@ class RosTrials:
 
     def state(self) -> dict:
         return {"next_trial_id": self.node._next_trial_id}
+
+
+class RobotLink:
+    """The trainer's end of one robot in namespace `name`: its trial requests and controllers
+    out, its rollouts and e-stop latch in, its lqr_controller's set_parameters (MDGPS)."""
+
+    def __init__(self, node: GpsTrainerNode, name: str, on_rollout) -> None:
+        self.node, self.name = node, name
+        ns = f"/{name}/"
+        group = MutuallyExclusiveCallbackGroup()
+        self.request_pub = node.create_publisher(
+            Float64MultiArray, ns + wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self.controller_pub = node.create_publisher(
+            Float64MultiArray, ns + wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+        self.rollout_sub = node.create_subscription(
+            Float64MultiArray, ns + wire.ROLLOUTS_TOPIC, lambda msg: on_rollout(self, msg),
+            wire.EVENTS_QOS, callback_group=group)
+        self.estop_latched = False
+        node.create_subscription(Bool, ns + wire.ESTOP_LATCHED_TOPIC, self._on_latch,
+                                 wire.LATCHED_STATE_QOS, callback_group=group)
+        self.policy_client = node.create_client(
+            SetParameters, f"{ns}lqr_controller/set_parameters", callback_group=group)
+        self.policy_set: Optional[tuple] = None   # (path, version) its lqr_controller confirmed
+
+    def _on_latch(self, msg: Bool) -> None:
+        with self.node._arrived:
+            self.estop_latched = bool(msg.data)
+            self.node._arrived.notify_all()
+
+    def present(self) -> bool:
+        """Its lqr_controller and sample_collector are in the graph (and, for MDGPS, the
+        policy service)."""
+        return (self.request_pub.get_subscription_count() > 0
+                and self.rollout_sub.get_publisher_count() > 0
+                and (self.node.config.algorithm != "mdgps"
+                     or self.policy_client.service_is_ready()))
+
+    def use_policy(self, path: Path, version: int) -> None:
+        """Its lqr_controller's policy_path set to `path` (of `version`), as _use_policy."""
+        if self.policy_set == (str(path), version):
+            return
+        parameter = Parameter("policy_path", Parameter.Type.STRING, str(path)).to_parameter_msg()
+        future = self.policy_client.call_async(SetParameters.Request(parameters=[parameter]))
+        future.add_done_callback(lambda _: self.node._notify())
+        if not self.node._wait(future.done, self.node.trial_timeout_s):
+            raise TrainingStopped(f"/{self.name}/lqr_controller/set_parameters (policy_path) gave "
+                                  "no answer within trial_timeout_s="
+                                  f"{self.node.trial_timeout_s:g} s")
+        result = future.result().results[0]
+        if not result.successful:
+            raise TrainingStopped(f"/{self.name}/lqr_controller refused policy_path "
+                                  f"{str(path)!r}: {result.reason}")
+        self.policy_set = (str(path), version)
+
+
+class SpreadTrials(RosTrials):
+    """The RolloutSource over several robots (parameter `robots`), each a namespace with its
+    own lqr_controller, sample_collector and robot: the trials of each call are handed to
+    free robots in parallel (mbpl_ros.dispatch.Dispatcher: assignment, retries, e-stop,
+    robots leaving and rejoining), and the results come back in the trials' order, each
+    passed to on_trial in that order, so the recording is the one a single robot makes.
+
+    One dynamics_fitter serves the trainer (in its namespace): a condition's batch is spread
+    over the robots, and its fit — and the GMM prior, which accumulates every batch — must be
+    the offline one, so the fitter must see the whole batch. The trainer forwards each
+    accepted sample rollout to its own gps/rollouts, where the fitter reads it; a rollout
+    given up on (a late one from a stalled robot) is never forwarded."""
+
+    def __init__(self, node: GpsTrainerNode) -> None:
+        super().__init__(node)
+        self._arrivals: List[tuple] = []   # (link, rollout) of awaited ids, in arrival order
+        self._awaited: set = set()
+        self.links = [RobotLink(node, name, self._on_rollout) for name in node.robots]
+        self.completed = {name: 0 for name in node.robots}   # trials each robot completed
+        self.lost = 0      # trials a robot lost (it left, stalled or was e-stopped): run again
+
+    def _on_rollout(self, link: RobotLink, msg: Float64MultiArray) -> None:
+        node = self.node
+        try:
+            rollout = wire.decode_rollout(msg, dX=node.config.layout.dX, dU=node.config.layout.dU)
+        except wire.WireFormatError as error:
+            node.get_logger().error(f"ignored a rollout from /{link.name}: {error}")
+            return
+        with node._arrived:
+            if rollout.trial_id not in self._awaited:
+                node.ignored_results += 1
+                return
+            self._arrivals.append((link, rollout))
+            node._arrived.notify_all()
+
+    def start(self, state: Optional[dict]) -> None:
+        """Trial ids as RosTrials; then wait for the fitter and the robots (all of them, up to
+        discovery_timeout_s; then those present, with a warning; none: TrainingStopped)."""
+        node = self.node
+        if state is not None:
+            node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
+        deadline = time.monotonic() + node.discovery_timeout_s
+        while True:
+            present = [link.name for link in self.links if link.present()]
+            fitter = node._dynamics_sub.get_publisher_count() > 0
+            if fitter and len(present) == len(self.links):
+                return
+            if node._stop.wait(0.05):
+                raise TrainingStopped("stopped")
+            if time.monotonic() > deadline:
+                if fitter and present:
+                    missing = sorted(set(node.robots) - set(present))
+                    node.get_logger().warning(f"robots {missing} not found within "
+                                              f"discovery_timeout_s: starting with {present}")
+                    return
+                raise TrainingStopped(
+                    f"within discovery_timeout_s={node.discovery_timeout_s:g} s: robots found "
+                    f"{present} of {node.robots} (each needs its lqr_controller and "
+                    f"sample_collector), dynamics_fitter found: {fitter}")
+
+    def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
+        """Controllers on every robot's gps/controllers (transient local: a robot that joins
+        later gets them too)."""
+        for link in self.links:
+            for m, controller in enumerate(controllers):
+                link.controller_pub.publish(wire.encode_controller(
+                    wire.ControllerMessage(m, version, controller)))
+        if policy_path is not None:
+            self.policy_path, self.policy_version = Path(policy_path), version
+
+    def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
+        """The trials spread over the free robots; results (and on_trial) in their order."""
+        node = self.node
+        noise_scale = float(node.noise_scale)
+        if any(t.executor == "policy" and (self.policy_path is None
+                                           or self.policy_version != t.version) for t in trials):
+            raise TrainingStopped("no exported policy of the version a trial needs")
+        links = {link.name: link for link in self.links}
+        dispatcher = Dispatcher(len(trials), node.robots, node._next_trial_id,
+                                int(node.max_attempts))
+        emitted, results = 0, []
+        paused = False
+        try:
+            while emitted < len(trials):
+                now = time.monotonic()
+                with node._arrived:
+                    arrivals, self._arrivals = self._arrivals, []
+                for link, rollout in arrivals:
+                    self._take(dispatcher, link, rollout, trials, now)
+                for name, link in links.items():
+                    present = link.present()
+                    if present != dispatcher.state[name].present:
+                        node.get_logger().warning(
+                            f"robot /{name} {'joined' if present else 'left'}")
+                    lost = dispatcher.set_present(name, present)
+                    if lost is None:
+                        lost = dispatcher.set_estopped(name, link.estop_latched)
+                    if lost is not None:
+                        self.lost += 1
+                        node.get_logger().warning(f"robot /{name} lost trial {lost} (left or "
+                                                  "e-stopped): it goes to another robot")
+                for name, index, trial_id in dispatcher.expire(now):
+                    self.lost += 1
+                    node.get_logger().warning(f"robot /{name}: no rollout of trial {trial_id} "
+                                              f"within trial_timeout_s: it goes to another robot")
+                    links[name].policy_set = None   # a restarted lqr_controller lost it
+                all_stopped = all(s.estopped for s in dispatcher.state.values())
+                if all_stopped != paused:
+                    paused = node.paused = all_stopped
+                    node._say("paused: every robot's e-stop is latched" if paused
+                              else "resumed: a robot's e-stop was reset")
+                for name, index, trial_id in dispatcher.assign(now, float(node.trial_timeout_s)):
+                    self._request(links[name], trials[index], trial_id, noise_scale)
+                node._next_trial_id = dispatcher.next_id
+                while emitted < len(trials) and emitted in dispatcher.results:
+                    result = dispatcher.results[emitted]
+                    on_trial(result)
+                    results.append(result)
+                    emitted += 1
+                if emitted < len(trials):
+                    node._wait(lambda: bool(self._arrivals), 0.05)
+        except TrialFailed as error:
+            t = trials[error.index]
+            raise TrainingStopped(f"iteration {t.iteration}, condition {t.condition}, "
+                                  f"{t.purpose} {t.index}: {error}") from None
+        finally:
+            node.paused = False
+            node.estop_aborts += dispatcher.estop_aborts
+            for name, robot in dispatcher.state.items():
+                self.completed[name] += robot.completed
+            with node._arrived:
+                self._awaited.clear()
+        return results
+
+    def _request(self, link: RobotLink, trial: Trial, trial_id: int, noise_scale: float) -> None:
+        if trial.executor == "policy":
+            link.use_policy(self.policy_path, trial.version)
+        spec = self.node.config.conditions[trial.condition]
+        noise = noise_scale * trial.noise if trial.purpose == "sample" else trial.noise
+        with self.node._arrived:
+            self._awaited.add(trial_id)
+        link.request_pub.publish(wire.encode_trial_request(wire.TrialRequest(
+            trial_id=trial_id, condition=trial.condition, iteration=trial.iteration,
+            index=trial.index, controller_version=trial.version, executor=trial.executor,
+            purpose=trial.purpose, initial_positions=np.asarray(spec.initial_positions, float),
+            target=np.asarray(spec.target, float), noise=noise)))
+
+    def _take(self, dispatcher: Dispatcher, link: RobotLink, rollout, trials, now: float) -> None:
+        """A rollout of an awaited id from `link`: completes, fails or puts back its trial."""
+        if dispatcher.robot_of(rollout.trial_id) != link.name:
+            self.node.ignored_results += 1      # given up on meanwhile, or not this robot's
+            return
+        with self.node._arrived:
+            self._awaited.discard(rollout.trial_id)
+        index = dispatcher.state[link.name].running.index
+        trial = trials[index]
+        if rollout.status == wire.TrialStatus.OK:
+            dispatcher.succeeded(rollout.trial_id, TrialResult(
+                trial, rollout.X, rollout.U, rollout.U, rollout.trial_id), now)
+            if trial.purpose == "sample":
+                self.samples[rollout.trial_id] = rollout
+                self.node._rollout_pub.publish(wire.encode_rollout(rollout))   # to the fitter
+        elif rollout.status == wire.TrialStatus.ESTOP:
+            dispatcher.estop_aborted(rollout.trial_id)
+            self.lost += 1
+            dispatcher.state[link.name].resting_until = now + ESTOP_SETTLE_S   # latch trails
+            self.node.get_logger().warning(f"robot /{link.name}: trial {rollout.trial_id} "
+                                           "stopped by the e-stop: it goes to another robot")
+        else:
+            link.policy_set = None
+            self.node.get_logger().warning(f"robot /{link.name}: trial {rollout.trial_id} "
+                                           f"dropped ({rollout.status.name}): tried again")
+            dispatcher.failed(rollout.trial_id, f"rollout dropped: {rollout.status.name}", now)
 
 
 def main(args=None) -> int:

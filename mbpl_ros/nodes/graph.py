@@ -65,6 +65,19 @@ LEARNING_NODES: Tuple[NodeSpec, ...] = (
     NodeSpec("gps_trainer", "gps_trainer", "mbpl_ros.nodes.gps_trainer:GpsTrainerNode"),
 )
 
+#: With several robots (gps_trainer's `robots`): the nodes each robot runs in its own
+#: namespace (with sim_robot in simulation), and the ones the trainer runs once, beside it
+#: (one dynamics_fitter: a condition's batch is spread over the robots, and the fit must see
+#: all of it).
+ROBOT_NODES: Tuple[str, ...] = ("sample_collector", "lqr_controller")
+TRAINER_NODES: Tuple[str, ...] = ("dynamics_fitter", "gps_trainer")
+
+
+def robot_namespaces(count: int) -> List[str]:
+    """The default namespaces of `count` robots: robot_0, robot_1, ..."""
+    return [f"robot_{k}" for k in range(count)]
+
+
 # Topics the learning nodes use by these (relative) names; a launch file remaps them to a
 # robot's controllers. Kept equal to mbpl_ros.nodes.wire's constants by test_graph.py
 # (wire imports the message packages, which this module must not).

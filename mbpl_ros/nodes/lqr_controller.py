@@ -5,6 +5,7 @@ Subscribes   joint_states (sensor_msgs/JointState)
              gps/controllers (record lg_controller, transient local): the latest controllers
              gps/trial_requests (record trial_request): which trial to run next
              gps/estop (std_msgs/Bool, True = stop; parameter estop_topic)
+             /gps/estop (global_estop_topic: every robot's, heard by one in a namespace)
 Publishes    effort_controller/commands (std_msgs/Float64MultiArray, one effort per joint in
              the order of `joints`: the ros2_control forward-command convention)
              gps/trial_records (record trial_record): what was done in each trial
@@ -206,6 +207,7 @@ class LqrControllerNode(Node):
         self.commands_published = 0
         self.estop_latched = bool(self.estop_latched_at_start)
         self._estop_input = False        # the last value received on the e-stop topic
+        self._estop_inputs: Dict[str, bool] = {}   # the last value of each e-stop input
         self._latest: Optional[_JointSample] = None
         self._trial: Optional[_Trial] = None
         self._pending: Optional[wire.TrialRequest] = None  # waiting for its controller version
@@ -230,6 +232,11 @@ class LqrControllerNode(Node):
         self.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
                                  wire.EVENTS_QOS, callback_group=group)
         self.create_subscription(Bool, self.estop_topic, self._on_estop, wire.ESTOP_QOS, callback_group=group)
+        if (self.global_estop_topic and self.resolve_topic_name(self.global_estop_topic)
+                != self.resolve_topic_name(self.estop_topic)):   # a robot in a namespace
+            self.create_subscription(Bool, self.global_estop_topic,
+                                     lambda msg: self._on_estop(msg, "global"), wire.ESTOP_QOS,
+                                     callback_group=group)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop, callback_group=group)
         if self.reset_mode == "sim_service":
             self._set_parameters = self.create_client(SetParameters, f"{self.sim_node}/set_parameters",
@@ -344,6 +351,10 @@ class LqrControllerNode(Node):
                                    allowed="a topic name")
         if not self.estop_topic:
             raise NodeParameterError("parameter 'estop_topic' is empty; allowed: a topic name, e.g. gps/estop")
+        self.global_estop_topic = declare(
+            self, "global_estop_topic", wire.GLOBAL_ESTOP_TOPIC, "A second e-stop input, shared "
+            "by every robot (std_msgs/Bool, True = stop), heard when it is not estop_topic (a "
+            "robot in a namespace); empty: none.", allowed="empty or a topic name")
         self.estop_latched_at_start = declare(
             self, "estop_latched_at_start", False, "Start with the e-stop latched, so that nothing moves until "
             "~/reset_estop (recommended on hardware: a restarted controller does not forget a stop).",
@@ -585,9 +596,10 @@ class LqrControllerNode(Node):
                 self._advance(self._latest)
 
     # ------------------------------------------------------------------ the e-stop
-    def _on_estop(self, msg: Bool) -> None:
+    def _on_estop(self, msg: Bool, source: str = "own") -> None:
         with self._lock:
-            self._estop_input = bool(msg.data)
+            self._estop_inputs[source] = bool(msg.data)
+            self._estop_input = any(self._estop_inputs.values())   # any input that says stop
             if not msg.data or self.estop_latched:
                 return  # a False never clears the latch
             self.estop_latched = True
@@ -607,7 +619,10 @@ class LqrControllerNode(Node):
                 response.success, response.message = True, "the e-stop was not latched"
             elif self._estop_input:
                 response.success = False
-                response.message = (f"the e-stop input {self.resolve_topic_name(self.estop_topic)} still says stop "
+                topics = [self.resolve_topic_name(self.estop_topic)] + (
+                    [self.resolve_topic_name(self.global_estop_topic)]
+                    if self._estop_inputs.get("global") else [])
+                response.message = (f"the e-stop input {' or '.join(topics)} still says stop "
                                     "(its last message was True): release it (publish False), then reset")
             else:
                 self.estop_latched = False

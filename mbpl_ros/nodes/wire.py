@@ -729,6 +729,8 @@ EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
 #: Emergency stop: std_msgs/Bool, True = stop. lqr_controller latches on True; only its
 #: ~/reset_estop service (std_srvs/Trigger) clears the latch, never a False.
 ESTOP_TOPIC = "gps/estop"
+#: The e-stop of every robot at once (absolute: robots in namespaces all hear it).
+GLOBAL_ESTOP_TOPIC = "/gps/estop"
 #: lqr_controller's latch state (std_msgs/Bool, True = latched), published at start-up and on
 #: every change; transient local, so a (re)started gps_trainer knows it at once.
 ESTOP_LATCHED_TOPIC = "gps/estop_latched"
