@@ -56,6 +56,7 @@ def run_robot(params_file, namespace: str, overrides: Optional[Dict[str, dict]] 
     from mbpl_ros.nodes import graph
     from mbpl_ros.nodes.common import NodeParameterError
     from mbpl_ros.nodes.sim_robot import SimRobotParameterError
+    from mbpl_ros.sim_runner import shut_down
 
     stop = stop or threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -87,13 +88,7 @@ def run_robot(params_file, namespace: str, overrides: Optional[Dict[str, dict]] 
                 pass
         return 0
     finally:
-        for executor in executors:
-            executor.shutdown(timeout_sec=5.0)
-        for thread in threads:
-            thread.join(timeout=5.0)
-        for node in reversed(nodes):
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(executors, threads, nodes, context)
 
 
 def robot_command(params_file, namespace: str,

@@ -231,13 +231,21 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
     finally:
         if trainer is not None:
             trainer.stop()
-        for executor in executors:
-            executor.shutdown(timeout_sec=5.0)
-        for thread in threads:
-            thread.join(timeout=5.0)
-        for node in reversed(nodes):
-            node.destroy_node()
-        rclpy.try_shutdown(context=context)
+        shut_down(executors, threads, nodes, context)
+
+
+def shut_down(executors, threads, nodes, context) -> None:
+    """Stop the executors and their spin threads, destroy the nodes (last started first)
+    and shut the context down."""
+    import rclpy
+
+    for executor in executors:
+        executor.shutdown(timeout_sec=5.0)
+    for thread in threads:
+        thread.join(timeout=5.0)
+    for node in reversed(nodes):
+        node.destroy_node()
+    rclpy.try_shutdown(context=context)
 
 
 def _check_one_experiment(params_file: Path, parameters: Dict[str, dict]) -> None:

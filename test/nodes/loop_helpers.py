@@ -1,6 +1,7 @@
 """Helpers of the learning-loop tests: nodes spun in threads, a probe node, small experiments."""
 from __future__ import annotations
 
+import json
 import threading
 import time
 from contextlib import contextmanager
@@ -91,3 +92,8 @@ def wait_until(condition, timeout=10.0, what="condition"):
 
 def create_probe(context, name="probe"):
     return rclpy.create_node(name, context=context)
+
+
+def rows_of(output: Path) -> list:
+    """The metrics rows of the run in `output` (its metrics.jsonl)."""
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]

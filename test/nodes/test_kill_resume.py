@@ -6,7 +6,6 @@ The kill comes during iteration 3, after a fraction (from random.Random(KILL_SEE
 of the time iteration 2 took, so it is reproducible.
 The experiment is a small MDGPS one (the policy, the GMM priors and the trial ids all matter).
 """
-import json
 import os
 import random
 import subprocess
@@ -16,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from loop_helpers import REPO, small_mdgps_experiment
+from loop_helpers import REPO, rows_of, small_mdgps_experiment
 from mbpl_ros.checkpoint import read_checkpoint
 from mbpl_ros.core.policy import load_exported_policy
 from mbpl_ros.recording import read_recording
@@ -41,10 +40,6 @@ def reference(experiment, tmp_path_factory):
     output = tmp_path_factory.mktemp("reference") / "out"
     graph_run(experiment, output, ITERATIONS)
     return output
-
-
-def rows_of(output):
-    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_same_run(output, reference):

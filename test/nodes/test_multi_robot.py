@@ -2,7 +2,6 @@
 loopback): the batch spread over them is the one a single robot collects, in lockstep to
 1e-9, and a robot killed mid-iteration loses its trial to the other without changing the run."""
 import io
-import json
 import re
 import threading
 import time
@@ -10,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from loop_helpers import REPO, small_experiment
+from loop_helpers import REPO, rows_of, small_experiment
 from mbpl_ros.multi_robot import run_robots, start_robots, stop_robots
 from mbpl_ros.nodes import graph
 from mbpl_ros.recording import read_recording
@@ -32,10 +31,6 @@ def reference(experiment, tmp_path_factory):
     output = tmp_path_factory.mktemp("reference") / "out"
     graph_run(experiment, output, ITERATIONS)
     return output
-
-
-def rows_of(output):
-    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
 
 
 def overrides_for(experiment, output, **trainer):
