@@ -103,12 +103,20 @@ class ProgressTracker:
         if row["iteration"] >= p.iterations:
             self.phase("done")
 
-    def eta_s(self) -> Optional[float]:
-        """Seconds until the run ends, or None before anything was timed."""
+    def iteration_eta_s(self) -> Optional[float]:
+        """Seconds until the current iteration's trials are done (its remaining trials at
+        the mean trial time), or None before anything was timed."""
         p = self.progress
         if self._trials == 0:
             return None
-        left = (p.trials_in_iteration - p.trials_done) * self._trial_time / self._trials
+        return (p.trials_in_iteration - p.trials_done) * self._trial_time / self._trials
+
+    def eta_s(self) -> Optional[float]:
+        """Seconds until the run ends, or None before anything was timed."""
+        p = self.progress
+        left = self.iteration_eta_s()
+        if left is None:
+            return None
         if p.iteration < p.iterations:
             per_iteration = (sum(self._iteration_times) / len(self._iteration_times)
                              if self._iteration_times else
@@ -128,4 +136,5 @@ class ProgressTracker:
         if self.say is not None and due:
             self._last_line = now
             self.say(f"iteration {p.iteration}/{p.iterations} | {p.phase}: trial {p.trials_done}/"
-                     f"{p.trials_in_iteration} | run ends in {duration(p.eta_s)}")
+                     f"{p.trials_in_iteration} | its trials end in "
+                     f"{duration(self.iteration_eta_s())} | the run in {duration(p.eta_s)}")

@@ -31,6 +31,7 @@ def test_the_time_left_is_the_remaining_trials_and_iterations_at_their_measured_
     progress = reports[-1]
     assert (progress.iteration, progress.phase, progress.trials_done) == (1, "sampling", 1)
     # 5 trials left at 4/3 s, then 2 iterations of 6 trials at 4/3 s (none completed yet)
+    assert tracker.iteration_eta_s() == pytest.approx(5 * 4 / 3)
     assert progress.eta_s == pytest.approx(5 * 4 / 3 + 2 * 6 * 4 / 3)
     tracker.phase("updating")
     clock.now += 30.0                              # the update: no trial's time
