@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+import rclpy
+from rclpy.context import Context
 from std_msgs.msg import Float64MultiArray
 
 from loop_helpers import REPO, Recorder, create_probe, small_experiment, spinning, wait_until
@@ -18,9 +20,19 @@ from mbpl_ros.nodes import wire
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_stopped_lqr_controller_sends_the_fallback_and_exits_cleanly(
-    ros_context, tmp_path, signum
-):
+def test_a_stopped_lqr_controller_sends_the_fallback_and_exits_cleanly(tmp_path, signum):
+    # A domain of its own: the killed node's endpoints must not linger in the discovery of
+    # the tests that follow in this process.
+    domain = (int(os.environ["ROS_DOMAIN_ID"]) + 100) % 230 + 1
+    ros_context = Context()
+    rclpy.init(context=ros_context, domain_id=domain)
+    try:
+        _stop_and_check(ros_context, tmp_path, signum, domain)
+    finally:
+        rclpy.try_shutdown(context=ros_context)
+
+
+def _stop_and_check(ros_context, tmp_path, signum, domain):
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=6, N=1)
     probe = create_probe(ros_context)
     commands = Recorder(lambda msg: np.array(msg.data))
@@ -30,6 +42,7 @@ def test_a_stopped_lqr_controller_sends_the_fallback_and_exits_cleanly(
     env = {
         **os.environ,
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(domain),
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
