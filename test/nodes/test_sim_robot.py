@@ -167,6 +167,8 @@ def test_realtime_holds_the_last_command_then_times_out_to_zero_effort(ros_conte
     with running(ros_context, overrides) as (sim, probe):
         assert probe.wait_for(lambda: len(probe.states) > 3)
         np.testing.assert_array_equal(probe.states[-1].effort, [0.0, 0.0])
+        # The command goes out once: only after the simulator's subscription has matched it.
+        assert probe.wait_for(lambda: probe.commands.get_subscription_count() > 0)
         sent = time.monotonic()
         probe.commands.publish(wire.encode_effort_command([0.2, -0.1]))
         assert probe.wait_for(lambda: list(probe.states[-1].effort) == [0.2, -0.1], timeout=1.0)
