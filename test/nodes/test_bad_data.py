@@ -33,26 +33,39 @@ JOINTS = ["shoulder", "elbow"]
 class Glitcher:
     """Plays a glitching encoder: publishes one joint state with |q| = 1e6 rad (finite, far
     beyond the limits) during each trial it is armed for, after that trial's third command.
-    Armed for the first trial of each (iteration, purpose) in `targets`."""
+    Armed for the trials of iteration `iteration` onwards of each purpose in `purposes` until
+    one such glitch has aborted a trial of that purpose: a glitch stamped behind the state the
+    controller already holds (the glitcher may see a command before the state it acted on) is
+    rightly ignored as out of order, so it is tried again in the next trial."""
 
-    def __init__(self, context, targets):
+    def __init__(self, context, iteration, purposes):
         self.node = create_probe(context, "glitcher")
-        self.targets, self.lock = set(targets), threading.Lock()
+        self.iteration, self.purposes, self.lock = iteration, set(purposes), threading.Lock()
         self.armed, self.commands_seen, self.injected, self.latest_stamp = None, 0, [], 0
+        self.hit = set()   # purposes whose trial a glitch aborted
         self.rollouts = Recorder(wire.decode_rollout)
         subscribe = self.node.create_subscription
-        subscribe(Float64MultiArray, wire.ROLLOUTS_TOPIC, self.rollouts, wire.EVENTS_QOS)
+        subscribe(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS)
         subscribe(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request, wire.EVENTS_QOS)
         subscribe(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command, 100)
         subscribe(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 100)
         self.states = self.node.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
 
+    def _on_rollout(self, msg):
+        self.rollouts(msg)
+        rollout = self.rollouts.items[-1]
+        with self.lock:
+            if rollout.status != wire.TrialStatus.OK and rollout.trial_id in self.injected:
+                self.hit.add(rollout.purpose)
+
     def _on_request(self, msg):
         request = wire.decode_trial_request(msg)
         with self.lock:
-            key = (request.iteration, request.purpose)
-            self.armed = request.trial_id if key in self.targets else None
-            self.targets.discard(key)
+            # Not while the last glitch's outcome is unknown: this may be its trial's retry.
+            settled = {r.trial_id for r in self.rollouts.items} >= set(self.injected)
+            wanted = request.iteration >= self.iteration and request.purpose in self.purposes
+            self.armed = (request.trial_id if wanted and settled and request.purpose not in self.hit
+                          else None)
             self.commands_seen = 0
 
     def _on_state(self, msg):
@@ -78,14 +91,14 @@ class Glitcher:
 @pytest.mark.timeout(240)
 def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_change_no_metric(
         ros_context, tmp_path):
-    """`mbpl sim` (its own process, lockstep): an encoder glitch in iteration 1's first sample
-    trial and in its first evaluation trial. Each is aborted (IMPLAUSIBLE_STATE), retried
+    """`mbpl sim` (its own process, lockstep): an encoder glitch in a sample trial and in an
+    evaluation trial of iteration 1 (or later: see Glitcher). Each is aborted (IMPLAUSIBLE_STATE), retried
     with the same noise, and the run's metrics equal the offline run's (= a run without
     glitches); the recording holds only the accepted rollouts."""
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=30, N=2)
     config = load_experiment(experiment)
     output = tmp_path / "out"
-    glitcher = Glitcher(ros_context, {(1, "sample"), (1, "evaluation")})
+    glitcher = Glitcher(ros_context, 1, {"sample", "evaluation"})
     env = {**os.environ, "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST", "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     # Started with the e-stop latched: nothing runs until the glitcher has found the graph.
@@ -114,8 +127,8 @@ def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_chang
     assert run.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
     dropped = [r for r in glitcher.rollouts.items if r.status != wire.TrialStatus.OK]
-    assert len(glitcher.injected) == 2, glitcher.injected
-    assert sorted(r.trial_id for r in dropped) == sorted(glitcher.injected)
+    assert len(dropped) == 2 and {r.trial_id for r in dropped} <= set(glitcher.injected), \
+        (dropped, glitcher.injected)
     implausible = wire.TrialStatus.IMPLAUSIBLE_STATE
     assert {(r.purpose, r.status) for r in dropped} == {("sample", implausible),
                                                         ("evaluation", implausible)}
