@@ -1,4 +1,5 @@
-"""Per-iteration compute of the three core stages across problem sizes, and how it scales.
+"""
+Per-iteration compute of the three core stages across problem sizes, and how it scales.
 
 For every T in {50, 100, 200}, dX in {10, 20, 40} (dU = dX // 3) and N in {5, 20}
 rollouts per condition, one condition's share of one iteration:

@@ -1,4 +1,5 @@
-"""Real-time control loop: lqr_controller (realtime mode) against sim_robot (realtime mode).
+"""
+Real-time control loop: lqr_controller (realtime mode) against sim_robot (realtime mode).
 
 For each rate (default 100, 500 and 1000 Hz) and each of lqr_controller's realtime
 triggers (default both: `joint_state`, a step per new joint state; `timer`, a timer at the

@@ -1,4 +1,5 @@
-"""Time the dynamics share of one LQR-FLM iteration: GMM prior update + fit_dynamics.
+"""
+Time the dynamics share of one LQR-FLM iteration: GMM prior update + fit_dynamics.
 
 Setting of the speed target: T=100, dX=20, dU=7, N=5 rollouts per iteration, measured
 (a) on the first iteration (empty prior, cold-started EM) and (b) with a warm prior

@@ -1,4 +1,5 @@
-"""KUKA iiwa reach benchmark: config/kuka_reach.yaml trained for 12 LQR-FLM iterations.
+"""
+KUKA iiwa reach benchmark: config/kuka_reach.yaml trained for 12 LQR-FLM iterations.
 
 Prints the final end-effector distance of each condition's noise-free controller after
 every iteration, whether the goals are met (every condition < 3 cm by iteration 8 and

@@ -1,4 +1,5 @@
-"""Time one whole LQR-FLM iteration (core.lqr_flm.LqrFlm.update) at T=100, dX=20, dU=7, N=5.
+"""
+Time one whole LQR-FLM iteration (core.lqr_flm.LqrFlm.update) at T=100, dX=20, dU=7, N=5.
 
 One iteration = GMM prior update + dynamics fit + cost expansion + step adjustment +
 η search + forward passes, for one condition. Two cases:
@@ -49,9 +50,11 @@ COST_SPEC = {"action": {"weight": 1e-4},
 
 
 class SyntheticArm:
-    """A damped double integrator per joint, q̈ = (u − g)/m − d q̇ + 0.5 sin(q), with an
+    """
+    A damped double integrator per joint, q̈ = (u − g)/m − d q̇ + 0.5 sin(q), with an
     end-effector point p = J q + 0.02 sin(2 q) summed through a second map: smooth,
-    stable over 5 s, and nonlinear enough that the GMM prior has structure to find."""
+    stable over 5 s, and nonlinear enough that the GMM prior has structure to find.
+    """
 
     def __init__(self, rng: np.random.Generator):
         self.inertia = rng.uniform(0.5, 2.0, JOINTS)           # (7,)
@@ -116,8 +119,10 @@ def time_update(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> np.ndarray:
 
 
 def time_stages(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each stage of update(), run through the same public
-    functions in the same order (a breakdown; the totals above are the real calls)."""
+    """
+    Median milliseconds of each stage of update(), run through the same public
+    functions in the same order (a breakdown; the totals above are the real calls).
+    """
     stages = {"prior update + dynamics fit": [], "cost expansion": [], "step adjustment": [],
               "η search": [], "forward pass (predicted cost)": []}
     for _ in range(repeats):

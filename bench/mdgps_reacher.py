@@ -1,4 +1,5 @@
-"""MDGPS on the 2-link reacher: from four local controllers to one policy that reaches
+"""
+MDGPS on the 2-link reacher: from four local controllers to one policy that reaches
 from starts it never saw.
 
 The figure of issue 4: the seeded 2-link reacher, at most 12 MDGPS iterations with

@@ -1,4 +1,5 @@
-"""Franka Panda reach benchmark: config/panda_reach.yaml trained for 10 LQR-FLM iterations
+"""
+Franka Panda reach benchmark: config/panda_reach.yaml trained for 10 LQR-FLM iterations
 per seed (default seeds 0, 1, 2).
 
 Prints, per seed, the final end-effector distance of each condition's noise-free

@@ -1,4 +1,5 @@
-"""LQR-FLM on the 2-link reacher over several seeds: worst final distance per iteration.
+"""
+LQR-FLM on the 2-link reacher over several seeds: worst final distance per iteration.
 
 Usage: python bench/reacher_seeds.py [N_SEEDS]   (default 10)
 """

@@ -1,4 +1,5 @@
-"""Run every benchmark in bench/ and regenerate docs/benchmarks.md from their output.
+"""
+Run every benchmark in bench/ and regenerate docs/benchmarks.md from their output.
 
 Each bench/*.py script (except this one) runs as a subprocess from the repository root,
 one after the other, with the arguments in SCRIPT_ARGS (none by default); a script whose
@@ -146,8 +147,10 @@ def machine_info() -> str:
 
 
 def section(text: str, name: str, body: str) -> str:
-    """`text` with the part between <!-- BEGIN name --> and <!-- END name --> replaced by body
-    (or a new section with those markers appended)."""
+    """
+    `text` with the part between <!-- BEGIN name --> and <!-- END name --> replaced by body
+    (or a new section with those markers appended).
+    """
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
@@ -166,8 +169,10 @@ def script_body(command: list[str], code: int, seconds: float, stdout: str, mark
 
 
 def timing_body(timings: list[tuple[str, int, float]], previous: str) -> str:
-    """The timing table: this run's scripts, plus the rows of earlier runs for the others
-    (parsed from the previous table), and their total."""
+    """
+    The timing table: this run's scripts, plus the rows of earlier runs for the others
+    (parsed from the previous table), and their total.
+    """
     rows = {m.group(1): (int(m.group(2)), float(m.group(3))) for m in
             re.finditer(r"^\| (\S+\.py) \| (-?\d+) \| ([\d.]+) \|$", previous, re.MULTILINE)}
     rows.update({name: (code, seconds) for name, code, seconds in timings})

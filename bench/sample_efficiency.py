@@ -1,4 +1,5 @@
-"""Sample efficiency on the 2-link reach: LQR-FLM and MDGPS against SB3 SAC and PPO.
+"""
+Sample efficiency on the 2-link reach: LQR-FLM and MDGPS against SB3 SAC and PPO.
 
 Every method learns the task of config/reacher_2link.yaml (4 start poses, one target,
 T = 50 steps of 0.05 s, the same cost) from the same seeds, and is measured the same way:
@@ -89,8 +90,10 @@ class Curve:
 
 
 def steps_to_reach(curve: Curve, threshold_m: float, consecutive: int) -> Optional[int]:
-    """Steps before the first evaluation from which every later one is below threshold_m,
-    if that final stretch holds at least `consecutive` evaluations; else None."""
+    """
+    Steps before the first evaluation from which every later one is below threshold_m,
+    if that final stretch holds at least `consecutive` evaluations; else None.
+    """
     below = np.asarray(curve.distance_m) < threshold_m
     if not below.size or not below[-1]:
         return None
@@ -215,8 +218,10 @@ def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
 
 
 def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budget, eval_every) -> Curve:
-    """Train `model` for `budget` environment steps, evaluating noise-free every `eval_every`
-    steps and once more at the end; closes `env`."""
+    """
+    Train `model` for `budget` environment steps, evaluating noise-free every `eval_every`
+    steps and once more at the end; closes `env`.
+    """
     evaluator, steps, distances = _Evaluator(config), [], []
     start = time.perf_counter()
     try:
@@ -264,8 +269,10 @@ def _steps_text(reached: list) -> str:
 
 
 def _ratio_text(summary: dict, method: str, key: str) -> str:
-    """median steps of `method` / median steps of LQR-FLM; a seed that never reached counts
-    as its whole budget, making the ratio a lower bound (≥)."""
+    """
+    Median steps of `method` / median steps of LQR-FLM; a seed that never reached counts
+    as its whole budget, making the ratio a lower bound (≥).
+    """
     base = [r for r in summary["lqr_flm"][key] if r is not None]
     if not base:
         return "n/a (LQR-FLM did not reach)"

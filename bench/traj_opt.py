@@ -1,4 +1,5 @@
-"""Timing of the KL-constrained trajectory optimisation at T=100, dX=20, dU=7.
+"""
+Timing of the KL-constrained trajectory optimisation at T=100, dX=20, dU=7.
 
 Runs a chain of LQR-FLM-like updates on random well-posed problems (each update's anchor
 is the previous controller, η starts from the previous η; the first update starts cold at

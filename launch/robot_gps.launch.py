@@ -1,4 +1,5 @@
-"""The learning loop on a real arm driven by ros2_control: the four learning nodes, no simulator.
+"""
+The learning loop on a real arm driven by ros2_control: the four learning nodes, no simulator.
 
     ros2 launch mbpl_ros robot_gps.launch.py \
         joint_states_topic:=/joint_states commands_topic:=/effort_controller/commands \

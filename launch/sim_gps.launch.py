@@ -1,4 +1,5 @@
-"""The learning loop against the PyBullet arm: sim_robot and the four learning nodes.
+"""
+The learning loop against the PyBullet arm: sim_robot and the four learning nodes.
 
     ros2 launch mbpl_ros sim_gps.launch.py [params_file:=/path/to/params.yaml] [robots:=K]
 

@@ -1,4 +1,5 @@
-"""The trainer of a multi-robot run: gps_trainer and the one dynamics_fitter, on any machine
+"""
+The trainer of a multi-robot run: gps_trainer and the one dynamics_fitter, on any machine
 of the robots' network.
 
     ros2 launch mbpl_ros trainer.launch.py robots:="[robot_0, robot_1]" [params_file:=...]

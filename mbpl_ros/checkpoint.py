@@ -1,4 +1,5 @@
-"""Checkpoints that are complete or absent, and that say clearly when they cannot be used.
+"""
+Checkpoints that are complete or absent, and that say clearly when they cannot be used.
 
 A training run writes one checkpoint per iteration, `checkpoint_<iteration:04d>.pkl`,
 holding everything needed to continue exactly where it stopped (the algorithm with its
@@ -62,7 +63,8 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """The state of a run after `iteration` complete iterations.
+    """
+    The state of a run after `iteration` complete iterations.
 
     algorithm: the LqrFlm or Mdgps object (controllers, dynamics priors, step sizes,
         policy weights; no optimiser state, which is fresh at every S-step).
@@ -97,9 +99,11 @@ class Checkpoint:
 
 
 def experiment_identity(config: Any, seed: int) -> dict:
-    """The experiment a checkpoint belongs to, as JSON-ready data: the config (a
+    """
+    The experiment a checkpoint belongs to, as JSON-ready data: the config (a
     dataclass or dict) without the keys that may change on resume (RESUMABLE_CHANGES),
-    plus the run's seed as `run_seed` (it may differ from the config's `seed`)."""
+    plus the run's seed as `run_seed` (it may differ from the config's `seed`).
+    """
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     data = json.loads(json.dumps(data, sort_keys=True))  # plain lists, dicts and numbers
     for key in RESUMABLE_CHANGES:
@@ -154,8 +158,10 @@ def fsync_directory(directory: Path) -> None:
 
 
 def write_atomically(path: os.PathLike | str, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one:
-    temporary file in the same directory, fsync, rename, fsync of the directory."""
+    """
+    Write `data` to `path` so that a crash leaves either the old file or the new one:
+    temporary file in the same directory, fsync, rename, fsync of the directory.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -171,9 +177,11 @@ def write_atomically(path: os.PathLike | str, data: bytes) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary files that write_atomically (or a policy export) left behind when
+    """
+    Delete temporary files that write_atomically (or a policy export) left behind when
     killed mid-write; one whose writer (the pid in its name) still runs is being written
-    (e.g. by dynamics_fitter into the run's directory) and is left alone."""
+    (e.g. by dynamics_fitter into the run's directory) and is left alone.
+    """
     removed = []
     patterns = (".*.tmp", ".*.tmp.pt", ".*.tmp.json")
     for tmp in [path for pattern in patterns for path in Path(directory).glob(pattern)]:
@@ -215,10 +223,12 @@ def checkpoint_paths(directory: os.PathLike | str) -> list[Path]:
 
 
 def capture_rng_states() -> dict:
-    """The process-wide RNG states: numpy's legacy global generator and, when torch is
+    """
+    The process-wide RNG states: numpy's legacy global generator and, when torch is
     loaded, torch's CPU generator. The training code draws from neither (every random
     choice has its own seeded generator); they are kept so that code which does stays
-    reproducible across a resume."""
+    reproducible across a resume.
+    """
     states = {"numpy_global": np.random.get_state()}
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -311,9 +321,12 @@ def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict, bytes]:
 
 
 def read_checkpoint(path: os.PathLike | str, experiment: Optional[dict] = None) -> Checkpoint:
-    """Read and check a checkpoint. With `experiment` (experiment_identity of the run
-    that wants to continue it), a checkpoint of another experiment raises
-    CheckpointError naming the keys that differ."""
+    """
+    Read and check a checkpoint.
+
+    With `experiment` (experiment_identity of the run that wants to continue it), a checkpoint of
+    another experiment raises CheckpointError naming the keys that differ.
+    """
     path = Path(path)
     header, payload = read_checkpoint_header(path)
     if experiment is not None and header["experiment_fingerprint"] != experiment_fingerprint(experiment):
@@ -340,10 +353,12 @@ def _unpickle(path: Path, header: dict, payload: bytes) -> dict:
 
 
 def latest_checkpoint(directory: os.PathLike | str, experiment: Optional[dict] = None) -> Optional[Checkpoint]:
-    """The checkpoint of the highest iteration in `directory` (checked as read_checkpoint
+    """
+    The checkpoint of the highest iteration in `directory` (checked as read_checkpoint
     does), or None when there is none. Writes are atomic, so the newest file is a
     complete iteration; if it is nevertheless damaged the error says so rather than
-    silently going back further."""
+    silently going back further.
+    """
     paths = checkpoint_paths(directory)
     return read_checkpoint(paths[-1], experiment) if paths else None
 
@@ -357,8 +372,12 @@ def write_metrics(path: os.PathLike | str, rows: list[dict]) -> None:
 
 
 def append_metrics_row(path: os.PathLike | str, row: dict) -> None:
-    """Append one row durably (flush + fsync). A crash mid-append can leave a partial
-    last line; resuming rewrites the file from the checkpoint, which drops it."""
+    """
+    Append one row durably (flush + fsync).
+
+    A crash mid-append can leave a partial last line; resuming rewrites the file from the
+    checkpoint, which drops it.
+    """
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM at the command line: stop cleanly, keep what is complete, say how to go on.
+"""
+Ctrl-C and SIGTERM at the command line: stop cleanly, keep what is complete, say how to go on.
 
 `interruptible()` turns SIGINT and SIGTERM into KeyboardInterrupt in the main thread, but
 never while the main thread is inside a module that writes a run's files (checkpoints,
@@ -40,9 +41,11 @@ def _inside_protected(frame) -> bool:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (after
+    """
+    Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (after
     any write of a run's file in progress); the previous handlers come back afterwards. A
-    signal still deferred when the block ends raises KeyboardInterrupt there."""
+    signal still deferred when the block ends raises KeyboardInterrupt there.
+    """
     pid = os.getpid()
     deferred: list = []   # signals waiting for a write to end
 
@@ -72,8 +75,10 @@ def interruptible() -> Iterator[None]:
 
 
 def resume_command(program: Sequence[str], options: Sequence[tuple]) -> str:
-    """The shell command `program` with `options` [(flag, value or None (a switch) or False
-    (left out))], quoted."""
+    """
+    The shell command `program` with `options` [(flag, value or None (a switch) or False
+    (left out))], quoted.
+    """
     words = list(program)
     for flag, value in options:
         if value is None:

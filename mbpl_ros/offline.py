@@ -1,4 +1,5 @@
-"""Offline training and evaluation on the PyBullet arm, no ROS: `mbpl train`, `mbpl eval`.
+"""
+Offline training and evaluation on the PyBullet arm, no ROS: `mbpl train`, `mbpl eval`.
 
 Training is mbpl_ros.training's loop (the one gps_trainer runs too) over SimSource: the
 trials run on a PyBullet arm in this process. Rollout n of condition m at iteration i
@@ -53,8 +54,10 @@ MeanPolicy = Callable[[np.ndarray], np.ndarray]
 
 
 class PolicySampler:
-    """The MDGPS policy as a rollout sampler, the interface of LinearGaussianController:
-    act(t, x (dX,), noise (dU,)) = μ_θ(x) + L noise, L Lᵀ = covariance (dU, dU)."""
+    """
+    The MDGPS policy as a rollout sampler, the interface of LinearGaussianController:
+    act(t, x (dX,), noise (dU,)) = μ_θ(x) + L noise, L Lᵀ = covariance (dU, dU).
+    """
 
     def __init__(self, policy, covariance: np.ndarray) -> None:
         self.policy = policy
@@ -68,9 +71,11 @@ class PolicySampler:
 def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanPolicy,
                     initial_positions: np.ndarray, targets: np.ndarray,
                     cost=None) -> tuple[list[float], Optional[list[float]]]:
-    """Noise-free runs of one state-feedback policy from initial joint angles (K, J) with
+    """
+    Noise-free runs of one state-feedback policy from initial joint angles (K, J) with
     targets (K, 3), T = config.T steps each: final distances (K,) and, given a cost,
-    total costs (K,)."""
+    total costs (K,).
+    """
     layout = config.layout
     distances, costs = [], []
     for q0, target in zip(np.asarray(initial_positions, float), np.asarray(targets, float)):
@@ -85,14 +90,16 @@ def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanPolicy,
 
 
 class SimSource:
-    """The training loop's trials on a PyBullet arm in this process (`mbpl train`).
+    """
+    The training loop's trials on a PyBullet arm in this process (`mbpl train`).
 
     A controller trial runs the published controllers (C-contiguous, as lqr_controller
     gets them); a policy trial the exported policy.pt, loaded as lqr_controller loads it,
     with noise through the Cholesky factor of its action covariance (PolicySampler), so
     both sources compute the same actions. Every command goes through lqr_controller's
     joint-limit guard (core.safety, its default margin and damping), as on the robot.
-    Dynamics are left to the algorithm."""
+    Dynamics are left to the algorithm.
+    """
 
     def __init__(self, config: ExperimentConfig, gui: bool = False) -> None:
         from mbpl_ros.core import safety
@@ -166,8 +173,10 @@ class SimSource:
 
 
 class RecordedSource(SimSource):
-    """SimSource whose sample trials return the rollouts of a recording instead (refit):
-    batches[i - 1] (Rollouts, condition-major) for iteration i."""
+    """
+    SimSource whose sample trials return the rollouts of a recording instead (refit):
+    batches[i - 1] (Rollouts, condition-major) for iteration i.
+    """
 
     def __init__(self, config: ExperimentConfig, batches: Sequence[Rollouts]) -> None:
         super().__init__(config)
@@ -184,9 +193,11 @@ class RecordedSource(SimSource):
 
 
 def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[list[float], float]:
-    """Noise-free trials of each condition's controller (M,) on the arm, as the training
+    """
+    Noise-free trials of each condition's controller (M,) on the arm, as the training
     loop's evaluation runs them (SimSource: the same guard and clamp): final distances (M,)
-    and the mean total cost."""
+    and the mean total cost.
+    """
     layout, M = config.layout, len(config.conditions)
     source = SimSource(config)
     try:
@@ -205,13 +216,15 @@ def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[l
 
 def recorded_iterations(recording, config: ExperimentConfig,
                         log: Optional[TextIO] = None) -> list[tuple[int, Rollouts]]:
-    """The sample rollouts of a recording (mbpl_ros.recording.Recording) as one batch per
+    """
+    The sample rollouts of a recording (mbpl_ros.recording.Recording) as one batch per
     iteration, [(iteration, Rollouts (M·N, T, dX))], each in condition-major order as
     collect_rollouts draws them. States are rebuilt from the joint states with
     JointStateToState (as the sim and the sample_collector build them); U is the
     applied effort. A last iteration with fewer rollouts than
     config.rollouts_per_condition per condition (a run stopped during it) is left out;
-    an earlier one is a ValueError, as is a recording of another robot or T."""
+    an earlier one is a ValueError, as is a recording of another robot or T.
+    """
     layout, M, N = config.layout, len(config.conditions), config.rollouts_per_condition
     joint_names = list(config.robot_spec.joint_names)
     recorded_joints = recording.run_info.get("joint_names")
@@ -252,8 +265,10 @@ def recorded_iterations(recording, config: ExperimentConfig,
 
 @dataclass
 class TrainingRun:
-    """One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`:
-    mbpl_ros.training.TrainingLoop over SimSource (see there for the files it writes)."""
+    """
+    One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`:
+    mbpl_ros.training.TrainingLoop over SimSource (see there for the files it writes).
+    """
 
     config: ExperimentConfig
     output: Path
@@ -275,17 +290,22 @@ class TrainingRun:
         return experiment_identity(self.config, self.seed)
 
     def run(self, iterations: int, *, resume: bool = False) -> list[dict]:
-        """Train for `iterations` iterations. With resume, continue from the newest
-        checkpoint in `output` (CheckpointError if it is damaged or of another
-        experiment; a fresh start if there is none)."""
+        """
+        Train for `iterations` iterations.
+
+        With resume, continue from the newest checkpoint in `output` (CheckpointError if it is
+        damaged or of another experiment; a fresh start if there is none).
+        """
         return self._train(SimSource(self.config, gui=self.gui), iterations, resume=resume,
                            record=self.record)
 
     def refit(self, recording_path: str | Path) -> list[dict]:
-        """Re-run the updates on the rollouts of a recording instead of drawing new ones:
+        """
+        Re-run the updates on the rollouts of a recording instead of drawing new ones:
         iteration i's update gets the recording's iteration-i rollouts (recorded_iterations).
         The new controllers are measured in simulation as in `run`. Replaying a run's own
-        recording with the same experiment reproduces its controllers and metrics."""
+        recording with the same experiment reproduces its controllers and metrics.
+        """
         from mbpl_ros.recording import read_recording
 
         recording = read_recording(recording_path)
@@ -321,7 +341,8 @@ class TrainingRun:
 def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
                         min_separation: float = HELD_OUT_MIN_SEPARATION_RAD
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """`count` initial joint angles (count, J) drawn uniformly from the box spanned by the
+    """
+    `count` initial joint angles (count, J) drawn uniformly from the box spanned by the
     training conditions' initial joint angles (per joint, from the smallest to the
     largest), each at least `min_separation` rad (Euclidean) from every training start,
     and their targets (count, 3).
@@ -364,11 +385,13 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
 def held_out_targets(config: ExperimentConfig, count: int, seed: int,
                      min_separation: float = HELD_OUT_MIN_SEPARATION_M
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """For training conditions that share their start and differ in their targets (the
+    """
+    For training conditions that share their start and differ in their targets (the
     hole moves, the arm starts where it always does): that start (count, J) and `count`
     targets (count, 3) drawn uniformly from the box the training targets span (per axis,
     smallest to largest; an axis on which they agree keeps its value), each at least
-    `min_separation` m from every training target."""
+    `min_separation` m from every training target.
+    """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     starts = np.array([c.initial_positions for c in config.conditions], float)   # (M, J)
@@ -390,7 +413,8 @@ def held_out_targets(config: ExperimentConfig, count: int, seed: int,
 
 def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, count: int, seed: int,
                              success_distance_m: float | None = None) -> dict[str, Any]:
-    """Run the exported policy at `policy_path` noise-free from `count` held-out initial
+    """
+    Run the exported policy at `policy_path` noise-free from `count` held-out initial
     conditions (held_out_conditions(config, count, seed): held-out starts, or held-out
     targets where only the targets vary) for config.T steps.
 

@@ -1,4 +1,5 @@
-"""Live progress of a training run: its phase, its trials, and how long until the end.
+"""
+Live progress of a training run: its phase, its trials, and how long until the end.
 
 The training loop tells a ProgressTracker when an iteration starts, when its phase changes
 and when a trial ends; the tracker hands a Progress to a callback (gps_trainer publishes it
@@ -20,9 +21,11 @@ PHASES = ("starting", "sampling", "fitting", "updating", "evaluating", "paused",
 
 @dataclass
 class Progress:
-    """Where a run is: iteration of iterations, the phase, trials done of the iteration's,
+    """
+    Where a run is: iteration of iterations, the phase, trials done of the iteration's,
     rollouts and env steps so far, the last evaluation, and the seconds left (None: not
-    known yet)."""
+    known yet).
+    """
 
     iteration: int
     iterations: int
@@ -104,8 +107,10 @@ class ProgressTracker:
             self.phase("done")
 
     def iteration_eta_s(self) -> Optional[float]:
-        """Seconds until the current iteration's trials are done (its remaining trials at
-        the mean trial time), or None before anything was timed."""
+        """
+        Seconds until the current iteration's trials are done (its remaining trials at
+        the mean trial time), or None before anything was timed.
+        """
         p = self.progress
         if self._trials == 0:
             return None
@@ -125,8 +130,10 @@ class ProgressTracker:
         return left if p.phase != "done" else 0.0
 
     def _emit(self, line: Optional[bool] = None) -> None:
-        """Report; and say a line when `line` is True, or when it is None and interval_s
-        has passed since the last one."""
+        """
+        Report; and say a line when `line` is True, or when it is None and interval_s
+        has passed since the last one.
+        """
         p = self.progress
         p.eta_s = self.eta_s()
         if self.report is not None:

@@ -1,4 +1,5 @@
-"""A run directory as the commands after training see it: what experiment it belongs to,
+"""
+A run directory as the commands after training see it: what experiment it belongs to,
 which checkpoint holds which controllers, and what a file handed to them really is.
 
 `mbpl train` and `mbpl sim` write RUN/run.json (the experiment file's absolute path and the
@@ -36,8 +37,10 @@ MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 class RunError(ValueError):
-    """A run directory or a file given for one cannot be used; the message says what it is
-    and what was expected."""
+    """
+    A run directory or a file given for one cannot be used; the message says what it is
+    and what was expected.
+    """
 
 
 def default_output(experiment_path: str | os.PathLike, prefix: str = "") -> Path:
@@ -155,9 +158,11 @@ def run_config(run: Path, config_path: Optional[str | os.PathLike] = None) -> Ex
 def run_checkpoint(
     run: Path, config: ExperimentConfig, iteration: Optional[int] = None
 ) -> tuple[Checkpoint, ExperimentConfig]:
-    """The checkpoint of `iteration` (default: the newest) in `run`, checked against the
+    """
+    The checkpoint of `iteration` (default: the newest) in `run`, checked against the
     experiment, and the experiment as the run used it (its algorithm, e.g. a --algorithm
-    override). RunError naming what is there otherwise."""
+    override). RunError naming what is there otherwise.
+    """
     run = Path(run)
     paths = checkpoint_paths(run)
     if not paths:

@@ -1,4 +1,5 @@
-"""`mbpl sim`: the whole ROS node graph — sim_robot and the four learning nodes — in one
+"""
+`mbpl sim`: the whole ROS node graph — sim_robot and the four learning nodes — in one
 process, learning on the simulated arm over real DDS, with the same outputs as `mbpl train`
 (metrics.jsonl, checkpoints, learning_curve.png).
 
@@ -56,9 +57,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`mbpl sim`: check the arguments (nothing is written before), run the graph; a stop by
+    """
+    `mbpl sim`: check the arguments (nothing is written before), run the graph; a stop by
     SIGINT/SIGTERM ends the current trial (lqr_controller sends its fallback), keeps the
-    complete iterations and prints the command that resumes the run (exit status 130)."""
+    complete iterations and prints the command that resumes the run (exit status 130).
+    """
     from mbpl_ros.config import ConfigError, check_output_directory
     from mbpl_ros.dds import use_loopback_only
     from mbpl_ros.experiment import load_experiment
@@ -159,12 +162,14 @@ class GraphInterrupted(GraphError):
 def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
               log: Optional[TextIO] = None, timeout_s: Optional[float] = None,
               only: Optional[List[str]] = None) -> List[dict]:
-    """Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
+    """
+    Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
     (plus `overrides`: node name -> {parameter: value}), run until gps_trainer finishes, then
     destroy the nodes and shut the context down; the trainer's progress lines go to `log`
     (None: nowhere). Returns the trainer's metrics rows;
     GraphError on a bad parameter, a training error or `timeout_s` passing. only: start
-    just these nodes (the rest run elsewhere, e.g. robots in their own processes)."""
+    just these nodes (the rest run elsewhere, e.g. robots in their own processes).
+    """
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -235,8 +240,10 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
 
 
 def shut_down(executors, threads, nodes, context) -> None:
-    """Stop the executors and their spin threads, destroy the nodes (last started first)
-    and shut the context down."""
+    """
+    Stop the executors and their spin threads, destroy the nodes (last started first)
+    and shut the context down.
+    """
     import rclpy
 
     for executor in executors:
@@ -249,9 +256,11 @@ def shut_down(executors, threads, nodes, context) -> None:
 
 
 def _check_one_experiment(params_file: Path, parameters: Dict[str, dict]) -> None:
-    """GraphError unless every node runs the same experiment (and sim_robot its robot): a
+    """
+    GraphError unless every node runs the same experiment (and sim_robot its robot): a
     graph whose nodes disagree cannot learn. Names the file, the node, the key and what is
-    allowed."""
+    allowed.
+    """
     from mbpl_ros.config import ConfigError
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.nodes.common import NodeParameterError, resolve_experiment_path

@@ -1,4 +1,5 @@
-"""Command safety: what every effort command passes through before it reaches the robot.
+"""
+Command safety: what every effort command passes through before it reaches the robot.
 
 Pure numpy, so the maths is testable without ROS; lqr_controller applies it to each
 command it publishes. Arrays are per joint, dU = J (one effort per joint), in the robot's
@@ -46,8 +47,10 @@ DEFAULT_JOINT_LIMIT_DAMPING = 1.0
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """effort (dU,) > 0 in N·m; position (dU, 2) rows [lower, upper] in rad (±inf: no limit);
-    margin (rad) >= 0, below half of every finite joint range; damping (N·m·s/rad) >= 0."""
+    """
+    Effort (dU,) > 0 in N·m; position (dU, 2) rows [lower, upper] in rad (±inf: no limit);
+    margin (rad) >= 0, below half of every finite joint range; damping (N·m·s/rad) >= 0.
+    """
 
     effort: np.ndarray
     position: np.ndarray
@@ -88,15 +91,17 @@ class SafetyLimits:
 
 @dataclass(frozen=True)
 class SafeCommand:
-    """effort (dU,): finite, within the limits; fault: why the fallback was used, else None."""
+    """Effort (dU,): finite, within the limits; fault: why the fallback was used, else None."""
 
     effort: np.ndarray
     fault: Optional[str] = None
 
 
 def lowered_effort_limits(robot_limits: Sequence[float], requested: Optional[Sequence[float]] = None) -> np.ndarray:
-    """The effort limits (dU,) to enforce: `requested` (dU,), each in (0, robot limit], or
-    the robot's own when None. Raising a limit above the robot's is a ValueError."""
+    """
+    The effort limits (dU,) to enforce: `requested` (dU,), each in (0, robot limit], or
+    the robot's own when None. Raising a limit above the robot's is a ValueError.
+    """
     robot = np.array(robot_limits, dtype=float)
     if robot.ndim != 1 or not np.all(np.isfinite(robot) & (robot > 0)):
         raise ValueError(f"robot effort limits must be finite, > 0, shape (dU,); got {robot.tolist()}")
@@ -115,13 +120,15 @@ def lowered_effort_limits(robot_limits: Sequence[float], requested: Optional[Seq
 
 
 def clamp_effort(u: np.ndarray, effort_limits: np.ndarray) -> np.ndarray:
-    """u (..., dU) clipped to [-effort_limits, effort_limits] (dU,)."""
+    """U (..., dU) clipped to [-effort_limits, effort_limits] (dU,)."""
     return np.clip(u, -effort_limits, effort_limits)
 
 
 def limit_proximity(distance: np.ndarray, margin: float) -> np.ndarray:
-    """s (...,) in [0, 1] from the distance (rad) to a limit: 0 outside the margin, 1 at or
-    beyond the limit, linear in between."""
+    """
+    S (...,) in [0, 1] from the distance (rad) to a limit: 0 outside the margin, 1 at or
+    beyond the limit, linear in between.
+    """
     distance = np.asarray(distance, dtype=float)
     if margin > 0:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -142,8 +149,10 @@ def joint_limit_guard(u: np.ndarray, q: np.ndarray, qd: np.ndarray, limits: Safe
 
 
 def fallback_effort(action: str, limits: SafetyLimits, hold_torque: Optional[np.ndarray] = None) -> np.ndarray:
-    """The effort (dU,) sent when no safe command can be computed: zeros ("zero"), or
-    `hold_torque` (dU,) clamped to the limits ("hold"; zeros when it is None or not finite)."""
+    """
+    The effort (dU,) sent when no safe command can be computed: zeros ("zero"), or
+    `hold_torque` (dU,) clamped to the limits ("hold"; zeros when it is None or not finite).
+    """
     if action not in FALLBACK_ACTIONS:
         raise ValueError(f"fallback action {action!r}; allowed: one of {list(FALLBACK_ACTIONS)}")
     zero = np.zeros(limits.dU)
@@ -168,10 +177,12 @@ def _fault(name: str, value, dU: int) -> Optional[str]:
 
 
 def safe_command(u, q, qd, limits: SafetyLimits, fallback: np.ndarray) -> SafeCommand:
-    """The effort to publish for controller output u (dU,) at joint state q, qd (dU,):
+    """
+    The effort to publish for controller output u (dU,) at joint state q, qd (dU,):
     guarded and clamped, or `fallback` (dU,) with the fault named when any input is
     non-finite or misshapen. Never raises on the data; the result is always finite and
-    within limits.effort."""
+    within limits.effort.
+    """
     fallback = np.asarray(fallback, dtype=float)
     if fallback.shape != (limits.dU,) or not np.all(np.isfinite(fallback)) \
             or np.any(np.abs(fallback) > limits.effort):
