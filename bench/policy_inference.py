@@ -30,8 +30,9 @@ TARGET_MS = 0.2
 
 def time_calls(function, argument, calls: int, warmup: int) -> np.ndarray:
     """
-    Wall-clock milliseconds of each of `calls` calls, after `warmup` untimed ones
-    (TorchScript's profiling executor optimises the graph during the first calls).
+    Time `calls` calls: wall-clock milliseconds of each, after `warmup` untimed ones.
+
+    TorchScript's profiling executor optimises the graph during the first calls.
     """
     for _ in range(warmup):
         function(argument)
