@@ -23,7 +23,6 @@ from mbpl_ros.nodes import graph
 
 
 def generate_launch_description() -> LaunchDescription:
-    params_file = LaunchConfiguration("params_file")
     arguments = [
         DeclareLaunchArgument(
             "params_file",
