@@ -27,6 +27,8 @@ class IndefiniteQError(np.linalg.LinAlgError):
 @dataclass
 class LqrSolution:
     """
+    The optimal time-varying linear controller and its cost-to-go.
+
     The optimal controller u_t = K_t x_t + k_t and the cost-to-go from step t,
     V_t(x) = ½ xᵀ V_t x + v_tᵀ x + value_constant_t.
 
@@ -70,6 +72,8 @@ class RiccatiResult:
 
 def homogeneous_dynamics(F: np.ndarray, f: np.ndarray) -> np.ndarray:
     """
+    Write the dynamics in homogeneous coordinates.
+
     F (T-1, dX, dX+dU), f (T-1, dX) -> F_hom (T-1, dX+1, dX+1+dU) with
     [x_{t+1}; 1] = F_hom_t [x_t; 1; u_t].
     """
@@ -84,6 +88,8 @@ def homogeneous_dynamics(F: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 def homogeneous_cost(C: np.ndarray, c: np.ndarray, c0: np.ndarray | None, dX: int) -> np.ndarray:
     """
+    Write the stage costs in homogeneous coordinates.
+
     C (..., T, n, n), c (..., T, n), c0 (..., T) or None, in z = [x; u] ->
     C_hom (..., T, n+1, n+1) in y = [x; 1; u], with ½ yᵀ C_hom y = ½ zᵀ C z + cᵀ z + c0.
     """
@@ -100,6 +106,8 @@ def homogeneous_cost(C: np.ndarray, c: np.ndarray, c0: np.ndarray | None, dX: in
 
 def _solve_where_possible(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
+    Solve A x = b member by member, with zeros where A is singular.
+
     A⁻¹ b for A (B, d, d), b (B, d, m); zeros for singular members (flagged later, when
     their Cholesky factor fails). The batched call fails as a whole: this is the slow path.
     """
@@ -114,6 +122,8 @@ def _solve_where_possible(A: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _cholesky_per_step(Quu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
+    Factor Q_uu per time step and find each problem's latest failing step.
+
     Lower Cholesky factors of Quu (B, T, d, d) and the latest failing step per problem
     (B,) (-1 if none), a failure being an indefinite or non-finite Q_uu.
     """
@@ -161,7 +171,8 @@ def riccati_recursion(F_hom: np.ndarray, C_hom: np.ndarray, dX: int,
         cost_scale = np.asarray(cost_scale, dtype=float)
         B, (T, n1, _) = cost_scale.shape[0], C_hom.shape
         if cost_offset is None or cost_offset.shape != C_hom.shape:
-            raise ValueError("cost_offset must be given with cost_scale, shaped like C_hom (T, n1, n1)")
+            raise ValueError("cost_offset must be given with cost_scale, shaped like C_hom "
+                             "(T, n1, n1)")
         scale = cost_scale[:, None, None]
     s = dX + 1
     dU = n1 - s

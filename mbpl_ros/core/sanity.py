@@ -48,6 +48,8 @@ ABSURD_MAGNITUDE = 1e8
 @dataclass(frozen=True)
 class StateEnvelope:
     """
+    Joint limits of a robot, beyond which no real joint state lies.
+
     Position (J, 2) rows [lower, upper] (rad, ±inf: none) and velocity (J,) limits (rad/s,
     > 0, inf: none) of the robot, in its joint order.
     """
@@ -74,6 +76,8 @@ class StateEnvelope:
 
 def state_fault(q, qd, envelope: StateEnvelope) -> Optional[str]:
     """
+    Say why the joint state q, qd (J,) is impossible (law 1), or return None.
+
     Why the joint state q, qd (J,) is impossible (law 1: not finite, position or speed
     outside the envelope), or None.
     """
@@ -113,8 +117,10 @@ def step_fault(q_before, q_after, dt_s: float, envelope: StateEnvelope) -> Optio
 
 def trajectory_fault(q, qd, stamps_s, envelope: StateEnvelope) -> Optional[str]:
     """
-    The first impossible state or step of a trajectory q, qd (T, J) at times stamps_s (T,)
-    (increasing), named by its step, or None.
+    Find the first impossible state or step of a trajectory, or return None.
+
+    The trajectory is q, qd (T, J) at times stamps_s (T,) (increasing); the fault is named by
+    its step.
     """
     q, qd = np.asarray(q, dtype=float), np.asarray(qd, dtype=float)
     stamps_s = np.asarray(stamps_s, dtype=float)
@@ -130,6 +136,8 @@ def trajectory_fault(q, qd, stamps_s, envelope: StateEnvelope) -> Optional[str]:
 def stamp_fault(stamp_ns: int, now_ns: int, latest_ns: Optional[int],
                 since_latest_s: float) -> Optional[str]:
     """
+    Say why a joint state is rejected for its stamp (law 2), or return None to accept it.
+
     Why a joint state stamped stamp_ns is rejected (law 2) by a node whose clock reads
     now_ns and whose latest accepted state (None: none yet) was stamped latest_ns and
     arrived since_latest_s ago; None to accept it.
@@ -163,6 +171,8 @@ def _covariance_fault(name: str, covar) -> Optional[str]:
 
 def dynamics_fault(dynamics) -> Optional[str]:
     """
+    Say why fitted dynamics are not to be used (law 3), or return None.
+
     Why fitted dynamics (core.dynamics.LinearGaussianDynamics: F (T-1, dX, dX+dU), f, covar,
     x0_mean, x0_covar) are not to be used (law 3), or None.
     """
@@ -179,6 +189,8 @@ def dynamics_fault(dynamics) -> Optional[str]:
 
 def controller_fault(controller) -> Optional[str]:
     """
+    Say why a controller update is not to be used (law 3), or return None.
+
     Why a controller update (core.controller.LinearGaussianController: K (T, dU, dX), k,
     covar (T, dU, dU)) is not to be used (law 3), or None.
     """
@@ -191,8 +203,10 @@ def controller_fault(controller) -> Optional[str]:
 
 def controllers_fault(controllers) -> Optional[str]:
     """
-    The first condition whose controller (a sequence, one per condition) is not to be used,
-    named with the reason, or None.
+    Find the first condition whose controller is not to be used, or return None.
+
+    The controllers are a sequence, one per condition; the condition is named with the
+    reason.
     """
     for m, controller in enumerate(controllers):
         fault = controller_fault(controller)
