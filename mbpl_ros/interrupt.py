@@ -42,6 +42,8 @@ def _inside_protected(frame) -> bool:
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """
+    Defer SIGINT and SIGTERM to a KeyboardInterrupt in the main thread, within the block.
+
     Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (after
     any write of a run's file in progress); the previous handlers come back afterwards. A
     signal still deferred when the block ends raises KeyboardInterrupt there.
@@ -76,8 +78,9 @@ def interruptible() -> Iterator[None]:
 
 def resume_command(program: Sequence[str], options: Sequence[tuple]) -> str:
     """
-    The shell command `program` with `options` [(flag, value or None (a switch) or False
-    (left out))], quoted.
+    Quote the shell command `program` with `options`.
+
+    `options` are [(flag, value or None (a switch) or False (left out))].
     """
     words = list(program)
     for flag, value in options:

@@ -25,6 +25,8 @@ RELATIVE_TO = ("world", "target")
 @dataclass(frozen=True)
 class Box:
     """
+    One box of a fixture, axis-aligned with the fixture's frame.
+
     One box of a fixture: size (3,) full side lengths (m), position (3,) of its centre
     in the fixture's frame (m); axis-aligned with that frame.
     """
@@ -122,6 +124,8 @@ class SceneBodies:
 
     def place(self, target: Sequence[float] | None) -> None:
         """
+        Put every fixture where it belongs for a condition's target.
+
         Put every fixture where it belongs for a condition's target (3,) (None: only
         fixtures placed in the world; the others stay where they are).
         """
