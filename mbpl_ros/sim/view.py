@@ -27,6 +27,8 @@ BACKGROUND = (255, 255, 255)
 @dataclass(frozen=True)
 class Camera:
     """
+    A camera looking at `target` as PyBullet's debug visualiser does.
+
     A camera looking at `target` (3,) from `distance` m, turned by yaw and pitch (deg) as
     PyBullet's debug visualiser is (eye = target + distance · (sin yaw cos pitch,
     −cos yaw cos pitch, −sin pitch)); `fov` is the vertical field of view (deg).
@@ -50,6 +52,8 @@ class Camera:
 
 def _link_points(arm: Arm, poses: np.ndarray) -> np.ndarray:
     """
+    World positions of the arm's base, link origins and end-effector point at each pose.
+
     World positions (P, 3) of the base and every link origin of the arm at each of the
     joint poses (K, J), plus its end-effector point; the arm's state is restored.
     """
@@ -76,7 +80,7 @@ def frame_arm(
     fov: float = 45.0,
 ) -> Camera:
     """
-    A camera that shows the arm at each joint pose (K, J) and every target (M, 3).
+    Frame a camera that shows the arm at each joint pose (K, J) and every target (M, 3).
 
     A planar arm (its end effector moves in one plane) is seen square-on to that plane; any
     other arm from the side of its reach, 30° above the horizontal.
@@ -160,8 +164,9 @@ class Markers:
 
 def render(arm: Arm, camera: Camera, width: int = 320, height: int = 240) -> np.ndarray:
     """
-    An RGB frame (height, width, 3) uint8 of the arm's world seen by `camera`, drawn by
-    PyBullet's TinyRenderer (software, no display or GPU needed).
+    Render an RGB frame (height, width, 3) uint8 of the arm's world seen by `camera`.
+
+    It is drawn by PyBullet's TinyRenderer (software, no display or GPU needed).
     """
     client = arm.client
     view = client.computeViewMatrixFromYawPitchRoll(
@@ -193,9 +198,10 @@ def prepare(
     arm: Arm, poses, targets, marker_targets=None, gui: bool = False
 ) -> tuple[Camera, Markers]:
     """
-    The camera framed on the arm at `poses` (K, J) and `targets` (M, 3), markers on
-    `marker_targets` (default: `targets`), and with `gui` the window pointed there: what
-    every view of a run (off-screen or in the window) starts with.
+    Frame the camera on the arm at `poses` (K, J) and `targets` (M, 3), with markers.
+
+    The markers are on `marker_targets` (default: `targets`), and with `gui` the window is
+    pointed there: what every view of a run (off-screen or in the window) starts with.
     """
     camera = frame_arm(arm, poses, targets)
     markers = Markers(arm, targets if marker_targets is None else marker_targets)
