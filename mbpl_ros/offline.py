@@ -55,7 +55,8 @@ MeanPolicy = Callable[[np.ndarray], np.ndarray]
 
 class PolicySampler:
     """
-    The MDGPS policy as a rollout sampler, the interface of LinearGaussianController:
+    The MDGPS policy as a rollout sampler, with the interface of LinearGaussianController.
+
     act(t, x (dX,), noise (dU,)) = μ_θ(x) + L noise, L Lᵀ = covariance (dU, dU).
     """
 
@@ -72,6 +73,8 @@ def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanPolicy,
                     initial_positions: np.ndarray, targets: np.ndarray,
                     cost=None) -> tuple[list[float], Optional[list[float]]]:
     """
+    Run one state-feedback policy noise-free from each initial condition.
+
     Noise-free runs of one state-feedback policy from initial joint angles (K, J) with
     targets (K, 3), T = config.T steps each: final distances (K,) and, given a cost,
     total costs (K,).
@@ -174,6 +177,8 @@ class SimSource:
 
 class RecordedSource(SimSource):
     """
+    A SimSource whose sample trials return the rollouts of a recording instead (refit).
+
     SimSource whose sample trials return the rollouts of a recording instead (refit):
     batches[i - 1] (Rollouts, condition-major) for iteration i.
     """
@@ -194,6 +199,8 @@ class RecordedSource(SimSource):
 
 def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[list[float], float]:
     """
+    Run each condition's controller noise-free on the arm, as the training loop evaluates.
+
     Noise-free trials of each condition's controller (M,) on the arm, as the training
     loop's evaluation runs them (SimSource: the same guard and clamp): final distances (M,)
     and the mean total cost.
@@ -217,28 +224,31 @@ def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[l
 def recorded_iterations(recording, config: ExperimentConfig,
                         log: Optional[TextIO] = None) -> list[tuple[int, Rollouts]]:
     """
-    The sample rollouts of a recording (mbpl_ros.recording.Recording) as one batch per
-    iteration, [(iteration, Rollouts (M·N, T, dX))], each in condition-major order as
-    collect_rollouts draws them. States are rebuilt from the joint states with
-    JointStateToState (as the sim and the sample_collector build them); U is the
-    applied effort. A last iteration with fewer rollouts than
-    config.rollouts_per_condition per condition (a run stopped during it) is left out;
-    an earlier one is a ValueError, as is a recording of another robot or T.
+    Read the sample rollouts of a recording as one batch per iteration.
+
+    The recording is an mbpl_ros.recording.Recording; the batches are [(iteration, Rollouts
+    (M·N, T, dX))], each in condition-major order as collect_rollouts draws them. States are
+    rebuilt from the joint states with JointStateToState (as the sim and the
+    sample_collector build them); U is the applied effort. A last iteration with fewer
+    rollouts than config.rollouts_per_condition per condition (a run stopped during it) is
+    left out; an earlier one is a ValueError, as is a recording of another robot or T.
     """
     layout, M, N = config.layout, len(config.conditions), config.rollouts_per_condition
     joint_names = list(config.robot_spec.joint_names)
     recorded_joints = recording.run_info.get("joint_names")
     if recorded_joints is not None and list(recorded_joints) != joint_names:
-        raise ValueError(f"the recording's joints {recorded_joints} are not {config.robot}'s {joint_names}")
+        raise ValueError(f"the recording's joints {recorded_joints} are not {config.robot}'s "
+                         f"{joint_names}")
     samples = [r for r in recording.rollouts if r.purpose == "sample"]
     by_iteration: dict[int, list] = {}
     for rollout in samples:
         if rollout.T != config.T:
-            raise ValueError(f"recorded rollout (iteration {rollout.iteration}, condition {rollout.condition}) "
-                             f"has T={rollout.T}; the experiment has T={config.T}")
+            raise ValueError(f"recorded rollout (iteration {rollout.iteration}, condition "
+                             f"{rollout.condition}) has T={rollout.T}; the experiment has "
+                             f"T={config.T}")
         if not 0 <= rollout.condition < M:
-            raise ValueError(f"recorded rollout of condition {rollout.condition}; the experiment has "
-                             f"conditions 0 .. {M - 1}")
+            raise ValueError(f"recorded rollout of condition {rollout.condition}; the experiment "
+                             f"has conditions 0 .. {M - 1}")
         by_iteration.setdefault(rollout.iteration, []).append(rollout)
     batches = []
     with JointStateToState(config.robot, layout) as to_state:
@@ -248,12 +258,14 @@ def recorded_iterations(recording, config: ExperimentConfig,
             counts = np.bincount([r.condition for r in rollouts], minlength=M)
             if np.any(counts != N):
                 if iteration == iterations[-1]:
-                    print(f"refit: iteration {iteration} of the recording is incomplete (rollouts per "
-                          f"condition {counts.tolist()}, expected {N}); left out", file=log or sys.stderr, flush=True)
+                    print(f"refit: iteration {iteration} of the recording is incomplete "
+                          f"(rollouts per condition {counts.tolist()}, expected {N}); left out",
+                          file=log or sys.stderr, flush=True)
                     break
-                raise ValueError(f"iteration {iteration} of the recording has rollouts per condition "
-                                 f"{counts.tolist()}, expected {N} each")
-            X = np.stack([np.stack([to_state(q, qd, r.target) for q, qd in zip(r.positions, r.velocities)])
+                raise ValueError(f"iteration {iteration} of the recording has rollouts per "
+                                 f"condition {counts.tolist()}, expected {N} each")
+            X = np.stack([np.stack([to_state(q, qd, r.target)
+                                    for q, qd in zip(r.positions, r.velocities)])
                           for r in rollouts])
             U = np.stack([r.efforts for r in rollouts])
             batches.append((iteration, Rollouts(X, U, np.array([r.condition for r in rollouts]))))
@@ -266,6 +278,8 @@ def recorded_iterations(recording, config: ExperimentConfig,
 @dataclass
 class TrainingRun:
     """
+    One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`.
+
     One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`:
     mbpl_ros.training.TrainingLoop over SimSource (see there for the files it writes).
     """
@@ -301,6 +315,8 @@ class TrainingRun:
 
     def refit(self, recording_path: str | Path) -> list[dict]:
         """
+        Re-run the updates on the rollouts of a recording instead of drawing new ones.
+
         Re-run the updates on the rollouts of a recording instead of drawing new ones:
         iteration i's update gets the recording's iteration-i rollouts (recorded_iterations).
         The new controllers are measured in simulation as in `run`. Replaying a run's own
@@ -312,13 +328,16 @@ class TrainingRun:
         if recording.problem:
             print(f"refit: {recording_path}: {recording.problem}", file=self.log, flush=True)
         stored = recording.run_info.get("experiment")
-        if stored is not None and experiment_fingerprint(stored) != experiment_fingerprint(self.experiment):
+        if (stored is not None
+                and experiment_fingerprint(stored) != experiment_fingerprint(self.experiment)):
             keys = identity_differences(stored, self.experiment)
-            print(f"refit: the recording was made with a different experiment (keys {', '.join(keys[:10])}); "
-                  "its rollouts are used as they are", file=self.log, flush=True)
+            print(f"refit: the recording was made with a different experiment (keys "
+                  f"{', '.join(keys[:10])}); its rollouts are used as they are",
+                  file=self.log, flush=True)
         batches = recorded_iterations(recording, self.config, self.log)
         if not batches:
-            raise ValueError(f"{recording_path}: no complete iteration of sample rollouts to refit from")
+            raise ValueError(
+                f"{recording_path}: no complete iteration of sample rollouts to refit from")
         source = RecordedSource(self.config, [batch for _, batch in batches])
         return self._train(source, len(batches), resume=False, record=False)
 
@@ -342,6 +361,8 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
                         min_separation: float = HELD_OUT_MIN_SEPARATION_RAD
                         ) -> tuple[np.ndarray, np.ndarray]:
     """
+    Draw `count` held-out initial joint angles (count, J) and their targets (count, 3).
+
     `count` initial joint angles (count, J) drawn uniformly from the box spanned by the
     training conditions' initial joint angles (per joint, from the smallest to the
     largest), each at least `min_separation` rad (Euclidean) from every training start,
@@ -375,8 +396,8 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
             if len(chosen) == count:
                 break
     else:
-        raise ValueError(f"could not draw {count} held-out conditions at least {min_separation} rad "
-                         "from every training condition; the training starts fill their box")
+        raise ValueError(f"could not draw {count} held-out conditions at least {min_separation} "
+                         "rad from every training condition; the training starts fill their box")
     held_out = np.stack(chosen)
     nearest = np.argmin(np.linalg.norm(held_out[:, None] - starts[None], axis=2), axis=1)
     return held_out, targets[nearest]
@@ -386,6 +407,8 @@ def held_out_targets(config: ExperimentConfig, count: int, seed: int,
                      min_separation: float = HELD_OUT_MIN_SEPARATION_M
                      ) -> tuple[np.ndarray, np.ndarray]:
     """
+    Draw held-out targets for training conditions that share their start.
+
     For training conditions that share their start and differ in their targets (the
     hole moves, the arm starts where it always does): that start (count, J) and `count`
     targets (count, 3) drawn uniformly from the box the training targets span (per axis,
@@ -411,9 +434,12 @@ def held_out_targets(config: ExperimentConfig, count: int, seed: int,
     return np.repeat(starts[:1], count, axis=0), np.stack(chosen)
 
 
-def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, count: int, seed: int,
+def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, count: int,
+                             seed: int,
                              success_distance_m: float | None = None) -> dict[str, Any]:
     """
+    Run the exported policy at `policy_path` noise-free from `count` held-out conditions.
+
     Run the exported policy at `policy_path` noise-free from `count` held-out initial
     conditions (held_out_conditions(config, count, seed): held-out starts, or held-out
     targets where only the targets vary) for config.T steps.
@@ -426,7 +452,8 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
 
     policy = load_exported_policy(policy_path)
     check_policy_matches(policy, config, policy_path)
-    threshold = config.success_distance_m if success_distance_m is None else float(success_distance_m)
+    threshold = (config.success_distance_m if success_distance_m is None
+                 else float(success_distance_m))
     if not threshold > 0:
         raise ValueError(f"success_distance_m must be > 0, got {threshold!r}")
     starts, targets = held_out_conditions(config, count, seed)
@@ -438,7 +465,8 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
         "success_distance_m": threshold, "success_rate": float(np.mean(success)),
         "successes": int(sum(success)), "conditions": len(distances),
         "distances_m": distances, "mean_distance_m": float(np.mean(distances)),
-        "median_distance_m": float(np.median(distances)), "max_distance_m": float(np.max(distances)),
+        "median_distance_m": float(np.median(distances)),
+        "max_distance_m": float(np.max(distances)),
         "held_out": [{"initial_positions": q.tolist(), "target": g.tolist(), "final_distance_m": d,
                       "success": s} for q, g, d, s in zip(starts, targets, distances, success)],
     }
