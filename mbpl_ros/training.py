@@ -68,6 +68,8 @@ BATCH_ATTEMPTS = 3
 
 class UnusableBatch(RuntimeError):
     """
+    An iteration's batch gave no usable dynamics or update; the loop draws it again.
+
     An iteration's batch gave no usable dynamics or update (a source raises it when the
     dynamics of a batch never come); the loop draws the batch again with fresh noise.
     """
@@ -79,6 +81,8 @@ class UnusableBatch(RuntimeError):
 @dataclass(frozen=True)
 class Trial:
     """
+    One trial for a source to run.
+
     One trial for a source to run: `executor` ("controller": condition m's controller of
     `version`; "policy": the policy after `version` updates) from condition m's start,
     exploring with `noise` (T, dU) (zeros: noise-free). purpose: "sample" or "evaluation".
@@ -96,6 +100,8 @@ class Trial:
 @dataclass
 class TrialResult:
     """
+    A trial's rollout: states, applied efforts, commanded actions and the trial id.
+
     A trial's rollout: states X (T, dX), applied efforts U (T, dU), commanded actions
     commands (T, dU) (U where the source does not know them), and the source's trial id.
     """
@@ -120,6 +126,8 @@ class RolloutSource(Protocol):
     def publish(self, controllers: Sequence[LinearGaussianController], version: int,
                 policy_path: Optional[Path]) -> None:
         """
+        Make controllers (M,) of `version` the ones that trials of that version run.
+
         Make controllers (M,) of `version` (and the exported policy at policy_path) the
         ones that trials of that version run.
         """
@@ -129,12 +137,14 @@ class RolloutSource(Protocol):
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> Optional[list]:
         """
+        Return each condition's dynamics (M,) fitted elsewhere, or None.
+
         Each condition's dynamics (M,) fitted elsewhere to the sample `results` of
         `version`, or None: the algorithm fits them.
         """
 
     def state(self) -> dict:
-        """What the source needs to continue a run (kept in the checkpoint's extra)."""
+        """Return what the source needs to continue a run (kept in the checkpoint's extra)."""
 
 
 # --------------------------------------------------------------------------- the output directory
@@ -147,8 +157,10 @@ class OutputInUse(RuntimeError):
 def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: str = "--resume",
                  overwrite_hint: str = "--overwrite") -> None:
     """
-    The rule for an output directory that holds a run: continued with resume, started
-    over with overwrite, else OutputInUse naming what was found and the two hints.
+    Apply the rule for an output directory that holds a run.
+
+    It is continued with resume, started over with overwrite, else OutputInUse names what
+    was found and the two hints.
     """
     found = existing_run(output)
     if found is not None and not (resume or overwrite):
@@ -161,16 +173,18 @@ def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: st
 
 def contiguous(controller: LinearGaussianController) -> LinearGaussianController:
     """
-    The controller with C-contiguous arrays, as lqr_controller receives it: K_t x rounds
-    differently for a strided K_t (from_covar keeps np.broadcast_to's odd strides), and every
-    source must run controllers that act exactly like the ones on the robot.
+    Return the controller with C-contiguous arrays, as lqr_controller receives it.
+
+    K_t x rounds differently for a strided K_t (from_covar keeps np.broadcast_to's odd
+    strides), and every source must run controllers that act exactly like the ones on the
+    robot.
     """
     return LinearGaussianController(**{name: np.ascontiguousarray(getattr(controller, name))
                                        for name in ("K", "k", "covar", "chol", "inv_covar")})
 
 
 def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
-    """The `mbpl_run` description of a recording made by a run of `config` with `seed`."""
+    """Describe (`mbpl_run`) a recording made by a run of `config` with `seed`."""
     identity = experiment_identity(config, seed)
     return {"robot": config.robot, "joint_names": list(config.robot_spec.joint_names),
             "T": config.T, "control_dt": config.control_dt,
@@ -182,6 +196,8 @@ def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
 def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, output: Path,
                   iteration: int, seed: int) -> Path:
     """
+    Export the policy: policy.pt (TorchScript) and policy.json into `output`.
+
     policy.pt (TorchScript) and policy.json into `output`, each replaced atomically (written
     beside, then renamed: the module last, so a reader never pairs a new module with an old
     description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling.
@@ -210,7 +226,9 @@ def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, outp
 
 def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
     """
-    ValueError naming `path`, the key and what is allowed when an exported policy (as
+    Raise a ValueError unless an exported policy fits config's robot.
+
+    The error names `path`, the key and what is allowed when an exported policy (as
     core.policy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
     joint_names (the command order) and state_layout must be the experiment's.
     """
@@ -231,6 +249,8 @@ def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
 
 def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: float) -> None:
     """
+    Plot cost and final distance (one line per condition) against iteration.
+
     Cost and final distance (one line per condition) against iteration; for MDGPS the
     policy's cost and distances too (dashed).
     """
@@ -266,9 +286,10 @@ def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: flo
 
 
 def progress_line(row: dict, success_distance_m: float) -> str:
-    """The one-line summary of a metrics row."""
+    """Summarise a metrics row in one line."""
     distances = row["final_distance_m"]
     reached = sum(d < success_distance_m for d in distances)
+
     def cm(values):
         return " ".join(f"{100 * d:6.2f}" for d in values)
     line = (f"iteration {row['iteration']:3d} | rollouts {row['rollouts']:4d} | "
@@ -329,13 +350,14 @@ class TrainingLoop:
 
     def checkpoint_to_resume(self) -> Optional[Checkpoint]:
         """
-        The newest checkpoint in output, checked against this experiment (CheckpointError
-        naming the file and the keys that differ); None when there is none.
+        Read the newest checkpoint in output, checked against this experiment.
+
+        CheckpointError names the file and the keys that differ; None when there is none.
         """
         return latest_checkpoint(self.output, self.experiment)
 
     def build_algorithm(self):
-        """A fresh LqrFlm or Mdgps from the experiment's initial controllers (C-contiguous)."""
+        """Make a fresh LqrFlm or Mdgps from the initial controllers (made C-contiguous)."""
         from mbpl_ros.core.lqr_flm import LqrFlm
         from mbpl_ros.sim.arm import Arm
 
@@ -351,6 +373,8 @@ class TrainingLoop:
 
     def run(self, iterations: int, *, checkpoint: Optional[Checkpoint] = None) -> list[dict]:
         """
+        Train through iteration `iterations` and return the metrics rows.
+
         Train through iteration `iterations`: from `checkpoint` (see checkpoint_to_resume)
         or, without one, from the beginning (this directory's old checkpoints are deleted:
         claim_output decides beforehand whether that is allowed). Returns the metrics rows.
@@ -477,10 +501,11 @@ class TrainingLoop:
 
     def _sample_trials(self, iteration: int, attempt: int = 0) -> list[Trial]:
         """
-        The iteration's N sample trials per condition, condition-major: of controller
-        version iteration-1, or of the policy (MDGPS with sample_on_policy, from the second
-        iteration on: it is untrained before); `attempt` > 0 draws the batch again with
-        fresh noise.
+        Run the iteration's N sample trials per condition, condition-major.
+
+        They are of controller version iteration-1, or of the policy (MDGPS with
+        sample_on_policy, from the second iteration on: it is untrained before); `attempt` > 0
+        draws the batch again with fresh noise.
         """
         config, layout = self.config, self.config.layout
         on_policy = self.is_mdgps and config.policy.sample_on_policy and iteration > 1
@@ -499,6 +524,8 @@ class TrainingLoop:
 
     def _evaluation_trials(self, iteration: int) -> int:
         """
+        Run the noise-free trials of an iteration's evaluation.
+
         Noise-free trials of an iteration's evaluation: each condition's controller and,
         for MDGPS after the first update, the policy.
         """
@@ -537,7 +564,7 @@ class TrainingLoop:
     def _evaluate(self, algorithm, cost, iteration: int, rollouts: int, start: float,
                   sample_cost=None, kl_step=None, kl=None, policy_loss=None,
                   policy_kl=None) -> dict:
-        """The metrics row of an iteration: noise-free trials of the controllers (and policy)."""
+        """Make an iteration's metrics row: noise-free trials of the controllers (and policy)."""
         config, layout = self.config, self.config.layout
         zero = np.zeros((config.T, layout.dU))
         M = len(config.conditions)
@@ -564,8 +591,10 @@ class TrainingLoop:
 
     def _commit(self, row: dict, checkpoint: Optional[Checkpoint]) -> None:
         """
-        The end of an iteration: the checkpoint (the commit point), the metrics row, the
-        progress line, the iteration hook.
+        End an iteration.
+
+        That is the checkpoint (the commit point), the metrics row, the progress line, the
+        iteration hook.
         """
         if checkpoint is not None:
             write_checkpoint(self.output, checkpoint)
