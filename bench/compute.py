@@ -1,4 +1,5 @@
-"""Per-iteration compute of the three core stages across problem sizes, and how it scales.
+"""
+Per-iteration compute of the three core stages across problem sizes, and how it scales.
 
 For every T in {50, 100, 200}, dX in {10, 20, 40} (dU = dX // 3) and N in {5, 20}
 rollouts per condition, one condition's share of one iteration:
@@ -37,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mbpl_ros.core.controller import LinearGaussianController  # noqa: E402
 from mbpl_ros.core.costs import QuadraticCost  # noqa: E402
-from mbpl_ros.core.dynamics import LinearGaussianDynamics, fit_dynamics, transition_points  # noqa: E402
+from mbpl_ros.core.dynamics import (  # noqa: E402
+    fit_dynamics, LinearGaussianDynamics, transition_points)
 from mbpl_ros.core.gmm import GMMPrior  # noqa: E402
 
 T_VALUES = (50, 100, 200)
@@ -73,15 +75,16 @@ def random_trajopt_problem(rng: np.random.Generator, T: int, dX: int, dU: int, d
     Fx = np.eye(dX) + dt * rng.normal(size=(T - 1, dX, dX)) / np.sqrt(dX)
     Fu = dt * rng.normal(size=(T - 1, dX, dU))
     G = 0.01 * rng.normal(size=(T - 1, dX, dX))
-    dynamics = LinearGaussianDynamics(np.concatenate([Fx, Fu], axis=2), 0.01 * rng.normal(size=(T - 1, dX)),
+    dynamics = LinearGaussianDynamics(np.concatenate([Fx, Fu], axis=2),
+                                      0.01 * rng.normal(size=(T - 1, dX)),
                                       G @ G.transpose(0, 2, 1) + 1e-5 * np.eye(dX),
                                       rng.normal(size=dX), 0.01 * np.eye(dX))
     n = dX + dU
     H = rng.normal(size=(T, n, n)) / np.sqrt(n)
     C = 0.1 * H @ H.transpose(0, 2, 1) + np.diag(np.r_[np.ones(dX), 1e-2 * np.ones(dU)])
     cost = QuadraticCost(C, rng.normal(size=(T, n)), np.zeros(T))
-    anchor = LinearGaussianController.from_covar(0.1 * rng.normal(size=(T, dU, dX)), rng.normal(size=(T, dU)),
-                                                 0.5 * np.eye(dU))
+    anchor = LinearGaussianController.from_covar(0.1 * rng.normal(size=(T, dU, dX)),
+                                                 rng.normal(size=(T, dU)), 0.5 * np.eye(dU))
     return dynamics, cost, anchor
 
 
@@ -141,7 +144,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--policy-iterations", type=int, default=200)
-    parser.add_argument("--quick", action="store_true", help="T in {50, 100}, dX in {10, 20}, 1 repeat")
+    parser.add_argument("--quick", action="store_true",
+                        help="T in {50, 100}, dX in {10, 20}, 1 repeat")
     parser.add_argument("--markdown", action="store_true", help="print only markdown on stdout")
     args = parser.parse_args()
     T_values, dX_values = ((50, 100), (10, 20)) if args.quick else (T_VALUES, DX_VALUES)
@@ -167,21 +171,24 @@ def main() -> int:
                        "evaluations": evaluations, "per_eta": eta_ms / evaluations,
                        "s_step": time_s_step(rng, T, dX, dU, N, repeats, args.policy_iterations)}
                 rows.append(row)
-                print(f"T={T:3d} dX={dX:2d} dU={dU:2d} N={N:2d}: fit {row['fit']:8.1f} ms, η search "
-                      f"{eta_ms:8.1f} ms ({evaluations:.0f} η values), S-step {row['s_step']:8.1f} ms",
+                print(f"T={T:3d} dX={dX:2d} dU={dU:2d} N={N:2d}: fit {row['fit']:8.1f} ms, "
+                      f"η search {eta_ms:8.1f} ms ({evaluations:.0f} η values), "
+                      f"S-step {row['s_step']:8.1f} ms",
                       file=log, flush=True)
     total = time.perf_counter() - start
 
     lines = [f"One condition, one iteration; median of {repeats} runs, 1 BLAS / torch thread; "
              f"S-step = {args.policy_iterations} Adam steps of 64 states, (64, 64) ReLU policy. "
              f"Total {total:.0f} s.", "",
-             "| T | dX | dU | N | dynamics fit + GMM prior (ms) | η search (ms) | η values tried | "
-             "ms per η value | S-step (ms) |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| T | dX | dU | N | dynamics fit + GMM prior (ms) | η search (ms) | "
+             "η values tried | ms per η value | S-step (ms) |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['T']} | {r['dX']} | {r['dU']} | {r['N']} | {r['fit']:.1f} | {r['eta']:.1f} | "
+        lines.append(f"| {r['T']} | {r['dX']} | {r['dU']} | {r['N']} | {r['fit']:.1f} | "
+                     f"{r['eta']:.1f} | "
                      f"{r['evaluations']:.0f} | {r['per_eta']:.2f} | {r['s_step']:.1f} |")
-    lines += ["", "Scaling: least-squares exponents s of ms ∝ T^s_T · dX^s_dX · N^s_N over the grid "
-              "(dU = dX // 3 grows with dX):", "",
+    lines += ["", "Scaling: least-squares exponents s of ms ∝ T^s_T · dX^s_dX · N^s_N over the "
+              "grid (dU = dX // 3 grows with dX):", "",
               "| stage | s_T | s_dX | s_N |", "| --- | ---: | ---: | ---: |"]
     for key, name in (("fit", "dynamics fit + GMM prior"), ("eta", "η search"),
                       ("per_eta", "η search, per η value"), ("s_step", "S-step")):

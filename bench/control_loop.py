@@ -1,4 +1,5 @@
-"""Real-time control loop: lqr_controller (realtime mode) against sim_robot (realtime mode).
+"""
+Real-time control loop: lqr_controller (realtime mode) against sim_robot (realtime mode).
 
 For each rate (default 100, 500 and 1000 Hz) and each of lqr_controller's realtime
 triggers (default both: `joint_state`, a step per new joint state; `timer`, a timer at the
@@ -68,10 +69,11 @@ TRIGGERS = ("joint_state", "timer")
 
 def write_configuration(directory: Path, rate_hz: float, seconds: float, trigger: str,
                         watchdog_periods: int) -> tuple[Path, object]:
-    """An experiment (T, control period = the rate) and a parameter file for both nodes."""
+    """Write an experiment (T, control period = the rate) and a parameter file for both nodes."""
     substeps = round(1.0 / (rate_hz * PHYSICS_DT))
     if abs(substeps * PHYSICS_DT * rate_hz - 1.0) > 1e-9:
-        raise ValueError(f"rate {rate_hz} Hz: allowed rates divide 1/{PHYSICS_DT:g} Hz (e.g. 100, 500, 1000)")
+        raise ValueError(f"rate {rate_hz} Hz: allowed rates divide 1/{PHYSICS_DT:g} Hz "
+                         "(e.g. 100, 500, 1000)")
     experiment = yaml.safe_load(EXPERIMENT.read_text())
     experiment.update(T=int(round(seconds * rate_hz)), physics_dt=PHYSICS_DT, substeps=substeps)
     experiment_path = directory / f"experiment_{rate_hz:g}hz.yaml"
@@ -84,8 +86,9 @@ def write_configuration(directory: Path, rate_hz: float, seconds: float, trigger
             "physics_dt": PHYSICS_DT, "initial_positions": [float(q) for q in start],
             "command_timeout_s": 0.5}},
         "lqr_controller": {"ros__parameters": {
-            "experiment_config": str(experiment_path), "mode": "realtime", "realtime_trigger": trigger,
-            "control_rate_hz": float(rate_hz), "reset_mode": "sim_service", "sim_node": "/sim_robot",
+            "experiment_config": str(experiment_path), "mode": "realtime",
+            "realtime_trigger": trigger, "control_rate_hz": float(rate_hz),
+            "reset_mode": "sim_service", "sim_node": "/sim_robot",
             "controller_wait_s": 30.0, "watchdog_periods": int(watchdog_periods)}},
     }
     params_path = directory / f"params_{rate_hz:g}hz_{trigger}.yaml"
@@ -99,8 +102,8 @@ def log_tail(path: Path, lines: int = 15) -> str:
 
 def start_node(module: str, params_path: Path, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
-    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", "--params-file", str(params_path)],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_path)]
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
 def stop(process: subprocess.Popen) -> int:
@@ -123,11 +126,16 @@ class Probe:
         self.state_arrival_ns: list[int] = []
         self.command_arrival_ns: list[int] = []
         self.records: list[wire.TrialRecord] = []
-        self.node.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 1000)
-        self.node.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command, 1000)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self._on_record, wire.EVENTS_QOS)
-        self.controllers = self.node.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-        self.requests = self.node.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        node = self.node
+        node.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 1000)
+        node.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command,
+                                 1000)
+        node.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self._on_record,
+                                 wire.EVENTS_QOS)
+        self.controllers = node.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
+                                                 wire.CONTROLLERS_QOS)
+        self.requests = node.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC,
+                                              wire.EVENTS_QOS)
 
     def _on_state(self, msg: JointState) -> None:
         self.state_arrival_ns.append(time.time_ns())
@@ -159,8 +167,10 @@ def wait(condition, timeout_s: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str, watchdog_periods: int) -> dict:
-    params_path, config = write_configuration(directory, rate_hz, seconds, trigger, watchdog_periods)
+def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str,
+             watchdog_periods: int) -> dict:
+    params_path, config = write_configuration(directory, rate_hz, seconds, trigger,
+                                              watchdog_periods)
     arm = Arm(robot_spec(config.robot), physics_dt=config.physics_dt, substeps=config.substeps)
     try:
         controller = config.initial_controllers(arm)[0]
@@ -181,7 +191,8 @@ def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str, watc
         executor.add_node(probe.node)
         spinner = threading.Thread(target=executor.spin, daemon=True)
         spinner.start()
-        logs = [directory / f"sim_{rate_hz:g}_{trigger}.log", directory / f"lqr_{rate_hz:g}_{trigger}.log"]
+        logs = [directory / f"sim_{rate_hz:g}_{trigger}.log",
+                directory / f"lqr_{rate_hz:g}_{trigger}.log"]
         processes = [start_node("mbpl_ros.nodes.sim_robot", params_path, logs[0]),
                      start_node("mbpl_ros.nodes.lqr_controller", params_path, logs[1])]
 
@@ -190,7 +201,8 @@ def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str, watc
                 raise RuntimeError("a node exited at start-up; its log ends:\n" + "\n".join(
                     log_tail(log) for p, log in zip(processes, logs)
                     if p.poll() is not None))
-            return (probe.requests.get_subscription_count() > 0 and probe.controllers.get_subscription_count() > 0
+            return (probe.requests.get_subscription_count() > 0
+                    and probe.controllers.get_subscription_count() > 0
                     and probe.node.count_publishers(wire.EFFORT_COMMANDS_TOPIC) > 0
                     and probe.node.count_subscribers(wire.EFFORT_COMMANDS_TOPIC) > 1
                     and len(probe.state_stamp_ns) > 0)
@@ -204,7 +216,8 @@ def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str, watc
         wait(lambda: probe.records, seconds + 30.0, "no trial record arrived")
         record = probe.records[0]
         if record.status == wire.TrialStatus.OK:  # the end-of-trial fallback follows the record
-            wait(lambda: len(probe.command_arrival_ns) > config.T, 5.0, "the end-of-trial fallback did not arrive")
+            wait(lambda: len(probe.command_arrival_ns) > config.T, 5.0,
+                 "the end-of-trial fallback did not arrive")
         check_alone(probe)
     finally:
         codes = [stop(p) for p in processes]
@@ -212,11 +225,12 @@ def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str, watc
         rclpy.shutdown(context=context)
     load = os.getloadavg()[0]
     if record.status != wire.TrialStatus.OK:
-        print(f"{rate_hz:g} Hz, {trigger}: trial status {record.status.name}; lqr_controller's log ends:\n"
-              + log_tail(logs[1], 3), file=sys.stderr)
+        print(f"{rate_hz:g} Hz, {trigger}: trial status {record.status.name}; "
+              "lqr_controller's log ends:\n" + log_tail(logs[1], 3), file=sys.stderr)
         return {"rate_hz": rate_hz, "trigger": trigger, "status": record.status.name, "load": load,
                 "exit_codes": codes}
-    return {**analyse(rate_hz, probe, record, codes), "trigger": trigger, "status": "OK", "load": load}
+    return {**analyse(rate_hz, probe, record, codes), "trigger": trigger, "status": "OK",
+            "load": load}
 
 
 def analyse(rate_hz: float, probe: Probe, record: wire.TrialRecord, exit_codes: list) -> dict:
@@ -227,8 +241,8 @@ def analyse(rate_hz: float, probe: Probe, record: wire.TrialRecord, exit_codes: 
     # After the request (reset by sim_service: no PD commands) come the trial's T commands, then
     # the fallback that ends every realtime trial.
     if len(probe.command_arrival_ns) != T + 1:
-        raise RuntimeError(f"{rate_hz:g} Hz: {len(probe.command_arrival_ns)} commands arrived at the probe; "
-                           f"expected the record's {T} and the end-of-trial fallback")
+        raise RuntimeError(f"{rate_hz:g} Hz: {len(probe.command_arrival_ns)} commands arrived at "
+                           f"the probe; expected the record's {T} and the end-of-trial fallback")
     arrivals = np.asarray(probe.command_arrival_ns[:T], dtype=np.int64)
     jitter_ms = np.abs(np.diff(arrivals) - period_ns) / 1e6
     latency_ms = (arrivals - stamps_used) / 1e6
@@ -237,17 +251,21 @@ def analyse(rate_hz: float, probe: Probe, record: wire.TrialRecord, exit_codes: 
     in_trial = state_stamps[during]
     state_arrivals = np.asarray(probe.state_arrival_ns, np.int64)[during]
     state_jitter_ms = np.abs(np.diff(state_arrivals) - period_ns) / 1e6
-    state_transport_ms = (state_arrivals - in_trial) / 1e6  # one hop: sim_robot -> a Python subscriber
+    # One hop: sim_robot -> a Python subscriber.
+    state_transport_ms = (state_arrivals - in_trial) / 1e6
+    nan = float("nan")
     return {
         "rate_hz": rate_hz, "commands": T,
-        "jitter_p50_ms": np.percentile(jitter_ms, 50), "jitter_p99_ms": np.percentile(jitter_ms, 99),
+        "jitter_p50_ms": np.percentile(jitter_ms, 50),
+        "jitter_p99_ms": np.percentile(jitter_ms, 99),
         "jitter_max_ms": jitter_ms.max(),
-        "latency_p50_ms": np.percentile(latency_ms, 50), "latency_p99_ms": np.percentile(latency_ms, 99),
+        "latency_p50_ms": np.percentile(latency_ms, 50),
+        "latency_p99_ms": np.percentile(latency_ms, 99),
         "stale": int(np.count_nonzero(np.diff(stamps_used) == 0)),
         "skipped": int(len(np.setdiff1d(in_trial, stamps_used))),
-        "state_jitter_p99_ms": np.percentile(state_jitter_ms, 99) if len(state_jitter_ms) else float("nan"),
-        "state_hop_p50_ms": np.percentile(state_transport_ms, 50) if len(in_trial) else float("nan"),
-        "state_hop_p99_ms": np.percentile(state_transport_ms, 99) if len(in_trial) else float("nan"),
+        "state_jitter_p99_ms": np.percentile(state_jitter_ms, 99) if len(state_jitter_ms) else nan,
+        "state_hop_p50_ms": np.percentile(state_transport_ms, 50) if len(in_trial) else nan,
+        "state_hop_p99_ms": np.percentile(state_transport_ms, 99) if len(in_trial) else nan,
         "exit_codes": exit_codes,
     }
 
@@ -270,21 +288,25 @@ def main() -> int:
     parser.add_argument("--triggers", nargs="+", choices=TRIGGERS, default=list(TRIGGERS),
                         help="lqr_controller realtime_trigger values to compare (default: both)")
     parser.add_argument("--watchdog-periods", type=int, default=50,
-                        help="lqr_controller's watchdog_periods (default 50: the bench measures timing on a "
-                             "shared machine; a robot uses a few)")
+                        help="lqr_controller's watchdog_periods (default 50: the bench measures "
+                             "timing on a shared machine; a robot uses a few)")
     args = parser.parse_args()
     print(f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']}, {os.cpu_count()} CPUs, "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min) at the start")
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min) "
+          "at the start")
     results = {}
     with tempfile.TemporaryDirectory(prefix="mbpl_control_loop_") as tmp:
         for rate in args.rates:
             for trigger in args.triggers:
-                results[rate, trigger] = run_rate(rate, args.seconds, Path(tmp), trigger, args.watchdog_periods)
-    print(f"lqr_controller realtime_trigger side by side, {args.seconds:g} s trials; per trigger: period jitter "
-          "p50 p99, state→command latency p50 p99 (ms), stale/skipped states, 1-min load average")
+                results[rate, trigger] = run_rate(rate, args.seconds, Path(tmp), trigger,
+                                                  args.watchdog_periods)
+    print(f"lqr_controller realtime_trigger side by side, {args.seconds:g} s trials; per trigger: "
+          "period jitter p50 p99, state→command latency p50 p99 (ms), stale/skipped states, "
+          "1-min load average")
     print(f"{'':>8} " + "".join(f"{trigger:<{CELL}}" for trigger in args.triggers))
-    print(f"{'rate Hz':>8} " + "".join(f"{'jit50':>6} {'jit99':>6} {'lat50':>6} {'lat99':>6} {'st/skip':>7} "
-                                       f"{'load':>5}  " for _ in args.triggers))
+    header = (f"{'jit50':>6} {'jit99':>6} {'lat50':>6} {'lat99':>6} {'st/skip':>7} "
+              f"{'load':>5}  ")
+    print(f"{'rate Hz':>8} " + header * len(args.triggers))
     for rate in args.rates:
         print(f"{rate:>8g} " + "".join(cell(results[rate, trigger]) for trigger in args.triggers))
     for trigger in args.triggers:
@@ -294,13 +316,17 @@ def main() -> int:
         if r["status"] != "OK":
             print(f"{TARGET_RATE_HZ:g} Hz, {trigger}: trial {r['status']}: targets MISSED")
             continue
-        ok_jitter, ok_latency = r["jitter_p99_ms"] < JITTER_TARGET_MS, r["latency_p99_ms"] < LATENCY_TARGET_MS
+        ok_jitter = r["jitter_p99_ms"] < JITTER_TARGET_MS
+        ok_latency = r["latency_p99_ms"] < LATENCY_TARGET_MS
         print(f"{TARGET_RATE_HZ:g} Hz, {trigger}: p99 jitter {r['jitter_p99_ms']:.3f} ms "
-              f"{'<' if ok_jitter else '>='} {JITTER_TARGET_MS:g} ms ({'met' if ok_jitter else 'MISSED'}), "
-              f"p99 latency {r['latency_p99_ms']:.3f} ms {'<' if ok_latency else '>='} {LATENCY_TARGET_MS:g} ms "
-              f"({'met' if ok_latency else 'MISSED'}); max jitter {r['jitter_max_ms']:.2f} ms, "
-              f"sim_robot's state jitter p99 {r['state_jitter_p99_ms']:.3f} ms; one hop (state stamp → "
-              f"its arrival at this probe) p50 {r['state_hop_p50_ms']:.3f}, p99 {r['state_hop_p99_ms']:.3f} ms")
+              f"{'<' if ok_jitter else '>='} {JITTER_TARGET_MS:g} ms "
+              f"({'met' if ok_jitter else 'MISSED'}), "
+              f"p99 latency {r['latency_p99_ms']:.3f} ms {'<' if ok_latency else '>='} "
+              f"{LATENCY_TARGET_MS:g} ms ({'met' if ok_latency else 'MISSED'}); "
+              f"max jitter {r['jitter_max_ms']:.2f} ms, "
+              f"sim_robot's state jitter p99 {r['state_jitter_p99_ms']:.3f} ms; one hop (state "
+              f"stamp → its arrival at this probe) p50 {r['state_hop_p50_ms']:.3f}, "
+              f"p99 {r['state_hop_p99_ms']:.3f} ms")
     rows = list(results.values())
     unclean = [(r["rate_hz"], r["trigger"], r["exit_codes"]) for r in rows if any(r["exit_codes"])]
     if unclean:

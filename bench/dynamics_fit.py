@@ -1,4 +1,5 @@
-"""Time the dynamics share of one LQR-FLM iteration: GMM prior update + fit_dynamics.
+"""
+Time the dynamics share of one LQR-FLM iteration: GMM prior update + fit_dynamics.
 
 Setting of the speed target: T=100, dX=20, dU=7, N=5 rollouts per iteration, measured
 (a) on the first iteration (empty prior, cold-started EM) and (b) with a warm prior
@@ -24,7 +25,7 @@ T, DX, DU, N = 100, 20, 7, 5
 
 
 def make_system(rng):
-    """A mildly nonlinear, stable system, so the GMM has structure to find."""
+    """Make a mildly nonlinear, stable system, so that the GMM has structure to find."""
     A = rng.normal(size=(DX, DX))
     A *= 0.95 / np.max(np.abs(np.linalg.eigvals(A)))
     B = rng.normal(size=(DX, DU)) * 0.3
@@ -38,7 +39,8 @@ def rollouts(rng, system, iteration):
     X[:, 0] = rng.normal(scale=0.1, size=(N, DX))
     gain = rng.normal(scale=0.05, size=(DU, DX))
     for t in range(T - 1):
-        U[:, t] = X[:, t] @ gain.T + np.sin(0.1 * t + iteration) + rng.normal(scale=0.3, size=(N, DU))
+        U[:, t] = (X[:, t] @ gain.T + np.sin(0.1 * t + iteration)
+                   + rng.normal(scale=0.3, size=(N, DU)))
         X[:, t + 1] = (X[:, t] @ A.T + U[:, t] @ B.T + 0.1 * np.sin(X[:, t])
                        + rng.normal(scale=0.01, size=(N, DX)))
     U[:, -1] = U[:, -2]
@@ -92,12 +94,14 @@ def bench(repeats):
     results = {}
     results["first iteration: prior update + fit (cold EM)"] = time_it(first_iteration, repeats)
     warm_times = [warm_iteration()[2] for _ in range(repeats)]
-    results["warm prior (20 rollouts in buffer): update + fit"] = (np.median(warm_times), np.max(warm_times))
+    results["warm prior (20 rollouts in buffer): update + fit"] = (np.median(warm_times),
+                                                                   np.max(warm_times))
     results["fit_dynamics without prior"] = time_it(fit_only, repeats)
     results["OnlineDynamics add(1 rollout) + fit"] = time_it(online_add_fit, repeats)
     _, prior = first_iteration()
     _, warm_prior, _ = warm_iteration()
-    info = (f"first: K={prior.gmm.n_clusters}, {prior.n_points} points, {prior.gmm.n_iterations} EM iterations; "
+    info = (f"first: K={prior.gmm.n_clusters}, {prior.n_points} points, "
+            f"{prior.gmm.n_iterations} EM iterations; "
             f"warm: K={warm_prior.gmm.n_clusters}, {warm_prior.n_points} points, "
             f"{warm_prior.gmm.n_iterations} EM iterations")
     return results, info

@@ -1,4 +1,5 @@
-"""KUKA iiwa reach benchmark: config/kuka_reach.yaml trained for 12 LQR-FLM iterations.
+"""
+KUKA iiwa reach benchmark: config/kuka_reach.yaml trained for 12 LQR-FLM iterations.
 
 Prints the final end-effector distance of each condition's noise-free controller after
 every iteration, whether the goals are met (every condition < 3 cm by iteration 8 and
@@ -46,7 +47,8 @@ def main(argv: list[str]) -> int:
           f"{config.rollouts_per_condition} rollouts each per iteration, T={config.T}")
     print(f"iteration | {'final distance (cm) per condition':<{8 * M - 1}s} | max (cm)")
     for row, d in zip(metrics, distances):
-        print(f"{row['iteration']:9d} | " + " ".join(f"{100 * x:7.2f}" for x in d) + f" | {100 * d.max():7.2f}")
+        print(f"{row['iteration']:9d} | " + " ".join(f"{100 * x:7.2f}" for x in d)
+              + f" | {100 * d.max():7.2f}")
     met_all = True
     for iteration, bound in GOALS:
         worst = distances[iteration].max()
@@ -54,7 +56,8 @@ def main(argv: list[str]) -> int:
         met_all &= met
         print(f"goal: every condition < {100 * bound:.0f} cm at iteration {iteration:2d}: "
               f"{'MET' if met else 'NOT MET'} (worst {100 * worst:.2f} cm)")
-    print(f"wall time: {wall:.1f} s ({wall / ITERATIONS:.2f} s per iteration, sampling and evaluation included)")
+    print(f"wall time: {wall:.1f} s ({wall / ITERATIONS:.2f} s per iteration, sampling and "
+          "evaluation included)")
     return 0 if met_all else 1
 
 

@@ -1,4 +1,5 @@
-"""Time one whole LQR-FLM iteration (core.lqr_flm.LqrFlm.update) at T=100, dX=20, dU=7, N=5.
+"""
+Time one whole LQR-FLM iteration (core.lqr_flm.LqrFlm.update) at T=100, dX=20, dU=7, N=5.
 
 One iteration = GMM prior update + dynamics fit + cost expansion + step adjustment +
 η search + forward passes, for one condition. Two cases:
@@ -45,13 +46,18 @@ LAYOUT = StateLayout(n_joints=JOINTS)          # dX = 20, dU = 7
 DT = 0.05
 WARM_ITERATIONS = 4                            # 4 × N = 20 rollouts in the prior's buffer
 COST_SPEC = {"action": {"weight": 1e-4},
-             "distance": {"l2": 10.0, "l1": 1.0, "alpha": 1e-5, "ramp": "linear", "final_multiplier": 5.0}}
+             "distance": {"l2": 10.0, "l1": 1.0, "alpha": 1e-5, "ramp": "linear",
+                          "final_multiplier": 5.0}}
 
 
 class SyntheticArm:
-    """A damped double integrator per joint, q̈ = (u − g)/m − d q̇ + 0.5 sin(q), with an
-    end-effector point p = J q + 0.02 sin(2 q) summed through a second map: smooth,
-    stable over 5 s, and nonlinear enough that the GMM prior has structure to find."""
+    """
+    A damped double integrator per joint, with an end-effector point.
+
+    Per joint q̈ = (u − g)/m − d q̇ + 0.5 sin(q), with an end-effector point
+    p = J q + 0.02 sin(2 q) summed through a second map: smooth, stable over 5 s, and
+    nonlinear enough that the GMM prior has structure to find.
+    """
 
     def __init__(self, rng: np.random.Generator):
         self.inertia = rng.uniform(0.5, 2.0, JOINTS)           # (7,)
@@ -72,8 +78,8 @@ class SyntheticArm:
     def initial_controller(self) -> LinearGaussianController:
         x0 = np.zeros(LAYOUT.dX)
         x0[LAYOUT.position] = self.q0
-        return pd_controller(T, x0, LAYOUT.position, LAYOUT.velocity, np.diag(self.inertia), self.gravity,
-                             natural_frequency=6.0, accel_noise_std=2.0)
+        return pd_controller(T, x0, LAYOUT.position, LAYOUT.velocity, np.diag(self.inertia),
+                             self.gravity, natural_frequency=6.0, accel_noise_std=2.0)
 
     def rollouts(self, controller: LinearGaussianController, rng: np.random.Generator) -> Rollouts:
         """N rollouts of `controller`: X (N, T, dX), U (N, T, dU), vectorised over N."""
@@ -84,7 +90,8 @@ class SyntheticArm:
             X[:, t] = self._state(q, qd)
             noise = rng.standard_normal((N, LAYOUT.dU))
             U[:, t] = X[:, t] @ controller.K[t].T + controller.k[t] + noise @ controller.chol[t].T
-            acceleration = (U[:, t] - self.gravity) / self.inertia - self.damping * qd + 0.5 * np.sin(q)
+            acceleration = ((U[:, t] - self.gravity) / self.inertia - self.damping * qd
+                            + 0.5 * np.sin(q))
             qd = qd + DT * acceleration
             q = q + DT * qd
         return Rollouts(X, U, np.zeros(N, dtype=int))
@@ -116,8 +123,12 @@ def time_update(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> np.ndarray:
 
 
 def time_stages(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> dict[str, float]:
-    """Median milliseconds of each stage of update(), run through the same public
-    functions in the same order (a breakdown; the totals above are the real calls)."""
+    """
+    Time each stage of update(): median milliseconds per stage.
+
+    The stages run through the same public functions in the same order (a breakdown; the
+    totals above are the real calls).
+    """
     stages = {"prior update + dynamics fit": [], "cost expansion": [], "step adjustment": [],
               "η search": [], "forward pass (predicted cost)": []}
     for _ in range(repeats):
@@ -128,19 +139,21 @@ def time_stages(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> dict[str, f
         dynamics = fit_dynamics(X, U, prior=state.prior,
                                 regularization=trial.settings.dynamics_regularization)
         marks.append(time.perf_counter())
-        trial.cost.evaluate(X, U).l.sum(axis=1)      # update() evaluates the cost twice: sample cost
-        cost_model = quadratic_cost_model(X, U, trial.cost.evaluate(X, U))   # and the model
+        # update() evaluates the cost twice: the sample cost and the model.
+        trial.cost.evaluate(X, U).l.sum(axis=1)
+        cost_model = quadratic_cost_model(X, U, trial.cost.evaluate(X, U))
         marks.append(time.perf_counter())
         local = LocalModel(dynamics, cost_model)
         if state.previous_model is not None:
             state.step_mult = adjust_step(
                 state.step_mult, state.previous_model.estimate_cost(state.previous_controller),
-                state.previous_model.estimate_cost(state.controller), local.estimate_cost(state.controller),
-                settings=trial.settings.step)
+                state.previous_model.estimate_cost(state.controller),
+                local.estimate_cost(state.controller), settings=trial.settings.step)
         marks.append(time.perf_counter())
-        controller, _, _ = optimize_trajectory(dynamics, cost_model, state.controller,
-                                               kl_step=trial.settings.kl_step * state.step_mult * T,
-                                               eta_init=state.eta, settings=trial.settings.traj_opt)
+        controller, _, _ = optimize_trajectory(
+            dynamics, cost_model, state.controller,
+            kl_step=trial.settings.kl_step * state.step_mult * T,
+            eta_init=state.eta, settings=trial.settings.traj_opt)
         marks.append(time.perf_counter())
         local.estimate_cost(controller)
         marks.append(time.perf_counter())
@@ -154,7 +167,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--target-ms", type=float, default=50.0)
     args = parser.parse_args()
-    blas = ", ".join(f"{lib['internal_api']}×{lib['num_threads']}" for lib in threadpool_info()) or "none found"
+    blas = ", ".join(f"{lib['internal_api']}×{lib['num_threads']}"
+                     for lib in threadpool_info()) or "none found"
     print(f"One LQR-FLM iteration, T={T} dX={LAYOUT.dX} dU={LAYOUT.dU} N={N}, one condition; "
           f"{args.repeats} repeats; BLAS pools: {blas}")
 
@@ -163,7 +177,7 @@ def main():
     for label, limit in (("1 thread", 1), ("default", None)):
         with threadpool_limits(limits=limit):
             for case, (algorithm, batch) in cases.items():
-                time_update(algorithm, batch, 2)                       # warm up caches and allocator
+                time_update(algorithm, batch, 2)          # warm up caches and allocator
                 totals[case, label] = time_update(algorithm, batch, args.repeats)
                 breakdowns[case, label] = time_stages(algorithm, batch, max(5, args.repeats // 2))
 
@@ -183,9 +197,12 @@ def main():
 
     print("\nMedian ms per stage (the same functions, called one by one):")
     columns = [(case, label) for case in cases for label in labels]
-    print(f"{'stage':30s}" + "".join(f" | {case.split()[0] + ', ' + label:>17s}" for case, label in columns))
+    print(f"{'stage':30s}" + "".join(f" | {case.split()[0] + ', ' + label:>17s}"
+                                     for case, label in columns))
     for stage in next(iter(breakdowns.values())):
-        print(f"{stage:30s}" + "".join(f" | {breakdowns[column][stage]:17.1f}" for column in columns))
+        print(f"{stage:30s}" + "".join(f" | {breakdowns[column][stage]:17.1f}"
+                                       for column in columns))
+
 
 if __name__ == "__main__":
     main()

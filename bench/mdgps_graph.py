@@ -1,4 +1,5 @@
-"""MDGPS through the ROS node graph against `mbpl train`: the same policy, the same success.
+"""
+MDGPS through the ROS node graph against `mbpl train`: the same policy, the same success.
 
 For each training seed: `mbpl sim`'s graph (config/sim_reacher_2link.yaml, lockstep, one
 process: sim_robot, lqr_controller, sample_collector, dynamics_fitter, gps_trainer over DDS)
@@ -35,7 +36,7 @@ SIM_CONFIG = ROOT / "config" / "sim_reacher_2link.yaml"
 
 
 def largest_relative_difference(rows, reference) -> float:
-    """max |a - b| / max(|b|, 1e-12) over every metrics value but wall_s."""
+    """Max |a - b| / max(|b|, 1e-12) over every metrics value but wall_s."""
     worst = 0.0
     for row, expected in zip(rows, reference):
         for key, value in expected.items():

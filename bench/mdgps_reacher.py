@@ -1,5 +1,7 @@
-"""MDGPS on the 2-link reacher: from four local controllers to one policy that reaches
-from starts it never saw.
+"""
+MDGPS on the 2-link reacher: four local controllers, one policy for unseen starts.
+
+From four local controllers to one policy that reaches from starts it never saw.
 
 The figure of issue 4: the seeded 2-link reacher, at most 12 MDGPS iterations with
 4 training conditions x 5 rollouts each (config/reacher_2link_mdgps.yaml), then the
@@ -81,13 +83,15 @@ def main() -> int:
         print(f"\nseed {seed}: training {train_s:.1f} s, {metrics[-1]['rollouts']} rollouts; "
               "policy from the training starts (cm) by iteration:")
         for row in metrics[1:]:
+            controllers = " ".join(f"{100 * d:6.2f}" for d in row["final_distance_m"])
             print(f"  {row['iteration']:2d}: " + " ".join(
                 f"{100 * d:6.2f}" for d in row["policy_final_distance_m"])
-                + f"   (controllers: {' '.join(f'{100 * d:6.2f}' for d in row['final_distance_m'])})")
+                + f"   (controllers: {controllers})")
         distances = np.array(result["distances_m"])
         print(f"  held-out (cm): {' '.join(f'{100 * d:.2f}' for d in distances)}")
         print(f"  held-out success {result['successes']}/{result['conditions']} "
-              f"({100 * result['success_rate']:.0f}%), median {100 * np.median(distances):.2f} cm, "
+              f"({100 * result['success_rate']:.0f}%), "
+              f"median {100 * np.median(distances):.2f} cm, "
               f"max {100 * distances.max():.2f} cm; evaluation {eval_s:.1f} s")
     print(f"\nsuccess rate per seed: {', '.join(f'{100 * r:.0f}%' for r in rates)} "
           f"(target >= {100 * TARGET_SUCCESS_RATE:.0f}%); runs in {output}")

@@ -1,4 +1,5 @@
-"""Collective learning: one gps_trainer, K simulated robots in realtime, K = 1, 2, 4 in one run.
+"""
+Collective learning: one gps_trainer, K simulated robots in realtime, K = 1, 2, 4 in one run.
 
 `mbpl sim --robots K` on config/sim_reacher_2link_realtime.yaml (sim_robot and lqr_controller
 in realtime: each trial takes its wall-clock 2.5 s; reacher_2link: 4 conditions × 5 rollouts

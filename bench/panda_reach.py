@@ -1,5 +1,7 @@
-"""Franka Panda reach benchmark: config/panda_reach.yaml trained for 10 LQR-FLM iterations
-per seed (default seeds 0, 1, 2).
+"""
+Franka Panda reach benchmark: config/panda_reach.yaml, 10 LQR-FLM iterations per seed.
+
+The default seeds are 0, 1, 2.
 
 Prints, per seed, the final end-effector distance of each condition's noise-free
 controller after every iteration, whether the goal is met (every condition < 3 cm by
@@ -30,7 +32,7 @@ GOAL = (10, 0.03)      # (iteration, every condition's final distance below, m)
 
 
 def run_seed(config, seed: int) -> tuple[np.ndarray, float]:
-    """(iterations + 1, M) final distances (m) of the noise-free controllers, and wall seconds."""
+    """Train one seed: (iterations + 1, M) noise-free final distances (m), wall seconds."""
     start = time.perf_counter()
     # Small matrices: one BLAS thread is faster than several (as in `mbpl train`).
     with threadpool_limits(limits=1), tempfile.TemporaryDirectory() as output:
@@ -45,14 +47,17 @@ def main(argv: list[str]) -> int:
     seeds = [int(arg) for arg in argv] or [0, 1, 2]
     config = load_experiment(CONFIG)
     M = len(config.conditions)
-    print(f"Panda reach ({CONFIG.relative_to(ROOT)}), {M} conditions, {config.rollouts_per_condition} "
-          f"rollouts each per iteration, T={config.T}, seeds {seeds}")
+    print(f"Panda reach ({CONFIG.relative_to(ROOT)}), {M} conditions, "
+          f"{config.rollouts_per_condition} rollouts each per iteration, T={config.T}, "
+          f"seeds {seeds}")
     met_all, worst_final = True, []
     for seed in seeds:
         distances, wall = run_seed(config, seed)
-        print(f"\nseed {seed}\niteration | {'final distance (cm) per condition':<{8 * M - 1}s} | max (cm)")
+        print(f"\nseed {seed}\niteration | {'final distance (cm) per condition':<{8 * M - 1}s} "
+              "| max (cm)")
         for iteration, d in enumerate(distances):
-            print(f"{iteration:9d} | " + " ".join(f"{100 * x:7.2f}" for x in d) + f" | {100 * d.max():7.2f}")
+            print(f"{iteration:9d} | " + " ".join(f"{100 * x:7.2f}" for x in d)
+                  + f" | {100 * d.max():7.2f}")
         iteration, bound = GOAL
         worst = distances[iteration].max()
         met_all &= bool(worst < bound)

@@ -1,4 +1,5 @@
-"""Peg-in-hole insertion: LQR-FLM and MDGPS against SB3 SAC, on the same task and success test.
+"""
+Peg-in-hole insertion: LQR-FLM and MDGPS against SB3 SAC, on the same task and success test.
 
 The task is config/peg_insertion.yaml: a KUKA iiwa holding a round peg (2 cm across) above
 a block whose square hole (2.5 mm clearance to each wall, 5 cm deep) is placed per
@@ -61,7 +62,7 @@ def log(*parts) -> None:
 
 
 def first_all_inserted(metrics: list[dict], key: str, success: float) -> Optional[dict]:
-    """The first metrics row whose every distance under `key` is below `success`."""
+    """Find the first metrics row whose every distance under `key` is below `success`."""
     return next((row for row in metrics if row.get(key) is not None
                  and all(d < success for d in row[key])), None)
 
@@ -169,8 +170,12 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
 
 
 def render_inserted(config: ExperimentConfig, controllers, path: Path) -> None:
-    """A PNG of the arm at the end of the noise-free run of the first condition whose
-    controller (of `controllers`, one per condition) inserts; condition 0 if none does."""
+    """
+    Write a PNG of the arm at the end of a noise-free run that inserts.
+
+    The run is that of the first condition whose controller (of `controllers`, one per
+    condition) inserts; condition 0 if none does.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -270,8 +275,12 @@ def markdown(results: dict, args, picture: Path) -> str:
 
 
 def _one_thread() -> None:
-    """Worker set-up: one BLAS and one torch thread, as in the main process, and the
-    experiments' robot registered (a config arrives pickled, its robot known by name)."""
+    """
+    Set a worker up: one BLAS and one torch thread, as in the main process.
+
+    It also registers the experiments' robot (a config arrives pickled, its robot known by
+    name).
+    """
     import torch
     from threadpoolctl import threadpool_limits
 

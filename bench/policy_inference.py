@@ -1,4 +1,5 @@
-"""Per-step CPU latency of the exported (TorchScript) MDGPS policy.
+"""
+Per-step CPU latency of the exported (TorchScript) MDGPS policy.
 
 A controller node evaluates the policy once per control tick on a single state, so what
 matters is the latency of one (dX,) -> (dU,) call, not throughput. This exports a
@@ -28,8 +29,11 @@ TARGET_MS = 0.2
 
 
 def time_calls(function, argument, calls: int, warmup: int) -> np.ndarray:
-    """Wall-clock milliseconds of each of `calls` calls, after `warmup` untimed ones
-    (TorchScript's profiling executor optimises the graph during the first calls)."""
+    """
+    Time `calls` calls: wall-clock milliseconds of each, after `warmup` untimed ones.
+
+    TorchScript's profiling executor optimises the graph during the first calls.
+    """
     for _ in range(warmup):
         function(argument)
     durations = np.empty(calls)

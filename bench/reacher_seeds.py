@@ -1,4 +1,5 @@
-"""LQR-FLM on the 2-link reacher over several seeds: worst final distance per iteration.
+"""
+LQR-FLM on the 2-link reacher over several seeds: worst final distance per iteration.
 
 Usage: python bench/reacher_seeds.py [N_SEEDS]   (default 10)
 """
@@ -24,15 +25,18 @@ def main() -> None:
     start = time.perf_counter()
     with threadpool_limits(limits=1), TemporaryDirectory() as out:
         for seed in seeds:
-            metrics = TrainingRun(config, Path(out), seed, log=io.StringIO()).run(config.iterations)
+            run = TrainingRun(config, Path(out), seed, log=io.StringIO())
+            metrics = run.run(config.iterations)
             worst.append([100 * max(row["final_distance_m"]) for row in metrics])
     worst = np.array(worst)
-    print(f"reacher_2link, {len(config.conditions)} conditions x {config.rollouts_per_condition} rollouts, "
-          f"worst condition's final distance (cm) per iteration; {time.perf_counter() - start:.1f} s")
+    print(f"reacher_2link, {len(config.conditions)} conditions x "
+          f"{config.rollouts_per_condition} rollouts, worst condition's final distance (cm) "
+          f"per iteration; {time.perf_counter() - start:.1f} s")
     print("seed | " + " ".join(f"{i:6d}" for i in range(worst.shape[1])))
     for seed, row in zip(seeds, worst):
         print(f"{seed:4d} | " + " ".join(f"{d:6.2f}" for d in row))
-    print(f"seeds with every condition < 2 cm at iteration 6: {(worst[:, 6] < 2).sum()}/{len(worst)}; "
+    print("seeds with every condition < 2 cm at iteration 6: "
+          f"{(worst[:, 6] < 2).sum()}/{len(worst)}; "
           f"< 0.5 cm at iteration 10: {(worst[:, 10] < 0.5).sum()}/{len(worst)}")
 
 

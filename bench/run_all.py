@@ -1,4 +1,5 @@
-"""Run every benchmark in bench/ and regenerate docs/benchmarks.md from their output.
+"""
+Run every benchmark in bench/ and regenerate docs/benchmarks.md from their output.
 
 Each bench/*.py script (except this one) runs as a subprocess from the repository root,
 one after the other, with the arguments in SCRIPT_ARGS (none by default); a script whose
@@ -39,7 +40,8 @@ REPRODUCE = "make bench    # = .venv/bin/python bench/run_all.py"
 
 # Arguments per script (by file name); the scripts' defaults otherwise. Chosen so that
 # the whole run stays under an hour on a 2-core machine.
-SCRIPT_ARGS: dict[str, list[str]] = {"sample_efficiency.py": ["--json", "runs/bench/sample_efficiency.json"]}
+SCRIPT_ARGS: dict[str, list[str]] = {
+    "sample_efficiency.py": ["--json", "runs/bench/sample_efficiency.json"]}
 SCRIPT_ARGS["peg_insertion.py"] = ["--jobs", "2"]     # its runs two at a time
 # Longest first would finish nothing early; quick, informative scripts run first.
 ORDER_LAST = ("peg_insertion.py", "sample_efficiency.py")
@@ -52,7 +54,7 @@ def discover() -> list[Path]:
 
 
 def command_for(script: Path, quick: bool) -> tuple[list[str], bool]:
-    """The command line for `script` and whether it prints markdown."""
+    """Return the command line for `script` and whether it prints markdown."""
     source = script.read_text()
     args = list(SCRIPT_ARGS.get(script.name, []))
     markdown = "--markdown" in source
@@ -88,8 +90,10 @@ def run_script(command: list[str], log_path: Path, timeout: float) -> tuple[int,
         # Its own session, so that a timeout also ends the nodes a script may have started.
         process = subprocess.Popen(command, cwd=ROOT, env=env, text=True, start_new_session=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        pumps = [threading.Thread(target=_pump, args=(process.stdout, [sys.stdout, log], stdout_lines)),
-                 threading.Thread(target=_pump, args=(process.stderr, [sys.stderr, log], None))]
+        pumps = [threading.Thread(target=_pump,
+                                  args=(process.stdout, [sys.stdout, log], stdout_lines)),
+                 threading.Thread(target=_pump,
+                                  args=(process.stderr, [sys.stderr, log], None))]
         for pump in pumps:
             pump.start()
         try:
@@ -146,8 +150,11 @@ def machine_info() -> str:
 
 
 def section(text: str, name: str, body: str) -> str:
-    """`text` with the part between <!-- BEGIN name --> and <!-- END name --> replaced by body
-    (or a new section with those markers appended)."""
+    """
+    Replace the part of `text` between <!-- BEGIN name --> and <!-- END name --> by body.
+
+    Without those markers, a new section with them is appended.
+    """
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
@@ -166,21 +173,26 @@ def script_body(command: list[str], code: int, seconds: float, stdout: str, mark
 
 
 def timing_body(timings: list[tuple[str, int, float]], previous: str) -> str:
-    """The timing table: this run's scripts, plus the rows of earlier runs for the others
-    (parsed from the previous table), and their total."""
+    """
+    Make the timing table: this run's scripts, earlier runs' rows for the others, a total.
+
+    The earlier rows are parsed from the previous table.
+    """
     rows = {m.group(1): (int(m.group(2)), float(m.group(3))) for m in
             re.finditer(r"^\| (\S+\.py) \| (-?\d+) \| ([\d.]+) \|$", previous, re.MULTILINE)}
     rows.update({name: (code, seconds) for name, code, seconds in timings})
     total = sum(seconds for _, seconds in rows.values())
     lines = ["| script | exit | wall time (s) |", "| --- | ---: | ---: |"]
-    lines += [f"| {name} | {code} | {seconds:.0f} |" for name, (code, seconds) in sorted(rows.items())]
+    lines += [f"| {name} | {code} | {seconds:.0f} |"
+              for name, (code, seconds) in sorted(rows.items())]
     lines.append(f"| **total** | | **{total:.0f}** ({total / 60:.1f} min) |")
     return "\n".join(lines)
 
 
 def current_section(name: str) -> str:
     text = DOC.read_text() if DOC.exists() else ""
-    match = re.search(f"<!-- BEGIN {re.escape(name)} -->(.*?)<!-- END {re.escape(name)} -->", text, re.DOTALL)
+    match = re.search(f"<!-- BEGIN {re.escape(name)} -->(.*?)<!-- END {re.escape(name)} -->",
+                      text, re.DOTALL)
     return match.group(1) if match else ""
 
 
@@ -193,7 +205,8 @@ def update_doc(updates: dict[str, str]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", default=None, help="script names (with or without .py)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="script names (with or without .py)")
     parser.add_argument("--skip", nargs="+", default=[], help="script names to leave out")
     parser.add_argument("--quick", action="store_true",
                         help="pass --quick to the scripts that take it (implies --no-docs)")
@@ -215,7 +228,8 @@ def main() -> int:
         wanted = {stem(n) for n in args.only}
         unknown = wanted - {p.stem for p in scripts}
         if unknown:
-            parser.error(f"unknown script(s) {sorted(unknown)}; available: {[p.stem for p in scripts]}")
+            parser.error(f"unknown script(s) {sorted(unknown)}; "
+                         f"available: {[p.stem for p in scripts]}")
         scripts = [p for p in scripts if p.stem in wanted]
     scripts = [p for p in scripts if p.stem not in {stem(n) for n in args.skip}]
     if args.list:
@@ -236,7 +250,8 @@ def main() -> int:
               f"(total so far {time.perf_counter() - start:.1f} s)", flush=True)
         if not args.no_docs:
             update_doc({script.stem: script_body(command, code, seconds, stdout, markdown),
-                        "machine": machine_info(), "timing": timing_body(timings, previous_timings)})
+                        "machine": machine_info(),
+                        "timing": timing_body(timings, previous_timings)})
     total = time.perf_counter() - start
     print("\nscript                      exit   seconds")
     for name, code, seconds in timings:

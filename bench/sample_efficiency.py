@@ -1,4 +1,5 @@
-"""Sample efficiency on the 2-link reach: LQR-FLM and MDGPS against SB3 SAC and PPO.
+"""
+Sample efficiency on the 2-link reach: LQR-FLM and MDGPS against SB3 SAC and PPO.
 
 Every method learns the task of config/reacher_2link.yaml (4 start poses, one target,
 T = 50 steps of 0.05 s, the same cost) from the same seeds, and is measured the same way:
@@ -62,13 +63,16 @@ from mbpl_ros.offline import TrainingRun, evaluate_policy  # noqa: E402
 LQR_CONFIG = ROOT / "config" / "reacher_2link.yaml"
 MDGPS_CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
 DEFAULT_PLOT = ROOT / "docs" / "benchmark_sample_efficiency.png"
-METHOD_LABELS = {"lqr_flm": "LQR-FLM", "mdgps": "MDGPS (policy)", "sac": "SAC (SB3)", "ppo": "PPO (SB3)"}
+METHOD_LABELS = {"lqr_flm": "LQR-FLM", "mdgps": "MDGPS (policy)", "sac": "SAC (SB3)",
+                 "ppo": "PPO (SB3)"}
 
 # rl-baselines3-zoo, hyperparams/sac.yml, ReacherBulletEnv-v0 (<<: *pybullet-defaults).
-SAC_ZOO = dict(learning_rate=7.3e-4, buffer_size=300_000, batch_size=256, ent_coef="auto", gamma=0.98,
-               tau=0.02, train_freq=8, gradient_steps=8, learning_starts=10_000, use_sde=True,
+SAC_ZOO = dict(learning_rate=7.3e-4, buffer_size=300_000, batch_size=256, ent_coef="auto",
+               gamma=0.98, tau=0.02, train_freq=8, gradient_steps=8, learning_starts=10_000,
+               use_sde=True,
                policy_kwargs=dict(log_std_init=-3, net_arch=[400, 300]))
-SAC_LEARNING_STARTS = 1000     # the zoo's 10 000 random steps equal LQR-FLM's whole 10-iteration run
+# The zoo's 10 000 random steps would equal LQR-FLM's whole 10-iteration run.
+SAC_LEARNING_STARTS = 1000
 # rl-baselines3-zoo, hyperparams/ppo.yml, ReacherBulletEnv-v0.
 PPO_ZOO_ENVS = 8
 PPO_ZOO = dict(batch_size=64, n_steps=512, gamma=0.99, gae_lambda=0.9, n_epochs=20, ent_coef=0.0,
@@ -89,13 +93,17 @@ class Curve:
 
 
 def steps_to_reach(curve: Curve, threshold_m: float, consecutive: int) -> Optional[int]:
-    """Steps before the first evaluation from which every later one is below threshold_m,
-    if that final stretch holds at least `consecutive` evaluations; else None."""
+    """
+    Count the steps before the run stays below threshold_m for good.
+
+    That is the steps before the first evaluation from which every later one is below
+    threshold_m, if that final stretch holds at least `consecutive` evaluations; else None.
+    """
     below = np.asarray(curve.distance_m) < threshold_m
     if not below.size or not below[-1]:
         return None
     above = np.flatnonzero(~below)
-    first = above[-1] + 1 if above.size else 0       # start of the final stretch below the threshold
+    first = above[-1] + 1 if above.size else 0       # start of the final stretch below it
     if below.size - first < consecutive:
         return None
     return int(curve.steps[first])
@@ -114,7 +122,8 @@ def run_model_based(method: str, config: ExperimentConfig, seed: int, iterations
     else:
         rows, key = metrics, "final_distance_m"
     controllers = " ".join(f"{100 * np.mean(r['final_distance_m']):.2f}" for r in metrics)
-    return Curve(method, seed, [r["env_steps"] for r in rows], [float(np.mean(r[key])) for r in rows],
+    return Curve(method, seed, [r["env_steps"] for r in rows],
+                 [float(np.mean(r[key])) for r in rows],
                  time.perf_counter() - start, metrics[-1]["env_steps"],
                  note=f"local controllers' mean distance (cm) per iteration: {controllers}")
 
@@ -132,15 +141,16 @@ class _Evaluator:
         self.targets = np.array([c.target for c in config.conditions], float)
 
     def mean_final_distance(self, effort_of_state: Callable[[np.ndarray], np.ndarray]) -> float:
-        distances, _ = evaluate_policy(self.arm, self.config, effort_of_state, self.starts, self.targets)
+        distances, _ = evaluate_policy(self.arm, self.config, effort_of_state, self.starts,
+                                       self.targets)
         return float(np.mean(distances))
 
     def close(self):
         self.arm.close()
 
 
-def _make_callback(evaluator: _Evaluator, effort_of_state, eval_every: int, steps: list, distances: list,
-                   label: str):
+def _make_callback(evaluator: _Evaluator, effort_of_state, eval_every: int, steps: list,
+                   distances: list, label: str):
     from stable_baselines3.common.callbacks import BaseCallback
 
     class EvaluateEvery(BaseCallback):
@@ -153,10 +163,12 @@ def _make_callback(evaluator: _Evaluator, effort_of_state, eval_every: int, step
 
         def _evaluate(self) -> None:
             steps.append(int(self.num_timesteps))
-            distances.append(evaluator.mean_final_distance(lambda x: effort_of_state(self.model, x)))
+            distances.append(
+                evaluator.mean_final_distance(lambda x: effort_of_state(self.model, x)))
             self.next_eval = self.num_timesteps + eval_every
             if len(steps) % 10 == 1:
-                print(f"    {label}: {steps[-1]:,} steps, mean final distance {100 * distances[-1]:.2f} cm",
+                print(f"    {label}: {steps[-1]:,} steps, "
+                      f"mean final distance {100 * distances[-1]:.2f} cm",
                       file=sys.stderr, flush=True)
 
         def _on_step(self) -> bool:
@@ -181,7 +193,8 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
     def effort_of_state(model, x):
         return limits * model.predict(x.astype(np.float32), deterministic=True)[0]
 
-    return _learn_and_evaluate("sac", config, seed, model, env, effort_of_state, budget, eval_every)
+    return _learn_and_evaluate("sac", config, seed, model, env, effort_of_state, budget,
+                               eval_every)
 
 
 def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -> Curve:
@@ -194,7 +207,8 @@ def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
 
     # Random condition order: the 8 envs step in lockstep, so round-robin would put all 8
     # on the same condition at every step.
-    venv = make_vec_env(lambda: ReachEnv(config, condition_order="random"), n_envs=PPO_ZOO_ENVS, seed=seed)
+    venv = make_vec_env(lambda: ReachEnv(config, condition_order="random"), n_envs=PPO_ZOO_ENVS,
+                        seed=seed)
     venv = VecNormalize(venv, norm_obs=True, norm_reward=True, gamma=PPO_ZOO["gamma"])
     schedule_start = 0.4
 
@@ -202,7 +216,8 @@ def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
         return schedule_start * progress_remaining
 
     model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, clip_range=clip_range,
-                policy_kwargs=dict(log_std_init=-2.7, ortho_init=False, activation_fn=torch.nn.ReLU,
+                policy_kwargs=dict(log_std_init=-2.7, ortho_init=False,
+                                   activation_fn=torch.nn.ReLU,
                                    net_arch=dict(pi=[256, 256], vf=[256, 256])),
                 **PPO_ZOO)
     limits = venv.get_attr("effort_limits", [0])[0]
@@ -211,17 +226,23 @@ def run_ppo(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
         obs = venv.normalize_obs(x[None].astype(np.float32))
         return limits * np.clip(model.predict(obs, deterministic=True)[0][0], -1.0, 1.0)
 
-    return _learn_and_evaluate("ppo", config, seed, model, venv, effort_of_state, budget, eval_every)
+    return _learn_and_evaluate("ppo", config, seed, model, venv, effort_of_state, budget,
+                               eval_every)
 
 
-def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budget, eval_every) -> Curve:
-    """Train `model` for `budget` environment steps, evaluating noise-free every `eval_every`
-    steps and once more at the end; closes `env`."""
+def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budget,
+                        eval_every) -> Curve:
+    """
+    Train `model` for `budget` environment steps, evaluating it now and then; close `env`.
+
+    The noise-free evaluations come every `eval_every` steps and once more at the end.
+    """
     evaluator, steps, distances = _Evaluator(config), [], []
     start = time.perf_counter()
     try:
-        model.learn(budget, callback=_make_callback(evaluator, effort_of_state, eval_every, steps, distances,
-                                                    f"{method.upper()} seed {seed}"))
+        callback = _make_callback(evaluator, effort_of_state, eval_every, steps, distances,
+                                  f"{method.upper()} seed {seed}")
+        model.learn(budget, callback=callback)
         if steps[-1] < model.num_timesteps:
             steps.append(int(model.num_timesteps))
             distances.append(evaluator.mean_final_distance(lambda x: effort_of_state(model, x)))
@@ -235,12 +256,13 @@ def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budge
 
 
 def steps_to_first_below(curve: Curve, threshold_m: float) -> Optional[int]:
-    """Steps before the first evaluation below threshold_m, whatever came after; else None."""
+    """Count the steps before the first evaluation below threshold_m (else None)."""
     below = np.flatnonzero(np.asarray(curve.distance_m) < threshold_m)
     return int(curve.steps[below[0]]) if below.size else None
 
 
-def summarise(curves: list[Curve], methods: list[str], threshold_m: float, consecutive: int) -> dict:
+def summarise(curves: list[Curve], methods: list[str], threshold_m: float,
+              consecutive: int) -> dict:
     summary = {}
     for method in methods:
         mine = [c for c in curves if c.method == method]
@@ -264,8 +286,11 @@ def _steps_text(reached: list) -> str:
 
 
 def _ratio_text(summary: dict, method: str, key: str) -> str:
-    """median steps of `method` / median steps of LQR-FLM; a seed that never reached counts
-    as its whole budget, making the ratio a lower bound (≥)."""
+    """
+    Give the median steps of `method` over the median steps of LQR-FLM.
+
+    A seed that never reached counts as its whole budget, making the ratio a lower bound (≥).
+    """
     base = [r for r in summary["lqr_flm"][key] if r is not None]
     if not base:
         return "n/a (LQR-FLM did not reach)"
@@ -277,23 +302,25 @@ def _ratio_text(summary: dict, method: str, key: str) -> str:
 
 def markdown_report(summary: dict, threshold_m: float, consecutive: int, settings: str) -> str:
     cm = f"{100 * threshold_m:g} cm"
-    lines = [f"Mean final distance over the 4 conditions, noise-free evaluation. **Stays < {cm}**: "
-             f"environment steps before the first evaluation from which every later evaluation of the run "
-             f"is below {cm} (at least {consecutive} evaluations). **First < {cm}**: before the first "
-             f"evaluation below {cm}, whatever follows. {settings}", "",
+    lines = [f"Mean final distance over the 4 conditions, noise-free evaluation. "
+             f"**Stays < {cm}**: environment steps before the first evaluation from which every "
+             f"later evaluation of the run is below {cm} (at least {consecutive} evaluations). "
+             f"**First < {cm}**: before the first evaluation below {cm}, whatever follows. "
+             f"{settings}", "",
              f"| method | seeds | budget (env steps) | stays < {cm}: steps, median [min, max] | "
              f"first < {cm}: steps, median [min, max] | final distance at end (cm, median) | "
              f"best (cm, median) | wall time per run (s, median) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for method, s in summary.items():
-        lines.append(f"| {METHOD_LABELS[method]} | {', '.join(map(str, s['seeds']))} | {s['budget']:,} | "
+        lines.append(f"| {METHOD_LABELS[method]} | {', '.join(map(str, s['seeds']))} | "
+                     f"{s['budget']:,} | "
                      f"{_steps_text(s['stays'])} | {_steps_text(s['first'])} | "
                      f"{np.median(s['final_cm']):.2f} | {np.median(s['best_cm']):.2f} | "
                      f"{np.median(s['wall_s']):.0f} |")
     if "lqr_flm" in summary:
         others = [m for m in ("sac", "ppo", "mdgps") if m in summary]
-        lines += ["", "Environment steps relative to LQR-FLM (ratio of medians over seeds; a seed that never "
-                  "reached counts as its whole budget, so ≥ marks a lower bound):", "",
+        lines += ["", "Environment steps relative to LQR-FLM (ratio of medians over seeds; a seed "
+                  "that never reached counts as its whole budget, so ≥ marks a lower bound):", "",
                   f"| method / LQR-FLM | stays < {cm} | first < {cm} |", "| --- | ---: | ---: |"]
         lines += [f"| {METHOD_LABELS[m]} | {_ratio_text(summary, m, 'stays')} | "
                   f"{_ratio_text(summary, m, 'first')} |" for m in others]
@@ -313,14 +340,17 @@ def plot(curves: list[Curve], threshold_m: float, path: Path) -> None:
     labelled = set()
     for c in curves:
         steps = np.maximum(np.asarray(c.steps, float), STEP_ZERO_DRAWN_AT)   # step 0 on a log axis
-        ax.loglog(steps, 100 * np.asarray(c.distance_m), color=colours[c.method], alpha=0.8, lw=1.2,
+        ax.loglog(steps, 100 * np.asarray(c.distance_m), color=colours[c.method], alpha=0.8,
+                  lw=1.2,
                   marker="." if c.method in ("lqr_flm", "mdgps") else None,
                   label=None if c.method in labelled else METHOD_LABELS[c.method])
         labelled.add(c.method)
     ax.axhline(100 * threshold_m, color="k", linestyle=":", label=f"{100 * threshold_m:g} cm")
     ax.set_xlim(left=0.8 * STEP_ZERO_DRAWN_AT)
-    ax.set(xlabel=f"environment steps (log; 0 drawn at {STEP_ZERO_DRAWN_AT:g})", ylabel="mean final distance (cm)",
-           title="2-link reach: noise-free final distance, mean of 4 conditions (one line per seed)")
+    ax.set(xlabel=f"environment steps (log; 0 drawn at {STEP_ZERO_DRAWN_AT:g})",
+           ylabel="mean final distance (cm)",
+           title="2-link reach: noise-free final distance, mean of 4 conditions "
+                 "(one line per seed)")
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -333,23 +363,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "sac", "ppo"],
                         choices=list(METHOD_LABELS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of every method")
-    parser.add_argument("--lqr-iterations", type=int, default=10, help="LQR-FLM iterations (config: 10)")
-    parser.add_argument("--mdgps-iterations", type=int, default=12, help="MDGPS iterations (config: 12)")
-    parser.add_argument("--sac-steps", type=int, default=40_000, help="SAC budget, environment steps")
-    parser.add_argument("--ppo-steps", type=int, default=300_000, help="PPO budget, environment steps")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="seeds of every method")
+    parser.add_argument("--lqr-iterations", type=int, default=10,
+                        help="LQR-FLM iterations (config: 10)")
+    parser.add_argument("--mdgps-iterations", type=int, default=12,
+                        help="MDGPS iterations (config: 12)")
+    parser.add_argument("--sac-steps", type=int, default=40_000,
+                        help="SAC budget, environment steps")
+    parser.add_argument("--ppo-steps", type=int, default=300_000,
+                        help="PPO budget, environment steps")
     parser.add_argument("--eval-every", type=int, default=1000,
-                        help="model-free evaluation period, environment steps (PPO: at least once per "
-                             "rollout of 8 x 512 steps, as its policy only changes then)")
+                        help="model-free evaluation period, environment steps (PPO: at least "
+                             "once per rollout of 8 x 512 steps, as its policy only changes then)")
     parser.add_argument("--consecutive", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: seed 0, SAC 3000 and PPO 8192 steps, 7 LQR-FLM / MDGPS iterations")
+                        help="smoke run: seed 0, SAC 3000 and PPO 8192 steps, 7 LQR-FLM / MDGPS "
+                             "iterations")
     parser.add_argument("--plot", help=f"where the plot goes (default: "
                                        f"{DEFAULT_PLOT.relative_to(ROOT)}; with --quick a "
                                        "temporary file, never the committed plot)")
     parser.add_argument("--json", help="also write every curve to this file")
-    parser.add_argument("--markdown", action="store_true", help="print only the markdown report on stdout")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print only the markdown report on stdout")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.sac_steps, args.ppo_steps = [0], 3000, 8192
@@ -392,9 +429,9 @@ def main() -> int:
                     print(f"    {curve.note}", file=log)
     summary = summarise(curves, args.methods, threshold, args.consecutive)
     settings = (f"Budgets: SAC {args.sac_steps:,}, PPO {args.ppo_steps:,} environment steps; "
-                    f"LQR-FLM {args.lqr_iterations}, MDGPS {args.mdgps_iterations} iterations of "
-                    f"4 x 5 rollouts x 50 steps. Total wall time {time.perf_counter() - start:.0f} s "
-                    f"(torch threads: {args.torch_threads}).")
+                f"LQR-FLM {args.lqr_iterations}, MDGPS {args.mdgps_iterations} iterations of "
+                f"4 x 5 rollouts x 50 steps. Total wall time {time.perf_counter() - start:.0f} s "
+                f"(torch threads: {args.torch_threads}).")
     print(markdown_report(summary, threshold, args.consecutive, settings))
     plot(curves, threshold, Path(args.plot))
     print(f"\n![final distance against environment steps]({Path(args.plot).name})" if args.markdown

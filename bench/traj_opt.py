@@ -1,4 +1,5 @@
-"""Timing of the KL-constrained trajectory optimisation at T=100, dX=20, dU=7.
+"""
+Timing of the KL-constrained trajectory optimisation at T=100, dX=20, dU=7.
 
 Runs a chain of LQR-FLM-like updates on random well-posed problems (each update's anchor
 is the previous controller, η starts from the previous η; the first update starts cold at
@@ -16,7 +17,8 @@ from threadpoolctl import threadpool_limits
 
 from mbpl_ros.core.traj_opt import expected_cost, forward_pass, optimize_trajectory
 
-from compute import random_trajopt_problem as random_problem  # bench/ is on sys.path when run as a script
+# bench/ is on sys.path when this runs as a script.
+from compute import random_trajopt_problem as random_problem
 
 
 def run(args) -> dict[str, list[float]]:
@@ -27,10 +29,13 @@ def run(args) -> dict[str, list[float]]:
         dynamics, cost, anchor = random_problem(rng, args.T, args.dX, args.dU)
         eta = 1.0
         for step in range(args.steps):
-            kl_step = args.kl_step * args.T * rng.uniform(0.3, 3.0)   # step_mult varies between iterations
+            # step_mult varies between iterations.
+            kl_step = args.kl_step * args.T * rng.uniform(0.3, 3.0)
             start = time.perf_counter()
-            controller, eta, info = optimize_trajectory(dynamics, cost, anchor, kl_step, eta_init=eta)
-            times["cold search" if step == 0 else "warm search"].append(1e3 * (time.perf_counter() - start))
+            controller, eta, info = optimize_trajectory(dynamics, cost, anchor, kl_step,
+                                                        eta_init=eta)
+            elapsed_ms = 1e3 * (time.perf_counter() - start)
+            times["cold search" if step == 0 else "warm search"].append(elapsed_ms)
             evaluations.append(info["evaluations"])
             start = time.perf_counter()
             expected_cost(forward_pass(controller, dynamics), cost)
@@ -43,7 +48,8 @@ def run(args) -> dict[str, list[float]]:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--T", type=int, default=100)
     parser.add_argument("--dX", type=int, default=20)
     parser.add_argument("--dU", type=int, default=7)
@@ -58,7 +64,8 @@ def main():
         print(f"BLAS threads: {threads or 'default'}  (T={args.T}, dX={args.dX}, dU={args.dU})")
         for name, values in result.items():
             v = np.asarray(values, dtype=float)
-            print(f"  {name:20s} median {np.median(v):6.1f}  mean {v.mean():6.1f}  max {v.max():6.1f}")
+            print(f"  {name:20s} median {np.median(v):6.1f}  mean {v.mean():6.1f}  "
+                  f"max {v.max():6.1f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The learning loop on a real arm driven by ros2_control: the four learning nodes, no simulator.
+"""
+The learning loop on a real arm driven by ros2_control: the four learning nodes, no simulator.
 
     ros2 launch mbpl_ros robot_gps.launch.py \
         joint_states_topic:=/joint_states commands_topic:=/effort_controller/commands \
@@ -53,7 +54,8 @@ def generate_launch_description() -> LaunchDescription:
             description="ros__parameters YAML for every learning node (conservative defaults)"),
         DeclareLaunchArgument(
             "joint_states_topic", default_value="/joint_states",
-            description="sensor_msgs/JointState of the arm (ros2_control joint_state_broadcaster)"),
+            description="sensor_msgs/JointState of the arm (ros2_control "
+                        "joint_state_broadcaster)"),
         DeclareLaunchArgument(
             "commands_topic", default_value="/effort_controller/commands",
             description="std_msgs/Float64MultiArray effort commands (ros2_control forward "
@@ -63,7 +65,8 @@ def generate_launch_description() -> LaunchDescription:
             description="also start robot_state_publisher with urdf_file as robot_description"),
         DeclareLaunchArgument(
             "urdf_file", default_value=PathJoinSubstitution([share, "urdf", "reacher_2link.urdf"]),
-            description="URDF of the arm, published as robot_description when rviz_description:=true"),
+            description="URDF of the arm, published as robot_description when "
+                        "rviz_description:=true"),
         DeclareLaunchArgument(
             "log_level", default_value="info",
             description="log level of every node: debug, info, warn, error or fatal"),

@@ -1,5 +1,8 @@
-"""One robot of a multi-robot run, on the robot's own machine: sample_collector and
-lqr_controller in the robot's namespace, talking to its ros2_control interfaces.
+"""
+Launch one robot of a multi-robot run, on the robot's own machine.
+
+sample_collector and lqr_controller run in the robot's namespace, talking to its
+ros2_control interfaces.
 
     ros2 launch mbpl_ros robot_ns.launch.py namespace:=robot_0 \
         joint_states_topic:=/joint_states commands_topic:=/effort_controller/commands \

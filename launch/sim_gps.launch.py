@@ -1,4 +1,5 @@
-"""The learning loop against the PyBullet arm: sim_robot and the four learning nodes.
+"""
+The learning loop against the PyBullet arm: sim_robot and the four learning nodes.
 
     ros2 launch mbpl_ros sim_gps.launch.py [params_file:=/path/to/params.yaml] [robots:=K]
 
@@ -22,7 +23,6 @@ from mbpl_ros.nodes import graph
 
 
 def generate_launch_description() -> LaunchDescription:
-    params_file = LaunchConfiguration("params_file")
     arguments = [
         DeclareLaunchArgument(
             "params_file",

@@ -1,5 +1,7 @@
-"""The trainer of a multi-robot run: gps_trainer and the one dynamics_fitter, on any machine
-of the robots' network.
+"""
+Launch the trainer of a multi-robot run: gps_trainer and the one dynamics_fitter.
+
+They run on any machine of the robots' network.
 
     ros2 launch mbpl_ros trainer.launch.py robots:="[robot_0, robot_1]" [params_file:=...]
 

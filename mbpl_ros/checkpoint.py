@@ -1,4 +1,5 @@
-"""Checkpoints that are complete or absent, and that say clearly when they cannot be used.
+"""
+Checkpoints that are complete or absent, and that say clearly when they cannot be used.
 
 A training run writes one checkpoint per iteration, `checkpoint_<iteration:04d>.pkl`,
 holding everything needed to continue exactly where it stopped (the algorithm with its
@@ -62,7 +63,8 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    """The state of a run after `iteration` complete iterations.
+    """
+    The state of a run after `iteration` complete iterations.
 
     algorithm: the LqrFlm or Mdgps object (controllers, dynamics priors, step sizes,
         policy weights; no optimiser state, which is fresh at every S-step).
@@ -97,9 +99,13 @@ class Checkpoint:
 
 
 def experiment_identity(config: Any, seed: int) -> dict:
-    """The experiment a checkpoint belongs to, as JSON-ready data: the config (a
-    dataclass or dict) without the keys that may change on resume (RESUMABLE_CHANGES),
-    plus the run's seed as `run_seed` (it may differ from the config's `seed`)."""
+    """
+    Give the experiment a checkpoint belongs to, as JSON-ready data.
+
+    That is the config (a dataclass or dict) without the keys that may change on resume
+    (RESUMABLE_CHANGES), plus the run's seed as `run_seed` (it may differ from the config's
+    `seed`).
+    """
     data = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     data = json.loads(json.dumps(data, sort_keys=True))  # plain lists, dicts and numbers
     for key in RESUMABLE_CHANGES:
@@ -133,7 +139,8 @@ def _flatten(value: Any, prefix: str = "") -> dict:
 def identity_differences(stored: dict, current: dict) -> list[str]:
     """Dotted keys (e.g. `T`, `conditions[1].target[0]`, `run_seed`) whose values differ."""
     a, b = _flatten(stored), _flatten(current)
-    return sorted(key for key in set(a) | set(b) if a.get(key, "<absent>") != b.get(key, "<absent>"))
+    return sorted(key for key in set(a) | set(b)
+                  if a.get(key, "<absent>") != b.get(key, "<absent>"))
 
 
 # ----------------------------------------------------------------------------- files
@@ -154,8 +161,12 @@ def fsync_directory(directory: Path) -> None:
 
 
 def write_atomically(path: os.PathLike | str, data: bytes) -> None:
-    """Write `data` to `path` so that a crash leaves either the old file or the new one:
-    temporary file in the same directory, fsync, rename, fsync of the directory."""
+    """
+    Write `data` to `path` so that a crash leaves either the old file or the new one.
+
+    Write `data` to `path` so that a crash leaves either the old file or the new one:
+    temporary file in the same directory, fsync, rename, fsync of the directory.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -171,9 +182,13 @@ def write_atomically(path: os.PathLike | str, data: bytes) -> None:
 
 
 def remove_stale_temporaries(directory: Path) -> list[Path]:
-    """Delete temporary files that write_atomically (or a policy export) left behind when
+    """
+    Delete the temporary files that killed writers left behind.
+
+    Delete temporary files that write_atomically (or a policy export) left behind when
     killed mid-write; one whose writer (the pid in its name) still runs is being written
-    (e.g. by dynamics_fitter into the run's directory) and is left alone."""
+    (e.g. by dynamics_fitter into the run's directory) and is left alone.
+    """
     removed = []
     patterns = (".*.tmp", ".*.tmp.pt", ".*.tmp.json")
     for tmp in [path for pattern in patterns for path in Path(directory).glob(pattern)]:
@@ -203,7 +218,7 @@ def checkpoint_path(directory: os.PathLike | str, iteration: int) -> Path:
 
 
 def checkpoint_paths(directory: os.PathLike | str) -> list[Path]:
-    """The checkpoints in `directory`, by iteration."""
+    """List the checkpoints in `directory`, by iteration."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
@@ -215,10 +230,13 @@ def checkpoint_paths(directory: os.PathLike | str) -> list[Path]:
 
 
 def capture_rng_states() -> dict:
-    """The process-wide RNG states: numpy's legacy global generator and, when torch is
-    loaded, torch's CPU generator. The training code draws from neither (every random
-    choice has its own seeded generator); they are kept so that code which does stays
-    reproducible across a resume."""
+    """
+    Return the process-wide RNG states.
+
+    These are numpy's legacy global generator and, when torch is loaded, torch's CPU
+    generator. The training code draws from neither (every random choice has its own seeded
+    generator); they are kept so that code which does stays reproducible across a resume.
+    """
     states = {"numpy_global": np.random.get_state()}
     torch = sys.modules.get("torch")
     if torch is not None:
@@ -239,7 +257,7 @@ def restore_rng_states(states: dict) -> None:
 
 
 def encode_checkpoint(checkpoint: Checkpoint) -> bytes:
-    """The bytes of a checkpoint file (see the module docstring for the layout)."""
+    """Encode a checkpoint file's bytes (see the module docstring for the layout)."""
     payload = pickle.dumps({name: getattr(checkpoint, name) for name in (
         "iteration", "algorithm", "metrics", "rollouts_total", "elapsed_s", "seed", "experiment",
         "rng_states", "extra")}, protocol=pickle.HIGHEST_PROTOCOL)
@@ -263,7 +281,7 @@ def write_checkpoint(directory: os.PathLike | str, checkpoint: Checkpoint) -> Pa
 
 
 def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict, bytes]:
-    """The checked header and the payload bytes (whose length and checksum are checked)."""
+    """Return the checked header and the payload bytes (length and checksum checked)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -275,12 +293,13 @@ def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict, bytes]:
     if not data.startswith(CHECKPOINT_MAGIC):
         if data[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"):
             raise CheckpointError(path, f"format version 0 not supported (this mbpl_ros reads "
-                                        f"{CHECKPOINT_FORMAT}): a bare pickle from before checkpoints "
-                                        "had a header")
+                                        f"{CHECKPOINT_FORMAT}): a bare pickle from before "
+                                        "checkpoints had a header")
         raise CheckpointError(path, "not an mbpl_ros checkpoint (the file does not start with "
                                     f"{CHECKPOINT_MAGIC!r})")
     if len(data) < fixed:
-        raise CheckpointError(path, f"truncated: {len(data)} bytes, the header's length is missing")
+        raise CheckpointError(path,
+                              f"truncated: {len(data)} bytes, the header's length is missing")
     header_length, header_crc = _PREFIX.unpack_from(data, len(CHECKPOINT_MAGIC))
     header_bytes = data[fixed:fixed + header_length]
     if len(header_bytes) < header_length:
@@ -300,30 +319,37 @@ def read_checkpoint_header(path: os.PathLike | str) -> tuple[dict, bytes]:
     payload = data[fixed + header_length:]
     expected = header["payload_bytes"]
     if len(payload) < expected:
-        raise CheckpointError(path, f"truncated: the payload has {len(payload)} of {expected} bytes")
+        raise CheckpointError(path,
+                              f"truncated: the payload has {len(payload)} of {expected} bytes")
     if len(payload) > expected:
         raise CheckpointError(path, f"{len(payload) - expected} bytes after the payload's end "
                                     "(the file is corrupt)")
     if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
-        raise CheckpointError(path, "checksum mismatch: the payload's SHA-256 differs from the header's "
-                                    "(the file is corrupt)")
+        raise CheckpointError(path, "checksum mismatch: the payload's SHA-256 differs from the "
+                                    "header's (the file is corrupt)")
     return header, payload
 
 
 def read_checkpoint(path: os.PathLike | str, experiment: Optional[dict] = None) -> Checkpoint:
-    """Read and check a checkpoint. With `experiment` (experiment_identity of the run
-    that wants to continue it), a checkpoint of another experiment raises
-    CheckpointError naming the keys that differ."""
+    """
+    Read and check a checkpoint.
+
+    With `experiment` (experiment_identity of the run that wants to continue it), a
+    checkpoint of another experiment raises CheckpointError naming the keys that differ.
+    """
     path = Path(path)
     header, payload = read_checkpoint_header(path)
-    if experiment is not None and header["experiment_fingerprint"] != experiment_fingerprint(experiment):
+    if (experiment is not None
+            and header["experiment_fingerprint"] != experiment_fingerprint(experiment)):
         differences = identity_differences(header.get("experiment", {}), experiment)
-        shown = ", ".join(differences[:10]) + (f" and {len(differences) - 10} more" if len(differences) > 10 else "")
+        shown = ", ".join(differences[:10])
+        if len(differences) > 10:
+            shown += f" and {len(differences) - 10} more"
         raise CheckpointError(path, f"made for another experiment: config differs in keys {shown}")
     fields = _unpickle(path, header, payload)
     if fields.get("iteration") != header["iteration"]:
-        raise CheckpointError(path, f"the payload is iteration {fields.get('iteration')}, the header "
-                                    f"says {header['iteration']}")
+        raise CheckpointError(path, f"the payload is iteration {fields.get('iteration')}, the "
+                                    f"header says {header['iteration']}")
     return Checkpoint(**fields, path=path)
 
 
@@ -331,7 +357,8 @@ def _unpickle(path: Path, header: dict, payload: bytes) -> dict:
     try:
         fields = pickle.loads(payload)
     except Exception as error:  # a class that moved or changed between versions
-        raise CheckpointError(path, f"the payload cannot be loaded by mbpl_ros {mbpl_ros.__version__} "
+        raise CheckpointError(path, f"the payload cannot be loaded by mbpl_ros "
+                                    f"{mbpl_ros.__version__} "
                                     f"(written by {header.get('version', '?')}): "
                                     f"{type(error).__name__}: {error}") from None
     if not isinstance(fields, dict) or "algorithm" not in fields:
@@ -339,11 +366,15 @@ def _unpickle(path: Path, header: dict, payload: bytes) -> dict:
     return fields
 
 
-def latest_checkpoint(directory: os.PathLike | str, experiment: Optional[dict] = None) -> Optional[Checkpoint]:
-    """The checkpoint of the highest iteration in `directory` (checked as read_checkpoint
-    does), or None when there is none. Writes are atomic, so the newest file is a
-    complete iteration; if it is nevertheless damaged the error says so rather than
-    silently going back further."""
+def latest_checkpoint(directory: os.PathLike | str,
+                      experiment: Optional[dict] = None) -> Optional[Checkpoint]:
+    """
+    Read the checkpoint of the highest iteration in `directory`, or None if there is none.
+
+    It is checked as read_checkpoint does. Writes are atomic, so the newest file is a
+    complete iteration; if it is nevertheless damaged the error says so rather than silently
+    going back further.
+    """
     paths = checkpoint_paths(directory)
     return read_checkpoint(paths[-1], experiment) if paths else None
 
@@ -357,8 +388,12 @@ def write_metrics(path: os.PathLike | str, rows: list[dict]) -> None:
 
 
 def append_metrics_row(path: os.PathLike | str, row: dict) -> None:
-    """Append one row durably (flush + fsync). A crash mid-append can leave a partial
-    last line; resuming rewrites the file from the checkpoint, which drops it."""
+    """
+    Append one row durably (flush + fsync).
+
+    A crash mid-append can leave a partial last line; resuming rewrites the file from the
+    checkpoint, which drops it.
+    """
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
@@ -366,11 +401,12 @@ def append_metrics_row(path: os.PathLike | str, row: dict) -> None:
 
 
 def read_metrics(path: os.PathLike | str) -> list[dict]:
-    """The complete rows of a metrics file; a half-written last line is left out."""
+    """Read the complete rows of a metrics file; a half-written last line is left out."""
     rows = []
     text = Path(path).read_text() if Path(path).exists() else ""
     lines = text.split("\n")
-    for number, line in enumerate(lines[:-1], start=1):  # the part after the last "\n" is unfinished
+    # The part after the last "\n" is unfinished.
+    for number, line in enumerate(lines[:-1], start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM at the command line: stop cleanly, keep what is complete, say how to go on.
+"""
+Ctrl-C and SIGTERM at the command line: stop cleanly, keep what is complete, say how to go on.
 
 `interruptible()` turns SIGINT and SIGTERM into KeyboardInterrupt in the main thread, but
 never while the main thread is inside a module that writes a run's files (checkpoints,
@@ -40,9 +41,13 @@ def _inside_protected(frame) -> bool:
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (after
+    """
+    Defer SIGINT and SIGTERM to a KeyboardInterrupt in the main thread, within the block.
+
+    Within the block, SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (after
     any write of a run's file in progress); the previous handlers come back afterwards. A
-    signal still deferred when the block ends raises KeyboardInterrupt there."""
+    signal still deferred when the block ends raises KeyboardInterrupt there.
+    """
     pid = os.getpid()
     deferred: list = []   # signals waiting for a write to end
 
@@ -72,8 +77,11 @@ def interruptible() -> Iterator[None]:
 
 
 def resume_command(program: Sequence[str], options: Sequence[tuple]) -> str:
-    """The shell command `program` with `options` [(flag, value or None (a switch) or False
-    (left out))], quoted."""
+    """
+    Quote the shell command `program` with `options`.
+
+    `options` are [(flag, value or None (a switch) or False (left out))].
+    """
     words = list(program)
     for flag, value in options:
         if value is None:

@@ -1,4 +1,5 @@
-"""Offline training and evaluation on the PyBullet arm, no ROS: `mbpl train`, `mbpl eval`.
+"""
+Offline training and evaluation on the PyBullet arm, no ROS: `mbpl train`, `mbpl eval`.
 
 Training is mbpl_ros.training's loop (the one gps_trainer runs too) over SimSource: the
 trials run on a PyBullet arm in this process. Rollout n of condition m at iteration i
@@ -53,8 +54,11 @@ MeanPolicy = Callable[[np.ndarray], np.ndarray]
 
 
 class PolicySampler:
-    """The MDGPS policy as a rollout sampler, the interface of LinearGaussianController:
-    act(t, x (dX,), noise (dU,)) = μ_θ(x) + L noise, L Lᵀ = covariance (dU, dU)."""
+    """
+    The MDGPS policy as a rollout sampler, with the interface of LinearGaussianController.
+
+    act(t, x (dX,), noise (dU,)) = μ_θ(x) + L noise, L Lᵀ = covariance (dU, dU).
+    """
 
     def __init__(self, policy, covariance: np.ndarray) -> None:
         self.policy = policy
@@ -68,9 +72,13 @@ class PolicySampler:
 def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanPolicy,
                     initial_positions: np.ndarray, targets: np.ndarray,
                     cost=None) -> tuple[list[float], Optional[list[float]]]:
-    """Noise-free runs of one state-feedback policy from initial joint angles (K, J) with
+    """
+    Run one state-feedback policy noise-free from each initial condition.
+
+    Noise-free runs of one state-feedback policy from initial joint angles (K, J) with
     targets (K, 3), T = config.T steps each: final distances (K,) and, given a cost,
-    total costs (K,)."""
+    total costs (K,).
+    """
     layout = config.layout
     distances, costs = [], []
     for q0, target in zip(np.asarray(initial_positions, float), np.asarray(targets, float)):
@@ -85,14 +93,16 @@ def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanPolicy,
 
 
 class SimSource:
-    """The training loop's trials on a PyBullet arm in this process (`mbpl train`).
+    """
+    The training loop's trials on a PyBullet arm in this process (`mbpl train`).
 
     A controller trial runs the published controllers (C-contiguous, as lqr_controller
     gets them); a policy trial the exported policy.pt, loaded as lqr_controller loads it,
     with noise through the Cholesky factor of its action covariance (PolicySampler), so
     both sources compute the same actions. Every command goes through lqr_controller's
     joint-limit guard (core.safety, its default margin and damping), as on the robot.
-    Dynamics are left to the algorithm."""
+    Dynamics are left to the algorithm.
+    """
 
     def __init__(self, config: ExperimentConfig, gui: bool = False) -> None:
         from mbpl_ros.core import safety
@@ -166,8 +176,12 @@ class SimSource:
 
 
 class RecordedSource(SimSource):
-    """SimSource whose sample trials return the rollouts of a recording instead (refit):
-    batches[i - 1] (Rollouts, condition-major) for iteration i."""
+    """
+    A SimSource whose sample trials return the rollouts of a recording instead (refit).
+
+    SimSource whose sample trials return the rollouts of a recording instead (refit):
+    batches[i - 1] (Rollouts, condition-major) for iteration i.
+    """
 
     def __init__(self, config: ExperimentConfig, batches: Sequence[Rollouts]) -> None:
         super().__init__(config)
@@ -184,9 +198,13 @@ class RecordedSource(SimSource):
 
 
 def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[list[float], float]:
-    """Noise-free trials of each condition's controller (M,) on the arm, as the training
+    """
+    Run each condition's controller noise-free on the arm, as the training loop evaluates.
+
+    Noise-free trials of each condition's controller (M,) on the arm, as the training
     loop's evaluation runs them (SimSource: the same guard and clamp): final distances (M,)
-    and the mean total cost."""
+    and the mean total cost.
+    """
     layout, M = config.layout, len(config.conditions)
     source = SimSource(config)
     try:
@@ -205,27 +223,32 @@ def evaluate_controllers(config: ExperimentConfig, controllers, cost) -> tuple[l
 
 def recorded_iterations(recording, config: ExperimentConfig,
                         log: Optional[TextIO] = None) -> list[tuple[int, Rollouts]]:
-    """The sample rollouts of a recording (mbpl_ros.recording.Recording) as one batch per
-    iteration, [(iteration, Rollouts (M·N, T, dX))], each in condition-major order as
-    collect_rollouts draws them. States are rebuilt from the joint states with
-    JointStateToState (as the sim and the sample_collector build them); U is the
-    applied effort. A last iteration with fewer rollouts than
-    config.rollouts_per_condition per condition (a run stopped during it) is left out;
-    an earlier one is a ValueError, as is a recording of another robot or T."""
+    """
+    Read the sample rollouts of a recording as one batch per iteration.
+
+    The recording is an mbpl_ros.recording.Recording; the batches are [(iteration, Rollouts
+    (M·N, T, dX))], each in condition-major order as collect_rollouts draws them. States are
+    rebuilt from the joint states with JointStateToState (as the sim and the
+    sample_collector build them); U is the applied effort. A last iteration with fewer
+    rollouts than config.rollouts_per_condition per condition (a run stopped during it) is
+    left out; an earlier one is a ValueError, as is a recording of another robot or T.
+    """
     layout, M, N = config.layout, len(config.conditions), config.rollouts_per_condition
     joint_names = list(config.robot_spec.joint_names)
     recorded_joints = recording.run_info.get("joint_names")
     if recorded_joints is not None and list(recorded_joints) != joint_names:
-        raise ValueError(f"the recording's joints {recorded_joints} are not {config.robot}'s {joint_names}")
+        raise ValueError(f"the recording's joints {recorded_joints} are not {config.robot}'s "
+                         f"{joint_names}")
     samples = [r for r in recording.rollouts if r.purpose == "sample"]
     by_iteration: dict[int, list] = {}
     for rollout in samples:
         if rollout.T != config.T:
-            raise ValueError(f"recorded rollout (iteration {rollout.iteration}, condition {rollout.condition}) "
-                             f"has T={rollout.T}; the experiment has T={config.T}")
+            raise ValueError(f"recorded rollout (iteration {rollout.iteration}, condition "
+                             f"{rollout.condition}) has T={rollout.T}; the experiment has "
+                             f"T={config.T}")
         if not 0 <= rollout.condition < M:
-            raise ValueError(f"recorded rollout of condition {rollout.condition}; the experiment has "
-                             f"conditions 0 .. {M - 1}")
+            raise ValueError(f"recorded rollout of condition {rollout.condition}; the experiment "
+                             f"has conditions 0 .. {M - 1}")
         by_iteration.setdefault(rollout.iteration, []).append(rollout)
     batches = []
     with JointStateToState(config.robot, layout) as to_state:
@@ -235,12 +258,14 @@ def recorded_iterations(recording, config: ExperimentConfig,
             counts = np.bincount([r.condition for r in rollouts], minlength=M)
             if np.any(counts != N):
                 if iteration == iterations[-1]:
-                    print(f"refit: iteration {iteration} of the recording is incomplete (rollouts per "
-                          f"condition {counts.tolist()}, expected {N}); left out", file=log or sys.stderr, flush=True)
+                    print(f"refit: iteration {iteration} of the recording is incomplete "
+                          f"(rollouts per condition {counts.tolist()}, expected {N}); left out",
+                          file=log or sys.stderr, flush=True)
                     break
-                raise ValueError(f"iteration {iteration} of the recording has rollouts per condition "
-                                 f"{counts.tolist()}, expected {N} each")
-            X = np.stack([np.stack([to_state(q, qd, r.target) for q, qd in zip(r.positions, r.velocities)])
+                raise ValueError(f"iteration {iteration} of the recording has rollouts per "
+                                 f"condition {counts.tolist()}, expected {N} each")
+            X = np.stack([np.stack([to_state(q, qd, r.target)
+                                    for q, qd in zip(r.positions, r.velocities)])
                           for r in rollouts])
             U = np.stack([r.efforts for r in rollouts])
             batches.append((iteration, Rollouts(X, U, np.array([r.condition for r in rollouts]))))
@@ -252,8 +277,12 @@ def recorded_iterations(recording, config: ExperimentConfig,
 
 @dataclass
 class TrainingRun:
-    """One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`:
-    mbpl_ros.training.TrainingLoop over SimSource (see there for the files it writes)."""
+    """
+    One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`.
+
+    One offline run of config.algorithm (lqr_flm or mdgps) writing into `output`:
+    mbpl_ros.training.TrainingLoop over SimSource (see there for the files it writes).
+    """
 
     config: ExperimentConfig
     output: Path
@@ -275,30 +304,40 @@ class TrainingRun:
         return experiment_identity(self.config, self.seed)
 
     def run(self, iterations: int, *, resume: bool = False) -> list[dict]:
-        """Train for `iterations` iterations. With resume, continue from the newest
-        checkpoint in `output` (CheckpointError if it is damaged or of another
-        experiment; a fresh start if there is none)."""
+        """
+        Train for `iterations` iterations.
+
+        With resume, continue from the newest checkpoint in `output` (CheckpointError if it is
+        damaged or of another experiment; a fresh start if there is none).
+        """
         return self._train(SimSource(self.config, gui=self.gui), iterations, resume=resume,
                            record=self.record)
 
     def refit(self, recording_path: str | Path) -> list[dict]:
-        """Re-run the updates on the rollouts of a recording instead of drawing new ones:
+        """
+        Re-run the updates on the rollouts of a recording instead of drawing new ones.
+
+        Re-run the updates on the rollouts of a recording instead of drawing new ones:
         iteration i's update gets the recording's iteration-i rollouts (recorded_iterations).
         The new controllers are measured in simulation as in `run`. Replaying a run's own
-        recording with the same experiment reproduces its controllers and metrics."""
+        recording with the same experiment reproduces its controllers and metrics.
+        """
         from mbpl_ros.recording import read_recording
 
         recording = read_recording(recording_path)
         if recording.problem:
             print(f"refit: {recording_path}: {recording.problem}", file=self.log, flush=True)
         stored = recording.run_info.get("experiment")
-        if stored is not None and experiment_fingerprint(stored) != experiment_fingerprint(self.experiment):
+        if (stored is not None
+                and experiment_fingerprint(stored) != experiment_fingerprint(self.experiment)):
             keys = identity_differences(stored, self.experiment)
-            print(f"refit: the recording was made with a different experiment (keys {', '.join(keys[:10])}); "
-                  "its rollouts are used as they are", file=self.log, flush=True)
+            print(f"refit: the recording was made with a different experiment (keys "
+                  f"{', '.join(keys[:10])}); its rollouts are used as they are",
+                  file=self.log, flush=True)
         batches = recorded_iterations(recording, self.config, self.log)
         if not batches:
-            raise ValueError(f"{recording_path}: no complete iteration of sample rollouts to refit from")
+            raise ValueError(
+                f"{recording_path}: no complete iteration of sample rollouts to refit from")
         source = RecordedSource(self.config, [batch for _, batch in batches])
         return self._train(source, len(batches), resume=False, record=False)
 
@@ -321,7 +360,10 @@ class TrainingRun:
 def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
                         min_separation: float = HELD_OUT_MIN_SEPARATION_RAD
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """`count` initial joint angles (count, J) drawn uniformly from the box spanned by the
+    """
+    Draw `count` held-out initial joint angles (count, J) and their targets (count, 3).
+
+    `count` initial joint angles (count, J) drawn uniformly from the box spanned by the
     training conditions' initial joint angles (per joint, from the smallest to the
     largest), each at least `min_separation` rad (Euclidean) from every training start,
     and their targets (count, 3).
@@ -354,8 +396,8 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
             if len(chosen) == count:
                 break
     else:
-        raise ValueError(f"could not draw {count} held-out conditions at least {min_separation} rad "
-                         "from every training condition; the training starts fill their box")
+        raise ValueError(f"could not draw {count} held-out conditions at least {min_separation} "
+                         "rad from every training condition; the training starts fill their box")
     held_out = np.stack(chosen)
     nearest = np.argmin(np.linalg.norm(held_out[:, None] - starts[None], axis=2), axis=1)
     return held_out, targets[nearest]
@@ -364,11 +406,15 @@ def held_out_conditions(config: ExperimentConfig, count: int, seed: int,
 def held_out_targets(config: ExperimentConfig, count: int, seed: int,
                      min_separation: float = HELD_OUT_MIN_SEPARATION_M
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """For training conditions that share their start and differ in their targets (the
+    """
+    Draw held-out targets for training conditions that share their start.
+
+    For training conditions that share their start and differ in their targets (the
     hole moves, the arm starts where it always does): that start (count, J) and `count`
     targets (count, 3) drawn uniformly from the box the training targets span (per axis,
     smallest to largest; an axis on which they agree keeps its value), each at least
-    `min_separation` m from every training target."""
+    `min_separation` m from every training target.
+    """
     if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
         raise ValueError(f"count must be a positive integer, got {count!r}")
     starts = np.array([c.initial_positions for c in config.conditions], float)   # (M, J)
@@ -388,9 +434,13 @@ def held_out_targets(config: ExperimentConfig, count: int, seed: int,
     return np.repeat(starts[:1], count, axis=0), np.stack(chosen)
 
 
-def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, count: int, seed: int,
+def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, count: int,
+                             seed: int,
                              success_distance_m: float | None = None) -> dict[str, Any]:
-    """Run the exported policy at `policy_path` noise-free from `count` held-out initial
+    """
+    Run the exported policy at `policy_path` noise-free from `count` held-out conditions.
+
+    Run the exported policy at `policy_path` noise-free from `count` held-out initial
     conditions (held_out_conditions(config, count, seed): held-out starts, or held-out
     targets where only the targets vary) for config.T steps.
 
@@ -402,7 +452,8 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
 
     policy = load_exported_policy(policy_path)
     check_policy_matches(policy, config, policy_path)
-    threshold = config.success_distance_m if success_distance_m is None else float(success_distance_m)
+    threshold = (config.success_distance_m if success_distance_m is None
+                 else float(success_distance_m))
     if not threshold > 0:
         raise ValueError(f"success_distance_m must be > 0, got {threshold!r}")
     starts, targets = held_out_conditions(config, count, seed)
@@ -414,7 +465,8 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
         "success_distance_m": threshold, "success_rate": float(np.mean(success)),
         "successes": int(sum(success)), "conditions": len(distances),
         "distances_m": distances, "mean_distance_m": float(np.mean(distances)),
-        "median_distance_m": float(np.median(distances)), "max_distance_m": float(np.max(distances)),
+        "median_distance_m": float(np.median(distances)),
+        "max_distance_m": float(np.max(distances)),
         "held_out": [{"initial_positions": q.tolist(), "target": g.tolist(), "final_distance_m": d,
                       "success": s} for q, g, d, s in zip(starts, targets, distances, success)],
     }

@@ -1,4 +1,5 @@
-"""Live progress of a training run: its phase, its trials, and how long until the end.
+"""
+Live progress of a training run: its phase, its trials, and how long until the end.
 
 The training loop tells a ProgressTracker when an iteration starts, when its phase changes
 and when a trial ends; the tracker hands a Progress to a callback (gps_trainer publishes it
@@ -20,9 +21,13 @@ PHASES = ("starting", "sampling", "fitting", "updating", "evaluating", "paused",
 
 @dataclass
 class Progress:
-    """Where a run is: iteration of iterations, the phase, trials done of the iteration's,
+    """
+    Where a run is, for the progress line.
+
+    Where a run is: iteration of iterations, the phase, trials done of the iteration's,
     rollouts and env steps so far, the last evaluation, and the seconds left (None: not
-    known yet)."""
+    known yet).
+    """
 
     iteration: int
     iterations: int
@@ -61,7 +66,7 @@ class ProgressTracker:
         self._iteration_start = self._last_trial = self._last_line = clock()
 
     def start_iteration(self, iteration: int, trials: int) -> None:
-        """Iteration `iteration` begins; it will run `trials` trials (samples and evaluations)."""
+        """Begin iteration `iteration`; it will run `trials` trials (samples and evaluations)."""
         now = self.clock()
         p = self.progress
         p.iteration, p.trials_done, p.trials_in_iteration = iteration, 0, trials
@@ -69,7 +74,7 @@ class ProgressTracker:
         self.phase("sampling" if iteration > 0 else "evaluating")
 
     def add_trials(self, count: int) -> None:
-        """The iteration runs `count` trials more (a batch drawn again)."""
+        """Add `count` trials more to the iteration (a batch drawn again)."""
         self.progress.trials_in_iteration += count
 
     def phase(self, name: str) -> None:
@@ -90,7 +95,7 @@ class ProgressTracker:
         self._emit()
 
     def iteration_done(self, row: dict) -> None:
-        """The iteration's metrics row is committed."""
+        """Mark the iteration's metrics row as committed."""
         now = self.clock()
         if row["iteration"] > 0:
             self._iteration_times.append(now - self._iteration_start)
@@ -104,8 +109,11 @@ class ProgressTracker:
             self.phase("done")
 
     def iteration_eta_s(self) -> Optional[float]:
-        """Seconds until the current iteration's trials are done (its remaining trials at
-        the mean trial time), or None before anything was timed."""
+        """
+        Estimate the seconds until the current iteration's trials are done.
+
+        That is its remaining trials at the mean trial time, or None before anything was timed.
+        """
         p = self.progress
         if self._trials == 0:
             return None
@@ -125,8 +133,11 @@ class ProgressTracker:
         return left if p.phase != "done" else 0.0
 
     def _emit(self, line: Optional[bool] = None) -> None:
-        """Report; and say a line when `line` is True, or when it is None and interval_s
-        has passed since the last one."""
+        """
+        Report; say a line when `line` is True, or when None and interval_s has passed.
+
+        interval_s counts from the last line said.
+        """
         p = self.progress
         p.eta_s = self.eta_s()
         if self.report is not None:

@@ -1,4 +1,7 @@
-"""A run directory as the commands after training see it: what experiment it belongs to,
+"""
+Read a run directory as the commands after training see it.
+
+A run directory as the commands after training see it: what experiment it belongs to,
 which checkpoint holds which controllers, and what a file handed to them really is.
 
 `mbpl train` and `mbpl sim` write RUN/run.json (the experiment file's absolute path and the
@@ -36,8 +39,12 @@ MCAP_MAGIC = b"\x89MCAP0\r\n"
 
 
 class RunError(ValueError):
-    """A run directory or a file given for one cannot be used; the message says what it is
-    and what was expected."""
+    """
+    A run directory, or a file given for one, cannot be used.
+
+    A run directory or a file given for one cannot be used; the message says what it is
+    and what was expected.
+    """
 
 
 def default_output(experiment_path: str | os.PathLike, prefix: str = "") -> Path:
@@ -46,7 +53,7 @@ def default_output(experiment_path: str | os.PathLike, prefix: str = "") -> Path
 
 
 def existing_run(output: Path) -> Optional[str]:
-    """What in `output` shows that a run was started there (None if nothing)."""
+    """Say what in `output` shows that a run was started there (None if nothing)."""
     checkpoints = checkpoint_paths(output)
     if checkpoints:
         return checkpoints[-1].name
@@ -84,7 +91,7 @@ def read_run_description(run: Path) -> Optional[dict]:
 
 
 def describe_file(path: str | os.PathLike) -> str:
-    """What `path` is, in a few words (for a message about a file given in the wrong place)."""
+    """Say what `path` is, in a few words (for a message about a file in the wrong place)."""
     path = Path(path)
     if not path.exists():
         return "missing (no such file or directory)"
@@ -129,7 +136,7 @@ def describe_file(path: str | os.PathLike) -> str:
 
 
 def run_config(run: Path, config_path: Optional[str | os.PathLike] = None) -> ExperimentConfig:
-    """The experiment of the run in `run`: `config_path` if given, else the one run.json names."""
+    """Load the experiment of `run`: `config_path` if given, else the one run.json names."""
     run = Path(run)
     if not run.is_dir():
         raise RunError(
@@ -155,9 +162,13 @@ def run_config(run: Path, config_path: Optional[str | os.PathLike] = None) -> Ex
 def run_checkpoint(
     run: Path, config: ExperimentConfig, iteration: Optional[int] = None
 ) -> tuple[Checkpoint, ExperimentConfig]:
-    """The checkpoint of `iteration` (default: the newest) in `run`, checked against the
-    experiment, and the experiment as the run used it (its algorithm, e.g. a --algorithm
-    override). RunError naming what is there otherwise."""
+    """
+    Load the checkpoint of `iteration` (default: the newest) in `run`.
+
+    It is checked against the experiment, and returned with the experiment as the run used
+    it (its algorithm, e.g. a --algorithm override). RunError naming what is there
+    otherwise.
+    """
     run = Path(run)
     paths = checkpoint_paths(run)
     if not paths:

@@ -1,4 +1,7 @@
-"""`mbpl sim`: the whole ROS node graph — sim_robot and the four learning nodes — in one
+"""
+`mbpl sim`: run the whole ROS node graph in one process, learning on the simulated arm.
+
+`mbpl sim`: the whole ROS node graph — sim_robot and the four learning nodes — in one
 process, learning on the simulated arm over real DDS, with the same outputs as `mbpl train`
 (metrics.jsonl, checkpoints, learning_curve.png).
 
@@ -28,24 +31,29 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True,
-                        help="ros__parameters YAML of the graph, e.g. config/sim_reacher_2link.yaml")
+                        help="ros__parameters YAML of the graph, "
+                             "e.g. config/sim_reacher_2link.yaml")
     parser.add_argument("--iterations", type=int, default=None,
-                        help="learning iterations (default: gps_trainer's parameter, else the experiment's)")
+                        help="learning iterations (default: gps_trainer's parameter, else the "
+                             "experiment's)")
     parser.add_argument("--output", default=None,
                         help="output directory (default: gps_trainer's output_dir in --config, or "
                              "with --experiment runs/sim_<the experiment's name>)")
-    parser.add_argument("--seed", type=int, default=None, help="noise seed (default: the experiment's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="noise seed (default: the experiment's)")
     start = parser.add_mutually_exclusive_group()
     start.add_argument("--resume", action="store_true",
                        help="continue the run in the output directory from its newest checkpoint")
     start.add_argument("--overwrite", action="store_true",
-                       help="start over in an output directory that holds a run (its checkpoints are deleted)")
+                       help="start over in an output directory that holds a run (its "
+                            "checkpoints are deleted)")
     parser.add_argument("--allow-incomplete-recording", action="store_true",
                         help="with --resume: continue even if rollouts.mcap lacks rollouts of the "
                              "completed iterations (the recording is then marked incomplete)")
     parser.add_argument("--experiment", default=None,
-                        help="experiment YAML for every node, replacing the file's experiment_config "
-                             "(e.g. config/panda_reach.yaml); the default output is then "
+                        help="experiment YAML for every node, replacing the file's "
+                             "experiment_config (e.g. config/panda_reach.yaml); the default "
+                             "output is then "
                              "runs/sim_<its name>")
     parser.add_argument("--gui", action="store_true",
                         help="show the simulated arm in the PyBullet window (sim_robot's gui "
@@ -56,9 +64,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`mbpl sim`: check the arguments (nothing is written before), run the graph; a stop by
+    """
+    `mbpl sim`: check the arguments, then run the graph.
+
+    `mbpl sim`: check the arguments (nothing is written before), run the graph; a stop by
     SIGINT/SIGTERM ends the current trial (lqr_controller sends its fallback), keeps the
-    complete iterations and prints the command that resumes the run (exit status 130)."""
+    complete iterations and prints the command that resumes the run (exit status 130).
+    """
     from mbpl_ros.config import ConfigError, check_output_directory
     from mbpl_ros.dds import use_loopback_only
     from mbpl_ros.experiment import load_experiment
@@ -139,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"mbpl sim: {error}", file=sys.stderr)
         return 1
     last = metrics[-1]
-    print(f"done: final distances (cm) {' '.join(f'{100 * d:.2f}' for d in last['final_distance_m'])} after "
+    distances = " ".join(f"{100 * d:.2f}" for d in last["final_distance_m"])
+    print(f"done: final distances (cm) {distances} after "
           f"{last['iteration']} iterations, {last['rollouts']} rollouts; results in {output}")
     return 0
 
@@ -159,12 +172,16 @@ class GraphInterrupted(GraphError):
 def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = None,
               log: Optional[TextIO] = None, timeout_s: Optional[float] = None,
               only: Optional[List[str]] = None) -> List[dict]:
-    """Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
+    """
+    Run the node graph in this process until gps_trainer finishes; return its metrics rows.
+
+    Start every node of graph.nodes(with_sim=True) with its parameters from `params_file`
     (plus `overrides`: node name -> {parameter: value}), run until gps_trainer finishes, then
     destroy the nodes and shut the context down; the trainer's progress lines go to `log`
     (None: nowhere). Returns the trainer's metrics rows;
     GraphError on a bad parameter, a training error or `timeout_s` passing. only: start
-    just these nodes (the rest run elsewhere, e.g. robots in their own processes)."""
+    just these nodes (the rest run elsewhere, e.g. robots in their own processes).
+    """
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -180,9 +197,11 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
     specs = [spec for spec in graph.nodes(with_sim=True) if only is None or spec.name in only]
     unknown = sorted(set(overrides) - {spec.name for spec in specs})
     if unknown:
-        raise GraphError(f"overrides for unknown nodes {unknown}; nodes: {[spec.name for spec in specs]}")
+        raise GraphError(f"overrides for unknown nodes {unknown}; "
+                         f"nodes: {[spec.name for spec in specs]}")
     try:
-        parameters = {spec.name: {**graph.parameter_overrides(params_file, spec.name), **overrides.get(spec.name, {})}
+        parameters = {spec.name: {**graph.parameter_overrides(params_file, spec.name),
+                                  **overrides.get(spec.name, {})}
                       for spec in specs}
     except ValueError as error:
         raise GraphError(str(error)) from None
@@ -205,8 +224,10 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
                 node_class = graph.load_node_class(spec)
                 kwargs = {"log": log} if spec.name == "gps_trainer" else {}
                 try:
-                    node = node_class(context=context, parameter_overrides=graph.as_rclpy_parameters(
-                        parameters[spec.name]), **kwargs)
+                    node = node_class(
+                        context=context,
+                        parameter_overrides=graph.as_rclpy_parameters(parameters[spec.name]),
+                        **kwargs)
                 except (NodeParameterError, SimRobotParameterError, ConfigError) as error:
                     raise GraphError(f"{spec.name} cannot start: {error}") from None
                 nodes.append(node)
@@ -214,7 +235,8 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
                     trainer = node
                 executor = SingleThreadedExecutor(context=context)
                 executor.add_node(node)
-                thread = threading.Thread(target=executor.spin, name=f"spin {spec.name}", daemon=True)
+                thread = threading.Thread(target=executor.spin, name=f"spin {spec.name}",
+                                          daemon=True)
                 thread.start()
                 executors.append(executor), threads.append(thread)
             if trainer is None:
@@ -235,8 +257,12 @@ def run_graph(params_file: str | Path, overrides: Optional[Dict[str, dict]] = No
 
 
 def shut_down(executors, threads, nodes, context) -> None:
-    """Stop the executors and their spin threads, destroy the nodes (last started first)
-    and shut the context down."""
+    """
+    Stop the executors and their spin threads, destroy the nodes, shut the context down.
+
+    Stop the executors and their spin threads, destroy the nodes (last started first)
+    and shut the context down.
+    """
     import rclpy
 
     for executor in executors:
@@ -249,9 +275,12 @@ def shut_down(executors, threads, nodes, context) -> None:
 
 
 def _check_one_experiment(params_file: Path, parameters: Dict[str, dict]) -> None:
-    """GraphError unless every node runs the same experiment (and sim_robot its robot): a
-    graph whose nodes disagree cannot learn. Names the file, the node, the key and what is
-    allowed."""
+    """
+    Raise GraphError unless every node runs the same experiment (and sim_robot its robot).
+
+    A graph whose nodes disagree cannot learn. Names the file, the node, the key and what is
+    allowed.
+    """
     from mbpl_ros.config import ConfigError
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.nodes.common import NodeParameterError, resolve_experiment_path

@@ -1,4 +1,5 @@
-"""The training loop of `mbpl train` and of the ROS gps_trainer: one loop, two rollout sources.
+"""
+The training loop of `mbpl train` and of the ROS gps_trainer: one loop, two rollout sources.
 
 A run of config.algorithm (lqr_flm or mdgps) writes into its output directory:
 metrics.jsonl, checkpoint_<i>.pkl, learning_curve.png, rollouts.mcap (when recording) and,
@@ -66,8 +67,12 @@ BATCH_ATTEMPTS = 3
 
 
 class UnusableBatch(RuntimeError):
-    """An iteration's batch gave no usable dynamics or update (a source raises it when the
-    dynamics of a batch never come); the loop draws the batch again with fresh noise."""
+    """
+    An iteration's batch gave no usable dynamics or update; the loop draws it again.
+
+    An iteration's batch gave no usable dynamics or update (a source raises it when the
+    dynamics of a batch never come); the loop draws the batch again with fresh noise.
+    """
 
 
 # --------------------------------------------------------------------------- trials
@@ -75,9 +80,13 @@ class UnusableBatch(RuntimeError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One trial for a source to run: `executor` ("controller": condition m's controller of
+    """
+    One trial for a source to run.
+
+    One trial for a source to run: `executor` ("controller": condition m's controller of
     `version`; "policy": the policy after `version` updates) from condition m's start,
-    exploring with `noise` (T, dU) (zeros: noise-free). purpose: "sample" or "evaluation"."""
+    exploring with `noise` (T, dU) (zeros: noise-free). purpose: "sample" or "evaluation".
+    """
 
     iteration: int
     condition: int
@@ -90,8 +99,12 @@ class Trial:
 
 @dataclass
 class TrialResult:
-    """A trial's rollout: states X (T, dX), applied efforts U (T, dU), commanded actions
-    commands (T, dU) (U where the source does not know them), and the source's trial id."""
+    """
+    A trial's rollout: states, applied efforts, commanded actions and the trial id.
+
+    A trial's rollout: states X (T, dX), applied efforts U (T, dU), commanded actions
+    commands (T, dU) (U where the source does not know them), and the source's trial id.
+    """
 
     trial: Trial
     X: np.ndarray
@@ -112,18 +125,26 @@ class RolloutSource(Protocol):
 
     def publish(self, controllers: Sequence[LinearGaussianController], version: int,
                 policy_path: Optional[Path]) -> None:
-        """Make controllers (M,) of `version` (and the exported policy at policy_path) the
-        ones that trials of that version run."""
+        """
+        Make controllers (M,) of `version` the ones that trials of that version run.
+
+        Make controllers (M,) of `version` (and the exported policy at policy_path) the
+        ones that trials of that version run.
+        """
 
     def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
         """Run `trials`; results in the order of `trials`, each passed to on_trial as it ends."""
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> Optional[list]:
-        """Each condition's dynamics (M,) fitted elsewhere to the sample `results` of
-        `version`, or None: the algorithm fits them."""
+        """
+        Return each condition's dynamics (M,) fitted elsewhere, or None.
+
+        Each condition's dynamics (M,) fitted elsewhere to the sample `results` of
+        `version`, or None: the algorithm fits them.
+        """
 
     def state(self) -> dict:
-        """What the source needs to continue a run (kept in the checkpoint's extra)."""
+        """Return what the source needs to continue a run (kept in the checkpoint's extra)."""
 
 
 # --------------------------------------------------------------------------- the output directory
@@ -135,8 +156,12 @@ class OutputInUse(RuntimeError):
 
 def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: str = "--resume",
                  overwrite_hint: str = "--overwrite") -> None:
-    """The rule for an output directory that holds a run: continued with resume, started
-    over with overwrite, else OutputInUse naming what was found and the two hints."""
+    """
+    Apply the rule for an output directory that holds a run.
+
+    It is continued with resume, started over with overwrite, else OutputInUse names what
+    was found and the two hints.
+    """
     found = existing_run(output)
     if found is not None and not (resume or overwrite):
         raise OutputInUse(f"{output} already holds a run ({found}); {resume_hint} to continue it, "
@@ -147,15 +172,19 @@ def claim_output(output: Path, *, resume: bool, overwrite: bool, resume_hint: st
 
 
 def contiguous(controller: LinearGaussianController) -> LinearGaussianController:
-    """The controller with C-contiguous arrays, as lqr_controller receives it: K_t x rounds
-    differently for a strided K_t (from_covar keeps np.broadcast_to's odd strides), and every
-    source must run controllers that act exactly like the ones on the robot."""
+    """
+    Return the controller with C-contiguous arrays, as lqr_controller receives it.
+
+    K_t x rounds differently for a strided K_t (from_covar keeps np.broadcast_to's odd
+    strides), and every source must run controllers that act exactly like the ones on the
+    robot.
+    """
     return LinearGaussianController(**{name: np.ascontiguousarray(getattr(controller, name))
                                        for name in ("K", "k", "covar", "chol", "inv_covar")})
 
 
 def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
-    """The `mbpl_run` description of a recording made by a run of `config` with `seed`."""
+    """Describe (`mbpl_run`) a recording made by a run of `config` with `seed`."""
     identity = experiment_identity(config, seed)
     return {"robot": config.robot, "joint_names": list(config.robot_spec.joint_names),
             "T": config.T, "control_dt": config.control_dt,
@@ -166,9 +195,13 @@ def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
 
 def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, output: Path,
                   iteration: int, seed: int) -> Path:
-    """policy.pt (TorchScript) and policy.json into `output`, each replaced atomically (written
+    """
+    Export the policy: policy.pt (TorchScript) and policy.json into `output`.
+
+    policy.pt (TorchScript) and policy.json into `output`, each replaced atomically (written
     beside, then renamed: the module last, so a reader never pairs a new module with an old
-    description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling."""
+    description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling.
+    """
     from mbpl_ros.core.policy import export_torchscript
 
     output = Path(output)
@@ -192,9 +225,13 @@ def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, outp
 
 
 def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
-    """ValueError naming `path`, the key and what is allowed when an exported policy (as
+    """
+    Raise a ValueError unless an exported policy fits config's robot.
+
+    The error names `path`, the key and what is allowed when an exported policy (as
     core.policy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
-    joint_names (the command order) and state_layout must be the experiment's."""
+    joint_names (the command order) and state_layout must be the experiment's.
+    """
     layout, joints = config.layout, list(config.robot_spec.joint_names)
     if (policy.dX, policy.dU) != (layout.dX, layout.dU):
         raise ValueError(f"{path}: keys dX, dU are {policy.dX}, {policy.dU}; allowed: "
@@ -211,8 +248,12 @@ def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
 
 
 def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: float) -> None:
-    """Cost and final distance (one line per condition) against iteration; for MDGPS the
-    policy's cost and distances too (dashed)."""
+    """
+    Plot cost and final distance (one line per condition) against iteration.
+
+    Cost and final distance (one line per condition) against iteration; for MDGPS the
+    policy's cost and distances too (dashed).
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -245,9 +286,10 @@ def plot_learning_curve(metrics: list[dict], path: Path, success_distance_m: flo
 
 
 def progress_line(row: dict, success_distance_m: float) -> str:
-    """The one-line summary of a metrics row."""
+    """Summarise a metrics row in one line."""
     distances = row["final_distance_m"]
     reached = sum(d < success_distance_m for d in distances)
+
     def cm(values):
         return " ".join(f"{100 * d:6.2f}" for d in values)
     line = (f"iteration {row['iteration']:3d} | rollouts {row['rollouts']:4d} | "
@@ -264,7 +306,8 @@ def progress_line(row: dict, success_distance_m: float) -> str:
 
 @dataclass
 class TrainingLoop:
-    """One run of config.algorithm with `seed` over `source`, writing into `output`.
+    """
+    One run of config.algorithm with `seed` over `source`, writing into `output`.
 
     record: append every sample rollout to rollouts.mcap as it arrives; a resume refuses a
     recording that lacks rollouts the checkpoint covers, unless allow_incomplete_recording
@@ -306,12 +349,15 @@ class TrainingLoop:
         return experiment_identity(self.config, self.seed)
 
     def checkpoint_to_resume(self) -> Optional[Checkpoint]:
-        """The newest checkpoint in output, checked against this experiment (CheckpointError
-        naming the file and the keys that differ); None when there is none."""
+        """
+        Read the newest checkpoint in output, checked against this experiment.
+
+        CheckpointError names the file and the keys that differ; None when there is none.
+        """
         return latest_checkpoint(self.output, self.experiment)
 
     def build_algorithm(self):
-        """A fresh LqrFlm or Mdgps from the experiment's initial controllers (C-contiguous)."""
+        """Make a fresh LqrFlm or Mdgps from the initial controllers (made C-contiguous)."""
         from mbpl_ros.core.lqr_flm import LqrFlm
         from mbpl_ros.sim.arm import Arm
 
@@ -326,9 +372,13 @@ class TrainingLoop:
         return Mdgps(cost, initial, config.mdgps_settings(self.seed), config.lqr_flm_settings())
 
     def run(self, iterations: int, *, checkpoint: Optional[Checkpoint] = None) -> list[dict]:
-        """Train through iteration `iterations`: from `checkpoint` (see checkpoint_to_resume)
+        """
+        Train through iteration `iterations` and return the metrics rows.
+
+        Train through iteration `iterations`: from `checkpoint` (see checkpoint_to_resume)
         or, without one, from the beginning (this directory's old checkpoints are deleted:
-        claim_output decides beforehand whether that is allowed). Returns the metrics rows."""
+        claim_output decides beforehand whether that is allowed). Returns the metrics rows.
+        """
         from mbpl_ros.recording import RolloutRecorder
 
         config, output = self.config, self.output
@@ -404,12 +454,15 @@ class TrainingLoop:
     # ------------------------------------------------------------------ steps
 
     def _accepted_update(self, iteration: int, recorder):
-        """Draw the iteration's samples and update on them: (samples, batch, report). A batch
-        whose dynamics the source could not fit (UnusableBatch), whose update fails
-        (TrajectoryOptimizationError) or gives controllers not to be used (core.sanity:
-        non-finite or absurd numbers) is drawn again
-        with fresh noise, from the algorithm as it was before, up to BATCH_ATTEMPTS times;
-        then UnusableBatch. Only the accepted batch's rollouts are recorded."""
+        """
+        Draw the iteration's samples and update on them: (samples, batch, report).
+
+        A batch whose dynamics the source could not fit (UnusableBatch), whose update fails
+        (TrajectoryOptimizationError) or gives controllers not to be used (core.sanity: non-finite
+        or absurd numbers) is drawn again with fresh noise, from the algorithm as it was before, up
+        to BATCH_ATTEMPTS times; then UnusableBatch. Only the accepted batch's rollouts are
+        recorded.
+        """
         from mbpl_ros.core import sanity
         from mbpl_ros.core.traj_opt import TrajectoryOptimizationError
 
@@ -447,10 +500,13 @@ class TrainingLoop:
                             f"attempts ({'; '.join(problems)})")
 
     def _sample_trials(self, iteration: int, attempt: int = 0) -> list[Trial]:
-        """The iteration's N sample trials per condition, condition-major: of controller
-        version iteration-1, or of the policy (MDGPS with sample_on_policy, from the second
-        iteration on: it is untrained before); `attempt` > 0 draws the batch again with
-        fresh noise."""
+        """
+        Run the iteration's N sample trials per condition, condition-major.
+
+        They are of controller version iteration-1, or of the policy (MDGPS with
+        sample_on_policy, from the second iteration on: it is untrained before); `attempt` > 0
+        draws the batch again with fresh noise.
+        """
         config, layout = self.config, self.config.layout
         on_policy = self.is_mdgps and config.policy.sample_on_policy and iteration > 1
         executor = "policy" if on_policy else "controller"
@@ -467,8 +523,12 @@ class TrainingLoop:
             self.on_trial(result)
 
     def _evaluation_trials(self, iteration: int) -> int:
-        """Noise-free trials of an iteration's evaluation: each condition's controller and,
-        for MDGPS after the first update, the policy."""
+        """
+        Run the noise-free trials of an iteration's evaluation.
+
+        Noise-free trials of an iteration's evaluation: each condition's controller and,
+        for MDGPS after the first update, the policy.
+        """
         M = len(self.config.conditions)
         return 2 * M if self.is_mdgps and iteration > 0 else M
 
@@ -504,7 +564,7 @@ class TrainingLoop:
     def _evaluate(self, algorithm, cost, iteration: int, rollouts: int, start: float,
                   sample_cost=None, kl_step=None, kl=None, policy_loss=None,
                   policy_kl=None) -> dict:
-        """The metrics row of an iteration: noise-free trials of the controllers (and policy)."""
+        """Make an iteration's metrics row: noise-free trials of the controllers (and policy)."""
         config, layout = self.config, self.config.layout
         zero = np.zeros((config.T, layout.dU))
         M = len(config.conditions)
@@ -530,8 +590,12 @@ class TrainingLoop:
         return row
 
     def _commit(self, row: dict, checkpoint: Optional[Checkpoint]) -> None:
-        """The end of an iteration: the checkpoint (the commit point), the metrics row, the
-        progress line, the iteration hook."""
+        """
+        End an iteration.
+
+        That is the checkpoint (the commit point), the metrics row, the progress line, the
+        iteration hook.
+        """
         if checkpoint is not None:
             write_checkpoint(self.output, checkpoint)
         self.metrics.append(row)

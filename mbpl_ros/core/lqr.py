@@ -1,4 +1,5 @@
-"""Finite-horizon, time-varying LQR as a pure function.
+"""
+Finite-horizon, time-varying LQR as a pure function.
 
 Problem, for z_t = [x_t; u_t] (dX + dU,) and t = 0 … T-1:
 
@@ -25,7 +26,10 @@ class IndefiniteQError(np.linalg.LinAlgError):
 
 @dataclass
 class LqrSolution:
-    """The optimal controller u_t = K_t x_t + k_t and the cost-to-go from step t,
+    """
+    The optimal time-varying linear controller and its cost-to-go.
+
+    The optimal controller u_t = K_t x_t + k_t and the cost-to-go from step t,
     V_t(x) = ½ xᵀ V_t x + v_tᵀ x + value_constant_t.
 
     Leading batch axes (...) are those of the C, c passed in:
@@ -45,7 +49,8 @@ class LqrSolution:
 
 @dataclass
 class RiccatiResult:
-    """Raw output of `riccati_recursion` for a flat batch of B problems, s = dX + 1:
+    """
+    Raw output of `riccati_recursion` for a flat batch of B problems, s = dX + 1.
 
     gains (B, T, dU, s): [K_t, k_t].
     Quu (B, T, dU, dU): the Q-function's Hessian in u (symmetrised),
@@ -66,8 +71,12 @@ class RiccatiResult:
 
 
 def homogeneous_dynamics(F: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """F (T-1, dX, dX+dU), f (T-1, dX) -> F_hom (T-1, dX+1, dX+1+dU) with
-    [x_{t+1}; 1] = F_hom_t [x_t; 1; u_t]."""
+    """
+    Write the dynamics in homogeneous coordinates.
+
+    F (T-1, dX, dX+dU), f (T-1, dX) -> F_hom (T-1, dX+1, dX+1+dU) with
+    [x_{t+1}; 1] = F_hom_t [x_t; 1; u_t].
+    """
     T1, dX, n = F.shape
     F_hom = np.zeros((T1, dX + 1, n + 1))
     F_hom[:, :dX, :dX] = F[:, :, :dX]
@@ -78,8 +87,12 @@ def homogeneous_dynamics(F: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 
 def homogeneous_cost(C: np.ndarray, c: np.ndarray, c0: np.ndarray | None, dX: int) -> np.ndarray:
-    """C (..., T, n, n), c (..., T, n), c0 (..., T) or None, in z = [x; u] ->
-    C_hom (..., T, n+1, n+1) in y = [x; 1; u], with ½ yᵀ C_hom y = ½ zᵀ C z + cᵀ z + c0."""
+    """
+    Write the stage costs in homogeneous coordinates.
+
+    C (..., T, n, n), c (..., T, n), c0 (..., T) or None, in z = [x; u] ->
+    C_hom (..., T, n+1, n+1) in y = [x; 1; u], with ½ yᵀ C_hom y = ½ zᵀ C z + cᵀ z + c0.
+    """
     n = C.shape[-1]
     order = np.r_[0:dX, n, dX:n]          # where each y entry sits in [z; 1]
     C_hom = np.zeros(C.shape[:-2] + (n + 1, n + 1))
@@ -92,8 +105,12 @@ def homogeneous_cost(C: np.ndarray, c: np.ndarray, c0: np.ndarray | None, dX: in
 
 
 def _solve_where_possible(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """A⁻¹ b for A (B, d, d), b (B, d, m); zeros for singular members (flagged later, when
-    their Cholesky factor fails). The batched call fails as a whole: this is the slow path."""
+    """
+    Solve A x = b member by member, with zeros where A is singular.
+
+    A⁻¹ b for A (B, d, d), b (B, d, m); zeros for singular members (flagged later, when
+    their Cholesky factor fails). The batched call fails as a whole: this is the slow path.
+    """
     x = np.zeros(b.shape)
     for i in range(A.shape[0]):
         try:
@@ -104,8 +121,12 @@ def _solve_where_possible(A: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _cholesky_per_step(Quu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lower Cholesky factors of Quu (B, T, d, d) and the latest failing step per problem
-    (B,) (-1 if none), a failure being an indefinite or non-finite Q_uu."""
+    """
+    Factor Q_uu per time step and find each problem's latest failing step.
+
+    Lower Cholesky factors of Quu (B, T, d, d) and the latest failing step per problem
+    (B,) (-1 if none), a failure being an indefinite or non-finite Q_uu.
+    """
     B, T = Quu.shape[:2]
     failed_step = np.full(B, -1)
     try:
@@ -132,7 +153,8 @@ def _cholesky_per_step(Quu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def riccati_recursion(F_hom: np.ndarray, C_hom: np.ndarray, dX: int,
                       cost_scale: np.ndarray | None = None, cost_offset: np.ndarray | None = None,
                       keep_value: bool = True) -> RiccatiResult:
-    """Backward Riccati recursion for a batch of B problems sharing their dynamics.
+    """
+    Backward Riccati recursion for a batch of B problems sharing their dynamics.
 
     F_hom (T-1, dX+1, n1) with n1 = dX + 1 + dU (see `homogeneous_dynamics`). The stage
     costs (see `homogeneous_cost`) are either C_hom (B, T, n1, n1), or, with cost_scale (B,)
@@ -149,7 +171,8 @@ def riccati_recursion(F_hom: np.ndarray, C_hom: np.ndarray, dX: int,
         cost_scale = np.asarray(cost_scale, dtype=float)
         B, (T, n1, _) = cost_scale.shape[0], C_hom.shape
         if cost_offset is None or cost_offset.shape != C_hom.shape:
-            raise ValueError("cost_offset must be given with cost_scale, shaped like C_hom (T, n1, n1)")
+            raise ValueError("cost_offset must be given with cost_scale, shaped like C_hom "
+                             "(T, n1, n1)")
         scale = cost_scale[:, None, None]
     s = dX + 1
     dU = n1 - s
@@ -190,17 +213,23 @@ def riccati_recursion(F_hom: np.ndarray, C_hom: np.ndarray, dX: int,
 
 def lqr_backward(F: np.ndarray, f: np.ndarray, C: np.ndarray, c: np.ndarray,
                  c0: np.ndarray | None = None) -> LqrSolution:
-    """Solve the deterministic time-varying LQR problem (see the module docstring).
+    """
+    Solve the deterministic time-varying LQR problem (see the module docstring).
 
     Args:
         F: (T-1, dX, dX+dU) dynamics matrices, f: (T-1, dX) offsets.
         C: (..., T, dX+dU, dX+dU) cost Hessians, c: (..., T, dX+dU) linear terms,
             c0: (..., T) constants or None (zero); leading axes are a batch.
-    Returns:
+
+    Returns
+    -------
         LqrSolution with the batch axes of C leading.
-    Raises:
+
+    Raises
+    ------
         ValueError for inconsistent shapes; IndefiniteQError if some Q_uu is not
         positive definite (the problem has no minimum in u).
+
     """
     F, f, C, c = (np.asarray(a, dtype=float) for a in (F, f, C, c))
     if F.ndim != 3 or F.shape[2] <= F.shape[1]:

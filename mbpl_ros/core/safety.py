@@ -1,4 +1,5 @@
-"""Command safety: what every effort command passes through before it reaches the robot.
+"""
+Command safety: what every effort command passes through before it reaches the robot.
 
 Pure numpy, so the maths is testable without ROS; lqr_controller applies it to each
 command it publishes. Arrays are per joint, dU = J (one effort per joint), in the robot's
@@ -46,8 +47,12 @@ DEFAULT_JOINT_LIMIT_DAMPING = 1.0
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """effort (dU,) > 0 in N·m; position (dU, 2) rows [lower, upper] in rad (±inf: no limit);
-    margin (rad) >= 0, below half of every finite joint range; damping (N·m·s/rad) >= 0."""
+    """
+    Safety limits of a robot: effort, joint positions, and the joint-limit guard's law.
+
+    Effort (dU,) > 0 in N·m; position (dU, 2) rows [lower, upper] in rad (±inf: no limit);
+    margin (rad) >= 0, below half of every finite joint range; damping (N·m·s/rad) >= 0.
+    """
 
     effort: np.ndarray
     position: np.ndarray
@@ -58,11 +63,13 @@ class SafetyLimits:
         effort = np.array(self.effort, dtype=float)
         position = np.array(self.position, dtype=float)
         if effort.ndim != 1 or effort.size == 0:
-            raise ValueError(f"effort limits must have shape (dU,) with dU >= 1; got {effort.shape}")
+            raise ValueError(
+                f"effort limits must have shape (dU,) with dU >= 1; got {effort.shape}")
         if not np.all(np.isfinite(effort) & (effort > 0)):
             raise ValueError(f"effort limits must be finite and > 0; got {effort.tolist()}")
         if position.shape != (effort.size, 2):
-            raise ValueError(f"position limits must have shape (dU={effort.size}, 2); got {position.shape}")
+            raise ValueError(f"position limits must have shape (dU={effort.size}, 2); "
+                             f"got {position.shape}")
         lower, upper = position[:, 0], position[:, 1]
         if not np.all(lower < upper):  # also rejects NaN
             raise ValueError(f"position limits must have lower < upper; got {position.tolist()}")
@@ -71,8 +78,8 @@ class SafetyLimits:
             raise ValueError(f"joint-limit margin must be finite and >= 0; got {margin}")
         half_range = np.min(upper - lower) / 2
         if margin >= half_range:
-            raise ValueError(f"joint-limit margin {margin} rad must be below half the smallest joint range "
-                             f"({half_range:.6g} rad)")
+            raise ValueError(f"joint-limit margin {margin} rad must be below half the smallest "
+                             f"joint range ({half_range:.6g} rad)")
         if not (np.isfinite(damping) and damping >= 0):
             raise ValueError(f"joint-limit damping must be finite and >= 0; got {damping}")
         effort.setflags(write=False), position.setflags(write=False)
@@ -88,18 +95,24 @@ class SafetyLimits:
 
 @dataclass(frozen=True)
 class SafeCommand:
-    """effort (dU,): finite, within the limits; fault: why the fallback was used, else None."""
+    """Effort (dU,): finite, within the limits; fault: why the fallback was used, else None."""
 
     effort: np.ndarray
     fault: Optional[str] = None
 
 
-def lowered_effort_limits(robot_limits: Sequence[float], requested: Optional[Sequence[float]] = None) -> np.ndarray:
-    """The effort limits (dU,) to enforce: `requested` (dU,), each in (0, robot limit], or
-    the robot's own when None. Raising a limit above the robot's is a ValueError."""
+def lowered_effort_limits(robot_limits: Sequence[float],
+                          requested: Optional[Sequence[float]] = None) -> np.ndarray:
+    """
+    Return the effort limits (dU,) to enforce.
+
+    These are `requested` (dU,), each in (0, robot limit], or the robot's own when None.
+    Raising a limit above the robot's is a ValueError.
+    """
     robot = np.array(robot_limits, dtype=float)
     if robot.ndim != 1 or not np.all(np.isfinite(robot) & (robot > 0)):
-        raise ValueError(f"robot effort limits must be finite, > 0, shape (dU,); got {robot.tolist()}")
+        raise ValueError(
+            f"robot effort limits must be finite, > 0, shape (dU,); got {robot.tolist()}")
     if requested is None:
         return robot
     limits = np.array(requested, dtype=float)
@@ -115,13 +128,17 @@ def lowered_effort_limits(robot_limits: Sequence[float], requested: Optional[Seq
 
 
 def clamp_effort(u: np.ndarray, effort_limits: np.ndarray) -> np.ndarray:
-    """u (..., dU) clipped to [-effort_limits, effort_limits] (dU,)."""
+    """U (..., dU) clipped to [-effort_limits, effort_limits] (dU,)."""
     return np.clip(u, -effort_limits, effort_limits)
 
 
 def limit_proximity(distance: np.ndarray, margin: float) -> np.ndarray:
-    """s (...,) in [0, 1] from the distance (rad) to a limit: 0 outside the margin, 1 at or
-    beyond the limit, linear in between."""
+    """
+    Give how close joints are to a limit, from 0 (outside the margin) to 1 (at it).
+
+    S (...,) in [0, 1] from the distance (rad) to a limit: 0 outside the margin, 1 at or
+    beyond the limit, linear in between.
+    """
     distance = np.asarray(distance, dtype=float)
     if margin > 0:
         with np.errstate(over="ignore", invalid="ignore"):
@@ -129,8 +146,9 @@ def limit_proximity(distance: np.ndarray, margin: float) -> np.ndarray:
     return (distance <= 0).astype(float)
 
 
-def joint_limit_guard(u: np.ndarray, q: np.ndarray, qd: np.ndarray, limits: SafetyLimits) -> np.ndarray:
-    """The guarded, clamped effort (..., dU) for finite u, q, qd (..., dU) (law: module docstring)."""
+def joint_limit_guard(u: np.ndarray, q: np.ndarray, qd: np.ndarray,
+                      limits: SafetyLimits) -> np.ndarray:
+    """Guard and clamp the effort (..., dU) for finite u, q, qd (..., dU) (law: module doc)."""
     lower, upper = limits.position[:, 0], limits.position[:, 1]
     with np.errstate(over="ignore", invalid="ignore"):
         s_up = limit_proximity(upper - q, limits.margin)
@@ -141,9 +159,14 @@ def joint_limit_guard(u: np.ndarray, q: np.ndarray, qd: np.ndarray, limits: Safe
         return clamp_effort(pushing + braking, limits.effort)
 
 
-def fallback_effort(action: str, limits: SafetyLimits, hold_torque: Optional[np.ndarray] = None) -> np.ndarray:
-    """The effort (dU,) sent when no safe command can be computed: zeros ("zero"), or
-    `hold_torque` (dU,) clamped to the limits ("hold"; zeros when it is None or not finite)."""
+def fallback_effort(action: str, limits: SafetyLimits,
+                    hold_torque: Optional[np.ndarray] = None) -> np.ndarray:
+    """
+    Return the effort (dU,) sent when no safe command can be computed.
+
+    It is zeros ("zero"), or `hold_torque` (dU,) clamped to the limits ("hold"; zeros when
+    it is None or not finite).
+    """
     if action not in FALLBACK_ACTIONS:
         raise ValueError(f"fallback action {action!r}; allowed: one of {list(FALLBACK_ACTIONS)}")
     zero = np.zeros(limits.dU)
@@ -168,25 +191,31 @@ def _fault(name: str, value, dU: int) -> Optional[str]:
 
 
 def safe_command(u, q, qd, limits: SafetyLimits, fallback: np.ndarray) -> SafeCommand:
-    """The effort to publish for controller output u (dU,) at joint state q, qd (dU,):
-    guarded and clamped, or `fallback` (dU,) with the fault named when any input is
+    """
+    Return the effort to publish for controller output u (dU,) at joint state q, qd (dU,).
+
+    It is guarded and clamped, or `fallback` (dU,) with the fault named when any input is
     non-finite or misshapen. Never raises on the data; the result is always finite and
-    within limits.effort."""
+    within limits.effort.
+    """
     fallback = np.asarray(fallback, dtype=float)
     if fallback.shape != (limits.dU,) or not np.all(np.isfinite(fallback)) \
             or np.any(np.abs(fallback) > limits.effort):
-        raise ValueError(f"the fallback must be finite and within the effort limits {limits.effort.tolist()}; "
-                         f"got {fallback.tolist()}")
+        raise ValueError(f"the fallback must be finite and within the effort limits "
+                         f"{limits.effort.tolist()}; got {fallback.tolist()}")
     for name, value in (("the command", u), ("the joint position", q), ("the joint velocity", qd)):
         fault = _fault(name, value, limits.dU)
         if fault is not None:
             return SafeCommand(fallback.copy(), fault)
-    effort = joint_limit_guard(np.asarray(u, float), np.asarray(q, float), np.asarray(qd, float), limits)
+    effort = joint_limit_guard(np.asarray(u, float), np.asarray(q, float), np.asarray(qd, float),
+                               limits)
     if not np.all(np.isfinite(effort)):  # cannot happen for finite inputs; never publish it anyway
-        return SafeCommand(fallback.copy(), f"the guarded command is not finite: {effort.tolist()}")
+        return SafeCommand(fallback.copy(),
+                           f"the guarded command is not finite: {effort.tolist()}")
     return SafeCommand(effort)
 
 
-__all__ = ["FALLBACK_ACTIONS", "SafetyLimits", "SafeCommand", "lowered_effort_limits", "clamp_effort",
-           "limit_proximity", "joint_limit_guard", "fallback_effort", "safe_command"]
+__all__ = ["FALLBACK_ACTIONS", "SafetyLimits", "SafeCommand", "lowered_effort_limits",
+           "clamp_effort", "limit_proximity", "joint_limit_guard", "fallback_effort",
+           "safe_command"]
 __all__ += ["DEFAULT_JOINT_LIMIT_MARGIN", "DEFAULT_JOINT_LIMIT_DAMPING"]

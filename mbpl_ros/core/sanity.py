@@ -1,5 +1,8 @@
-"""Data sanity: what may reach the learning. Pure numpy, no ROS; the nodes call these checks
-on what they receive and what they make (docs/safety.md, "Bad data").
+"""
+Data sanity: what may reach the learning.
+
+Pure numpy, no ROS; the nodes call these checks on what they receive and what they make
+(docs/safety.md, "Bad data").
 
 1. The physical envelope of a joint state (J joints; URDF position limits [lower, upper]
    and velocity limits v > 0). A state is impossible when
@@ -44,8 +47,12 @@ ABSURD_MAGNITUDE = 1e8
 
 @dataclass(frozen=True)
 class StateEnvelope:
-    """position (J, 2) rows [lower, upper] (rad, ±inf: none) and velocity (J,) limits (rad/s,
-    > 0, inf: none) of the robot, in its joint order."""
+    """
+    Joint limits of a robot, beyond which no real joint state lies.
+
+    Position (J, 2) rows [lower, upper] (rad, ±inf: none) and velocity (J,) limits (rad/s,
+    > 0, inf: none) of the robot, in its joint order.
+    """
 
     position: np.ndarray
     velocity: np.ndarray
@@ -68,8 +75,12 @@ class StateEnvelope:
 
 
 def state_fault(q, qd, envelope: StateEnvelope) -> Optional[str]:
-    """Why the joint state q, qd (J,) is impossible (law 1: not finite, position or speed
-    outside the envelope), or None."""
+    """
+    Say why the joint state q, qd (J,) is impossible (law 1), or return None.
+
+    Why the joint state q, qd (J,) is impossible (law 1: not finite, position or speed
+    outside the envelope), or None.
+    """
     q, qd = np.asarray(q, dtype=float), np.asarray(qd, dtype=float)
     if q.shape != (envelope.J,) or qd.shape != (envelope.J,):
         return f"position {q.shape} and velocity {qd.shape} are not ({envelope.J},)"
@@ -105,8 +116,12 @@ def step_fault(q_before, q_after, dt_s: float, envelope: StateEnvelope) -> Optio
 
 
 def trajectory_fault(q, qd, stamps_s, envelope: StateEnvelope) -> Optional[str]:
-    """The first impossible state or step of a trajectory q, qd (T, J) at times stamps_s (T,)
-    (increasing), named by its step, or None."""
+    """
+    Find the first impossible state or step of a trajectory, or return None.
+
+    The trajectory is q, qd (T, J) at times stamps_s (T,) (increasing); the fault is named by
+    its step.
+    """
     q, qd = np.asarray(q, dtype=float), np.asarray(qd, dtype=float)
     stamps_s = np.asarray(stamps_s, dtype=float)
     for t in range(q.shape[0]):
@@ -120,9 +135,13 @@ def trajectory_fault(q, qd, stamps_s, envelope: StateEnvelope) -> Optional[str]:
 
 def stamp_fault(stamp_ns: int, now_ns: int, latest_ns: Optional[int],
                 since_latest_s: float) -> Optional[str]:
-    """Why a joint state stamped stamp_ns is rejected (law 2) by a node whose clock reads
+    """
+    Say why a joint state is rejected for its stamp (law 2), or return None to accept it.
+
+    Why a joint state stamped stamp_ns is rejected (law 2) by a node whose clock reads
     now_ns and whose latest accepted state (None: none yet) was stamped latest_ns and
-    arrived since_latest_s ago; None to accept it."""
+    arrived since_latest_s ago; None to accept it.
+    """
     ahead_s = (int(stamp_ns) - int(now_ns)) * 1e-9
     if ahead_s > FUTURE_STAMP_TOLERANCE_S:
         return (f"stamped {ahead_s:.3f} s ahead of this node's clock (tolerance "
@@ -151,8 +170,12 @@ def _covariance_fault(name: str, covar) -> Optional[str]:
 
 
 def dynamics_fault(dynamics) -> Optional[str]:
-    """Why fitted dynamics (core.dynamics.LinearGaussianDynamics: F (T-1, dX, dX+dU), f, covar,
-    x0_mean, x0_covar) are not to be used (law 3), or None."""
+    """
+    Say why fitted dynamics are not to be used (law 3), or return None.
+
+    Why fitted dynamics (core.dynamics.LinearGaussianDynamics: F (T-1, dX, dX+dU), f, covar,
+    x0_mean, x0_covar) are not to be used (law 3), or None.
+    """
     for name in ("F", "f", "x0_mean"):
         fault = _array_fault(f"the dynamics' {name}", getattr(dynamics, name))
         if fault is not None:
@@ -165,8 +188,12 @@ def dynamics_fault(dynamics) -> Optional[str]:
 
 
 def controller_fault(controller) -> Optional[str]:
-    """Why a controller update (core.controller.LinearGaussianController: K (T, dU, dX), k,
-    covar (T, dU, dU)) is not to be used (law 3), or None."""
+    """
+    Say why a controller update is not to be used (law 3), or return None.
+
+    Why a controller update (core.controller.LinearGaussianController: K (T, dU, dX), k,
+    covar (T, dU, dU)) is not to be used (law 3), or None.
+    """
     for name in ("K", "k"):
         fault = _array_fault(f"the controller's {name}", getattr(controller, name))
         if fault is not None:
@@ -175,8 +202,12 @@ def controller_fault(controller) -> Optional[str]:
 
 
 def controllers_fault(controllers) -> Optional[str]:
-    """The first condition whose controller (a sequence, one per condition) is not to be used,
-    named with the reason, or None."""
+    """
+    Find the first condition whose controller is not to be used, or return None.
+
+    The controllers are a sequence, one per condition; the condition is named with the
+    reason.
+    """
     for m, controller in enumerate(controllers):
         fault = controller_fault(controller)
         if fault is not None:

@@ -1,4 +1,7 @@
-"""DDS on loopback only, for simulation: the Fast DDS profile shipped with the package
+"""
+DDS on loopback only, for simulation: the package's Fast DDS profile and its environment.
+
+DDS on loopback only, for simulation: the Fast DDS profile shipped with the package
 (fastdds_loopback.xml, also installed as share/mbpl_ros/dds/fastdds_loopback.xml) and the
 environment that makes a process use it. No ROS import: the variables must be set before
 the first rclpy.init of a process (Fast DDS reads them once).
@@ -33,9 +36,12 @@ def is_loopback_profile(path: str) -> bool:
 
 
 def loopback_environment(environ: Mapping[str, str] = os.environ) -> dict:
-    """The variables to set for a loopback-only graph, given the environment `environ`: the
-    profile, unless one is set ({} when the user set a profile file of their own), and the
-    SYSTEM_DEFAULT discovery range where no range is set."""
+    """
+    Return the variables to set for a loopback-only graph, given the environment `environ`.
+
+    They are the profile, unless one is set ({} when the user set a profile file of their
+    own), and the SYSTEM_DEFAULT discovery range where no range is set.
+    """
     chosen = [environ[name] for name in PROFILE_VARIABLES if environ.get(name)]
     if chosen and not all(is_loopback_profile(path) for path in chosen):
         return {}
@@ -46,8 +52,12 @@ def loopback_environment(environ: Mapping[str, str] = os.environ) -> dict:
 
 
 def use_loopback_only(environ: MutableMapping[str, str] = os.environ) -> dict:
-    """Set loopback_environment(environ) in `environ` (default: this process's, before its
-    first rclpy.init); returns what was set."""
+    """
+    Set loopback_environment(environ) in `environ`.
+
+    Set loopback_environment(environ) in `environ` (default: this process's, before its
+    first rclpy.init); returns what was set.
+    """
     changes = loopback_environment(environ)
     environ.update(changes)
     return changes

@@ -1,4 +1,5 @@
-"""Static objects around the arm: fixtures built from boxes, placed per condition.
+"""
+Static objects around the arm: fixtures built from boxes, placed per condition.
 
 A fixture is one rigid, immovable body made of boxes (each a collision shape and a
 visual shape), e.g. a block with a hole in it built from four walls and a floor. Its frame
@@ -23,8 +24,12 @@ RELATIVE_TO = ("world", "target")
 
 @dataclass(frozen=True)
 class Box:
-    """One box of a fixture: size (3,) full side lengths (m), position (3,) of its centre
-    in the fixture's frame (m); axis-aligned with that frame."""
+    """
+    One box of a fixture, axis-aligned with the fixture's frame.
+
+    One box of a fixture: size (3,) full side lengths (m), position (3,) of its centre
+    in the fixture's frame (m); axis-aligned with that frame.
+    """
 
     size: tuple
     position: tuple = (0.0, 0.0, 0.0)
@@ -49,7 +54,8 @@ class Box:
 
 @dataclass(frozen=True)
 class Fixture:
-    """A static body of boxes.
+    """
+    A static body of boxes.
 
     name: for errors and logs. boxes: the Box parts (at least one). position (3,): the
     fixture frame's origin, in the world (relative_to "world") or as an offset from the
@@ -117,8 +123,12 @@ class SceneBodies:
             self.bodies.append(body)
 
     def place(self, target: Sequence[float] | None) -> None:
-        """Put every fixture where it belongs for a condition's target (3,) (None: only
-        fixtures placed in the world; the others stay where they are)."""
+        """
+        Put every fixture where it belongs for a condition's target.
+
+        Put every fixture where it belongs for a condition's target (3,) (None: only
+        fixtures placed in the world; the others stay where they are).
+        """
         for fixture, body in zip(self.fixtures, self.bodies):
             if fixture.relative_to == "target" and target is None:
                 continue

@@ -1,4 +1,5 @@
-"""Looking at a simulated arm: a camera framed on it, target markers, off-screen frames.
+"""
+Looking at a simulated arm: a camera framed on it, target markers, off-screen frames.
 
 One camera serves both ways of seeing a run: `render` draws a frame off-screen with
 PyBullet's TinyRenderer (CPU only, no display), and `show_in_gui` points the PyBullet
@@ -25,9 +26,13 @@ BACKGROUND = (255, 255, 255)
 
 @dataclass(frozen=True)
 class Camera:
-    """A camera looking at `target` (3,) from `distance` m, turned by yaw and pitch (deg) as
+    """
+    A camera looking at `target` as PyBullet's debug visualiser does.
+
+    A camera looking at `target` (3,) from `distance` m, turned by yaw and pitch (deg) as
     PyBullet's debug visualiser is (eye = target + distance · (sin yaw cos pitch,
-    −cos yaw cos pitch, −sin pitch)); `fov` is the vertical field of view (deg)."""
+    −cos yaw cos pitch, −sin pitch)); `fov` is the vertical field of view (deg).
+    """
 
     target: tuple
     distance: float
@@ -46,8 +51,12 @@ class Camera:
 
 
 def _link_points(arm: Arm, poses: np.ndarray) -> np.ndarray:
-    """World positions (P, 3) of the base and every link origin of the arm at each of the
-    joint poses (K, J), plus its end-effector point; the arm's state is restored."""
+    """
+    World positions of the arm's base, link origins and end-effector point at each pose.
+
+    World positions (P, 3) of the base and every link origin of the arm at each of the
+    joint poses (K, J), plus its end-effector point; the arm's state is restored.
+    """
     client, body = arm.client, arm.body
     q_now, qd_now, _ = arm.joint_state()
     points = [np.asarray(arm.spec.base_position, float)]
@@ -70,10 +79,12 @@ def frame_arm(
     targets: Sequence[Sequence[float]],
     fov: float = 45.0,
 ) -> Camera:
-    """A camera that shows the arm at each joint pose (K, J) and every target (M, 3).
+    """
+    Frame a camera that shows the arm at each joint pose (K, J) and every target (M, 3).
 
     A planar arm (its end effector moves in one plane) is seen square-on to that plane; any
-    other arm from the side of its reach, 30° above the horizontal."""
+    other arm from the side of its reach, 30° above the horizontal.
+    """
     poses = np.atleast_2d(np.asarray(poses, float))
     targets = np.asarray(targets, float).reshape(-1, 3)
     points = np.vstack([_link_points(arm, poses), targets])
@@ -152,8 +163,11 @@ class Markers:
 
 
 def render(arm: Arm, camera: Camera, width: int = 320, height: int = 240) -> np.ndarray:
-    """An RGB frame (height, width, 3) uint8 of the arm's world seen by `camera`, drawn by
-    PyBullet's TinyRenderer (software, no display or GPU needed)."""
+    """
+    Render an RGB frame (height, width, 3) uint8 of the arm's world seen by `camera`.
+
+    It is drawn by PyBullet's TinyRenderer (software, no display or GPU needed).
+    """
     client = arm.client
     view = client.computeViewMatrixFromYawPitchRoll(
         list(camera.target), camera.distance, camera.yaw, camera.pitch, 0.0, 2
@@ -183,9 +197,12 @@ def show_in_gui(arm: Arm, camera: Camera) -> None:
 def prepare(
     arm: Arm, poses, targets, marker_targets=None, gui: bool = False
 ) -> tuple[Camera, Markers]:
-    """The camera framed on the arm at `poses` (K, J) and `targets` (M, 3), markers on
-    `marker_targets` (default: `targets`), and with `gui` the window pointed there: what
-    every view of a run (off-screen or in the window) starts with."""
+    """
+    Frame the camera on the arm at `poses` (K, J) and `targets` (M, 3), with markers.
+
+    The markers are on `marker_targets` (default: `targets`), and with `gui` the window is
+    pointed there: what every view of a run (off-screen or in the window) starts with.
+    """
     camera = frame_arm(arm, poses, targets)
     markers = Markers(arm, targets if marker_targets is None else marker_targets)
     if gui:
