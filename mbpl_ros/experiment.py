@@ -271,7 +271,7 @@ class ExperimentConfig:
         """MDGPS settings from the policy section; the policy seed defaults to `seed`
         (the run's seed, e.g. from the command line), else to the experiment's."""
         from mbpl_ros.core.mdgps import MdgpsSettings, PolicyPriorSettings
-        from mbpl_ros.core.policy import PolicySettings
+        from mbpl_ros.core.policy.settings import PolicySettings
 
         p = self.policy
         policy_seed = p.seed if p.seed is not None else (self.seed if seed is None else seed)

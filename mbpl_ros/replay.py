@@ -102,7 +102,7 @@ def episodes_of_run(
             f"{run} has no policy.pt: only an mdgps run exports one, when it finishes; replay the "
             "controllers instead (without --policy)"
         )
-    from mbpl_ros.core.policy import load_exported_policy
+    from mbpl_ros.core.policy.deploy import load_exported_policy
 
     exported = load_exported_policy(path)
     if (exported.dX, exported.dU) != (config.layout.dX, config.layout.dU):

@@ -169,7 +169,7 @@ def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, outp
     """policy.pt (TorchScript) and policy.json into `output`, each replaced atomically (written
     beside, then renamed: the module last, so a reader never pairs a new module with an old
     description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling."""
-    from mbpl_ros.core.policy import export_torchscript
+    from mbpl_ros.core.policy.deploy import export_torchscript
 
     output = Path(output)
     staging = output / f".{POLICY_FILE}.{os.getpid()}.tmp.pt"
@@ -193,7 +193,7 @@ def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, outp
 
 def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
     """ValueError naming `path`, the key and what is allowed when an exported policy (as
-    core.policy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
+    core.policy.deploy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
     joint_names (the command order) and state_layout must be the experiment's."""
     layout, joints = config.layout, list(config.robot_spec.joint_names)
     if (policy.dX, policy.dU) != (layout.dX, layout.dU):

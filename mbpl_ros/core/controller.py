@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from mbpl_ros.core.linalg import cholesky_per_step, inverse_from_cholesky, symmetrise
 from mbpl_ros.core.lqr import lqr_backward
 
 
@@ -63,11 +64,9 @@ class LinearGaussianController:
             raise ValueError(f"covar must have shape (T={T}, dU={dU}, dU) or (dU, dU), got {covar.shape}")
         if not (np.isfinite(K).all() and np.isfinite(k).all() and np.isfinite(covar).all()):
             raise ValueError("K, k and covar must be finite")
-        covar = 0.5 * (covar + covar.transpose(0, 2, 1))
+        covar = symmetrise(covar)
         chol = cholesky_per_step(covar, "covar")
-        chol_inv = np.linalg.inv(chol)
-        inv_covar = chol_inv.transpose(0, 2, 1) @ chol_inv
-        inv_covar = 0.5 * (inv_covar + inv_covar.transpose(0, 2, 1))
+        inv_covar = inverse_from_cholesky(chol)
         return cls(K=K, k=k, covar=covar, chol=chol, inv_covar=inv_covar)
 
     def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
@@ -83,24 +82,24 @@ class LinearGaussianController:
         return np.einsum("tux,ntx->ntu", self.K, X) + self.k
 
 
-def cholesky_per_step(A: np.ndarray, name: str) -> np.ndarray:
-    """Lower Cholesky factors of A (T, d, d); ValueError naming the first step at which
-    A is not positive definite."""
-    try:
-        L = np.linalg.cholesky(A)
-    except np.linalg.LinAlgError:
-        L = None
-    if L is None or not np.isfinite(L).all():
-        for t in range(A.shape[0]):
-            try:
-                if np.isfinite(np.linalg.cholesky(A[t])).all():
-                    continue
-            except np.linalg.LinAlgError:
-                pass
-            eig = np.linalg.eigvalsh(A[t]).min() if np.isfinite(A[t]).all() else np.nan
-            raise ValueError(f"{name} must be symmetric positive definite; at time step {t} "
-                             f"its smallest eigenvalue is {eig:.3g}")
-    return L
+class PolicySampler:
+    """
+    A policy as a rollout sampler, the interface of LinearGaussianController.
+
+    act(t, x (dX,), noise (dU,)) = μ(x) + L noise with L Lᵀ = covariance (dU, dU): μ is a
+    policy's action_mean, or the policy itself when it is callable (an ExportedPolicy),
+    the noise standard normal (zeros give the mean action). lqr_controller and the
+    offline trials sample the exported policy with it, with its exported covariance.
+    """
+
+    def __init__(self, policy, covariance: np.ndarray) -> None:
+        self.policy = policy
+        self.mean = getattr(policy, "action_mean", policy)  # a Policy, or an exported one
+        self.chol = np.linalg.cholesky(np.asarray(covariance, dtype=float))
+
+    def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Return the action u (dU,) at step t and state x (dX,) for the noise (dU,)."""
+        return np.asarray(self.mean(x), dtype=float) + self.chol @ noise
 
 
 # ---------------------------------------------------------------- exploration noise
@@ -153,7 +152,7 @@ def _joint_model(dX: int, position_idx, velocity_idx, mass_matrix, gravity_torqu
         raise ValueError(f"mass_matrix must have shape (dU={dU}, dU), got {M.shape}")
     if g.shape != (dU,):
         raise ValueError(f"gravity_torque must have shape (dU={dU},), got {g.shape}")
-    M = 0.5 * (M + M.T)
+    M = symmetrise(M)
     try:
         np.linalg.cholesky(M)
     except np.linalg.LinAlgError:

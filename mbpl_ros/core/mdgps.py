@@ -9,10 +9,10 @@ iteration, from rollouts of the current controllers p_m (or of the policy itself
 
          Σ_m E_{x ~ p_m} (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)),   μ_m(x) = K_t x + k_t,
 
-     (core.policy.train_policy; the variance has a closed form);
+     (core.policy.training.train_policy; the variance has a closed form);
   2. linearise π_θ around each condition's rollouts: π̄_m(u|x, t) = N(K̄_t x + k̄_t, S̄_t),
      a per-time-step Bayesian linear regression of μ_θ(x) on x with a GMM prior over
-     [x, μ_θ(x)] fitted to this iteration's points (core.policy.linearize_policy);
+     [x, μ_θ(x)] fitted to this iteration's points (linearize_policy, below);
   3. C-step: fit each condition's dynamics and cost from its rollouts, then
 
          p_m ← argmin E_p[Σ_t l_t]  s.t.  KL(p(τ) ‖ π̄_m(τ)) ≤ ε_m,
@@ -42,21 +42,24 @@ dimension, dU action dimension.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from mbpl_ros.core.controller import LinearGaussianController
-from mbpl_ros.core.dynamics import LinearGaussianDynamics
+from mbpl_ros.core.dynamics import LinearGaussianDynamics, gaussian_regression
 from mbpl_ros.core.gmm import GMMPrior
+from mbpl_ros.core.linalg import inverse_from_cholesky, symmetrise
 from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
-from mbpl_ros.core.policy import (Policy, PolicySettings, controller_targets, linearize_policy,
-                                  train_policy)
+from mbpl_ros.core.policy.network import Policy
+from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.policy.training import controller_targets, train_policy
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.core.traj_opt import forward_pass, kl_divergence
 
-__all__ = ["Mdgps", "MdgpsReport", "MdgpsSettings", "PolicyPriorSettings"]
+__all__ = ["Mdgps", "MdgpsReport", "MdgpsSettings", "PolicyPriorSettings", "linearize_policy"]
 
 
 @dataclass
@@ -129,7 +132,7 @@ class MdgpsReport:
         (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)); an error as large as one draw of the
         controllers' own exploration noise scores dU, so loss ≪ dU is a close fit.
     policy_initial_loss: the same before this S-step (the warm-started policy).
-    policy_training: everything core.policy.train_policy returned.
+    policy_training: everything core.policy.training.train_policy returned.
     policy_kl: (M,) KL(p_m(τ) ‖ π̄_m(τ)) of the controller that drew the rollouts from
         the policy's linearisation, under the dynamics fitted to those rollouts: how far
         the policy is from that controller, in the C-step's own units.
@@ -231,8 +234,7 @@ class Mdgps:
         training = train_policy(self.policy, X, target_mean, target_precision, self.settings.policy)
         if self.settings.covariance == "full":
             mean_precision = target_precision.mean(axis=(0, 1))             # E[Σ⁻¹] (dU, dU)
-            covariance = np.linalg.inv(mean_precision)
-            self.policy_covariance = 0.5 * (covariance + covariance.T)
+            self.policy_covariance = symmetrise(np.linalg.inv(mean_precision))
         else:
             self.policy_covariance = self.policy.action_covariance()
         return training
@@ -310,3 +312,57 @@ class Mdgps:
         return MdgpsReport(policy_loss=float(training["loss"]),
                            policy_initial_loss=float(training["initial_loss"]),
                            policy_training=training, policy_kl=policy_kl, conditions=reports)
+
+
+# --------------------------------------------------------------------------- linearisation
+
+
+def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = None,
+                     regularization: float = 1e-6,
+                     update_prior: bool = True) -> LinearGaussianController:
+    """Linear-Gaussian approximation of the policy around sample states X (N, T, dX).
+
+    Per time step t, u ≈ K_t x + k_t is fitted by (Bayesian) linear regression of the
+    policy means μ_θ(x_{n,t}) on the states x_{n,t} (``gaussian_regression`` of
+    core/dynamics.py, batched over T, with the normal-inverse-Wishart prior
+    ``prior.evaluate`` gives for each step's N points [x, u] when a GMM prior is used).
+    The covariance is the fit's residual plus the policy's own diag(action_variance).
+    This is GPS's pol_K / pol_k / pol_S, the KL anchor of the next C-step.
+
+    Args:
+        policy: the trained policy.
+        X: (N, T, dX) sample states.
+        prior: optional GMMPrior over [x, u] points (d = dX + dU). With ``update_prior``
+            it is first updated with this policy's [x, μ_θ(x)] at X, then evaluated per
+            time step. The prior keeps its last ``max_rollouts`` rollouts, whose u came
+            from the policy of their own iteration (GPS re-evaluates the current policy
+            on old states); give the policy prior max_rollouts = rollouts per iteration
+            for a prior of the current policy only.
+        regularization: > 0, passed to gaussian_regression (ridge on the joint
+            covariance; keeps steps whose states barely vary, e.g. t = 0, well-posed).
+
+    Returns a LinearGaussianController with K (T, dU, dX), k (T, dU), covar, chol,
+    inv_covar (T, dU, dU).
+    """
+    states = np.asarray(X, dtype=np.float64)
+    if states.ndim != 3 or states.shape[2] != policy.dX or states.shape[0] < 1:
+        raise ValueError(f"X must have shape (N, T, dX={policy.dX}), got {states.shape}")
+    if not np.all(np.isfinite(states)):
+        raise ValueError("X contains NaN or infinite values")
+    if not (regularization > 0 and math.isfinite(regularization)):
+        raise ValueError(f"regularization must be a finite number > 0, got {regularization!r}")
+
+    actions = policy.action_mean(states)  # (N, T, dU), one batched forward pass
+    points = np.concatenate([states, actions], axis=2)  # [x, u] (N, T, dX + dU)
+    step_prior = None
+    if prior is not None:
+        if update_prior:
+            prior.update(points)
+        step_prior = prior.evaluate(np.swapaxes(points, 0, 1))  # batched over T
+    # One regression per time step, batched over T: (T, N, dX) -> (T, N, dU).
+    K, k, covar = gaussian_regression(np.swapaxes(states, 0, 1), np.swapaxes(actions, 0, 1),
+                                      step_prior, regularization)
+    covar = symmetrise(covar + policy.action_covariance()[None])
+    chol = np.linalg.cholesky(covar)
+    return LinearGaussianController(K=K, k=k, covar=covar, chol=chol,
+                                    inv_covar=inverse_from_cholesky(chol))

@@ -77,6 +77,7 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 
 from mbpl_ros.core import safety, sanity
+from mbpl_ros.core.controller import PolicySampler
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
@@ -166,17 +167,13 @@ def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) 
             "fix: " + "; ".join(fixes))
 
 
-class _PolicyExecutor:
-    """The exported policy as an executor: u = μ(x) + L ε, L Lᵀ = its action covariance (the
-    training loop's PolicySampler). `file` tells a changed file at the same path."""
+class _PolicyExecutor(PolicySampler):
+    """The exported policy sampled with its action covariance; `file` tells a changed file
+    at the same path."""
 
     def __init__(self, policy, file: Tuple[int, int, int]):
-        self.policy = policy
+        super().__init__(policy, policy.action_covariance)
         self.file = file
-        self.chol = np.linalg.cholesky(np.asarray(policy.action_covariance, dtype=float))
-
-    def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return np.asarray(self.policy(x), dtype=float) + self.chol @ noise
 
 
 def _file_identity(path: str) -> Tuple[int, int, int]:
@@ -410,7 +407,7 @@ class LqrControllerNode(Node):
             return None
         file = _file_identity(path)
         try:
-            from mbpl_ros.core.policy import load_exported_policy  # torch: only when a policy is used
+            from mbpl_ros.core.policy.deploy import load_exported_policy  # torch: only when a policy is used
             policy = load_exported_policy(path)
         except (ValueError, OSError, RuntimeError) as error:
             raise NodeParameterError(f"parameter 'policy_path' is {path!r}: {error}; allowed: empty or an "

@@ -1,4 +1,4 @@
-"""Tests of the MDGPS policy (core/policy.py) against closed forms and autograd."""
+"""Tests of the MDGPS policy (core/policy/) against closed forms and autograd."""
 from __future__ import annotations
 
 import json
@@ -13,18 +13,11 @@ import torch
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.gmm import GMMPrior
-from mbpl_ros.core.policy import (
-    Policy,
-    PolicySettings,
-    controller_targets,
-    export_torchscript,
-    linearize_policy,
-    load_exported_policy,
-    load_policy,
-    resolve_device,
-    save_policy,
-    train_policy,
-)
+from mbpl_ros.core.mdgps import linearize_policy
+from mbpl_ros.core.policy.deploy import export_torchscript, load_exported_policy
+from mbpl_ros.core.policy.network import Policy, load_policy, resolve_device, save_policy
+from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.policy.training import controller_targets, train_policy
 
 torch.set_num_threads(1)
 
@@ -447,3 +440,18 @@ def test_output_scaling_fits_large_actions_and_is_exported(tmp_path):
     plain = Policy(dX, dU, (32,))
     np.testing.assert_array_equal(plain.action_mean(X[0]), plain.network(
         torch.as_tensor(X[0], dtype=torch.float32)).detach().double().numpy())
+
+
+def test_the_robot_side_loader_imports_no_training_dynamics_or_gmm():
+    # A fresh interpreter: what loading a policy on the robot pulls in, and nothing else.
+    code = ("import sys\n"
+            "import mbpl_ros.core.policy.deploy\n"
+            "import mbpl_ros.core.controller\n"
+            "heavy = ['mbpl_ros.core.policy.training', 'mbpl_ros.core.policy.network',\n"
+            "         'mbpl_ros.core.policy.settings', 'mbpl_ros.core.dynamics',\n"
+            "         'mbpl_ros.core.gmm', 'mbpl_ros.core.mdgps', 'mbpl_ros.training']\n"
+            "print([name for name in heavy if name in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
