@@ -33,10 +33,11 @@ from mbpl_ros.checkpoint import (CHECKPOINT_FORMAT, CheckpointError,  # noqa: F4
                                  experiment_fingerprint, experiment_identity, identity_differences,
                                  write_atomically)
 from mbpl_ros.core.controller import PolicySampler
-from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.core.rollouts import Rollouts, final_distance
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import JointStateToState, final_distance, run_rollout
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.sim.rollout import run_rollout
 # Re-exported: they were defined here before the loop moved to mbpl_ros.training.
 from mbpl_ros.training import (METRICS_FILE, RECORDING_FILE, Trial, TrainingLoop,  # noqa: F401
                                TrialHook, TrialResult, check_policy_matches, contiguous,

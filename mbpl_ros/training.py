@@ -53,12 +53,11 @@ from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_sta
                                  checkpoint_paths, experiment_fingerprint, experiment_identity,
                                  fsync_directory, latest_checkpoint, remove_stale_temporaries,
                                  restore_rng_states, write_checkpoint, write_metrics)
-from mbpl_ros.core.controller import LinearGaussianController
-from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.core.controller import LinearGaussianController, rollout_noise
+from mbpl_ros.core.rollouts import Rollouts, final_distance
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.progress import Progress, ProgressTracker
 from mbpl_ros.runs import METRICS_FILE, RECORDING_FILE, existing_run
-from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
 POLICY_FILE = "policy.pt"
 #: Draws of an iteration's batch before the run stops, when a batch cannot be used.
@@ -313,11 +312,10 @@ class TrainingLoop:
     def build_algorithm(self):
         """A fresh LqrFlm or Mdgps from the experiment's initial controllers (C-contiguous)."""
         from mbpl_ros.core.lqr_flm import LqrFlm
-        from mbpl_ros.sim.arm import Arm
+        from mbpl_ros.robot_model import RobotModel
 
         config = self.config
-        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
-            initial = [contiguous(c) for c in config.initial_controllers(model)]
+        initial = [contiguous(c) for c in config.initial_controllers(RobotModel(config.robot))]
         cost = config.build_cost()
         if not self.is_mdgps:
             return LqrFlm(cost, initial, config.lqr_flm_settings())

@@ -61,7 +61,7 @@ def test_forward_dynamics_inverts_inverse_dynamics_and_its_derivatives_are_exact
 def test_bad_descriptions_name_the_joint_or_link():
     from dataclasses import replace
 
-    from mbpl_ros.sim.robots import robot_spec
+    from mbpl_ros.robots import robot_spec
 
     spec = robot_spec("reacher_2link")
     with pytest.raises(ValueError, match="wrist"):
@@ -75,3 +75,31 @@ def test_the_model_imports_no_simulator():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("node", ["lqr_controller", "sample_collector", "dynamics_fitter",
+                                  "gps_trainer"])
+def test_no_node_that_runs_on_hardware_imports_the_simulator(node):
+    code = f"import sys, mbpl_ros.nodes.{node}; print('pybullet' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_states_from_joint_states_equal_the_simulators_points():
+    # The peg has two points: the multi-point path against PyBullet's kinematics.
+    from mbpl_ros.robot_model import JointStateToState
+
+    spec = load_experiment(ROOT / "config" / "peg_insertion.yaml").robot_spec
+    assert spec.n_points > 1
+    to_state = JointStateToState(spec)
+    rng = np.random.default_rng(2)
+    with Arm(spec) as arm:
+        lower, upper = arm.position_limits.T
+        for _ in range(3):
+            q, qd = rng.uniform(lower, upper), rng.normal(size=spec.n_joints)
+            points, velocities = arm.points_kinematics(q, qd)
+            target = rng.normal(size=3)
+            expected = to_state.layout.build(q, qd, points, velocities, spec.point_targets(target))
+            np.testing.assert_allclose(to_state(q, qd, target), expected, atol=1e-12)

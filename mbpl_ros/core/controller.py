@@ -133,6 +133,24 @@ def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: f
     return _smoothing_matrix(int(T), float(smoothing_sigma), bool(renormalize)) @ white
 
 
+
+def rollout_noise(seed: int, iteration: int, condition: int, index: int, T: int, dU: int,
+                  smoothing: float, renormalize: bool, attempt: int = 0) -> np.ndarray:
+    """The exploration noise (T, dU) of rollout `index` of `condition` at `iteration`:
+    smoothed_noise from np.random.default_rng([seed, iteration, condition, index]), or with
+    [..., attempt] for a batch drawn again (attempt > 0) because the first could not be used.
+
+    One generator per rollout, so the noise of a rollout does not depend on how many
+    were drawn before it (a retried or re-ordered trial on the robot gets the same noise)
+    and the offline trainer and the ROS gps_trainer draw identical noise."""
+    for name, value in (("seed", seed), ("iteration", iteration), ("condition", condition),
+                        ("index", index), ("attempt", attempt)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    key = [int(seed), int(iteration), int(condition), int(index)] + ([int(attempt)] if attempt else [])
+    rng = np.random.default_rng(key)
+    return smoothed_noise(rng, T, dU, smoothing_sigma=smoothing, renormalize=renormalize)
+
 # ---------------------------------------------------------------- initial controllers
 
 def _joint_model(dX: int, position_idx, velocity_idx, mass_matrix, gravity_torque):

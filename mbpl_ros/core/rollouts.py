@@ -58,6 +58,13 @@ class StateLayout:
         ])
 
 
+
+def final_distance(X: np.ndarray, layout: StateLayout) -> float:
+    """End-effector distance to the target at the last step of X (T, dX), in metres: of the
+    end-effector point (the first of the layout's points; e.g. a peg's tip)."""
+    return float(np.linalg.norm(X[-1, layout.first_point_offset]))
+
+
 def rollout_arrays(X, U) -> tuple[np.ndarray, np.ndarray]:
     """X (N, T, dX) and U (N, T, dU) as float arrays; ValueError naming the shapes otherwise."""
     X = np.asarray(X, dtype=float)

@@ -24,7 +24,7 @@ so the robot's state publisher (ros2_control's joint_state_broadcaster) sets the
 command follows its state by the compute time alone, as in ros2_control's own read-update-
 write loop; `timer` — a steady timer at control_rate_hz acting on the latest joint state
 (unsynchronised with the states: a command waits up to one period after its state). The
-state x is built from q, qd by forward kinematics (sim.rollout.JointStateToState), as
+state x is built from q, qd by forward kinematics (robot_model.JointStateToState), as
 everywhere. A new request aborts a running trial (the trainer only re-requests after giving
 up on one).
 
@@ -81,8 +81,8 @@ from mbpl_ros.core.controller import PolicySampler
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
-from mbpl_ros.sim.robots import robot_spec
-from mbpl_ros.sim.rollout import JointStateToState
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.robots import robot_spec
 from mbpl_ros.training import check_policy_matches
 
 MODES = ("realtime", "lockstep")

@@ -22,7 +22,7 @@ import numpy as np
 import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
-from mbpl_ros.sim.robots import RobotSpec, robot_spec
+from mbpl_ros.robots import RobotSpec, check_urdf_file, robot_spec
 from mbpl_ros.sim.scene import Fixture, SceneBodies
 
 #: Largest force (N) or torque (N·m) of the motor holding a locked joint: far above any
@@ -75,26 +75,6 @@ def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
     return copy
 
 
-def _check_urdf_file(path: str, where: str) -> None:
-    """ValueError naming the file unless it exists, is URDF XML and has no floating joint.
-
-    PyBullet's own message for a bad file is only "Cannot load URDF file."."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{where}: the URDF file does not exist")
-    try:
-        root = ElementTree.parse(path).getroot()
-    except ElementTree.ParseError as error:
-        raise ValueError(f"{where}: the URDF is not valid XML: {error}") from None
-    if root.tag != "robot":
-        raise ValueError(f"{where}: not a URDF (root element <{root.tag}>, expected <robot>)")
-    free = [(joint.get("name"), joint.get("type")) for joint in root.iter("joint")
-            if joint.get("type") in ("floating", "planar")]
-    if free:
-        raise ValueError(f"{where}: joints {free} give the robot a floating base or a floating part; "
-                         "only fixed-base serial arms are supported (the base is fixed where "
-                         "base_position says)")
-
-
 class Arm:
     """One robot arm with a fixed base, driven by joint torques.
 
@@ -145,7 +125,7 @@ class Arm:
         client.setTimeStep(self.physics_dt)
         client.setGravity(*spec.gravity_vector)
         where = f"robot {spec.name!r} (URDF {spec.urdf_path})"
-        _check_urdf_file(spec.urdf_path, where)
+        check_urdf_file(spec.urdf_path, where)
         try:
             with _stdout_silenced(), tempfile.TemporaryDirectory() as directory:
                 self._body = client.loadURDF(

@@ -29,7 +29,9 @@ from mbpl_ros.nodes.sim_robot import SimRobotNode
 from mbpl_ros.offline import TrainingRun
 from mbpl_ros.recording import read_recording
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import JointStateToState, rollout_noise, run_rollout
+from mbpl_ros.core.controller import rollout_noise
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.sim.rollout import run_rollout
 
 PERIOD_NS = 50_000_000
 SIM_CONFIG = REPO / "config" / "sim_reacher_2link.yaml"

@@ -24,7 +24,7 @@ from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import robot_spec
+from mbpl_ros.robots import robot_spec
 
 URDF_EFFORT = np.array([2.0, 1.0])          # reacher_2link: shoulder, elbow (N·m)
 URDF_POSITION = np.array([[-3.14159265359, 3.14159265359], [-3.04159265359, 3.04159265359]])

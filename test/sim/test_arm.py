@@ -6,7 +6,7 @@ import pybullet
 import pytest
 
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import ROBOTS, RobotSpec, robot_spec
+from mbpl_ros.robots import ROBOTS, RobotSpec, robot_spec
 
 ROBOT_NAMES = ("reacher_2link", "kuka_iiwa")
 

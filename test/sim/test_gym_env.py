@@ -10,7 +10,8 @@ from mbpl_ros.core.controller import smoothed_noise
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.gym_env import ReachEnv
-from mbpl_ros.sim.rollout import final_distance, run_rollout
+from mbpl_ros.core.rollouts import final_distance
+from mbpl_ros.sim.rollout import run_rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 

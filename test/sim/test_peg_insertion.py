@@ -9,7 +9,9 @@ import pytest
 
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.offline import HELD_OUT_MIN_SEPARATION_M, TrainingRun, held_out_conditions
-from mbpl_ros.sim.rollout import JointStateToState, final_distance, observe
+from mbpl_ros.core.rollouts import final_distance
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.sim.rollout import observe
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "peg_insertion.yaml"
@@ -209,7 +211,7 @@ def test_one_short_lqr_flm_iteration_runs_on_the_peg_task(config, tmp_path):
 
 def test_a_bad_extra_point_is_named():
     from mbpl_ros.config import ConfigError
-    from mbpl_ros.sim.robots import describe_robot
+    from mbpl_ros.robots import describe_robot
 
     description = {"name": "peg_check", "urdf": "package://mbpl_ros/urdf/kuka_iiwa_peg.urdf",
                    "joints": [f"lbr_iiwa_joint_{i}" for i in range(1, 8)],

@@ -14,8 +14,8 @@ from mbpl_ros import cli
 from mbpl_ros.config import ConfigError
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, builtin_description, describe_robot,
-                                 register_robot, resolve_urdf, robot_spec)
+from mbpl_ros.robots import (BUILTIN_ROBOTS, ROBOTS, builtin_description, describe_robot,
+                             register_robot, resolve_urdf, robot_spec)
 
 ROOT = Path(__file__).resolve().parents[2]
 PANDA_CONFIG = ROOT / "config" / "panda_reach.yaml"

@@ -1,4 +1,4 @@
-"""The robots the simulator knows: where their URDF is and how to load and read them.
+"""The robots: where their URDF is and how to load and read them.
 
 A robot is described once, as a mapping (YAML) checked by `RobotDescription`:
 
@@ -10,8 +10,9 @@ A robot is described once, as a mapping (YAML) checked by `RobotDescription`:
     limits: {effort: {panda_joint5: 12.0}}             # overrides of the URDF's limits
     ...
 
-`describe_robot` turns it into a `RobotSpec`, the immutable value the simulator (`Arm`)
-and the kinematics of the ROS nodes (`JointStateToState`) load. The built-in robots
+`describe_robot` turns it into a `RobotSpec`, the immutable value the robot model
+(`robot_model.RobotModel`, what the nodes on hardware use) and the simulator (`sim.arm.Arm`)
+load; both import this module, it imports neither. The built-in robots
 (`BUILTIN_ROBOTS`: reacher_2link, kuka_iiwa) are such descriptions shipped in this module; a
 robot described in an experiment file is registered under its name (`register_robot`) so
 that `robot_spec(name)` and `ROBOTS[name]` find it as they find a built-in.
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence, Union
+
+from xml.etree import ElementTree
 
 import numpy as np
 import pybullet_data
@@ -50,7 +53,7 @@ def _package_file(package: str, relative: str) -> str:
     candidate, for the caller to report."""
     candidates = []
     if package == PACKAGE:
-        candidates.append(Path(__file__).resolve().parents[2] / relative)
+        candidates.append(Path(__file__).resolve().parents[1] / relative)
         if candidates[0].is_file():
             return str(candidates[0])
     try:
@@ -358,7 +361,8 @@ def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None, where
 
     base_dir: the directory relative URDF paths start from (the YAML file's); default
     the current directory. Errors are ConfigError naming the key path under `where`.
-    The URDF itself is read when an Arm loads the spec (see check_robot).
+    The URDF itself is read when a RobotModel or an Arm loads the spec (see
+    robot_model.check_robot).
     """
     description = from_dict(RobotDescription, dict(data) if isinstance(data, Mapping) else data, where)
     joints = description.joints
@@ -417,12 +421,24 @@ def load_robot_description(path: Union[str, Path]) -> RobotSpec:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def check_robot(spec: RobotSpec) -> None:
-    """Load the URDF once and check the spec against it (joints, links, limits): the
-    ValueError an Arm would raise, raised now. Costs one URDF load."""
-    from mbpl_ros.sim.arm import Arm
+def check_urdf_file(path: str, where: str) -> None:
+    """ValueError naming the file unless it exists, is URDF XML and has no floating joint.
 
-    Arm(spec).close()
+    PyBullet's own message for a bad file is only "Cannot load URDF file."."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: the URDF file does not exist")
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"{where}: the URDF is not valid XML: {error}") from None
+    if root.tag != "robot":
+        raise ValueError(f"{where}: not a URDF (root element <{root.tag}>, expected <robot>)")
+    free = [(joint.get("name"), joint.get("type")) for joint in root.iter("joint")
+            if joint.get("type") in ("floating", "planar")]
+    if free:
+        raise ValueError(f"{where}: joints {free} give the robot a floating base or a floating part; "
+                         "only fixed-base serial arms are supported (the base is fixed where "
+                         "base_position says)")
 
 
 # ---------------------------------------------------------------------- the built-in robots
