@@ -1,4 +1,5 @@
-"""The robot as a rigid-body model, for the nodes on a real arm and for model-based priors.
+"""
+The robot as a rigid-body model, for the nodes on a real arm and for model-based priors.
 
 `RobotModel` loads a `RobotSpec` (its URDF, controlled and locked joints, end-effector point,
 base position and gravity) into Pinocchio and gives, in the spec's joint order (J,):
@@ -84,14 +85,16 @@ class RobotModel:
         names = spec.joint_names
         lower, upper = self._from_model(model.lowerPositionLimit), self._from_model(model.upperPositionLimit)
         self.position_limits = np.array([spec.position_limit_overrides.get(name, (lo, hi))
-                                         for name, lo, hi in zip(names, lower, upper)], dtype=float)
+                                         for name, lo, hi in zip(names, lower,
+                                                                 upper)], dtype=float)
         self.velocity_limits = np.array([spec.velocity_limit_overrides.get(name, v) for name, v
                                          in zip(names, self._from_model(model.velocityLimit))])
         self.effort_limits = np.array([spec.effort_limit_overrides.get(name, e) for name, e
                                        in zip(names, self._from_model(model.effortLimit))])
         for what, bad in (("effort", ~(self.effort_limits > 0)),
                           ("velocity", ~(self.velocity_limits > 0)),
-                          ("position", ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
+                          ("position", ~(self.position_limits[:, 0] < self.position_limits[:,
+                                                                                           1]))):
             if bad.any():
                 raise ValueError(f"{where}: the URDF must give a positive {what} limit for joints "
                                  f"{[n for n, b in zip(names, bad) if b]}, or the robot "
@@ -175,7 +178,7 @@ class RobotModel:
 
     def forward_dynamics_derivatives(self, q: np.ndarray, qd: np.ndarray, tau: np.ndarray
                                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """d qdd / d q, d qdd / d qd and d qdd / d tau (each (J, J)) of forward_dynamics."""
+        """D qdd / d q, d qdd / d qd and d qdd / d tau (each (J, J)) of forward_dynamics."""
         qd = np.asarray(qd, dtype=float)
         applied = np.asarray(tau, dtype=float) - self.joint_damping * qd
         pinocchio.computeABADerivatives(self.model, self.data, self._to_model(q),

@@ -1,4 +1,5 @@
-"""The robots: where their URDF is and how to load and read them.
+"""
+The robots: where their URDF is and how to load and read them.
 
 A robot is described once, as a mapping (YAML) checked by `RobotDescription`:
 
@@ -40,7 +41,8 @@ PACKAGE = "mbpl_ros"
 
 
 def package_urdf(file_name: str) -> str:
-    """Path of one of this package's URDF files, in the source tree or the installed share/.
+    """
+    Path of one of this package's URDF files, in the source tree or the installed share/.
 
     The source tree wins so that an edited URDF is used without reinstalling.
     """
@@ -48,9 +50,11 @@ def package_urdf(file_name: str) -> str:
 
 
 def _package_file(package: str, relative: str) -> str:
-    """`relative` inside a ROS package's share directory; for this package the source tree
+    """
+    `relative` inside a ROS package's share directory; for this package the source tree
     first (an uninstalled checkout works). Missing files are returned as the first
-    candidate, for the caller to report."""
+    candidate, for the caller to report.
+    """
     candidates = []
     if package == PACKAGE:
         candidates.append(Path(__file__).resolve().parents[1] / relative)
@@ -72,7 +76,8 @@ def _package_file(package: str, relative: str) -> str:
 
 
 def resolve_urdf(reference: str, base_dir: Union[str, Path, None] = None) -> str:
-    """The file a URDF reference names.
+    """
+    The file a URDF reference names.
 
     pybullet_data://kuka_iiwa/model.urdf  -> in PyBullet's data directory
     package://mbpl_ros/urdf/x.urdf        -> in a ROS package's share directory (this
@@ -101,7 +106,8 @@ def resolve_urdf(reference: str, base_dir: Union[str, Path, None] = None) -> str
 
 @dataclass(frozen=True)
 class RobotSpec:
-    """How to load one robot and which part of it is controlled.
+    """
+    How to load one robot and which part of it is controlled.
 
     name: key in ROBOTS (a built-in, or a robot registered with register_robot).
     urdf_path: absolute path of the URDF.
@@ -357,7 +363,8 @@ def _checked_mapping(where: str, mapping: dict, joints: Optional[Sequence[str]],
 
 
 def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None, where: str = "robot") -> RobotSpec:
-    """The RobotSpec of a robot description mapping (see RobotDescription).
+    """
+    The RobotSpec of a robot description mapping (see RobotDescription).
 
     base_dir: the directory relative URDF paths start from (the YAML file's); default
     the current directory. Errors are ConfigError naming the key path under `where`.
@@ -422,9 +429,11 @@ def load_robot_description(path: Union[str, Path]) -> RobotSpec:
 
 
 def check_urdf_file(path: str, where: str) -> None:
-    """ValueError naming the file unless it exists, is URDF XML and has no floating joint.
+    """
+    ValueError naming the file unless it exists, is URDF XML and has no floating joint.
 
-    PyBullet's own message for a bad file is only "Cannot load URDF file."."""
+    PyBullet's own message for a bad file is only "Cannot load URDF file.".
+    """
     if not os.path.isfile(path):
         raise ValueError(f"{where}: the URDF file does not exist")
     try:
@@ -484,9 +493,11 @@ _REGISTERED: dict = {}
 
 
 class _KnownRobots(Mapping):
-    """The built-in robots, by name; looking a name up also finds the robots registered
+    """
+    The built-in robots, by name; looking a name up also finds the robots registered
     in this process (so code that knows robots by name, ROBOTS[config.robot], runs a
-    described robot too), while iterating lists the built-in ones only."""
+    described robot too), while iterating lists the built-in ones only.
+    """
 
     def __getitem__(self, name: str) -> RobotSpec:
         if name in BUILTIN_ROBOTS:
@@ -508,7 +519,8 @@ ROBOTS: Mapping[str, RobotSpec] = _KnownRobots()
 
 
 def register_robot(spec: RobotSpec) -> RobotSpec:
-    """Make `spec` findable by robot_spec(spec.name) (and ROBOTS[spec.name]) in this process,
+    """
+    Make `spec` findable by robot_spec(spec.name) (and ROBOTS[spec.name]) in this process,
     so that an experiment whose robot is described inline is run by code that knows robots
     by name. Returns the registered spec.
 

@@ -1,4 +1,5 @@
-"""Time-varying linear-Gaussian controllers u_t ~ N(K_t x_t + k_t, Σ_t).
+"""
+Time-varying linear-Gaussian controllers u_t ~ N(K_t x_t + k_t, Σ_t).
 
 Also: temporally smoothed exploration noise, and the two initial controllers (PD around
 a pose, LQR on a guessed double integrator). Both initial controllers are specified in
@@ -21,7 +22,8 @@ from mbpl_ros.core.lqr import lqr_backward
 
 @dataclass
 class LinearGaussianController:
-    """K (T, dU, dX), k (T, dU), covar (T, dU, dU) symmetric positive definite.
+    """
+    K (T, dU, dX), k (T, dU), covar (T, dU, dU) symmetric positive definite.
 
     chol (T, dU, dU) lower Cholesky factors of covar and inv_covar (T, dU, dU)
     are kept alongside because both the sampler and the KL term need them.
@@ -46,10 +48,13 @@ class LinearGaussianController:
         return self.K.shape[2]
 
     @classmethod
-    def from_covar(cls, K: np.ndarray, k: np.ndarray, covar: np.ndarray) -> "LinearGaussianController":
-        """Build a controller from K (T, dU, dX), k (T, dU), covar (T, dU, dU) or (dU, dU)
+    def from_covar(cls, K: np.ndarray, k: np.ndarray,
+                   covar: np.ndarray) -> "LinearGaussianController":
+        """
+        Build a controller from K (T, dU, dX), k (T, dU), covar (T, dU, dU) or (dU, dU)
         (the same for every step). covar is symmetrised; ValueError if it is not
-        positive definite at some step."""
+        positive definite at some step.
+        """
         K = np.array(K, dtype=float)
         k = np.array(k, dtype=float)
         if K.ndim != 3:
@@ -70,8 +75,10 @@ class LinearGaussianController:
         return cls(K=K, k=k, covar=covar, chol=chol, inv_covar=inv_covar)
 
     def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """u_t (dU,) = K_t x + k_t + chol_t noise, for x (dX,) and standard-normal noise (dU,)
-        (zeros give the mean action)."""
+        """
+        u_t (dU,) = K_t x + k_t + chol_t noise, for x (dX,) and standard-normal noise (dU,)
+        (zeros give the mean action).
+        """
         return self.K[t] @ x + self.k[t] + self.chol[t] @ noise
 
     def mean_actions(self, X: np.ndarray) -> np.ndarray:
@@ -106,9 +113,11 @@ class PolicySampler:
 
 @lru_cache(maxsize=16)
 def _smoothing_matrix(T: int, smoothing_sigma: float, renormalize: bool) -> np.ndarray:
-    """S (T, T) with smoothed = S @ white: a Gaussian filter over time (reflecting at the
+    """
+    S (T, T) with smoothed = S @ white: a Gaussian filter over time (reflecting at the
     ends), rows scaled to unit norm when renormalising, so every step's noise is exactly
-    unit variance — also at the ends, where the filter sees fewer samples."""
+    unit variance — also at the ends, where the filter sees fewer samples.
+    """
     S = gaussian_filter1d(np.eye(T), smoothing_sigma, axis=0, mode="reflect")
     if renormalize:
         S /= np.linalg.norm(S, axis=1, keepdims=True)
@@ -118,11 +127,13 @@ def _smoothing_matrix(T: int, smoothing_sigma: float, renormalize: bool) -> np.n
 
 def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: float = 2.0,
                    renormalize: bool = True) -> np.ndarray:
-    """Standard-normal noise (T, dU) filtered over time with a Gaussian of standard
+    """
+    Standard-normal noise (T, dU) filtered over time with a Gaussian of standard
     deviation `smoothing_sigma` time steps (0 = white noise), independently per action
     dimension. With `renormalize`, each step's marginal is N(0, 1) again, so
     `act(t, x, noise[t])` keeps the controller's covariance Σ_t while the exploration is
-    temporally correlated (smoother on a real robot)."""
+    temporally correlated (smoother on a real robot).
+    """
     if T < 1 or dU < 1:
         raise ValueError(f"T and dU must be >= 1, got T={T}, dU={dU}")
     if not smoothing_sigma >= 0:
@@ -133,25 +144,28 @@ def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: f
     return _smoothing_matrix(int(T), float(smoothing_sigma), bool(renormalize)) @ white
 
 
-
 def rollout_noise(seed: int, iteration: int, condition: int, index: int, T: int, dU: int,
                   smoothing: float, renormalize: bool, attempt: int = 0) -> np.ndarray:
-    """The exploration noise (T, dU) of rollout `index` of `condition` at `iteration`:
+    """
+    The exploration noise (T, dU) of rollout `index` of `condition` at `iteration`:
     smoothed_noise from np.random.default_rng([seed, iteration, condition, index]), or with
     [..., attempt] for a batch drawn again (attempt > 0) because the first could not be used.
 
     One generator per rollout, so the noise of a rollout does not depend on how many
     were drawn before it (a retried or re-ordered trial on the robot gets the same noise)
-    and the offline trainer and the ROS gps_trainer draw identical noise."""
+    and the offline trainer and the ROS gps_trainer draw identical noise.
+    """
     for name, value in (("seed", seed), ("iteration", iteration), ("condition", condition),
                         ("index", index), ("attempt", attempt)):
         if isinstance(value, bool) or int(value) != value or value < 0:
             raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    key = [int(seed), int(iteration), int(condition), int(index)] + ([int(attempt)] if attempt else [])
+    key = [int(seed), int(iteration), int(condition),
+           int(index)] + ([int(attempt)] if attempt else [])
     rng = np.random.default_rng(key)
     return smoothed_noise(rng, T, dU, smoothing_sigma=smoothing, renormalize=renormalize)
 
 # ---------------------------------------------------------------- initial controllers
+
 
 def _joint_model(dX: int, position_idx, velocity_idx, mass_matrix, gravity_torque):
     """Validated index arrays (dU,), M (dU, dU) and g (dU,)."""
@@ -190,7 +204,8 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
                   mass_matrix: np.ndarray, gravity_torque: np.ndarray, natural_frequency: float,
                   damping_ratio: float = 1.0, accel_noise_std: float | np.ndarray = 1.0,
                   target_position: np.ndarray | None = None) -> LinearGaussianController:
-    """A PD controller holding the start pose q0 = x0[position_idx] (or `target_position`):
+    """
+    A PD controller holding the start pose q0 = x0[position_idx] (or `target_position`).
 
         u = M (ω² (q* − q) − 2ζω q̇) + g,    Σ = M diag(σ²) Mᵀ, the same at every step,
 
@@ -199,7 +214,8 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
     at the start pose. Returns a controller with T steps on states of size dX = len(x0).
     """
     x0 = np.asarray(x0, dtype=float).ravel()
-    q_idx, qd_idx, M, g = _joint_model(x0.size, position_idx, velocity_idx, mass_matrix, gravity_torque)
+    q_idx, qd_idx, M, g = _joint_model(x0.size, position_idx, velocity_idx, mass_matrix,
+                                       gravity_torque)
     if not (natural_frequency > 0 and damping_ratio >= 0):
         raise ValueError(f"natural_frequency must be > 0 and damping_ratio >= 0, "
                          f"got {natural_frequency} and {damping_ratio}")
@@ -222,7 +238,8 @@ def double_integrator_lqr_controller(T: int, dt: float, position_idx: Sequence[i
                                      state_cost_weight: float = 1.0, action_cost_weight: float = 1e-3,
                                      accel_noise_std: float | np.ndarray = 1.0
                                      ) -> LinearGaussianController:
-    """Finite-horizon LQR on a guessed model of the arm: decoupled double integrators in
+    """
+    Finite-horizon LQR on a guessed model of the arm: decoupled double integrators in
     joint acceleration a = M⁻¹ (u − g), discretised with step dt,
 
         q_{t+1} = q_t + dt q̇_t + ½ dt² a_t,    q̇_{t+1} = q̇_t + dt a_t,

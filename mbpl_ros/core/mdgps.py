@@ -1,4 +1,5 @@
-"""Mirror-descent guided policy search (MDGPS, Montgomery & Levine 2016).
+"""
+Mirror-descent guided policy search (MDGPS, Montgomery & Levine 2016).
 
 LQR-FLM improves one time-varying linear-Gaussian controller p_m(u|x, t) per condition m;
 MDGPS distils them into one state-feedback policy π_θ(u|x) that works from every
@@ -126,7 +127,8 @@ class MdgpsSettings:
 
 @dataclass
 class MdgpsReport:
-    """What one MDGPS iteration did.
+    """
+    What one MDGPS iteration did.
 
     policy_loss: S-step loss after training, mean over states of
         (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)); an error as large as one draw of the
@@ -147,7 +149,8 @@ class MdgpsReport:
 
 
 class Mdgps:
-    """MDGPS over M conditions: M local controllers (LqrFlm) and one global policy.
+    """
+    MDGPS over M conditions: M local controllers (LqrFlm) and one global policy.
 
     Args:
         cost: the task cost, ``evaluate(X (N, T, dX), U (N, T, dU)) -> CostExpansion``.
@@ -161,6 +164,7 @@ class Mdgps:
     ((dU, dU), Σ_π of the last S-step, see MdgpsSettings.covariance; the policy's
     diag(action_variance) before the first), ``anchors`` ((M,) linearised policies of the
     last C-step, None before the first update).
+
     """
 
     def __init__(self, cost, initial_controllers: Sequence[LinearGaussianController],
@@ -222,16 +226,19 @@ class Mdgps:
         return batches
 
     def s_step(self, rollouts: Rollouts) -> dict[str, Any]:
-        """Train the policy on every condition's rollout states X_m (N_m, T, dX) with the
+        """
+        Train the policy on every condition's rollout states X_m (N_m, T, dX) with the
         targets of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then set
-        ``policy_covariance``. Returns train_policy's result."""
+        ``policy_covariance``. Returns train_policy's result.
+        """
         batches = self._split(rollouts)
         targets = [controller_targets(controller, batch.X)
                    for controller, batch in zip(self.controllers, batches)]
         X = np.concatenate([batch.X for batch in batches])                  # (N, T, dX)
         target_mean = np.concatenate([mean for mean, _ in targets])         # (N, T, dU)
         target_precision = np.concatenate([prec for _, prec in targets])    # (N, T, dU, dU)
-        training = train_policy(self.policy, X, target_mean, target_precision, self.settings.policy)
+        training = train_policy(self.policy, X, target_mean, target_precision,
+                                self.settings.policy)
         if self.settings.covariance == "full":
             mean_precision = target_precision.mean(axis=(0, 1))             # E[Σ⁻¹] (dU, dU)
             self.policy_covariance = symmetrise(np.linalg.inv(mean_precision))
@@ -240,8 +247,10 @@ class Mdgps:
         return training
 
     def _policy_prior(self, m: int, n_rollouts: int) -> Optional[GMMPrior]:
-        """Condition m's prior, its buffer exactly one batch long (new if the batch size
-        changed), so old points labelled by an older policy never enter the fit."""
+        """
+        Condition m's prior, its buffer exactly one batch long (new if the batch size
+        changed), so old points labelled by an older policy never enter the fit.
+        """
         settings = self.settings.policy_prior
         if not settings.enabled:
             return None
@@ -255,9 +264,11 @@ class Mdgps:
         return prior
 
     def linearize(self, rollouts: Rollouts) -> list[LinearGaussianController]:
-        """The policy's linear-Gaussian fit around each condition's rollout states:
+        """
+        The policy's linear-Gaussian fit around each condition's rollout states:
         (M,) controllers with K (T, dU, dX), k (T, dU) and covar (T, dU, dU) = the fit's
-        residual covariance + Σ_π (``policy_covariance``)."""
+        residual covariance + Σ_π (``policy_covariance``).
+        """
         batches = self._split(rollouts)
         anchors = []
         for m, batch in enumerate(batches):
@@ -271,26 +282,31 @@ class Mdgps:
 
     def step_costs(self, conditions: Sequence[ConditionState],
                    anchors: Sequence[LinearGaussianController]) -> np.ndarray:
-        """GPS's MDGPS step costs (M, 3) for LqrFlm's step rule, from the conditions' states
+        """
+        GPS's MDGPS step costs (M, 3) for LqrFlm's step rule, from the conditions' states
         (their models fitted to this batch) and this batch's linearisations `anchors` (M,):
         per condition [J(π̄⁻; F⁻, l⁻), J(p; F⁻, l⁻), J(π̄; F, l)] (see the module
-        docstring), averaged over the conditions so that all share one step multiplier."""
+        docstring), averaged over the conditions so that all share one step multiplier.
+        """
         if self.anchors is None:
             raise ValueError("the MDGPS step rule needs the previous iteration's linearisations; "
                              "it applies from the second update on")
         costs = np.array([[state.previous_model.estimate_cost(previous_anchor),
                            state.previous_model.estimate_cost(state.controller),
                            state.model.estimate_cost(anchor)]
-                          for state, previous_anchor, anchor in zip(conditions, self.anchors, anchors)])
+                          for state, previous_anchor, anchor in zip(conditions, self.anchors,
+                                                                    anchors)])
         return np.broadcast_to(costs.mean(axis=0), costs.shape).copy()
 
     def update(self, rollouts: Rollouts,
                dynamics: Optional[Sequence[LinearGaussianDynamics]] = None) -> MdgpsReport:
-        """One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
+        """
+        One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
         U (N, T, dU) with condition ids (N,), drawn from the current controllers (or
         from the policy); every condition needs at least one rollout. dynamics (M,), if
         given, are each condition's dynamics fitted elsewhere to these rollouts (the ROS
-        dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them."""
+        dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them.
+        """
         self._split(rollouts)
         training = self.s_step(rollouts)
         anchors = self.linearize(rollouts)
@@ -320,7 +336,8 @@ class Mdgps:
 def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = None,
                      regularization: float = 1e-6,
                      update_prior: bool = True) -> LinearGaussianController:
-    """Linear-Gaussian approximation of the policy around sample states X (N, T, dX).
+    """
+    Linear-Gaussian approximation of the policy around sample states X (N, T, dX).
 
     Per time step t, u ≈ K_t x + k_t is fitted by (Bayesian) linear regression of the
     policy means μ_θ(x_{n,t}) on the states x_{n,t} (``gaussian_regression`` of
@@ -343,6 +360,7 @@ def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = Non
 
     Returns a LinearGaussianController with K (T, dU, dX), k (T, dU), covar, chol,
     inv_covar (T, dU, dU).
+
     """
     states = np.asarray(X, dtype=np.float64)
     if states.ndim != 3 or states.shape[2] != policy.dX or states.shape[0] < 1:

@@ -8,7 +8,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class StateLayout:
-    """Where each physical quantity lives in the state vector x (dX,).
+    """
+    Where each physical quantity lives in the state vector x (dX,).
 
     x = [q (J), qd (J), p_ee - p_target (3P), v_ee (3P)]
     for J controlled joints and P end-effector points.
@@ -58,10 +59,11 @@ class StateLayout:
         ])
 
 
-
 def final_distance(X: np.ndarray, layout: StateLayout) -> float:
-    """End-effector distance to the target at the last step of X (T, dX), in metres: of the
-    end-effector point (the first of the layout's points; e.g. a peg's tip)."""
+    """
+    End-effector distance to the target at the last step of X (T, dX), in metres: of the
+    end-effector point (the first of the layout's points; e.g. a peg's tip).
+    """
     return float(np.linalg.norm(X[-1, layout.first_point_offset]))
 
 

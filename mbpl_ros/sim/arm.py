@@ -1,4 +1,5 @@
-"""A PyBullet arm under effort (torque) control.
+"""
+A PyBullet arm under effort (torque) control.
 
 Each Arm owns its own physics client, so several arms coexist in one process. The
 simulation is deterministic: the same reset and effort sequence gives bit-identical
@@ -52,9 +53,11 @@ def _stdout_silenced():
 
 
 def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
-    """`path` itself, or when its mesh files are named pybullet_data://<path> (PyBullet's
+    """
+    `path` itself, or when its mesh files are named pybullet_data://<path> (PyBullet's
     bundled meshes, which PyBullet cannot resolve itself), a copy written into `directory`
-    with every mesh path absolute."""
+    with every mesh path absolute.
+    """
     with open(path) as file:
         text = file.read()
     if "pybullet_data://" not in text:
@@ -76,7 +79,8 @@ def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
 
 
 class Arm:
-    """One robot arm with a fixed base, driven by joint torques.
+    """
+    One robot arm with a fixed base, driven by joint torques.
 
     The controlled joints are RobotSpec.joint_names; every other movable joint of the URDF
     is locked at its RobotSpec.locked_joints angle by a stiff position motor (its links
@@ -252,7 +256,8 @@ class Arm:
     # ------------------------------------------------------------------ control
     def reset(self, q: Union[np.ndarray, str], qd: Optional[np.ndarray] = None,
               target: Optional[np.ndarray] = None) -> None:
-        """Put the arm at joint angles q (J,) or a named initial condition, with speeds qd (J,).
+        """
+        Put the arm at joint angles q (J,) or a named initial condition, with speeds qd (J,).
 
         qd defaults to zero; the applied effort is reset to zero. With a condition's target
         (3,), the fixtures placed relative to the target are moved there first.
@@ -278,7 +283,8 @@ class Arm:
         self._applied_effort = np.zeros(self.n_joints)
 
     def step(self, effort: np.ndarray) -> np.ndarray:
-        """Apply effort (J,) (N·m) for one control step of `substeps` physics steps.
+        """
+        Apply effort (J,) (N·m) for one control step of `substeps` physics steps.
 
         Returns the effort actually applied: the command clamped to the effort limits.
         """
@@ -298,7 +304,7 @@ class Arm:
         return applied.copy()
 
     def joint_state(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """q (J,), qd (J,) and the effort (J,) applied during the last step (zero after reset)."""
+        """Q (J,), qd (J,) and the effort (J,) applied during the last step (zero after reset)."""
         states = self._live_client().getJointStates(self._body, self._joint_indices)
         q = np.array([s[0] for s in states], dtype=float)
         qd = np.array([s[1] for s in states], dtype=float)
@@ -317,8 +323,10 @@ class Arm:
         return np.array(com_position) + self._point_offsets_from_com @ rotation.T
 
     def points_kinematics(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """World positions (P, 3) and linear velocities (P, 3) of every end-effector point at
-        joint angles q (J,) and speeds qd (J,). The simulation state is restored afterwards."""
+        """
+        World positions (P, 3) and linear velocities (P, 3) of every end-effector point at
+        joint angles q (J,) and speeds qd (J,). The simulation state is restored afterwards.
+        """
         q, qd = self._joint_vector(q, "q"), self._joint_vector(qd, "qd")
         client = self._live_client()
         movable = self._joint_indices + self._locked_indices
@@ -338,8 +346,10 @@ class Arm:
         return points, velocities
 
     def fixture_penetration(self) -> float:
-        """Deepest penetration (m, >= 0) of the arm into any fixture now: minus the most
-        negative contact distance PyBullet reports between them (0 without contact)."""
+        """
+        Deepest penetration (m, >= 0) of the arm into any fixture now: minus the most
+        negative contact distance PyBullet reports between them (0 without contact).
+        """
         if self.scene is None:
             return 0.0
         client = self._live_client()
@@ -364,7 +374,8 @@ class Arm:
         return self._jacobians(q)[1] @ qd
 
     def forward_kinematics(self, q: np.ndarray) -> np.ndarray:
-        """(3,) world position of the end-effector point at joint angles q (J,).
+        """
+        (3,) world position of the end-effector point at joint angles q (J,).
 
         The simulation state is restored exactly afterwards.
         """
@@ -380,7 +391,8 @@ class Arm:
                 client.resetJointState(self._body, index, angle, speed)
 
     def jacobian(self, q: np.ndarray, qd: Optional[np.ndarray] = None) -> np.ndarray:
-        """(3, J) linear Jacobian d p_ee / d q of the end-effector point at q (J,).
+        """
+        (3, J) linear Jacobian d p_ee / d q of the end-effector point at q (J,).
 
         qd (J,) is accepted for symmetry with velocity-dependent quantities; the
         Jacobian does not depend on it.
@@ -463,8 +475,10 @@ class Arm:
                 client.resetJointState(self._body, index, angle, math.copysign(limit, speed))
 
     def _dofs(self, joint_values: np.ndarray, locked_values: Optional[np.ndarray] = None) -> list:
-        """A (J,) vector in joint_names order as PyBullet's vector over every movable joint
-        (DoF order), the locked joints' entries `locked_values` (default zero)."""
+        """
+        A (J,) vector in joint_names order as PyBullet's vector over every movable joint
+        (DoF order), the locked joints' entries `locked_values` (default zero).
+        """
         dof_values = np.zeros(self._n_dofs)
         dof_values[self._dof_of_joint] = joint_values
         if locked_values is not None:

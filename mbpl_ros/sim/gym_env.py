@@ -1,4 +1,5 @@
-"""A gymnasium environment over the ROS-free simulator: the task of an experiment file.
+"""
+A gymnasium environment over the ROS-free simulator: the task of an experiment file.
 
 `ReachEnv(config)` poses exactly the problem that `mbpl train` solves for the same
 ExperimentConfig, so model-free learners (e.g. stable-baselines3 SAC/PPO) can be compared
@@ -82,7 +83,8 @@ class ReachEnv(gymnasium.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-        """Start an episode at rest at a training condition.
+        """
+        Start an episode at rest at a training condition.
 
         A seed reseeds the generator of the random order and restarts the round-robin at
         condition 0, so the same seed gives the same episode. options={"condition": m}
@@ -133,7 +135,8 @@ class ReachEnv(gymnasium.Env):
         return effort / self.effort_limits if self.normalize_actions else effort
 
     def step_cost(self, x: np.ndarray, u: np.ndarray, t: int) -> float:
-        """l_t(x (dX,), u (dU,)): the experiment's cost of one step at time index t.
+        """
+        l_t(x (dX,), u (dU,)): the experiment's cost of one step at time index t.
 
         Every core cost term is a sum over t of a term of (x_t, u_t) scaled by a time
         ramp, so l_t is read off an evaluation over the whole horizon of the constant

@@ -1,4 +1,5 @@
-"""Run a controller on a simulated arm and record the rollout in the core's state layout.
+"""
+Run a controller on a simulated arm and record the rollout in the core's state layout.
 
 The state x = [q, qd, p_ee − target, v_ee] is built from the joint angles and speeds
 alone, with the robot model's forward kinematics and Jacobian
@@ -35,17 +36,20 @@ def _kinematics_for(spec: RobotSpec, layout: StateLayout) -> JointStateToState:
 
 
 def observe(arm: Arm, layout: StateLayout, target: np.ndarray) -> np.ndarray:
-    """The state x (dX,) of the arm now, its end-effector point relative to `target` (3,).
+    """
+    The state x (dX,) of the arm now, its end-effector point relative to `target` (3,).
 
     Computed from the arm's joint angles and speeds by JointStateToState, exactly as the
-    ROS sample_collector computes it from /joint_states."""
+    ROS sample_collector computes it from /joint_states.
+    """
     q, qd, _ = arm.joint_state()
     return _kinematics_for(arm.spec, layout)(q, qd, target)
 
 
 def run_rollout(arm: Arm, layout: StateLayout, act: Act, initial_positions: np.ndarray,
                 target: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reset to `initial_positions` (J,) at rest, the arm's fixtures placed for `target`,
+    """
+    Reset to `initial_positions` (J,) at rest, the arm's fixtures placed for `target`,
     and run `act` for T steps.
 
     Returns X (T, dX) and U (T, dU), U being the effort actually applied (after the

@@ -87,7 +87,8 @@ def test_reacher_is_planar_and_gravity_never_loads_its_joints():
 
 
 def test_joint_damping_dissipates_the_power_of_its_torque():
-    """Over one physics step the kinetic energy drops by the work of the damping torque -D qd.
+    """
+    Over one physics step the kinetic energy drops by the work of the damping torque -D qd.
 
     PyBullet applies damping explicitly (torque -D qd0) and integrates semi-implicitly, so the
     work over the step is -dt (qd0 + qd1)/2 . D qd0 (up to the small change of M(q)).

@@ -29,8 +29,10 @@ def env(config):
 
 
 def recorded_rollout(config, condition: int, seed: int = 3):
-    """A noisy rollout of the config's initial controller on its own arm: X (T, dX), U (T, dU),
-    with an extra push beyond the effort limits in the middle (clamped by the arm)."""
+    """
+    A noisy rollout of the config's initial controller on its own arm: X (T, dX), U (T, dU),
+    with an extra push beyond the effort limits in the middle (clamped by the arm).
+    """
     layout = config.layout
     spec = config.conditions[condition]
     with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
@@ -46,8 +48,10 @@ def recorded_rollout(config, condition: int, seed: int = 3):
 
 
 def play(env, efforts, condition):
-    """Run an episode commanding efforts (T, dU) in N·m: observations (T+1, dX), rewards (T,),
-    truncation flags (T,) and the last info."""
+    """
+    Run an episode commanding efforts (T, dU) in N·m: observations (T+1, dX), rewards (T,),
+    truncation flags (T,) and the last info.
+    """
     x, _ = env.reset(options={"condition": condition})
     observations, rewards, truncations = [x], [], []
     for effort in efforts:

@@ -1,6 +1,8 @@
-"""Robots from URDF + YAML: kinematics against PyBullet's own link states, limits and
+"""
+Robots from URDF + YAML: kinematics against PyBullet's own link states, limits and
 overrides enforced, locked joints held, and every bad URDF or description reported with
-the file, joint or key path and what exists."""
+the file, joint or key path and what exists.
+"""
 import copy
 import dataclasses
 from pathlib import Path
@@ -290,8 +292,10 @@ def test_bad_experiment_robots_name_the_file_and_key(tmp_path, robot, conditions
 
 # ---------------------------------------------------------------- a new arm from the template
 def test_a_new_arm_written_from_the_template_alone_loads_and_runs_a_first_trial(tmp_path, capsys):
-    """The xArm 6 of pybullet_data, described by filling in config/robot_template.yaml's
-    robot section and conditions; every other setting is the template's."""
+    """
+    The xArm 6 of pybullet_data, described by filling in config/robot_template.yaml's
+    robot section and conditions; every other setting is the template's.
+    """
     experiment = yaml.safe_load((ROOT / "config" / "robot_template.yaml").read_text())
     robot = experiment["robot"]
     robot.update(

@@ -32,8 +32,10 @@ _EXPORT_FORMAT_NAME = "mbpl_ros.policy"
 
 
 class _DeployedPolicy(nn.Module):
-    """TorchScript-able mean policy: state (dX,) or (B, dX), any float dtype -> action
-    (dU,) or (B, dU) in the input's dtype (float64 for integer input)."""
+    """
+    TorchScript-able mean policy: state (dX,) or (B, dX), any float dtype -> action
+    (dU,) or (B, dU) in the input's dtype (float64 for integer input).
+    """
 
     def __init__(self, network: nn.Sequential, state_mean: torch.Tensor,
                  state_std: torch.Tensor, action_variance: torch.Tensor,
@@ -72,7 +74,8 @@ def export_torchscript(policy: Policy, path: str | Path,
                        joint_names: Sequence[str] | None = None,
                        extra_metadata: Mapping[str, Any] | None = None,
                        action_covariance: np.ndarray | None = None) -> Path:
-    """Write the policy mean as a TorchScript module at ``path`` (normalisation inside)
+    """
+    Write the policy mean as a TorchScript module at ``path`` (normalisation inside)
     and a JSON description next to it (same name, ``.json``), also embedded in the
     module as the extra file ``metadata.json``.
 
@@ -138,7 +141,8 @@ def export_torchscript(policy: Policy, path: str | Path,
 
 
 class ExportedPolicy:
-    """A loaded exported policy: ``policy(state)`` with a numpy array or tensor state
+    """
+    A loaded exported policy: ``policy(state)`` with a numpy array or tensor state
     (dX,) or (B, dX) returns the action mean (dU,) or (B, dU) — numpy float64 for numpy
     or list input, a tensor in the input's dtype for tensor input.
 
@@ -167,9 +171,11 @@ class ExportedPolicy:
 
 
 def load_exported_policy(path: str | Path) -> ExportedPolicy:
-    """Load what :func:`export_torchscript` wrote (torch + json only).
+    """
+    Load what :func:`export_torchscript` wrote (torch + json only).
 
-    Uses the JSON beside the module when present, else the copy embedded in it."""
+    Uses the JSON beside the module when present, else the copy embedded in it.
+    """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no exported policy at {path}")
@@ -191,5 +197,3 @@ def load_exported_policy(path: str | Path) -> ExportedPolicy:
             f"version {EXPORT_FORMAT_VERSION}")
     module.eval()
     return ExportedPolicy(module, metadata)
-
-

@@ -25,7 +25,8 @@ _CHECKPOINT_FORMAT_VERSION = 1
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device for ``name`` ('cpu', 'cuda', 'cuda:<i>').
+    """
+    The torch device for ``name`` ('cpu', 'cuda', 'cuda:<i>').
 
     Raises ValueError for an unknown name and RuntimeError when CUDA is configured but
     this torch build or machine has none (never silently falls back to the CPU).
@@ -46,7 +47,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-
 def _mlp(dX: int, dU: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     width_in = dX
@@ -58,7 +58,8 @@ def _mlp(dX: int, dU: int, hidden_sizes: Sequence[int], activation: str) -> nn.S
 
 
 class Policy(nn.Module):
-    """π_θ(u|x) = N(μ_θ(x), diag(action_variance)), μ_θ an MLP on normalised states.
+    """
+    π_θ(u|x) = N(μ_θ(x), diag(action_variance)), μ_θ an MLP on normalised states.
 
     forward(state (B, dX)) -> action mean (B, dU), normalisation included.
 
@@ -124,9 +125,11 @@ class Policy(nn.Module):
             (state - self.state_mean) / self.state_std)
 
     def fit_action_scaling(self, target_mean: np.ndarray, min_std: float = 1e-3) -> None:
-        """Set the output scaling from mean actions (..., dU): offset = their mean,
+        """
+        Set the output scaling from mean actions (..., dU): offset = their mean,
         scale = their standard deviation (floored at min_std). Meant for the first S-step:
-        it changes the policy's function."""
+        it changes the policy's function.
+        """
         actions = np.asarray(target_mean, dtype=np.float64).reshape(-1, self.dU)
         with torch.no_grad():
             self.action_offset.copy_(torch.as_tensor(actions.mean(axis=0), dtype=torch.float32))
@@ -138,7 +141,8 @@ class Policy(nn.Module):
 
     def fit_normalization(self, X: np.ndarray, min_std: float = 1e-3,
                           preserve_function: bool = True) -> None:
-        """Fit the input normaliser to states X (..., dX).
+        """
+        Fit the input normaliser to states X (..., dX).
 
         With ``preserve_function`` and an already fitted normaliser, the first linear
         layer is rescaled so μ_θ is unchanged: W' = W·diag(std'/std),
@@ -175,10 +179,11 @@ class Policy(nn.Module):
         return np.diag(self.action_variance.detach().double().cpu().numpy())
 
 
-
 def save_policy(policy: Policy, path: str | Path) -> None:
-    """Checkpoint: architecture config + ``state_dict`` (weights, normaliser, variance,
-    S-step count) in one ``torch.save`` file, restorable by :func:`load_policy`."""
+    """
+    Checkpoint: architecture config + ``state_dict`` (weights, normaliser, variance,
+    S-step count) in one ``torch.save`` file, restorable by :func:`load_policy`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu() for name, tensor in policy.state_dict().items()}

@@ -146,4 +146,3 @@ class PolicySettings:
                     f"PolicySettings.{flag} must be True or False, got {getattr(self, flag)!r}")
         _check_int("seed", self.seed, 0)
         _check_device_name("PolicySettings.device", self.device)
-

@@ -25,8 +25,10 @@ __all__ = ["controller_targets", "train_policy"]
 
 def controller_targets(controller: LinearGaussianController,
                        X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """S-step targets of one condition's controller at its rollout states X (N, T, dX):
-    the means K_t x_t + k_t (N, T, dU) and the precisions Σ_t⁻¹ tiled to (N, T, dU, dU)."""
+    """
+    S-step targets of one condition's controller at its rollout states X (N, T, dX):
+    the means K_t x_t + k_t (N, T, dU) and the precisions Σ_t⁻¹ tiled to (N, T, dU, dU).
+    """
     states = np.asarray(X, dtype=np.float64)
     if states.ndim != 3 or states.shape[1:] != (controller.T, controller.dX):
         raise ValueError(f"X must have shape (N, T={controller.T}, dX={controller.dX}), "
@@ -38,8 +40,10 @@ def controller_targets(controller: LinearGaussianController,
 
 
 def _robust_weights(weights: np.ndarray) -> np.ndarray:
-    """GPS's sample weights: rescaled to mean 1, capped at twice the median of the
-    non-negligible weights, then divided by that median (so a typical weight is ≈ 1)."""
+    """
+    GPS's sample weights: rescaled to mean 1, capped at twice the median of the
+    non-negligible weights, then divided by that median (so a typical weight is ≈ 1).
+    """
     w = weights * (weights.size / weights.sum())
     median = np.median(w[w > 1e-2])
     return np.minimum(w, 2.0 * median) / median
@@ -88,7 +92,8 @@ def _validate_training_data(policy: Policy, X: np.ndarray, target_mean: np.ndarr
 def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
                  target_precision: np.ndarray, settings: PolicySettings | None = None,
                  weights: np.ndarray | None = None) -> dict[str, Any]:
-    """One S-step: fit μ_θ to the local controllers' means, warm-starting from the
+    """
+    One S-step: fit μ_θ to the local controllers' means, warm-starting from the
     policy's current weights, and set its variance.
 
     Args:
@@ -109,6 +114,7 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
     ``validation_loss`` (None without a held-out split), ``iterations`` (minibatch
     steps taken), ``epochs`` (passes over the training states), ``stopped_early`` and
     ``validation_rollouts`` (indices along N of the held-out rollouts).
+
     """
     settings = PolicySettings() if settings is None else settings
     if not isinstance(settings, PolicySettings):
@@ -221,4 +227,3 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         "stopped_early": stopped_early,
         "validation_rollouts": held_out_rollouts.tolist(),
     }
-
