@@ -72,9 +72,9 @@ class RobotModel:
         chain = set(model.supports[model.frames[self._ee_frame].parentJoint])
         off_chain = [name for name in spec.joint_names if model.getJointId(name) not in chain]
         if off_chain:
-            raise ValueError(f"{where}: controlled joints {off_chain} do not move the end-effector "
-                             f"link {spec.ee_link!r}; control the joints between the base and "
-                             "it, lock the others")
+            raise ValueError(f"{where}: controlled joints {off_chain} do not move the "
+                             f"end-effector link {spec.ee_link!r}; control the joints between "
+                             "the base and it, lock the others")
         self._ee_offset = np.asarray(spec.ee_offset, dtype=float)
         self._base = np.asarray(spec.base_position, dtype=float)
         damping = np.asarray(model.damping, dtype=float)[self._index]
@@ -83,7 +83,8 @@ class RobotModel:
         self.n_joints = len(spec.joint_names)
         # Limits in spec order, the spec's overrides replacing the URDF's (as the simulator).
         names = spec.joint_names
-        lower, upper = self._from_model(model.lowerPositionLimit), self._from_model(model.upperPositionLimit)
+        lower = self._from_model(model.lowerPositionLimit)
+        upper = self._from_model(model.upperPositionLimit)
         self.position_limits = np.array([spec.position_limit_overrides.get(name, (lo, hi))
                                          for name, lo, hi in zip(names, lower,
                                                                  upper)], dtype=float)

@@ -29,16 +29,15 @@ def test_kinematics_and_dynamics_equal_the_simulators(robot):
             np.testing.assert_array_equal(getattr(model, name), getattr(arm, name), err_msg=name)
         lower, upper = arm.position_limits.T
         for _ in range(5):
-            q, qd, qdd = rng.uniform(lower,
-                                     upper), rng.normal(size=model.n_joints), rng.normal(size=model.n_joints)
+            q = rng.uniform(lower, upper)
+            qd, qdd = rng.normal(size=model.n_joints), rng.normal(size=model.n_joints)
             np.testing.assert_allclose(model.forward_kinematics(q), arm.forward_kinematics(q),
                                        atol=1e-12)
             np.testing.assert_allclose(model.jacobian(q), arm.jacobian(q), atol=1e-12)
             np.testing.assert_allclose(model.mass_matrix(q), arm.mass_matrix(q), atol=1e-12)
             np.testing.assert_allclose(model.gravity_torque(q), arm.gravity_torque(q), atol=1e-11)
-            np.testing.assert_allclose(model.inverse_dynamics(q, qd, qdd), arm.inverse_dynamics(q,
-                                                                                                qd, qdd),
-                                       atol=1e-11)
+            np.testing.assert_allclose(model.inverse_dynamics(q, qd, qdd),
+                                       arm.inverse_dynamics(q, qd, qdd), atol=1e-11)
 
 
 @pytest.mark.parametrize("robot", ["reacher_2link", "kuka_iiwa"])

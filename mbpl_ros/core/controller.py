@@ -66,7 +66,8 @@ class LinearGaussianController:
         if covar.shape == (dU, dU):
             covar = np.broadcast_to(covar, (T, dU, dU))
         if covar.shape != (T, dU, dU):
-            raise ValueError(f"covar must have shape (T={T}, dU={dU}, dU) or (dU, dU), got {covar.shape}")
+            raise ValueError(f"covar must have shape (T={T}, dU={dU}, dU) or (dU, dU), got "
+                             f"{covar.shape}")
         if not (np.isfinite(K).all() and np.isfinite(k).all() and np.isfinite(covar).all()):
             raise ValueError("K, k and covar must be finite")
         covar = symmetrise(covar)
@@ -196,7 +197,8 @@ def _torque_covariance(M: np.ndarray, accel_noise_std) -> np.ndarray:
     """Covariance M diag(σ²) Mᵀ (dU, dU) of torques from joint-acceleration noise σ."""
     sigma = np.broadcast_to(np.asarray(accel_noise_std, dtype=float), (M.shape[0],))
     if not (sigma > 0).all() or not np.isfinite(sigma).all():
-        raise ValueError(f"accel_noise_std must be positive and finite (rad/s² per joint), got {sigma}")
+        raise ValueError("accel_noise_std must be positive and finite (rad/s² per joint), got "
+                         f"{sigma}")
     return (M * sigma ** 2) @ M.T
 
 
@@ -235,7 +237,8 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
 def double_integrator_lqr_controller(T: int, dt: float, position_idx: Sequence[int],
                                      velocity_idx: Sequence[int], dX: int, mass_matrix: np.ndarray,
                                      gravity_torque: np.ndarray, target_position: np.ndarray,
-                                     state_cost_weight: float = 1.0, action_cost_weight: float = 1e-3,
+                                     state_cost_weight: float = 1.0,
+                                     action_cost_weight: float = 1e-3,
                                      accel_noise_std: float | np.ndarray = 1.0
                                      ) -> LinearGaussianController:
     """
@@ -259,10 +262,10 @@ def double_integrator_lqr_controller(T: int, dt: float, position_idx: Sequence[i
     target = np.asarray(target_position, dtype=float)
     if target.shape != (dU,):
         raise ValueError(f"target_position must have shape (dU={dU},), got {target.shape}")
-    I = np.eye(dU)
+    eye = np.eye(dU)
     # Per joint model on s = [q; q̇] (2dU,), action a (dU,).
-    A = np.block([[I, dt * I], [np.zeros((dU, dU)), I]])
-    B = np.vstack([0.5 * dt ** 2 * I, dt * I])
+    A = np.block([[eye, dt * eye], [np.zeros((dU, dU)), eye]])
+    B = np.vstack([0.5 * dt ** 2 * eye, dt * eye])
     F = np.broadcast_to(np.hstack([A, B]), (T - 1, 2 * dU, 3 * dU))
     C = np.diag(np.r_[np.full(2 * dU, state_cost_weight), np.full(dU, action_cost_weight)])
     c = np.r_[-state_cost_weight * target, np.zeros(2 * dU)]

@@ -168,8 +168,10 @@ class LqrFlm:
         for m, model in enumerate(dynamics):
             T = rollouts.for_condition(m).T
             if model.T != T or model.dX != rollouts.X.shape[2] or model.dU != rollouts.U.shape[2]:
-                raise ValueError(f"dynamics[{m}] has (T, dX, dU) = ({model.T}, {model.dX}, {model.dU}); "
-                                 f"the rollouts have ({T}, {rollouts.X.shape[2]}, {rollouts.U.shape[2]})")
+                raise ValueError(f"dynamics[{m}] has (T, dX, dU) = ({model.T}, {model.dX}, "
+                                 f"{model.dU}); "
+                                 f"the rollouts have ({T}, {rollouts.X.shape[2]}, "
+                                 f"{rollouts.U.shape[2]})")
         return self._update(rollouts, anchors, dynamics=dynamics, step_costs=step_costs)
 
     def _update(self, rollouts: Rollouts, anchors, dynamics, step_costs) -> list[ConditionReport]:
@@ -178,7 +180,8 @@ class LqrFlm:
         for m, state in enumerate(self.conditions):
             batch = rollouts.for_condition(m)
             if batch.N == 0:
-                raise ValueError(f"no rollouts for condition {m}; every condition needs at least one")
+                raise ValueError(f"no rollouts for condition {m}; every condition needs at least "
+                                 "one")
             expansion = self.cost.evaluate(batch.X, batch.U)
             fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U,
                                          self.settings.dynamics_regularization)

@@ -77,14 +77,17 @@ class PolicyPriorSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"PolicyPriorSettings.enabled must be True or False, got {self.enabled!r}")
+            raise ValueError("PolicyPriorSettings.enabled must be True or False, got "
+                             f"{self.enabled!r}")
         for name in ("max_clusters", "min_points_per_cluster"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"PolicyPriorSettings.{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"PolicyPriorSettings.{name} must be an integer >= 1, got "
+                                 f"{value!r}")
         if not (isinstance(self.strength, (int, float)) and np.isfinite(self.strength)
                 and self.strength > 0):
-            raise ValueError(f"PolicyPriorSettings.strength must be a number > 0, got {self.strength!r}")
+            raise ValueError("PolicyPriorSettings.strength must be a number > 0, got "
+                             f"{self.strength!r}")
 
 
 @dataclass
@@ -173,10 +176,12 @@ class Mdgps:
                  policy: Policy | None = None) -> None:
         self.settings = MdgpsSettings() if settings is None else settings
         if not isinstance(self.settings, MdgpsSettings):
-            raise ValueError(f"settings must be an MdgpsSettings, got {type(self.settings).__name__}")
+            raise ValueError("settings must be an MdgpsSettings, got "
+                             f"{type(self.settings).__name__}")
         controllers = list(initial_controllers)
         if not controllers:
-            raise ValueError("initial_controllers must hold at least one controller (one per condition)")
+            raise ValueError("initial_controllers must hold at least one controller (one per "
+                             "condition)")
         shapes = {(c.T, c.dX, c.dU) for c in controllers}
         if len(shapes) != 1:
             raise ValueError(f"initial_controllers must share (T, dX, dU); got {sorted(shapes)}")
@@ -215,14 +220,16 @@ class Mdgps:
             raise ValueError(f"rollouts must be a Rollouts, got {type(rollouts).__name__}")
         if rollouts.X.shape[1:] != (self.T, self.dX) or rollouts.U.shape[2] != self.dU:
             raise ValueError(f"rollouts must have X (N, T={self.T}, dX={self.dX}) and "
-                             f"U (N, T, dU={self.dU}); got X {rollouts.X.shape}, U {rollouts.U.shape}")
+                             f"U (N, T, dU={self.dU}); got X {rollouts.X.shape}, U "
+                             f"{rollouts.U.shape}")
         unknown = sorted(set(rollouts.condition.tolist()) - set(range(self.M)))
         if unknown:
             raise ValueError(f"rollouts name conditions {unknown}; allowed are 0 .. {self.M - 1}")
         batches = [rollouts.for_condition(m) for m in range(self.M)]
         missing = [m for m, batch in enumerate(batches) if batch.N == 0]
         if missing:
-            raise ValueError(f"no rollouts for conditions {missing}; every condition needs at least one")
+            raise ValueError(f"no rollouts for conditions {missing}; every condition needs at "
+                             "least one")
         return batches
 
     def s_step(self, rollouts: Rollouts) -> dict[str, Any]:

@@ -90,7 +90,8 @@ class Rollouts:
         self.X, self.U = rollout_arrays(self.X, self.U)
         self.condition = np.asarray(self.condition, dtype=int).reshape(-1)
         if self.condition.shape != (self.X.shape[0],):
-            raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got {self.condition.shape}")
+            raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got "
+                             f"{self.condition.shape}")
 
     @property
     def N(self) -> int:

@@ -86,10 +86,11 @@ class Arm:
     is locked at its RobotSpec.locked_joints angle by a stiff position motor (its links
     still count in the dynamics), e.g. a gripper's fingers.
 
-    Limits come from the URDF (or the spec's overrides) and are enforced: efforts are clamped to the effort
-    limits, PyBullet's joint-limit constraints keep positions within the position limits,
-    and joint speeds are capped at the velocity limits. The default velocity motors are
-    disabled, so a zero effort lets the arm move freely under gravity and joint damping.
+    Limits come from the URDF (or the spec's overrides) and are enforced: efforts are clamped
+    to the effort limits, PyBullet's joint-limit constraints keep positions within the
+    position limits, and joint speeds are capped at the velocity limits. The default
+    velocity motors are disabled, so a zero effort lets the arm move freely under gravity
+    and joint damping.
 
     fixtures: static bodies of boxes (sim.scene.Fixture) in the same world, with the contact
     settings CONTACT_SETTINGS; reset(q, target=...) places those placed relative to a target.
@@ -98,8 +99,10 @@ class Arm:
     def __init__(self, robot: Union[str, RobotSpec], physics_dt: float = 1.0 / 240.0,
                  substeps: int = 12, gui: bool = False, fixtures: Sequence[Fixture] = ()):
         self.spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
-        if not (isinstance(physics_dt, (int, float)) and math.isfinite(physics_dt) and physics_dt > 0):
-            raise ValueError(f"physics_dt must be a positive finite number of seconds; got {physics_dt!r}")
+        if not (isinstance(physics_dt, (int,
+                                        float)) and math.isfinite(physics_dt) and physics_dt > 0):
+            raise ValueError("physics_dt must be a positive finite number of seconds; got "
+                             f"{physics_dt!r}")
         if isinstance(substeps, bool) or not isinstance(substeps, Integral) or substeps < 1:
             raise ValueError(f"substeps must be an integer >= 1; got {substeps!r}")
         self.physics_dt = float(physics_dt)
@@ -152,22 +155,27 @@ class Arm:
         controlled, locked = list(self.joint_names), list(spec.locked_joints)
         unknown = [name for name in controlled + locked if name not in joint_index]
         if unknown:
-            raise ValueError(f"{where}: joints {unknown} are not in the URDF; its movable joints: {movable}")
+            raise ValueError(f"{where}: joints {unknown} are not in the URDF; its movable joints: "
+                             f"{movable}")
         not_movable = [name for name in controlled + locked if name not in movable]
         if not_movable:
-            raise ValueError(f"{where}: joints {not_movable} are fixed in the URDF; its movable joints: {movable}")
+            raise ValueError(f"{where}: joints {not_movable} are fixed in the URDF; its movable "
+                             f"joints: {movable}")
         not_one_dof = [name for name in controlled + locked
-                       if joint_type[name] not in (pybullet.JOINT_REVOLUTE, pybullet.JOINT_PRISMATIC)]
+                       if joint_type[name] not in (pybullet.JOINT_REVOLUTE,
+                                                   pybullet.JOINT_PRISMATIC)]
         if not_one_dof:
             raise ValueError(f"{where}: joints {not_one_dof} are not revolute or prismatic; only "
                              "one-degree-of-freedom joints are supported")
         if set(movable) != set(controlled) | set(locked):
             missing = [name for name in movable if name not in controlled and name not in locked]
-            raise ValueError(f"{where}: joints {controlled} (controlled) and locked_joints {locked} "
+            raise ValueError(f"{where}: joints {controlled} (controlled) and locked_joints "
+                             f"{locked} "
                              f"must be exactly the movable joints of the URDF {movable}; "
                              f"lock or control {missing}")
         if spec.ee_link not in link_index:
-            raise ValueError(f"robot {spec.name!r}: ee_link {spec.ee_link!r} is not a link of the URDF "
+            raise ValueError(f"robot {spec.name!r}: ee_link {spec.ee_link!r} is not a link of the "
+                             "URDF "
                              f"{spec.urdf_path}; links: {sorted(link_index)}")
         self._joint_indices = [joint_index[name] for name in self.joint_names]
         self._ee_link_index = link_index[spec.ee_link]
@@ -176,32 +184,40 @@ class Arm:
         while index >= 0:
             chain.add(index)
             index = parent_of[index]
-        off_chain = [name for name, index in zip(self.joint_names, self._joint_indices) if index not in chain]
+        off_chain = [name for name, index in zip(self.joint_names,
+                                                 self._joint_indices) if index not in chain]
         if off_chain:
-            raise ValueError(f"{where}: controlled joints {off_chain} do not move the end-effector link "
-                             f"{spec.ee_link!r}; control the joints between the base and it, lock the others")
+            raise ValueError(f"{where}: controlled joints {off_chain} do not move the "
+                             "end-effector link "
+                             f"{spec.ee_link!r}; control the joints between the base and it, lock "
+                             "the others")
 
         # PyBullet orders degrees of freedom by joint index; ours follow joint_names.
-        dof_of_index = {index: dof for dof, index in enumerate(sorted(joint_index[n] for n in movable))}
+        dof_of_index = {index: dof for dof,
+                        index in enumerate(sorted(joint_index[n] for n in movable))}
         self._n_dofs = len(movable)
         self._dof_of_joint = np.array([dof_of_index[i] for i in self._joint_indices], dtype=int)
         self._locked_indices = [joint_index[name] for name in locked]
         self._locked_dofs = np.array([dof_of_index[i] for i in self._locked_indices], dtype=int)
-        self._locked_positions = np.array([spec.locked_joints[name] for name in locked], dtype=float)
+        self._locked_positions = np.array([spec.locked_joints[name] for name in locked],
+                                          dtype=float)
 
         infos = [client.getJointInfo(self._body, i) for i in self._joint_indices]
-        self.position_limits = np.array([spec.position_limit_overrides.get(name, (info[8], info[9]))
-                                         for name, info in zip(self.joint_names, infos)], dtype=float)
+        names = self.joint_names
+        self.position_limits = np.array(
+            [spec.position_limit_overrides.get(name, (info[8], info[9]))
+             for name, info in zip(names, infos)], dtype=float)
         self.effort_limits = np.array([spec.effort_limit_overrides.get(name, info[10])
-                                       for name, info in zip(self.joint_names, infos)], dtype=float)
+                                       for name, info in zip(names, infos)], dtype=float)
         self.velocity_limits = np.array([spec.velocity_limit_overrides.get(name, info[11])
-                                         for name, info in zip(self.joint_names, infos)], dtype=float)
+                                         for name, info in zip(names, infos)], dtype=float)
         self.joint_damping = np.array([spec.damping_overrides.get(name, info[6])
                                        for name, info in zip(self.joint_names, infos)])
         for what, key, bad in (
                 ("effort", "effort", ~(self.effort_limits > 0)),
                 ("velocity", "velocity", ~(self.velocity_limits > 0)),
-                ("position", "position", ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
+                ("position", "position",
+                 ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
             if bad.any():
                 raise ValueError(f"{where}: the URDF must give a positive {what} limit for joints "
                                  f"{self._names(bad)}, or the robot description "
@@ -209,17 +225,20 @@ class Arm:
         for name, index, angle in zip(locked, self._locked_indices, self._locked_positions):
             lower, upper = client.getJointInfo(self._body, index)[8:10]
             if lower < upper and not lower <= angle <= upper:
-                raise ValueError(f"{where}: locked joint {name!r} at {angle} is outside its URDF limits "
+                raise ValueError(f"{where}: locked joint {name!r} at {angle} is outside its URDF "
+                                 "limits "
                                  f"[{lower}, {upper}]")
 
         for index, damping, (lower, upper), speed in zip(
-                self._joint_indices, self.joint_damping, self.position_limits, self.velocity_limits):
+                self._joint_indices, self.joint_damping, self.position_limits,
+                self.velocity_limits):
             # One property per call: PyBullet 3.2 drops jointDamping when it shares a call
             # with maxJointVelocity.
             client.changeDynamics(self._body, index, jointDamping=float(damping))
             # PyBullet keeps ONE speed cap per body (the last set): the fastest joint's here;
             # slower joints are capped after each physics step (step()).
-            client.changeDynamics(self._body, index, maxJointVelocity=float(self.velocity_limits.max()))
+            client.changeDynamics(self._body, index,
+                                  maxJointVelocity=float(self.velocity_limits.max()))
             client.changeDynamics(self._body, index, jointLowerLimit=float(lower),
                                   jointUpperLimit=float(upper))
         for link in range(-1, client.getNumJoints(self._body)):
@@ -236,7 +255,8 @@ class Arm:
         for index, angle in zip(self._locked_indices, self._locked_positions):
             client.setJointMotorControl2(self._body, index, pybullet.POSITION_CONTROL,
                                          targetPosition=float(angle), targetVelocity=0.0,
-                                         positionGain=1.0, velocityGain=1.0, force=LOCKED_JOINT_FORCE)
+                                         positionGain=1.0, velocityGain=1.0,
+                                         force=LOCKED_JOINT_FORCE)
 
         # PyBullet reports a link's URDF frame only in single precision but its centre-of-mass
         # frame in double precision: positions are computed from the latter.
@@ -405,12 +425,14 @@ class Arm:
     def mass_matrix(self, q: np.ndarray) -> np.ndarray:
         """(J, J) joint-space inertia matrix M(q)."""
         q = self._joint_vector(q, "q")
-        full = np.array(self._live_client().calculateMassMatrix(self._body, self._dofs(q, self._locked_positions)))
+        dofs = self._dofs(q, self._locked_positions)
+        full = np.array(self._live_client().calculateMassMatrix(self._body, dofs))
         return full[np.ix_(self._dof_of_joint, self._dof_of_joint)]
 
     def inverse_dynamics(self, q: np.ndarray, qd: np.ndarray, qdd: np.ndarray) -> np.ndarray:
         """(J,) torque M(q) qdd + c(q, qd) + G(q) for accelerations qdd (J,); excludes damping."""
-        q, qd, qdd = (self._joint_vector(v, name) for v, name in ((q, "q"), (qd, "qd"), (qdd, "qdd")))
+        q, qd, qdd = (self._joint_vector(v, name)
+                      for v, name in ((q, "q"), (qd, "qd"), (qdd, "qdd")))
         torque = self._live_client().calculateInverseDynamics(
             self._body, self._dofs(q, self._locked_positions), self._dofs(qd), self._dofs(qdd))
         return np.array(torque, dtype=float)[self._dof_of_joint]
@@ -470,7 +492,8 @@ class Arm:
         """Clip the speeds of the joints flagged in `capped` (J,) to their velocity limits."""
         indices = [index for index, cap in zip(self._joint_indices, capped) if cap]
         limits = self.velocity_limits[capped]
-        for index, limit, (angle, speed, *_) in zip(indices, limits, client.getJointStates(self._body, indices)):
+        for index, limit, (angle, speed, *_) in zip(indices, limits,
+                                                    client.getJointStates(self._body, indices)):
             if abs(speed) > limit:
                 client.resetJointState(self._body, index, angle, math.copysign(limit, speed))
 
@@ -493,13 +516,13 @@ class Arm:
             client.resetJointState(self._body, index, float(angle), 0.0)
 
     def _ee_pose_now(self) -> Tuple[np.ndarray, np.ndarray]:
-        """The end-effector point (3,) and link-frame quaternion (x, y, z, w) (4,), in the world."""
+        """Return the end-effector point (3,) and link-frame quaternion (x, y, z, w) (4,)."""
         com_position, com_orientation = self._live_client().getLinkState(
             self._body, self._ee_link_index, computeForwardKinematics=True)[:2]
         com_orientation = np.array(com_orientation)
         point = np.array(com_position) + _rotation(com_orientation) @ self._ee_offset_from_com
-        link_orientation = _quaternion_product(com_orientation,
-                                               _quaternion_conjugate(self._ee_inertial_orientation))
+        link_orientation = _quaternion_product(
+            com_orientation, _quaternion_conjugate(self._ee_inertial_orientation))
         return point, link_orientation
 
     def _jacobians(self, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

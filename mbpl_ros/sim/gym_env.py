@@ -64,17 +64,21 @@ class ReachEnv(gymnasium.Env):
         self.condition_order = condition_order
         self.normalize_actions = bool(normalize_actions)
         self.cost = config.build_cost()
-        self.initial_positions = np.array([c.initial_positions for c in config.conditions], float)  # (M, J)
-        self.targets = np.array([c.target for c in config.conditions], float)                        # (M, 3)
+        self.initial_positions = np.array([c.initial_positions for c in config.conditions],
+                                          float)  # (M, J)
+        self.targets = np.array([c.target for c in config.conditions],
+                                float)                        # (M, 3)
         self.arm = config.make_arm()
-        self.effort_limits = self.arm.effort_limits.copy()                                          # (J,)
+        self.effort_limits = self.arm.effort_limits.copy()  # (J,)
 
         dU = self.layout.dU
         if self.normalize_actions:
             self.action_space = spaces.Box(-1.0, 1.0, shape=(dU,), dtype=np.float32)
         else:
-            self.action_space = spaces.Box(-self.effort_limits, self.effort_limits, dtype=np.float64)
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.dX,), dtype=np.float64)
+            self.action_space = spaces.Box(-self.effort_limits, self.effort_limits,
+                                           dtype=np.float64)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.dX,),
+                                            dtype=np.float64)
 
         self._next_round_robin = 0
         self._condition = 0
@@ -126,7 +130,8 @@ class ReachEnv(gymnasium.Env):
         """Effort (J,) in N·m for an action of this env's action space (not yet clamped)."""
         action = np.asarray(action, dtype=float)
         if action.shape != (self.layout.dU,):
-            raise ValueError(f"action must have shape ({self.layout.dU},), one per joint; got {action.shape}")
+            raise ValueError(f"action must have shape ({self.layout.dU},), one per joint; got "
+                             f"{action.shape}")
         return action * self.effort_limits if self.normalize_actions else action
 
     def action_from_effort(self, effort) -> np.ndarray:

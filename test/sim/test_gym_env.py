@@ -37,7 +37,8 @@ def recorded_rollout(config, condition: int, seed: int = 3):
     spec = config.conditions[condition]
     with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
         controller = config.initial_controllers(arm)[condition]
-        noise = smoothed_noise(np.random.default_rng(seed), config.T, layout.dU, smoothing_sigma=2.0)
+        noise = smoothed_noise(np.random.default_rng(seed), config.T, layout.dU,
+                               smoothing_sigma=2.0)
 
         def act(t, x):
             u = controller.act(t, x, noise[t])
@@ -83,7 +84,7 @@ def test_observations_and_rewards_match_a_recorded_rollout_and_the_core_cost(con
     assert np.all(np.abs(U) <= env.effort_limits) and np.any(np.abs(U) == env.effort_limits)
     observations, rewards, truncations, info = play(env, U, condition)
 
-    # Same states as mbpl_ros.sim.rollout.observe along run_rollout: the simulation is deterministic.
+    # Same states as sim.rollout.observe along run_rollout: the simulation is deterministic.
     np.testing.assert_array_equal(observations[:-1], X)
     # Reward of step t = -l_t(x_t, u_t), from one whole-trajectory evaluation of the core cost.
     core_cost = config.build_cost().evaluate(X[None], U[None]).l[0]
@@ -143,7 +144,8 @@ def test_same_seed_gives_the_same_episode_and_the_round_robin_visits_every_condi
         x, info = env.reset(options={"condition": 3})
         assert info["condition"] == 3
         np.testing.assert_allclose(x[:2], config.conditions[3].initial_positions)
-        np.testing.assert_allclose(x[4:7], env.arm.ee_position() - np.array(config.conditions[3].target))
+        np.testing.assert_allclose(x[4:7],
+                                   env.arm.ee_position() - np.array(config.conditions[3].target))
         assert env.reset()[1]["condition"] == 1           # options do not advance the cycle
     finally:
         env.close()

@@ -122,8 +122,9 @@ def test_the_peg_is_a_rigid_link_of_the_urdf_with_a_few_mm_clearance_in_a_deep_h
     # centre line is a few mm from the walls all round.
     tip = arm.ee_points()[0]
     arm.reset(np.asarray(config.conditions[0].initial_positions), target=tip - [0.0, 0.0, 0.03])
-    gaps = [point[8] for point in client.getClosestPoints(arm._body, arm.scene.bodies[0], 0.02,
-                                                         linkIndexA=arm._ee_link_index)]
+    closest = client.getClosestPoints(arm._body, arm.scene.bodies[0], 0.02,
+                                      linkIndexA=arm._ee_link_index)
+    gaps = [point[8] for point in closest]
     assert gaps and 0.001 <= min(gaps) <= 0.005, f"clearance {1000 * min(gaps, default=0):.2f} mm"
     assert depth >= 0.04
 

@@ -2,9 +2,9 @@
 Deployment of the policy: the TorchScript artefact and its loader.
 
 :func:`export_torchscript` writes the policy mean (normalisation inside) and a JSON
-description; :func:`load_exported_policy` reads them back with torch and json only (the robot samples
-it with core.controller.PolicySampler). This module imports no training code, no dynamics
-and no GMM: it is what a robot loads.
+description; :func:`load_exported_policy` reads them back with torch and json only (the
+robot samples it with core.controller.PolicySampler). This module imports no training
+code, no dynamics and no GMM: it is what a robot loads.
 """
 from __future__ import annotations
 
