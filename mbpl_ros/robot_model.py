@@ -192,7 +192,7 @@ class RobotModel:
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
-    """[v]×, so that _skew(v) @ w = v × w."""
+    """Return the cross-product matrix [v]× of v (3,): [v]× w = v × w."""
     return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
 
 

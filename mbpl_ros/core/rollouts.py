@@ -36,13 +36,13 @@ class StateLayout:
 
     @property
     def ee_offset(self) -> np.ndarray:
-        """Indices of the end-effector points minus their targets (3P,)."""
+        """Return the indices of the end-effector points minus their targets (3P,)."""
         start = 2 * self.n_joints
         return np.arange(start, start + 3 * self.n_points)
 
     @property
     def first_point_offset(self) -> np.ndarray:
-        """Indices (3,) of the first end-effector point minus its target (the success measure)."""
+        """Return the indices (3,) of the first end-effector point minus its target."""
         return self.ee_offset[:3]
 
     @property
@@ -61,8 +61,10 @@ class StateLayout:
 
 def final_distance(X: np.ndarray, layout: StateLayout) -> float:
     """
-    End-effector distance to the target at the last step of X (T, dX), in metres: of the
-    end-effector point (the first of the layout's points; e.g. a peg's tip).
+    Return the end-effector distance to the target at the last step of X (T, dX), in m.
+
+    The distance is the end-effector point's (the first of the layout's points; e.g. a
+    peg's tip).
     """
     return float(np.linalg.norm(X[-1, layout.first_point_offset]))
 

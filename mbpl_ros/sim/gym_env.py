@@ -135,7 +135,7 @@ class ReachEnv(gymnasium.Env):
         return action * self.effort_limits if self.normalize_actions else action
 
     def action_from_effort(self, effort) -> np.ndarray:
-        """The action (J,) of this env's action space that commands effort (J,) N·m."""
+        """Return the action (J,) of this env's action space that commands effort (J,) N·m."""
         effort = np.asarray(effort, dtype=float)
         return effort / self.effort_limits if self.normalize_actions else effort
 

@@ -37,7 +37,7 @@ def _kinematics_for(spec: RobotSpec, layout: StateLayout) -> JointStateToState:
 
 def observe(arm: Arm, layout: StateLayout, target: np.ndarray) -> np.ndarray:
     """
-    The state x (dX,) of the arm now, its end-effector point relative to `target` (3,).
+    Return the state x (dX,) of the arm now, its end-effector point relative to `target`.
 
     Computed from the arm's joint angles and speeds by JointStateToState, exactly as the
     ROS sample_collector computes it from /joint_states.
@@ -49,8 +49,9 @@ def observe(arm: Arm, layout: StateLayout, target: np.ndarray) -> np.ndarray:
 def run_rollout(arm: Arm, layout: StateLayout, act: Act, initial_positions: np.ndarray,
                 target: np.ndarray, T: int) -> tuple[np.ndarray, np.ndarray]:
     """
-    Reset to `initial_positions` (J,) at rest, the arm's fixtures placed for `target`,
-    and run `act` for T steps.
+    Run `act` for T steps from `initial_positions` (J,) at rest.
+
+    The arm's fixtures are placed for `target` (3,) first.
 
     Returns X (T, dX) and U (T, dU), U being the effort actually applied (after the
     arm's clamping), since that is what the fitted dynamics must explain.

@@ -33,8 +33,10 @@ _EXPORT_FORMAT_NAME = "mbpl_ros.policy"
 
 class _DeployedPolicy(nn.Module):
     """
-    TorchScript-able mean policy: state (dX,) or (B, dX), any float dtype -> action
-    (dU,) or (B, dU) in the input's dtype (float64 for integer input).
+    The policy mean as TorchScript compiles it.
+
+    state (dX,) or (B, dX), any float dtype -> action (dU,) or (B, dU) in the input's dtype
+    (float64 for integer input).
     """
 
     def __init__(self, network: nn.Sequential, state_mean: torch.Tensor,
@@ -75,9 +77,10 @@ def export_torchscript(policy: Policy, path: str | Path,
                        extra_metadata: Mapping[str, Any] | None = None,
                        action_covariance: np.ndarray | None = None) -> Path:
     """
-    Write the policy mean as a TorchScript module at ``path`` (normalisation inside)
-    and a JSON description next to it (same name, ``.json``), also embedded in the
-    module as the extra file ``metadata.json``.
+    Write the policy mean as a TorchScript module at ``path``, and its JSON description.
+
+    The module has the normalisation inside; the JSON lies next to it (same name,
+    ``.json``) and is also embedded in the module as the extra file ``metadata.json``.
 
     The module maps state (dX,) or (B, dX), float32 or float64, to the action mean
     (dU,) or (B, dU) in the same dtype; it runs with plain ``torch.jit.load`` and needs
@@ -142,9 +145,11 @@ def export_torchscript(policy: Policy, path: str | Path,
 
 class ExportedPolicy:
     """
-    A loaded exported policy: ``policy(state)`` with a numpy array or tensor state
-    (dX,) or (B, dX) returns the action mean (dU,) or (B, dU) — numpy float64 for numpy
-    or list input, a tensor in the input's dtype for tensor input.
+    A loaded exported policy, called as ``policy(state)``.
+
+    With a numpy array or tensor state (dX,) or (B, dX) it returns the action mean (dU,) or
+    (B, dU): numpy float64 for numpy or list input, a tensor in the input's dtype for tensor
+    input.
 
     Attributes: ``module`` (the TorchScript module), ``metadata`` (the JSON dict),
     ``dX``, ``dU``, ``joint_names``, ``action_variance`` (np (dU,)), ``action_covariance``

@@ -26,7 +26,7 @@ _CHECKPOINT_FORMAT_VERSION = 1
 
 def resolve_device(name: str) -> torch.device:
     """
-    The torch device for ``name`` ('cpu', 'cuda', 'cuda:<i>').
+    Return the torch device for ``name`` ('cpu', 'cuda', 'cuda:<i>').
 
     Raises ValueError for an unknown name and RuntimeError when CUDA is configured but
     this torch build or machine has none (never silently falls back to the CPU).
@@ -105,14 +105,14 @@ class Policy(nn.Module):
 
     @classmethod
     def from_settings(cls, dX: int, dU: int, settings: PolicySettings) -> "Policy":
-        """A fresh policy with the network shape, seed and device of ``settings``."""
+        """Build a fresh policy with the network shape, seed and device of ``settings``."""
         return cls(dX, dU, settings.hidden_sizes, settings.activation,
                    initial_variance=settings.initial_variance, seed=settings.seed,
                    device=settings.device)
 
     @property
     def config(self) -> dict[str, Any]:
-        """Constructor arguments (plain Python), enough to rebuild the architecture."""
+        """Return the constructor arguments (plain Python) that rebuild the architecture."""
         return {"dX": self.dX, "dU": self.dU, "hidden_sizes": list(self.hidden_sizes),
                 "activation": self.activation}
 
@@ -126,9 +126,10 @@ class Policy(nn.Module):
 
     def fit_action_scaling(self, target_mean: np.ndarray, min_std: float = 1e-3) -> None:
         """
-        Set the output scaling from mean actions (..., dU): offset = their mean,
-        scale = their standard deviation (floored at min_std). Meant for the first S-step:
-        it changes the policy's function.
+        Set the output scaling from mean actions (..., dU).
+
+        offset = their mean, scale = their standard deviation (floored at min_std). Meant
+        for the first S-step: it changes the policy's function.
         """
         actions = np.asarray(target_mean, dtype=np.float64).reshape(-1, self.dU)
         with torch.no_grad():
@@ -175,14 +176,16 @@ class Policy(nn.Module):
         return actions.reshape(states.shape[:-1] + (self.dU,))
 
     def action_covariance(self) -> np.ndarray:
-        """The policy's action covariance diag(action_variance), (dU, dU) float64."""
+        """Return the action covariance diag(action_variance), (dU, dU) float64."""
         return np.diag(self.action_variance.detach().double().cpu().numpy())
 
 
 def save_policy(policy: Policy, path: str | Path) -> None:
     """
-    Checkpoint: architecture config + ``state_dict`` (weights, normaliser, variance,
-    S-step count) in one ``torch.save`` file, restorable by :func:`load_policy`.
+    Write a training checkpoint of the policy, restorable by :func:`load_policy`.
+
+    One ``torch.save`` file: the architecture config and the ``state_dict`` (weights,
+    normaliser, variance, S-step count).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,10 @@ __all__ = ["controller_targets", "train_policy"]
 def controller_targets(controller: LinearGaussianController,
                        X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
-    S-step targets of one condition's controller at its rollout states X (N, T, dX):
-    the means K_t x_t + k_t (N, T, dU) and the precisions Σ_t⁻¹ tiled to (N, T, dU, dU).
+    Return the S-step targets of one condition's controller at its rollout states X.
+
+    X (N, T, dX) gives the means K_t x_t + k_t (N, T, dU) and the precisions Σ_t⁻¹ tiled
+    to (N, T, dU, dU).
     """
     states = np.asarray(X, dtype=np.float64)
     if states.ndim != 3 or states.shape[1:] != (controller.T, controller.dX):
@@ -41,8 +43,10 @@ def controller_targets(controller: LinearGaussianController,
 
 def _robust_weights(weights: np.ndarray) -> np.ndarray:
     """
-    GPS's sample weights: rescaled to mean 1, capped at twice the median of the
-    non-negligible weights, then divided by that median (so a typical weight is ≈ 1).
+    Return the sample weights as GPS uses them.
+
+    Rescaled to mean 1, capped at twice the median of the non-negligible weights, then
+    divided by that median (so a typical weight is ≈ 1).
     """
     w = weights * (weights.size / weights.sum())
     median = np.median(w[w > 1e-2])
@@ -93,10 +97,10 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
                  target_precision: np.ndarray, settings: PolicySettings | None = None,
                  weights: np.ndarray | None = None) -> dict[str, Any]:
     """
-    One S-step: fit μ_θ to the local controllers' means, warm-starting from the
-    policy's current weights, and set its variance.
+    Run one S-step: fit μ_θ to the local controllers' means, and set the variance.
 
-    Args:
+    The fit warm-starts from the policy's current weights. The arguments:
+
         policy: trained in place (moved to ``settings.device``).
         X: (N, T, dX) states of all conditions' rollouts, stacked along N.
         target_mean: (N, T, dU) controller means K_t x + k_t at those states.
