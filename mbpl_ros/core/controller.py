@@ -51,9 +51,10 @@ class LinearGaussianController:
     def from_covar(cls, K: np.ndarray, k: np.ndarray,
                    covar: np.ndarray) -> "LinearGaussianController":
         """
-        Build a controller from K (T, dU, dX), k (T, dU), covar (T, dU, dU) or (dU, dU)
-        (the same for every step). covar is symmetrised; ValueError if it is not
-        positive definite at some step.
+        Build a controller from K (T, dU, dX), k (T, dU) and covar.
+
+        covar is (T, dU, dU), or (dU, dU) for the same at every step. It is symmetrised; ValueError
+        if it is not positive definite at some step.
         """
         K = np.array(K, dtype=float)
         k = np.array(k, dtype=float)
@@ -77,8 +78,9 @@ class LinearGaussianController:
 
     def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
         """
-        u_t (dU,) = K_t x + k_t + chol_t noise, for x (dX,) and standard-normal noise (dU,)
-        (zeros give the mean action).
+        Return u_t (dU,) = K_t x + k_t + chol_t noise.
+
+        x is the state (dX,), noise standard normal (dU,); zeros give the mean action.
         """
         return self.K[t] @ x + self.k[t] + self.chol[t] @ noise
 
@@ -115,9 +117,11 @@ class PolicySampler:
 @lru_cache(maxsize=16)
 def _smoothing_matrix(T: int, smoothing_sigma: float, renormalize: bool) -> np.ndarray:
     """
-    S (T, T) with smoothed = S @ white: a Gaussian filter over time (reflecting at the
-    ends), rows scaled to unit norm when renormalising, so every step's noise is exactly
-    unit variance — also at the ends, where the filter sees fewer samples.
+    Return S (T, T) with smoothed = S @ white.
+
+    S is a Gaussian filter over time (reflecting at the ends), rows scaled to unit norm when
+    renormalising, so every step's noise is exactly unit variance — also at the ends, where the
+    filter sees fewer samples.
     """
     S = gaussian_filter1d(np.eye(T), smoothing_sigma, axis=0, mode="reflect")
     if renormalize:
@@ -129,10 +133,11 @@ def _smoothing_matrix(T: int, smoothing_sigma: float, renormalize: bool) -> np.n
 def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: float = 2.0,
                    renormalize: bool = True) -> np.ndarray:
     """
-    Standard-normal noise (T, dU) filtered over time with a Gaussian of standard
-    deviation `smoothing_sigma` time steps (0 = white noise), independently per action
-    dimension. With `renormalize`, each step's marginal is N(0, 1) again, so
-    `act(t, x, noise[t])` keeps the controller's covariance Σ_t while the exploration is
+    Draw standard-normal noise (T, dU) filtered over time with a Gaussian.
+
+    The Gaussian has a standard deviation of `smoothing_sigma` time steps (0 = white noise),
+    independently per action dimension. With `renormalize`, each step's marginal is N(0, 1) again,
+    so `act(t, x, noise[t])` keeps the controller's covariance Σ_t while the exploration is
     temporally correlated (smoother on a real robot).
     """
     if T < 1 or dU < 1:
@@ -148,8 +153,9 @@ def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: f
 def rollout_noise(seed: int, iteration: int, condition: int, index: int, T: int, dU: int,
                   smoothing: float, renormalize: bool, attempt: int = 0) -> np.ndarray:
     """
-    The exploration noise (T, dU) of rollout `index` of `condition` at `iteration`:
-    smoothed_noise from np.random.default_rng([seed, iteration, condition, index]), or with
+    Draw the exploration noise (T, dU) of rollout `index` of `condition` at `iteration`.
+
+    It is smoothed_noise from np.random.default_rng([seed, iteration, condition, index]), or with
     [..., attempt] for a batch drawn again (attempt > 0) because the first could not be used.
 
     One generator per rollout, so the noise of a rollout does not depend on how many
@@ -169,7 +175,7 @@ def rollout_noise(seed: int, iteration: int, condition: int, index: int, T: int,
 
 
 def _joint_model(dX: int, position_idx, velocity_idx, mass_matrix, gravity_torque):
-    """Validated index arrays (dU,), M (dU, dU) and g (dU,)."""
+    """Return the validated index arrays (dU,), M (dU, dU) and g (dU,)."""
     position_idx = np.asarray(position_idx, dtype=int).ravel()
     velocity_idx = np.asarray(velocity_idx, dtype=int).ravel()
     dU = position_idx.size
@@ -207,7 +213,7 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
                   damping_ratio: float = 1.0, accel_noise_std: float | np.ndarray = 1.0,
                   target_position: np.ndarray | None = None) -> LinearGaussianController:
     """
-    A PD controller holding the start pose q0 = x0[position_idx] (or `target_position`).
+    Build a PD controller holding the start pose q0 = x0[position_idx] (or `target_position`).
 
         u = M (ω² (q* − q) − 2ζω q̇) + g,    Σ = M diag(σ²) Mᵀ, the same at every step,
 
@@ -242,8 +248,10 @@ def double_integrator_lqr_controller(T: int, dt: float, position_idx: Sequence[i
                                      accel_noise_std: float | np.ndarray = 1.0
                                      ) -> LinearGaussianController:
     """
-    Finite-horizon LQR on a guessed model of the arm: decoupled double integrators in
-    joint acceleration a = M⁻¹ (u − g), discretised with step dt,
+    Build a finite-horizon LQR controller on a guessed model of the arm.
+
+    The model is decoupled double integrators in joint acceleration a = M⁻¹ (u − g),
+    discretised with step dt,
 
         q_{t+1} = q_t + dt q̇_t + ½ dt² a_t,    q̇_{t+1} = q̇_t + dt a_t,
 

@@ -52,15 +52,16 @@ class LqrFlmSettings:
 @dataclass
 class LocalModel:
     """
-    What one batch of rollouts taught about a condition: the fitted dynamics and the
-    quadratic cost model around those rollouts.
+    What one batch of rollouts taught about a condition.
+
+    That is the fitted dynamics and the quadratic cost model around those rollouts.
     """
 
     dynamics: LinearGaussianDynamics
     cost: QuadraticCost
 
     def estimate_cost(self, controller: LinearGaussianController) -> float:
-        """Expected total cost of `controller` under this model (Laplace estimate)."""
+        """Return the expected total cost of `controller` under this model (Laplace)."""
         return float(np.sum(expected_cost(forward_pass(controller, self.dynamics), self.cost)))
 
 
@@ -96,8 +97,10 @@ returns (M, 3) Laplace cost estimates per condition: [previous, predicted new, a
 
 def controller_step_costs(conditions: Sequence["ConditionState"]) -> np.ndarray:
     """
-    LQR-FLM's step costs (M, 3): the previous controller under the previous model, the
-    current controller under the previous model, the current controller under the new model.
+    Return LQR-FLM's step costs (M, 3).
+
+    They are the previous controller under the previous model, the current controller
+    under the previous model, the current controller under the new model.
     """
     return np.array([[state.previous_model.estimate_cost(state.previous_controller),
                       state.previous_model.estimate_cost(state.controller),
@@ -105,7 +108,7 @@ def controller_step_costs(conditions: Sequence["ConditionState"]) -> np.ndarray:
 
 
 def new_dynamics_prior(settings: PriorSettings) -> Optional[GMMPrior]:
-    """A fresh GMM prior over [x, u, x'] (None when the prior is disabled)."""
+    """Return a fresh GMM prior over [x, u, x'] (None when the prior is disabled)."""
     if not settings.enabled:
         return None
     return GMMPrior(max_clusters=settings.max_clusters,
@@ -116,8 +119,9 @@ def new_dynamics_prior(settings: PriorSettings) -> Optional[GMMPrior]:
 def fit_batch_dynamics(prior: Optional[GMMPrior], X: np.ndarray, U: np.ndarray,
                        regularization: float) -> LinearGaussianDynamics:
     """
-    One iteration's dynamics fit of a condition from its batch X (N, T, dX), U (N, T, dU):
-    fold the batch's [x_t, u_t, x_{t+1}] tuples into `prior` (refitting it), then fit by
+    Fit one iteration's dynamics of a condition from its batch X (N, T, dX), U (N, T, dU).
+
+    Fold the batch's [x_t, u_t, x_{t+1}] tuples into `prior` (refitting it), then fit by
     Bayesian regression under it. LQR-FLM and the ROS dynamics_fitter both call this.
     """
     if prior is not None:
@@ -158,9 +162,11 @@ class LqrFlm:
                              anchors: Sequence[LinearGaussianController] | None = None,
                              step_costs: StepCosts | None = None) -> list[ConditionReport]:
         """
-        update(), with each condition's dynamics (M,) fitted elsewhere (e.g. by the ROS
-        dynamics_fitter, from the same rollouts with fit_batch_dynamics); this object's
-        priors are then not used. The cost model is still expanded around `rollouts`.
+        Run update() with each condition's dynamics (M,) fitted elsewhere.
+
+        They come e.g. from the ROS dynamics_fitter, from the same rollouts with
+        fit_batch_dynamics; this object's priors are then not used. The cost model is still
+        expanded around `rollouts`.
         """
         if len(dynamics) != len(self.conditions):
             raise ValueError(f"need one dynamics model per condition ({len(self.conditions)}), "

@@ -155,7 +155,7 @@ class Mdgps:
     """
     MDGPS over M conditions: M local controllers (LqrFlm) and one global policy.
 
-    Args:
+    The arguments:
         cost: the task cost, ``evaluate(X (N, T, dX), U (N, T, dU)) -> CostExpansion``.
         initial_controllers: (M,) controllers with the same T, dX, dU.
         settings: MDGPS settings (policy network, S-step, linearisation).
@@ -205,7 +205,7 @@ class Mdgps:
 
     @property
     def controllers(self) -> list[LinearGaussianController]:
-        """The current local controllers (M,): the next rollouts' samplers."""
+        """Return the M local controllers, which draw the next rollouts."""
         return self.local.controllers
 
     @property
@@ -234,9 +234,10 @@ class Mdgps:
 
     def s_step(self, rollouts: Rollouts) -> dict[str, Any]:
         """
-        Train the policy on every condition's rollout states X_m (N_m, T, dX) with the
-        targets of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then set
-        ``policy_covariance``. Returns train_policy's result.
+        Train the policy on every condition's rollout states X_m (N_m, T, dX).
+
+        The targets are those of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then
+        set ``policy_covariance``. Returns train_policy's result.
         """
         batches = self._split(rollouts)
         targets = [controller_targets(controller, batch.X)
@@ -255,8 +256,10 @@ class Mdgps:
 
     def _policy_prior(self, m: int, n_rollouts: int) -> Optional[GMMPrior]:
         """
-        Condition m's prior, its buffer exactly one batch long (new if the batch size
-        changed), so old points labelled by an older policy never enter the fit.
+        Return condition m's prior, its buffer exactly one batch long.
+
+        It is new if the batch size changed, so old points labelled by an older policy never enter
+        the fit.
         """
         settings = self.settings.policy_prior
         if not settings.enabled:
@@ -272,9 +275,10 @@ class Mdgps:
 
     def linearize(self, rollouts: Rollouts) -> list[LinearGaussianController]:
         """
-        The policy's linear-Gaussian fit around each condition's rollout states:
-        (M,) controllers with K (T, dU, dX), k (T, dU) and covar (T, dU, dU) = the fit's
-        residual covariance + Σ_π (``policy_covariance``).
+        Fit the policy linear-Gaussian around each condition's rollout states.
+
+        The result is (M,) controllers with K (T, dU, dX), k (T, dU) and covar (T, dU, dU) = the
+        fit's residual covariance + Σ_π (``policy_covariance``).
         """
         batches = self._split(rollouts)
         anchors = []
@@ -290,7 +294,9 @@ class Mdgps:
     def step_costs(self, conditions: Sequence[ConditionState],
                    anchors: Sequence[LinearGaussianController]) -> np.ndarray:
         """
-        GPS's MDGPS step costs (M, 3) for LqrFlm's step rule, from the conditions' states
+        Return the MDGPS step costs (M, 3) of GPS for LqrFlm's step rule.
+
+        They come from the conditions' states
         (their models fitted to this batch) and this batch's linearisations `anchors` (M,):
         per condition [J(π̄⁻; F⁻, l⁻), J(p; F⁻, l⁻), J(π̄; F, l)] (see the module
         docstring), averaged over the conditions so that all share one step multiplier.
@@ -308,10 +314,11 @@ class Mdgps:
     def update(self, rollouts: Rollouts,
                dynamics: Optional[Sequence[LinearGaussianDynamics]] = None) -> MdgpsReport:
         """
-        One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
-        U (N, T, dU) with condition ids (N,), drawn from the current controllers (or
-        from the policy); every condition needs at least one rollout. dynamics (M,), if
-        given, are each condition's dynamics fitted elsewhere to these rollouts (the ROS
+        Run one MDGPS iteration (S-step, linearisation, C-step).
+
+        It uses rollouts X (N, T, dX), U (N, T, dU) with condition ids (N,), drawn from the current
+        controllers (or from the policy); every condition needs at least one rollout. dynamics
+        (M,), if given, are each condition's dynamics fitted elsewhere to these rollouts (the ROS
         dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them.
         """
         self._split(rollouts)
@@ -344,16 +351,15 @@ def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = Non
                      regularization: float = 1e-6,
                      update_prior: bool = True) -> LinearGaussianController:
     """
-    Linear-Gaussian approximation of the policy around sample states X (N, T, dX).
+    Fit a linear-Gaussian approximation of the policy around sample states X (N, T, dX).
 
     Per time step t, u ≈ K_t x + k_t is fitted by (Bayesian) linear regression of the
     policy means μ_θ(x_{n,t}) on the states x_{n,t} (``gaussian_regression`` of
     core/dynamics.py, batched over T, with the normal-inverse-Wishart prior
     ``prior.evaluate`` gives for each step's N points [x, u] when a GMM prior is used).
     The covariance is the fit's residual plus the policy's own diag(action_variance).
-    This is GPS's pol_K / pol_k / pol_S, the KL anchor of the next C-step.
+    This is GPS's pol_K / pol_k / pol_S, the KL anchor of the next C-step. The arguments:
 
-    Args:
         policy: the trained policy.
         X: (N, T, dX) sample states.
         prior: optional GMMPrior over [x, u] points (d = dX + dU). With ``update_prior``
