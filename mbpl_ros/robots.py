@@ -51,9 +51,10 @@ def package_urdf(file_name: str) -> str:
 
 def _package_file(package: str, relative: str) -> str:
     """
-    `relative` inside a ROS package's share directory; for this package the source tree
-    first (an uninstalled checkout works). Missing files are returned as the first
-    candidate, for the caller to report.
+    Return the path of `relative` inside a ROS package's share directory.
+
+    For this package the source tree comes first (an uninstalled checkout works). Missing files are
+    returned as the first candidate, for the caller to report.
     """
     candidates = []
     if package == PACKAGE:
@@ -80,7 +81,7 @@ def _package_file(package: str, relative: str) -> str:
 
 def resolve_urdf(reference: str, base_dir: Union[str, Path, None] = None) -> str:
     """
-    The file a URDF reference names.
+    Return the file a URDF reference names.
 
     pybullet_data://kuka_iiwa/model.urdf  -> in PyBullet's data directory
     package://mbpl_ros/urdf/x.urdf        -> in a ROS package's share directory (this
@@ -387,7 +388,7 @@ def _checked_mapping(where: str, mapping: dict, joints: Optional[Sequence[str]],
 def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None,
                    where: str = "robot") -> RobotSpec:
     """
-    The RobotSpec of a robot description mapping (see RobotDescription).
+    Return the RobotSpec of a robot description mapping (see RobotDescription).
 
     base_dir: the directory relative URDF paths start from (the YAML file's); default
     the current directory. Errors are ConfigError naming the key path under `where`.
@@ -463,7 +464,7 @@ def load_robot_description(path: Union[str, Path]) -> RobotSpec:
 
 def check_urdf_file(path: str, where: str) -> None:
     """
-    ValueError naming the file unless it exists, is URDF XML and has no floating joint.
+    Raise a ValueError naming the file unless it is URDF XML without a floating joint.
 
     PyBullet's own message for a bad file is only "Cannot load URDF file.".
     """
@@ -513,7 +514,7 @@ _BUILTIN_DESCRIPTIONS = {
 
 
 def builtin_description(name: str) -> dict:
-    """The description mapping of a built-in robot (a copy), as it would be written in YAML."""
+    """Return the description mapping of a built-in robot (a copy), as written in YAML."""
     import copy
 
     return {"name": name, **copy.deepcopy(_BUILTIN_DESCRIPTIONS[name])}
@@ -529,9 +530,11 @@ _REGISTERED: dict = {}
 
 class _KnownRobots(Mapping):
     """
-    The built-in robots, by name; looking a name up also finds the robots registered
-    in this process (so code that knows robots by name, ROBOTS[config.robot], runs a
-    described robot too), while iterating lists the built-in ones only.
+    The built-in robots, by name.
+
+    Looking a name up also finds the robots registered in this process (so code that knows robots
+    by name, ROBOTS[config.robot], runs a described robot too), while iterating lists the built-in
+    ones only.
     """
 
     def __getitem__(self, name: str) -> RobotSpec:
@@ -555,8 +558,9 @@ ROBOTS: Mapping[str, RobotSpec] = _KnownRobots()
 
 def register_robot(spec: RobotSpec) -> RobotSpec:
     """
-    Make `spec` findable by robot_spec(spec.name) (and ROBOTS[spec.name]) in this process,
-    so that an experiment whose robot is described inline is run by code that knows robots
+    Make `spec` findable by robot_spec(spec.name) (and ROBOTS[spec.name]) in this process.
+
+    Then an experiment whose robot is described inline is run by code that knows robots
     by name. Returns the registered spec.
 
     Registering an equal spec again is harmless; a different spec under a name already

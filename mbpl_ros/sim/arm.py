@@ -54,9 +54,10 @@ def _stdout_silenced():
 
 def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
     """
-    `path` itself, or when its mesh files are named pybullet_data://<path> (PyBullet's
-    bundled meshes, which PyBullet cannot resolve itself), a copy written into `directory`
-    with every mesh path absolute.
+    Return `path`, or a copy in `directory` with every mesh path absolute.
+
+    The copy is made when its mesh files are named pybullet_data://<path> (PyBullet's
+    bundled meshes, which PyBullet cannot resolve itself).
     """
     with open(path) as file:
         text = file.read()
@@ -344,8 +345,10 @@ class Arm:
 
     def points_kinematics(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """
-        World positions (P, 3) and linear velocities (P, 3) of every end-effector point at
-        joint angles q (J,) and speeds qd (J,). The simulation state is restored afterwards.
+        Return the world positions (P, 3) and velocities (P, 3) of every end-effector point.
+
+        At joint angles q (J,) and speeds qd (J,); the simulation state is restored
+        afterwards.
         """
         q, qd = self._joint_vector(q, "q"), self._joint_vector(qd, "qd")
         client = self._live_client()
@@ -367,8 +370,10 @@ class Arm:
 
     def fixture_penetration(self) -> float:
         """
-        Deepest penetration (m, >= 0) of the arm into any fixture now: minus the most
-        negative contact distance PyBullet reports between them (0 without contact).
+        Return the deepest penetration (m, >= 0) of the arm into any fixture now.
+
+        It is minus the most negative contact distance PyBullet reports between them (0
+        without contact).
         """
         if self.scene is None:
             return 0.0
@@ -457,12 +462,12 @@ class Arm:
 
     @property
     def client(self) -> BulletClient:
-        """The arm's PyBullet client, for viewing (mbpl_ros.sim.view); never step it directly."""
+        """Return the arm's PyBullet client, for viewing (sim.view); never step it directly."""
         return self._live_client()
 
     @property
     def body(self) -> int:
-        """The PyBullet body id of the arm in `client`."""
+        """Return the PyBullet body id of the arm in `client`."""
         return self._body
 
     # ------------------------------------------------------------------ helpers
@@ -485,7 +490,7 @@ class Arm:
         return vector
 
     def _names(self, mask: np.ndarray) -> list:
-        """The names of the joints flagged in `mask` (J,)."""
+        """Return the names of the joints flagged in `mask` (J,)."""
         return [name for name, flagged in zip(self.joint_names, mask) if flagged]
 
     def _cap_speeds(self, client: BulletClient, capped: np.ndarray) -> None:
@@ -499,8 +504,10 @@ class Arm:
 
     def _dofs(self, joint_values: np.ndarray, locked_values: Optional[np.ndarray] = None) -> list:
         """
-        A (J,) vector in joint_names order as PyBullet's vector over every movable joint
-        (DoF order), the locked joints' entries `locked_values` (default zero).
+        Return a (J,) vector in joint_names order as PyBullet's vector over the movable joints.
+
+        That vector is in DoF order, the locked joints' entries `locked_values` (default
+        zero).
         """
         dof_values = np.zeros(self._n_dofs)
         dof_values[self._dof_of_joint] = joint_values

@@ -34,7 +34,7 @@ def linear_teacher(rng, N, T, dX, dU, precision=None):
 
 
 def linear_policy(dX, dU, W, b, state_mean, state_std, variance):
-    """A Policy without hidden layers: μ(x) = W (x − mean)/std + b."""
+    """Build a Policy without hidden layers: μ(x) = W (x − mean)/std + b."""
     policy = Policy(dX, dU, hidden_sizes=())
     with torch.no_grad():
         policy.network[0].weight.copy_(torch.as_tensor(W, dtype=torch.float32))
@@ -70,10 +70,11 @@ def test_policy_fits_linear_gaussian_teacher_on_held_out_states():
 
 def test_precision_weighting_follows_the_confident_controller():
     """
-    Two controllers disagree at the same states; each is confident (precision 100)
-    in a different action dimension. The minimiser of the precision-weighted loss is,
-    per dimension, the precision-weighted average (100·μ_A + μ_B)/101 — an unweighted
-    fit would sit at the plain average instead.
+    Fit two controllers that disagree at the same states.
+
+    Each is confident (precision 100) in a different action dimension. The minimiser of the
+    precision-weighted loss is, per dimension, the precision-weighted average (100·μ_A + μ_B)/101 —
+    an unweighted fit would sit at the plain average instead.
     """
     rng = np.random.default_rng(1)
     dX, dU, N, T = 3, 2, 6, 20
@@ -184,8 +185,10 @@ def test_refitting_normalization_preserves_the_function():
 
 def test_early_stopping_restores_best_held_out_weights():
     """
-    Few noisy samples and a large network: the held-out loss falls, then rises as
-    the network memorises the noise; training stops and keeps the best weights.
+    Fit few noisy samples with a large network.
+
+    The held-out loss falls, then rises as the network memorises the noise; training stops and
+    keeps the best weights.
     """
     rng = np.random.default_rng(0)
     dX, dU, N, T = 2, 1, 8, 6
@@ -297,8 +300,10 @@ def test_linearizing_a_linear_policy_recovers_its_gains():
 
 def test_gmm_prior_makes_few_sample_linearization_recover_the_gains():
     """
-    With N = 2 rollouts in dX = 4 the per-step regression alone is underdetermined;
-    a prior fitted on earlier rollouts of the same (linear) policy restores the gains.
+    Linearise from N = 2 rollouts in dX = 4.
+
+    The per-step regression alone is underdetermined; a prior fitted on earlier rollouts of the
+    same (linear) policy restores the gains.
     """
     rng = np.random.default_rng(14)
     dX, dU, T = 4, 2, 5
@@ -424,8 +429,10 @@ def test_checkpoint_round_trip_restores_weights_and_normalizer(tmp_path):
 
 def test_output_scaling_fits_large_actions_and_is_exported(tmp_path):
     """
-    Targets of tens of units (an arm's gravity torques): with normalize_actions the same
-    S-step budget fits them far better, and the exported module applies the scaling.
+    Fit targets of tens of units (an arm's gravity torques).
+
+    With normalize_actions the same S-step budget fits them far better, and the exported module
+    applies the scaling.
     """
     rng = np.random.default_rng(0)
     N, T, dX, dU = 4, 20, 6, 3

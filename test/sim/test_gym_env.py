@@ -30,8 +30,10 @@ def env(config):
 
 def recorded_rollout(config, condition: int, seed: int = 3):
     """
-    A noisy rollout of the config's initial controller on its own arm: X (T, dX), U (T, dU),
-    with an extra push beyond the effort limits in the middle (clamped by the arm).
+    Run a noisy rollout of the config's initial controller on its own arm.
+
+    Returns X (T, dX), U (T, dU), with an extra push beyond the effort limits in the middle
+    (clamped by the arm).
     """
     layout = config.layout
     spec = config.conditions[condition]
@@ -50,8 +52,9 @@ def recorded_rollout(config, condition: int, seed: int = 3):
 
 def play(env, efforts, condition):
     """
-    Run an episode commanding efforts (T, dU) in N·m: observations (T+1, dX), rewards (T,),
-    truncation flags (T,) and the last info.
+    Run an episode commanding efforts (T, dU) in N·m.
+
+    Returns observations (T+1, dX), rewards (T,), truncation flags (T,) and the last info.
     """
     x, _ = env.reset(options={"condition": condition})
     observations, rewards, truncations = [x], [], []

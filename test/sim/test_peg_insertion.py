@@ -32,7 +32,9 @@ def arm(config):
 
 def hole_geometry(config):
     """
-    (width, depth) of the hole of the config's block, read off its boxes: the free square
+    Return (width, depth) of the hole of the config's block, read off its boxes.
+
+    They are the free square
     around the frame's z axis above the floor, and the walls' height.
     """
     boxes = config.scene[0].boxes
@@ -56,9 +58,10 @@ def ray_hits(arm, xy_points, z_from=1.0, z_to=0.0):
 
 def drive_tip(arm, spec, goal_tip, seconds, approach_height=0.0, gain=300.0, damping=30.0):
     """
-    Task-space PD of both peg points to their targets for goal_tip (3,), gravity
-    compensated, at the arm's control rate; the first half of the time the goals are
-    `approach_height` higher. Returns the deepest fixture penetration seen (m).
+    Drive both peg points to their targets for goal_tip (3,) by a task-space PD.
+
+    The PD is gravity compensated, at the arm's control rate; the first half of the time the goals
+    are `approach_height` higher. Returns the deepest fixture penetration seen (m).
     """
     steps = int(round(seconds / arm.control_dt))
     deepest = 0.0
@@ -145,8 +148,9 @@ def test_the_block_is_placed_per_condition_with_the_hole_bottom_at_the_target(co
 # ---------------------------------------------------------------- contact
 def test_the_peg_pressed_onto_the_block_does_not_pass_through_it(config):
     """
-    Pushed at a goal 3 cm inside the block beside the hole, with hundreds of N/m, the peg
-    stays on the block's top: penetration below 2 mm at every control step.
+    Push the peg at a goal 3 cm inside the block beside the hole, with hundreds of N/m.
+
+    The peg stays on the block's top: penetration below 2 mm at every control step.
     """
     fast = dataclasses.replace(config, substeps=1)     # 240 Hz task-space PD
     width, depth = hole_geometry(config)

@@ -1,7 +1,8 @@
 """
-Robots from URDF + YAML: kinematics against PyBullet's own link states, limits and
-overrides enforced, locked joints held, and every bad URDF or description reported with
-the file, joint or key path and what exists.
+Robots from URDF + YAML.
+
+Kinematics against PyBullet's own link states, limits and overrides enforced, locked joints held,
+and every bad URDF or description reported with the file, joint or key path and what exists.
 """
 import copy
 import dataclasses
@@ -26,7 +27,7 @@ REACHER_URDF = ROOT / "urdf" / "reacher_2link.urdf"
 
 
 def panda(**changes) -> dict:
-    """The Panda description of config/panda_reach.yaml, with top-level keys changed."""
+    """Return the Panda description of config/panda_reach.yaml, top-level keys changed."""
     return {**copy.deepcopy(PANDA_ROBOT), **changes}
 
 
@@ -35,7 +36,7 @@ def shipped_spec(name):
 
 
 def link_frame_point(arm: Arm, link_index: int, offset) -> np.ndarray:
-    """A point fixed in a link's URDF frame, in the world, from PyBullet's link state."""
+    """Return a point fixed in a link's URDF frame, in the world, from PyBullet's state."""
     state = arm._client.getLinkState(arm._body, link_index, computeForwardKinematics=True)
     rotation = np.array(pybullet.getMatrixFromQuaternion(state[5])).reshape(3, 3)
     return np.array(state[4]) + rotation @ np.asarray(offset, float)
@@ -315,8 +316,9 @@ def test_bad_experiment_robots_name_the_file_and_key(tmp_path, robot, conditions
 # ---------------------------------------------------------------- a new arm from the template
 def test_a_new_arm_written_from_the_template_alone_loads_and_runs_a_first_trial(tmp_path, capsys):
     """
-    The xArm 6 of pybullet_data, described by filling in config/robot_template.yaml's
-    robot section and conditions; every other setting is the template's.
+    Run the xArm 6 of pybullet_data, described from config/robot_template.yaml.
+
+    It fills in the template's robot section and conditions; every other setting is the template's.
     """
     experiment = yaml.safe_load((ROOT / "config" / "robot_template.yaml").read_text())
     robot = experiment["robot"]
