@@ -17,21 +17,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, TextIO
+from typing import List, Optional, TextIO
 
 import numpy as np
 
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.runs import RunError, run_checkpoint, run_config
 from mbpl_ros.sim import view
-from mbpl_ros.sim.rollout import observe
+from mbpl_ros.sim.rollout import Act, observe
 
 FORMATS = (".gif", ".mp4")
 TILES_PER_ROW = 4
-
-# act(t, x (dX,)) -> u (dU,), noise-free
-Act = Callable[[int, np.ndarray], np.ndarray]
-
 
 @dataclass
 class Episode:
