@@ -110,3 +110,13 @@ def test_states_from_joint_states_equal_the_simulators_points():
             target = rng.normal(size=3)
             expected = to_state.layout.build(q, qd, points, velocities, spec.point_targets(target))
             np.testing.assert_allclose(to_state(q, qd, target), expected, atol=1e-12)
+
+
+def test_the_robot_descriptions_import_neither_the_model_nor_the_simulator():
+    code = ("import sys, mbpl_ros.robots\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('mbpl_ros.sim', "
+            "'mbpl_ros.robot_model', 'pybullet', 'pinocchio')) and m != 'pybullet_data'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
