@@ -12,7 +12,7 @@ rollouts per condition, one condition's share of one iteration:
   measured once per (T, dX). The number of η values the search tries varies from problem
   to problem, so the time per η value (one batched backward + forward pass each) is
   reported too: it is the quantity that scales cleanly;
-- S-step: core.policy.train_policy of a fresh (64, 64) ReLU policy on the N·T states,
+- S-step: core.policy.training.train_policy of a fresh (64, 64) ReLU policy on the N·T states,
   a fixed budget of --policy-iterations Adam minibatch steps of 64 states (MDGPS's config
   uses 1000: scale the column linearly).
 
@@ -118,7 +118,9 @@ def time_eta_search(rng, T, dX, dU, repeats) -> tuple[float, float]:
 
 
 def time_s_step(rng, T, dX, dU, N, repeats, iterations) -> float:
-    from mbpl_ros.core.policy import Policy, PolicySettings, train_policy
+    from mbpl_ros.core.policy.network import Policy
+    from mbpl_ros.core.policy.settings import PolicySettings
+    from mbpl_ros.core.policy.training import train_policy
 
     settings = PolicySettings(hidden_sizes=(64, 64), iterations=iterations, batch_size=64)
     X = rng.normal(size=(N, T, dX))

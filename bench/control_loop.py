@@ -58,7 +58,7 @@ from std_msgs.msg import Float64MultiArray  # noqa: E402
 from mbpl_ros.experiment import load_experiment  # noqa: E402
 from mbpl_ros.nodes import wire  # noqa: E402
 from mbpl_ros.sim.arm import Arm  # noqa: E402
-from mbpl_ros.sim.robots import robot_spec  # noqa: E402
+from mbpl_ros.robots import robot_spec  # noqa: E402
 
 EXPERIMENT = ROOT / "config" / "reacher_2link.yaml"
 PHYSICS_DT = 0.001  # divides the period of every rate benchmarked (1/1000 .. 1/100 s)

@@ -49,7 +49,8 @@ sys.path.insert(0, str(ROOT))
 from mbpl_ros.checkpoint import latest_checkpoint  # noqa: E402
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_exported_policy, evaluate_policy  # noqa: E402
-from mbpl_ros.sim.rollout import final_distance, run_rollout  # noqa: E402
+from mbpl_ros.core.rollouts import final_distance  # noqa: E402
+from mbpl_ros.sim.rollout import run_rollout  # noqa: E402
 
 LQR_CONFIG = ROOT / "config" / "peg_insertion.yaml"
 MDGPS_CONFIG = ROOT / "config" / "peg_insertion_mdgps.yaml"

@@ -23,7 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mbpl_ros.core.policy import Policy, export_torchscript, load_exported_policy  # noqa: E402
+from mbpl_ros.core.policy.deploy import export_torchscript, load_exported_policy  # noqa: E402
+from mbpl_ros.core.policy.network import Policy  # noqa: E402
 
 TARGET_MS = 0.2
 

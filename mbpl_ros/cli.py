@@ -26,7 +26,7 @@ def _check_device(config) -> None:
     """A configured CUDA device that is not there is a configuration error (exit code 2)."""
     if config.algorithm != "mdgps" or config.policy.device == "cpu":
         return
-    from mbpl_ros.core.policy import resolve_device
+    from mbpl_ros.core.policy.network import resolve_device
 
     try:
         resolve_device(config.policy.device)

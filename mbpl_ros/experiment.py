@@ -21,8 +21,8 @@ from mbpl_ros.core.traj_opt import StepAdjustment
 
 if TYPE_CHECKING:  # core.mdgps and core.policy import torch: only when MDGPS is run
     from mbpl_ros.core.mdgps import MdgpsSettings
-from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, check_robot, describe_robot,
-                                  load_robot_description, register_robot, registered_robots, robot_spec)
+from mbpl_ros.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, describe_robot,
+                              load_robot_description, register_robot, registered_robots, robot_spec)
 
 # initial_controller values when neither the experiment nor the robot description gives one
 INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0, "accel_noise_std": 2.0}
@@ -271,7 +271,7 @@ class ExperimentConfig:
         """MDGPS settings from the policy section; the policy seed defaults to `seed`
         (the run's seed, e.g. from the command line), else to the experiment's."""
         from mbpl_ros.core.mdgps import MdgpsSettings, PolicyPriorSettings
-        from mbpl_ros.core.policy import PolicySettings
+        from mbpl_ros.core.policy.settings import PolicySettings
 
         p = self.policy
         policy_seed = p.seed if p.seed is not None else (self.seed if seed is None else seed)
@@ -316,7 +316,7 @@ def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
     robot: a built-in or registered name; a robot description mapping; the path of a
     robot-description YAML file (relative to base_dir, default the current directory);
     or a RobotSpec. A new description is checked against its URDF once (ConfigError
-    naming `robot` otherwise) and registered under its name (see sim.robots.register_robot).
+    naming `robot` otherwise) and registered under its name (see robots.register_robot).
     """
     if isinstance(robot, str) and not robot.endswith((".yaml", ".yml")):
         try:
@@ -339,6 +339,8 @@ def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
                          f"got {type(robot).__name__}")
     try:
         if ROBOTS.get(spec.name) != spec:  # not loaded before in this process
+            from mbpl_ros.robot_model import check_robot
+
             check_robot(spec)
         return register_robot(spec).name
     except ValueError as error:

@@ -33,10 +33,12 @@ import numpy as np
 from mbpl_ros.checkpoint import (CHECKPOINT_FORMAT, CheckpointError,  # noqa: F401
                                  experiment_fingerprint, experiment_identity, identity_differences,
                                  write_atomically)
-from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.core.controller import PolicySampler
+from mbpl_ros.core.rollouts import Rollouts, final_distance
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import JointStateToState, final_distance, run_rollout
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.sim.rollout import run_rollout
 # Re-exported: they were defined here before the loop moved to mbpl_ros.training.
 from mbpl_ros.training import (METRICS_FILE, RECORDING_FILE, Trial, TrainingLoop,  # noqa: F401
                                TrialHook, TrialResult, check_policy_matches, contiguous,
@@ -49,27 +51,11 @@ HELD_OUT_MIN_SEPARATION_RAD = 0.05
 #: position of a hole) are at least this far (m) from every training target.
 HELD_OUT_MIN_SEPARATION_M = 0.005
 
-# A mean policy: state x (dX,) -> action (dU,).
-MeanPolicy = Callable[[np.ndarray], np.ndarray]
+# A state feedback: state x (dX,) -> mean action (dU,), e.g. an exported policy.
+MeanAction = Callable[[np.ndarray], np.ndarray]
 
 
-class PolicySampler:
-    """
-    The MDGPS policy as a rollout sampler, with the interface of LinearGaussianController.
-
-    act(t, x (dX,), noise (dU,)) = μ_θ(x) + L noise, L Lᵀ = covariance (dU, dU).
-    """
-
-    def __init__(self, policy, covariance: np.ndarray) -> None:
-        self.policy = policy
-        self.mean = getattr(policy, "action_mean", policy)  # a Policy, or an exported one
-        self.chol = np.linalg.cholesky(covariance)
-
-    def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return self.mean(x) + self.chol @ noise
-
-
-def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanPolicy,
+def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanAction,
                     initial_positions: np.ndarray, targets: np.ndarray,
                     cost=None) -> tuple[list[float], Optional[list[float]]]:
     """
@@ -129,7 +115,7 @@ class SimSource:
         self.controllers = {v: c for v, c in self.controllers.items() if v >= version - 1}
         self.controllers[version] = [contiguous(c) for c in controllers]
         if policy_path is not None:
-            from mbpl_ros.core.policy import load_exported_policy
+            from mbpl_ros.core.policy.deploy import load_exported_policy
 
             policy = load_exported_policy(policy_path)
             self.policies = {v: p for v, p in self.policies.items() if v >= version - 1}
@@ -448,7 +434,7 @@ def evaluate_exported_policy(config: ExperimentConfig, policy_path: str | Path, 
     successes, distances_m (count,), mean/median/max distance, and per-condition
     initial_positions, target, final_distance_m, success.
     """
-    from mbpl_ros.core.policy import load_exported_policy
+    from mbpl_ros.core.policy.deploy import load_exported_policy
 
     policy = load_exported_policy(policy_path)
     check_policy_matches(policy, config, policy_path)

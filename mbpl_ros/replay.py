@@ -17,21 +17,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, TextIO
+from typing import List, Optional, TextIO
 
 import numpy as np
 
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.runs import RunError, run_checkpoint, run_config
 from mbpl_ros.sim import view
-from mbpl_ros.sim.rollout import observe
+from mbpl_ros.sim.rollout import Act, observe
 
 FORMATS = (".gif", ".mp4")
 TILES_PER_ROW = 4
-
-# act(t, x (dX,)) -> u (dU,), noise-free
-Act = Callable[[int, np.ndarray], np.ndarray]
-
 
 @dataclass
 class Episode:
@@ -102,7 +98,7 @@ def episodes_of_run(
             f"{run} has no policy.pt: only an mdgps run exports one, when it finishes; replay the "
             "controllers instead (without --policy)"
         )
-    from mbpl_ros.core.policy import load_exported_policy
+    from mbpl_ros.core.policy.deploy import load_exported_policy
 
     exported = load_exported_policy(path)
     if (exported.dX, exported.dU) != (config.layout.dX, config.layout.dU):

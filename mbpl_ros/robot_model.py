@@ -1,4 +1,5 @@
-"""The robot as a rigid-body model, for the nodes on a real arm and for model-based priors.
+"""
+The robot as a rigid-body model, for the nodes on a real arm and for model-based priors.
 
 `RobotModel` loads a `RobotSpec` (its URDF, controlled and locked joints, end-effector point,
 base position and gravity) into Pinocchio and gives, in the spec's joint order (J,):
@@ -13,12 +14,13 @@ count in the dynamics, as in the simulator.
 """
 from __future__ import annotations
 
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import pinocchio
 
-from mbpl_ros.sim.robots import RobotSpec, robot_spec
+from mbpl_ros.core.rollouts import StateLayout
+from mbpl_ros.robots import RobotSpec, check_urdf_file, robot_spec
 
 _WORLD = pinocchio.ReferenceFrame.LOCAL_WORLD_ALIGNED
 
@@ -29,16 +31,28 @@ class RobotModel:
     def __init__(self, robot: Union[str, RobotSpec]):
         self.spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
         spec = self.spec
-        full = pinocchio.buildModelFromUrdf(spec.urdf_path)
         where = f"robot {spec.name!r} (URDF {spec.urdf_path})"
+        check_urdf_file(spec.urdf_path, where)
+        full = pinocchio.buildModelFromUrdf(spec.urdf_path)
         names = list(full.names)[1:]   # [0] is the universe
         unknown = [n for n in list(spec.joint_names) + list(spec.locked_joints) if n not in names]
         if unknown:
             raise ValueError(f"{where}: joints {unknown} are not movable joints of the URDF; "
                              f"its movable joints: {names}")
+        controlled, locked = list(spec.joint_names), list(spec.locked_joints)
+        if set(names) != set(controlled) | set(locked):
+            missing = [name for name in names if name not in controlled and name not in locked]
+            raise ValueError(f"{where}: joints {controlled} (controlled) and locked_joints "
+                             f"{locked} must be exactly the movable joints of the URDF {names}; "
+                             f"lock or control {missing}")
         q_locked = pinocchio.neutral(full)
         for name, angle in spec.locked_joints.items():
-            q_locked[full.idx_qs[full.getJointId(name)]] = angle
+            index = full.idx_qs[full.getJointId(name)]
+            lower, upper = full.lowerPositionLimit[index], full.upperPositionLimit[index]
+            if lower < upper and not lower <= angle <= upper:
+                raise ValueError(f"{where}: locked joint {name!r} at {angle} is outside its URDF "
+                                 f"limits [{lower}, {upper}]")
+            q_locked[index] = angle
         locked_ids = [full.getJointId(name) for name in spec.locked_joints]
         self.model = (pinocchio.buildReducedModel(full, locked_ids, q_locked) if locked_ids
                       else full)
@@ -54,6 +68,13 @@ class RobotModel:
         if not model.existFrame(spec.ee_link):
             raise ValueError(f"{where}: ee_link {spec.ee_link!r} is not a link of the URDF")
         self._ee_frame = model.getFrameId(spec.ee_link)
+        # A serial arm: every controlled joint moves the end-effector link.
+        chain = set(model.supports[model.frames[self._ee_frame].parentJoint])
+        off_chain = [name for name in spec.joint_names if model.getJointId(name) not in chain]
+        if off_chain:
+            raise ValueError(f"{where}: controlled joints {off_chain} do not move the "
+                             f"end-effector link {spec.ee_link!r}; control the joints between "
+                             "the base and it, lock the others")
         self._ee_offset = np.asarray(spec.ee_offset, dtype=float)
         self._base = np.asarray(spec.base_position, dtype=float)
         damping = np.asarray(model.damping, dtype=float)[self._index]
@@ -62,13 +83,24 @@ class RobotModel:
         self.n_joints = len(spec.joint_names)
         # Limits in spec order, the spec's overrides replacing the URDF's (as the simulator).
         names = spec.joint_names
-        lower, upper = self._from_model(model.lowerPositionLimit), self._from_model(model.upperPositionLimit)
+        lower = self._from_model(model.lowerPositionLimit)
+        upper = self._from_model(model.upperPositionLimit)
         self.position_limits = np.array([spec.position_limit_overrides.get(name, (lo, hi))
-                                         for name, lo, hi in zip(names, lower, upper)], dtype=float)
+                                         for name, lo, hi in zip(names, lower,
+                                                                 upper)], dtype=float)
         self.velocity_limits = np.array([spec.velocity_limit_overrides.get(name, v) for name, v
                                          in zip(names, self._from_model(model.velocityLimit))])
         self.effort_limits = np.array([spec.effort_limit_overrides.get(name, e) for name, e
                                        in zip(names, self._from_model(model.effortLimit))])
+        for what, bad in (("effort", ~(self.effort_limits > 0)),
+                          ("velocity", ~(self.velocity_limits > 0)),
+                          ("position", ~(self.position_limits[:, 0] < self.position_limits[:,
+                                                                                           1]))):
+            if bad.any():
+                raise ValueError(f"{where}: the URDF must give a positive {what} limit for joints "
+                                 f"{[n for n, b in zip(names, bad) if b]}, or the robot "
+                                 f"description one in limits.{what}")
+        self._point_offsets = spec.point_offsets
 
     # ------------------------------------------------------------------ orderings
     def _to_model(self, vector: np.ndarray) -> np.ndarray:
@@ -98,6 +130,23 @@ class RobotModel:
         r = self.data.oMf[self._ee_frame].rotation @ self._ee_offset
         linear = J[:3] - _skew(r) @ J[3:]
         return linear[:, self._index]
+
+    def points_kinematics(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """
+        Return the world positions (P, 3) and velocities (P, 3) of every end-effector point.
+
+        The points are spec.point_offsets on ee_link, at joint angles q (J,) and speeds qd (J,).
+        """
+        J = pinocchio.computeFrameJacobian(self.model, self.data, self._to_model(q),
+                                           self._ee_frame, _WORLD)
+        placement = self.data.oMf[self._ee_frame]
+        qd = np.asarray(qd, dtype=float)
+        points, velocities = [], []
+        for offset in self._point_offsets:
+            r = placement.rotation @ offset
+            points.append(self._base + placement.translation + r)
+            velocities.append((J[:3] - _skew(r) @ J[3:])[:, self._index] @ qd)
+        return np.array(points), np.array(velocities)
 
     def ee_state(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """End-effector point (3,) and its velocity (3,) at q, qd (J,)."""
@@ -130,7 +179,7 @@ class RobotModel:
 
     def forward_dynamics_derivatives(self, q: np.ndarray, qd: np.ndarray, tau: np.ndarray
                                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """d qdd / d q, d qdd / d qd and d qdd / d tau (each (J, J)) of forward_dynamics."""
+        """D qdd / d q, d qdd / d qd and d qdd / d tau (each (J, J)) of forward_dynamics."""
         qd = np.asarray(qd, dtype=float)
         applied = np.asarray(tau, dtype=float) - self.joint_damping * qd
         pinocchio.computeABADerivatives(self.model, self.data, self._to_model(q),
@@ -143,5 +192,58 @@ class RobotModel:
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
-    """[v]×, so that _skew(v) @ w = v × w."""
+    """Return the cross-product matrix [v]× of v (3,): [v]× w = v × w."""
     return np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
+
+
+def check_robot(spec: RobotSpec) -> None:
+    """
+    Load the URDF once and check the spec against it (joints, links, limits).
+
+    Raises the ValueError a RobotModel (and the simulator) would raise, now; costs one URDF
+    load, and no simulator.
+    """
+    RobotModel(spec)
+
+
+class JointStateToState:
+    """
+    The state x (dX,) from q (J,), qd (J,) and a target (3,), on the robot model.
+
+    One forward kinematics and one Jacobian per call and end-effector point: p_ee = FK(q),
+    v_ee = J(q) qd. With the robot's extra_points (P > 1), every point's offset is from its
+    own target, spec.point_targets(target). The nodes on hardware (from /joint_states) and
+    the simulator's rollouts (sim.rollout.observe) build their states with it, so both
+    compute bit-identical states from the same q, qd. Not thread-safe: give each thread its
+    own.
+    """
+
+    def __init__(self, robot: Union[str, RobotSpec], layout: Optional[StateLayout] = None):
+        spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
+        self.layout = layout or StateLayout(n_joints=spec.n_joints, n_points=spec.n_points)
+        if self.layout.n_joints != spec.n_joints or self.layout.n_points != spec.n_points:
+            raise ValueError(f"layout must have n_joints={spec.n_joints} (robot {spec.name!r}) "
+                             f"and n_points={spec.n_points}; got {self.layout}")
+        self.spec = spec
+        self.model = RobotModel(spec)
+
+    def __call__(self, q: np.ndarray, qd: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Return x (dX,) at joint angles q (J,), speeds qd (J,) and the target (3,)."""
+        q = np.asarray(q, dtype=float)
+        qd = np.asarray(qd, dtype=float)
+        if self.spec.n_points > 1:
+            points, velocities = self.model.points_kinematics(q, qd)
+            return self.layout.build(q, qd, points, velocities, self.spec.point_targets(target))
+        ee_position = self.model.forward_kinematics(q)
+        ee_velocity = self.model.jacobian(q) @ qd
+        return self.layout.build(q, qd, ee_position[None], ee_velocity[None],
+                                 np.asarray(target, float)[None])
+
+    def close(self) -> None:
+        """Release nothing: the model holds no simulator (kept for `with` blocks)."""
+
+    def __enter__(self) -> "JointStateToState":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -54,12 +54,11 @@ from mbpl_ros.checkpoint import (Checkpoint, append_metrics_row, capture_rng_sta
                                  checkpoint_paths, experiment_fingerprint, experiment_identity,
                                  fsync_directory, latest_checkpoint, remove_stale_temporaries,
                                  restore_rng_states, write_checkpoint, write_metrics)
-from mbpl_ros.core.controller import LinearGaussianController
-from mbpl_ros.core.rollouts import Rollouts
+from mbpl_ros.core.controller import LinearGaussianController, rollout_noise
+from mbpl_ros.core.rollouts import Rollouts, final_distance
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.progress import Progress, ProgressTracker
 from mbpl_ros.runs import METRICS_FILE, RECORDING_FILE, existing_run
-from mbpl_ros.sim.rollout import final_distance, rollout_noise
 
 POLICY_FILE = "policy.pt"
 #: Draws of an iteration's batch before the run stops, when a batch cannot be used.
@@ -202,7 +201,7 @@ def export_policy(policy, covariance: np.ndarray, config: ExperimentConfig, outp
     beside, then renamed: the module last, so a reader never pairs a new module with an old
     description). covariance (dU, dU): the policy's action covariance Σ_π, for sampling.
     """
-    from mbpl_ros.core.policy import export_torchscript
+    from mbpl_ros.core.policy.deploy import export_torchscript
 
     output = Path(output)
     staging = output / f".{POLICY_FILE}.{os.getpid()}.tmp.pt"
@@ -229,7 +228,7 @@ def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
     Raise a ValueError unless an exported policy fits config's robot.
 
     The error names `path`, the key and what is allowed when an exported policy (as
-    core.policy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
+    core.policy.deploy.load_exported_policy returns it) does not fit config's robot: its dX, dU,
     joint_names (the command order) and state_layout must be the experiment's.
     """
     layout, joints = config.layout, list(config.robot_spec.joint_names)
@@ -359,11 +358,10 @@ class TrainingLoop:
     def build_algorithm(self):
         """Make a fresh LqrFlm or Mdgps from the initial controllers (made C-contiguous)."""
         from mbpl_ros.core.lqr_flm import LqrFlm
-        from mbpl_ros.sim.arm import Arm
+        from mbpl_ros.robot_model import RobotModel
 
         config = self.config
-        with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as model:
-            initial = [contiguous(c) for c in config.initial_controllers(model)]
+        initial = [contiguous(c) for c in config.initial_controllers(RobotModel(config.robot))]
         cost = config.build_cost()
         if not self.is_mdgps:
             return LqrFlm(cost, initial, config.lqr_flm_settings())

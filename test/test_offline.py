@@ -18,10 +18,10 @@ import yaml
 from mbpl_ros import cli
 from mbpl_ros.checkpoint import read_checkpoint
 from mbpl_ros.config import ConfigError, from_dict
-from mbpl_ros.core.policy import load_exported_policy
+from mbpl_ros.core.policy.deploy import load_exported_policy
 from mbpl_ros.experiment import ExperimentConfig, load_experiment
 from mbpl_ros.offline import HELD_OUT_MIN_SEPARATION_RAD, TrainingRun, held_out_conditions
-from mbpl_ros.sim.robots import ROBOTS
+from mbpl_ros.robots import ROBOTS
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
@@ -248,8 +248,8 @@ def test_cuda_configured_without_cuda_exits_with_code_2(tmp_path, capsys):
 
 
 def test_policy_sampler_draws_around_the_policy_mean_with_its_covariance():
-    from mbpl_ros.core.policy import Policy
-    from mbpl_ros.offline import PolicySampler
+    from mbpl_ros.core.controller import PolicySampler
+    from mbpl_ros.core.policy.network import Policy
 
     policy = Policy(10, 2, hidden_sizes=(8,), seed=0)
     covariance = np.array([[0.04, 0.012], [0.012, 0.005]])
@@ -294,7 +294,7 @@ def test_an_unusable_batch_is_drawn_again_with_fresh_noise_and_recorded_once(tmp
     algorithm, draws iteration 1 again with the noise of attempt 1, records only that batch,
     and the run goes on."""
     from mbpl_ros.recording import read_recording
-    from mbpl_ros.sim.rollout import rollout_noise
+    from mbpl_ros.core.controller import rollout_noise
     from mbpl_ros.training import TrainingLoop
 
     config = load_experiment(LQR_FLM_CONFIG)

@@ -23,8 +23,9 @@ from mbpl_ros.offline import TrainingRun, recording_run_info
 from mbpl_ros.recording import (COMMANDS_TOPIC, JOINT_STATES_TOPIC, ROLLOUT_INFO_TOPIC, RecordedRollout,
                                 RecordingError, RolloutRecorder, read_recording)
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import ROBOTS
-from mbpl_ros.sim.rollout import rollout_noise, run_rollout
+from mbpl_ros.robots import ROBOTS
+from mbpl_ros.core.controller import rollout_noise
+from mbpl_ros.sim.rollout import run_rollout
 
 ROOT = Path(__file__).resolve().parents[1]
 ITERATIONS, M, N, T = 3, 2, 2, 20

@@ -245,7 +245,8 @@ def test_replay_of_an_exported_policy_from_held_out_starts(reacher_run, tmp_path
     is the replay, not the learning), from the starts `mbpl eval` draws."""
     import torch
 
-    from mbpl_ros.core.policy import Policy, export_torchscript
+    from mbpl_ros.core.policy.deploy import export_torchscript
+    from mbpl_ros.core.policy.network import Policy
     from mbpl_ros.offline import held_out_conditions
 
     config_file, trained = reacher_run

@@ -1,4 +1,5 @@
-"""Time-varying linear-Gaussian controllers u_t ~ N(K_t x_t + k_t, Σ_t).
+"""
+Time-varying linear-Gaussian controllers u_t ~ N(K_t x_t + k_t, Σ_t).
 
 Also: temporally smoothed exploration noise, and the two initial controllers (PD around
 a pose, LQR on a guessed double integrator). Both initial controllers are specified in
@@ -15,12 +16,14 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from mbpl_ros.core.linalg import cholesky_per_step, inverse_from_cholesky, symmetrise
 from mbpl_ros.core.lqr import lqr_backward
 
 
 @dataclass
 class LinearGaussianController:
-    """K (T, dU, dX), k (T, dU), covar (T, dU, dU) symmetric positive definite.
+    """
+    K (T, dU, dX), k (T, dU), covar (T, dU, dU) symmetric positive definite.
 
     chol (T, dU, dU) lower Cholesky factors of covar and inv_covar (T, dU, dU)
     are kept alongside because both the sampler and the KL term need them.
@@ -45,10 +48,14 @@ class LinearGaussianController:
         return self.K.shape[2]
 
     @classmethod
-    def from_covar(cls, K: np.ndarray, k: np.ndarray, covar: np.ndarray) -> "LinearGaussianController":
-        """Build a controller from K (T, dU, dX), k (T, dU), covar (T, dU, dU) or (dU, dU)
-        (the same for every step). covar is symmetrised; ValueError if it is not
-        positive definite at some step."""
+    def from_covar(cls, K: np.ndarray, k: np.ndarray,
+                   covar: np.ndarray) -> "LinearGaussianController":
+        """
+        Build a controller from K (T, dU, dX), k (T, dU) and covar.
+
+        covar is (T, dU, dU), or (dU, dU) for the same at every step. It is symmetrised; ValueError
+        if it is not positive definite at some step.
+        """
         K = np.array(K, dtype=float)
         k = np.array(k, dtype=float)
         if K.ndim != 3:
@@ -60,19 +67,21 @@ class LinearGaussianController:
         if covar.shape == (dU, dU):
             covar = np.broadcast_to(covar, (T, dU, dU))
         if covar.shape != (T, dU, dU):
-            raise ValueError(f"covar must have shape (T={T}, dU={dU}, dU) or (dU, dU), got {covar.shape}")
+            raise ValueError(f"covar must have shape (T={T}, dU={dU}, dU) or (dU, dU), got "
+                             f"{covar.shape}")
         if not (np.isfinite(K).all() and np.isfinite(k).all() and np.isfinite(covar).all()):
             raise ValueError("K, k and covar must be finite")
-        covar = 0.5 * (covar + covar.transpose(0, 2, 1))
+        covar = symmetrise(covar)
         chol = cholesky_per_step(covar, "covar")
-        chol_inv = np.linalg.inv(chol)
-        inv_covar = chol_inv.transpose(0, 2, 1) @ chol_inv
-        inv_covar = 0.5 * (inv_covar + inv_covar.transpose(0, 2, 1))
+        inv_covar = inverse_from_cholesky(chol)
         return cls(K=K, k=k, covar=covar, chol=chol, inv_covar=inv_covar)
 
     def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """u_t (dU,) = K_t x + k_t + chol_t noise, for x (dX,) and standard-normal noise (dU,)
-        (zeros give the mean action)."""
+        """
+        Return u_t (dU,) = K_t x + k_t + chol_t noise.
+
+        x is the state (dX,), noise standard normal (dU,); zeros give the mean action.
+        """
         return self.K[t] @ x + self.k[t] + self.chol[t] @ noise
 
     def mean_actions(self, X: np.ndarray) -> np.ndarray:
@@ -83,33 +92,37 @@ class LinearGaussianController:
         return np.einsum("tux,ntx->ntu", self.K, X) + self.k
 
 
-def cholesky_per_step(A: np.ndarray, name: str) -> np.ndarray:
-    """Lower Cholesky factors of A (T, d, d); ValueError naming the first step at which
-    A is not positive definite."""
-    try:
-        L = np.linalg.cholesky(A)
-    except np.linalg.LinAlgError:
-        L = None
-    if L is None or not np.isfinite(L).all():
-        for t in range(A.shape[0]):
-            try:
-                if np.isfinite(np.linalg.cholesky(A[t])).all():
-                    continue
-            except np.linalg.LinAlgError:
-                pass
-            eig = np.linalg.eigvalsh(A[t]).min() if np.isfinite(A[t]).all() else np.nan
-            raise ValueError(f"{name} must be symmetric positive definite; at time step {t} "
-                             f"its smallest eigenvalue is {eig:.3g}")
-    return L
+class PolicySampler:
+    """
+    A policy as a rollout sampler, the interface of LinearGaussianController.
+
+    act(t, x (dX,), noise (dU,)) = μ(x) + L noise with L Lᵀ = covariance (dU, dU): μ is a
+    policy's action_mean, or the policy itself when it is callable (an ExportedPolicy),
+    the noise standard normal (zeros give the mean action). lqr_controller and the
+    offline trials sample the exported policy with it, with its exported covariance.
+    """
+
+    def __init__(self, policy, covariance: np.ndarray) -> None:
+        self.policy = policy
+        self.mean = getattr(policy, "action_mean", policy)  # a Policy, or an exported one
+        self.chol = np.linalg.cholesky(np.asarray(covariance, dtype=float))
+
+    def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Return the action u (dU,) at step t and state x (dX,) for the noise (dU,)."""
+        return np.asarray(self.mean(x), dtype=float) + self.chol @ noise
 
 
 # ---------------------------------------------------------------- exploration noise
 
 @lru_cache(maxsize=16)
 def _smoothing_matrix(T: int, smoothing_sigma: float, renormalize: bool) -> np.ndarray:
-    """S (T, T) with smoothed = S @ white: a Gaussian filter over time (reflecting at the
-    ends), rows scaled to unit norm when renormalising, so every step's noise is exactly
-    unit variance — also at the ends, where the filter sees fewer samples."""
+    """
+    Return S (T, T) with smoothed = S @ white.
+
+    S is a Gaussian filter over time (reflecting at the ends), rows scaled to unit norm when
+    renormalising, so every step's noise is exactly unit variance — also at the ends, where the
+    filter sees fewer samples.
+    """
     S = gaussian_filter1d(np.eye(T), smoothing_sigma, axis=0, mode="reflect")
     if renormalize:
         S /= np.linalg.norm(S, axis=1, keepdims=True)
@@ -119,11 +132,14 @@ def _smoothing_matrix(T: int, smoothing_sigma: float, renormalize: bool) -> np.n
 
 def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: float = 2.0,
                    renormalize: bool = True) -> np.ndarray:
-    """Standard-normal noise (T, dU) filtered over time with a Gaussian of standard
-    deviation `smoothing_sigma` time steps (0 = white noise), independently per action
-    dimension. With `renormalize`, each step's marginal is N(0, 1) again, so
-    `act(t, x, noise[t])` keeps the controller's covariance Σ_t while the exploration is
-    temporally correlated (smoother on a real robot)."""
+    """
+    Draw standard-normal noise (T, dU) filtered over time with a Gaussian.
+
+    The Gaussian has a standard deviation of `smoothing_sigma` time steps (0 = white noise),
+    independently per action dimension. With `renormalize`, each step's marginal is N(0, 1) again,
+    so `act(t, x, noise[t])` keeps the controller's covariance Σ_t while the exploration is
+    temporally correlated (smoother on a real robot).
+    """
     if T < 1 or dU < 1:
         raise ValueError(f"T and dU must be >= 1, got T={T}, dU={dU}")
     if not smoothing_sigma >= 0:
@@ -134,10 +150,32 @@ def smoothed_noise(rng: np.random.Generator, T: int, dU: int, smoothing_sigma: f
     return _smoothing_matrix(int(T), float(smoothing_sigma), bool(renormalize)) @ white
 
 
+def rollout_noise(seed: int, iteration: int, condition: int, index: int, T: int, dU: int,
+                  smoothing: float, renormalize: bool, attempt: int = 0) -> np.ndarray:
+    """
+    Draw the exploration noise (T, dU) of rollout `index` of `condition` at `iteration`.
+
+    It is smoothed_noise from np.random.default_rng([seed, iteration, condition, index]), or with
+    [..., attempt] for a batch drawn again (attempt > 0) because the first could not be used.
+
+    One generator per rollout, so the noise of a rollout does not depend on how many
+    were drawn before it (a retried or re-ordered trial on the robot gets the same noise)
+    and the offline trainer and the ROS gps_trainer draw identical noise.
+    """
+    for name, value in (("seed", seed), ("iteration", iteration), ("condition", condition),
+                        ("index", index), ("attempt", attempt)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    key = [int(seed), int(iteration), int(condition),
+           int(index)] + ([int(attempt)] if attempt else [])
+    rng = np.random.default_rng(key)
+    return smoothed_noise(rng, T, dU, smoothing_sigma=smoothing, renormalize=renormalize)
+
 # ---------------------------------------------------------------- initial controllers
 
+
 def _joint_model(dX: int, position_idx, velocity_idx, mass_matrix, gravity_torque):
-    """Validated index arrays (dU,), M (dU, dU) and g (dU,)."""
+    """Return the validated index arrays (dU,), M (dU, dU) and g (dU,)."""
     position_idx = np.asarray(position_idx, dtype=int).ravel()
     velocity_idx = np.asarray(velocity_idx, dtype=int).ravel()
     dU = position_idx.size
@@ -153,7 +191,7 @@ def _joint_model(dX: int, position_idx, velocity_idx, mass_matrix, gravity_torqu
         raise ValueError(f"mass_matrix must have shape (dU={dU}, dU), got {M.shape}")
     if g.shape != (dU,):
         raise ValueError(f"gravity_torque must have shape (dU={dU},), got {g.shape}")
-    M = 0.5 * (M + M.T)
+    M = symmetrise(M)
     try:
         np.linalg.cholesky(M)
     except np.linalg.LinAlgError:
@@ -165,7 +203,8 @@ def _torque_covariance(M: np.ndarray, accel_noise_std) -> np.ndarray:
     """Covariance M diag(σ²) Mᵀ (dU, dU) of torques from joint-acceleration noise σ."""
     sigma = np.broadcast_to(np.asarray(accel_noise_std, dtype=float), (M.shape[0],))
     if not (sigma > 0).all() or not np.isfinite(sigma).all():
-        raise ValueError(f"accel_noise_std must be positive and finite (rad/s² per joint), got {sigma}")
+        raise ValueError("accel_noise_std must be positive and finite (rad/s² per joint), got "
+                         f"{sigma}")
     return (M * sigma ** 2) @ M.T
 
 
@@ -173,7 +212,8 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
                   mass_matrix: np.ndarray, gravity_torque: np.ndarray, natural_frequency: float,
                   damping_ratio: float = 1.0, accel_noise_std: float | np.ndarray = 1.0,
                   target_position: np.ndarray | None = None) -> LinearGaussianController:
-    """A PD controller holding the start pose q0 = x0[position_idx] (or `target_position`):
+    """
+    Build a PD controller holding the start pose q0 = x0[position_idx] (or `target_position`).
 
         u = M (ω² (q* − q) − 2ζω q̇) + g,    Σ = M diag(σ²) Mᵀ, the same at every step,
 
@@ -182,7 +222,8 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
     at the start pose. Returns a controller with T steps on states of size dX = len(x0).
     """
     x0 = np.asarray(x0, dtype=float).ravel()
-    q_idx, qd_idx, M, g = _joint_model(x0.size, position_idx, velocity_idx, mass_matrix, gravity_torque)
+    q_idx, qd_idx, M, g = _joint_model(x0.size, position_idx, velocity_idx, mass_matrix,
+                                       gravity_torque)
     if not (natural_frequency > 0 and damping_ratio >= 0):
         raise ValueError(f"natural_frequency must be > 0 and damping_ratio >= 0, "
                          f"got {natural_frequency} and {damping_ratio}")
@@ -202,11 +243,15 @@ def pd_controller(T: int, x0: np.ndarray, position_idx: Sequence[int], velocity_
 def double_integrator_lqr_controller(T: int, dt: float, position_idx: Sequence[int],
                                      velocity_idx: Sequence[int], dX: int, mass_matrix: np.ndarray,
                                      gravity_torque: np.ndarray, target_position: np.ndarray,
-                                     state_cost_weight: float = 1.0, action_cost_weight: float = 1e-3,
+                                     state_cost_weight: float = 1.0,
+                                     action_cost_weight: float = 1e-3,
                                      accel_noise_std: float | np.ndarray = 1.0
                                      ) -> LinearGaussianController:
-    """Finite-horizon LQR on a guessed model of the arm: decoupled double integrators in
-    joint acceleration a = M⁻¹ (u − g), discretised with step dt,
+    """
+    Build a finite-horizon LQR controller on a guessed model of the arm.
+
+    The model is decoupled double integrators in joint acceleration a = M⁻¹ (u − g),
+    discretised with step dt,
 
         q_{t+1} = q_t + dt q̇_t + ½ dt² a_t,    q̇_{t+1} = q̇_t + dt a_t,
 
@@ -225,10 +270,10 @@ def double_integrator_lqr_controller(T: int, dt: float, position_idx: Sequence[i
     target = np.asarray(target_position, dtype=float)
     if target.shape != (dU,):
         raise ValueError(f"target_position must have shape (dU={dU},), got {target.shape}")
-    I = np.eye(dU)
+    eye = np.eye(dU)
     # Per joint model on s = [q; q̇] (2dU,), action a (dU,).
-    A = np.block([[I, dt * I], [np.zeros((dU, dU)), I]])
-    B = np.vstack([0.5 * dt ** 2 * I, dt * I])
+    A = np.block([[eye, dt * eye], [np.zeros((dU, dU)), eye]])
+    B = np.vstack([0.5 * dt ** 2 * eye, dt * eye])
     F = np.broadcast_to(np.hstack([A, B]), (T - 1, 2 * dU, 3 * dU))
     C = np.diag(np.r_[np.full(2 * dU, state_cost_weight), np.full(dU, action_cost_weight)])
     c = np.r_[-state_cost_weight * target, np.zeros(2 * dU)]

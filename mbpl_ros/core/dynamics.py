@@ -5,7 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gmm import GMMPrior, NormalInverseWishart, symmetrise, robust_cholesky
+from .gmm import GMMPrior, NormalInverseWishart
+from .linalg import robust_cholesky, symmetrise
 from .rollouts import rollout_arrays
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from mbpl_ros.core.linalg import robust_cholesky, symmetrise
+
 _LOG_2PI = np.log(2.0 * np.pi)
 
 
@@ -51,30 +53,6 @@ class NormalInverseWishart:
         shrink = (count * m / (count + m))[..., None, None]
         pooled = self.scatter + scatter + shrink * offset[..., :, None] * offset[..., None, :]
         return pooled / (count + n0)[..., None, None]
-
-
-def symmetrise(matrices: np.ndarray) -> np.ndarray:
-    """(A + Aᵀ) / 2 over the last two axes."""
-    return 0.5 * (matrices + np.swapaxes(matrices, -1, -2))
-
-
-def robust_cholesky(matrices: np.ndarray, floor: float = 0.0) -> np.ndarray:
-    """Lower Cholesky factors (..., d, d) of symmetric matrices (..., d, d).
-
-    Where rounding has left a matrix indefinite, its eigenvalues are raised to a floor
-    (`floor`, at least 1e-12 of the largest eigenvalue) before factorising, so a
-    factor always comes back; the fast path is one batched LAPACK call.
-    """
-    matrices = symmetrise(np.asarray(matrices, dtype=float))
-    try:
-        return np.linalg.cholesky(matrices)
-    except np.linalg.LinAlgError:
-        eigenvalues, eigenvectors = np.linalg.eigh(matrices)
-        scale = np.max(np.abs(eigenvalues), axis=-1, keepdims=True)
-        lowest = np.maximum(np.maximum(1e-12 * scale, floor), np.finfo(float).tiny)
-        eigenvalues = np.maximum(eigenvalues, lowest)
-        repaired = (eigenvectors * eigenvalues[..., None, :]) @ np.swapaxes(eigenvectors, -1, -2)
-        return np.linalg.cholesky(symmetrise(repaired))
 
 
 def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:

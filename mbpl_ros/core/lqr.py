@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mbpl_ros.core.linalg import inverse_from_cholesky, symmetrise
+
 
 class IndefiniteQError(np.linalg.LinAlgError):
     """Q_uu (the Q-function's Hessian in u) was not positive definite at some time step."""
@@ -120,7 +122,7 @@ def _solve_where_possible(A: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x
 
 
-def _cholesky_per_step(Quu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cholesky_or_failed_step(Quu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     Factor Q_uu per time step and find each problem's latest failing step.
 
@@ -195,18 +197,15 @@ def riccati_recursion(F_hom: np.ndarray, C_hom: np.ndarray, dX: int,
                 G = _solve_where_possible(Quu, Q[:, s:, :s])
             # V = Q_ss − Q_su Q_uu⁻¹ Q_us, symmetrised so that rounding cannot build up.
             V = Q[:, :s, :s] - Q[:, :s, s:] @ G
-            V = 0.5 * (V + V.transpose(0, 2, 1))
+            V = symmetrise(V)
             Quu_all[:, t] = Quu
             gains[:, t] = G
             if keep_value:
                 V_hom[:, t] = V
     np.negative(gains, out=gains)
-    Quu_all = 0.5 * (Quu_all + Quu_all.transpose(0, 1, 3, 2))
-    chol, failed_step = _cholesky_per_step(Quu_all)
-    # Q_uu⁻¹ = L⁻ᵀ L⁻¹ from the Cholesky factor: symmetric positive definite by construction.
-    chol_inv = np.linalg.inv(chol)
-    covar = np.swapaxes(chol_inv, -1, -2) @ chol_inv
-    covar = 0.5 * (covar + covar.transpose(0, 1, 3, 2))
+    Quu_all = symmetrise(Quu_all)
+    chol, failed_step = _cholesky_or_failed_step(Quu_all)
+    covar = inverse_from_cholesky(chol)  # Q_uu⁻¹, symmetric positive definite by construction
     return RiccatiResult(gains=gains, Quu=Quu_all, chol_Quu=chol, covar=covar, V_hom=V_hom,
                          failed_step=failed_step)
 

@@ -1,4 +1,5 @@
-"""LQR with fitted local models (LQR-FLM): one iteration per batch of rollouts.
+"""
+LQR with fitted local models (LQR-FLM): one iteration per batch of rollouts.
 
 For each condition m, with rollouts drawn from its current controller p_i(u|x):
   1. fold the rollouts into the GMM prior and fit p_i(x'|x, u) by Bayesian regression;
@@ -50,14 +51,17 @@ class LqrFlmSettings:
 
 @dataclass
 class LocalModel:
-    """What one batch of rollouts taught about a condition: the fitted dynamics and the
-    quadratic cost model around those rollouts."""
+    """
+    What one batch of rollouts taught about a condition.
+
+    That is the fitted dynamics and the quadratic cost model around those rollouts.
+    """
 
     dynamics: LinearGaussianDynamics
     cost: QuadraticCost
 
     def estimate_cost(self, controller: LinearGaussianController) -> float:
-        """Expected total cost of `controller` under this model (Laplace estimate)."""
+        """Return the expected total cost of `controller` under this model (Laplace)."""
         return float(np.sum(expected_cost(forward_pass(controller, self.dynamics), self.cost)))
 
 
@@ -92,26 +96,34 @@ returns (M, 3) Laplace cost estimates per condition: [previous, predicted new, a
 
 
 def controller_step_costs(conditions: Sequence["ConditionState"]) -> np.ndarray:
-    """LQR-FLM's step costs (M, 3): the previous controller under the previous model, the
-    current controller under the previous model, the current controller under the new model."""
+    """
+    Return LQR-FLM's step costs (M, 3).
+
+    They are the previous controller under the previous model, the current controller
+    under the previous model, the current controller under the new model.
+    """
     return np.array([[state.previous_model.estimate_cost(state.previous_controller),
                       state.previous_model.estimate_cost(state.controller),
                       state.model.estimate_cost(state.controller)] for state in conditions])
 
 
 def new_dynamics_prior(settings: PriorSettings) -> Optional[GMMPrior]:
-    """A fresh GMM prior over [x, u, x'] (None when the prior is disabled)."""
+    """Return a fresh GMM prior over [x, u, x'] (None when the prior is disabled)."""
     if not settings.enabled:
         return None
-    return GMMPrior(max_clusters=settings.max_clusters, min_points_per_cluster=settings.min_points_per_cluster,
+    return GMMPrior(max_clusters=settings.max_clusters,
+                    min_points_per_cluster=settings.min_points_per_cluster,
                     max_rollouts=settings.max_rollouts, strength=settings.strength)
 
 
 def fit_batch_dynamics(prior: Optional[GMMPrior], X: np.ndarray, U: np.ndarray,
                        regularization: float) -> LinearGaussianDynamics:
-    """One iteration's dynamics fit of a condition from its batch X (N, T, dX), U (N, T, dU):
-    fold the batch's [x_t, u_t, x_{t+1}] tuples into `prior` (refitting it), then fit by
-    Bayesian regression under it. LQR-FLM and the ROS dynamics_fitter both call this."""
+    """
+    Fit one iteration's dynamics of a condition from its batch X (N, T, dX), U (N, T, dU).
+
+    Fold the batch's [x_t, u_t, x_{t+1}] tuples into `prior` (refitting it), then fit by
+    Bayesian regression under it. LQR-FLM and the ROS dynamics_fitter both call this.
+    """
     if prior is not None:
         prior.update(transition_points(X, U))
     return fit_dynamics(X, U, prior=prior, regularization=regularization)
@@ -136,7 +148,8 @@ class LqrFlm:
     def update(self, rollouts: Rollouts,
                anchors: Sequence[LinearGaussianController] | None = None,
                step_costs: StepCosts | None = None) -> list[ConditionReport]:
-        """One LQR-FLM iteration from rollouts of the current controllers.
+        """
+        One LQR-FLM iteration from rollouts of the current controllers.
 
         anchors (M,) replaces the KL anchor of each condition (MDGPS passes the
         linearised policy); by default each condition stays near its own controller.
@@ -148,17 +161,23 @@ class LqrFlm:
     def update_with_dynamics(self, rollouts: Rollouts, dynamics: Sequence[LinearGaussianDynamics],
                              anchors: Sequence[LinearGaussianController] | None = None,
                              step_costs: StepCosts | None = None) -> list[ConditionReport]:
-        """update(), with each condition's dynamics (M,) fitted elsewhere (e.g. by the ROS
-        dynamics_fitter, from the same rollouts with fit_batch_dynamics); this object's
-        priors are then not used. The cost model is still expanded around `rollouts`."""
+        """
+        Run update() with each condition's dynamics (M,) fitted elsewhere.
+
+        They come e.g. from the ROS dynamics_fitter, from the same rollouts with
+        fit_batch_dynamics; this object's priors are then not used. The cost model is still
+        expanded around `rollouts`.
+        """
         if len(dynamics) != len(self.conditions):
             raise ValueError(f"need one dynamics model per condition ({len(self.conditions)}), "
                              f"got {len(dynamics)}")
         for m, model in enumerate(dynamics):
             T = rollouts.for_condition(m).T
             if model.T != T or model.dX != rollouts.X.shape[2] or model.dU != rollouts.U.shape[2]:
-                raise ValueError(f"dynamics[{m}] has (T, dX, dU) = ({model.T}, {model.dX}, {model.dU}); "
-                                 f"the rollouts have ({T}, {rollouts.X.shape[2]}, {rollouts.U.shape[2]})")
+                raise ValueError(f"dynamics[{m}] has (T, dX, dU) = ({model.T}, {model.dX}, "
+                                 f"{model.dU}); "
+                                 f"the rollouts have ({T}, {rollouts.X.shape[2]}, "
+                                 f"{rollouts.U.shape[2]})")
         return self._update(rollouts, anchors, dynamics=dynamics, step_costs=step_costs)
 
     def _update(self, rollouts: Rollouts, anchors, dynamics, step_costs) -> list[ConditionReport]:
@@ -167,9 +186,11 @@ class LqrFlm:
         for m, state in enumerate(self.conditions):
             batch = rollouts.for_condition(m)
             if batch.N == 0:
-                raise ValueError(f"no rollouts for condition {m}; every condition needs at least one")
+                raise ValueError(f"no rollouts for condition {m}; every condition needs at least "
+                                 "one")
             expansion = self.cost.evaluate(batch.X, batch.U)
-            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U, self.settings.dynamics_regularization)
+            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U,
+                                         self.settings.dynamics_regularization)
                       if dynamics is None else dynamics[m])
             state.model = LocalModel(fitted, quadratic_cost_model(batch.X, batch.U, expansion))
             batches.append(batch)

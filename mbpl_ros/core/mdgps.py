@@ -1,4 +1,5 @@
-"""Mirror-descent guided policy search (MDGPS, Montgomery & Levine 2016).
+"""
+Mirror-descent guided policy search (MDGPS, Montgomery & Levine 2016).
 
 LQR-FLM improves one time-varying linear-Gaussian controller p_m(u|x, t) per condition m;
 MDGPS distils them into one state-feedback policy π_θ(u|x) that works from every
@@ -9,10 +10,10 @@ iteration, from rollouts of the current controllers p_m (or of the policy itself
 
          Σ_m E_{x ~ p_m} (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)),   μ_m(x) = K_t x + k_t,
 
-     (core.policy.train_policy; the variance has a closed form);
+     (core.policy.training.train_policy; the variance has a closed form);
   2. linearise π_θ around each condition's rollouts: π̄_m(u|x, t) = N(K̄_t x + k̄_t, S̄_t),
      a per-time-step Bayesian linear regression of μ_θ(x) on x with a GMM prior over
-     [x, μ_θ(x)] fitted to this iteration's points (core.policy.linearize_policy);
+     [x, μ_θ(x)] fitted to this iteration's points (linearize_policy, below);
   3. C-step: fit each condition's dynamics and cost from its rollouts, then
 
          p_m ← argmin E_p[Σ_t l_t]  s.t.  KL(p(τ) ‖ π̄_m(τ)) ≤ ε_m,
@@ -42,21 +43,24 @@ dimension, dU action dimension.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from mbpl_ros.core.controller import LinearGaussianController
-from mbpl_ros.core.dynamics import LinearGaussianDynamics
+from mbpl_ros.core.dynamics import LinearGaussianDynamics, gaussian_regression
 from mbpl_ros.core.gmm import GMMPrior
+from mbpl_ros.core.linalg import inverse_from_cholesky, symmetrise
 from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
-from mbpl_ros.core.policy import (Policy, PolicySettings, controller_targets, linearize_policy,
-                                  train_policy)
+from mbpl_ros.core.policy.network import Policy
+from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.policy.training import controller_targets, train_policy
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.core.traj_opt import forward_pass, kl_divergence
 
-__all__ = ["Mdgps", "MdgpsReport", "MdgpsSettings", "PolicyPriorSettings"]
+__all__ = ["Mdgps", "MdgpsReport", "MdgpsSettings", "PolicyPriorSettings", "linearize_policy"]
 
 
 @dataclass
@@ -73,14 +77,17 @@ class PolicyPriorSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
-            raise ValueError(f"PolicyPriorSettings.enabled must be True or False, got {self.enabled!r}")
+            raise ValueError("PolicyPriorSettings.enabled must be True or False, got "
+                             f"{self.enabled!r}")
         for name in ("max_clusters", "min_points_per_cluster"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"PolicyPriorSettings.{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"PolicyPriorSettings.{name} must be an integer >= 1, got "
+                                 f"{value!r}")
         if not (isinstance(self.strength, (int, float)) and np.isfinite(self.strength)
                 and self.strength > 0):
-            raise ValueError(f"PolicyPriorSettings.strength must be a number > 0, got {self.strength!r}")
+            raise ValueError("PolicyPriorSettings.strength must be a number > 0, got "
+                             f"{self.strength!r}")
 
 
 @dataclass
@@ -123,13 +130,14 @@ class MdgpsSettings:
 
 @dataclass
 class MdgpsReport:
-    """What one MDGPS iteration did.
+    """
+    What one MDGPS iteration did.
 
     policy_loss: S-step loss after training, mean over states of
         (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)); an error as large as one draw of the
         controllers' own exploration noise scores dU, so loss ≪ dU is a close fit.
     policy_initial_loss: the same before this S-step (the warm-started policy).
-    policy_training: everything core.policy.train_policy returned.
+    policy_training: everything core.policy.training.train_policy returned.
     policy_kl: (M,) KL(p_m(τ) ‖ π̄_m(τ)) of the controller that drew the rollouts from
         the policy's linearisation, under the dynamics fitted to those rollouts: how far
         the policy is from that controller, in the C-step's own units.
@@ -144,9 +152,10 @@ class MdgpsReport:
 
 
 class Mdgps:
-    """MDGPS over M conditions: M local controllers (LqrFlm) and one global policy.
+    """
+    MDGPS over M conditions: M local controllers (LqrFlm) and one global policy.
 
-    Args:
+    The arguments:
         cost: the task cost, ``evaluate(X (N, T, dX), U (N, T, dU)) -> CostExpansion``.
         initial_controllers: (M,) controllers with the same T, dX, dU.
         settings: MDGPS settings (policy network, S-step, linearisation).
@@ -158,6 +167,7 @@ class Mdgps:
     ((dU, dU), Σ_π of the last S-step, see MdgpsSettings.covariance; the policy's
     diag(action_variance) before the first), ``anchors`` ((M,) linearised policies of the
     last C-step, None before the first update).
+
     """
 
     def __init__(self, cost, initial_controllers: Sequence[LinearGaussianController],
@@ -166,10 +176,12 @@ class Mdgps:
                  policy: Policy | None = None) -> None:
         self.settings = MdgpsSettings() if settings is None else settings
         if not isinstance(self.settings, MdgpsSettings):
-            raise ValueError(f"settings must be an MdgpsSettings, got {type(self.settings).__name__}")
+            raise ValueError("settings must be an MdgpsSettings, got "
+                             f"{type(self.settings).__name__}")
         controllers = list(initial_controllers)
         if not controllers:
-            raise ValueError("initial_controllers must hold at least one controller (one per condition)")
+            raise ValueError("initial_controllers must hold at least one controller (one per "
+                             "condition)")
         shapes = {(c.T, c.dX, c.dU) for c in controllers}
         if len(shapes) != 1:
             raise ValueError(f"initial_controllers must share (T, dX, dU); got {sorted(shapes)}")
@@ -193,7 +205,7 @@ class Mdgps:
 
     @property
     def controllers(self) -> list[LinearGaussianController]:
-        """The current local controllers (M,): the next rollouts' samplers."""
+        """Return the M local controllers, which draw the next rollouts."""
         return self.local.controllers
 
     @property
@@ -208,38 +220,47 @@ class Mdgps:
             raise ValueError(f"rollouts must be a Rollouts, got {type(rollouts).__name__}")
         if rollouts.X.shape[1:] != (self.T, self.dX) or rollouts.U.shape[2] != self.dU:
             raise ValueError(f"rollouts must have X (N, T={self.T}, dX={self.dX}) and "
-                             f"U (N, T, dU={self.dU}); got X {rollouts.X.shape}, U {rollouts.U.shape}")
+                             f"U (N, T, dU={self.dU}); got X {rollouts.X.shape}, U "
+                             f"{rollouts.U.shape}")
         unknown = sorted(set(rollouts.condition.tolist()) - set(range(self.M)))
         if unknown:
             raise ValueError(f"rollouts name conditions {unknown}; allowed are 0 .. {self.M - 1}")
         batches = [rollouts.for_condition(m) for m in range(self.M)]
         missing = [m for m, batch in enumerate(batches) if batch.N == 0]
         if missing:
-            raise ValueError(f"no rollouts for conditions {missing}; every condition needs at least one")
+            raise ValueError(f"no rollouts for conditions {missing}; every condition needs at "
+                             "least one")
         return batches
 
     def s_step(self, rollouts: Rollouts) -> dict[str, Any]:
-        """Train the policy on every condition's rollout states X_m (N_m, T, dX) with the
-        targets of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then set
-        ``policy_covariance``. Returns train_policy's result."""
+        """
+        Train the policy on every condition's rollout states X_m (N_m, T, dX).
+
+        The targets are those of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then
+        set ``policy_covariance``. Returns train_policy's result.
+        """
         batches = self._split(rollouts)
         targets = [controller_targets(controller, batch.X)
                    for controller, batch in zip(self.controllers, batches)]
         X = np.concatenate([batch.X for batch in batches])                  # (N, T, dX)
         target_mean = np.concatenate([mean for mean, _ in targets])         # (N, T, dU)
         target_precision = np.concatenate([prec for _, prec in targets])    # (N, T, dU, dU)
-        training = train_policy(self.policy, X, target_mean, target_precision, self.settings.policy)
+        training = train_policy(self.policy, X, target_mean, target_precision,
+                                self.settings.policy)
         if self.settings.covariance == "full":
             mean_precision = target_precision.mean(axis=(0, 1))             # E[Σ⁻¹] (dU, dU)
-            covariance = np.linalg.inv(mean_precision)
-            self.policy_covariance = 0.5 * (covariance + covariance.T)
+            self.policy_covariance = symmetrise(np.linalg.inv(mean_precision))
         else:
             self.policy_covariance = self.policy.action_covariance()
         return training
 
     def _policy_prior(self, m: int, n_rollouts: int) -> Optional[GMMPrior]:
-        """Condition m's prior, its buffer exactly one batch long (new if the batch size
-        changed), so old points labelled by an older policy never enter the fit."""
+        """
+        Return condition m's prior, its buffer exactly one batch long.
+
+        It is new if the batch size changed, so old points labelled by an older policy never enter
+        the fit.
+        """
         settings = self.settings.policy_prior
         if not settings.enabled:
             return None
@@ -253,9 +274,12 @@ class Mdgps:
         return prior
 
     def linearize(self, rollouts: Rollouts) -> list[LinearGaussianController]:
-        """The policy's linear-Gaussian fit around each condition's rollout states:
-        (M,) controllers with K (T, dU, dX), k (T, dU) and covar (T, dU, dU) = the fit's
-        residual covariance + Σ_π (``policy_covariance``)."""
+        """
+        Fit the policy linear-Gaussian around each condition's rollout states.
+
+        The result is (M,) controllers with K (T, dU, dX), k (T, dU) and covar (T, dU, dU) = the
+        fit's residual covariance + Σ_π (``policy_covariance``).
+        """
         batches = self._split(rollouts)
         anchors = []
         for m, batch in enumerate(batches):
@@ -269,26 +293,34 @@ class Mdgps:
 
     def step_costs(self, conditions: Sequence[ConditionState],
                    anchors: Sequence[LinearGaussianController]) -> np.ndarray:
-        """GPS's MDGPS step costs (M, 3) for LqrFlm's step rule, from the conditions' states
+        """
+        Return the MDGPS step costs (M, 3) of GPS for LqrFlm's step rule.
+
+        They come from the conditions' states
         (their models fitted to this batch) and this batch's linearisations `anchors` (M,):
         per condition [J(π̄⁻; F⁻, l⁻), J(p; F⁻, l⁻), J(π̄; F, l)] (see the module
-        docstring), averaged over the conditions so that all share one step multiplier."""
+        docstring), averaged over the conditions so that all share one step multiplier.
+        """
         if self.anchors is None:
             raise ValueError("the MDGPS step rule needs the previous iteration's linearisations; "
                              "it applies from the second update on")
         costs = np.array([[state.previous_model.estimate_cost(previous_anchor),
                            state.previous_model.estimate_cost(state.controller),
                            state.model.estimate_cost(anchor)]
-                          for state, previous_anchor, anchor in zip(conditions, self.anchors, anchors)])
+                          for state, previous_anchor, anchor in zip(conditions, self.anchors,
+                                                                    anchors)])
         return np.broadcast_to(costs.mean(axis=0), costs.shape).copy()
 
     def update(self, rollouts: Rollouts,
                dynamics: Optional[Sequence[LinearGaussianDynamics]] = None) -> MdgpsReport:
-        """One MDGPS iteration (S-step, linearisation, C-step) from rollouts X (N, T, dX),
-        U (N, T, dU) with condition ids (N,), drawn from the current controllers (or
-        from the policy); every condition needs at least one rollout. dynamics (M,), if
-        given, are each condition's dynamics fitted elsewhere to these rollouts (the ROS
-        dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them."""
+        """
+        Run one MDGPS iteration (S-step, linearisation, C-step).
+
+        It uses rollouts X (N, T, dX), U (N, T, dU) with condition ids (N,), drawn from the current
+        controllers (or from the policy); every condition needs at least one rollout. dynamics
+        (M,), if given, are each condition's dynamics fitted elsewhere to these rollouts (the ROS
+        dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them.
+        """
         self._split(rollouts)
         training = self.s_step(rollouts)
         anchors = self.linearize(rollouts)
@@ -310,3 +342,58 @@ class Mdgps:
         return MdgpsReport(policy_loss=float(training["loss"]),
                            policy_initial_loss=float(training["initial_loss"]),
                            policy_training=training, policy_kl=policy_kl, conditions=reports)
+
+
+# --------------------------------------------------------------------------- linearisation
+
+
+def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = None,
+                     regularization: float = 1e-6,
+                     update_prior: bool = True) -> LinearGaussianController:
+    """
+    Fit a linear-Gaussian approximation of the policy around sample states X (N, T, dX).
+
+    Per time step t, u ≈ K_t x + k_t is fitted by (Bayesian) linear regression of the
+    policy means μ_θ(x_{n,t}) on the states x_{n,t} (``gaussian_regression`` of
+    core/dynamics.py, batched over T, with the normal-inverse-Wishart prior
+    ``prior.evaluate`` gives for each step's N points [x, u] when a GMM prior is used).
+    The covariance is the fit's residual plus the policy's own diag(action_variance).
+    This is GPS's pol_K / pol_k / pol_S, the KL anchor of the next C-step. The arguments:
+
+        policy: the trained policy.
+        X: (N, T, dX) sample states.
+        prior: optional GMMPrior over [x, u] points (d = dX + dU). With ``update_prior``
+            it is first updated with this policy's [x, μ_θ(x)] at X, then evaluated per
+            time step. The prior keeps its last ``max_rollouts`` rollouts, whose u came
+            from the policy of their own iteration (GPS re-evaluates the current policy
+            on old states); give the policy prior max_rollouts = rollouts per iteration
+            for a prior of the current policy only.
+        regularization: > 0, passed to gaussian_regression (ridge on the joint
+            covariance; keeps steps whose states barely vary, e.g. t = 0, well-posed).
+
+    Returns a LinearGaussianController with K (T, dU, dX), k (T, dU), covar, chol,
+    inv_covar (T, dU, dU).
+
+    """
+    states = np.asarray(X, dtype=np.float64)
+    if states.ndim != 3 or states.shape[2] != policy.dX or states.shape[0] < 1:
+        raise ValueError(f"X must have shape (N, T, dX={policy.dX}), got {states.shape}")
+    if not np.all(np.isfinite(states)):
+        raise ValueError("X contains NaN or infinite values")
+    if not (regularization > 0 and math.isfinite(regularization)):
+        raise ValueError(f"regularization must be a finite number > 0, got {regularization!r}")
+
+    actions = policy.action_mean(states)  # (N, T, dU), one batched forward pass
+    points = np.concatenate([states, actions], axis=2)  # [x, u] (N, T, dX + dU)
+    step_prior = None
+    if prior is not None:
+        if update_prior:
+            prior.update(points)
+        step_prior = prior.evaluate(np.swapaxes(points, 0, 1))  # batched over T
+    # One regression per time step, batched over T: (T, N, dX) -> (T, N, dU).
+    K, k, covar = gaussian_regression(np.swapaxes(states, 0, 1), np.swapaxes(actions, 0, 1),
+                                      step_prior, regularization)
+    covar = symmetrise(covar + policy.action_covariance()[None])
+    chol = np.linalg.cholesky(covar)
+    return LinearGaussianController(K=K, k=k, covar=covar, chol=chol,
+                                    inv_covar=inverse_from_cholesky(chol))

@@ -8,7 +8,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class StateLayout:
-    """Where each physical quantity lives in the state vector x (dX,).
+    """
+    Where each physical quantity lives in the state vector x (dX,).
 
     x = [q (J), qd (J), p_ee - p_target (3P), v_ee (3P)]
     for J controlled joints and P end-effector points.
@@ -35,13 +36,13 @@ class StateLayout:
 
     @property
     def ee_offset(self) -> np.ndarray:
-        """Indices of the end-effector points minus their targets (3P,)."""
+        """Return the indices of the end-effector points minus their targets (3P,)."""
         start = 2 * self.n_joints
         return np.arange(start, start + 3 * self.n_points)
 
     @property
     def first_point_offset(self) -> np.ndarray:
-        """Indices (3,) of the first end-effector point minus its target (the success measure)."""
+        """Return the indices (3,) of the first end-effector point minus its target."""
         return self.ee_offset[:3]
 
     @property
@@ -56,6 +57,16 @@ class StateLayout:
             np.asarray(q, float), np.asarray(qd, float),
             offset.ravel(), np.asarray(ee_velocities, float).ravel(),
         ])
+
+
+def final_distance(X: np.ndarray, layout: StateLayout) -> float:
+    """
+    Return the end-effector distance to the target at the last step of X (T, dX), in m.
+
+    The distance is the end-effector point's (the first of the layout's points; e.g. a
+    peg's tip).
+    """
+    return float(np.linalg.norm(X[-1, layout.first_point_offset]))
 
 
 def rollout_arrays(X, U) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +92,8 @@ class Rollouts:
         self.X, self.U = rollout_arrays(self.X, self.U)
         self.condition = np.asarray(self.condition, dtype=int).reshape(-1)
         if self.condition.shape != (self.X.shape[0],):
-            raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got {self.condition.shape}")
+            raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got "
+                             f"{self.condition.shape}")
 
     @property
     def N(self) -> int:

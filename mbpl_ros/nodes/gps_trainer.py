@@ -237,7 +237,7 @@ class GpsTrainerNode(Node):
         """What the graph cannot run is refused here, naming the file, key and what is allowed."""
         config, path = self.config, str(self.experiment_path)
         if config.algorithm == "mdgps" and config.policy.device != "cpu":
-            from mbpl_ros.core.policy import resolve_device
+            from mbpl_ros.core.policy.network import resolve_device
 
             try:
                 resolve_device(config.policy.device)

@@ -24,7 +24,7 @@ so the robot's state publisher (ros2_control's joint_state_broadcaster) sets the
 command follows its state by the compute time alone, as in ros2_control's own read-update-
 write loop; `timer` — a steady timer at control_rate_hz acting on the latest joint state
 (unsynchronised with the states: a command waits up to one period after its state). The
-state x is built from q, qd by forward kinematics (sim.rollout.JointStateToState), as
+state x is built from q, qd by forward kinematics (robot_model.JointStateToState), as
 everywhere. A new request aborts a running trial (the trainer only re-requests after giving
 up on one).
 
@@ -77,11 +77,12 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 
 from mbpl_ros.core import safety, sanity
+from mbpl_ros.core.controller import PolicySampler
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
-from mbpl_ros.sim.robots import robot_spec
-from mbpl_ros.sim.rollout import JointStateToState
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.robots import robot_spec
 from mbpl_ros.training import check_policy_matches
 
 MODES = ("realtime", "lockstep")
@@ -166,17 +167,13 @@ def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) 
             "fix: " + "; ".join(fixes))
 
 
-class _PolicyExecutor:
-    """The exported policy as an executor: u = μ(x) + L ε, L Lᵀ = its action covariance (the
-    training loop's PolicySampler). `file` tells a changed file at the same path."""
+class _PolicyExecutor(PolicySampler):
+    """The exported policy sampled with its action covariance; `file` tells a changed file
+    at the same path."""
 
     def __init__(self, policy, file: Tuple[int, int, int]):
-        self.policy = policy
+        super().__init__(policy, policy.action_covariance)
         self.file = file
-        self.chol = np.linalg.cholesky(np.asarray(policy.action_covariance, dtype=float))
-
-    def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return np.asarray(self.policy(x), dtype=float) + self.chol @ noise
 
 
 def _file_identity(path: str) -> Tuple[int, int, int]:
@@ -410,7 +407,7 @@ class LqrControllerNode(Node):
             return None
         file = _file_identity(path)
         try:
-            from mbpl_ros.core.policy import load_exported_policy  # torch: only when a policy is used
+            from mbpl_ros.core.policy.deploy import load_exported_policy  # torch: only when a policy is used
             policy = load_exported_policy(path)
         except (ValueError, OSError, RuntimeError) as error:
             raise NodeParameterError(f"parameter 'policy_path' is {path!r}: {error}; allowed: empty or an "

@@ -7,7 +7,7 @@ Subscribes   joint_states (sensor_msgs/JointState), kept in a buffer by stamp
 Publishes    gps/rollouts (record rollout), with the trial's id
 
 x_t is built from the buffered joint state with the record's stamp t, by forward
-kinematics and the Jacobian of the URDF (sim.rollout.JointStateToState: the same function
+kinematics and the Jacobian of the URDF (robot_model.JointStateToState: the same function
 as the offline trainer's), so it needs nothing but /joint_states from a robot. U is the
 command clamped to the URDF's effort limits: the effort the robot applied, as offline.
 
@@ -39,8 +39,8 @@ from mbpl_ros.core import sanity
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
-from mbpl_ros.sim.robots import robot_spec
-from mbpl_ros.sim.rollout import JointStateToState
+from mbpl_ros.robots import robot_spec
+from mbpl_ros.robot_model import JointStateToState
 
 
 class RolloutRejected(Exception):

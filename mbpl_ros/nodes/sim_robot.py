@@ -56,7 +56,7 @@ from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters,
                                    resolve_experiment_path, run_node)
 from mbpl_ros.sim import view
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import ROBOTS, robot_spec
+from mbpl_ros.robots import ROBOTS, robot_spec
 
 MODES = ("realtime", "lockstep")
 CONTROL_RATE_RANGE_HZ = (0.1, 1000.0)

@@ -1,4 +1,5 @@
-"""A PyBullet arm under effort (torque) control.
+"""
+A PyBullet arm under effort (torque) control.
 
 Each Arm owns its own physics client, so several arms coexist in one process. The
 simulation is deterministic: the same reset and effort sequence gives bit-identical
@@ -22,7 +23,7 @@ import numpy as np
 import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
-from mbpl_ros.sim.robots import RobotSpec, robot_spec
+from mbpl_ros.robots import RobotSpec, check_urdf_file, robot_spec
 from mbpl_ros.sim.scene import Fixture, SceneBodies
 
 #: Largest force (N) or torque (N·m) of the motor holding a locked joint: far above any
@@ -52,9 +53,12 @@ def _stdout_silenced():
 
 
 def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
-    """`path` itself, or when its mesh files are named pybullet_data://<path> (PyBullet's
-    bundled meshes, which PyBullet cannot resolve itself), a copy written into `directory`
-    with every mesh path absolute."""
+    """
+    Return `path`, or a copy in `directory` with every mesh path absolute.
+
+    The copy is made when its mesh files are named pybullet_data://<path> (PyBullet's
+    bundled meshes, which PyBullet cannot resolve itself).
+    """
     with open(path) as file:
         text = file.read()
     if "pybullet_data://" not in text:
@@ -75,37 +79,19 @@ def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
     return copy
 
 
-def _check_urdf_file(path: str, where: str) -> None:
-    """ValueError naming the file unless it exists, is URDF XML and has no floating joint.
-
-    PyBullet's own message for a bad file is only "Cannot load URDF file."."""
-    if not os.path.isfile(path):
-        raise ValueError(f"{where}: the URDF file does not exist")
-    try:
-        root = ElementTree.parse(path).getroot()
-    except ElementTree.ParseError as error:
-        raise ValueError(f"{where}: the URDF is not valid XML: {error}") from None
-    if root.tag != "robot":
-        raise ValueError(f"{where}: not a URDF (root element <{root.tag}>, expected <robot>)")
-    free = [(joint.get("name"), joint.get("type")) for joint in root.iter("joint")
-            if joint.get("type") in ("floating", "planar")]
-    if free:
-        raise ValueError(f"{where}: joints {free} give the robot a floating base or a floating part; "
-                         "only fixed-base serial arms are supported (the base is fixed where "
-                         "base_position says)")
-
-
 class Arm:
-    """One robot arm with a fixed base, driven by joint torques.
+    """
+    One robot arm with a fixed base, driven by joint torques.
 
     The controlled joints are RobotSpec.joint_names; every other movable joint of the URDF
     is locked at its RobotSpec.locked_joints angle by a stiff position motor (its links
     still count in the dynamics), e.g. a gripper's fingers.
 
-    Limits come from the URDF (or the spec's overrides) and are enforced: efforts are clamped to the effort
-    limits, PyBullet's joint-limit constraints keep positions within the position limits,
-    and joint speeds are capped at the velocity limits. The default velocity motors are
-    disabled, so a zero effort lets the arm move freely under gravity and joint damping.
+    Limits come from the URDF (or the spec's overrides) and are enforced: efforts are clamped
+    to the effort limits, PyBullet's joint-limit constraints keep positions within the
+    position limits, and joint speeds are capped at the velocity limits. The default
+    velocity motors are disabled, so a zero effort lets the arm move freely under gravity
+    and joint damping.
 
     fixtures: static bodies of boxes (sim.scene.Fixture) in the same world, with the contact
     settings CONTACT_SETTINGS; reset(q, target=...) places those placed relative to a target.
@@ -114,8 +100,10 @@ class Arm:
     def __init__(self, robot: Union[str, RobotSpec], physics_dt: float = 1.0 / 240.0,
                  substeps: int = 12, gui: bool = False, fixtures: Sequence[Fixture] = ()):
         self.spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
-        if not (isinstance(physics_dt, (int, float)) and math.isfinite(physics_dt) and physics_dt > 0):
-            raise ValueError(f"physics_dt must be a positive finite number of seconds; got {physics_dt!r}")
+        if not (isinstance(physics_dt, (int,
+                                        float)) and math.isfinite(physics_dt) and physics_dt > 0):
+            raise ValueError("physics_dt must be a positive finite number of seconds; got "
+                             f"{physics_dt!r}")
         if isinstance(substeps, bool) or not isinstance(substeps, Integral) or substeps < 1:
             raise ValueError(f"substeps must be an integer >= 1; got {substeps!r}")
         self.physics_dt = float(physics_dt)
@@ -145,7 +133,7 @@ class Arm:
         client.setTimeStep(self.physics_dt)
         client.setGravity(*spec.gravity_vector)
         where = f"robot {spec.name!r} (URDF {spec.urdf_path})"
-        _check_urdf_file(spec.urdf_path, where)
+        check_urdf_file(spec.urdf_path, where)
         try:
             with _stdout_silenced(), tempfile.TemporaryDirectory() as directory:
                 self._body = client.loadURDF(
@@ -168,22 +156,27 @@ class Arm:
         controlled, locked = list(self.joint_names), list(spec.locked_joints)
         unknown = [name for name in controlled + locked if name not in joint_index]
         if unknown:
-            raise ValueError(f"{where}: joints {unknown} are not in the URDF; its movable joints: {movable}")
+            raise ValueError(f"{where}: joints {unknown} are not in the URDF; its movable joints: "
+                             f"{movable}")
         not_movable = [name for name in controlled + locked if name not in movable]
         if not_movable:
-            raise ValueError(f"{where}: joints {not_movable} are fixed in the URDF; its movable joints: {movable}")
+            raise ValueError(f"{where}: joints {not_movable} are fixed in the URDF; its movable "
+                             f"joints: {movable}")
         not_one_dof = [name for name in controlled + locked
-                       if joint_type[name] not in (pybullet.JOINT_REVOLUTE, pybullet.JOINT_PRISMATIC)]
+                       if joint_type[name] not in (pybullet.JOINT_REVOLUTE,
+                                                   pybullet.JOINT_PRISMATIC)]
         if not_one_dof:
             raise ValueError(f"{where}: joints {not_one_dof} are not revolute or prismatic; only "
                              "one-degree-of-freedom joints are supported")
         if set(movable) != set(controlled) | set(locked):
             missing = [name for name in movable if name not in controlled and name not in locked]
-            raise ValueError(f"{where}: joints {controlled} (controlled) and locked_joints {locked} "
+            raise ValueError(f"{where}: joints {controlled} (controlled) and locked_joints "
+                             f"{locked} "
                              f"must be exactly the movable joints of the URDF {movable}; "
                              f"lock or control {missing}")
         if spec.ee_link not in link_index:
-            raise ValueError(f"robot {spec.name!r}: ee_link {spec.ee_link!r} is not a link of the URDF "
+            raise ValueError(f"robot {spec.name!r}: ee_link {spec.ee_link!r} is not a link of the "
+                             "URDF "
                              f"{spec.urdf_path}; links: {sorted(link_index)}")
         self._joint_indices = [joint_index[name] for name in self.joint_names]
         self._ee_link_index = link_index[spec.ee_link]
@@ -192,32 +185,40 @@ class Arm:
         while index >= 0:
             chain.add(index)
             index = parent_of[index]
-        off_chain = [name for name, index in zip(self.joint_names, self._joint_indices) if index not in chain]
+        off_chain = [name for name, index in zip(self.joint_names,
+                                                 self._joint_indices) if index not in chain]
         if off_chain:
-            raise ValueError(f"{where}: controlled joints {off_chain} do not move the end-effector link "
-                             f"{spec.ee_link!r}; control the joints between the base and it, lock the others")
+            raise ValueError(f"{where}: controlled joints {off_chain} do not move the "
+                             "end-effector link "
+                             f"{spec.ee_link!r}; control the joints between the base and it, lock "
+                             "the others")
 
         # PyBullet orders degrees of freedom by joint index; ours follow joint_names.
-        dof_of_index = {index: dof for dof, index in enumerate(sorted(joint_index[n] for n in movable))}
+        dof_of_index = {index: dof for dof,
+                        index in enumerate(sorted(joint_index[n] for n in movable))}
         self._n_dofs = len(movable)
         self._dof_of_joint = np.array([dof_of_index[i] for i in self._joint_indices], dtype=int)
         self._locked_indices = [joint_index[name] for name in locked]
         self._locked_dofs = np.array([dof_of_index[i] for i in self._locked_indices], dtype=int)
-        self._locked_positions = np.array([spec.locked_joints[name] for name in locked], dtype=float)
+        self._locked_positions = np.array([spec.locked_joints[name] for name in locked],
+                                          dtype=float)
 
         infos = [client.getJointInfo(self._body, i) for i in self._joint_indices]
-        self.position_limits = np.array([spec.position_limit_overrides.get(name, (info[8], info[9]))
-                                         for name, info in zip(self.joint_names, infos)], dtype=float)
+        names = self.joint_names
+        self.position_limits = np.array(
+            [spec.position_limit_overrides.get(name, (info[8], info[9]))
+             for name, info in zip(names, infos)], dtype=float)
         self.effort_limits = np.array([spec.effort_limit_overrides.get(name, info[10])
-                                       for name, info in zip(self.joint_names, infos)], dtype=float)
+                                       for name, info in zip(names, infos)], dtype=float)
         self.velocity_limits = np.array([spec.velocity_limit_overrides.get(name, info[11])
-                                         for name, info in zip(self.joint_names, infos)], dtype=float)
+                                         for name, info in zip(names, infos)], dtype=float)
         self.joint_damping = np.array([spec.damping_overrides.get(name, info[6])
                                        for name, info in zip(self.joint_names, infos)])
         for what, key, bad in (
                 ("effort", "effort", ~(self.effort_limits > 0)),
                 ("velocity", "velocity", ~(self.velocity_limits > 0)),
-                ("position", "position", ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
+                ("position", "position",
+                 ~(self.position_limits[:, 0] < self.position_limits[:, 1]))):
             if bad.any():
                 raise ValueError(f"{where}: the URDF must give a positive {what} limit for joints "
                                  f"{self._names(bad)}, or the robot description "
@@ -225,17 +226,20 @@ class Arm:
         for name, index, angle in zip(locked, self._locked_indices, self._locked_positions):
             lower, upper = client.getJointInfo(self._body, index)[8:10]
             if lower < upper and not lower <= angle <= upper:
-                raise ValueError(f"{where}: locked joint {name!r} at {angle} is outside its URDF limits "
+                raise ValueError(f"{where}: locked joint {name!r} at {angle} is outside its URDF "
+                                 "limits "
                                  f"[{lower}, {upper}]")
 
         for index, damping, (lower, upper), speed in zip(
-                self._joint_indices, self.joint_damping, self.position_limits, self.velocity_limits):
+                self._joint_indices, self.joint_damping, self.position_limits,
+                self.velocity_limits):
             # One property per call: PyBullet 3.2 drops jointDamping when it shares a call
             # with maxJointVelocity.
             client.changeDynamics(self._body, index, jointDamping=float(damping))
             # PyBullet keeps ONE speed cap per body (the last set): the fastest joint's here;
             # slower joints are capped after each physics step (step()).
-            client.changeDynamics(self._body, index, maxJointVelocity=float(self.velocity_limits.max()))
+            client.changeDynamics(self._body, index,
+                                  maxJointVelocity=float(self.velocity_limits.max()))
             client.changeDynamics(self._body, index, jointLowerLimit=float(lower),
                                   jointUpperLimit=float(upper))
         for link in range(-1, client.getNumJoints(self._body)):
@@ -252,7 +256,8 @@ class Arm:
         for index, angle in zip(self._locked_indices, self._locked_positions):
             client.setJointMotorControl2(self._body, index, pybullet.POSITION_CONTROL,
                                          targetPosition=float(angle), targetVelocity=0.0,
-                                         positionGain=1.0, velocityGain=1.0, force=LOCKED_JOINT_FORCE)
+                                         positionGain=1.0, velocityGain=1.0,
+                                         force=LOCKED_JOINT_FORCE)
 
         # PyBullet reports a link's URDF frame only in single precision but its centre-of-mass
         # frame in double precision: positions are computed from the latter.
@@ -272,7 +277,8 @@ class Arm:
     # ------------------------------------------------------------------ control
     def reset(self, q: Union[np.ndarray, str], qd: Optional[np.ndarray] = None,
               target: Optional[np.ndarray] = None) -> None:
-        """Put the arm at joint angles q (J,) or a named initial condition, with speeds qd (J,).
+        """
+        Put the arm at joint angles q (J,) or a named initial condition, with speeds qd (J,).
 
         qd defaults to zero; the applied effort is reset to zero. With a condition's target
         (3,), the fixtures placed relative to the target are moved there first.
@@ -298,7 +304,8 @@ class Arm:
         self._applied_effort = np.zeros(self.n_joints)
 
     def step(self, effort: np.ndarray) -> np.ndarray:
-        """Apply effort (J,) (N·m) for one control step of `substeps` physics steps.
+        """
+        Apply effort (J,) (N·m) for one control step of `substeps` physics steps.
 
         Returns the effort actually applied: the command clamped to the effort limits.
         """
@@ -318,7 +325,7 @@ class Arm:
         return applied.copy()
 
     def joint_state(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """q (J,), qd (J,) and the effort (J,) applied during the last step (zero after reset)."""
+        """Q (J,), qd (J,) and the effort (J,) applied during the last step (zero after reset)."""
         states = self._live_client().getJointStates(self._body, self._joint_indices)
         q = np.array([s[0] for s in states], dtype=float)
         qd = np.array([s[1] for s in states], dtype=float)
@@ -337,8 +344,12 @@ class Arm:
         return np.array(com_position) + self._point_offsets_from_com @ rotation.T
 
     def points_kinematics(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """World positions (P, 3) and linear velocities (P, 3) of every end-effector point at
-        joint angles q (J,) and speeds qd (J,). The simulation state is restored afterwards."""
+        """
+        Return the world positions (P, 3) and velocities (P, 3) of every end-effector point.
+
+        At joint angles q (J,) and speeds qd (J,); the simulation state is restored
+        afterwards.
+        """
         q, qd = self._joint_vector(q, "q"), self._joint_vector(qd, "qd")
         client = self._live_client()
         movable = self._joint_indices + self._locked_indices
@@ -358,8 +369,12 @@ class Arm:
         return points, velocities
 
     def fixture_penetration(self) -> float:
-        """Deepest penetration (m, >= 0) of the arm into any fixture now: minus the most
-        negative contact distance PyBullet reports between them (0 without contact)."""
+        """
+        Return the deepest penetration (m, >= 0) of the arm into any fixture now.
+
+        It is minus the most negative contact distance PyBullet reports between them (0
+        without contact).
+        """
         if self.scene is None:
             return 0.0
         client = self._live_client()
@@ -384,7 +399,8 @@ class Arm:
         return self._jacobians(q)[1] @ qd
 
     def forward_kinematics(self, q: np.ndarray) -> np.ndarray:
-        """(3,) world position of the end-effector point at joint angles q (J,).
+        """
+        (3,) world position of the end-effector point at joint angles q (J,).
 
         The simulation state is restored exactly afterwards.
         """
@@ -400,7 +416,8 @@ class Arm:
                 client.resetJointState(self._body, index, angle, speed)
 
     def jacobian(self, q: np.ndarray, qd: Optional[np.ndarray] = None) -> np.ndarray:
-        """(3, J) linear Jacobian d p_ee / d q of the end-effector point at q (J,).
+        """
+        (3, J) linear Jacobian d p_ee / d q of the end-effector point at q (J,).
 
         qd (J,) is accepted for symmetry with velocity-dependent quantities; the
         Jacobian does not depend on it.
@@ -413,12 +430,14 @@ class Arm:
     def mass_matrix(self, q: np.ndarray) -> np.ndarray:
         """(J, J) joint-space inertia matrix M(q)."""
         q = self._joint_vector(q, "q")
-        full = np.array(self._live_client().calculateMassMatrix(self._body, self._dofs(q, self._locked_positions)))
+        dofs = self._dofs(q, self._locked_positions)
+        full = np.array(self._live_client().calculateMassMatrix(self._body, dofs))
         return full[np.ix_(self._dof_of_joint, self._dof_of_joint)]
 
     def inverse_dynamics(self, q: np.ndarray, qd: np.ndarray, qdd: np.ndarray) -> np.ndarray:
         """(J,) torque M(q) qdd + c(q, qd) + G(q) for accelerations qdd (J,); excludes damping."""
-        q, qd, qdd = (self._joint_vector(v, name) for v, name in ((q, "q"), (qd, "qd"), (qdd, "qdd")))
+        q, qd, qdd = (self._joint_vector(v, name)
+                      for v, name in ((q, "q"), (qd, "qd"), (qdd, "qdd")))
         torque = self._live_client().calculateInverseDynamics(
             self._body, self._dofs(q, self._locked_positions), self._dofs(qd), self._dofs(qdd))
         return np.array(torque, dtype=float)[self._dof_of_joint]
@@ -443,12 +462,12 @@ class Arm:
 
     @property
     def client(self) -> BulletClient:
-        """The arm's PyBullet client, for viewing (mbpl_ros.sim.view); never step it directly."""
+        """Return the arm's PyBullet client, for viewing (sim.view); never step it directly."""
         return self._live_client()
 
     @property
     def body(self) -> int:
-        """The PyBullet body id of the arm in `client`."""
+        """Return the PyBullet body id of the arm in `client`."""
         return self._body
 
     # ------------------------------------------------------------------ helpers
@@ -471,20 +490,25 @@ class Arm:
         return vector
 
     def _names(self, mask: np.ndarray) -> list:
-        """The names of the joints flagged in `mask` (J,)."""
+        """Return the names of the joints flagged in `mask` (J,)."""
         return [name for name, flagged in zip(self.joint_names, mask) if flagged]
 
     def _cap_speeds(self, client: BulletClient, capped: np.ndarray) -> None:
         """Clip the speeds of the joints flagged in `capped` (J,) to their velocity limits."""
         indices = [index for index, cap in zip(self._joint_indices, capped) if cap]
         limits = self.velocity_limits[capped]
-        for index, limit, (angle, speed, *_) in zip(indices, limits, client.getJointStates(self._body, indices)):
+        for index, limit, (angle, speed, *_) in zip(indices, limits,
+                                                    client.getJointStates(self._body, indices)):
             if abs(speed) > limit:
                 client.resetJointState(self._body, index, angle, math.copysign(limit, speed))
 
     def _dofs(self, joint_values: np.ndarray, locked_values: Optional[np.ndarray] = None) -> list:
-        """A (J,) vector in joint_names order as PyBullet's vector over every movable joint
-        (DoF order), the locked joints' entries `locked_values` (default zero)."""
+        """
+        Return a (J,) vector in joint_names order as PyBullet's vector over the movable joints.
+
+        That vector is in DoF order, the locked joints' entries `locked_values` (default
+        zero).
+        """
         dof_values = np.zeros(self._n_dofs)
         dof_values[self._dof_of_joint] = joint_values
         if locked_values is not None:
@@ -499,13 +523,13 @@ class Arm:
             client.resetJointState(self._body, index, float(angle), 0.0)
 
     def _ee_pose_now(self) -> Tuple[np.ndarray, np.ndarray]:
-        """The end-effector point (3,) and link-frame quaternion (x, y, z, w) (4,), in the world."""
+        """Return the end-effector point (3,) and link-frame quaternion (x, y, z, w) (4,)."""
         com_position, com_orientation = self._live_client().getLinkState(
             self._body, self._ee_link_index, computeForwardKinematics=True)[:2]
         com_orientation = np.array(com_orientation)
         point = np.array(com_position) + _rotation(com_orientation) @ self._ee_offset_from_com
-        link_orientation = _quaternion_product(com_orientation,
-                                               _quaternion_conjugate(self._ee_inertial_orientation))
+        link_orientation = _quaternion_product(
+            com_orientation, _quaternion_conjugate(self._ee_inertial_orientation))
         return point, link_orientation
 
     def _jacobians(self, q: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""A gymnasium environment over the ROS-free simulator: the task of an experiment file.
+"""
+A gymnasium environment over the ROS-free simulator: the task of an experiment file.
 
 `ReachEnv(config)` poses exactly the problem that `mbpl train` solves for the same
 ExperimentConfig, so model-free learners (e.g. stable-baselines3 SAC/PPO) can be compared
@@ -63,17 +64,21 @@ class ReachEnv(gymnasium.Env):
         self.condition_order = condition_order
         self.normalize_actions = bool(normalize_actions)
         self.cost = config.build_cost()
-        self.initial_positions = np.array([c.initial_positions for c in config.conditions], float)  # (M, J)
-        self.targets = np.array([c.target for c in config.conditions], float)                        # (M, 3)
+        self.initial_positions = np.array([c.initial_positions for c in config.conditions],
+                                          float)  # (M, J)
+        self.targets = np.array([c.target for c in config.conditions],
+                                float)                        # (M, 3)
         self.arm = config.make_arm()
-        self.effort_limits = self.arm.effort_limits.copy()                                          # (J,)
+        self.effort_limits = self.arm.effort_limits.copy()  # (J,)
 
         dU = self.layout.dU
         if self.normalize_actions:
             self.action_space = spaces.Box(-1.0, 1.0, shape=(dU,), dtype=np.float32)
         else:
-            self.action_space = spaces.Box(-self.effort_limits, self.effort_limits, dtype=np.float64)
-        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.dX,), dtype=np.float64)
+            self.action_space = spaces.Box(-self.effort_limits, self.effort_limits,
+                                           dtype=np.float64)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(self.layout.dX,),
+                                            dtype=np.float64)
 
         self._next_round_robin = 0
         self._condition = 0
@@ -82,7 +87,8 @@ class ReachEnv(gymnasium.Env):
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-        """Start an episode at rest at a training condition.
+        """
+        Start an episode at rest at a training condition.
 
         A seed reseeds the generator of the random order and restarts the round-robin at
         condition 0, so the same seed gives the same episode. options={"condition": m}
@@ -124,16 +130,18 @@ class ReachEnv(gymnasium.Env):
         """Effort (J,) in N·m for an action of this env's action space (not yet clamped)."""
         action = np.asarray(action, dtype=float)
         if action.shape != (self.layout.dU,):
-            raise ValueError(f"action must have shape ({self.layout.dU},), one per joint; got {action.shape}")
+            raise ValueError(f"action must have shape ({self.layout.dU},), one per joint; got "
+                             f"{action.shape}")
         return action * self.effort_limits if self.normalize_actions else action
 
     def action_from_effort(self, effort) -> np.ndarray:
-        """The action (J,) of this env's action space that commands effort (J,) N·m."""
+        """Return the action (J,) of this env's action space that commands effort (J,) N·m."""
         effort = np.asarray(effort, dtype=float)
         return effort / self.effort_limits if self.normalize_actions else effort
 
     def step_cost(self, x: np.ndarray, u: np.ndarray, t: int) -> float:
-        """l_t(x (dX,), u (dU,)): the experiment's cost of one step at time index t.
+        """
+        l_t(x (dX,), u (dU,)): the experiment's cost of one step at time index t.
 
         Every core cost term is a sum over t of a term of (x_t, u_t) scaled by a time
         ramp, so l_t is read off an evaluation over the whole horizon of the constant

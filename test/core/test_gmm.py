@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from mbpl_ros.core.gmm import GaussianMixture, GMMPrior, NormalInverseWishart, robust_cholesky
+from mbpl_ros.core.gmm import GaussianMixture, GMMPrior, NormalInverseWishart
+from mbpl_ros.core.linalg import robust_cholesky
 
 
 def separated_clusters(rng, n_per_cluster=300, d=3):

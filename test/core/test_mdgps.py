@@ -15,7 +15,9 @@ from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import ActionCost, StateTargetCost, WeightedSum
 from mbpl_ros.core.lqr_flm import LqrFlmSettings
 from mbpl_ros.core.mdgps import Mdgps, MdgpsSettings, PolicyPriorSettings
-from mbpl_ros.core.policy import Policy, PolicySettings, linearize_policy
+from mbpl_ros.core.mdgps import linearize_policy
+from mbpl_ros.core.policy.network import Policy
+from mbpl_ros.core.policy.settings import PolicySettings
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.core.traj_opt import StepAdjustment, adjust_step, forward_pass, kl_divergence
 

@@ -1,4 +1,4 @@
-"""Tests of the MDGPS policy (core/policy.py) against closed forms and autograd."""
+"""Tests of the MDGPS policy (core/policy/) against closed forms and autograd."""
 from __future__ import annotations
 
 import json
@@ -13,18 +13,11 @@ import torch
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.gmm import GMMPrior
-from mbpl_ros.core.policy import (
-    Policy,
-    PolicySettings,
-    controller_targets,
-    export_torchscript,
-    linearize_policy,
-    load_exported_policy,
-    load_policy,
-    resolve_device,
-    save_policy,
-    train_policy,
-)
+from mbpl_ros.core.mdgps import linearize_policy
+from mbpl_ros.core.policy.deploy import export_torchscript, load_exported_policy
+from mbpl_ros.core.policy.network import Policy, load_policy, resolve_device, save_policy
+from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.policy.training import controller_targets, train_policy
 
 torch.set_num_threads(1)
 
@@ -41,7 +34,7 @@ def linear_teacher(rng, N, T, dX, dU, precision=None):
 
 
 def linear_policy(dX, dU, W, b, state_mean, state_std, variance):
-    """A Policy without hidden layers: μ(x) = W (x − mean)/std + b."""
+    """Build a Policy without hidden layers: μ(x) = W (x − mean)/std + b."""
     policy = Policy(dX, dU, hidden_sizes=())
     with torch.no_grad():
         policy.network[0].weight.copy_(torch.as_tensor(W, dtype=torch.float32))
@@ -76,10 +69,13 @@ def test_policy_fits_linear_gaussian_teacher_on_held_out_states():
 
 
 def test_precision_weighting_follows_the_confident_controller():
-    """Two controllers disagree at the same states; each is confident (precision 100)
-    in a different action dimension. The minimiser of the precision-weighted loss is,
-    per dimension, the precision-weighted average (100·μ_A + μ_B)/101 — an unweighted
-    fit would sit at the plain average instead."""
+    """
+    Fit two controllers that disagree at the same states.
+
+    Each is confident (precision 100) in a different action dimension. The minimiser of the
+    precision-weighted loss is, per dimension, the precision-weighted average (100·μ_A + μ_B)/101 —
+    an unweighted fit would sit at the plain average instead.
+    """
     rng = np.random.default_rng(1)
     dX, dU, N, T = 3, 2, 6, 20
     X = rng.normal(size=(N, T, dX))
@@ -188,8 +184,12 @@ def test_refitting_normalization_preserves_the_function():
 
 
 def test_early_stopping_restores_best_held_out_weights():
-    """Few noisy samples and a large network: the held-out loss falls, then rises as
-    the network memorises the noise; training stops and keeps the best weights."""
+    """
+    Fit few noisy samples with a large network.
+
+    The held-out loss falls, then rises as the network memorises the noise; training stops and
+    keeps the best weights.
+    """
     rng = np.random.default_rng(0)
     dX, dU, N, T = 2, 1, 8, 6
     X = rng.normal(size=(N, T, dX))
@@ -299,8 +299,12 @@ def test_linearizing_a_linear_policy_recovers_its_gains():
 
 
 def test_gmm_prior_makes_few_sample_linearization_recover_the_gains():
-    """With N = 2 rollouts in dX = 4 the per-step regression alone is underdetermined;
-    a prior fitted on earlier rollouts of the same (linear) policy restores the gains."""
+    """
+    Linearise from N = 2 rollouts in dX = 4.
+
+    The per-step regression alone is underdetermined; a prior fitted on earlier rollouts of the
+    same (linear) policy restores the gains.
+    """
     rng = np.random.default_rng(14)
     dX, dU, T = 4, 2, 5
     W, b = rng.normal(size=(dU, dX)), rng.normal(size=dU)
@@ -424,8 +428,12 @@ def test_checkpoint_round_trip_restores_weights_and_normalizer(tmp_path):
 
 
 def test_output_scaling_fits_large_actions_and_is_exported(tmp_path):
-    """Targets of tens of units (an arm's gravity torques): with normalize_actions the same
-    S-step budget fits them far better, and the exported module applies the scaling."""
+    """
+    Fit targets of tens of units (an arm's gravity torques).
+
+    With normalize_actions the same S-step budget fits them far better, and the exported module
+    applies the scaling.
+    """
     rng = np.random.default_rng(0)
     N, T, dX, dU = 4, 20, 6, 3
     X = rng.normal(size=(N, T, dX))
@@ -447,3 +455,18 @@ def test_output_scaling_fits_large_actions_and_is_exported(tmp_path):
     plain = Policy(dX, dU, (32,))
     np.testing.assert_array_equal(plain.action_mean(X[0]), plain.network(
         torch.as_tensor(X[0], dtype=torch.float32)).detach().double().numpy())
+
+
+def test_the_robot_side_loader_imports_no_training_dynamics_or_gmm():
+    # A fresh interpreter: what loading a policy on the robot pulls in, and nothing else.
+    code = ("import sys\n"
+            "import mbpl_ros.core.policy.deploy\n"
+            "import mbpl_ros.core.controller\n"
+            "heavy = ['mbpl_ros.core.policy.training', 'mbpl_ros.core.policy.network',\n"
+            "         'mbpl_ros.core.policy.settings', 'mbpl_ros.core.dynamics',\n"
+            "         'mbpl_ros.core.gmm', 'mbpl_ros.core.mdgps', 'mbpl_ros.training']\n"
+            "print([name for name in heavy if name in sys.modules])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

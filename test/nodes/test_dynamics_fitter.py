@@ -13,7 +13,8 @@ from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.dynamics_fitter import DynamicsFitterNode
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import rollout_noise, run_rollout
+from mbpl_ros.core.controller import rollout_noise
+from mbpl_ros.sim.rollout import run_rollout
 
 T, N = 10, 2
 

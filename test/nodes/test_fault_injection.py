@@ -29,7 +29,7 @@ from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
 from mbpl_ros.nodes.sim_robot import SimRobotNode
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import rollout_noise
+from mbpl_ros.core.controller import rollout_noise
 from test_safety_nodes import JOINTS, CommandProbe
 
 RATE_HZ = 20.0

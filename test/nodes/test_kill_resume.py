@@ -17,7 +17,7 @@ import pytest
 
 from loop_helpers import REPO, rows_of, small_mdgps_experiment
 from mbpl_ros.checkpoint import read_checkpoint
-from mbpl_ros.core.policy import load_exported_policy
+from mbpl_ros.core.policy.deploy import load_exported_policy
 from mbpl_ros.recording import read_recording
 from test_fault_injection import NodeProcesses
 from test_learning_loop import assert_same_metrics, graph_run

@@ -29,7 +29,9 @@ from mbpl_ros.nodes.sim_robot import SimRobotNode
 from mbpl_ros.offline import TrainingRun
 from mbpl_ros.recording import read_recording
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.rollout import JointStateToState, rollout_noise, run_rollout
+from mbpl_ros.core.controller import rollout_noise
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.sim.rollout import run_rollout
 
 PERIOD_NS = 50_000_000
 SIM_CONFIG = REPO / "config" / "sim_reacher_2link.yaml"
@@ -273,7 +275,7 @@ def test_three_lockstep_iterations_of_the_graph_reproduce_mbpl_train(tmp_path, a
         np.testing.assert_allclose(recorded.positions, expected.positions, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(recorded.efforts, expected.efforts, rtol=1e-9, atol=1e-12)
     if algorithm != "lqr_flm":
-        from mbpl_ros.core.policy import load_exported_policy
+        from mbpl_ros.core.policy.deploy import load_exported_policy
 
         assert rows[3]["policy_final_distance_m"] is not None
         assert rows[0]["policy_final_distance_m"] is None
@@ -410,7 +412,8 @@ def test_the_nodes_learn_as_separate_processes_over_dds(tmp_path):
 @pytest.mark.timeout(60)
 def test_controller_runs_the_exported_torchscript_policy(ros_context, tmp_path):
     torch = pytest.importorskip("torch")
-    from mbpl_ros.core.policy import Policy, export_torchscript, load_exported_policy
+    from mbpl_ros.core.policy.deploy import export_torchscript, load_exported_policy
+    from mbpl_ros.core.policy.network import Policy
 
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=8, N=1)
     config = load_experiment(experiment)
@@ -444,7 +447,8 @@ def test_controller_runs_the_exported_torchscript_policy(ros_context, tmp_path):
 
 def test_controller_refuses_a_policy_of_other_joints_or_state_layout(ros_context, tmp_path):
     pytest.importorskip("torch")
-    from mbpl_ros.core.policy import Policy, export_torchscript
+    from mbpl_ros.core.policy.deploy import export_torchscript
+    from mbpl_ros.core.policy.network import Policy
     from mbpl_ros.nodes.common import NodeParameterError
 
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=8, N=1)

@@ -23,8 +23,8 @@ from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
-from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import robot_spec
+from mbpl_ros.robot_model import RobotModel
+from mbpl_ros.robots import robot_spec
 
 URDF_EFFORT = np.array([2.0, 1.0])          # reacher_2link: shoulder, elbow (N·m)
 URDF_POSITION = np.array([[-3.14159265359, 3.14159265359], [-3.04159265359, 3.04159265359]])
@@ -389,8 +389,8 @@ def test_watchdog_hold_sends_the_gravity_torque_at_the_last_pose(ros_context):
             purpose="evaluation", initial_positions=np.array(spec.initial_positions), target=np.array(spec.target),
             noise=np.zeros((config.T, 7)))))
         assert records.wait_for(lambda items: items, timeout=20)   # one PD command, then no state: the watchdog
-    with Arm(config.robot) as arm:
-        hold = np.clip(arm.gravity_torque(q_last), -arm.effort_limits, arm.effort_limits)
+    model = RobotModel(config.robot)   # what the node computes G(q) with (on hardware too)
+    hold = np.clip(model.gravity_torque(q_last), -model.effort_limits, model.effort_limits)
     order = [robot_joints.index(name) for name in names]
     assert records.items[0].status == wire.TrialStatus.WATCHDOG and len(commands.commands) == 2
     np.testing.assert_allclose(commands.commands[-1], hold[order], rtol=1e-12)

@@ -6,7 +6,7 @@ import pybullet
 import pytest
 
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import ROBOTS, RobotSpec, robot_spec
+from mbpl_ros.robots import ROBOTS, RobotSpec, robot_spec
 
 ROBOT_NAMES = ("reacher_2link", "kuka_iiwa")
 
@@ -30,7 +30,8 @@ def random_q(arm, rng, margin=0.2):
 
 def pd_hold_effort(arm, q, qd, target, omega=6.0):
     """Gravity compensation plus a critically damped PD, scaled by M(q) to decouple the joints."""
-    return arm.gravity_torque(q) + arm.mass_matrix(q) @ (omega ** 2 * (target - q) - 2 * omega * qd)
+    acceleration = omega ** 2 * (target - q) - 2 * omega * qd
+    return arm.gravity_torque(q) + arm.mass_matrix(q) @ acceleration
 
 
 # ---------------------------------------------------------------- specs
@@ -45,12 +46,14 @@ def test_arm_reads_limits_and_damping_from_the_urdf():
     with Arm("reacher_2link") as reacher:
         np.testing.assert_array_equal(reacher.effort_limits, [2.0, 1.0])
         np.testing.assert_array_equal(reacher.velocity_limits, [10.0, 10.0])
-        np.testing.assert_allclose(reacher.position_limits, [[-np.pi, np.pi], [-(np.pi - 0.1), np.pi - 0.1]])
+        np.testing.assert_allclose(reacher.position_limits,
+                                   [[-np.pi, np.pi], [-(np.pi - 0.1), np.pi - 0.1]])
         np.testing.assert_array_equal(reacher.joint_damping, [0.1, 0.05])
         assert reacher.control_dt == pytest.approx(1 / 20)
     with Arm("kuka_iiwa") as kuka:
         np.testing.assert_array_equal(kuka.effort_limits, np.full(7, 300.0))
-        np.testing.assert_array_equal(kuka.joint_damping, [0.5] * 6 + [0.05])  # override on joint 7
+        np.testing.assert_array_equal(kuka.joint_damping,
+                                      [0.5] * 6 + [0.05])  # override on joint 7
 
 
 # ---------------------------------------------------------------- dynamics
@@ -87,7 +90,8 @@ def test_reacher_is_planar_and_gravity_never_loads_its_joints():
 
 
 def test_joint_damping_dissipates_the_power_of_its_torque():
-    """Over one physics step the kinetic energy drops by the work of the damping torque -D qd.
+    """
+    Over one physics step the kinetic energy drops by the work of the damping torque -D qd.
 
     PyBullet applies damping explicitly (torque -D qd0) and integrates semi-implicitly, so the
     work over the step is -dt (qd0 + qd1)/2 . D qd0 (up to the small change of M(q)).
@@ -153,7 +157,8 @@ def test_kuka_gravity_torque_is_the_gradient_of_potential_energy():
 
         q = kuka.spec.initial_condition("home")
         eps = 1e-6
-        gradient = np.array([(potential(q + eps * e) - potential(q - eps * e)) / (2 * eps) for e in np.eye(7)])
+        gradient = np.array([(potential(q + eps * e) - potential(q - eps * e)) / (2 * eps)
+                             for e in np.eye(7)])
         np.testing.assert_allclose(kuka.gravity_torque(q), gradient, atol=1e-5)
 
 
@@ -163,26 +168,29 @@ def test_reacher_forward_kinematics_matches_the_closed_form():
         rng = np.random.default_rng(2)
         for _ in range(5):
             q = random_q(reacher, rng)
-            expected = [L1 * np.cos(q[0]) + L2 * np.cos(q.sum()), L1 * np.sin(q[0]) + L2 * np.sin(q.sum()), 0.0]
+            expected = [L1 * np.cos(q[0]) + L2 * np.cos(q.sum()),
+                        L1 * np.sin(q[0]) + L2 * np.sin(q.sum()), 0.0]
             np.testing.assert_allclose(reacher.forward_kinematics(q), expected, atol=1e-12)
 
 
 def test_forward_kinematics_matches_pybullet_link_state(arm):
     rng = np.random.default_rng(3)
     client, body = arm._client, arm._body
-    ee_link = [client.getJointInfo(body, i)[12].decode() for i in range(client.getNumJoints(body))].index(
-        arm.spec.ee_link)
+    links = [client.getJointInfo(body, i)[12].decode() for i in range(client.getNumJoints(body))]
+    ee_link = links.index(arm.spec.ee_link)
     for _ in range(3):
         q = random_q(arm, rng)
         arm.reset(q)
-        frame_position, frame_orientation = client.getLinkState(body, ee_link, computeForwardKinematics=True)[4:6]
+        frame_position, frame_orientation = client.getLinkState(body, ee_link,
+                                                                computeForwardKinematics=True)[4:6]
         rotation = np.array(pybullet.getMatrixFromQuaternion(frame_orientation)).reshape(3, 3)
         expected = np.array(frame_position) + rotation @ np.array(arm.spec.ee_offset)
         # PyBullet's URDF-frame pose is single precision.
         np.testing.assert_allclose(arm.ee_position(), expected, atol=1e-6)
         np.testing.assert_allclose(arm.forward_kinematics(q), expected, atol=1e-6)
         orientation = arm.ee_orientation()
-        assert min(np.abs(orientation - frame_orientation).max(), np.abs(orientation + frame_orientation).max()) < 1e-6
+        assert min(np.abs(orientation - frame_orientation).max(),
+                   np.abs(orientation + frame_orientation).max()) < 1e-6
 
 
 def test_jacobian_matches_finite_differences_of_forward_kinematics(arm):
@@ -190,7 +198,8 @@ def test_jacobian_matches_finite_differences_of_forward_kinematics(arm):
     eps = 1e-6
     for _ in range(3):
         q = random_q(arm, rng)
-        numeric = np.stack([(arm.forward_kinematics(q + eps * e) - arm.forward_kinematics(q - eps * e)) / (2 * eps)
+        fk = arm.forward_kinematics
+        numeric = np.stack([(fk(q + eps * e) - fk(q - eps * e)) / (2 * eps)
                             for e in np.eye(arm.n_joints)], axis=1)
         jacobian = arm.jacobian(q)
         assert jacobian.shape == (3, arm.n_joints)
@@ -203,7 +212,7 @@ def test_ee_velocity_matches_pybullet_link_velocity(arm):
     arm.step(np.zeros(arm.n_joints))
     link = arm._client.getLinkState(arm._body, arm._ee_link_index, computeLinkVelocity=True,
                                     computeForwardKinematics=True)
-    com_position, com_velocity, angular_velocity = np.array(link[0]), np.array(link[6]), np.array(link[7])
+    com_position, com_velocity, angular_velocity = (np.array(link[i]) for i in (0, 6, 7))
     expected = com_velocity + np.cross(angular_velocity, arm.ee_position() - com_position)
     np.testing.assert_allclose(arm.ee_velocity(), expected, atol=1e-9)
     np.testing.assert_allclose(arm.ee_angular_velocity(), angular_velocity, atol=1e-9)

@@ -10,7 +10,8 @@ from mbpl_ros.core.controller import smoothed_noise
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.sim.gym_env import ReachEnv
-from mbpl_ros.sim.rollout import final_distance, run_rollout
+from mbpl_ros.core.rollouts import final_distance
+from mbpl_ros.sim.rollout import run_rollout
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,13 +29,18 @@ def env(config):
 
 
 def recorded_rollout(config, condition: int, seed: int = 3):
-    """A noisy rollout of the config's initial controller on its own arm: X (T, dX), U (T, dU),
-    with an extra push beyond the effort limits in the middle (clamped by the arm)."""
+    """
+    Run a noisy rollout of the config's initial controller on its own arm.
+
+    Returns X (T, dX), U (T, dU), with an extra push beyond the effort limits in the middle
+    (clamped by the arm).
+    """
     layout = config.layout
     spec = config.conditions[condition]
     with Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps) as arm:
         controller = config.initial_controllers(arm)[condition]
-        noise = smoothed_noise(np.random.default_rng(seed), config.T, layout.dU, smoothing_sigma=2.0)
+        noise = smoothed_noise(np.random.default_rng(seed), config.T, layout.dU,
+                               smoothing_sigma=2.0)
 
         def act(t, x):
             u = controller.act(t, x, noise[t])
@@ -45,8 +51,11 @@ def recorded_rollout(config, condition: int, seed: int = 3):
 
 
 def play(env, efforts, condition):
-    """Run an episode commanding efforts (T, dU) in N·m: observations (T+1, dX), rewards (T,),
-    truncation flags (T,) and the last info."""
+    """
+    Run an episode commanding efforts (T, dU) in N·m.
+
+    Returns observations (T+1, dX), rewards (T,), truncation flags (T,) and the last info.
+    """
     x, _ = env.reset(options={"condition": condition})
     observations, rewards, truncations = [x], [], []
     for effort in efforts:
@@ -78,7 +87,7 @@ def test_observations_and_rewards_match_a_recorded_rollout_and_the_core_cost(con
     assert np.all(np.abs(U) <= env.effort_limits) and np.any(np.abs(U) == env.effort_limits)
     observations, rewards, truncations, info = play(env, U, condition)
 
-    # Same states as mbpl_ros.sim.rollout.observe along run_rollout: the simulation is deterministic.
+    # Same states as sim.rollout.observe along run_rollout: the simulation is deterministic.
     np.testing.assert_array_equal(observations[:-1], X)
     # Reward of step t = -l_t(x_t, u_t), from one whole-trajectory evaluation of the core cost.
     core_cost = config.build_cost().evaluate(X[None], U[None]).l[0]
@@ -138,7 +147,8 @@ def test_same_seed_gives_the_same_episode_and_the_round_robin_visits_every_condi
         x, info = env.reset(options={"condition": 3})
         assert info["condition"] == 3
         np.testing.assert_allclose(x[:2], config.conditions[3].initial_positions)
-        np.testing.assert_allclose(x[4:7], env.arm.ee_position() - np.array(config.conditions[3].target))
+        np.testing.assert_allclose(x[4:7],
+                                   env.arm.ee_position() - np.array(config.conditions[3].target))
         assert env.reset()[1]["condition"] == 1           # options do not advance the cycle
     finally:
         env.close()

@@ -9,7 +9,9 @@ import pytest
 
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.offline import HELD_OUT_MIN_SEPARATION_M, TrainingRun, held_out_conditions
-from mbpl_ros.sim.rollout import JointStateToState, final_distance, observe
+from mbpl_ros.core.rollouts import final_distance
+from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.sim.rollout import observe
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config" / "peg_insertion.yaml"
@@ -29,8 +31,12 @@ def arm(config):
 
 
 def hole_geometry(config):
-    """(width, depth) of the hole of the config's block, read off its boxes: the free square
-    around the frame's z axis above the floor, and the walls' height."""
+    """
+    Return (width, depth) of the hole of the config's block, read off its boxes.
+
+    They are the free square
+    around the frame's z axis above the floor, and the walls' height.
+    """
     boxes = config.scene[0].boxes
     walls = [b for b in boxes if b.lower[2] >= -1e-9]
     floor_top = max(b.upper[2] for b in boxes if b.lower[2] < -1e-9)
@@ -51,9 +57,12 @@ def ray_hits(arm, xy_points, z_from=1.0, z_to=0.0):
 
 
 def drive_tip(arm, spec, goal_tip, seconds, approach_height=0.0, gain=300.0, damping=30.0):
-    """Task-space PD of both peg points to their targets for goal_tip (3,), gravity
-    compensated, at the arm's control rate; the first half of the time the goals are
-    `approach_height` higher. Returns the deepest fixture penetration seen (m)."""
+    """
+    Drive both peg points to their targets for goal_tip (3,) by a task-space PD.
+
+    The PD is gravity compensated, at the arm's control rate; the first half of the time the goals
+    are `approach_height` higher. Returns the deepest fixture penetration seen (m).
+    """
     steps = int(round(seconds / arm.control_dt))
     deepest = 0.0
     goals = spec.point_targets(goal_tip)
@@ -116,8 +125,9 @@ def test_the_peg_is_a_rigid_link_of_the_urdf_with_a_few_mm_clearance_in_a_deep_h
     # centre line is a few mm from the walls all round.
     tip = arm.ee_points()[0]
     arm.reset(np.asarray(config.conditions[0].initial_positions), target=tip - [0.0, 0.0, 0.03])
-    gaps = [point[8] for point in client.getClosestPoints(arm._body, arm.scene.bodies[0], 0.02,
-                                                         linkIndexA=arm._ee_link_index)]
+    closest = client.getClosestPoints(arm._body, arm.scene.bodies[0], 0.02,
+                                      linkIndexA=arm._ee_link_index)
+    gaps = [point[8] for point in closest]
     assert gaps and 0.001 <= min(gaps) <= 0.005, f"clearance {1000 * min(gaps, default=0):.2f} mm"
     assert depth >= 0.04
 
@@ -137,8 +147,11 @@ def test_the_block_is_placed_per_condition_with_the_hole_bottom_at_the_target(co
 
 # ---------------------------------------------------------------- contact
 def test_the_peg_pressed_onto_the_block_does_not_pass_through_it(config):
-    """Pushed at a goal 3 cm inside the block beside the hole, with hundreds of N/m, the peg
-    stays on the block's top: penetration below 2 mm at every control step."""
+    """
+    Push the peg at a goal 3 cm inside the block beside the hole, with hundreds of N/m.
+
+    The peg stays on the block's top: penetration below 2 mm at every control step.
+    """
     fast = dataclasses.replace(config, substeps=1)     # 240 Hz task-space PD
     width, depth = hole_geometry(config)
     with fast.make_arm() as arm:
@@ -209,7 +222,7 @@ def test_one_short_lqr_flm_iteration_runs_on_the_peg_task(config, tmp_path):
 
 def test_a_bad_extra_point_is_named():
     from mbpl_ros.config import ConfigError
-    from mbpl_ros.sim.robots import describe_robot
+    from mbpl_ros.robots import describe_robot
 
     description = {"name": "peg_check", "urdf": "package://mbpl_ros/urdf/kuka_iiwa_peg.urdf",
                    "joints": [f"lbr_iiwa_joint_{i}" for i in range(1, 8)],

@@ -1,6 +1,9 @@
-"""Robots from URDF + YAML: kinematics against PyBullet's own link states, limits and
-overrides enforced, locked joints held, and every bad URDF or description reported with
-the file, joint or key path and what exists."""
+"""
+Robots from URDF + YAML.
+
+Kinematics against PyBullet's own link states, limits and overrides enforced, locked joints held,
+and every bad URDF or description reported with the file, joint or key path and what exists.
+"""
 import copy
 import dataclasses
 from pathlib import Path
@@ -14,8 +17,8 @@ from mbpl_ros import cli
 from mbpl_ros.config import ConfigError
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.sim.arm import Arm
-from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, builtin_description, describe_robot,
-                                 register_robot, resolve_urdf, robot_spec)
+from mbpl_ros.robots import (BUILTIN_ROBOTS, ROBOTS, builtin_description, describe_robot,
+                             register_robot, resolve_urdf, robot_spec)
 
 ROOT = Path(__file__).resolve().parents[2]
 PANDA_CONFIG = ROOT / "config" / "panda_reach.yaml"
@@ -24,7 +27,7 @@ REACHER_URDF = ROOT / "urdf" / "reacher_2link.urdf"
 
 
 def panda(**changes) -> dict:
-    """The Panda description of config/panda_reach.yaml, with top-level keys changed."""
+    """Return the Panda description of config/panda_reach.yaml, top-level keys changed."""
     return {**copy.deepcopy(PANDA_ROBOT), **changes}
 
 
@@ -33,7 +36,7 @@ def shipped_spec(name):
 
 
 def link_frame_point(arm: Arm, link_index: int, offset) -> np.ndarray:
-    """A point fixed in a link's URDF frame, in the world, from PyBullet's link state."""
+    """Return a point fixed in a link's URDF frame, in the world, from PyBullet's state."""
     state = arm._client.getLinkState(arm._body, link_index, computeForwardKinematics=True)
     rotation = np.array(pybullet.getMatrixFromQuaternion(state[5])).reshape(3, 3)
     return np.array(state[4]) + rotation @ np.asarray(offset, float)
@@ -65,8 +68,9 @@ def test_forward_kinematics_is_pybullets_link_state_plus_the_offset(shipped_arm)
 def test_jacobian_matches_finite_differences_of_forward_kinematics(shipped_arm):
     q = random_q(shipped_arm, np.random.default_rng(1))
     step = 1e-6
-    columns = [(shipped_arm.forward_kinematics(q + step * e) - shipped_arm.forward_kinematics(q - step * e))
-               / (2 * step) for e in np.eye(shipped_arm.n_joints)]
+    fk = shipped_arm.forward_kinematics
+    columns = [(fk(q + step * e) - fk(q - step * e)) / (2 * step)
+               for e in np.eye(shipped_arm.n_joints)]
     np.testing.assert_allclose(shipped_arm.jacobian(q), np.array(columns).T, atol=1e-6)
 
 
@@ -106,12 +110,14 @@ def test_panda_locked_fingers_stay_put_under_violent_arm_motion():
 
 def test_builtin_robots_are_descriptions():
     for name in ("reacher_2link", "kuka_iiwa"):
-        assert describe_robot(builtin_description(name)) == BUILTIN_ROBOTS[name] == robot_spec(name)
+        described = describe_robot(builtin_description(name))
+        assert described == BUILTIN_ROBOTS[name] == robot_spec(name)
     assert robot_spec("kuka_iiwa").damping_overrides == {"lbr_iiwa_joint_7": 0.05}
 
 
 def test_urdf_references_resolve():
-    assert resolve_urdf("pybullet_data://franka_panda/panda.urdf").endswith("pybullet_data/franka_panda/panda.urdf")
+    assert resolve_urdf("pybullet_data://franka_panda/panda.urdf").endswith(
+        "pybullet_data/franka_panda/panda.urdf")
     assert resolve_urdf("package://mbpl_ros/urdf/reacher_2link.urdf") == str(REACHER_URDF)
     assert resolve_urdf("arm.urdf", "/robots") == "/robots/arm.urdf"
     assert resolve_urdf("/abs/arm.urdf", "/robots") == "/abs/arm.urdf"
@@ -125,7 +131,8 @@ def test_yaml_limit_and_damping_overrides_replace_the_urdf_values():
         "effort": {"panda_joint1": 5.0}, "velocity": {"panda_joint2": 0.5},
         "position": {"panda_joint4": [-2.5, -1.0]}}, damping={"panda_joint7": 0.01})
     with Arm(describe_robot(description)) as arm:
-        assert arm.effort_limits[0] == 5.0 and arm.effort_limits[1] == 87.0 and arm.effort_limits[4] == 12.0
+        limits = arm.effort_limits
+        assert limits[0] == 5.0 and limits[1] == 87.0 and limits[4] == 12.0
         assert arm.velocity_limits[1] == 0.5 and arm.velocity_limits[0] == pytest.approx(2.175)
         np.testing.assert_array_equal(arm.position_limits[3], [-2.5, -1.0])
         assert arm.joint_damping[6] == 0.01
@@ -181,7 +188,8 @@ def test_a_description_file_and_a_relative_urdf_are_found_next_to_the_yaml(tmp_p
 
 def test_a_name_is_registered_once():
     spec = describe_robot(panda(name="panda_once"))
-    assert register_robot(spec) is register_robot(dataclasses.replace(spec)) is robot_spec("panda_once")
+    again = dataclasses.replace(spec)
+    assert register_robot(spec) is register_robot(again) is robot_spec("panda_once")
     with pytest.raises(ValueError, match="'panda_once' is already described differently"):
         register_robot(dataclasses.replace(spec, ee_offset=(0.0, 0.0, 0.0)))
     with pytest.raises(ValueError, match="'kuka_iiwa' is a built-in robot"):
@@ -197,7 +205,8 @@ def reacher_description(urdf, **changes) -> dict:
 def test_a_urdf_without_an_effort_limit_needs_an_override(tmp_path):
     urdf = tmp_path / "no_effort.urdf"
     urdf.write_text(REACHER_URDF.read_text().replace('effort="1.0"', 'effort="0"'))
-    with pytest.raises(ValueError, match=r"no_effort.urdf.*positive effort limit for joints \['elbow'\].*"
+    with pytest.raises(ValueError, match=r"no_effort.urdf.*positive effort limit for joints "
+                                         r"\['elbow'\].*"
                                          r"limits.effort"):
         Arm(describe_robot(reacher_description(urdf)))
     with Arm(describe_robot(reacher_description(urdf, limits={"effort": {"elbow": 0.5}}))) as arm:
@@ -208,7 +217,8 @@ def test_a_urdf_without_an_effort_limit_needs_an_override(tmp_path):
     ("<robot name='x'><link name='a'/>", r"broken.urdf.*not valid XML"),
     ("<sdf version='1.6'/>", r"broken.urdf.*not a URDF \(root element <sdf>"),
     ("""<robot name="free"><link name="world"/><link name="body"/>
-        <joint name="free_joint" type="floating"><parent link="world"/><child link="body"/></joint></robot>""",
+        <joint name="free_joint" type="floating"><parent link="world"/><child link="body"/>
+        </joint></robot>""",
      r"broken.urdf.*\('free_joint', 'floating'\).*floating base"),
 ])
 def test_urdfs_that_do_not_load_name_the_file_and_the_reason(tmp_path, text, message):
@@ -231,7 +241,8 @@ def test_urdfs_that_do_not_load_name_the_file_and_the_reason(tmp_path, text, mes
      r"ee_link 'panda_gripper' is not a link of the URDF .*panda.urdf; links: .*'panda_hand'"),
     ({"joints": [f"panda_joint{i}" for i in range(1, 8)] + ["panda_finger_joint1"],
       "locked_joints": {"panda_finger_joint2": 0.02}, "end_effector": {"link": "panda_link7"}},
-     r"controlled joints \['panda_finger_joint1'\] do not move the end-effector link 'panda_link7'"),
+     r"controlled joints \['panda_finger_joint1'\] do not move the end-effector link "
+     r"'panda_link7'"),
 ])
 def test_joints_and_links_that_do_not_fit_the_urdf_are_named_with_what_exists(changes, message):
     with pytest.raises(ValueError, match=message):
@@ -243,22 +254,32 @@ def test_joints_and_links_that_do_not_fit_the_urdf_are_named_with_what_exists(ch
     ({"name": None}, r"robot.name: must be a string"),
     ({"name": "my arm"}, r"robot: name: 'my arm' must start with a letter"),
     ({"urdf": "ftp://x/y.urdf"}, r"robot.urdf: 'ftp://x/y.urdf' has an unknown scheme"),
-    ({"urdf": "missing/arm.urdf"}, r"robot.urdf: 'missing/arm.urdf' is not a file \(looked at .*missing/arm.urdf\)"),
+    ({"urdf": "missing/arm.urdf"}, r"robot.urdf: 'missing/arm.urdf' is not a file \(looked at "
+                                   r".*missing/arm.urdf\)"),
     ({"joints": []}, r"robot.joints: must be distinct joint names"),
-    ({"end_effector": {"offset": [0, 0, 0.1]}}, r"robot.end_effector.link: required key is missing"),
-    ({"end_effector": {"link": "panda_hand", "offset": [0, 0]}}, r"robot.end_effector: offset: must have 3"),
+    ({"end_effector": {"offset": [0, 0, 0.1]}},
+     r"robot.end_effector.link: required key is missing"),
+    ({"end_effector": {"link": "panda_hand", "offset": [0, 0]}},
+     r"robot.end_effector: offset: must have 3"),
     ({"limits": {"effort": {"panda_joint8": 10.0}}},
-     r"robot.limits.effort.panda_joint8: 'panda_joint8' is not one of the controlled joints \['panda_joint1'"),
-    ({"limits": {"effort": {"panda_joint1": -1.0}}}, r"robot.limits.effort.panda_joint1: must be > 0"),
-    ({"limits": {"torque": {}}}, r"robot.limits: unknown key 'torque'; allowed keys: effort, position, velocity"),
+     r"robot.limits.effort.panda_joint8: 'panda_joint8' is not one of the controlled joints "
+     r"\['panda_joint1'"),
+    ({"limits": {"effort": {"panda_joint1": -1.0}}},
+     r"robot.limits.effort.panda_joint1: must be > 0"),
+    ({"limits": {"torque": {}}}, r"robot.limits: unknown key 'torque'; allowed keys: effort, "
+                                 r"position, velocity"),
     ({"limits": {"position": {"panda_joint1": [1.0, -1.0]}}},
      r"robot.limits.position.panda_joint1: lower must be below upper"),
     ({"damping": {"panda_joint7": "low"}}, r"robot.damping.panda_joint7: must be a finite number"),
-    ({"locked_joints": {"panda_joint1": 0.0}}, r"robot.locked_joints: \['panda_joint1'\] are also in robot.joints"),
-    ({"initial_conditions": {"home": [0.0, 0.0]}}, r"robot.initial_conditions.home: must be a list of 7 numbers"),
+    ({"locked_joints": {"panda_joint1": 0.0}},
+     r"robot.locked_joints: \['panda_joint1'\] are also in robot.joints"),
+    ({"initial_conditions": {"home": [0.0, 0.0]}},
+     r"robot.initial_conditions.home: must be a list of 7 numbers"),
     ({"targets": {"front": [0.5, 0.0]}}, r"robot.targets.front: must be a list of 3 numbers"),
-    ({"initial_controller": {"natural_frequency": 0.0}}, r"robot.initial_controller.natural_frequency: must be > 0"),
-    ({"gripper": "closed"}, r"robot: unknown key 'gripper'; allowed keys: base_position, damping, end_effector"),
+    ({"initial_controller": {"natural_frequency": 0.0}},
+     r"robot.initial_controller.natural_frequency: must be > 0"),
+    ({"gripper": "closed"}, r"robot: unknown key 'gripper'; allowed keys: base_position, damping, "
+                            r"end_effector"),
 ])
 def test_bad_descriptions_name_the_key_path(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -266,14 +287,18 @@ def test_bad_descriptions_name_the_key_path(changes, message):
 
 
 @pytest.mark.parametrize("robot, conditions, message", [
-    ({**PANDA_ROBOT, "name": "kuka_iiwa"}, None, r"robot: robot name 'kuka_iiwa' is a built-in robot"),
+    ({**PANDA_ROBOT, "name": "kuka_iiwa"}, None,
+     r"robot: robot name 'kuka_iiwa' is a built-in robot"),
     ({**PANDA_ROBOT, "joints": ["panda_joint1"], "initial_conditions": {}, "limits": {}}, None,
-     r"robot: robot 'panda' .*must be exactly the movable joints .*lock or control \['panda_joint2'"),
-    ({k: v for k, v in PANDA_ROBOT.items() if k != "urdf"}, None, r"robot.urdf: required key is missing"),
+     r"robot: robot 'panda' .*must be exactly the movable joints .*lock or control "
+     r"\['panda_joint2'"),
+    ({k: v for k, v in PANDA_ROBOT.items() if k != "urdf"}, None,
+     r"robot.urdf: required key is missing"),
     ("ur5", None, r"robot: unknown robot 'ur5'; known robots: kuka_iiwa, reacher_2link"),
     ("robots/absent.yaml", None, r".*robots/absent.yaml: no such robot description file"),
     (PANDA_ROBOT, [{"initial_positions": "nowhere", "target": "front"}],
-     r"conditions\[0\].initial_positions: unknown initial condition 'nowhere' for robot 'panda'; known: \['home'"),
+     r"conditions\[0\].initial_positions: unknown initial condition 'nowhere' for robot 'panda'; "
+     r"known: \['home'"),
     (PANDA_ROBOT, [{"initial_positions": "home", "target": "behind"}],
      r"conditions\[0\].target: unknown target 'behind' for robot 'panda'; known: \['front'\]"),
 ])
@@ -290,15 +315,19 @@ def test_bad_experiment_robots_name_the_file_and_key(tmp_path, robot, conditions
 
 # ---------------------------------------------------------------- a new arm from the template
 def test_a_new_arm_written_from_the_template_alone_loads_and_runs_a_first_trial(tmp_path, capsys):
-    """The xArm 6 of pybullet_data, described by filling in config/robot_template.yaml's
-    robot section and conditions; every other setting is the template's."""
+    """
+    Run the xArm 6 of pybullet_data, described from config/robot_template.yaml.
+
+    It fills in the template's robot section and conditions; every other setting is the template's.
+    """
     experiment = yaml.safe_load((ROOT / "config" / "robot_template.yaml").read_text())
     robot = experiment["robot"]
     robot.update(
         name="xarm6_from_template", urdf="pybullet_data://xarm/xarm6_robot.urdf",
         joints=[f"joint{i}" for i in range(1, 7)], locked_joints={},
         end_effector={"link": "link6", "offset": [0.0, 0.0, 0.0]},
-        limits={"effort": {"joint1": 30.0, "joint2": 30.0, "joint3": 30.0}, "velocity": {}, "position": {}},
+        limits={"effort": {"joint1": 30.0, "joint2": 30.0, "joint3": 30.0}, "velocity": {},
+                "position": {}},
         # The URDF's damping 1.0 on a wrist of inertia ~1e-4 kg·m² diverges at 240 Hz.
         damping={"joint4": 0.05, "joint5": 0.05, "joint6": 0.005},
         initial_conditions={"home": [0.0, -0.5, -0.5, 0.0, 1.0, 0.0]},
@@ -306,7 +335,8 @@ def test_a_new_arm_written_from_the_template_alone_loads_and_runs_a_first_trial(
     path = tmp_path / "xarm6.yaml"
     path.write_text(yaml.safe_dump(experiment))
     output = tmp_path / "run"
-    assert cli.main(["train", "--config", str(path), "--output", str(output), "--iterations", "1"]) == 0
+    assert cli.main(["train", "--config", str(path), "--output", str(output), "--iterations",
+                     "1"]) == 0
     assert "after 1 iterations" in capsys.readouterr().out
     rows = [yaml.safe_load(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
     assert [row["iteration"] for row in rows] == [0, 1]

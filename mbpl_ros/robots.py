@@ -1,4 +1,5 @@
-"""The robots the simulator knows: where their URDF is and how to load and read them.
+"""
+The robots: where their URDF is and how to load and read them.
 
 A robot is described once, as a mapping (YAML) checked by `RobotDescription`:
 
@@ -10,8 +11,9 @@ A robot is described once, as a mapping (YAML) checked by `RobotDescription`:
     limits: {effort: {panda_joint5: 12.0}}             # overrides of the URDF's limits
     ...
 
-`describe_robot` turns it into a `RobotSpec`, the immutable value the simulator (`Arm`)
-and the kinematics of the ROS nodes (`JointStateToState`) load. The built-in robots
+`describe_robot` turns it into a `RobotSpec`, the immutable value the robot model
+(`robot_model.RobotModel`, what the nodes on hardware use) and the simulator (`sim.arm.Arm`)
+load; both import this module, it imports neither. The built-in robots
 (`BUILTIN_ROBOTS`: reacher_2link, kuka_iiwa) are such descriptions shipped in this module; a
 robot described in an experiment file is registered under its name (`register_robot`) so
 that `robot_spec(name)` and `ROBOTS[name]` find it as they find a built-in.
@@ -27,6 +29,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Optional, Sequence, Union
 
+from xml.etree import ElementTree
+
 import numpy as np
 import pybullet_data
 
@@ -37,7 +41,8 @@ PACKAGE = "mbpl_ros"
 
 
 def package_urdf(file_name: str) -> str:
-    """Path of one of this package's URDF files, in the source tree or the installed share/.
+    """
+    Path of one of this package's URDF files, in the source tree or the installed share/.
 
     The source tree wins so that an edited URDF is used without reinstalling.
     """
@@ -45,31 +50,38 @@ def package_urdf(file_name: str) -> str:
 
 
 def _package_file(package: str, relative: str) -> str:
-    """`relative` inside a ROS package's share directory; for this package the source tree
-    first (an uninstalled checkout works). Missing files are returned as the first
-    candidate, for the caller to report."""
+    """
+    Return the path of `relative` inside a ROS package's share directory.
+
+    For this package the source tree comes first (an uninstalled checkout works). Missing files are
+    returned as the first candidate, for the caller to report.
+    """
     candidates = []
     if package == PACKAGE:
-        candidates.append(Path(__file__).resolve().parents[2] / relative)
+        candidates.append(Path(__file__).resolve().parents[1] / relative)
         if candidates[0].is_file():
             return str(candidates[0])
     try:
         from ament_index_python.packages import get_package_share_directory
         candidates.append(Path(get_package_share_directory(package)) / relative)
-    except (ImportError, LookupError, ValueError, OSError):  # not installed, or no AMENT_PREFIX_PATH
+    except (ImportError, LookupError, ValueError,
+            OSError):  # not installed, or no AMENT_PREFIX_PATH
         pass
     for candidate in candidates:
         if candidate.is_file():
             return str(candidate)
     if not candidates:
-        raise ValueError(f"package://{package}/{relative}: package {package!r} is not found in the ament "
-                         "index (is its workspace sourced?); give an absolute path or one relative to "
+        raise ValueError(f"package://{package}/{relative}: package {package!r} is not found in "
+                         "the ament "
+                         "index (is its workspace sourced?); give an absolute path or one "
+                         "relative to "
                          "the YAML file")
     return str(candidates[0])
 
 
 def resolve_urdf(reference: str, base_dir: Union[str, Path, None] = None) -> str:
-    """The file a URDF reference names.
+    """
+    Return the file a URDF reference names.
 
     pybullet_data://kuka_iiwa/model.urdf  -> in PyBullet's data directory
     package://mbpl_ros/urdf/x.urdf        -> in a ROS package's share directory (this
@@ -85,10 +97,12 @@ def resolve_urdf(reference: str, base_dir: Union[str, Path, None] = None) -> str
     if reference.startswith("package://"):
         package, _, relative = reference[len("package://"):].partition("/")
         if not package or not relative:
-            raise ValueError(f"{reference!r} must be package://<package>/<path inside its share directory>")
+            raise ValueError(f"{reference!r} must be package://<package>/<path inside its share "
+                             "directory>")
         return _package_file(package, relative)
     if "://" in reference:
-        raise ValueError(f"{reference!r} has an unknown scheme; allowed: pybullet_data://, package://, "
+        raise ValueError(f"{reference!r} has an unknown scheme; allowed: pybullet_data://, "
+                         "package://, "
                          "an absolute path or one relative to the YAML file")
     path = Path(os.path.expanduser(reference))
     if not path.is_absolute():
@@ -98,7 +112,8 @@ def resolve_urdf(reference: str, base_dir: Union[str, Path, None] = None) -> str
 
 @dataclass(frozen=True)
 class RobotSpec:
-    """How to load one robot and which part of it is controlled.
+    """
+    How to load one robot and which part of it is controlled.
 
     name: key in ROBOTS (a built-in, or a robot registered with register_robot).
     urdf_path: absolute path of the URDF.
@@ -178,14 +193,16 @@ class RobotSpec:
         for joint, bounds in dict(self.position_limit_overrides).items():
             lower, upper = (float(v) for v in np.asarray(bounds, dtype=float).reshape(2))
             if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-                raise ValueError(f"position limits of {joint!r} must be finite with lower < upper; "
+                raise ValueError(f"position limits of {joint!r} must be finite with lower < "
+                                 "upper; "
                                  f"got {list(bounds)}")
             positions[str(joint)] = (lower, upper)
         for what, values in (("effort", self.effort_limit_overrides),
                              ("velocity", self.velocity_limit_overrides)):
             for joint, value in dict(values).items():
                 if not (float(value) > 0 and math.isfinite(float(value))):
-                    raise ValueError(f"{what} limit of {joint!r} must be a positive finite number; got {value!r}")
+                    raise ValueError(f"{what} limit of {joint!r} must be a positive finite "
+                                     f"number; got {value!r}")
         # Own copies (plain dicts, so a spec pickles for worker processes).
         plain = lambda mapping: {str(k): float(v) for k, v in dict(mapping).items()}  # noqa: E731
         object.__setattr__(self, "damping_overrides", plain(self.damping_overrides))
@@ -271,7 +288,8 @@ class EndEffectorPoint:
 @dataclass
 class EndEffectorDescription:
     link: str = doc("URDF link that carries the end-effector point")
-    offset: list[float] = doc("the point in that link's URDF frame (m), [x, y, z]", [0.0, 0.0, 0.0])
+    offset: list[float] = doc("the point in that link's URDF frame (m), [x, y, z]",
+                              [0.0, 0.0, 0.0])
     extra_points: list[EndEffectorPoint] = doc(
         "more points on that link, each {offset: [x, y, z] in the link's frame (m), target: "
         "[x, y, z] world offset (m) of its target from the end-effector point's}, e.g. a held "
@@ -285,7 +303,8 @@ class EndEffectorDescription:
 
 @dataclass
 class LimitOverrides:
-    effort: dict = doc("joint -> effort limit (N·m) replacing the URDF's; needed where the URDF has none", {})
+    effort: dict = doc("joint -> effort limit (N·m) replacing the URDF's; needed where the URDF "
+                       "has none", {})
     velocity: dict = doc("joint -> velocity limit (rad/s) replacing the URDF's", {})
     position: dict = doc("joint -> [lower, upper] (rad) replacing the URDF's", {})
 
@@ -293,11 +312,13 @@ class LimitOverrides:
 @dataclass
 class ControllerDefaults:
     natural_frequency: Optional[float] = doc(
-        "default initial_controller.natural_frequency (rad/s) of experiments on this robot", None, gt=0.0)
+        "default initial_controller.natural_frequency (rad/s) of experiments on this robot",
+        None, gt=0.0)
     damping_ratio: Optional[float] = doc(
         "default initial_controller.damping_ratio of experiments on this robot", None, gt=0.0)
     accel_noise_std: Optional[float] = doc(
-        "default initial_controller.accel_noise_std (rad/s²) of experiments on this robot", None, gt=0.0)
+        "default initial_controller.accel_noise_std (rad/s²) of experiments on this robot",
+        None, gt=0.0)
 
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*\Z")
@@ -307,34 +328,42 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*\Z")
 class RobotDescription:
     """One robot, as written in YAML (`robot:` of an experiment, or a file of its own)."""
 
-    name: str = doc("the robot's name in logs, metrics and exported policies (letters, digits, _ and -; "
+    name: str = doc("the robot's name in logs, metrics and exported policies (letters, digits, _ "
+                    "and -; "
                     "not a built-in robot's name)")
     urdf: str = doc("URDF: absolute, relative to the YAML file, package://<pkg>/<path> or "
                     "pybullet_data://<path>")
-    joints: list[str] = doc("controlled joints, in the order of commands and of every per-joint list")
-    end_effector: EndEffectorDescription = dataclasses.field(metadata={"doc": "the controlled point"})
-    locked_joints: dict = doc("joint -> angle (rad; m if prismatic): every other movable joint, held "
+    joints: list[str] = doc("controlled joints, in the order of commands and of every per-joint "
+                            "list")
+    end_effector: EndEffectorDescription = dataclasses.field(
+        metadata={"doc": "the controlled point"})
+    locked_joints: dict = doc("joint -> angle (rad; m if prismatic): every other movable joint, "
+                              "held "
                               "there by a stiff position motor", {})
     base_position: list[float] = doc("world position of the fixed base (m)", [0.0, 0.0, 0.0])
     gravity: list[float] = doc("world gravity (m/s²)", list(STANDARD_GRAVITY))
     limits: LimitOverrides = dataclasses.field(
         default_factory=LimitOverrides, metadata={"doc": "overrides of the URDF's joint limits"})
     damping: dict = doc("joint -> viscous damping (N·m·s/rad) replacing the URDF's", {})
-    initial_conditions: dict = doc("name -> joint angles (rad), one per joint; 'home' is where the "
+    initial_conditions: dict = doc("name -> joint angles (rad), one per joint; 'home' is where "
+                                   "the "
                                    "simulator starts", {})
     targets: dict = doc("name -> end-effector point in the world (m), [x, y, z]", {})
     initial_controller: ControllerDefaults = dataclasses.field(
-        default_factory=ControllerDefaults, metadata={"doc": "this robot's initial-controller defaults"})
+        default_factory=ControllerDefaults,
+        metadata={"doc": "this robot's initial-controller defaults"})
 
     def __post_init__(self):
         if not _NAME.match(self.name):
-            raise ValueError(f"name: {self.name!r} must start with a letter and hold only letters, "
+            raise ValueError(f"name: {self.name!r} must start with a letter and hold only "
+                             "letters, "
                              "digits, _ and -")
         if len(self.base_position) != 3 or len(self.gravity) != 3:
             raise ValueError("base_position and gravity must have 3 entries [x, y, z]")
 
 
-def _checked_mapping(where: str, mapping: dict, joints: Optional[Sequence[str]], width: Optional[int],
+def _checked_mapping(where: str, mapping: dict, joints: Optional[Sequence[str]],
+                     width: Optional[int],
                      what: str) -> dict:
     """{key: number or list of `width` numbers}, keys among `joints` when given."""
     checked = {}
@@ -343,57 +372,73 @@ def _checked_mapping(where: str, mapping: dict, joints: Optional[Sequence[str]],
         if joints is not None and key not in joints:
             raise ConfigError(f"{path}: {key!r} is not one of the {what} {list(joints)}")
         values = value if isinstance(value, list) else [value]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-            raise ConfigError(f"{path}: must be {'a finite number' if width is None else f'{width} finite numbers'}"
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+               for v in values):
+            expected = "a finite number" if width is None else f"{width} finite numbers"
+            raise ConfigError(f"{path}: must be {expected}"
                               f", got {value!r}")
         if width is None and isinstance(value, list) or width is not None and len(values) != width:
-            raise ConfigError(f"{path}: must be {'one number' if width is None else f'a list of {width} numbers'}"
+            raise ConfigError(f"{path}: must be "
+                              f"{'one number' if width is None else f'a list of {width} numbers'}"
                               f", got {value!r}")
         checked[str(key)] = float(value) if width is None else tuple(float(v) for v in values)
     return checked
 
 
-def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None, where: str = "robot") -> RobotSpec:
-    """The RobotSpec of a robot description mapping (see RobotDescription).
+def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None,
+                   where: str = "robot") -> RobotSpec:
+    """
+    Return the RobotSpec of a robot description mapping (see RobotDescription).
 
     base_dir: the directory relative URDF paths start from (the YAML file's); default
     the current directory. Errors are ConfigError naming the key path under `where`.
-    The URDF itself is read when an Arm loads the spec (see check_robot).
+    The URDF itself is read when a RobotModel or an Arm loads the spec (see
+    robot_model.check_robot).
     """
-    description = from_dict(RobotDescription, dict(data) if isinstance(data, Mapping) else data, where)
+    description = from_dict(RobotDescription, dict(data) if isinstance(data, Mapping) else data,
+                            where)
     joints = description.joints
     if not joints or len(set(joints)) != len(joints):
-        raise ConfigError(f"{where}.joints: must be distinct joint names, at least one; got {joints}")
+        raise ConfigError(f"{where}.joints: must be distinct joint names, at least one; got "
+                          f"{joints}")
     try:
         urdf_path = resolve_urdf(description.urdf, base_dir)
     except ValueError as error:
         raise ConfigError(f"{where}.urdf: {error}") from None
     if not os.path.isfile(urdf_path):
-        raise ConfigError(f"{where}.urdf: {description.urdf!r} is not a file (looked at {urdf_path})")
+        raise ConfigError(f"{where}.urdf: {description.urdf!r} is not a file (looked at "
+                          f"{urdf_path})")
     locked = _checked_mapping(f"{where}.locked_joints", description.locked_joints, None, None, "")
     both = sorted(set(locked) & set(joints))
     if both:
-        raise ConfigError(f"{where}.locked_joints: {both} are also in {where}.joints; a joint is either "
+        raise ConfigError(f"{where}.locked_joints: {both} are also in {where}.joints; a joint is "
+                          "either "
                           "controlled or locked")
     limits = description.limits
-    conditions = _checked_mapping(f"{where}.initial_conditions", description.initial_conditions, None,
+    conditions = _checked_mapping(f"{where}.initial_conditions", description.initial_conditions,
+                                  None,
                                   len(joints), "")
     targets = _checked_mapping(f"{where}.targets", description.targets, None, 3, "")
-    positions = _checked_mapping(f"{where}.limits.position", limits.position, joints, 2, "controlled joints")
+    positions = _checked_mapping(f"{where}.limits.position", limits.position, joints, 2,
+                                 "controlled joints")
     for joint, (lower, upper) in positions.items():
         if not lower < upper:
-            raise ConfigError(f"{where}.limits.position.{joint}: lower must be below upper, got {[lower, upper]}")
+            raise ConfigError(f"{where}.limits.position.{joint}: lower must be below upper, got "
+                              f"{[lower, upper]}")
     overrides = {}
     for key, mapping in (("effort", limits.effort), ("velocity", limits.velocity)):
-        overrides[key] = _checked_mapping(f"{where}.limits.{key}", mapping, joints, None, "controlled joints")
+        overrides[key] = _checked_mapping(f"{where}.limits.{key}", mapping, joints, None,
+                                          "controlled joints")
         for joint, value in overrides[key].items():
             if not value > 0:
                 raise ConfigError(f"{where}.limits.{key}.{joint}: must be > 0, got {value!r}")
-    damping = _checked_mapping(f"{where}.damping", description.damping, joints, None, "controlled joints")
+    damping = _checked_mapping(f"{where}.damping", description.damping, joints, None,
+                               "controlled joints")
     for joint, value in damping.items():
         if value < 0:
             raise ConfigError(f"{where}.damping.{joint}: must be >= 0, got {value!r}")
-    gains = {k: v for k, v in dataclasses.asdict(description.initial_controller).items() if v is not None}
+    gains = {k: v for k, v in dataclasses.asdict(description.initial_controller).items()
+             if v is not None}
     gravity = tuple(float(g) for g in description.gravity)
     return RobotSpec(
         name=description.name, urdf_path=urdf_path, joint_names=tuple(joints),
@@ -408,7 +453,7 @@ def describe_robot(data: Mapping, base_dir: Union[str, Path, None] = None, where
 
 
 def load_robot_description(path: Union[str, Path]) -> RobotSpec:
-    """The RobotSpec of a robot-description YAML file (relative URDF paths start at its directory)."""
+    """Return the RobotSpec of a robot-description YAML file (URDF paths from its directory)."""
     path = Path(path)
     data = read_yaml(path, "robot description file")
     try:
@@ -417,12 +462,27 @@ def load_robot_description(path: Union[str, Path]) -> RobotSpec:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def check_robot(spec: RobotSpec) -> None:
-    """Load the URDF once and check the spec against it (joints, links, limits): the
-    ValueError an Arm would raise, raised now. Costs one URDF load."""
-    from mbpl_ros.sim.arm import Arm
+def check_urdf_file(path: str, where: str) -> None:
+    """
+    Raise a ValueError naming the file unless it is URDF XML without a floating joint.
 
-    Arm(spec).close()
+    PyBullet's own message for a bad file is only "Cannot load URDF file.".
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{where}: the URDF file does not exist")
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as error:
+        raise ValueError(f"{where}: the URDF is not valid XML: {error}") from None
+    if root.tag != "robot":
+        raise ValueError(f"{where}: not a URDF (root element <{root.tag}>, expected <robot>)")
+    free = [(joint.get("name"), joint.get("type")) for joint in root.iter("joint")
+            if joint.get("type") in ("floating", "planar")]
+    if free:
+        raise ValueError(f"{where}: joints {free} give the robot a floating base or a floating "
+                         "part; "
+                         "only fixed-base serial arms are supported (the base is fixed where "
+                         "base_position says)")
 
 
 # ---------------------------------------------------------------------- the built-in robots
@@ -438,7 +498,8 @@ _BUILTIN_DESCRIPTIONS = {
     "kuka_iiwa": {
         "urdf": "pybullet_data://kuka_iiwa/model.urdf",
         "joints": [f"lbr_iiwa_joint_{i}" for i in range(1, 8)],
-        "end_effector": {"link": "lbr_iiwa_link_7", "offset": [0.0, 0.0, 0.05]},  # on the flange axis
+        # The end-effector point is on the flange axis.
+        "end_effector": {"link": "lbr_iiwa_link_7", "offset": [0.0, 0.0, 0.05]},
         # The URDF's 0.5 N·m·s/rad on joint 7 (axial inertia ~1e-3 kg·m^2) makes explicit
         # damping diverge at 240 Hz (damping * dt / inertia > 2); use a stable value.
         "damping": {"lbr_iiwa_joint_7": 0.05},
@@ -453,7 +514,7 @@ _BUILTIN_DESCRIPTIONS = {
 
 
 def builtin_description(name: str) -> dict:
-    """The description mapping of a built-in robot (a copy), as it would be written in YAML."""
+    """Return the description mapping of a built-in robot (a copy), as written in YAML."""
     import copy
 
     return {"name": name, **copy.deepcopy(_BUILTIN_DESCRIPTIONS[name])}
@@ -468,9 +529,13 @@ _REGISTERED: dict = {}
 
 
 class _KnownRobots(Mapping):
-    """The built-in robots, by name; looking a name up also finds the robots registered
-    in this process (so code that knows robots by name, ROBOTS[config.robot], runs a
-    described robot too), while iterating lists the built-in ones only."""
+    """
+    The built-in robots, by name.
+
+    Looking a name up also finds the robots registered in this process (so code that knows robots
+    by name, ROBOTS[config.robot], runs a described robot too), while iterating lists the built-in
+    ones only.
+    """
 
     def __getitem__(self, name: str) -> RobotSpec:
         if name in BUILTIN_ROBOTS:
@@ -492,8 +557,10 @@ ROBOTS: Mapping[str, RobotSpec] = _KnownRobots()
 
 
 def register_robot(spec: RobotSpec) -> RobotSpec:
-    """Make `spec` findable by robot_spec(spec.name) (and ROBOTS[spec.name]) in this process,
-    so that an experiment whose robot is described inline is run by code that knows robots
+    """
+    Make `spec` findable by robot_spec(spec.name) (and ROBOTS[spec.name]) in this process.
+
+    Then an experiment whose robot is described inline is run by code that knows robots
     by name. Returns the registered spec.
 
     Registering an equal spec again is harmless; a different spec under a name already
@@ -501,11 +568,13 @@ def register_robot(spec: RobotSpec) -> RobotSpec:
     """
     if spec.name in BUILTIN_ROBOTS:
         if BUILTIN_ROBOTS[spec.name] != spec:
-            raise ValueError(f"robot name {spec.name!r} is a built-in robot; give the description another name")
+            raise ValueError(f"robot name {spec.name!r} is a built-in robot; give the description "
+                             "another name")
         return BUILTIN_ROBOTS[spec.name]
     known = _REGISTERED.get(spec.name)
     if known is not None and known != spec:
-        raise ValueError(f"robot name {spec.name!r} is already described differently in this process "
+        raise ValueError(f"robot name {spec.name!r} is already described differently in this "
+                         "process "
                          f"(URDF {known.urdf_path}); give this description another name")
     return _REGISTERED.setdefault(spec.name, spec)
 
@@ -516,9 +585,10 @@ def registered_robots() -> list[str]:
 
 
 def robot_spec(name: str) -> RobotSpec:
-    """The spec of a built-in or registered robot; unknown name -> ValueError listing the known names."""
+    """Return the spec of a built-in or registered robot (ValueError listing the known names)."""
     try:
         return ROBOTS[name]
     except (KeyError, TypeError):
         described = f"; described in this process: {registered_robots()}" if _REGISTERED else ""
-        raise ValueError(f"unknown robot {name!r}; known robots: {sorted(BUILTIN_ROBOTS)}{described}") from None
+        raise ValueError(f"unknown robot {name!r}; known robots: "
+                         f"{sorted(BUILTIN_ROBOTS)}{described}") from None

@@ -1,0 +1,206 @@
+"""
+The global policy of MDGPS: π_θ(u|x) = N(μ_θ(x), diag(σ²)), and its training checkpoints.
+
+:class:`Policy` is an MLP mean with input normalisation (buffers, saved with the weights)
+and the diagonal action variance; :func:`save_policy` / :func:`load_policy` write and read
+a training checkpoint. Shapes: dX state dimension, dU action dimension.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mbpl_ros.core.policy.settings import (ACTIVATIONS, PolicySettings, _check_activation,
+                                           _check_device_name, _check_hidden_sizes)
+
+__all__ = ["Policy", "load_policy", "resolve_device", "save_policy"]
+
+_CHECKPOINT_FORMAT_NAME = "mbpl_ros.policy_checkpoint"
+_CHECKPOINT_FORMAT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """
+    Return the torch device for ``name`` ('cpu', 'cuda', 'cuda:<i>').
+
+    Raises ValueError for an unknown name and RuntimeError when CUDA is configured but
+    this torch build or machine has none (never silently falls back to the CPU).
+    """
+    _check_device_name("device", name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device={name!r} is configured but CUDA is not available "
+            f"(torch {torch.__version__}, torch.cuda.is_available() is False); "
+            "set device to 'cpu' or install a CUDA build of torch on a GPU machine")
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"device={name!r} is configured but only {torch.cuda.device_count()} CUDA "
+            "device(s) exist")
+    return device
+
+
+def _mlp(dX: int, dU: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width_in = dX
+    for width in hidden_sizes:
+        layers += [nn.Linear(width_in, width), ACTIVATIONS[activation]()]
+        width_in = width
+    layers.append(nn.Linear(width_in, dU))
+    return nn.Sequential(*layers)
+
+
+class Policy(nn.Module):
+    """
+    π_θ(u|x) = N(μ_θ(x), diag(action_variance)), μ_θ an MLP on normalised states.
+
+    forward(state (B, dX)) -> action mean (B, dU), normalisation included.
+
+    Buffers (saved in ``state_dict`` with the weights):
+        state_mean (dX,), state_std (dX,): input normaliser, x̂ = (x − mean) / std;
+        action_offset (dU,), action_scale (dU,): output scaling, μ_θ(x) = offset + scale ⊙
+            net(x̂) (0 and 1 unless PolicySettings.normalize_actions);
+        action_variance (dU,): diagonal of the action covariance;
+        normalizer_fitted (): whether the normaliser was fitted from data;
+        s_steps (): number of S-steps trained, which varies the minibatch order between
+            S-steps deterministically.
+
+    The network is float32; numpy helpers accept and return float64.
+    """
+
+    def __init__(self, dX: int, dU: int, hidden_sizes: Sequence[int] = (64, 64),
+                 activation: str = "relu", *, initial_variance: float = 0.1,
+                 seed: int = 0, device: str = "cpu") -> None:
+        super().__init__()
+        for name, value in (("dX", dX), ("dU", dU)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"Policy {name} must be a positive integer, got {value!r}")
+        hidden = _check_hidden_sizes("Policy hidden_sizes", hidden_sizes)
+        _check_activation("Policy activation", activation)
+        if not (initial_variance > 0 and math.isfinite(initial_variance)):
+            raise ValueError(f"Policy initial_variance must be > 0, got {initial_variance!r}")
+        self.dX, self.dU = int(dX), int(dU)
+        self.hidden_sizes = hidden
+        self.activation = activation
+        # Seeded initialisation without disturbing the caller's global RNG stream.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.network = _mlp(self.dX, self.dU, hidden, activation)
+        self.register_buffer("state_mean", torch.zeros(self.dX))
+        self.register_buffer("state_std", torch.ones(self.dX))
+        self.register_buffer("action_variance", torch.full((self.dU,), float(initial_variance)))
+        self.register_buffer("normalizer_fitted", torch.tensor(False))
+        self.register_buffer("action_offset", torch.zeros(self.dU))
+        self.register_buffer("action_scale", torch.ones(self.dU))
+        self.register_buffer("action_scaling_fitted", torch.tensor(False))
+        self.register_buffer("s_steps", torch.tensor(0, dtype=torch.int64))
+        self.to(resolve_device(device))
+
+    @classmethod
+    def from_settings(cls, dX: int, dU: int, settings: PolicySettings) -> "Policy":
+        """Build a fresh policy with the network shape, seed and device of ``settings``."""
+        return cls(dX, dU, settings.hidden_sizes, settings.activation,
+                   initial_variance=settings.initial_variance, seed=settings.seed,
+                   device=settings.device)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Return the constructor arguments (plain Python) that rebuild the architecture."""
+        return {"dX": self.dX, "dU": self.dU, "hidden_sizes": list(self.hidden_sizes),
+                "activation": self.activation}
+
+    @property
+    def device(self) -> torch.device:
+        return self.state_mean.device
+
+    def forward(self, state: torch.Tensor) -> torch.Tensor:
+        return self.action_offset + self.action_scale * self.network(
+            (state - self.state_mean) / self.state_std)
+
+    def fit_action_scaling(self, target_mean: np.ndarray, min_std: float = 1e-3) -> None:
+        """
+        Set the output scaling from mean actions (..., dU).
+
+        offset = their mean, scale = their standard deviation (floored at min_std). Meant
+        for the first S-step: it changes the policy's function.
+        """
+        actions = np.asarray(target_mean, dtype=np.float64).reshape(-1, self.dU)
+        with torch.no_grad():
+            self.action_offset.copy_(torch.as_tensor(actions.mean(axis=0), dtype=torch.float32))
+            self.action_scale.copy_(torch.as_tensor(np.maximum(actions.std(axis=0), min_std),
+                                                    dtype=torch.float32))
+            self.action_scaling_fitted.fill_(True)
+
+    # ---- normalisation
+
+    def fit_normalization(self, X: np.ndarray, min_std: float = 1e-3,
+                          preserve_function: bool = True) -> None:
+        """
+        Fit the input normaliser to states X (..., dX).
+
+        With ``preserve_function`` and an already fitted normaliser, the first linear
+        layer is rescaled so μ_θ is unchanged: W' = W·diag(std'/std),
+        b' = b + W·(mean' − mean)/std. Warm-started weights therefore stay meaningful.
+        """
+        states = np.asarray(X, dtype=np.float64).reshape(-1, self.dX)
+        new_mean = torch.as_tensor(states.mean(axis=0), dtype=torch.float32, device=self.device)
+        new_std = torch.as_tensor(np.maximum(states.std(axis=0), min_std),
+                                  dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            if preserve_function and bool(self.normalizer_fitted):
+                first = self.network[0]
+                first.bias += first.weight @ ((new_mean - self.state_mean) / self.state_std)
+                first.weight *= (new_std / self.state_std)[None, :]
+            self.state_mean.copy_(new_mean)
+            self.state_std.copy_(new_std)
+            self.normalizer_fitted.fill_(True)
+
+    # ---- numpy conveniences
+
+    def action_mean(self, X: np.ndarray) -> np.ndarray:
+        """μ_θ(x) for states X (..., dX) -> (..., dU), float64, without gradients."""
+        states = np.asarray(X, dtype=np.float64)
+        if states.shape[-1:] != (self.dX,):
+            raise ValueError(f"states must have last dimension dX={self.dX}, got {states.shape}")
+        with torch.no_grad():
+            flat = torch.as_tensor(states.reshape(-1, self.dX), dtype=torch.float32,
+                                   device=self.device)
+            actions = self(flat).double().cpu().numpy()
+        return actions.reshape(states.shape[:-1] + (self.dU,))
+
+    def action_covariance(self) -> np.ndarray:
+        """Return the action covariance diag(action_variance), (dU, dU) float64."""
+        return np.diag(self.action_variance.detach().double().cpu().numpy())
+
+
+def save_policy(policy: Policy, path: str | Path) -> None:
+    """
+    Write a training checkpoint of the policy, restorable by :func:`load_policy`.
+
+    One ``torch.save`` file: the architecture config and the ``state_dict`` (weights,
+    normaliser, variance, S-step count).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu() for name, tensor in policy.state_dict().items()}
+    torch.save({"format": _CHECKPOINT_FORMAT_NAME, "format_version": _CHECKPOINT_FORMAT_VERSION,
+                "config": policy.config, "state_dict": state}, str(path))
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> Policy:
+    """Rebuild a policy saved by :func:`save_policy` on ``device``."""
+    checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT_NAME:
+        raise ValueError(f"{path} is not a policy checkpoint written by save_policy")
+    config = checkpoint["config"]
+    policy = Policy(config["dX"], config["dU"], config["hidden_sizes"], config["activation"])
+    # Checkpoints from before the output scaling lack its buffers: identity scaling.
+    policy.load_state_dict({**policy.state_dict(), **checkpoint["state_dict"]})
+    return policy.to(resolve_device(device)).eval()
