@@ -1,8 +1,8 @@
 """dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
 GMM prior (core) online, as the rollouts arrive.
 
-Subscribes   gps/rollouts (record rollout): sample rollouts (status OK, purpose sample)
-Publishes    gps/dynamics (record lg_dynamics): condition, controller version, the trial ids
+Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): sample rollouts (status OK, purpose sample)
+Publishes    gps/dynamics (mbpl_ros_interfaces/LinearGaussianDynamics): condition, controller version, the trial ids
              fitted, complete flag (always true), F, f, covar, x0 mean and covariance
 
 Per condition and controller version, the sample rollouts of that version form a batch (kept
@@ -43,7 +43,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from std_msgs.msg import Float64MultiArray
+from mbpl_ros_interfaces.msg import LinearGaussianDynamics, Rollout
 
 from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, encode_checkpoint,
                                  experiment_identity, read_checkpoint, write_atomically)
@@ -92,8 +92,8 @@ class DynamicsFitterNode(Node):
         self.fits_published = 0
         self._fresh_prior_warned = set()
         group = MutuallyExclusiveCallbackGroup()
-        self._dynamics_pub = self.create_publisher(Float64MultiArray, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
-        self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS,
+        self._dynamics_pub = self.create_publisher(LinearGaussianDynamics, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
+        self.create_subscription(Rollout, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS,
                                  callback_group=group)
 
     def _read_state(self) -> Dict[Tuple[int, int], _Batch]:
@@ -131,7 +131,7 @@ class DynamicsFitterNode(Node):
             elapsed_s=0.0,
             seed=self.config.seed, experiment=self.experiment)))
 
-    def _on_rollout(self, msg: Float64MultiArray) -> None:
+    def _on_rollout(self, msg: Rollout) -> None:
         try:
             rollout = wire.decode_rollout(msg, dX=self.layout.dX, dU=self.layout.dU)
         except wire.WireFormatError as error:
