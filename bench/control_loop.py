@@ -125,9 +125,9 @@ class Probe:
         self.records: list[wire.TrialRecord] = []
         self.node.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 1000)
         self.node.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command, 1000)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self._on_record, wire.EVENTS_QOS)
-        self.controllers = self.node.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-        self.requests = self.node.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self.node.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, self._on_record, wire.EVENTS_QOS)
+        self.controllers = self.node.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+        self.requests = TrialGoalSender(self.node)
 
     def _on_state(self, msg: JointState) -> None:
         self.state_arrival_ns.append(time.time_ns())

@@ -73,6 +73,7 @@ from rclpy.action import ActionClient
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
+from rclpy.service_introspection import ServiceIntrospectionState
 from mbpl_ros_interfaces.action import RunTrial
 from mbpl_ros_interfaces.msg import (LinearGaussianController, LinearGaussianDynamics, Rollout,
                                      TrainingProgress)
@@ -133,6 +134,10 @@ class TrialGoals:
     def __init__(self, node: "GpsTrainerNode", action_name: str, group) -> None:
         self.node = node
         self.client = ActionClient(node, RunTrial, action_name, callback_group=group)
+        # Every goal sent also goes to <action>/_action/send_goal/_service_event, so a tool
+        # (`ros2 action echo`, a recorder, a test) sees the trainer's requests.
+        self.client.configure_introspection(node.get_clock(), wire.EVENTS_QOS,
+                                            ServiceIntrospectionState.CONTENTS)
         self.rejected: set = set()
         self.answered: set = set()
         self.rejections = 0

@@ -674,6 +674,9 @@ def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
 # ---------------------------------------------------------------- topics and QoS of the learning loop
 #: The RunTrial action server of lqr_controller (one per robot namespace).
 RUN_TRIAL_ACTION = "gps/run_trial"
+#: The goals gps_trainer sends (service introspection of the action's send_goal service:
+#: RunTrial_SendGoal_Event, with the goal when the event is REQUEST_SENT).
+TRIAL_GOAL_EVENTS_TOPIC = RUN_TRIAL_ACTION + "/_action/send_goal/_service_event"
 TRIAL_RECORDS_TOPIC = "gps/trial_records"
 ROLLOUTS_TOPIC = "gps/rollouts"
 DYNAMICS_TOPIC = "gps/dynamics"

@@ -13,15 +13,17 @@ import numpy as np
 import pytest
 from rclpy.context import Context
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
 import rclpy
-from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment,
-                          small_mdgps_experiment, spinning, wait_until)
+from loop_helpers import (REPO, Recorder, TrialGoalSender, create_probe, parameters,
+                          small_experiment, small_mdgps_experiment, spinning, wait_until)
 from mbpl_ros.core.dynamics import fit_dynamics
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
+from mbpl_ros_interfaces.action import RunTrial
+from rclpy.action import ActionServer
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
@@ -81,9 +83,9 @@ def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_con
     collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(assembly_timeout_s=0.3))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
     states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
-    records = probe.create_publisher(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
+    records = probe.create_publisher(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
     with spinning(ros_context, [collector, probe]):
         wait_until(lambda: states.get_subscription_count() and records.get_subscription_count()
                    and probe.count_publishers(wire.ROLLOUTS_TOPIC), what="discovery")
@@ -108,19 +110,23 @@ def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_con
 # ---------------------------------------------------------------- the trial protocol (trainer side)
 class FakeRobot:
     """Plays lqr_controller + sample_collector + dynamics_fitter for gps_trainer: answers each
-    trial request by `behaviours` (in order; then "ok"), with rollouts of the offline arm."""
+    RunTrial goal by `behaviours` (in order; then "ok"), with rollouts of the offline arm."""
 
     def __init__(self, context, config, behaviours):
         self.node = create_probe(context, "fake_robot")
         self.config, self.behaviours = config, list(behaviours)
         self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
         self.controllers, self.requests, self.batch = {}, [], {}
-        self.rollouts = self.node.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
-        self.dynamics = self.node.create_publisher(Float64MultiArray, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
-        self.node.create_subscription(Float64MultiArray, wire.CONTROLLERS_TOPIC, self._on_controller,
+        self.rollouts = self.node.create_publisher(interfaces.Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self.dynamics = self.node.create_publisher(interfaces.LinearGaussianDynamics, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
+        self.node.create_subscription(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, self._on_controller,
                                       wire.CONTROLLERS_QOS)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
-                                      wire.EVENTS_QOS)
+        ActionServer(self.node, RunTrial, wire.RUN_TRIAL_ACTION, self._execute)
+
+    def _execute(self, goal_handle):
+        self._on_request(goal_handle.request)
+        goal_handle.succeed()
+        return RunTrial.Result()
 
     def _on_controller(self, msg):
         message = wire.decode_controller(msg)
@@ -339,9 +345,9 @@ def test_pd_reset_drives_the_arm_to_the_start_pose_before_the_trial(ros_context,
         experiment_config=str(experiment)))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
     spec = config.conditions[1]                     # start (1.5, 0.2); sim_robot starts at home (0, 1.5)
     with Arm(config.robot) as arm:
         initial = config.initial_controllers(arm)[1]
@@ -424,8 +430,8 @@ def test_controller_runs_the_exported_torchscript_policy(ros_context, tmp_path):
         experiment_config=str(experiment)))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    requests = TrialGoalSender(probe)
     spec = config.conditions[0]
     with spinning(ros_context, [sim, controller, collector, probe]):
         wait_until(lambda: requests.get_subscription_count() and probe.count_publishers(wire.ROLLOUTS_TOPIC)
