@@ -142,6 +142,7 @@ class TrialGoals:
         self.answered: set = set()
         self.rejections = 0
         self._handles: Dict[int, object] = {}   # trial id -> goal handle, until its result
+        node._trial_clients.append(self)
 
     def ready(self) -> bool:
         """Whether the action server is discovered."""
@@ -171,6 +172,10 @@ class TrialGoals:
         with self.node._arrived:
             self.rejected.discard(trial_id)
             self.answered.discard(trial_id)
+
+    def destroy(self) -> None:
+        """Destroy the client (before the node: its introspection uses the node's clock)."""
+        self.client.destroy()
 
     def cancel(self, trial_id: int) -> None:
         """Cancel the goal of `trial_id` if it is still running."""
@@ -206,6 +211,7 @@ class GpsTrainerNode(Node):
         self._dynamics: Dict[tuple, wire.DynamicsMessage] = {}
         self._next_trial_id = secrets.randbits(30) << 20          # distinct from another run's ids
         group = MutuallyExclusiveCallbackGroup()
+        self._trial_clients: List[TrialGoals] = []
         self._goals = TrialGoals(self, wire.RUN_TRIAL_ACTION, group)
         self._progress_pub = self.create_publisher(TrainingProgress, wire.PROGRESS_TOPIC,
                                                    wire.LATCHED_STATE_QOS)
@@ -648,6 +654,8 @@ class GpsTrainerNode(Node):
         if worker is not None:
             self.stop()
             worker.join(timeout=10.0)
+        for client in getattr(self, "_trial_clients", []):
+            client.destroy()
         super().destroy_node()
 
 

@@ -115,7 +115,7 @@ class TrialGoalSender:
         from mbpl_ros.nodes import wire
 
         self.client = ActionClient(node, RunTrial, name or wire.RUN_TRIAL_ACTION)
-        self.handles, self.rejected, self.results = {}, [], {}
+        self.handles, self.rejected, self.results, self.feedback = {}, [], {}, []
         self._lock = threading.Condition()
 
     def get_subscription_count(self) -> int:
@@ -123,8 +123,13 @@ class TrialGoalSender:
 
     def publish(self, goal) -> None:
         trial_id = goal.trial_id
-        self.client.send_goal_async(goal).add_done_callback(
+        self.client.send_goal_async(goal, feedback_callback=self._on_feedback).add_done_callback(
             lambda done: self._on_answer(trial_id, done.result()))
+
+    def _on_feedback(self, message) -> None:
+        with self._lock:
+            self.feedback.append((message.feedback.phase, message.feedback.step))
+            self._lock.notify_all()
 
     def _on_answer(self, trial_id, handle) -> None:
         with self._lock:
