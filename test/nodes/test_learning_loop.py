@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -502,3 +503,48 @@ def test_the_trainer_publishes_its_progress_and_markers(ros_context, tmp_path):
     assert {(marker.ns, marker.id) for marker in final} == {("targets", 0), ("targets", 1),
                                                             ("paths", 0), ("paths", 1)}
     assert all(len(marker.points) == 10 for marker in final if marker.ns == "paths")
+
+
+@pytest.mark.timeout(180)
+def test_on_a_running_graph_only_the_effort_commands_carry_float64_multiarray(ros_context, tmp_path):
+    """While `mbpl sim`'s graph runs, a probe lists the graph's topics and their types: every
+    /gps topic is typed, Float64MultiArray is the ros2_control effort command alone, and
+    lqr_controller serves the RunTrial action."""
+    from rclpy.action import get_action_server_names_and_types_by_node
+
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=10, N=2)
+    probe = create_probe(ros_context, "type_probe")
+    seen, servers, done = {}, set(), threading.Event()
+
+    def look():
+        while not done.is_set():
+            for name, types in probe.get_topic_names_and_types():
+                seen.setdefault(name, set()).update(types)
+            try:
+                servers.update((name, tuple(types)) for name, types in
+                               get_action_server_names_and_types_by_node(probe, "lqr_controller", "/"))
+            except Exception:   # lqr_controller not (or no longer) in the graph
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    try:
+        rows = graph_run(experiment, tmp_path / "graph", iterations=1)
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+        probe.destroy_node()
+    assert [row["iteration"] for row in rows] == [0, 1]
+    multiarray = sorted(name for name, types in seen.items() if "std_msgs/msg/Float64MultiArray" in types)
+    assert multiarray == ["/effort_controller/commands"], multiarray
+    expected = {"/gps/controllers": "mbpl_ros_interfaces/msg/LinearGaussianController",
+                "/gps/trial_records": "mbpl_ros_interfaces/msg/TrialRecord",
+                "/gps/rollouts": "mbpl_ros_interfaces/msg/Rollout",
+                "/gps/dynamics": "mbpl_ros_interfaces/msg/LinearGaussianDynamics",
+                "/gps/progress": "mbpl_ros_interfaces/msg/TrainingProgress"}
+    for name, type_name in expected.items():
+        assert seen.get(name) == {type_name}, (name, seen.get(name))
+    gps = sorted(name for name in seen if name.startswith("/gps/") and "/_action/" not in name)
+    assert all(not any(t.startswith("std_msgs/msg/Float64") for t in seen[name]) for name in gps), gps
+    assert ("/gps/run_trial", ("mbpl_ros_interfaces/action/RunTrial",)) in servers, servers
