@@ -1,4 +1,5 @@
-"""Every rollout on disk as it completes: an MCAP file in the ros2 profile (rosbag2's format).
+"""
+Every rollout on disk as it completes: an MCAP file in the ros2 profile (rosbag2's format).
 
 One file per training run (`rollouts.mcap` in the run's output directory). Topics:
 
@@ -108,10 +109,13 @@ class RecordingError(RuntimeError):
 
 @dataclass
 class RecordedRollout:
-    """One rollout as recorded. Arrays are (T, J) for J joints, in joint_names' order:
-    positions q_t, velocities qd_t (the state at step t), efforts (applied over step t),
-    commands (commanded at step t). start_ns/dt_ns: the stamps, start_ns + t·dt_ns
-    (start_ns None until a recorder assigns it)."""
+    """
+    One rollout as recorded.
+
+    Arrays are (T, J) for J joints, in joint_names' order: positions q_t, velocities qd_t (the
+    state at step t), efforts (applied over step t), commands (commanded at step t).
+    start_ns/dt_ns: the stamps, start_ns + t·dt_ns (start_ns None until a recorder assigns it).
+    """
 
     iteration: int
     condition: int
@@ -158,9 +162,11 @@ class RecordedRollout:
 
 @dataclass
 class Recording:
-    """What read_recording found: the run's description, the complete rollouts in file
+    """
+    What read_recording found: the run's description, the complete rollouts in file
     order, and `problem` (None for a cleanly closed file; otherwise why reading stopped,
-    e.g. the file was cut short by a crash)."""
+    e.g. the file was cut short by a crash).
+    """
 
     run_info: dict
     rollouts: list
@@ -176,7 +182,8 @@ def _stamp(ns: int) -> dict:
 
 
 class RolloutRecorder:
-    """Writes rollouts to an MCAP file, each one durable once write_rollout returns.
+    """
+    Writes rollouts to an MCAP file, each one durable once write_rollout returns.
 
     Use create() for a new run and resume() to continue the recording of a run resumed
     from a checkpoint. run_info is a JSON-ready dict describing the run (at least
@@ -225,7 +232,8 @@ class RolloutRecorder:
     def resume(cls, path: os.PathLike | str, run_info: dict, through_iteration: int, *,
                samples: Optional[tuple[int, int]] = None,
                allow_incomplete: bool = False) -> tuple["RolloutRecorder", int]:
-        """Continue the recording at `path` after a resume from the checkpoint of
+        """
+        Continue the recording at `path` after a resume from the checkpoint of
         `through_iteration`: keep its complete rollouts of iterations <= through_iteration
         (dropping those of the interrupted iteration, which will be drawn again), written
         to a new file that atomically replaces the old one. Returns the recorder and the
@@ -235,7 +243,8 @@ class RolloutRecorder:
         (condition m < M, index n < N). A recording that lacks some (deleted, or cut short)
         is a RecordingError naming the file and what is missing, before anything changes;
         with allow_incomplete the run goes on and the new file's run description says it is
-        incomplete (`incomplete`: the missing rollouts, as (iteration, condition, index))."""
+        incomplete (`incomplete`: the missing rollouts, as (iteration, condition, index)).
+        """
         path = Path(path)
         kept: list[RecordedRollout] = []
         recording = None
@@ -272,8 +281,12 @@ class RolloutRecorder:
         return recorder, len(kept)
 
     def write_rollout(self, rollout: RecordedRollout) -> RecordedRollout:
-        """Write one rollout and make it durable. Stamps are assigned from the recorder's
-        clock unless the rollout has them (a copied rollout). Returns the rollout."""
+        """
+        Write one rollout and make it durable.
+
+        Stamps are assigned from the recorder's clock unless the rollout has them (a copied
+        rollout). Returns the rollout.
+        """
         if self._file.closed:
             raise RecordingError(f"{self.path}: the recording is closed")
         if tuple(rollout.joint_names) != tuple(self.run_info["joint_names"]):
@@ -331,8 +344,10 @@ class RolloutRecorder:
 
 def missing_rollouts(rollouts: Sequence[RecordedRollout], through_iteration: int,
                      samples: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """The (iteration, condition, index) of the sample rollouts of iterations
-    1..through_iteration, M conditions by N rollouts (samples = (M, N)), not in `rollouts`."""
+    """
+    The (iteration, condition, index) of the sample rollouts of iterations
+    1..through_iteration, M conditions by N rollouts (samples = (M, N)), not in `rollouts`.
+    """
     M, N = samples
     present = {(r.iteration, r.condition, r.index) for r in rollouts if r.purpose == "sample"}
     return [(i, m, n) for i in range(1, through_iteration + 1) for m in range(M) for n in range(N)
@@ -352,12 +367,14 @@ def _as_array(values: Any) -> np.ndarray:
 
 
 def read_recording(path: os.PathLike | str) -> Recording:
-    """The run description and complete rollouts of a recording, in file order.
+    """
+    The run description and complete rollouts of a recording, in file order.
 
     Reads records sequentially (no index needed), so a file cut short by a crash yields
     every rollout completed before the cut and `problem` says where it stopped.
     RecordingError for a file that cannot be opened, is not MCAP, or is not an mbpl_ros
-    recording."""
+    recording.
+    """
     path = Path(path)
     try:
         stream = open(path, "rb")

@@ -1,4 +1,5 @@
-"""dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
+"""
+dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
 GMM prior (core) online, as the rollouts arrive.
 
 Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): sample rollouts (status OK, purpose sample)
@@ -97,8 +98,10 @@ class DynamicsFitterNode(Node):
                                  callback_group=group)
 
     def _read_state(self) -> Dict[Tuple[int, int], _Batch]:
-        """The batches of state_file (none if unset or absent); NodeParameterError naming the
-        file and the problem if it cannot be used."""
+        """
+        The batches of state_file (none if unset or absent); NodeParameterError naming the
+        file and the problem if it cannot be used.
+        """
         if self.state_file is None or not self.state_file.exists():
             return {}
         try:
@@ -154,8 +157,10 @@ class DynamicsFitterNode(Node):
             self._publish(m, batch, *fit)
 
     def _touch(self, m: int, version: int) -> _Batch:
-        """The batch of (m, version), created if new, made the most recently used; the least
-        recently used batches of condition m beyond KEPT_VERSIONS are dropped."""
+        """
+        The batch of (m, version), created if new, made the most recently used; the least
+        recently used batches of condition m beyond KEPT_VERSIONS are dropped.
+        """
         batch = self.batches.pop((m, version), None)
         if batch is None:
             batch = _Batch(version)
@@ -166,8 +171,10 @@ class DynamicsFitterNode(Node):
         return batch
 
     def _prior_before(self, m: int, batch: _Batch) -> Optional[GMMPrior]:
-        """The prior batch (m, version) starts from: the one after the complete batch of
-        version - 1, or a fresh one (None when the experiment disables the prior). Not a copy."""
+        """
+        The prior batch (m, version) starts from: the one after the complete batch of
+        version - 1, or a fresh one (None when the experiment disables the prior). Not a copy.
+        """
         below = self.batches.get((m, batch.version - 1))
         if below is not None and below.fitted:
             return below.prior_after
@@ -180,9 +187,11 @@ class DynamicsFitterNode(Node):
         return new_dynamics_prior(self.settings.prior)
 
     def _fit_complete(self, m: int, batch: _Batch):
-        """The batch's fit under (a copy of) the prior it starts from, kept with the prior
+        """
+        The batch's fit under (a copy of) the prior it starts from, kept with the prior
         after it: (trial ids, dynamics); None for a fit with non-finite or absurd numbers
-        (core.sanity), which is never published, nor its prior kept."""
+        (core.sanity), which is never published, nor its prior kept.
+        """
         # A copy: the prior before this batch stays as it was for a refit (a replaced rollout).
         prior = copy.deepcopy(self._prior_before(m, batch))
         ordered = self._ordered(batch)[:self.config.rollouts_per_condition]

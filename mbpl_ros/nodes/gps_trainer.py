@@ -1,4 +1,5 @@
-"""gps_trainer: runs LQR-FLM or MDGPS on the robot, iteration by iteration.
+"""
+gps_trainer: runs LQR-FLM or MDGPS on the robot, iteration by iteration.
 
 Publishes    gps/controllers (mbpl_ros_interfaces/LinearGaussianController, transient local):
              every condition's current controller, with a version (= the number of updates
@@ -331,8 +332,10 @@ class GpsTrainerNode(Node):
         return list(self._loop.metrics) if self._loop is not None else []
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Runtime changes, all or none: each checked (an unsafe value is rejected with the
-        reason); the run reads them between trials (and kl_step before each update)."""
+        """
+        Runtime changes, all or none: each checked (an unsafe value is rejected with the
+        reason); the run reads them between trials (and kl_step before each update).
+        """
         for parameter in parameters:
             check = RUNTIME_CHECKS.get(parameter.name)
             if check is None:
@@ -467,9 +470,12 @@ class GpsTrainerNode(Node):
             self.get_clock().now().nanoseconds))
 
     def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
-        """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:
-        None, after training.claim_output allowed the directory. TrainingStopped naming the
-        file and the problem otherwise; checked before anything is written."""
+        """
+        With resume: output_dir's newest checkpoint, checked (None: there is none).
+
+        Without: None, after training.claim_output allowed the directory. TrainingStopped naming
+        the file and the problem otherwise; checked before anything is written.
+        """
         try:
             claim_output(self.output, resume=self.resume, overwrite=self.overwrite,
                          resume_hint="set parameter resume: true",
@@ -525,8 +531,10 @@ class GpsTrainerNode(Node):
             self._controller_pub.publish(wire.encode_controller(wire.ControllerMessage(m, version, controller)))
 
     def _use_policy(self, path: Path, version: int) -> None:
-        """Make lqr_controller's policy executor run the policy at `path` (of `version`):
-        its policy_path set over its set_parameters service (it reloads a changed file)."""
+        """
+        Make lqr_controller's policy executor run the policy at `path` (of `version`):
+        its policy_path set over its set_parameters service (it reloads a changed file).
+        """
         if self._policy_set == (str(path), version):
             return
         parameter = Parameter("policy_path", Parameter.Type.STRING, str(path)).to_parameter_msg()
@@ -560,9 +568,11 @@ class GpsTrainerNode(Node):
 
     def _trial(self, trial: Trial, noise: np.ndarray,
                policy: Optional[tuple]) -> wire.RolloutMessage:
-        """Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
+        """
+        Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
         max_attempts failures. Trials the e-stop aborted are requested again after its
-        reset and not counted. policy: (path, version) for a policy trial."""
+        reset and not counted. policy: (path, version) for a policy trial.
+        """
         m, iteration, index, purpose = trial.condition, trial.iteration, trial.index, trial.purpose
         spec = self.config.conditions[m]
         failures = []
@@ -619,8 +629,10 @@ class GpsTrainerNode(Node):
                 raise TrainingStopped("stopped")
 
     def _await_dynamics(self, version: int, batch: Dict[int, List[wire.RolloutMessage]]) -> list:
-        """dynamics_fitter's complete fit of every condition's batch (its rollouts, by trial
-        id, as sampled). An overdue fit has its batch published again (REPUBLISH_AFTER_S)."""
+        """
+        dynamics_fitter's complete fit of every condition's batch (its rollouts, by trial
+        id, as sampled). An overdue fit has its batch published again (REPUBLISH_AFTER_S).
+        """
         ids = {m: [rollout.trial_id for rollout in rollouts] for m, rollouts in batch.items()}
 
         def matches(m):
@@ -660,10 +672,12 @@ class GpsTrainerNode(Node):
 
 
 class RosTrials:
-    """The training loop's RolloutSource on the robot, through the node graph: each trial a
+    """
+    The training loop's RolloutSource on the robot, through the node graph: each trial a
     request to lqr_controller (retried, paused by the e-stop: GpsTrainerNode._trial), its
     rollout from sample_collector; each batch's dynamics from dynamics_fitter. Trials run
-    one at a time (one robot)."""
+    one at a time (one robot).
+    """
 
     def __init__(self, node: GpsTrainerNode) -> None:
         self.node = node
@@ -672,15 +686,18 @@ class RosTrials:
         self.samples: Dict[int, wire.RolloutMessage] = {}   # the batch being sampled, by trial id
 
     def start(self, state: Optional[dict]) -> None:
-        """Trial ids go on from a resumed run's, past any it used after its checkpoint; then
-        wait for the rest of the graph."""
+        """
+        Trial ids go on from a resumed run's, past any it used after its checkpoint; then
+        wait for the rest of the graph.
+        """
         if state is not None:
             self.node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
         self.node._wait_for_graph()
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
-        """Controllers on gps/controllers; the policy goes to lqr_controller before its next
-        trial."""
+        """
+        Controllers on gps/controllers; the policy goes to lqr_controller before its next trial.
+        """
         self.node._publish_controllers(controllers, version)
         if policy_path is not None:
             self.policy_path, self.policy_version = Path(policy_path), version
@@ -705,8 +722,9 @@ class RosTrials:
         return results
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> list:
-        """dynamics_fitter's complete fits of exactly these rollouts (by trial id), per
-        condition."""
+        """
+        dynamics_fitter's complete fits of exactly these rollouts (by trial id), per condition.
+        """
         M = len(self.node.config.conditions)
         batch: Dict[int, List[wire.RolloutMessage]] = {m: [] for m in range(M)}
         for result in results:
@@ -719,8 +737,10 @@ class RosTrials:
 
 
 class RobotLink:
-    """The trainer's end of one robot in namespace `name`: its trial goals and controllers
-    out, its rollouts and e-stop latch in, its lqr_controller's set_parameters (MDGPS)."""
+    """
+    The trainer's end of one robot in namespace `name`: its trial goals and controllers
+    out, its rollouts and e-stop latch in, its lqr_controller's set_parameters (MDGPS).
+    """
 
     def __init__(self, node: GpsTrainerNode, name: str, on_rollout) -> None:
         self.node, self.name = node, name
@@ -745,8 +765,10 @@ class RobotLink:
             self.node._arrived.notify_all()
 
     def present(self) -> bool:
-        """Its lqr_controller and sample_collector are in the graph (and, for MDGPS, the
-        policy service)."""
+        """
+        Its lqr_controller and sample_collector are in the graph (and, for MDGPS, the
+        policy service).
+        """
         return (self.goals.ready()
                 and self.rollout_sub.get_publisher_count() > 0
                 and (self.node.config.algorithm != "mdgps"
@@ -771,7 +793,8 @@ class RobotLink:
 
 
 class SpreadTrials(RosTrials):
-    """The RolloutSource over several robots (parameter `robots`), each a namespace with its
+    """
+    The RolloutSource over several robots (parameter `robots`), each a namespace with its
     own lqr_controller, sample_collector and robot: the trials of each call are handed to
     free robots in parallel (mbpl_ros.dispatch.Dispatcher: assignment, retries, e-stop,
     robots leaving and rejoining), and the results come back in the trials' order, each
@@ -781,7 +804,8 @@ class SpreadTrials(RosTrials):
     over the robots, and its fit — and the GMM prior, which accumulates every batch — must be
     the offline one, so the fitter must see the whole batch. The trainer forwards each
     accepted sample rollout to its own gps/rollouts, where the fitter reads it; a rollout
-    given up on (a late one from a stalled robot) is never forwarded."""
+    given up on (a late one from a stalled robot) is never forwarded.
+    """
 
     def __init__(self, node: GpsTrainerNode) -> None:
         super().__init__(node)
@@ -806,8 +830,10 @@ class SpreadTrials(RosTrials):
             node._arrived.notify_all()
 
     def start(self, state: Optional[dict]) -> None:
-        """Trial ids as RosTrials; then wait for the fitter and the robots (all of them, up to
-        discovery_timeout_s; then those present, with a warning; none: TrainingStopped)."""
+        """
+        Trial ids as RosTrials; then wait for the fitter and the robots (all of them, up to
+        discovery_timeout_s; then those present, with a warning; none: TrainingStopped).
+        """
         node = self.node
         if state is not None:
             node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
@@ -831,8 +857,10 @@ class SpreadTrials(RosTrials):
                     f"sample_collector), dynamics_fitter found: {fitter}")
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
-        """Controllers on every robot's gps/controllers (transient local: a robot that joins
-        later gets them too)."""
+        """
+        Controllers on every robot's gps/controllers (transient local: a robot that joins
+        later gets them too).
+        """
         for link in self.links:
             for m, controller in enumerate(controllers):
                 link.controller_pub.publish(wire.encode_controller(

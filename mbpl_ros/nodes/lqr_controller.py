@@ -1,4 +1,5 @@
-"""lqr_controller: runs trials of a condition's time-varying linear-Gaussian controller
+"""
+lqr_controller: runs trials of a condition's time-varying linear-Gaussian controller
 u_t = K_t x_t + k_t + chol_t ε_t (or of the exported TorchScript policy) on the robot.
 
 Subscribes   joint_states (sensor_msgs/JointState)
@@ -161,9 +162,11 @@ class _Trial:
 
 
 def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) -> Optional[str]:
-    """Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
+    """
+    Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
     (their median is the rate), or None. realtime_trigger joint_state steps on each state,
-    so the states must come at control_rate_hz; timer needs them at least that often."""
+    so the states must come at control_rate_hz; timer needs them at least that often.
+    """
     rate = 1.0 / max(float(np.median(intervals_s)), 1e-9)
     ratio = rate / control_rate_hz
     if trigger == "joint_state" and abs(ratio - 1.0) <= RATE_TOLERANCE:
@@ -185,8 +188,10 @@ def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) 
 
 
 class _PolicyExecutor:
-    """The exported policy as an executor: u = μ(x) + L ε, L Lᵀ = its action covariance (the
-    training loop's PolicySampler). `file` tells a changed file at the same path."""
+    """
+    The exported policy as an executor: u = μ(x) + L ε, L Lᵀ = its action covariance (the
+    training loop's PolicySampler). `file` tells a changed file at the same path.
+    """
 
     def __init__(self, policy, file: Tuple[int, int, int]):
         self.policy = policy
@@ -387,9 +392,11 @@ class LqrControllerNode(Node):
             {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS})
 
     def _validated_settings(self, values: dict, current: Optional[_Settings] = None) -> _Settings:
-        """The runtime parameters `values` (name -> value) as settings, or NodeParameterError
+        """
+        The runtime parameters `values` (name -> value) as settings, or NodeParameterError
         naming the parameter, what is wrong and what is allowed. The policy is loaded only
-        when its path or its file changed."""
+        when its path or its file changed.
+        """
         requested = np.asarray(values["effort_limits"], dtype=float)
         try:
             if requested.shape != (len(self.joints),):
@@ -450,9 +457,11 @@ class LqrControllerNode(Node):
         return self.settings.policy
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Runtime changes: validated together with the other runtime parameters (an unsafe
+        """
+        Runtime changes: validated together with the other runtime parameters (an unsafe
         or inconsistent set is rejected with the reason), then applied when no trial runs —
-        now, or when the running trial ends."""
+        now, or when the running trial ends.
+        """
         with self._lock:
             base = self._staged or self.settings
         values = {"effort_limits": list(base.effort_limits), "joint_limit_margin": base.safety.margin,
@@ -612,9 +621,11 @@ class LqrControllerNode(Node):
             self._start(request)
 
     def _measure_state_rate(self, stamp_ns: int) -> None:
-        """Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
+        """
+        Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
         joint-state intervals (the robot's clock: arrivals bunch), a rate the timing cannot
-        work with refuses every trial, naming the fix."""
+        work with refuses every trial, naming the fix.
+        """
         self._first_stamps.append(stamp_ns)
         if len(self._first_stamps) <= RATE_SAMPLES:
             return
@@ -672,8 +683,10 @@ class LqrControllerNode(Node):
                 self._advance(sample)
 
     def _on_implausible_state(self, fault: str) -> None:
-        """A joint state no arm can be in (core.sanity): never acted on; a trial in progress
-        gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a non-finite command."""
+        """
+        A joint state no arm can be in (core.sanity): never acted on; a trial in progress
+        gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a non-finite command.
+        """
         self.faults["rejected_state"] += 1
         self.faults["implausible_state"] += 1
         if self._trial is None:
@@ -743,8 +756,10 @@ class LqrControllerNode(Node):
         self.commands_published += 1
 
     def _command(self, u: np.ndarray, sample: _JointSample) -> Optional[np.ndarray]:
-        """Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
-        None if u (or the state) was not finite: then the fallback was sent and the trial aborted."""
+        """
+        Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
+        None if u (or the state) was not finite: then the fallback was sent and the trial aborted.
+        """
         self._trial.last_command_arrival = sample.arrival
         # The fallback is computed only on a fault ("hold" costs a gravity-torque evaluation).
         command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety, self._zero_effort)
@@ -758,8 +773,10 @@ class LqrControllerNode(Node):
         return command.effort
 
     def _watchdog_fired(self) -> bool:
-        """While commanding, a latest joint state older than watchdog_periods control periods:
-        send the fallback and abort the trial (under the lock)."""
+        """
+        While commanding, a latest joint state older than watchdog_periods control periods:
+        send the fallback and abort the trial (under the lock).
+        """
         trial = self._trial
         if trial is None or trial.watched_since is None:
             return False

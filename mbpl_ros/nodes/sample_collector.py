@@ -1,4 +1,5 @@
-"""sample_collector: turns /joint_states and the controller's trial records into rollouts
+"""
+sample_collector: turns /joint_states and the controller's trial records into rollouts
 X (T, dX), U (T, dU) of the core's state x = [q, qd, p_ee − target, v_ee].
 
 Subscribes   joint_states (sensor_msgs/JointState), kept in a buffer by stamp
@@ -154,8 +155,10 @@ class SampleCollectorNode(Node):
 
     # ------------------------------------------------------------------ assembly
     def check_timing(self, stamps_ns: np.ndarray) -> None:
-        """RolloutRejected (STALE or GAP) unless the steps' joint states are one control
-        period apart, within period_tolerance."""
+        """
+        RolloutRejected (STALE or GAP) unless the steps' joint states are one control
+        period apart, within period_tolerance.
+        """
         if stamps_ns.size < 2:
             return
         periods = np.diff(stamps_ns) * 1e-9

@@ -78,7 +78,8 @@ def array_labels(msg: Float64MultiArray) -> Tuple[str, ...]:
 def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]] = None,
                  expected_shape: Optional[Sequence[Optional[int]]] = None,
                  allow_unlabelled: bool = False) -> np.ndarray:
-    """The array in `msg`, checked against the labels and shape the caller expects.
+    """
+    The array in `msg`, checked against the labels and shape the caller expects.
 
     expected_labels: the exact axis labels, or None to accept any.
     expected_shape: one entry per axis, an int or None for "any length"; None to accept any.
@@ -183,7 +184,8 @@ def encode_joint_state(names: Sequence[str], position, velocity, effort, stamp: 
 
 def decode_joint_state(msg: JointState, joint_names: Sequence[str]
                        ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """q (J,), qd (J,) and effort (J,) (None if the message has none), ordered like joint_names.
+    """
+    Q (J,), qd (J,) and effort (J,) (None if the message has none), ordered like joint_names.
 
     The message may list more joints, in any order; each of joint_names must be present.
     """
@@ -645,9 +647,11 @@ def encode_progress(progress, algorithm: str, stamp: Stamp):
 
 
 def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
-    """visualization_msgs/MarkerArray for RViz or Foxglove: a sphere at each condition's
+    """
+    visualization_msgs/MarkerArray for RViz or Foxglove: a sphere at each condition's
     target (targets (M, 3), namespace "targets") and, for each condition with one, the
-    end-effector path of its latest trial (paths: condition -> (T, 3), namespace "paths")."""
+    end-effector path of its latest trial (paths: condition -> (T, 3), namespace "paths").
+    """
     from geometry_msgs.msg import Point
     from visualization_msgs.msg import Marker, MarkerArray
 
