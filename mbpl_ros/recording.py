@@ -3,10 +3,15 @@ Every rollout on disk as it completes: an MCAP file in the ros2 profile (rosbag2
 
 One file per training run (`rollouts.mcap` in the run's output directory). Topics:
 
-| topic | type | per rollout |
-| --- | --- | --- |
-| `/gps/rollouts` | mbpl_ros_interfaces/msg/Rollout | 1 message: condition, iteration, index, controller_version, purpose, status OK, target; joint_states (T sensor_msgs/JointState stamped start + t·dt: position q_t, velocity qd_t, effort = the effort applied over step t, after clamping); commands (T, J), the commanded effort u_t before clamping; actions (T, J) = the applied efforts; horizon T, action_dim J, state_dim 0 (no states) |
-| `/mbpl/rollout_info` | std_msgs/msg/String | 1 message after it, JSON: iteration, condition, index, controller_version, purpose, T, start_ns, dt_ns, initial_positions, target |
+* `/gps/rollouts` (mbpl_ros_interfaces/msg/Rollout), one message per rollout: condition,
+  iteration, index, controller_version, purpose, status OK, target; joint_states, T
+  sensor_msgs/JointState stamped start + t·dt (position q_t, velocity qd_t, effort = the
+  effort applied over step t, after clamping); commands (T, J), the commanded effort u_t
+  before clamping; actions (T, J), the applied efforts; horizon T, action_dim J, state_dim 0
+  (no states).
+* `/mbpl/rollout_info` (std_msgs/msg/String), one message after it, JSON: iteration,
+  condition, index, controller_version, purpose, T, start_ns, dt_ns, initial_positions,
+  target.
 
 Messages are CDR-encoded with `ros2msg` schemas that embed the full message definitions
 (the Rollout's and every type it uses), so `ros2 bag info/play` (rosbag2's mcap plugin),
@@ -64,13 +69,13 @@ RUN_METADATA_NAME = "mbpl_run"
 _TIME_MSG = "int32 sec\nuint32 nanosec\n"
 _HEADER_MSG = "builtin_interfaces/Time stamp\nstring frame_id\n"
 _SEPARATOR = "=" * 80 + "\n"
-_JOINT_STATE_MSG = ("std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\n"
-                    "float64[] effort\n")
+_JOINT_STATE_MSG = ("std_msgs/Header header\nstring[] name\nfloat64[] position\n"
+                    "float64[] velocity\nfloat64[] effort\n")
 _POINT_MSG = "float64 x\nfloat64 y\nfloat64 z\n"
 
 
 def _interface_file(name: str) -> str:
-    """Return the text of mbpl_ros_interfaces' msg/<name>.msg (installed, else the source tree)."""
+    """Return the text of mbpl_ros_interfaces' msg/<name>.msg (installed, or the sources)."""
     prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     places = [Path(prefix) / "share" for prefix in prefixes + [sys.prefix]]
     places.append(Path(__file__).resolve().parents[1])
@@ -78,9 +83,9 @@ def _interface_file(name: str) -> str:
         path = place / "mbpl_ros_interfaces" / "msg" / f"{name}.msg"
         if path.is_file():
             return path.read_text()
-    raise RecordingError(f"the definition of mbpl_ros_interfaces/msg/{name} was not found (looked in "
-                         f"{', '.join(str(p) for p in places)}): build the interface package "
-                         "(make setup)")
+    raise RecordingError(f"the definition of mbpl_ros_interfaces/msg/{name} was not found "
+                         f"(looked in {', '.join(str(p) for p in places)}): build the interface "
+                         "package (make setup)")
 
 
 def _rollout_schema() -> str:
@@ -211,7 +216,8 @@ class RolloutRecorder:
             self._channels = {topic: self._writer.register_channel(topic, MessageEncoding.CDR,
                                                                    self._schemas[kind])
                               for topic, kind in _TOPIC_TYPES.items()}
-            self._encoders = {name: serialize_dynamic(name, text)[name] for name, text in texts.items()}
+            self._encoders = {name: serialize_dynamic(name, text)[name]
+                              for name, text in texts.items()}
             self._writer.add_metadata(RUN_METADATA_NAME, {"json": json.dumps(self.run_info, sort_keys=True)})
             self._sync()
             for rollout in _keep:
@@ -297,8 +303,10 @@ class RolloutRecorder:
         stamps = rollout.start_ns + rollout.dt_ns * np.arange(rollout.T)
         names = list(rollout.joint_names)
         states = [{"header": {"stamp": _stamp(stamp), "frame_id": ""}, "name": names,
-                   "position": rollout.positions[t].tolist(), "velocity": rollout.velocities[t].tolist(),
-                   "effort": rollout.efforts[t].tolist()} for t, stamp in enumerate(stamps.tolist())]
+                   "position": rollout.positions[t].tolist(),
+                   "velocity": rollout.velocities[t].tolist(),
+                   "effort": rollout.efforts[t].tolist()}
+                  for t, stamp in enumerate(stamps.tolist())]
         target = [float(v) for v in np.resize(rollout.target, 3)]
         message = {
             "trial_id": int(rollout.extra.get("trial_id", 0)), "condition": int(rollout.condition),
@@ -310,7 +318,8 @@ class RolloutRecorder:
             "action_dim": len(names), "states": [], "actions": rollout.efforts.ravel().tolist()}
         info_stamp = int(stamps[-1])
         self._writer.add_message(self._channels[ROLLOUTS_TOPIC], log_time=info_stamp,
-                                 publish_time=info_stamp, data=self._encoders[ROLLOUT_TYPE](message),
+                                 publish_time=info_stamp,
+                                 data=self._encoders[ROLLOUT_TYPE](message),
                                  sequence=self.count)
         self._writer.add_message(self._channels[ROLLOUT_INFO_TOPIC], log_time=info_stamp,
                                  publish_time=info_stamp,
@@ -439,7 +448,8 @@ def _assemble(path: Path, info: dict, pending: list) -> RecordedRollout:
     where = (f"{path}: rollout (iteration {info['iteration']}, condition {info['condition']}, "
              f"index {info['index']})")
     if len(pending) != 1:
-        raise RecordingError(f"{where} has {len(pending)} {ROLLOUTS_TOPIC} messages before its info, not 1")
+        raise RecordingError(f"{where} has {len(pending)} {ROLLOUTS_TOPIC} messages before its "
+                             "info, not 1")
     message = pending[0]
     states = list(message.joint_states)
     stamps = [s.header.stamp.sec * 1_000_000_000 + s.header.stamp.nanosec for s in states]

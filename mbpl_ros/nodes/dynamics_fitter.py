@@ -2,8 +2,10 @@
 dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
 GMM prior (core) online, as the rollouts arrive.
 
-Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): sample rollouts (status OK, purpose sample)
-Publishes    gps/dynamics (mbpl_ros_interfaces/LinearGaussianDynamics): condition, controller version, the trial ids
+Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): sample rollouts (status OK, purpose
+             sample)
+Publishes    gps/dynamics (mbpl_ros_interfaces/LinearGaussianDynamics): condition, controller
+             version, the trial ids
              fitted, complete flag (always true), F, f, covar, x0 mean and covariance
 
 Per condition and controller version, the sample rollouts of that version form a batch (kept
@@ -93,7 +95,8 @@ class DynamicsFitterNode(Node):
         self.fits_published = 0
         self._fresh_prior_warned = set()
         group = MutuallyExclusiveCallbackGroup()
-        self._dynamics_pub = self.create_publisher(LinearGaussianDynamics, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
+        self._dynamics_pub = self.create_publisher(LinearGaussianDynamics, wire.DYNAMICS_TOPIC,
+                                                   wire.EVENTS_QOS)
         self.create_subscription(Rollout, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS,
                                  callback_group=group)
 

@@ -219,12 +219,14 @@ class GpsTrainerNode(Node):
         self._markers_pub = self.create_publisher(MarkerArray, wire.MARKERS_TOPIC,
                                                   wire.LATCHED_STATE_QOS)
         self._paths: Dict[int, np.ndarray] = {}   # condition -> end-effector path of its last trial
-        self._controller_pub = self.create_publisher(LinearGaussianController, wire.CONTROLLERS_TOPIC,
+        self._controller_pub = self.create_publisher(LinearGaussianController,
+                                                     wire.CONTROLLERS_TOPIC,
                                                      wire.CONTROLLERS_QOS)
         # For a batch published again (REPUBLISH_AFTER_S).
         self._rollout_pub = self.create_publisher(Rollout, wire.ROLLOUTS_TOPIC,
                                                   wire.EVENTS_QOS)
-        self._rollout_sub = self.create_subscription(Rollout, wire.ROLLOUTS_TOPIC, self._on_rollout,
+        self._rollout_sub = self.create_subscription(Rollout, wire.ROLLOUTS_TOPIC,
+                                                     self._on_rollout,
                                                      wire.EVENTS_QOS, callback_group=group)
         self._dynamics_sub = self.create_subscription(LinearGaussianDynamics, wire.DYNAMICS_TOPIC,
                                                       self._on_dynamics,

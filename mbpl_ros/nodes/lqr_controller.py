@@ -251,11 +251,13 @@ class LqrControllerNode(Node):
         # above serialises everything that touches the trial.
         group = ReentrantCallbackGroup()
         self._command_pub = self.create_publisher(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, 10)
-        self._record_pub = self.create_publisher(TrialRecord, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
+        self._record_pub = self.create_publisher(TrialRecord, wire.TRIAL_RECORDS_TOPIC,
+                                                 wire.EVENTS_QOS)
         self._estop_state_pub = self.create_publisher(Bool, wire.ESTOP_LATCHED_TOPIC, wire.LATCHED_STATE_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 10,
                                  callback_group=group)
-        self.create_subscription(LinearGaussianController, wire.CONTROLLERS_TOPIC, self._on_controller,
+        self.create_subscription(LinearGaussianController, wire.CONTROLLERS_TOPIC,
+                                 self._on_controller,
                                  wire.CONTROLLERS_QOS, callback_group=group)
         self._trial_server = ActionServer(
             self, RunTrial, wire.RUN_TRIAL_ACTION, execute_callback=self._execute_goal,
@@ -519,7 +521,8 @@ class LqrControllerNode(Node):
     def _goal_problem(self, goal) -> Optional[str]:
         """Return why a RunTrial goal cannot be run (None: it can)."""
         try:
-            request = wire.decode_trial_request(goal, n_joints=len(self.robot_joints), dU=self.layout.dU)
+            request = wire.decode_trial_request(goal, n_joints=len(self.robot_joints),
+                                                dU=self.layout.dU)
         except wire.WireFormatError as error:
             return str(error)
         conditions = len(self.config.conditions)
@@ -531,8 +534,8 @@ class LqrControllerNode(Node):
             if request.executor == "policy" and settings.policy is None:
                 return "executor 'policy' but parameter 'policy_path' is empty"
             versions = [v for m, v in self.controllers if m == request.condition]
-            if request.executor == "controller" and versions and not self._has_controller(request) \
-                    and request.controller_version < max(versions):
+            stale = versions and request.controller_version < max(versions)
+            if request.executor == "controller" and stale and not self._has_controller(request):
                 return (f"controller version {request.controller_version} of condition "
                         f"{request.condition} is not held (held: {sorted(versions)})")
             if request.trial_id in self._goals:
@@ -598,8 +601,8 @@ class LqrControllerNode(Node):
         """Start (or queue for its controller) the trial of an accepted goal, under the lock."""
         with self._lock:
             if self._trial is not None:
-                self.get_logger().warning(f"trial {self._trial.request.trial_id} aborted by the goal of "
-                                          f"trial {request.trial_id}")
+                self.get_logger().warning(f"trial {self._trial.request.trial_id} aborted by the "
+                                          f"goal of trial {request.trial_id}")
                 self._abort_running(f"superseded by the goal of trial {request.trial_id}")
             if self._pending is not None:
                 pending, self._pending = self._pending, None
@@ -931,10 +934,11 @@ class LqrControllerNode(Node):
     def _abort_request(self, request: wire.TrialRequest, reason: str,
                        status: wire.TrialStatus = wire.TrialStatus.ABORTED) -> None:
         self.get_logger().error(f"trial {request.trial_id} refused ({status.name}): {reason}")
-        self._publish_record(request, status, np.zeros(0, dtype=np.int64), np.zeros((0, self.layout.dU)),
-                             reason)
+        self._publish_record(request, status, np.zeros(0, dtype=np.int64),
+                             np.zeros((0, self.layout.dU)), reason)
 
-    def _finish(self, status: wire.TrialStatus, fallback_sent: bool = False, reason: str = "") -> None:
+    def _finish(self, status: wire.TrialStatus, fallback_sent: bool = False,
+                reason: str = "") -> None:
         trial, self._trial = self._trial, None
         n = trial.t if status == wire.TrialStatus.OK else 0
         self._publish_record(trial.request, status, trial.stamps[:n], trial.commands[:n], reason)

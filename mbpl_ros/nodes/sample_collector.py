@@ -90,7 +90,8 @@ class SampleCollectorNode(Node):
         self._rollout_pub = self.create_publisher(Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 1000,
                                  callback_group=group)
-        self.create_subscription(TrialRecord, wire.TRIAL_RECORDS_TOPIC, self._on_record, wire.EVENTS_QOS,
+        self.create_subscription(TrialRecord, wire.TRIAL_RECORDS_TOPIC, self._on_record,
+                                 wire.EVENTS_QOS,
                                  callback_group=group)
         self.create_timer(0.05, self._check_waiting, callback_group=group,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -128,7 +129,8 @@ class SampleCollectorNode(Node):
             return
         if record.status != wire.TrialStatus.OK:
             why = f": {record.reason}" if record.reason else ""
-            self._publish(record, record.status, f"the controller reported {record.status.name}{why}")
+            self._publish(record, record.status,
+                          f"the controller reported {record.status.name}{why}")
             return
         self._waiting[record.trial_id] = (record, time.monotonic())
         self._check_waiting()

@@ -43,14 +43,17 @@ def test_a_cancelled_trial_sends_the_fallback_and_nothing_unsafe(ros_context, ex
             robot.state(q0)
         wait_until(lambda: controller._latest.stamp_ns == robot.stamp_ns, what="the last state")
     sent = np.array(robot.commands.commands[count:])
-    np.testing.assert_allclose(sent, [[0.3, 0.2]] * 3 + [[0.0, 0.0]])   # three steps, then the fallback
+    # three steps, then the fallback
+    np.testing.assert_allclose(sent, [[0.3, 0.2]] * 3 + [[0.0, 0.0]])
     assert len(robot.commands.commands) == after                         # and nothing after it
     assert robot.commands.violations == []
     assert len(cancel.result().goals_canceling) == 1
     result = goals.results[11]
-    assert result.status.value == wire.TrialStatus.CANCELLED and "cancelled by the client" in result.reason
+    assert result.status.value == wire.TrialStatus.CANCELLED
+    assert "cancelled by the client" in result.reason
     record = robot.records.items[0]
-    assert (record.trial_id, record.status, record.commands.shape) == (11, wire.TrialStatus.CANCELLED, (0, 2))
+    assert (record.trial_id, record.status, record.commands.shape) == \
+        (11, wire.TrialStatus.CANCELLED, (0, 2))
     assert controller._trial is None and controller.rejected_goals == 0
 
 
@@ -62,8 +65,9 @@ def test_goals_that_cannot_run_are_rejected_counted_and_never_executed(ros_conte
 
     def goal(trial_id, **changes):
         values = dict(trial_id=trial_id, condition=0, iteration=1, index=0, controller_version=5,
-                      executor="controller", purpose="evaluation", initial_positions=np.array([0.5, 1.5]),
-                      target=np.array([0.1, 0.1, 0.0]), noise=np.zeros((T, 2)))
+                      executor="controller", purpose="evaluation",
+                      initial_positions=np.array([0.5, 1.5]), target=np.array([0.1, 0.1, 0.0]),
+                      noise=np.zeros((T, 2)))
         values.update(changes)
         return wire.encode_trial_request(wire.TrialRequest(**values))
 
@@ -81,5 +85,5 @@ def test_goals_that_cannot_run_are_rejected_counted_and_never_executed(ros_conte
         assert goals.wait_for(lambda: len(goals.rejected) == 5), goals.rejected
     assert sorted(goals.rejected) == [1, 2, 3, 4, 5] and goals.handles == {}
     assert controller.rejected_goals == 5
-    assert len(robot.commands.commands) == count and robot.records.items == []   # never executed
+    assert len(robot.commands.commands) == count and robot.records.items == []   # not executed
     assert robot.commands.violations == []
