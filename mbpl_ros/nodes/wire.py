@@ -59,7 +59,8 @@ def encode_array(array, labels: Sequence[str]) -> Float64MultiArray:
     if len(labels) != values.ndim:
         raise WireFormatError(f"need one label per axis: array has shape {values.shape} "
                               f"but labels are {labels}")
-    if not all(isinstance(label, str) and label for label in labels) or len(set(labels)) != len(labels):
+    distinct = len(set(labels)) == len(labels)
+    if not all(isinstance(label, str) and label for label in labels) or not distinct:
         raise WireFormatError(f"labels must be distinct non-empty strings; got {labels}")
     strides = np.cumprod(values.shape[::-1])[::-1]  # prod(shape[i:])
     msg = Float64MultiArray()
@@ -71,7 +72,7 @@ def encode_array(array, labels: Sequence[str]) -> Float64MultiArray:
 
 
 def array_labels(msg: Float64MultiArray) -> Tuple[str, ...]:
-    """The axis labels of an encoded array (empty for an unlabelled flat vector)."""
+    """Return the axis labels of an encoded array (empty for an unlabelled flat vector)."""
     return tuple(dim.label for dim in msg.layout.dim)
 
 
@@ -79,7 +80,7 @@ def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]
                  expected_shape: Optional[Sequence[Optional[int]]] = None,
                  allow_unlabelled: bool = False) -> np.ndarray:
     """
-    The array in `msg`, checked against the labels and shape the caller expects.
+    Return the array in `msg`, checked against the labels and shape the caller expects.
 
     expected_labels: the exact axis labels, or None to accept any.
     expected_shape: one entry per axis, an int or None for "any length"; None to accept any.
@@ -91,8 +92,8 @@ def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]
     dims = list(msg.layout.dim)
     if not dims:
         if not allow_unlabelled:
-            raise WireFormatError(f"the array has no layout.dim; expected labelled axes "
-                                  f"{tuple(expected_labels) if expected_labels is not None else '(any)'}")
+            wanted = tuple(expected_labels) if expected_labels is not None else "(any)"
+            raise WireFormatError(f"the array has no layout.dim; expected labelled axes {wanted}")
         if expected_labels is not None and len(tuple(expected_labels)) != 1:
             raise WireFormatError(f"an unlabelled flat array has one axis; expected axes "
                                   f"{tuple(expected_labels)}")
@@ -102,14 +103,16 @@ def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]
     else:
         labels = tuple(dim.label for dim in dims)
         if expected_labels is not None and labels != tuple(expected_labels):
-            raise WireFormatError(f"array axes are labelled {labels}; expected {tuple(expected_labels)}")
+            raise WireFormatError(f"array axes are labelled {labels}; expected "
+                                  f"{tuple(expected_labels)}")
         shape = tuple(int(dim.size) for dim in dims)
         contiguous_strides = tuple(int(s) for s in np.cumprod(shape[::-1])[::-1])
         strides = tuple(int(dim.stride) for dim in dims)
         if strides != contiguous_strides or msg.layout.data_offset != 0:
-            raise WireFormatError(f"only contiguous row-major layouts are supported: sizes {shape} need "
-                                  f"strides {contiguous_strides} and data_offset 0; got strides "
-                                  f"{strides} and data_offset {msg.layout.data_offset}")
+            raise WireFormatError(f"only contiguous row-major layouts are supported: sizes "
+                                  f"{shape} need strides {contiguous_strides} and data_offset 0; "
+                                  f"got strides {strides} and data_offset "
+                                  f"{msg.layout.data_offset}")
         if data.size != int(np.prod(shape)):
             raise WireFormatError(f"layout {dict(zip(labels, shape))} needs {int(np.prod(shape))} "
                                   f"values; data has {data.size}")
@@ -130,15 +133,17 @@ def encode_effort_command(effort) -> Float64MultiArray:
     """Effort command (J,) in N·m, ordered like the receiver's `joints` parameter."""
     effort = np.asarray(effort, dtype=np.float64)
     if effort.ndim != 1:
-        raise WireFormatError(f"an effort command is one value per joint, shape (J,); got {effort.shape}")
+        raise WireFormatError(f"an effort command is one value per joint, shape (J,); got "
+                              f"{effort.shape}")
     return encode_array(effort, labels=(JOINTS_LABEL,))
 
 
 def decode_effort_command(msg: Float64MultiArray, n_joints: int) -> np.ndarray:
-    """The (J,) efforts of a command; wrong length, wrong label or non-finite -> WireFormatError."""
+    """Return the (J,) efforts of a command (WireFormatError: bad length or label, non-finite)."""
     effort = decode_array(msg, expected_labels=(JOINTS_LABEL,), allow_unlabelled=True)
     if effort.shape != (n_joints,):
-        raise WireFormatError(f"effort command has {effort.size} values; expected one per joint ({n_joints})")
+        raise WireFormatError(f"effort command has {effort.size} values; expected one per joint "
+                              f"({n_joints})")
     if not np.all(np.isfinite(effort)):
         raise WireFormatError(f"effort command must be finite; got {effort.tolist()}")
     return effort
@@ -167,7 +172,8 @@ def encode_clock(nanoseconds: int) -> Clock:
 
 
 # ---------------------------------------------------------------- joint states
-def encode_joint_state(names: Sequence[str], position, velocity, effort, stamp: Stamp) -> JointState:
+def encode_joint_state(names: Sequence[str], position, velocity, effort,
+                       stamp: Stamp) -> JointState:
     """sensor_msgs/JointState from (J,) arrays in the order of `names`."""
     names = [str(name) for name in names]
     arrays = [np.asarray(values, dtype=np.float64) for values in (position, velocity, effort)]
@@ -197,8 +203,8 @@ def decode_joint_state(msg: JointState, joint_names: Sequence[str]
     position, velocity, effort = (np.array(values, dtype=np.float64)
                                   for values in (msg.position, msg.velocity, msg.effort))
     if position.size != len(names) or velocity.size != len(names):
-        raise WireFormatError(f"joint state needs a position and a velocity per joint ({len(names)}); "
-                              f"got {position.size} and {velocity.size}")
+        raise WireFormatError(f"joint state needs a position and a velocity per joint "
+                              f"({len(names)}); got {position.size} and {velocity.size}")
     if effort.size not in (0, len(names)):
         raise WireFormatError(f"joint state effort must be empty or one per joint ({len(names)}); "
                               f"got {effort.size}")
@@ -234,7 +240,8 @@ def decode_pose(msg: PoseStamped) -> Tuple[np.ndarray, np.ndarray]:
 
 def encode_twist(linear, angular, stamp: Stamp, frame_id: str = "world") -> TwistStamped:
     """geometry_msgs/TwistStamped from linear (3,) and angular (3,) velocities."""
-    linear, angular = _vector(linear, 3, "linear velocity"), _vector(angular, 3, "angular velocity")
+    linear = _vector(linear, 3, "linear velocity")
+    angular = _vector(angular, 3, "angular velocity")
     msg = TwistStamped()
     msg.header.stamp = _stamp(stamp)
     msg.header.frame_id = frame_id
@@ -255,7 +262,7 @@ def decode_twist(msg: TwistStamped) -> Tuple[np.ndarray, np.ndarray]:
 # against its dimension fields (and the receiver's dX, dU) before anything acts on it.
 
 def _array(values, shape: Sequence[int], what: str, finite: bool = True) -> np.ndarray:
-    """A flat message array as a new float64 array of `shape`; WireFormatError otherwise."""
+    """Return a flat message array as a new float64 array of `shape` (or WireFormatError)."""
     array = np.array(values, dtype=np.float64)
     size = int(np.prod(shape, dtype=np.int64))
     if array.size != size:
@@ -628,6 +635,7 @@ def decode_dynamics(msg: interfaces.LinearGaussianDynamics, dX: Optional[int] = 
             x0_covar=_array(msg.initial_covariance, (dX_msg, dX_msg),
                             "dynamics: initial_covariance (dX, dX)")))
 
+
 # ---------------------------------------------------------------- progress and markers
 def encode_progress(progress, algorithm: str, stamp: Stamp):
     """mbpl_ros_interfaces/TrainingProgress of a mbpl_ros.progress.Progress (eta_s -1: unknown)."""
@@ -648,9 +656,11 @@ def encode_progress(progress, algorithm: str, stamp: Stamp):
 
 def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
     """
-    visualization_msgs/MarkerArray for RViz or Foxglove: a sphere at each condition's
-    target (targets (M, 3), namespace "targets") and, for each condition with one, the
-    end-effector path of its latest trial (paths: condition -> (T, 3), namespace "paths").
+    Return a visualization_msgs/MarkerArray of the targets and paths, for RViz or Foxglove.
+
+    A sphere at each condition's target (targets (M, 3), namespace "targets") and, for each
+    condition with one, the end-effector path of its latest trial (paths: condition ->
+    (T, 3), namespace "paths").
     """
     from geometry_msgs.msg import Point
     from visualization_msgs.msg import Marker, MarkerArray
@@ -675,7 +685,7 @@ def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
     return MarkerArray(markers=markers)
 
 
-# ---------------------------------------------------------------- topics and QoS of the learning loop
+# ---------------------------------------------------------------- topics and QoS of the loop
 #: The RunTrial action server of lqr_controller (one per robot namespace).
 RUN_TRIAL_ACTION = "gps/run_trial"
 #: The goals gps_trainer sends (service introspection of the action's send_goal service:
@@ -707,8 +717,10 @@ ESTOP_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 #: A state whose latest value matters to late joiners (the e-stop latch).
 LATCHED_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                               durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                               history=HistoryPolicy.KEEP_LAST)
 #: Controllers: transient local, so a (re)started lqr_controller gets the latest ones.
 #: The depth keeps more than one version per condition for up to 64 conditions.
 CONTROLLERS_QOS = QoSProfile(depth=128, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             history=HistoryPolicy.KEEP_LAST)

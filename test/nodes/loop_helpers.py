@@ -21,8 +21,10 @@ def parameters(**values):
 
 def small_experiment(path: Path, conditions=1, T=10, N=2, base="reacher_2link.yaml",
                      **changes) -> Path:
-    """A short reacher experiment (few conditions, steps and rollouts) written to `path`;
-    `base` names the experiment in config/ it shortens."""
+    """
+    A short reacher experiment (few conditions, steps and rollouts) written to `path`;
+    `base` names the experiment in config/ it shortens.
+    """
     config = yaml.safe_load((REPO / "config" / base).read_text())
     config.update(T=T, rollouts_per_condition=N, conditions=config["conditions"][:conditions], **changes)
     path.write_text(yaml.safe_dump(config))
@@ -39,8 +41,10 @@ def small_mdgps_experiment(path: Path, conditions=2, T=20, N=3, **changes) -> Pa
 
 @contextmanager
 def spinning(context, nodes):
-    """Each node (or object with a `.node`) spun by its own SingleThreadedExecutor in a
-    thread; destroyed afterwards."""
+    """
+    Each node (or object with a `.node`) spun by its own SingleThreadedExecutor in a
+    thread; destroyed afterwards.
+    """
     executors, threads = [], []
     try:
         for node in nodes:

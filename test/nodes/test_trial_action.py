@@ -1,8 +1,10 @@
-"""The RunTrial action of lqr_controller over real DDS: cancelling a trial mid-way, and goals
-it must refuse (rejected with a reason, counted, never executed).
+"""
+The RunTrial action of lqr_controller over real DDS: cancels and goals it must refuse.
 
-A probe plays the robot (test_safety_nodes.ProbeRobot: lockstep, one step per joint state it
-publishes, every command checked) and is the action client.
+A cancelled trial gets the fallback and no unsafe command; a goal that cannot run is
+rejected with a reason, counted, never executed. A probe plays the robot
+(test_safety_nodes.ProbeRobot: lockstep, one step per joint state it publishes, every
+command checked) and is the action client.
 """
 import numpy as np
 import pytest
