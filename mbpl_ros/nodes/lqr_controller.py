@@ -86,7 +86,6 @@ from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.task import Future
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
@@ -230,9 +229,10 @@ class LqrControllerNode(Node):
         self.commands_published = 0
         self.rejected_goals = 0
         self.last_rejection: Optional[str] = None
-        # trial id -> (goal handle, future of (status, reason, stamps ns, commands)) of each
-        # accepted RunTrial goal until its trial ends
-        self._goals: Dict[int, Tuple[object, Future]] = {}
+        # trial id -> goal handle of each accepted RunTrial goal until its trial ends, then
+        # -> (status, result) until the goal's execute callback hands them to the client
+        self._goals: Dict[int, object] = {}
+        self._results: Dict[int, Tuple[wire.TrialStatus, object]] = {}
         self.estop_latched = bool(self.estop_latched_at_start)
         self._estop_input = False        # the last value received on the e-stop topic
         self._estop_inputs: Dict[str, bool] = {}   # the last value of each e-stop input
@@ -261,7 +261,8 @@ class LqrControllerNode(Node):
                                  wire.CONTROLLERS_QOS, callback_group=group)
         self._trial_server = ActionServer(
             self, RunTrial, wire.RUN_TRIAL_ACTION, execute_callback=self._execute_goal,
-            goal_callback=self._on_goal, cancel_callback=self._on_cancel, callback_group=group)
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+            cancel_callback=self._on_cancel, callback_group=group)
         self.create_subscription(Bool, self.estop_topic, self._on_estop, wire.ESTOP_QOS, callback_group=group)
         if (self.global_estop_topic and self.resolve_topic_name(self.global_estop_topic)
                 != self.resolve_topic_name(self.estop_topic)):   # a robot in a namespace
@@ -569,18 +570,20 @@ class LqrControllerNode(Node):
                 self._abort_request(request, reason, wire.TrialStatus.CANCELLED)
         return CancelResponse.ACCEPT
 
-    async def _execute_goal(self, goal_handle):
-        """Run an accepted goal's trial; the result once it ends (however it ends)."""
+    def _on_accepted(self, goal_handle) -> None:
+        """Start (or queue) an accepted goal's trial; the goal executes once the trial ends."""
+        # Executing only at the end keeps no coroutine pending in the executor during the
+        # trial (rclpy resumes a pending task on every spin: a busy loop).
         request = wire.decode_trial_request(goal_handle.request, n_joints=len(self.robot_joints),
                                             dU=self.layout.dU)
-        done = Future()
         with self._lock:
-            self._goals[request.trial_id] = (goal_handle, done)
+            self._goals[request.trial_id] = goal_handle
             self._on_request(request)
-        status, reason, stamps_ns, commands = await done
-        result = RunTrial.Result(reason=reason, commands=commands.ravel())
-        result.status.value = int(status)
-        result.state_stamps = [wire.stamp_from_nanoseconds(int(s)) for s in stamps_ns]
+
+    def _execute_goal(self, goal_handle):
+        """End a goal whose trial has ended: its terminal state and its result."""
+        with self._lock:
+            status, result = self._results.pop(goal_handle.request.trial_id)
         if goal_handle.is_cancel_requested:
             goal_handle.canceled()
         elif status == wire.TrialStatus.OK:
@@ -591,11 +594,11 @@ class LqrControllerNode(Node):
 
     def _feedback(self, trial: _Trial) -> None:
         """Publish the goal's feedback: the phase and the steps done."""
-        entry = self._goals.get(trial.request.trial_id)
-        if entry is not None:
+        goal_handle = self._goals.get(trial.request.trial_id)
+        if goal_handle is not None:
             phase = (RunTrial.Feedback.PHASE_RESETTING if trial.phase == "resetting"
                      else RunTrial.Feedback.PHASE_RUNNING)
-            entry[0].publish_feedback(RunTrial.Feedback(phase=phase, step=trial.t))
+            goal_handle.publish_feedback(RunTrial.Feedback(phase=phase, step=trial.t))
 
     def _on_request(self, request: wire.TrialRequest) -> None:
         """Start (or queue for its controller) the trial of an accepted goal, under the lock."""
@@ -955,9 +958,13 @@ class LqrControllerNode(Node):
             index=request.index, controller_version=request.controller_version, purpose=request.purpose,
             status=status, target=request.target, state_stamps=wire.stamps_to_pairs(stamps_ns),
             commands=commands, reason=reason)))
-        entry = self._goals.pop(request.trial_id, None)
-        if entry is not None:
-            entry[1].set_result((status, reason, np.asarray(stamps_ns), np.asarray(commands)))
+        goal_handle = self._goals.pop(request.trial_id, None)
+        if goal_handle is not None:
+            result = RunTrial.Result(reason=reason, commands=np.asarray(commands).ravel())
+            result.status.value = int(status)
+            result.state_stamps = [wire.stamp_from_nanoseconds(int(s)) for s in stamps_ns]
+            self._results[request.trial_id] = (status, result)
+            goal_handle.execute()
 
     def destroy_node(self) -> None:
         if getattr(self, "_command_pub", None) is not None and self.context.ok():
