@@ -54,6 +54,9 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray  # noqa: E402
+from rclpy.action import ActionClient  # noqa: E402
+from mbpl_ros_interfaces import msg as interfaces  # noqa: E402
+from mbpl_ros_interfaces.action import RunTrial  # noqa: E402
 
 from mbpl_ros.experiment import load_experiment  # noqa: E402
 from mbpl_ros.nodes import wire  # noqa: E402
@@ -130,12 +133,11 @@ class Probe:
         node.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 1000)
         node.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command,
                                  1000)
-        node.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self._on_record,
-                                 wire.EVENTS_QOS)
-        self.controllers = node.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
-                                                 wire.CONTROLLERS_QOS)
-        self.requests = node.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC,
-                                              wire.EVENTS_QOS)
+        node.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC,
+                                 self._on_record, wire.EVENTS_QOS)
+        self.controllers = node.create_publisher(interfaces.LinearGaussianController,
+                                                 wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+        self.trials = ActionClient(node, RunTrial, wire.RUN_TRIAL_ACTION)
 
     def _on_state(self, msg: JointState) -> None:
         self.state_arrival_ns.append(time.time_ns())
@@ -144,7 +146,7 @@ class Probe:
     def _on_command(self, msg: Float64MultiArray) -> None:
         self.command_arrival_ns.append(time.time_ns())
 
-    def _on_record(self, msg: Float64MultiArray) -> None:
+    def _on_record(self, msg: interfaces.TrialRecord) -> None:
         self.records.append(wire.decode_trial_record(msg))
 
 
@@ -201,7 +203,7 @@ def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str,
                 raise RuntimeError("a node exited at start-up; its log ends:\n" + "\n".join(
                     log_tail(log) for p, log in zip(processes, logs)
                     if p.poll() is not None))
-            return (probe.requests.get_subscription_count() > 0
+            return (probe.trials.server_is_ready()
                     and probe.controllers.get_subscription_count() > 0
                     and probe.node.count_publishers(wire.EFFORT_COMMANDS_TOPIC) > 0
                     and probe.node.count_subscribers(wire.EFFORT_COMMANDS_TOPIC) > 1
@@ -212,7 +214,7 @@ def run_rate(rate_hz: float, seconds: float, directory: Path, trigger: str,
         probe.controllers.publish(wire.encode_controller(wire.ControllerMessage(0, 1, controller)))
         time.sleep(0.5)  # the controller (transient local) arrives before the request
         del probe.command_arrival_ns[:]
-        probe.requests.publish(wire.encode_trial_request(request))
+        probe.trials.send_goal_async(wire.encode_trial_request(request))
         wait(lambda: probe.records, seconds + 30.0, "no trial record arrived")
         record = probe.records[0]
         if record.status == wire.TrialStatus.OK:  # the end-of-trial fallback follows the record

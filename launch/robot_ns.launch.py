@@ -8,8 +8,9 @@ ros2_control interfaces.
         joint_states_topic:=/joint_states commands_topic:=/effort_controller/commands \
         [params_file:=...]
 
-The trainer (trainer.launch.py, anywhere on the network) hands this robot trials on
-/<namespace>/gps/trial_requests and reads its rollouts from /<namespace>/gps/rollouts.
+The trainer (trainer.launch.py, anywhere on the network) hands this robot trials as goals
+of its RunTrial action /<namespace>/gps/run_trial and reads its rollouts from
+/<namespace>/gps/rollouts.
 Parameters are the params file's lqr_controller and sample_collector sections overlaid by
 its /<namespace>/... sections (mbpl_ros.multi_robot.robot_parameters, as `mbpl sim
 --robots` resolves them). The robot's e-stop is /<namespace>/gps/estop; /gps/estop stops

@@ -1,4 +1,5 @@
-"""Spreading a batch of trials over several robots: the law, without ROS.
+"""
+Spreading a batch of trials over several robots: the law, without ROS.
 
 gps_trainer hands the trials of one RolloutSource.run_trials call (a batch: conditions ×
 rollouts, or the evaluation trials) to K robots. A Dispatcher holds the batch's bookkeeping:
@@ -68,10 +69,12 @@ class RobotState:
 
 @dataclass
 class Dispatcher(Generic[R]):
-    """The bookkeeping of one batch of `count` trials over `robots` (names).
+    """
+    The bookkeeping of one batch of `count` trials over `robots` (names).
 
     next_id: the first trial id to use (ids increase by one per request). max_attempts:
-    failed attempts (drops, timeouts) per trial before TrialFailed."""
+    failed attempts (drops, timeouts) per trial before TrialFailed.
+    """
 
     count: int
     robots: Sequence[str]
@@ -115,8 +118,10 @@ class Dispatcher(Generic[R]):
 
     # ------------------------------------------------------------------ events
     def assign(self, now: float, timeout_s: float) -> List[tuple]:
-        """Hand the next pending trials to the free robots, in the robots' order:
-        [(robot, index, trial_id)] to request."""
+        """
+        Hand the next pending trials to the free robots, in the robots' order:
+        [(robot, index, trial_id)] to request.
+        """
         out = []
         pending = self.pending()
         for name in self.robots:
@@ -159,8 +164,10 @@ class Dispatcher(Generic[R]):
         return True
 
     def expire(self, now: float) -> List[tuple]:
-        """Trials past their deadline: [(robot, index, trial_id)], each a failed attempt
-        (or, on an e-stopped robot, put back uncounted)."""
+        """
+        Trials past their deadline: [(robot, index, trial_id)], each a failed attempt
+        (or, on an e-stopped robot, put back uncounted).
+        """
         expired = []
         for s in self.state.values():
             if s.running is not None and now >= s.running.deadline:
@@ -173,8 +180,10 @@ class Dispatcher(Generic[R]):
         return expired
 
     def set_present(self, robot: str, present: bool) -> Optional[int]:
-        """The robot joined or left the graph; a trial it was running goes back uncounted
-        (returns its index)."""
+        """
+        The robot joined or left the graph; a trial it was running goes back uncounted
+        (returns its index).
+        """
         s = self.state[robot]
         s.present = present
         if not present and s.running is not None:
@@ -183,8 +192,10 @@ class Dispatcher(Generic[R]):
         return None
 
     def set_estopped(self, robot: str, latched: bool) -> Optional[int]:
-        """The robot's e-stop latch; its running trial (if any) goes back uncounted when it
-        latches (its rollout, aborted, comes back as ESTOP or never)."""
+        """
+        The robot's e-stop latch; its running trial (if any) goes back uncounted when it
+        latches (its rollout, aborted, comes back as ESTOP or never).
+        """
         s = self.state[robot]
         s.estopped = latched
         if latched and s.running is not None:
@@ -217,9 +228,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 def robot_names(values: Sequence[str], where: str = "parameter 'robots'") -> List[str]:
-    """The robots' namespaces from a `robots` setting: [] or [""] -> [] (one robot, not
+    """
+    The robots' namespaces from a `robots` setting: [] or [""] -> [] (one robot, not
     namespaced); else each a ROS name ("robot_0", "/lab/arm_1"; leading "/" dropped),
-    distinct. ValueError naming `where`, the value and what is allowed."""
+    distinct. ValueError naming `where`, the value and what is allowed.
+    """
     names = [str(value).strip("/") for value in values]
     if names in ([], [""]):
         return []

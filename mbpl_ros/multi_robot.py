@@ -1,4 +1,5 @@
-"""`mbpl sim --robots K`: K simulated robots learning one policy, each in a process of its own.
+"""
+`mbpl sim --robots K`: K simulated robots learning one policy, each in a process of its own.
 
 Robot k runs in namespace /robot_k: sim_robot, sample_collector and lqr_controller
 (graph.SIM_NODES + graph.ROBOT_NODES) in one process, `python -m mbpl_ros.multi_robot
@@ -44,9 +45,11 @@ def robot_parameters(params_file, node_name: str, namespace: str,
 
 def run_robot(params_file, namespace: str, overrides: Optional[Dict[str, dict]] = None,
               stop: Optional[threading.Event] = None) -> int:
-    """Robot `namespace`'s nodes in this process (with `overrides`: node name -> {parameter:
+    """
+    Robot `namespace`'s nodes in this process (with `overrides`: node name -> {parameter:
     value}), each spun in its own thread, until `stop` is set, SIGTERM or SIGINT. Returns 0,
-    or 1 when a node cannot start (the reason on stderr)."""
+    or 1 when a node cannot start (the reason on stderr).
+    """
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
@@ -102,8 +105,10 @@ def robot_command(params_file, namespace: str,
 def start_robots(params_file, namespaces: List[str],
                  overrides: Optional[Dict[str, dict]] = None,
                  log_dir: Optional[Path] = None) -> Dict[str, subprocess.Popen]:
-    """One process per robot (overrides: node name -> {parameter: value}, for every robot;
-    output to log_dir/<namespace>.log, else inherited)."""
+    """
+    One process per robot (overrides: node name -> {parameter: value}, for every robot;
+    output to log_dir/<namespace>.log, else inherited).
+    """
     processes = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "MKL_NUM_THREADS": "1"}
@@ -137,8 +142,10 @@ def stop_robots(processes: Dict[str, subprocess.Popen]) -> None:
 def run_robots(params_file, count: int, overrides: Optional[Dict[str, dict]] = None,
                log: Optional[TextIO] = None, timeout_s: Optional[float] = None,
                log_dir: Optional[Path] = None) -> List[dict]:
-    """`count` robot processes and, here, the trainer's nodes (see the module docstring);
-    returns the trainer's metrics rows (sim_runner.GraphError as run_graph)."""
+    """
+    `count` robot processes and, here, the trainer's nodes (see the module docstring);
+    returns the trainer's metrics rows (sim_runner.GraphError as run_graph).
+    """
     from mbpl_ros.nodes import graph
     from mbpl_ros.sim_runner import GraphError, run_graph
 

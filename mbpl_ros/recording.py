@@ -1,15 +1,22 @@
-"""Every rollout on disk as it completes: an MCAP file in the ros2 profile (rosbag2's format).
+"""
+Every rollout on disk as it completes: an MCAP file in the ros2 profile (rosbag2's format).
 
 One file per training run (`rollouts.mcap` in the run's output directory). Topics:
 
-| topic | type | per rollout |
-| --- | --- | --- |
-| `/joint_states` | sensor_msgs/msg/JointState | T messages: position q_t, velocity qd_t, effort = the effort applied over step t (after clamping) |
-| `/effort_controller/commands` | std_msgs/msg/Float64MultiArray | T messages: the commanded effort u_t (before clamping), one value per joint |
-| `/mbpl/rollout_info` | std_msgs/msg/String | 1 message after the steps, JSON: iteration, condition, index, controller_version, purpose, T, start_ns, dt_ns, initial_positions, target |
+* `/gps/rollouts` (mbpl_ros_interfaces/msg/Rollout), one message per rollout: condition,
+  iteration, index, controller_version, purpose, status OK, target; joint_states, T
+  sensor_msgs/JointState stamped start + t·dt (position q_t, velocity qd_t, effort = the
+  effort applied over step t, after clamping); commands (T, J), the commanded effort u_t
+  before clamping; actions (T, J), the applied efforts; horizon T, action_dim J, state_dim 0
+  (no states).
+* `/mbpl/rollout_info` (std_msgs/msg/String), one message after it, JSON: iteration,
+  condition, index, controller_version, purpose, T, start_ns, dt_ns, initial_positions,
+  target.
 
-Messages are CDR-encoded with `ros2msg` schemas, so `ros2 bag info/play` (rosbag2's mcap
-plugin), the `mcap` CLI and mcap_ros2's reader all read the file. The run's description
+Messages are CDR-encoded with `ros2msg` schemas that embed the full message definitions
+(the Rollout's and every type it uses), so `ros2 bag info/play` (rosbag2's mcap plugin),
+the `mcap` CLI, Foxglove, rosbags and mcap_ros2's reader all decode the file without the
+interface package. The run's description
 (robot, joints, control period, seed, experiment identity) is an MCAP metadata record
 named `mbpl_run` with one key, `json`.
 
@@ -27,13 +34,16 @@ that lacks rollouts the checkpoint covers (deleted, cut short) stops the resume 
 file and the missing rollouts named, unless the user accepts an incomplete recording: then
 its run description lists them under `incomplete`.
 
-This module needs only `mcap` and `mcap-ros2-support`, no ROS installation.
+This module needs only `mcap` and `mcap-ros2-support`, no ROS installation (the Rollout
+definition is read from the interface package's files: the installed share directory or the
+source tree).
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Optional, Sequence
@@ -50,29 +60,52 @@ from mcap_ros2.decoder import DecoderFactory
 import mbpl_ros
 from mbpl_ros.checkpoint import fsync_directory
 
-RECORDING_FORMAT = 1
-JOINT_STATES_TOPIC = "/joint_states"
-COMMANDS_TOPIC = "/effort_controller/commands"
+RECORDING_FORMAT = 2
+ROLLOUTS_TOPIC = "/gps/rollouts"
+ROLLOUT_TYPE = "mbpl_ros_interfaces/msg/Rollout"
 ROLLOUT_INFO_TOPIC = "/mbpl/rollout_info"
 RUN_METADATA_NAME = "mbpl_run"
 
 _TIME_MSG = "int32 sec\nuint32 nanosec\n"
 _HEADER_MSG = "builtin_interfaces/Time stamp\nstring frame_id\n"
 _SEPARATOR = "=" * 80 + "\n"
-SCHEMAS = {
-    "sensor_msgs/msg/JointState": (
-        "std_msgs/Header header\nstring[] name\nfloat64[] position\nfloat64[] velocity\nfloat64[] effort\n"
-        + _SEPARATOR + "MSG: std_msgs/Header\n" + _HEADER_MSG
-        + _SEPARATOR + "MSG: builtin_interfaces/Time\n" + _TIME_MSG),
-    "std_msgs/msg/Float64MultiArray": (
-        "MultiArrayLayout layout\nfloat64[] data\n"
-        + _SEPARATOR + "MSG: std_msgs/MultiArrayLayout\nMultiArrayDimension[] dim\nuint32 data_offset\n"
-        + _SEPARATOR + "MSG: std_msgs/MultiArrayDimension\nstring label\nuint32 size\nuint32 stride\n"),
-    "std_msgs/msg/String": "string data\n",
-}
-_TOPIC_TYPES = {JOINT_STATES_TOPIC: "sensor_msgs/msg/JointState",
-                COMMANDS_TOPIC: "std_msgs/msg/Float64MultiArray",
-                ROLLOUT_INFO_TOPIC: "std_msgs/msg/String"}
+_JOINT_STATE_MSG = ("std_msgs/Header header\nstring[] name\nfloat64[] position\n"
+                    "float64[] velocity\nfloat64[] effort\n")
+_POINT_MSG = "float64 x\nfloat64 y\nfloat64 z\n"
+
+
+def _interface_file(name: str) -> str:
+    """Return the text of mbpl_ros_interfaces' msg/<name>.msg (installed, or the sources)."""
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    places = [Path(prefix) / "share" for prefix in prefixes + [sys.prefix]]
+    places.append(Path(__file__).resolve().parents[1])
+    for place in places:
+        path = place / "mbpl_ros_interfaces" / "msg" / f"{name}.msg"
+        if path.is_file():
+            return path.read_text()
+    raise RecordingError(f"the definition of mbpl_ros_interfaces/msg/{name} was not found "
+                         f"(looked in {', '.join(str(p) for p in places)}): build the interface "
+                         "package (make setup)")
+
+
+def _rollout_schema() -> str:
+    """Return the ros2msg schema of Rollout: its definition, then each type it uses."""
+    parts = [_interface_file("Rollout"),
+             "MSG: mbpl_ros_interfaces/TrialStatus\n" + _interface_file("TrialStatus"),
+             "MSG: geometry_msgs/Point\n" + _POINT_MSG,
+             "MSG: sensor_msgs/JointState\n" + _JOINT_STATE_MSG,
+             "MSG: std_msgs/Header\n" + _HEADER_MSG,
+             "MSG: builtin_interfaces/Time\n" + _TIME_MSG]
+    return _SEPARATOR.join(part if part.endswith("\n") else part + "\n" for part in parts)
+
+
+def schemas() -> dict:
+    """Return the schema text of every type a recording holds."""
+    return {ROLLOUT_TYPE: _rollout_schema(), "std_msgs/msg/String": "string data\n"}
+
+
+_TOPIC_TYPES = {ROLLOUTS_TOPIC: ROLLOUT_TYPE, ROLLOUT_INFO_TOPIC: "std_msgs/msg/String"}
+_PURPOSES = ("sample", "evaluation")   # Rollout.PURPOSE_SAMPLE, PURPOSE_EVALUATION
 
 
 class RecordingError(RuntimeError):
@@ -81,10 +114,13 @@ class RecordingError(RuntimeError):
 
 @dataclass
 class RecordedRollout:
-    """One rollout as recorded. Arrays are (T, J) for J joints, in joint_names' order:
-    positions q_t, velocities qd_t (the state at step t), efforts (applied over step t),
-    commands (commanded at step t). start_ns/dt_ns: the stamps, start_ns + t·dt_ns
-    (start_ns None until a recorder assigns it)."""
+    """
+    One rollout as recorded.
+
+    Arrays are (T, J) for J joints, in joint_names' order: positions q_t, velocities qd_t (the
+    state at step t), efforts (applied over step t), commands (commanded at step t).
+    start_ns/dt_ns: the stamps, start_ns + t·dt_ns (start_ns None until a recorder assigns it).
+    """
 
     iteration: int
     condition: int
@@ -131,9 +167,11 @@ class RecordedRollout:
 
 @dataclass
 class Recording:
-    """What read_recording found: the run's description, the complete rollouts in file
+    """
+    What read_recording found: the run's description, the complete rollouts in file
     order, and `problem` (None for a cleanly closed file; otherwise why reading stopped,
-    e.g. the file was cut short by a crash)."""
+    e.g. the file was cut short by a crash).
+    """
 
     run_info: dict
     rollouts: list
@@ -149,7 +187,8 @@ def _stamp(ns: int) -> dict:
 
 
 class RolloutRecorder:
-    """Writes rollouts to an MCAP file, each one durable once write_rollout returns.
+    """
+    Writes rollouts to an MCAP file, each one durable once write_rollout returns.
 
     Use create() for a new run and resume() to continue the recording of a run resumed
     from a checkpoint. run_info is a JSON-ready dict describing the run (at least
@@ -171,12 +210,14 @@ class RolloutRecorder:
         try:
             self._writer = McapWriter(self._file, compression=CompressionType.ZSTD, chunk_size=1 << 22)
             self._writer.start(profile="ros2", library=f"mbpl_ros {mbpl_ros.__version__}")
+            texts = schemas()
             self._schemas = {name: self._writer.register_schema(name, SchemaEncoding.ROS2, text.encode())
-                             for name, text in SCHEMAS.items()}
+                             for name, text in texts.items()}
             self._channels = {topic: self._writer.register_channel(topic, MessageEncoding.CDR,
                                                                    self._schemas[kind])
                               for topic, kind in _TOPIC_TYPES.items()}
-            self._encoders = {name: serialize_dynamic(name, text)[name] for name, text in SCHEMAS.items()}
+            self._encoders = {name: serialize_dynamic(name, text)[name]
+                              for name, text in texts.items()}
             self._writer.add_metadata(RUN_METADATA_NAME, {"json": json.dumps(self.run_info, sort_keys=True)})
             self._sync()
             for rollout in _keep:
@@ -197,7 +238,8 @@ class RolloutRecorder:
     def resume(cls, path: os.PathLike | str, run_info: dict, through_iteration: int, *,
                samples: Optional[tuple[int, int]] = None,
                allow_incomplete: bool = False) -> tuple["RolloutRecorder", int]:
-        """Continue the recording at `path` after a resume from the checkpoint of
+        """
+        Continue the recording at `path` after a resume from the checkpoint of
         `through_iteration`: keep its complete rollouts of iterations <= through_iteration
         (dropping those of the interrupted iteration, which will be drawn again), written
         to a new file that atomically replaces the old one. Returns the recorder and the
@@ -207,7 +249,8 @@ class RolloutRecorder:
         (condition m < M, index n < N). A recording that lacks some (deleted, or cut short)
         is a RecordingError naming the file and what is missing, before anything changes;
         with allow_incomplete the run goes on and the new file's run description says it is
-        incomplete (`incomplete`: the missing rollouts, as (iteration, condition, index))."""
+        incomplete (`incomplete`: the missing rollouts, as (iteration, condition, index)).
+        """
         path = Path(path)
         kept: list[RecordedRollout] = []
         recording = None
@@ -244,8 +287,12 @@ class RolloutRecorder:
         return recorder, len(kept)
 
     def write_rollout(self, rollout: RecordedRollout) -> RecordedRollout:
-        """Write one rollout and make it durable. Stamps are assigned from the recorder's
-        clock unless the rollout has them (a copied rollout). Returns the rollout."""
+        """
+        Write one rollout and make it durable.
+
+        Stamps are assigned from the recorder's clock unless the rollout has them (a copied
+        rollout). Returns the rollout.
+        """
         if self._file.closed:
             raise RecordingError(f"{self.path}: the recording is closed")
         if tuple(rollout.joint_names) != tuple(self.run_info["joint_names"]):
@@ -255,18 +302,25 @@ class RolloutRecorder:
             rollout.start_ns, rollout.dt_ns = self.clock_ns, self.dt_ns
         stamps = rollout.start_ns + rollout.dt_ns * np.arange(rollout.T)
         names = list(rollout.joint_names)
-        encode_state = self._encoders["sensor_msgs/msg/JointState"]
-        encode_command = self._encoders["std_msgs/msg/Float64MultiArray"]
-        for t, stamp in enumerate(stamps.tolist()):
-            state = {"header": {"stamp": _stamp(stamp), "frame_id": ""}, "name": names,
-                     "position": rollout.positions[t].tolist(), "velocity": rollout.velocities[t].tolist(),
-                     "effort": rollout.efforts[t].tolist()}
-            self._writer.add_message(self._channels[JOINT_STATES_TOPIC], log_time=stamp, publish_time=stamp,
-                                     data=encode_state(state), sequence=t)
-            command = {"layout": {"dim": [], "data_offset": 0}, "data": rollout.commands[t].tolist()}
-            self._writer.add_message(self._channels[COMMANDS_TOPIC], log_time=stamp, publish_time=stamp,
-                                     data=encode_command(command), sequence=t)
+        states = [{"header": {"stamp": _stamp(stamp), "frame_id": ""}, "name": names,
+                   "position": rollout.positions[t].tolist(),
+                   "velocity": rollout.velocities[t].tolist(),
+                   "effort": rollout.efforts[t].tolist()}
+                  for t, stamp in enumerate(stamps.tolist())]
+        target = [float(v) for v in np.resize(rollout.target, 3)]
+        message = {
+            "trial_id": int(rollout.extra.get("trial_id", 0)), "condition": int(rollout.condition),
+            "iteration": int(rollout.iteration), "index": int(rollout.index),
+            "controller_version": int(rollout.controller_version),
+            "purpose": _PURPOSES.index(rollout.purpose), "status": {"value": 0},
+            "target": dict(zip("xyz", target)), "joint_states": states,
+            "commands": rollout.commands.ravel().tolist(), "horizon": rollout.T, "state_dim": 0,
+            "action_dim": len(names), "states": [], "actions": rollout.efforts.ravel().tolist()}
         info_stamp = int(stamps[-1])
+        self._writer.add_message(self._channels[ROLLOUTS_TOPIC], log_time=info_stamp,
+                                 publish_time=info_stamp,
+                                 data=self._encoders[ROLLOUT_TYPE](message),
+                                 sequence=self.count)
         self._writer.add_message(self._channels[ROLLOUT_INFO_TOPIC], log_time=info_stamp,
                                  publish_time=info_stamp,
                                  data=self._encoders["std_msgs/msg/String"]({"data": json.dumps(rollout.info())}),
@@ -299,8 +353,10 @@ class RolloutRecorder:
 
 def missing_rollouts(rollouts: Sequence[RecordedRollout], through_iteration: int,
                      samples: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """The (iteration, condition, index) of the sample rollouts of iterations
-    1..through_iteration, M conditions by N rollouts (samples = (M, N)), not in `rollouts`."""
+    """
+    The (iteration, condition, index) of the sample rollouts of iterations
+    1..through_iteration, M conditions by N rollouts (samples = (M, N)), not in `rollouts`.
+    """
     M, N = samples
     present = {(r.iteration, r.condition, r.index) for r in rollouts if r.purpose == "sample"}
     return [(i, m, n) for i in range(1, through_iteration + 1) for m in range(M) for n in range(N)
@@ -320,12 +376,14 @@ def _as_array(values: Any) -> np.ndarray:
 
 
 def read_recording(path: os.PathLike | str) -> Recording:
-    """The run description and complete rollouts of a recording, in file order.
+    """
+    The run description and complete rollouts of a recording, in file order.
 
     Reads records sequentially (no index needed), so a file cut short by a crash yields
     every rollout completed before the cut and `problem` says where it stopped.
     RecordingError for a file that cannot be opened, is not MCAP, or is not an mbpl_ros
-    recording."""
+    recording.
+    """
     path = Path(path)
     try:
         stream = open(path, "rb")
@@ -342,7 +400,7 @@ def read_recording(path: os.PathLike | str) -> Recording:
         schemas: dict[int, Schema] = {}
         channels: dict[int, Channel] = {}
         decoders = DecoderFactory()
-        pending: dict[str, list] = {JOINT_STATES_TOPIC: [], COMMANDS_TOPIC: []}
+        pending: list = []   # the Rollout message before its info
         problem, closed = None, False
         reader = StreamReader(stream, validate_crcs=True, record_size_limit=1 << 30)
         try:
@@ -361,9 +419,9 @@ def read_recording(path: os.PathLike | str) -> Recording:
                     message = decode(record.data)
                     if channel.topic == ROLLOUT_INFO_TOPIC:
                         rollouts.append(_assemble(path, json.loads(message.data), pending))
-                        pending = {JOINT_STATES_TOPIC: [], COMMANDS_TOPIC: []}
+                        pending = []
                     else:
-                        pending[channel.topic].append((record.log_time, message))
+                        pending.append(message)
                 elif isinstance(record, Footer):
                     closed = True
             if not closed:
@@ -385,22 +443,30 @@ def read_recording(path: os.PathLike | str) -> Recording:
         return Recording(run_info=run_info, rollouts=rollouts, problem=problem, closed=closed)
 
 
-def _assemble(path: Path, info: dict, pending: dict) -> RecordedRollout:
-    states, commands = pending[JOINT_STATES_TOPIC], pending[COMMANDS_TOPIC]
+def _assemble(path: Path, info: dict, pending: list) -> RecordedRollout:
     T, start, dt = info["T"], info["start_ns"], info["dt_ns"]
-    expected = [start + dt * t for t in range(T)]
-    for topic, messages in ((JOINT_STATES_TOPIC, states), (COMMANDS_TOPIC, commands)):
-        if [stamp for stamp, _ in messages] != expected:
-            raise RecordingError(f"{path}: rollout (iteration {info['iteration']}, condition {info['condition']}, "
-                                 f"index {info['index']}) has {len(messages)} {topic} messages, not the {T} "
-                                 "stamped start_ns + t·dt_ns that its info announces")
+    where = (f"{path}: rollout (iteration {info['iteration']}, condition {info['condition']}, "
+             f"index {info['index']})")
+    if len(pending) != 1:
+        raise RecordingError(f"{where} has {len(pending)} {ROLLOUTS_TOPIC} messages before its "
+                             "info, not 1")
+    message = pending[0]
+    states = list(message.joint_states)
+    stamps = [s.header.stamp.sec * 1_000_000_000 + s.header.stamp.nanosec for s in states]
+    if stamps != [start + dt * t for t in range(T)] or message.horizon != T:
+        raise RecordingError(f"{where} has {len(states)} joint states, not the {T} stamped "
+                             "start_ns + t·dt_ns that its info announces")
+    J = len(states[0].name)
+    commands = _as_array(message.commands)
+    if commands.size != T * J:
+        raise RecordingError(f"{where} has {commands.size} command values, not T·J = {T * J}")
     return RecordedRollout(
         iteration=info["iteration"], condition=info["condition"], index=info["index"],
         controller_version=info["controller_version"], purpose=info.get("purpose", "sample"),
-        joint_names=tuple(states[0][1].name),
-        positions=np.stack([_as_array(m.position) for _, m in states]),
-        velocities=np.stack([_as_array(m.velocity) for _, m in states]),
-        efforts=np.stack([_as_array(m.effort) for _, m in states]),
-        commands=np.stack([_as_array(m.data) for _, m in commands]),
+        joint_names=tuple(states[0].name),
+        positions=np.stack([_as_array(s.position) for s in states]),
+        velocities=np.stack([_as_array(s.velocity) for s in states]),
+        efforts=np.stack([_as_array(s.effort) for s in states]),
+        commands=commands.reshape(T, J),
         target=np.asarray(info["target"], float), initial_positions=np.asarray(info["initial_positions"], float),
         start_ns=start, dt_ns=dt, extra=info.get("extra", {}))

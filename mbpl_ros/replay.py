@@ -1,4 +1,5 @@
-"""`mbpl replay`: watch what a run learned.
+"""
+`mbpl replay`: watch what a run learned.
 
 Noise-free rollouts of a run's local controllers (from a checkpoint) or of its exported
 policy (from the training starts or held-out ones), drawn off-screen frame by frame with
@@ -51,11 +52,13 @@ def episodes_of_run(
     held_out: Optional[int] = None,
     held_out_seed: int = 0,
 ) -> tuple[ExperimentConfig, List[Episode], str]:
-    """The experiment, the episodes to replay and a description of what they show.
+    """
+    The experiment, the episodes to replay and a description of what they show.
 
     Controllers: those of checkpoint `iteration` (default the newest), one episode per
     training condition (or only `condition`). policy: RUN/policy.pt from the training
-    starts, or from `held_out` held-out starts (offline.held_out_conditions)."""
+    starts, or from `held_out` held-out starts (offline.held_out_conditions).
+    """
     from mbpl_ros.offline import held_out_conditions
 
     run = Path(run)
@@ -142,8 +145,10 @@ def play(
     width: int = 320,
     height: int = 240,
 ) -> view.Camera:
-    """Run each episode noise-free for config.T steps on one arm, keeping its distances and
-    (render) a frame per step; with gui, in the PyBullet window at the control rate."""
+    """
+    Run each episode noise-free for config.T steps on one arm, keeping its distances and
+    (render) a frame per step; with gui, in the PyBullet window at the control rate.
+    """
     layout = config.layout
     with config.make_arm(gui=gui) as arm:   # with the experiment's fixtures (a peg's block)
         camera, markers = view.prepare(
@@ -182,9 +187,11 @@ def _annotated(frame: np.ndarray, lines: List[str]) -> np.ndarray:
 def compose(
     config: ExperimentConfig, episodes: List[Episode], sequence: bool = False
 ) -> List[np.ndarray]:
-    """The frames of the video: per step, the episodes' tiles side by side (up to
+    """
+    The frames of the video: per step, the episodes' tiles side by side (up to
     TILES_PER_ROW a row, rows stacked), or (sequence) one episode after the other; each
-    tile labelled with the episode, the time and the distance to the target."""
+    tile labelled with the episode, the time and the distance to the target.
+    """
 
     def tile(episode: Episode, t: int) -> np.ndarray:
         return _annotated(
@@ -300,8 +307,10 @@ def replay(
     height=240,
     log: Optional[TextIO] = None,
 ) -> List[Episode]:
-    """Replay a run (see episodes_of_run) into `output` (.gif or .mp4) and/or the GUI;
-    prints one line per episode (its final distance) to `log`. Returns the episodes."""
+    """
+    Replay a run (see episodes_of_run) into `output` (.gif or .mp4) and/or the GUI;
+    prints one line per episode (its final distance) to `log`. Returns the episodes.
+    """
     log = log or sys.stderr
     if output is not None:
         check_output(Path(output))

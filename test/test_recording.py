@@ -20,7 +20,7 @@ from mbpl_ros.checkpoint import latest_checkpoint, read_checkpoint, read_metrics
 from mbpl_ros.config import from_dict
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.offline import TrainingRun, recording_run_info
-from mbpl_ros.recording import (COMMANDS_TOPIC, JOINT_STATES_TOPIC, ROLLOUT_INFO_TOPIC, RecordedRollout,
+from mbpl_ros.recording import (ROLLOUT_INFO_TOPIC, ROLLOUT_TYPE, ROLLOUTS_TOPIC, RecordedRollout,
                                 RecordingError, RolloutRecorder, read_recording)
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.robots import ROBOTS
@@ -78,7 +78,7 @@ def test_recorded_rollouts_are_the_rollouts_the_controllers_drew(config, trained
     assert [(r.iteration, r.condition, r.index) for r in recording.rollouts] == \
         [(i, m, n) for i in range(1, ITERATIONS + 1) for m in range(M) for n in range(N)]
     assert all(r.controller_version == r.iteration - 1 and r.purpose == "sample" for r in recording.rollouts)
-    assert recording.run_info == dict(recording_run_info(config, 5), recording_format=1,
+    assert recording.run_info == dict(recording_run_info(config, 5), recording_format=2,
                                       mbpl_ros_version=recording.run_info["mbpl_ros_version"])
     # Re-draw iteration 2, condition 1, rollout 1 independently: the controller of checkpoint 1,
     # the rollout's own noise, a fresh simulator.
@@ -110,40 +110,77 @@ def test_standard_readers_read_the_recording(trained):
     topics = {channel.topic: (channel.message_encoding, summary.schemas[channel.schema_id])
               for channel in summary.channels.values()}
     assert {topic: (encoding, schema.name, schema.encoding) for topic, (encoding, schema) in topics.items()} == {
-        JOINT_STATES_TOPIC: ("cdr", "sensor_msgs/msg/JointState", "ros2msg"),
-        COMMANDS_TOPIC: ("cdr", "std_msgs/msg/Float64MultiArray", "ros2msg"),
+        ROLLOUTS_TOPIC: ("cdr", ROLLOUT_TYPE, "ros2msg"),
         ROLLOUT_INFO_TOPIC: ("cdr", "std_msgs/msg/String", "ros2msg")}
     rollouts = ITERATIONS * M * N
     counts = {summary.channels[c].topic: n for c, n in summary.statistics.channel_message_counts.items()}
-    assert counts == {JOINT_STATES_TOPIC: rollouts * T, COMMANDS_TOPIC: rollouts * T, ROLLOUT_INFO_TOPIC: rollouts}
+    assert counts == {ROLLOUTS_TOPIC: rollouts, ROLLOUT_INFO_TOPIC: rollouts}
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the module warns on import
         from mcap_ros2.reader import read_ros2_messages
         messages = list(read_ros2_messages(str(path)))
-    states = [m.ros_msg for m in messages if m.channel.topic == JOINT_STATES_TOPIC]
+    typed = [m.ros_msg for m in messages if m.channel.topic == ROLLOUTS_TOPIC]
     infos = [json.loads(m.ros_msg.data) for m in messages if m.channel.topic == ROLLOUT_INFO_TOPIC]
     ours = read_recording(path).rollouts
     assert infos == [r.info() for r in ours]
+    states = [s for rollout in typed for s in rollout.joint_states]
     np.testing.assert_array_equal([s.position for s in states], np.concatenate([r.positions for r in ours]))
     assert states[T + 3].header.stamp.sec * 10**9 + states[T + 3].header.stamp.nanosec == (T + 3) * 50_000_000
     assert list(states[0].name) == list(ROBOTS["reacher_2link"].joint_names)
 
-    # rosbag2 stores messages in ROS 2's own CDR: rclpy deserialises the raw bytes.
+    # rosbag2 stores messages in ROS 2's own CDR: rclpy deserialises the raw bytes into the
+    # interface package's own Rollout class.
     from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import JointState
-    from std_msgs.msg import Float64MultiArray
+    from mbpl_ros_interfaces.msg import Rollout, TrialStatus
     with open(path, "rb") as f:
-        raw = {}
-        for _, channel, message in make_reader(f).iter_messages(log_time_order=False):
-            raw.setdefault(channel.topic, []).append(message.data)
-    state = deserialize_message(raw[JOINT_STATES_TOPIC][T + 3], JointState)
-    command = deserialize_message(raw[COMMANDS_TOPIC][T + 3], Float64MultiArray)
+        raw = [message.data for _, channel, message in make_reader(f).iter_messages(log_time_order=False)
+               if channel.topic == ROLLOUTS_TOPIC]
+    rollout = deserialize_message(raw[1], Rollout)
+    assert (rollout.iteration, rollout.condition, rollout.index, rollout.horizon, rollout.action_dim) == \
+        (ours[1].iteration, ours[1].condition, ours[1].index, T, 2)
+    assert rollout.purpose == Rollout.PURPOSE_SAMPLE and rollout.status.value == TrialStatus.OK
+    state = rollout.joint_states[3]
     assert list(state.name) == list(ours[1].joint_names)
     np.testing.assert_array_equal(state.position, ours[1].positions[3])
     np.testing.assert_array_equal(state.velocity, ours[1].velocities[3])
     np.testing.assert_array_equal(state.effort, ours[1].efforts[3])
-    np.testing.assert_array_equal(command.data, ours[1].commands[3])
+    np.testing.assert_array_equal(np.reshape(rollout.commands, (T, 2)), ours[1].commands)
+    np.testing.assert_array_equal([rollout.target.x, rollout.target.y, rollout.target.z], ours[1].target)
+
+
+def test_an_independent_reader_decodes_the_typed_messages_from_their_embedded_definitions(trained):
+    """rosbags (its own MCAP reader and CDR decoder, no ROS, no mcap_ros2) builds the types
+    from the definitions the file embeds and decodes every Rollout."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+    from rosbags.typesys.msg import get_types_from_msg
+
+    typestore = get_typestore(Stores.EMPTY)
+    with Reader(trained / "rollouts.mcap") as reader:
+        connections = {c.topic: c for c in reader.connections}
+        assert connections[ROLLOUTS_TOPIC].msgtype == ROLLOUT_TYPE
+        for connection in reader.connections:   # each schema: its type, then "MSG: <dependency>" sections
+            sections = connection.msgdef.data.split("=" * 80 + "\n")
+            types = get_types_from_msg(sections[0], connection.msgtype)
+            for section in sections[1:]:
+                name, _, text = section.partition("\n")
+                types.update(get_types_from_msg(text, name.removeprefix("MSG: ").replace("/", "/msg/", 1)))
+            typestore.register(types)
+        decoded = [typestore.deserialize_cdr(data, ROLLOUT_TYPE)
+                   for _, _, data in reader.messages(connections=[connections[ROLLOUTS_TOPIC]])]
+    ours = read_recording(trained / "rollouts.mcap").rollouts
+    assert len(decoded) == len(ours) == ITERATIONS * M * N
+    for message, rollout in zip(decoded, ours):
+        assert (message.iteration, message.condition, message.index, message.controller_version) == \
+            (rollout.iteration, rollout.condition, rollout.index, rollout.controller_version)
+        assert message.status.value == message.status.OK and message.horizon == T
+        np.testing.assert_array_equal(np.stack([s.position for s in message.joint_states]), rollout.positions)
+        np.testing.assert_array_equal(np.stack([s.effort for s in message.joint_states]), rollout.efforts)
+        np.testing.assert_array_equal(message.commands.reshape(T, -1), rollout.commands)
+        np.testing.assert_array_equal(message.actions.reshape(T, -1), rollout.efforts)
+        stamps = [s.header.stamp.sec * 10**9 + s.header.stamp.nanosec for s in message.joint_states]
+        assert stamps == [rollout.start_ns + t * rollout.dt_ns for t in range(T)]
 
 
 # ------------------------------------------------------------------------------ crashes

@@ -1,8 +1,11 @@
-"""dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
+"""
+dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
 GMM prior (core) online, as the rollouts arrive.
 
-Subscribes   gps/rollouts (record rollout): sample rollouts (status OK, purpose sample)
-Publishes    gps/dynamics (record lg_dynamics): condition, controller version, the trial ids
+Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): sample rollouts (status OK, purpose
+             sample)
+Publishes    gps/dynamics (mbpl_ros_interfaces/LinearGaussianDynamics): condition, controller
+             version, the trial ids
              fitted, complete flag (always true), F, f, covar, x0 mean and covariance
 
 Per condition and controller version, the sample rollouts of that version form a batch (kept
@@ -43,7 +46,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from std_msgs.msg import Float64MultiArray
+from mbpl_ros_interfaces.msg import LinearGaussianDynamics, Rollout
 
 from mbpl_ros.checkpoint import (Checkpoint, CheckpointError, encode_checkpoint,
                                  experiment_identity, read_checkpoint, write_atomically)
@@ -92,13 +95,16 @@ class DynamicsFitterNode(Node):
         self.fits_published = 0
         self._fresh_prior_warned = set()
         group = MutuallyExclusiveCallbackGroup()
-        self._dynamics_pub = self.create_publisher(Float64MultiArray, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
-        self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS,
+        self._dynamics_pub = self.create_publisher(LinearGaussianDynamics, wire.DYNAMICS_TOPIC,
+                                                   wire.EVENTS_QOS)
+        self.create_subscription(Rollout, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS,
                                  callback_group=group)
 
     def _read_state(self) -> Dict[Tuple[int, int], _Batch]:
-        """The batches of state_file (none if unset or absent); NodeParameterError naming the
-        file and the problem if it cannot be used."""
+        """
+        The batches of state_file (none if unset or absent); NodeParameterError naming the
+        file and the problem if it cannot be used.
+        """
         if self.state_file is None or not self.state_file.exists():
             return {}
         try:
@@ -131,7 +137,7 @@ class DynamicsFitterNode(Node):
             elapsed_s=0.0,
             seed=self.config.seed, experiment=self.experiment)))
 
-    def _on_rollout(self, msg: Float64MultiArray) -> None:
+    def _on_rollout(self, msg: Rollout) -> None:
         try:
             rollout = wire.decode_rollout(msg, dX=self.layout.dX, dU=self.layout.dU)
         except wire.WireFormatError as error:
@@ -154,8 +160,10 @@ class DynamicsFitterNode(Node):
             self._publish(m, batch, *fit)
 
     def _touch(self, m: int, version: int) -> _Batch:
-        """The batch of (m, version), created if new, made the most recently used; the least
-        recently used batches of condition m beyond KEPT_VERSIONS are dropped."""
+        """
+        The batch of (m, version), created if new, made the most recently used; the least
+        recently used batches of condition m beyond KEPT_VERSIONS are dropped.
+        """
         batch = self.batches.pop((m, version), None)
         if batch is None:
             batch = _Batch(version)
@@ -166,8 +174,10 @@ class DynamicsFitterNode(Node):
         return batch
 
     def _prior_before(self, m: int, batch: _Batch) -> Optional[GMMPrior]:
-        """The prior batch (m, version) starts from: the one after the complete batch of
-        version - 1, or a fresh one (None when the experiment disables the prior). Not a copy."""
+        """
+        The prior batch (m, version) starts from: the one after the complete batch of
+        version - 1, or a fresh one (None when the experiment disables the prior). Not a copy.
+        """
         below = self.batches.get((m, batch.version - 1))
         if below is not None and below.fitted:
             return below.prior_after
@@ -180,9 +190,11 @@ class DynamicsFitterNode(Node):
         return new_dynamics_prior(self.settings.prior)
 
     def _fit_complete(self, m: int, batch: _Batch):
-        """The batch's fit under (a copy of) the prior it starts from, kept with the prior
+        """
+        The batch's fit under (a copy of) the prior it starts from, kept with the prior
         after it: (trial ids, dynamics); None for a fit with non-finite or absurd numbers
-        (core.sanity), which is never published, nor its prior kept."""
+        (core.sanity), which is never published, nor its prior kept.
+        """
         # A copy: the prior before this batch stays as it was for a refit (a replaced rollout).
         prior = copy.deepcopy(self._prior_before(m, batch))
         ordered = self._ordered(batch)[:self.config.rollouts_per_condition]

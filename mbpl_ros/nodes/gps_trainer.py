@@ -1,20 +1,25 @@
-"""gps_trainer: runs LQR-FLM or MDGPS on the robot, iteration by iteration.
+"""
+gps_trainer: runs LQR-FLM or MDGPS on the robot, iteration by iteration.
 
-Publishes    gps/controllers (record lg_controller, transient local): every condition's
-             current controller, with a version (= the number of updates behind it)
-             gps/trial_requests (record trial_request): one trial at a time, each with a new id
+Publishes    gps/controllers (mbpl_ros_interfaces/LinearGaussianController, transient local):
+             every condition's current controller, with a version (= the number of updates
+             behind it)
              gps/progress (mbpl_ros_interfaces/TrainingProgress, transient local): the phase,
              the trials done, the last evaluation and the time left, at every trial and phase
              gps/markers (visualization_msgs/MarkerArray, transient local): the targets and
              each condition's latest end-effector path, for RViz or Foxglove (frame world)
-Subscribes   gps/rollouts (record rollout): the result of the awaited trial (other ids ignored)
-             gps/dynamics (record lg_dynamics): the complete fit of each condition's batch
+Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): the result of the awaited trial
+             (other ids ignored)
+             gps/dynamics (mbpl_ros_interfaces/LinearGaussianDynamics): the complete fit of
+             each condition's batch
              gps/estop_latched (std_msgs/Bool, transient local): lqr_controller's e-stop latch
+Sends        gps/run_trial (mbpl_ros_interfaces/RunTrial action) goals: one trial at a time,
+             each with a new trial id
 Calls        <controller_node>/set_parameters (MDGPS): policy_path = output_dir/policy.pt
              before each policy trial, so lqr_controller's policy executor runs the newest policy
 
 The loop is mbpl_ros.training.TrainingLoop, the very loop `mbpl train` runs; this node is
-its RolloutSource (RosTrials): trials go to lqr_controller as requests, their rollouts come
+its RolloutSource (RosTrials): trials go to lqr_controller as RunTrial goals, their rollouts come
 back from sample_collector, and the dynamics of each batch from dynamics_fitter (checked by
 trial id). Sample trial n of condition m at iteration i explores with rollout_noise(seed, i,
 m, n) (times noise_scale). For MDGPS the policy is trained on the robot's rollouts and
@@ -37,9 +42,11 @@ trial) unless `overwrite: true` (training.claim_output, the rule of `mbpl train`
 GMM dynamics prior lives in dynamics_fitter: resumed with the same dynamics_fitter running,
 the run continues exactly as it would have.
 
-A trial that gets no valid rollout within trial_timeout_s, or whose rollout was dropped
-(gap, stale, non-finite, aborted), is requested again with a new id, up to max_attempts
-times; then the trainer stops with an error (exit code 1).
+A trial whose goal is rejected (lqr_controller logs why), whose goal gets no answer within
+GOAL_RESPONSE_TIMEOUT_S, that gets no valid rollout within trial_timeout_s (its goal is then
+cancelled: the robot gets the fallback command), or whose rollout was dropped (gap, stale,
+non-finite, aborted), is requested again with a new id, up to max_attempts times; then the
+trainer stops with an error (exit code 1).
 
 While lqr_controller's e-stop is latched the trainer pauses (it does not fail): it sends no
 request, and a trial aborted by the e-stop (status ESTOP) is not counted as an attempt; after
@@ -63,11 +70,15 @@ from typing import Dict, List, Optional, Sequence, TextIO
 import numpy as np
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
+from rclpy.action import ActionClient
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from mbpl_ros_interfaces.msg import TrainingProgress
-from std_msgs.msg import Bool, Float64MultiArray
+from rclpy.service_introspection import ServiceIntrospectionState
+from mbpl_ros_interfaces.action import RunTrial
+from mbpl_ros_interfaces.msg import (LinearGaussianController, LinearGaussianDynamics, Rollout,
+                                     TrainingProgress)
+from std_msgs.msg import Bool
 from visualization_msgs.msg import MarkerArray
 
 from mbpl_ros.checkpoint import Checkpoint, CheckpointError
@@ -95,6 +106,8 @@ ESTOP_SETTLE_S = 1.0
 #: A batch's fit not there this long after its last rollout (s, doubling each time): the batch
 #: is published again, for a dynamics_fitter that was down while some of it came.
 REPUBLISH_AFTER_S = 2.0
+#: A RunTrial goal not accepted or rejected within this long (s) counts as a failed attempt.
+GOAL_RESPONSE_TIMEOUT_S = 5.0
 #: Runtime-settable parameters and their checks: (predicate, what is allowed).
 RUNTIME_CHECKS = {
     "trial_timeout_s": (lambda v: math.isfinite(v) and 0.1 <= v <= 3600.0, "a double in [0.1, 3600.0]"),
@@ -107,6 +120,70 @@ RUNTIME_CHECKS = {
 
 class TrainingStopped(RuntimeError):
     """The run cannot go on (a trial failed too often, a model never came, or stop())."""
+
+
+class TrialGoals:
+    """
+    The RunTrial action client of one robot.
+
+    send() sends a trial's goal; the answers arrive in the node's executor and wake its
+    waits: `rejected` holds the trial ids lqr_controller rejected, `answered` those it
+    accepted or rejected. cancel() cancels a goal given up on (its trial ends with the
+    fallback command).
+    """
+
+    def __init__(self, node: "GpsTrainerNode", action_name: str, group) -> None:
+        self.node = node
+        self.client = ActionClient(node, RunTrial, action_name, callback_group=group)
+        # Every goal sent also goes to <action>/_action/send_goal/_service_event, so a tool
+        # (`ros2 action echo`, a recorder, a test) sees the trainer's requests.
+        self.client.configure_introspection(node.get_clock(), wire.EVENTS_QOS,
+                                            ServiceIntrospectionState.CONTENTS)
+        self.rejected: set = set()
+        self.answered: set = set()
+        self.rejections = 0
+        self._handles: Dict[int, object] = {}   # trial id -> goal handle, until its result
+        node._trial_clients.append(self)
+
+    def ready(self) -> bool:
+        """Whether the action server is discovered."""
+        return self.client.server_is_ready()
+
+    def send(self, request: wire.TrialRequest) -> None:
+        """Send the goal of `request` (its answer comes later)."""
+        trial_id = request.trial_id
+        future = self.client.send_goal_async(wire.encode_trial_request(request))
+        future.add_done_callback(lambda done: self._on_answer(trial_id, done))
+
+    def _on_answer(self, trial_id: int, done) -> None:
+        handle = done.result()
+        with self.node._arrived:
+            self.answered.add(trial_id)
+            if handle is None or not handle.accepted:
+                self.rejected.add(trial_id)
+                self.rejections += 1
+            else:
+                self._handles[trial_id] = handle
+                handle.get_result_async().add_done_callback(
+                    lambda _: self._handles.pop(trial_id, None))
+            self.node._arrived.notify_all()
+
+    def forget(self, trial_id: int) -> None:
+        """Drop what is known of `trial_id`'s answer (its attempt is over)."""
+        with self.node._arrived:
+            self.rejected.discard(trial_id)
+            self.answered.discard(trial_id)
+
+    def destroy(self) -> None:
+        """Destroy the client (before the node: its introspection uses the node's clock)."""
+        self.client.destroy()
+
+    def cancel(self, trial_id: int) -> None:
+        """Cancel the goal of `trial_id` if it is still running."""
+        with self.node._arrived:
+            handle = self._handles.pop(trial_id, None)
+        if handle is not None:
+            handle.cancel_goal_async()
 
 
 class GpsTrainerNode(Node):
@@ -135,20 +212,24 @@ class GpsTrainerNode(Node):
         self._dynamics: Dict[tuple, wire.DynamicsMessage] = {}
         self._next_trial_id = secrets.randbits(30) << 20          # distinct from another run's ids
         group = MutuallyExclusiveCallbackGroup()
-        self._request_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self._trial_clients: List[TrialGoals] = []
+        self._goals = TrialGoals(self, wire.RUN_TRIAL_ACTION, group)
         self._progress_pub = self.create_publisher(TrainingProgress, wire.PROGRESS_TOPIC,
                                                    wire.LATCHED_STATE_QOS)
         self._markers_pub = self.create_publisher(MarkerArray, wire.MARKERS_TOPIC,
                                                   wire.LATCHED_STATE_QOS)
         self._paths: Dict[int, np.ndarray] = {}   # condition -> end-effector path of its last trial
-        self._controller_pub = self.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
+        self._controller_pub = self.create_publisher(LinearGaussianController,
+                                                     wire.CONTROLLERS_TOPIC,
                                                      wire.CONTROLLERS_QOS)
         # For a batch published again (REPUBLISH_AFTER_S).
-        self._rollout_pub = self.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC,
+        self._rollout_pub = self.create_publisher(Rollout, wire.ROLLOUTS_TOPIC,
                                                   wire.EVENTS_QOS)
-        self._rollout_sub = self.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout,
+        self._rollout_sub = self.create_subscription(Rollout, wire.ROLLOUTS_TOPIC,
+                                                     self._on_rollout,
                                                      wire.EVENTS_QOS, callback_group=group)
-        self._dynamics_sub = self.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self._on_dynamics,
+        self._dynamics_sub = self.create_subscription(LinearGaussianDynamics, wire.DYNAMICS_TOPIC,
+                                                      self._on_dynamics,
                                                       wire.EVENTS_QOS, callback_group=group)
         self.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self._on_estop_latched, wire.LATCHED_STATE_QOS,
                                  callback_group=group)
@@ -253,8 +334,10 @@ class GpsTrainerNode(Node):
         return list(self._loop.metrics) if self._loop is not None else []
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Runtime changes, all or none: each checked (an unsafe value is rejected with the
-        reason); the run reads them between trials (and kl_step before each update)."""
+        """
+        Runtime changes, all or none: each checked (an unsafe value is rejected with the
+        reason); the run reads them between trials (and kl_step before each update).
+        """
         for parameter in parameters:
             check = RUNTIME_CHECKS.get(parameter.name)
             if check is None:
@@ -278,7 +361,7 @@ class GpsTrainerNode(Node):
             self.estop_latched = bool(msg.data)
             self._arrived.notify_all()
 
-    def _on_rollout(self, msg: Float64MultiArray) -> None:
+    def _on_rollout(self, msg: Rollout) -> None:
         try:
             rollout = wire.decode_rollout(msg, dX=self.config.layout.dX, dU=self.config.layout.dU)
         except wire.WireFormatError as error:
@@ -292,7 +375,7 @@ class GpsTrainerNode(Node):
             self._results[rollout.trial_id] = rollout
             self._arrived.notify_all()
 
-    def _on_dynamics(self, msg: Float64MultiArray) -> None:
+    def _on_dynamics(self, msg: LinearGaussianDynamics) -> None:
         try:
             message = wire.decode_dynamics(msg, dX=self.config.layout.dX, dU=self.config.layout.dU)
         except wire.WireFormatError as error:
@@ -389,9 +472,12 @@ class GpsTrainerNode(Node):
             self.get_clock().now().nanoseconds))
 
     def _checkpoint_to_resume(self) -> Optional[Checkpoint]:
-        """With resume: output_dir's newest checkpoint, checked (None: there is none). Without:
-        None, after training.claim_output allowed the directory. TrainingStopped naming the
-        file and the problem otherwise; checked before anything is written."""
+        """
+        With resume: output_dir's newest checkpoint, checked (None: there is none).
+
+        Without: None, after training.claim_output allowed the directory. TrainingStopped naming
+        the file and the problem otherwise; checked before anything is written.
+        """
         try:
             claim_output(self.output, resume=self.resume, overwrite=self.overwrite,
                          resume_hint="set parameter resume: true",
@@ -413,7 +499,7 @@ class GpsTrainerNode(Node):
 
     def _wait_for_graph(self) -> None:
         def connected():
-            return (self._request_pub.get_subscription_count() > 0
+            return (self._goals.ready()
                     and self._controller_pub.get_subscription_count() > 0
                     and self._others_publishing(wire.ROLLOUTS_TOPIC) > 0
                     and self._dynamics_sub.get_publisher_count() > 0
@@ -426,8 +512,8 @@ class GpsTrainerNode(Node):
             if time.monotonic() > deadline:
                 raise TrainingStopped(f"lqr_controller, sample_collector and dynamics_fitter did not all appear "
                                       f"within discovery_timeout_s={self.discovery_timeout_s:g} s "
-                                      f"(subscribers of {wire.TRIAL_REQUESTS_TOPIC}: "
-                                      f"{self._request_pub.get_subscription_count()}, publishers of "
+                                      f"({wire.RUN_TRIAL_ACTION} server ready: "
+                                      f"{self._goals.ready()}, publishers of "
                                       f"{wire.ROLLOUTS_TOPIC}: "
                                       f"{self._others_publishing(wire.ROLLOUTS_TOPIC)}, of "
                                       f"{wire.DYNAMICS_TOPIC}: "
@@ -447,8 +533,10 @@ class GpsTrainerNode(Node):
             self._controller_pub.publish(wire.encode_controller(wire.ControllerMessage(m, version, controller)))
 
     def _use_policy(self, path: Path, version: int) -> None:
-        """Make lqr_controller's policy executor run the policy at `path` (of `version`):
-        its policy_path set over its set_parameters service (it reloads a changed file)."""
+        """
+        Make lqr_controller's policy executor run the policy at `path` (of `version`):
+        its policy_path set over its set_parameters service (it reloads a changed file).
+        """
         if self._policy_set == (str(path), version):
             return
         parameter = Parameter("policy_path", Parameter.Type.STRING, str(path)).to_parameter_msg()
@@ -482,9 +570,11 @@ class GpsTrainerNode(Node):
 
     def _trial(self, trial: Trial, noise: np.ndarray,
                policy: Optional[tuple]) -> wire.RolloutMessage:
-        """Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
+        """
+        Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
         max_attempts failures. Trials the e-stop aborted are requested again after its
-        reset and not counted. policy: (path, version) for a policy trial."""
+        reset and not counted. policy: (path, version) for a policy trial.
+        """
         m, iteration, index, purpose = trial.condition, trial.iteration, trial.index, trial.purpose
         spec = self.config.conditions[m]
         failures = []
@@ -497,15 +587,23 @@ class GpsTrainerNode(Node):
             self._next_trial_id += 1
             with self._arrived:
                 self._awaited = trial_id
-            self._request_pub.publish(wire.encode_trial_request(wire.TrialRequest(
+            goals = self._goals
+            goals.send(wire.TrialRequest(
                 trial_id=trial_id, condition=m, iteration=iteration, index=index,
                 controller_version=trial.version, executor=trial.executor, purpose=purpose,
                 initial_positions=np.asarray(spec.initial_positions, float),
-                target=np.asarray(spec.target, float), noise=noise)))
-            arrived = self._wait(lambda: trial_id in self._results, self.trial_timeout_s)
+                target=np.asarray(spec.target, float), noise=noise))
+            answered = self._wait(lambda: trial_id in goals.answered or trial_id in self._results,
+                                  min(GOAL_RESPONSE_TIMEOUT_S, self.trial_timeout_s))
+            rejected = trial_id in goals.rejected
+            arrived = not rejected and answered and self._wait(
+                lambda: trial_id in self._results, self.trial_timeout_s)
             with self._arrived:
                 self._awaited = None
                 rollout = self._results.pop(trial_id, None)
+            goals.forget(trial_id)
+            if not arrived:
+                goals.cancel(trial_id)   # the robot stops it (fallback command) if it runs
             if arrived and rollout.status == wire.TrialStatus.OK:
                 return rollout
             if (arrived and rollout.status == wire.TrialStatus.ESTOP) or (not arrived and self.estop_latched):
@@ -516,8 +614,13 @@ class GpsTrainerNode(Node):
                 continue
             attempt += 1
             self._policy_set = None   # a restarted lqr_controller has lost it: set it again
-            failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s" if not arrived
-                            else f"rollout dropped: {rollout.status.name}")
+            if rejected:
+                failures.append("goal rejected by lqr_controller (its log says why)")
+            elif not answered:
+                failures.append(f"goal not answered within {GOAL_RESPONSE_TIMEOUT_S:g} s")
+            else:
+                failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s"
+                                if not arrived else f"rollout dropped: {rollout.status.name}")
             max_attempts = int(self.max_attempts)
             self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, {purpose} "
                                       f"{index}), attempt {attempt}/{max_attempts}: {failures[-1]}")
@@ -528,8 +631,10 @@ class GpsTrainerNode(Node):
                 raise TrainingStopped("stopped")
 
     def _await_dynamics(self, version: int, batch: Dict[int, List[wire.RolloutMessage]]) -> list:
-        """dynamics_fitter's complete fit of every condition's batch (its rollouts, by trial
-        id, as sampled). An overdue fit has its batch published again (REPUBLISH_AFTER_S)."""
+        """
+        dynamics_fitter's complete fit of every condition's batch (its rollouts, by trial
+        id, as sampled). An overdue fit has its batch published again (REPUBLISH_AFTER_S).
+        """
         ids = {m: [rollout.trial_id for rollout in rollouts] for m, rollouts in batch.items()}
 
         def matches(m):
@@ -563,14 +668,18 @@ class GpsTrainerNode(Node):
         if worker is not None:
             self.stop()
             worker.join(timeout=10.0)
+        for client in getattr(self, "_trial_clients", []):
+            client.destroy()
         super().destroy_node()
 
 
 class RosTrials:
-    """The training loop's RolloutSource on the robot, through the node graph: each trial a
+    """
+    The training loop's RolloutSource on the robot, through the node graph: each trial a
     request to lqr_controller (retried, paused by the e-stop: GpsTrainerNode._trial), its
     rollout from sample_collector; each batch's dynamics from dynamics_fitter. Trials run
-    one at a time (one robot)."""
+    one at a time (one robot).
+    """
 
     def __init__(self, node: GpsTrainerNode) -> None:
         self.node = node
@@ -579,15 +688,18 @@ class RosTrials:
         self.samples: Dict[int, wire.RolloutMessage] = {}   # the batch being sampled, by trial id
 
     def start(self, state: Optional[dict]) -> None:
-        """Trial ids go on from a resumed run's, past any it used after its checkpoint; then
-        wait for the rest of the graph."""
+        """
+        Trial ids go on from a resumed run's, past any it used after its checkpoint; then
+        wait for the rest of the graph.
+        """
         if state is not None:
             self.node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
         self.node._wait_for_graph()
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
-        """Controllers on gps/controllers; the policy goes to lqr_controller before its next
-        trial."""
+        """
+        Controllers on gps/controllers; the policy goes to lqr_controller before its next trial.
+        """
         self.node._publish_controllers(controllers, version)
         if policy_path is not None:
             self.policy_path, self.policy_version = Path(policy_path), version
@@ -612,8 +724,9 @@ class RosTrials:
         return results
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> list:
-        """dynamics_fitter's complete fits of exactly these rollouts (by trial id), per
-        condition."""
+        """
+        dynamics_fitter's complete fits of exactly these rollouts (by trial id), per condition.
+        """
         M = len(self.node.config.conditions)
         batch: Dict[int, List[wire.RolloutMessage]] = {m: [] for m in range(M)}
         for result in results:
@@ -626,19 +739,20 @@ class RosTrials:
 
 
 class RobotLink:
-    """The trainer's end of one robot in namespace `name`: its trial requests and controllers
-    out, its rollouts and e-stop latch in, its lqr_controller's set_parameters (MDGPS)."""
+    """
+    The trainer's end of one robot in namespace `name`: its trial goals and controllers
+    out, its rollouts and e-stop latch in, its lqr_controller's set_parameters (MDGPS).
+    """
 
     def __init__(self, node: GpsTrainerNode, name: str, on_rollout) -> None:
         self.node, self.name = node, name
         ns = f"/{name}/"
         group = MutuallyExclusiveCallbackGroup()
-        self.request_pub = node.create_publisher(
-            Float64MultiArray, ns + wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self.goals = TrialGoals(node, ns + wire.RUN_TRIAL_ACTION, group)
         self.controller_pub = node.create_publisher(
-            Float64MultiArray, ns + wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+            LinearGaussianController, ns + wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
         self.rollout_sub = node.create_subscription(
-            Float64MultiArray, ns + wire.ROLLOUTS_TOPIC, lambda msg: on_rollout(self, msg),
+            Rollout, ns + wire.ROLLOUTS_TOPIC, lambda msg: on_rollout(self, msg),
             wire.EVENTS_QOS, callback_group=group)
         self.estop_latched = False
         node.create_subscription(Bool, ns + wire.ESTOP_LATCHED_TOPIC, self._on_latch,
@@ -653,9 +767,11 @@ class RobotLink:
             self.node._arrived.notify_all()
 
     def present(self) -> bool:
-        """Its lqr_controller and sample_collector are in the graph (and, for MDGPS, the
-        policy service)."""
-        return (self.request_pub.get_subscription_count() > 0
+        """
+        Its lqr_controller and sample_collector are in the graph (and, for MDGPS, the
+        policy service).
+        """
+        return (self.goals.ready()
                 and self.rollout_sub.get_publisher_count() > 0
                 and (self.node.config.algorithm != "mdgps"
                      or self.policy_client.service_is_ready()))
@@ -679,7 +795,8 @@ class RobotLink:
 
 
 class SpreadTrials(RosTrials):
-    """The RolloutSource over several robots (parameter `robots`), each a namespace with its
+    """
+    The RolloutSource over several robots (parameter `robots`), each a namespace with its
     own lqr_controller, sample_collector and robot: the trials of each call are handed to
     free robots in parallel (mbpl_ros.dispatch.Dispatcher: assignment, retries, e-stop,
     robots leaving and rejoining), and the results come back in the trials' order, each
@@ -689,7 +806,8 @@ class SpreadTrials(RosTrials):
     over the robots, and its fit — and the GMM prior, which accumulates every batch — must be
     the offline one, so the fitter must see the whole batch. The trainer forwards each
     accepted sample rollout to its own gps/rollouts, where the fitter reads it; a rollout
-    given up on (a late one from a stalled robot) is never forwarded."""
+    given up on (a late one from a stalled robot) is never forwarded.
+    """
 
     def __init__(self, node: GpsTrainerNode) -> None:
         super().__init__(node)
@@ -699,7 +817,7 @@ class SpreadTrials(RosTrials):
         self.completed = {name: 0 for name in node.robots}   # trials each robot completed
         self.lost = 0      # trials a robot lost (it left, stalled or was e-stopped): run again
 
-    def _on_rollout(self, link: RobotLink, msg: Float64MultiArray) -> None:
+    def _on_rollout(self, link: RobotLink, msg: Rollout) -> None:
         node = self.node
         try:
             rollout = wire.decode_rollout(msg, dX=node.config.layout.dX, dU=node.config.layout.dU)
@@ -714,8 +832,10 @@ class SpreadTrials(RosTrials):
             node._arrived.notify_all()
 
     def start(self, state: Optional[dict]) -> None:
-        """Trial ids as RosTrials; then wait for the fitter and the robots (all of them, up to
-        discovery_timeout_s; then those present, with a warning; none: TrainingStopped)."""
+        """
+        Trial ids as RosTrials; then wait for the fitter and the robots (all of them, up to
+        discovery_timeout_s; then those present, with a warning; none: TrainingStopped).
+        """
         node = self.node
         if state is not None:
             node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
@@ -739,8 +859,10 @@ class SpreadTrials(RosTrials):
                     f"sample_collector), dynamics_fitter found: {fitter}")
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
-        """Controllers on every robot's gps/controllers (transient local: a robot that joins
-        later gets them too)."""
+        """
+        Controllers on every robot's gps/controllers (transient local: a robot that joins
+        later gets them too).
+        """
         for link in self.links:
             for m, controller in enumerate(controllers):
                 link.controller_pub.publish(wire.encode_controller(
@@ -767,6 +889,7 @@ class SpreadTrials(RosTrials):
                     arrivals, self._arrivals = self._arrivals, []
                 for link, rollout in arrivals:
                     self._take(dispatcher, link, rollout, trials, now)
+                self._take_rejections(dispatcher, links, now)
                 for name, link in links.items():
                     present = link.present()
                     if present != dispatcher.state[name].present:
@@ -781,6 +904,7 @@ class SpreadTrials(RosTrials):
                                                   "e-stopped): it goes to another robot")
                 for name, index, trial_id in dispatcher.expire(now):
                     self.lost += 1
+                    links[name].goals.cancel(trial_id)   # the robot stops it if it runs
                     node.get_logger().warning(f"robot /{name}: no rollout of trial {trial_id} "
                                               f"within trial_timeout_s: it goes to another robot")
                     links[name].policy_set = None   # a restarted lqr_controller lost it
@@ -819,11 +943,26 @@ class SpreadTrials(RosTrials):
         noise = noise_scale * trial.noise if trial.purpose == "sample" else trial.noise
         with self.node._arrived:
             self._awaited.add(trial_id)
-        link.request_pub.publish(wire.encode_trial_request(wire.TrialRequest(
+        link.goals.send(wire.TrialRequest(
             trial_id=trial_id, condition=trial.condition, iteration=trial.iteration,
             index=trial.index, controller_version=trial.version, executor=trial.executor,
             purpose=trial.purpose, initial_positions=np.asarray(spec.initial_positions, float),
-            target=np.asarray(spec.target, float), noise=noise)))
+            target=np.asarray(spec.target, float), noise=noise))
+
+    def _take_rejections(self, dispatcher: Dispatcher, links: Dict[str, RobotLink],
+                         now: float) -> None:
+        """Goals a robot rejected: each a failed attempt of its trial (tried again)."""
+        for name, link in links.items():
+            with self.node._arrived:
+                rejected, link.goals.rejected = link.goals.rejected, set()
+            for trial_id in rejected:
+                link.goals.forget(trial_id)
+                if dispatcher.robot_of(trial_id) == name:
+                    with self.node._arrived:
+                        self._awaited.discard(trial_id)
+                    self.node.get_logger().warning(f"robot /{name}: goal of trial {trial_id} "
+                                                   "rejected (its lqr_controller logs why)")
+                    dispatcher.failed(trial_id, "goal rejected", now)
 
     def _take(self, dispatcher: Dispatcher, link: RobotLink, rollout, trials, now: float) -> None:
         """A rollout of an awaited id from `link`: completes, fails or puts back its trial."""
@@ -832,6 +971,7 @@ class SpreadTrials(RosTrials):
             return
         with self.node._arrived:
             self._awaited.discard(rollout.trial_id)
+        link.goals.forget(rollout.trial_id)
         index = dispatcher.state[link.name].running.index
         trial = trials[index]
         if rollout.status == wire.TrialStatus.OK:

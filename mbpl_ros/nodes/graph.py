@@ -1,4 +1,5 @@
-"""The node set of mbpl_ros, described once.
+"""
+The node set of mbpl_ros, described once.
 
 The launch files (launch/*.launch.py) and the in-process runner (mbpl_ros.sim_runner,
 `mbpl sim`) both start the nodes listed here, with parameters read from one
@@ -37,7 +38,8 @@ PARAMETERS_KEY = "ros__parameters"
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """One node of the graph.
+    """
+    One node of the graph.
 
     name: default node name (also the section of the parameter file).
     executable: its console script, as `ros2 run mbpl_ros <executable>` and launch_ros's
@@ -114,7 +116,8 @@ ParameterValue = Union[bool, int, float, str, List[bool], List[int], List[float]
 
 
 def read_parameter_file(params_file: Union[str, Path]) -> List[Tuple[str, Dict[str, ParameterValue]]]:
-    """Every section of a ros__parameters YAML file, in file order.
+    """
+    Every section of a ros__parameters YAML file, in file order.
 
     Returns [(node name pattern, {dotted parameter name: value})], the pattern fully
     qualified ("/sim_robot", "/ns/sim_robot", "/**"). Nested namespace mappings
@@ -152,7 +155,8 @@ def _collect_sections(path: Path, mapping: dict, prefix: str, out: list) -> None
 
 
 def flatten_parameters(parameters: dict, where: str = "parameters") -> Dict[str, ParameterValue]:
-    """Nested mappings to dotted parameter names: {"a": {"b": 1}} -> {"a.b": 1}.
+    """
+    Nested mappings to dotted parameter names: {"a": {"b": 1}} -> {"a.b": 1}.
 
     Values must be what a ROS parameter can hold: bool, int, float, str, or a list of
     one of those types (ints and floats not mixed, as rcl requires). ValueError otherwise.
@@ -187,7 +191,7 @@ def _checked_value(value: Any, what: str) -> ParameterValue:
 
 
 def _pattern_regex(pattern: str) -> "re.Pattern[str]":
-    """rcl's node-name wildcards: "*" one token, "**" any number of tokens."""
+    """Rcl's node-name wildcards: "*" one token, "**" any number of tokens."""
     tokens = pattern.strip("/").split("/")
     parts = []
     for token in tokens:
@@ -205,7 +209,8 @@ def _fully_qualified(node_name: str, namespace: str) -> str:
 
 def parameter_overrides(params_file: Union[str, Path], node_name: str,
                         namespace: str = "/") -> Dict[str, ParameterValue]:
-    """The parameters a node called `node_name` in `namespace` gets from `params_file`.
+    """
+    The parameters a node called `node_name` in `namespace` gets from `params_file`.
 
     Sections whose name has a wildcard ("/**", "/*/x") and matches apply first, in file
     order; then the node's own sections ("x" or "/x"), so a node's value beats a shared one.

@@ -1,16 +1,18 @@
-"""lqr_controller: runs trials of a condition's time-varying linear-Gaussian controller
+"""
+lqr_controller: runs trials of a condition's time-varying linear-Gaussian controller
 u_t = K_t x_t + k_t + chol_t ε_t (or of the exported TorchScript policy) on the robot.
 
 Subscribes   joint_states (sensor_msgs/JointState)
-             gps/controllers (record lg_controller, transient local): the latest controllers
-             gps/trial_requests (record trial_request): which trial to run next
+             gps/controllers (mbpl_ros_interfaces/LinearGaussianController, transient local):
+             the latest controllers
              gps/estop (std_msgs/Bool, True = stop; parameter estop_topic)
              /gps/estop (global_estop_topic: every robot's, heard by one in a namespace)
 Publishes    effort_controller/commands (std_msgs/Float64MultiArray, one effort per joint in
              the order of `joints`: the ros2_control forward-command convention)
-             gps/trial_records (record trial_record): what was done in each trial
+             gps/trial_records (mbpl_ros_interfaces/TrialRecord): what was done in each trial
              gps/estop_latched (std_msgs/Bool, transient local): the e-stop latch
-Serves       ~/reset_estop (std_srvs/Trigger): clears the e-stop latch
+Serves       gps/run_trial (mbpl_ros_interfaces/RunTrial action): runs one trial per goal
+             ~/reset_estop (std_srvs/Trigger): clears the e-stop latch
 Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service only)
 
 A trial: reset to the request's start pose — with a PD phase that drives the arm there
@@ -25,8 +27,19 @@ command follows its state by the compute time alone, as in ros2_control's own re
 write loop; `timer` — a steady timer at control_rate_hz acting on the latest joint state
 (unsynchronised with the states: a command waits up to one period after its state). The
 state x is built from q, qd by forward kinematics (robot_model.JointStateToState), as
-everywhere. A new request aborts a running trial (the trainer only re-requests after giving
-up on one).
+everywhere. A new goal aborts a running trial (the trainer only sends one after giving up on
+the last).
+
+The RunTrial action: a goal that cannot be run — it does not decode (wrong lengths for its
+horizon and action_dim, an unknown executor or purpose), its T or condition does not fit
+the experiment, it names the policy while none is loaded, or a controller version older than
+the condition's newest one that this node no longer holds — is rejected, logged with the
+reason and counted (`rejected_goals`), and never executed. An accepted goal whose controller
+version has not arrived yet waits controller_wait_s for it. Feedback gives the phase
+(resetting, running) and the steps done; the result the status, the reason, and the stamps
+and commands of the steps (also published as the trial's TrialRecord). Cancelling a goal
+sends the fallback command (`watchdog_action`) at once and ends the trial with status
+CANCELLED; no trial command follows it.
 
 Executor: one SingleThreadedExecutor (rclpy.spin). In CPython one callback runs at a time
 anyway (the GIL); a multi-threaded executor would add a thread hand-off per callback and let
@@ -67,6 +80,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
@@ -75,6 +89,8 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
+from mbpl_ros_interfaces.action import RunTrial
+from mbpl_ros_interfaces.msg import LinearGaussianController, TrialRecord
 
 from mbpl_ros.core import safety, sanity
 from mbpl_ros.core.controller import PolicySampler
@@ -102,6 +118,8 @@ RESET_MATCH_TOLERANCE = 1e-9
 #: Controller versions kept per condition (a request names the exact version it wants).
 KEPT_VERSIONS = 4
 #: Parameters settable at runtime: validated together, applied between trials.
+#: Feedback of a running trial every this many steps (and at each phase change).
+FEEDBACK_EVERY_STEPS = 10
 RUNTIME_PARAMETERS = ("effort_limits", "joint_limit_margin", "joint_limit_damping", "watchdog_periods",
                       "watchdog_action", "pd_natural_frequency", "pd_damping_ratio", "policy_path")
 
@@ -144,9 +162,11 @@ class _Trial:
 
 
 def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) -> Optional[str]:
-    """Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
+    """
+    Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
     (their median is the rate), or None. realtime_trigger joint_state steps on each state,
-    so the states must come at control_rate_hz; timer needs them at least that often."""
+    so the states must come at control_rate_hz; timer needs them at least that often.
+    """
     rate = 1.0 / max(float(np.median(intervals_s)), 1e-9)
     ratio = rate / control_rate_hz
     if trigger == "joint_state" and abs(ratio - 1.0) <= RATE_TOLERANCE:
@@ -168,8 +188,11 @@ def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) 
 
 
 class _PolicyExecutor(PolicySampler):
-    """The exported policy sampled with its action covariance; `file` tells a changed file
-    at the same path."""
+    """
+    The exported policy sampled with its action covariance (PolicySampler).
+
+    `file` tells a changed file at the same path.
+    """
 
     def __init__(self, policy, file: Tuple[int, int, int]):
         super().__init__(policy, policy.action_covariance)
@@ -202,6 +225,12 @@ class LqrControllerNode(Node):
                                        "rejected_state": 0, "implausible_state": 0,
                                        "rejected_stamp": 0}
         self.commands_published = 0
+        self.rejected_goals = 0
+        self.last_rejection: Optional[str] = None
+        # trial id -> goal handle of each accepted RunTrial goal until its trial ends, then
+        # -> (status, result) until the goal's execute callback hands them to the client
+        self._goals: Dict[int, object] = {}
+        self._results: Dict[int, Tuple[wire.TrialStatus, object]] = {}
         self.estop_latched = bool(self.estop_latched_at_start)
         self._estop_input = False        # the last value received on the e-stop topic
         self._estop_inputs: Dict[str, bool] = {}   # the last value of each e-stop input
@@ -220,14 +249,18 @@ class LqrControllerNode(Node):
         # above serialises everything that touches the trial.
         group = ReentrantCallbackGroup()
         self._command_pub = self.create_publisher(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, 10)
-        self._record_pub = self.create_publisher(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
+        self._record_pub = self.create_publisher(TrialRecord, wire.TRIAL_RECORDS_TOPIC,
+                                                 wire.EVENTS_QOS)
         self._estop_state_pub = self.create_publisher(Bool, wire.ESTOP_LATCHED_TOPIC, wire.LATCHED_STATE_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 10,
                                  callback_group=group)
-        self.create_subscription(Float64MultiArray, wire.CONTROLLERS_TOPIC, self._on_controller,
+        self.create_subscription(LinearGaussianController, wire.CONTROLLERS_TOPIC,
+                                 self._on_controller,
                                  wire.CONTROLLERS_QOS, callback_group=group)
-        self.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
-                                 wire.EVENTS_QOS, callback_group=group)
+        self._trial_server = ActionServer(
+            self, RunTrial, wire.RUN_TRIAL_ACTION, execute_callback=self._execute_goal,
+            goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
+            cancel_callback=self._on_cancel, callback_group=group)
         self.create_subscription(Bool, self.estop_topic, self._on_estop, wire.ESTOP_QOS, callback_group=group)
         if (self.global_estop_topic and self.resolve_topic_name(self.global_estop_topic)
                 != self.resolve_topic_name(self.estop_topic)):   # a robot in a namespace
@@ -360,9 +393,11 @@ class LqrControllerNode(Node):
             {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS})
 
     def _validated_settings(self, values: dict, current: Optional[_Settings] = None) -> _Settings:
-        """The runtime parameters `values` (name -> value) as settings, or NodeParameterError
+        """
+        The runtime parameters `values` (name -> value) as settings, or NodeParameterError
         naming the parameter, what is wrong and what is allowed. The policy is loaded only
-        when its path or its file changed."""
+        when its path or its file changed.
+        """
         requested = np.asarray(values["effort_limits"], dtype=float)
         try:
             if requested.shape != (len(self.joints),):
@@ -423,9 +458,11 @@ class LqrControllerNode(Node):
         return self.settings.policy
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Runtime changes: validated together with the other runtime parameters (an unsafe
+        """
+        Runtime changes: validated together with the other runtime parameters (an unsafe
         or inconsistent set is rejected with the reason), then applied when no trial runs —
-        now, or when the running trial ends."""
+        now, or when the running trial ends.
+        """
         with self._lock:
             base = self._staged or self.settings
         values = {"effort_limits": list(base.effort_limits), "joint_limit_margin": base.safety.margin,
@@ -455,7 +492,7 @@ class LqrControllerNode(Node):
             self.settings, self._staged = self._staged, None
 
     # ------------------------------------------------------------------ inputs
-    def _on_controller(self, msg: Float64MultiArray) -> None:
+    def _on_controller(self, msg: LinearGaussianController) -> None:
         try:
             message = wire.decode_controller(msg, dX=self.layout.dX, dU=self.layout.dU)
         except wire.WireFormatError as error:
@@ -479,27 +516,103 @@ class LqrControllerNode(Node):
                 self._pending = None
                 self._start(pending)
 
-    def _on_request(self, msg: Float64MultiArray) -> None:
+    # ------------------------------------------------------------------ the RunTrial action
+    def _goal_problem(self, goal) -> Optional[str]:
+        """Return why a RunTrial goal cannot be run (None: it can)."""
         try:
-            request = wire.decode_trial_request(msg, n_joints=len(self.robot_joints), dU=self.layout.dU)
+            request = wire.decode_trial_request(goal, n_joints=len(self.robot_joints),
+                                                dU=self.layout.dU)
         except wire.WireFormatError as error:
-            self.get_logger().error(f"ignored a trial request: {error}")
-            return
+            return str(error)
+        conditions = len(self.config.conditions)
+        if request.T != self.config.T or request.condition >= conditions:
+            return (f"T={request.T}, condition {request.condition} do not fit the experiment "
+                    f"(T={self.config.T}, conditions 0..{conditions - 1})")
+        with self._lock:
+            settings = self._staged or self.settings
+            if request.executor == "policy" and settings.policy is None:
+                return "executor 'policy' but parameter 'policy_path' is empty"
+            versions = [v for m, v in self.controllers if m == request.condition]
+            stale = versions and request.controller_version < max(versions)
+            if request.executor == "controller" and stale and not self._has_controller(request):
+                return (f"controller version {request.controller_version} of condition "
+                        f"{request.condition} is not held (held: {sorted(versions)})")
+            if request.trial_id in self._goals:
+                return f"trial id {request.trial_id} is already running"
+        return None
+
+    def _on_goal(self, goal) -> GoalResponse:
+        """Accept a RunTrial goal that can be run; reject (logged, counted) any other."""
+        problem = self._goal_problem(goal)
+        if problem is None:
+            return GoalResponse.ACCEPT
+        with self._lock:
+            self.rejected_goals += 1
+            self.last_rejection = f"trial {goal.trial_id}: {problem}"
+        self.get_logger().error(f"rejected the goal of trial {goal.trial_id}: {problem}")
+        return GoalResponse.REJECT
+
+    def _on_cancel(self, goal_handle) -> CancelResponse:
+        """Cancel a goal: the fallback is sent at once and its trial ends CANCELLED."""
+        trial_id = goal_handle.request.trial_id
+        with self._lock:
+            if trial_id not in self._goals:
+                return CancelResponse.REJECT    # already over
+            reason = "cancelled by the client"
+            if self._is_current(trial_id):
+                self._send(self._fallback())
+                self._abort_running(f"{reason}, the fallback ({self.settings.watchdog_action}) "
+                                    "was sent", wire.TrialStatus.CANCELLED, fallback_sent=True)
+            elif self._pending is not None and self._pending.trial_id == trial_id:
+                request, self._pending = self._pending, None
+                self._abort_request(request, reason, wire.TrialStatus.CANCELLED)
+        return CancelResponse.ACCEPT
+
+    def _on_accepted(self, goal_handle) -> None:
+        """Start (or queue) an accepted goal's trial; the goal executes once the trial ends."""
+        # Executing only at the end keeps no coroutine pending in the executor during the
+        # trial (rclpy resumes a pending task on every spin: a busy loop).
+        request = wire.decode_trial_request(goal_handle.request, n_joints=len(self.robot_joints),
+                                            dU=self.layout.dU)
+        with self._lock:
+            self._goals[request.trial_id] = goal_handle
+            self._on_request(request)
+
+    def _execute_goal(self, goal_handle):
+        """End a goal whose trial has ended: its terminal state and its result."""
+        with self._lock:
+            status, result = self._results.pop(goal_handle.request.trial_id)
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif status == wire.TrialStatus.OK:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _feedback(self, trial: _Trial) -> None:
+        """Publish the goal's feedback: the phase and the steps done."""
+        goal_handle = self._goals.get(trial.request.trial_id)
+        if goal_handle is not None:
+            phase = (RunTrial.Feedback.PHASE_RESETTING if trial.phase == "resetting"
+                     else RunTrial.Feedback.PHASE_RUNNING)
+            goal_handle.publish_feedback(RunTrial.Feedback(phase=phase, step=trial.t))
+
+    def _on_request(self, request: wire.TrialRequest) -> None:
+        """Start (or queue for its controller) the trial of an accepted goal, under the lock."""
         with self._lock:
             if self._trial is not None:
-                self.get_logger().warning(f"trial {self._trial.request.trial_id} aborted by request "
-                                          f"{request.trial_id}")
-                self._finish(wire.TrialStatus.ABORTED)
-            self._pending = None
+                self.get_logger().warning(f"trial {self._trial.request.trial_id} aborted by the "
+                                          f"goal of trial {request.trial_id}")
+                self._abort_running(f"superseded by the goal of trial {request.trial_id}")
+            if self._pending is not None:
+                pending, self._pending = self._pending, None
+                self._abort_request(pending, f"superseded by the goal of trial {request.trial_id}")
             if self.estop_latched:
                 self._abort_request(request, "the e-stop is latched (call ~/reset_estop)", wire.TrialStatus.ESTOP)
                 return
             if self.state_rate_problem is not None:
                 self._abort_request(request, self.state_rate_problem)
-                return
-            if request.T != self.config.T or request.condition >= len(self.config.conditions):
-                self._abort_request(request, f"T={request.T}, condition {request.condition} do not fit the "
-                                    f"experiment (T={self.config.T}, {len(self.config.conditions)} conditions)")
                 return
             self._apply_staged()
             if request.executor == "policy" and self.policy is None:
@@ -512,9 +625,11 @@ class LqrControllerNode(Node):
             self._start(request)
 
     def _measure_state_rate(self, stamp_ns: int) -> None:
-        """Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
+        """
+        Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
         joint-state intervals (the robot's clock: arrivals bunch), a rate the timing cannot
-        work with refuses every trial, naming the fix."""
+        work with refuses every trial, naming the fix.
+        """
         self._first_stamps.append(stamp_ns)
         if len(self._first_stamps) <= RATE_SAMPLES:
             return
@@ -572,8 +687,10 @@ class LqrControllerNode(Node):
                 self._advance(sample)
 
     def _on_implausible_state(self, fault: str) -> None:
-        """A joint state no arm can be in (core.sanity): never acted on; a trial in progress
-        gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a non-finite command."""
+        """
+        A joint state no arm can be in (core.sanity): never acted on; a trial in progress
+        gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a non-finite command.
+        """
         self.faults["rejected_state"] += 1
         self.faults["implausible_state"] += 1
         if self._trial is None:
@@ -643,8 +760,10 @@ class LqrControllerNode(Node):
         self.commands_published += 1
 
     def _command(self, u: np.ndarray, sample: _JointSample) -> Optional[np.ndarray]:
-        """Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
-        None if u (or the state) was not finite: then the fallback was sent and the trial aborted."""
+        """
+        Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
+        None if u (or the state) was not finite: then the fallback was sent and the trial aborted.
+        """
         self._trial.last_command_arrival = sample.arrival
         # The fallback is computed only on a fault ("hold" costs a gravity-torque evaluation).
         command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety, self._zero_effort)
@@ -658,8 +777,10 @@ class LqrControllerNode(Node):
         return command.effort
 
     def _watchdog_fired(self) -> bool:
-        """While commanding, a latest joint state older than watchdog_periods control periods:
-        send the fallback and abort the trial (under the lock)."""
+        """
+        While commanding, a latest joint state older than watchdog_periods control periods:
+        send the fallback and abort the trial (under the lock).
+        """
         trial = self._trial
         if trial is None or trial.watched_since is None:
             return False
@@ -750,6 +871,7 @@ class LqrControllerNode(Node):
                 return
             trial.phase = "running"
             trial.watched_since = time.monotonic()
+            self._feedback(trial)
         request, t = trial.request, trial.t
         if trial.t > 0 and self._steps_on_state and sample.stamp_ns <= trial.stamps[t - 1]:
             return  # the same (or an older) state: a step waits for a new state
@@ -768,6 +890,8 @@ class LqrControllerNode(Node):
         trial.t += 1
         if trial.t == request.T:
             self._finish(wire.TrialStatus.OK)
+        elif trial.t % FEEDBACK_EVERY_STEPS == 0:
+            self._feedback(trial)
 
     def _reset_done(self, trial: _Trial, sample: _JointSample) -> bool:
         q0 = trial.request.initial_positions
@@ -806,29 +930,39 @@ class LqrControllerNode(Node):
     def _abort_running(self, reason: str, status: wire.TrialStatus = wire.TrialStatus.ABORTED,
                        fallback_sent: bool = False) -> None:
         self.get_logger().error(f"trial {self._trial.request.trial_id} aborted ({status.name}): {reason}")
-        self._finish(status, fallback_sent)
+        self._finish(status, fallback_sent, reason)
 
     def _abort_request(self, request: wire.TrialRequest, reason: str,
                        status: wire.TrialStatus = wire.TrialStatus.ABORTED) -> None:
         self.get_logger().error(f"trial {request.trial_id} refused ({status.name}): {reason}")
-        self._publish_record(request, status, np.zeros(0, dtype=np.int64), np.zeros((0, self.layout.dU)))
+        self._publish_record(request, status, np.zeros(0, dtype=np.int64),
+                             np.zeros((0, self.layout.dU)), reason)
 
-    def _finish(self, status: wire.TrialStatus, fallback_sent: bool = False) -> None:
+    def _finish(self, status: wire.TrialStatus, fallback_sent: bool = False,
+                reason: str = "") -> None:
         trial, self._trial = self._trial, None
         n = trial.t if status == wire.TrialStatus.OK else 0
-        self._publish_record(trial.request, status, trial.stamps[:n], trial.commands[:n])
+        self._publish_record(trial.request, status, trial.stamps[:n], trial.commands[:n], reason)
         self.trials_done += 1
         if self.mode == "realtime" and not fallback_sent:
             # A forward-command controller holds the last command: leave it a safe one.
             self._send(self._fallback())
         self._apply_staged()
 
-    def _publish_record(self, request, status, stamps_ns, commands) -> None:
+    def _publish_record(self, request, status, stamps_ns, commands, reason: str = "") -> None:
+        """Publish the trial's record and end its goal (the result: the same record)."""
         self._record_pub.publish(wire.encode_trial_record(wire.TrialRecord(
             trial_id=request.trial_id, condition=request.condition, iteration=request.iteration,
             index=request.index, controller_version=request.controller_version, purpose=request.purpose,
             status=status, target=request.target, state_stamps=wire.stamps_to_pairs(stamps_ns),
-            commands=commands)))
+            commands=commands, reason=reason)))
+        goal_handle = self._goals.pop(request.trial_id, None)
+        if goal_handle is not None:
+            result = RunTrial.Result(reason=reason, commands=np.asarray(commands).ravel())
+            result.status.value = int(status)
+            result.state_stamps = [wire.stamp_from_nanoseconds(int(s)) for s in stamps_ns]
+            self._results[request.trial_id] = (status, result)
+            goal_handle.execute()
 
     def destroy_node(self) -> None:
         if getattr(self, "_command_pub", None) is not None and self.context.ok():
@@ -843,6 +977,9 @@ class LqrControllerNode(Node):
         state_of = getattr(self, "state_of", None)
         if state_of is not None:
             state_of.close()
+        server = getattr(self, "_trial_server", None)
+        if server is not None:
+            server.destroy()
         super().destroy_node()
 
 

@@ -1,10 +1,12 @@
-"""sample_collector: turns /joint_states and the controller's trial records into rollouts
+"""
+sample_collector: turns /joint_states and the controller's trial records into rollouts
 X (T, dX), U (T, dU) of the core's state x = [q, qd, p_ee − target, v_ee].
 
 Subscribes   joint_states (sensor_msgs/JointState), kept in a buffer by stamp
-             gps/trial_records (record trial_record): for each step of a trial, the stamp of
-             the joint state the controller acted on and the command it sent
-Publishes    gps/rollouts (record rollout), with the trial's id
+             gps/trial_records (mbpl_ros_interfaces/TrialRecord): for each step of a trial,
+             the stamp of the joint state the controller acted on and the command it sent
+Publishes    gps/rollouts (mbpl_ros_interfaces/Rollout), with the trial's id, the joint
+             states used, the commands and X, U
 
 x_t is built from the buffered joint state with the record's stamp t, by forward
 kinematics and the Jacobian of the URDF (robot_model.JointStateToState: the same function
@@ -33,7 +35,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
+from mbpl_ros_interfaces.msg import Rollout, TrialRecord
 
 from mbpl_ros.core import sanity
 from mbpl_ros.nodes import wire
@@ -85,10 +87,11 @@ class SampleCollectorNode(Node):
         self._waiting: Dict[int, Tuple[wire.TrialRecord, float]] = {}   # trial id -> (record, arrival)
         self.published: Dict[str, int] = {}   # status name -> count, for tests and tools
         group = MutuallyExclusiveCallbackGroup()
-        self._rollout_pub = self.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self._rollout_pub = self.create_publisher(Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 1000,
                                  callback_group=group)
-        self.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self._on_record, wire.EVENTS_QOS,
+        self.create_subscription(TrialRecord, wire.TRIAL_RECORDS_TOPIC, self._on_record,
+                                 wire.EVENTS_QOS,
                                  callback_group=group)
         self.create_timer(0.05, self._check_waiting, callback_group=group,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -118,14 +121,16 @@ class SampleCollectorNode(Node):
         if self._waiting:
             self._check_waiting()
 
-    def _on_record(self, msg: Float64MultiArray) -> None:
+    def _on_record(self, msg: TrialRecord) -> None:
         try:
             record = wire.decode_trial_record(msg, dU=self.layout.dU)
         except wire.WireFormatError as error:
             self.get_logger().error(f"ignored a trial record: {error}")
             return
         if record.status != wire.TrialStatus.OK:
-            self._publish(record, record.status, f"the controller reported {record.status.name}")
+            why = f": {record.reason}" if record.reason else ""
+            self._publish(record, record.status,
+                          f"the controller reported {record.status.name}{why}")
             return
         self._waiting[record.trial_id] = (record, time.monotonic())
         self._check_waiting()
@@ -152,8 +157,10 @@ class SampleCollectorNode(Node):
 
     # ------------------------------------------------------------------ assembly
     def check_timing(self, stamps_ns: np.ndarray) -> None:
-        """RolloutRejected (STALE or GAP) unless the steps' joint states are one control
-        period apart, within period_tolerance."""
+        """
+        RolloutRejected (STALE or GAP) unless the steps' joint states are one control
+        period apart, within period_tolerance.
+        """
         if stamps_ns.size < 2:
             return
         periods = np.diff(stamps_ns) * 1e-9
@@ -195,10 +202,23 @@ class SampleCollectorNode(Node):
                                       f"{record.index}) dropped, {status.name}: {reason}")
             X, U = np.zeros((0, self.layout.dX)), np.zeros((0, self.layout.dU))
         self.published[status.name] = self.published.get(status.name, 0) + 1
+        ok = status == wire.TrialStatus.OK
         self._rollout_pub.publish(wire.encode_rollout(wire.RolloutMessage(
             trial_id=record.trial_id, condition=record.condition, iteration=record.iteration,
             index=record.index, controller_version=record.controller_version, purpose=record.purpose,
-            status=status, X=X, U=U)))
+            status=status, X=X, U=U, target=record.target,
+            joint_states=self._joint_states(record) if ok else (),
+            commands=record.commands if ok else None)))
+
+    def _joint_states(self, record: wire.TrialRecord) -> tuple:
+        """Return the buffered joint states the trial's steps used, as JointState messages."""
+        states = []
+        for stamp in record.state_stamps_ns:
+            q, qd = self._states[stamp]
+            msg = JointState(name=list(self.joint_names), position=q, velocity=qd)
+            msg.header.stamp = wire.stamp_from_nanoseconds(int(stamp))
+            states.append(msg)
+        return tuple(states)
 
     def destroy_node(self) -> None:
         state_of = getattr(self, "state_of", None)

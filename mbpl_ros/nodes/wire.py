@@ -1,34 +1,34 @@
-"""Every message encoding of mbpl_ros, in one place, with its inverse.
+"""
+Every message conversion of mbpl_ros, in one place, with its inverse; topic names and QoS.
 
-Arrays travel as std_msgs/Float64MultiArray in C (row-major) order with one labelled
-layout.dim per axis: dim[i].label names axis i, dim[i].size is its length and
-dim[i].stride = prod(sizes[i:]), data_offset = 0. For example a (T, dU, dX) gain array is
-encode_array(K, labels=("T", "dU", "dX")) and comes back with
-decode_array(msg, expected_labels=("T", "dU", "dX")). Decoders check what they are given
-and raise WireFormatError (a ValueError) saying what was wrong and what was expected.
+The learning loop's messages are the typed ones of mbpl_ros_interfaces (docs/interfaces.md):
+controllers, trial records, rollouts, dynamics and progress on topics, trials as the
+RunTrial action. The nodes work with the dataclasses below; each has an encoder to its
+message and a decoder that checks the message (arrays against their dimension fields and
+the receiver's dX, dU, enumerations against their constants) and raises WireFormatError
+(a ValueError) saying what was wrong and what was expected.
 
-Structured messages of the learning loop (controllers, trial requests and records,
-rollouts, dynamics) are "records": several named, labelled arrays in one
-Float64MultiArray (see encode_record; the layouts are listed in docs/interfaces.md).
-
-Effort commands follow the ros2_control forward-command convention: one value per joint,
-ordered like the `joints` parameter; our encoder labels the one axis "joints", and the
-decoder also accepts the unlabelled flat layout that ros2_control clients send.
+Effort commands follow the ros2_control forward-command convention: a
+std_msgs/Float64MultiArray with one value per joint, ordered like the `joints` parameter;
+our encoder labels the one axis "joints", and the decoder also accepts the unlabelled flat
+layout that ros2_control clients send.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import PoseStamped, TwistStamped
+from geometry_msgs.msg import Point, PoseStamped, TwistStamped
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+from mbpl_ros_interfaces import msg as interfaces
+from mbpl_ros_interfaces.action import RunTrial
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.dynamics import LinearGaussianDynamics
@@ -59,7 +59,8 @@ def encode_array(array, labels: Sequence[str]) -> Float64MultiArray:
     if len(labels) != values.ndim:
         raise WireFormatError(f"need one label per axis: array has shape {values.shape} "
                               f"but labels are {labels}")
-    if not all(isinstance(label, str) and label for label in labels) or len(set(labels)) != len(labels):
+    distinct = len(set(labels)) == len(labels)
+    if not all(isinstance(label, str) and label for label in labels) or not distinct:
         raise WireFormatError(f"labels must be distinct non-empty strings; got {labels}")
     strides = np.cumprod(values.shape[::-1])[::-1]  # prod(shape[i:])
     msg = Float64MultiArray()
@@ -71,14 +72,15 @@ def encode_array(array, labels: Sequence[str]) -> Float64MultiArray:
 
 
 def array_labels(msg: Float64MultiArray) -> Tuple[str, ...]:
-    """The axis labels of an encoded array (empty for an unlabelled flat vector)."""
+    """Return the axis labels of an encoded array (empty for an unlabelled flat vector)."""
     return tuple(dim.label for dim in msg.layout.dim)
 
 
 def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]] = None,
                  expected_shape: Optional[Sequence[Optional[int]]] = None,
                  allow_unlabelled: bool = False) -> np.ndarray:
-    """The array in `msg`, checked against the labels and shape the caller expects.
+    """
+    Return the array in `msg`, checked against the labels and shape the caller expects.
 
     expected_labels: the exact axis labels, or None to accept any.
     expected_shape: one entry per axis, an int or None for "any length"; None to accept any.
@@ -90,8 +92,8 @@ def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]
     dims = list(msg.layout.dim)
     if not dims:
         if not allow_unlabelled:
-            raise WireFormatError(f"the array has no layout.dim; expected labelled axes "
-                                  f"{tuple(expected_labels) if expected_labels is not None else '(any)'}")
+            wanted = tuple(expected_labels) if expected_labels is not None else "(any)"
+            raise WireFormatError(f"the array has no layout.dim; expected labelled axes {wanted}")
         if expected_labels is not None and len(tuple(expected_labels)) != 1:
             raise WireFormatError(f"an unlabelled flat array has one axis; expected axes "
                                   f"{tuple(expected_labels)}")
@@ -101,14 +103,16 @@ def decode_array(msg: Float64MultiArray, expected_labels: Optional[Sequence[str]
     else:
         labels = tuple(dim.label for dim in dims)
         if expected_labels is not None and labels != tuple(expected_labels):
-            raise WireFormatError(f"array axes are labelled {labels}; expected {tuple(expected_labels)}")
+            raise WireFormatError(f"array axes are labelled {labels}; expected "
+                                  f"{tuple(expected_labels)}")
         shape = tuple(int(dim.size) for dim in dims)
         contiguous_strides = tuple(int(s) for s in np.cumprod(shape[::-1])[::-1])
         strides = tuple(int(dim.stride) for dim in dims)
         if strides != contiguous_strides or msg.layout.data_offset != 0:
-            raise WireFormatError(f"only contiguous row-major layouts are supported: sizes {shape} need "
-                                  f"strides {contiguous_strides} and data_offset 0; got strides "
-                                  f"{strides} and data_offset {msg.layout.data_offset}")
+            raise WireFormatError(f"only contiguous row-major layouts are supported: sizes "
+                                  f"{shape} need strides {contiguous_strides} and data_offset 0; "
+                                  f"got strides {strides} and data_offset "
+                                  f"{msg.layout.data_offset}")
         if data.size != int(np.prod(shape)):
             raise WireFormatError(f"layout {dict(zip(labels, shape))} needs {int(np.prod(shape))} "
                                   f"values; data has {data.size}")
@@ -129,15 +133,17 @@ def encode_effort_command(effort) -> Float64MultiArray:
     """Effort command (J,) in N·m, ordered like the receiver's `joints` parameter."""
     effort = np.asarray(effort, dtype=np.float64)
     if effort.ndim != 1:
-        raise WireFormatError(f"an effort command is one value per joint, shape (J,); got {effort.shape}")
+        raise WireFormatError(f"an effort command is one value per joint, shape (J,); got "
+                              f"{effort.shape}")
     return encode_array(effort, labels=(JOINTS_LABEL,))
 
 
 def decode_effort_command(msg: Float64MultiArray, n_joints: int) -> np.ndarray:
-    """The (J,) efforts of a command; wrong length, wrong label or non-finite -> WireFormatError."""
+    """Return the (J,) efforts of a command (WireFormatError: bad length or label, non-finite)."""
     effort = decode_array(msg, expected_labels=(JOINTS_LABEL,), allow_unlabelled=True)
     if effort.shape != (n_joints,):
-        raise WireFormatError(f"effort command has {effort.size} values; expected one per joint ({n_joints})")
+        raise WireFormatError(f"effort command has {effort.size} values; expected one per joint "
+                              f"({n_joints})")
     if not np.all(np.isfinite(effort)):
         raise WireFormatError(f"effort command must be finite; got {effort.tolist()}")
     return effort
@@ -166,7 +172,8 @@ def encode_clock(nanoseconds: int) -> Clock:
 
 
 # ---------------------------------------------------------------- joint states
-def encode_joint_state(names: Sequence[str], position, velocity, effort, stamp: Stamp) -> JointState:
+def encode_joint_state(names: Sequence[str], position, velocity, effort,
+                       stamp: Stamp) -> JointState:
     """sensor_msgs/JointState from (J,) arrays in the order of `names`."""
     names = [str(name) for name in names]
     arrays = [np.asarray(values, dtype=np.float64) for values in (position, velocity, effort)]
@@ -183,7 +190,8 @@ def encode_joint_state(names: Sequence[str], position, velocity, effort, stamp: 
 
 def decode_joint_state(msg: JointState, joint_names: Sequence[str]
                        ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """q (J,), qd (J,) and effort (J,) (None if the message has none), ordered like joint_names.
+    """
+    Q (J,), qd (J,) and effort (J,) (None if the message has none), ordered like joint_names.
 
     The message may list more joints, in any order; each of joint_names must be present.
     """
@@ -195,8 +203,8 @@ def decode_joint_state(msg: JointState, joint_names: Sequence[str]
     position, velocity, effort = (np.array(values, dtype=np.float64)
                                   for values in (msg.position, msg.velocity, msg.effort))
     if position.size != len(names) or velocity.size != len(names):
-        raise WireFormatError(f"joint state needs a position and a velocity per joint ({len(names)}); "
-                              f"got {position.size} and {velocity.size}")
+        raise WireFormatError(f"joint state needs a position and a velocity per joint "
+                              f"({len(names)}); got {position.size} and {velocity.size}")
     if effort.size not in (0, len(names)):
         raise WireFormatError(f"joint state effort must be empty or one per joint ({len(names)}); "
                               f"got {effort.size}")
@@ -232,7 +240,8 @@ def decode_pose(msg: PoseStamped) -> Tuple[np.ndarray, np.ndarray]:
 
 def encode_twist(linear, angular, stamp: Stamp, frame_id: str = "world") -> TwistStamped:
     """geometry_msgs/TwistStamped from linear (3,) and angular (3,) velocities."""
-    linear, angular = _vector(linear, 3, "linear velocity"), _vector(angular, 3, "angular velocity")
+    linear = _vector(linear, 3, "linear velocity")
+    angular = _vector(angular, 3, "angular velocity")
     msg = TwistStamped()
     msg.header.stamp = _stamp(stamp)
     msg.header.frame_id = frame_id
@@ -247,134 +256,45 @@ def decode_twist(msg: TwistStamped) -> Tuple[np.ndarray, np.ndarray]:
     return np.array([v.x, v.y, v.z]), np.array([w.x, w.y, w.z])
 
 
-# ================================================================ records
-# A record carries several named arrays in one std_msgs/Float64MultiArray:
-#   layout.dim[0]    label "mbpl_ros/<kind>", size = len(data), stride = RECORD_FORMAT_VERSION
-#   layout.dim[1..]  one per field, in data order: label "<name>[<axis>=<size>,...]"
-#                    ("<name>[]" for a scalar), size = number of values, stride = offset of
-#                    the field's first value in data
-#   layout.data_offset = 0; each field's values are in C (row-major) order.
-# E.g. a controller is dims ["mbpl_ros/lg_controller", "condition[]", "version[]",
-# "K[T=50,dU=2,dX=10]", ...]. Integers (ids, counts) travel as float64, exact below 2**53.
-RECORD_FORMAT_VERSION = 1
-RECORD_PREFIX = "mbpl_ros/"
-_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_FIELD_LABEL = re.compile(rf"^({_NAME})\[((?:{_NAME}=\d+(?:,{_NAME}=\d+)*)?)\]$")
-_MAX_EXACT_INTEGER = 2 ** 53
+# ================================================================ typed messages of the loop
+# mbpl_ros_interfaces (docs/interfaces.md): the dataclasses below are what the nodes work
+# with; each has an encoder to its message and a decoder that checks the message's arrays
+# against its dimension fields (and the receiver's dX, dU) before anything acts on it.
+
+def _array(values, shape: Sequence[int], what: str, finite: bool = True) -> np.ndarray:
+    """Return a flat message array as a new float64 array of `shape` (or WireFormatError)."""
+    array = np.array(values, dtype=np.float64)
+    size = int(np.prod(shape, dtype=np.int64))
+    if array.size != size:
+        raise WireFormatError(f"{what} has {array.size} values; its dimension fields say "
+                              f"{tuple(int(s) for s in shape)} = {size}")
+    if finite and not np.all(np.isfinite(array)):
+        raise WireFormatError(f"{what} must be finite")
+    return array.reshape(shape)
 
 
-@dataclass(frozen=True)
-class RecordField:
-    """One named array of a record and the labels of its axes (() for a scalar)."""
-
-    values: np.ndarray
-    labels: Tuple[str, ...]
+def _flat(values) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float64)).ravel()
 
 
-def encode_record(kind: str, fields: Mapping[str, Tuple[object, Sequence[str]]]) -> Float64MultiArray:
-    """A record of `kind` from {name: (array, axis labels)}, in the given field order.
-    A scalar field has labels ()."""
-    if not re.fullmatch(_NAME, kind):
-        raise WireFormatError(f"record kind must be an identifier; got {kind!r}")
-    dims, chunks, offset = [], [], 0
-    for name, (values, labels) in fields.items():
-        if not re.fullmatch(_NAME, name):
-            raise WireFormatError(f"record field names must be identifiers; got {name!r}")
-        values = np.asarray(values, dtype=np.float64)
-        labels = tuple(labels)
-        if len(labels) != values.ndim or not all(re.fullmatch(_NAME, label) for label in labels) \
-                or len(set(labels)) != len(labels):
-            raise WireFormatError(f"field {name!r}: need one distinct identifier label per axis of "
-                                  f"shape {values.shape}; got {labels}")
-        axes = ",".join(f"{label}={size}" for label, size in zip(labels, values.shape))
-        dims.append(MultiArrayDimension(label=f"{name}[{axes}]", size=int(values.size), stride=offset))
-        chunks.append(values.ravel())
-        offset += values.size
-    msg = Float64MultiArray()
-    msg.layout.dim = [MultiArrayDimension(label=RECORD_PREFIX + kind, size=offset,
-                                          stride=RECORD_FORMAT_VERSION)] + dims
-    msg.layout.data_offset = 0
-    msg.data = np.concatenate(chunks) if chunks else np.zeros(0)
-    return msg
+def _check_dims(what: str, **dims: Tuple[int, Optional[int], int]) -> None:
+    """Each dim (value, expected or None, minimum): WireFormatError naming them."""
+    for name, (value, expected, minimum) in dims.items():
+        if value < minimum or (expected is not None and value != expected):
+            allowed = f"{expected}" if expected is not None else f">= {minimum}"
+            raise WireFormatError(f"{what}: {name} is {value}; expected {allowed}")
 
 
-def record_kind(msg: Float64MultiArray) -> Optional[str]:
-    """The kind of a record, or None if `msg` is not a record."""
-    dims = msg.layout.dim
-    if not dims or not dims[0].label.startswith(RECORD_PREFIX):
-        return None
-    return dims[0].label[len(RECORD_PREFIX):]
+def _point(values) -> Point:
+    x, y, z = (float(v) for v in _vector(values, 3, "target"))
+    return Point(x=x, y=y, z=z)
 
 
-def decode_record(msg: Float64MultiArray, kind: str) -> Dict[str, RecordField]:
-    """{name: RecordField} of a record of `kind`; anything else -> WireFormatError."""
-    got = record_kind(msg)
-    if got != kind:
-        raise WireFormatError(f"expected a record of kind {kind!r} (layout.dim[0].label "
-                              f"'{RECORD_PREFIX}{kind}'); got "
-                              + (f"kind {got!r}" if got is not None else "no record"))
-    header, dims = msg.layout.dim[0], msg.layout.dim[1:]
-    if header.stride != RECORD_FORMAT_VERSION:
-        raise WireFormatError(f"record format version {header.stride}; this decoder reads "
-                              f"version {RECORD_FORMAT_VERSION}")
-    data = np.array(msg.data, dtype=np.float64)
-    if msg.layout.data_offset != 0 or header.size != data.size:
-        raise WireFormatError(f"record {kind!r} announces {header.size} values at data_offset 0; "
-                              f"got {data.size} values at data_offset {msg.layout.data_offset}")
-    fields, offset = {}, 0
-    for dim in dims:
-        match = _FIELD_LABEL.match(dim.label)
-        if match is None:
-            raise WireFormatError(f"record {kind!r}: field label {dim.label!r} is not 'name[axis=size,...]'")
-        name, axes = match.group(1), match.group(2)
-        pairs = [axis.split("=") for axis in axes.split(",")] if axes else []
-        labels = tuple(label for label, _ in pairs)
-        shape = tuple(int(size) for _, size in pairs)
-        if int(np.prod(shape, dtype=np.int64)) != dim.size or dim.stride != offset or name in fields:
-            raise WireFormatError(f"record {kind!r}: field {dim.label!r} has size {dim.size} at offset "
-                                  f"{dim.stride}; expected a new field of size "
-                                  f"{int(np.prod(shape, dtype=np.int64))} at offset {offset}")
-        fields[name] = RecordField(data[offset:offset + dim.size].reshape(shape), labels)
-        offset += dim.size
-    if offset != data.size:
-        raise WireFormatError(f"record {kind!r}: fields cover {offset} values; data has {data.size}")
-    return fields
-
-
-def _field(fields: Mapping[str, RecordField], kind: str, name: str, labels: Sequence[str],
-           shape: Optional[Sequence[Optional[int]]] = None, finite: bool = True) -> np.ndarray:
-    """One field, checked for presence, axis labels, shape and (optionally) finiteness."""
-    if name not in fields:
-        raise WireFormatError(f"record {kind!r} lacks field {name!r}; it has {sorted(fields)}")
-    field = fields[name]
-    if field.labels != tuple(labels):
-        raise WireFormatError(f"record {kind!r}: field {name!r} has axes {field.labels}; "
-                              f"expected {tuple(labels)}")
-    if shape is not None and not all(want is None or want == got for want, got in zip(shape, field.values.shape)):
-        shown = tuple("any" if want is None else want for want in shape)
-        raise WireFormatError(f"record {kind!r}: field {name!r} has shape {field.values.shape}; "
-                              f"expected {shown}")
-    if finite and not np.all(np.isfinite(field.values)):
-        raise WireFormatError(f"record {kind!r}: field {name!r} must be finite")
-    return field.values
-
-
-def _integer(fields: Mapping[str, RecordField], kind: str, name: str, minimum: int = 0) -> int:
-    value = float(_field(fields, kind, name, ()))
-    if value != int(value) or not minimum <= value < _MAX_EXACT_INTEGER:
-        raise WireFormatError(f"record {kind!r}: field {name!r} must be an integer in "
-                              f"[{minimum}, 2**53); got {value!r}")
-    return int(value)
-
-
-def _scalar(value: int) -> Tuple[float, Tuple[str, ...]]:
-    return float(value), ()
+def _from_point(point: Point) -> np.ndarray:
+    return np.array([point.x, point.y, point.z], dtype=np.float64)
 
 
 # ---------------------------------------------------------------- controllers
-CONTROLLER_KIND = "lg_controller"
-
-
 @dataclass(frozen=True)
 class ControllerMessage:
     """Version `version` of condition `condition`'s linear-Gaussian controller."""
@@ -384,68 +304,93 @@ class ControllerMessage:
     controller: LinearGaussianController
 
 
-def encode_controller(message: ControllerMessage) -> Float64MultiArray:
-    """Fields: condition[], version[], K[T,dU,dX], k[T,dU], covar[T,dU,dU], chol[T,dU,dU],
-    inv_covar[T,dU,dU]. The Cholesky factor and inverse travel too, so the receiver acts
-    with bit-identical numbers (no refactorisation)."""
+def encode_controller(message: ControllerMessage) -> interfaces.LinearGaussianController:
+    """Encode as mbpl_ros_interfaces/LinearGaussianController (chol and inverse included)."""
     c = message.controller
-    return encode_record(CONTROLLER_KIND, {
-        "condition": _scalar(message.condition), "version": _scalar(message.version),
-        "K": (c.K, ("T", "dU", "dX")), "k": (c.k, ("T", "dU")), "covar": (c.covar, ("T", "dU", "dU2")),
-        "chol": (c.chol, ("T", "dU", "dU2")), "inv_covar": (c.inv_covar, ("T", "dU", "dU2"))})
+    T, dU, dX = c.K.shape
+    return interfaces.LinearGaussianController(
+        condition=int(message.condition), version=int(message.version), horizon=T,
+        state_dim=dX, action_dim=dU, gains=_flat(c.K), offsets=_flat(c.k),
+        covariance=_flat(c.covar), covariance_cholesky=_flat(c.chol),
+        covariance_inverse=_flat(c.inv_covar))
 
 
-def decode_controller(msg: Float64MultiArray, dX: Optional[int] = None,
+def decode_controller(msg: interfaces.LinearGaussianController, dX: Optional[int] = None,
                       dU: Optional[int] = None) -> ControllerMessage:
-    fields = decode_record(msg, CONTROLLER_KIND)
-    K = _field(fields, CONTROLLER_KIND, "K", ("T", "dU", "dX"), (None, dU, dX))
-    T, dU, dX = K.shape
-    arrays = {name: _field(fields, CONTROLLER_KIND, name, labels, shape) for name, labels, shape in (
-        ("k", ("T", "dU"), (T, dU)), ("covar", ("T", "dU", "dU2"), (T, dU, dU)),
-        ("chol", ("T", "dU", "dU2"), (T, dU, dU)), ("inv_covar", ("T", "dU", "dU2"), (T, dU, dU)))}
-    if T < 1 or dU < 1:
-        raise WireFormatError(f"controller needs T >= 1 and dU >= 1; got K of shape {K.shape}")
-    return ControllerMessage(_integer(fields, CONTROLLER_KIND, "condition"),
-                             _integer(fields, CONTROLLER_KIND, "version"),
-                             LinearGaussianController(K=K, **arrays))
+    """Decode a controller; shapes that disagree with its fields (or dX, dU) are refused."""
+    T, dX_msg, dU_msg = int(msg.horizon), int(msg.state_dim), int(msg.action_dim)
+    _check_dims("controller", horizon=(T, None, 1), state_dim=(dX_msg, dX, 1),
+                action_dim=(dU_msg, dU, 1))
+    what = f"controller {msg.condition} v{msg.version}:"
+    uu = (T, dU_msg, dU_msg)
+    return ControllerMessage(int(msg.condition), int(msg.version), LinearGaussianController(
+        K=_array(msg.gains, (T, dU_msg, dX_msg), f"{what} gains (T, dU, dX)"),
+        k=_array(msg.offsets, (T, dU_msg), f"{what} offsets (T, dU)"),
+        covar=_array(msg.covariance, uu, f"{what} covariance (T, dU, dU)"),
+        chol=_array(msg.covariance_cholesky, uu, f"{what} covariance_cholesky (T, dU, dU)"),
+        inv_covar=_array(msg.covariance_inverse, uu, f"{what} covariance_inverse (T, dU, dU)")))
 
 
 # ---------------------------------------------------------------- trials
-# The trial protocol (docs/interfaces.md): gps_trainer publishes a TrialRequest with a
-# fresh trial_id; lqr_controller resets the arm, runs the trial and publishes a TrialRecord
-# of what it did; sample_collector turns the record and /joint_states into a Rollout with
-# the same trial_id. Anything whose trial_id is not the awaited one is ignored.
-TRIAL_REQUEST_KIND = "trial_request"
-TRIAL_RECORD_KIND = "trial_record"
-ROLLOUT_KIND = "rollout"
+# The trial protocol (docs/interfaces.md): gps_trainer sends a RunTrial goal with a fresh
+# trial_id to lqr_controller, which resets the arm, runs the trial, answers with the
+# result and publishes a TrialRecord of what it did; sample_collector turns the record and
+# /joint_states into a Rollout with the same trial_id. Anything whose trial_id is not the
+# awaited one is ignored.
 
-#: What executes a trial: the condition's linear-Gaussian controller, or the exported policy.
+#: What executes a trial: the condition's linear-Gaussian controller, or the exported policy
+#: (index = the message constant EXECUTOR_*).
 EXECUTORS = ("controller", "policy")
-#: Why a trial is run: exploration samples for learning, or a noise-free evaluation.
+#: Why a trial is run: exploration samples for learning, or a noise-free evaluation
+#: (index = the message constant PURPOSE_*).
 PURPOSES = ("sample", "evaluation")
 
 
 class TrialStatus(IntEnum):
-    """Outcome of a trial, carried by TrialRecord and Rollout."""
+    """Outcome of a trial: mbpl_ros_interfaces/TrialStatus (the meanings are listed there)."""
 
-    OK = 0
-    GAP = 1              # missing joint states, or states further apart than the control period allows
-    STALE = 2            # the same (or an older) joint state was used for two steps
-    NON_FINITE = 3       # a joint state or command had NaN/inf
-    MISSING_STATE = 4    # a joint state the controller used never reached the collector
-    ABORTED = 5          # the controller could not run the trial (reset failed, unknown controller, ...)
-    # Aborted by a safety rule of lqr_controller (docs/safety.md); the rollout is never used:
-    WATCHDOG = 6         # joint states stopped for watchdog_periods control periods
-    ESTOP = 7            # the emergency stop was (or is) latched; the trainer pauses, then retries
-    UNSAFE_COMMAND = 8   # the controller or policy output (or the state it acted on) was not finite
-    IMPLAUSIBLE_STATE = 9  # a joint state not finite or outside the envelope (core.sanity)
+    OK = interfaces.TrialStatus.OK
+    GAP = interfaces.TrialStatus.GAP
+    STALE = interfaces.TrialStatus.STALE
+    NON_FINITE = interfaces.TrialStatus.NON_FINITE
+    MISSING_STATE = interfaces.TrialStatus.MISSING_STATE
+    ABORTED = interfaces.TrialStatus.ABORTED
+    WATCHDOG = interfaces.TrialStatus.WATCHDOG
+    ESTOP = interfaces.TrialStatus.ESTOP
+    UNSAFE_COMMAND = interfaces.TrialStatus.UNSAFE_COMMAND
+    IMPLAUSIBLE_STATE = interfaces.TrialStatus.IMPLAUSIBLE_STATE
+    CANCELLED = interfaces.TrialStatus.CANCELLED
+
+
+def _status(value: int, what: str) -> TrialStatus:
+    if value not in TrialStatus._value2member_map_:
+        raise WireFormatError(f"{what}: status {value} is not one of "
+                              f"{[f'{s.value}={s.name}' for s in TrialStatus]}")
+    return TrialStatus(value)
+
+
+def _choice(value: int, options: Sequence[str], what: str) -> str:
+    if not 0 <= value < len(options):
+        raise WireFormatError(f"{what} is {value}; allowed: "
+                              f"{', '.join(f'{i}={o}' for i, o in enumerate(options))}")
+    return options[value]
+
+
+def _option_index(value: str, options: Sequence[str], what: str) -> int:
+    if value not in options:
+        raise WireFormatError(f"{what} must be one of {list(options)}; got {value!r}")
+    return options.index(value)
 
 
 @dataclass(frozen=True)
 class TrialRequest:
-    """Run one trial: condition `condition` from `initial_positions` (J,) towards `target` (3,),
-    with `executor` (controller version `controller_version`, or the policy), adding
-    chol_t · noise[t] (noise (T, dU), zeros for evaluation) at step t."""
+    """
+    Run one trial of condition `condition` (a RunTrial goal).
+
+    Start from `initial_positions` (J,) towards `target` (3,), with `executor` (controller
+    version `controller_version`, or the policy), adding chol_t · noise[t] (noise (T, dU),
+    zeros for evaluation) at step t.
+    """
 
     trial_id: int
     condition: int
@@ -460,58 +405,55 @@ class TrialRequest:
 
     @property
     def T(self) -> int:
+        """Return the horizon."""
         return self.noise.shape[0]
 
 
-def _choice(fields, kind: str, name: str, options: Sequence[str]) -> str:
-    value = _integer(fields, kind, name)
-    if value >= len(options):
-        raise WireFormatError(f"record {kind!r}: field {name!r} is {value}; allowed: 0..{len(options) - 1} "
-                              f"({', '.join(f'{i}={o}' for i, o in enumerate(options))})")
-    return options[value]
+def encode_trial_request(request: TrialRequest):
+    """Encode as a RunTrial goal."""
+    noise = np.asarray(request.noise, dtype=np.float64)
+    if noise.ndim != 2:
+        raise WireFormatError(f"trial noise must have shape (T, dU); got {noise.shape}")
+    return RunTrial.Goal(
+        trial_id=int(request.trial_id), condition=int(request.condition),
+        iteration=int(request.iteration), index=int(request.index),
+        controller_version=int(request.controller_version),
+        executor=_option_index(request.executor, EXECUTORS, "executor"),
+        purpose=_option_index(request.purpose, PURPOSES, "purpose"),
+        initial_positions=_flat(request.initial_positions), target=_point(request.target),
+        horizon=noise.shape[0], action_dim=noise.shape[1], noise=_flat(noise))
 
 
-def _option_index(value: str, options: Sequence[str], what: str) -> int:
-    if value not in options:
-        raise WireFormatError(f"{what} must be one of {list(options)}; got {value!r}")
-    return options.index(value)
-
-
-def encode_trial_request(request: TrialRequest) -> Float64MultiArray:
-    """Fields: trial_id[], condition[], iteration[], index[], controller_version[],
-    executor[] (index into EXECUTORS), purpose[] (index into PURPOSES),
-    initial_positions[joints=J], target[xyz=3], noise[T,dU]."""
-    return encode_record(TRIAL_REQUEST_KIND, {
-        "trial_id": _scalar(request.trial_id), "condition": _scalar(request.condition),
-        "iteration": _scalar(request.iteration), "index": _scalar(request.index),
-        "controller_version": _scalar(request.controller_version),
-        "executor": _scalar(_option_index(request.executor, EXECUTORS, "executor")),
-        "purpose": _scalar(_option_index(request.purpose, PURPOSES, "purpose")),
-        "initial_positions": (request.initial_positions, (JOINTS_LABEL,)),
-        "target": (request.target, ("xyz",)), "noise": (request.noise, ("T", "dU"))})
-
-
-def decode_trial_request(msg: Float64MultiArray, n_joints: Optional[int] = None,
+def decode_trial_request(goal, n_joints: Optional[int] = None,
                          dU: Optional[int] = None) -> TrialRequest:
-    k = TRIAL_REQUEST_KIND
-    fields = decode_record(msg, k)
-    noise = _field(fields, k, "noise", ("T", "dU"), (None, dU))
-    if noise.shape[0] < 1:
-        raise WireFormatError("trial request: noise must have T >= 1 rows")
+    """Decode a RunTrial goal; wrong shapes or an unknown executor/purpose are refused."""
+    T, dU_goal = int(goal.horizon), int(goal.action_dim)
+    _check_dims("trial goal", horizon=(T, None, 1), action_dim=(dU_goal, dU, 1))
+    q0 = np.array(goal.initial_positions, dtype=np.float64)
+    if n_joints is not None and q0.shape != (n_joints,):
+        raise WireFormatError(f"trial goal: initial_positions has {q0.size} values; expected "
+                              f"one per joint ({n_joints})")
+    target = _from_point(goal.target)
+    if not (np.all(np.isfinite(q0)) and np.all(np.isfinite(target))):
+        raise WireFormatError("trial goal: initial_positions and target must be finite")
     return TrialRequest(
-        trial_id=_integer(fields, k, "trial_id"), condition=_integer(fields, k, "condition"),
-        iteration=_integer(fields, k, "iteration"), index=_integer(fields, k, "index"),
-        controller_version=_integer(fields, k, "controller_version"),
-        executor=_choice(fields, k, "executor", EXECUTORS), purpose=_choice(fields, k, "purpose", PURPOSES),
-        initial_positions=_field(fields, k, "initial_positions", (JOINTS_LABEL,), (n_joints,)),
-        target=_field(fields, k, "target", ("xyz",), (3,)), noise=noise)
+        trial_id=int(goal.trial_id), condition=int(goal.condition),
+        iteration=int(goal.iteration), index=int(goal.index),
+        controller_version=int(goal.controller_version),
+        executor=_choice(int(goal.executor), EXECUTORS, "trial goal: executor"),
+        purpose=_choice(int(goal.purpose), PURPOSES, "trial goal: purpose"),
+        initial_positions=q0, target=target,
+        noise=_array(goal.noise, (T, dU_goal), "trial goal: noise (T, dU)"))
 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """What lqr_controller did in a trial: at step t it used the joint state stamped
-    state_stamps[t] and sent commands[t] (T, dU). status != OK: it could not run the
-    trial (then T may be 0)."""
+    """
+    What lqr_controller did in a trial.
+
+    At step t it used the joint state stamped state_stamps[t] and sent commands[t]
+    (T, dU). status != OK: it could not run the trial (then T may be 0), `reason` says why.
+    """
 
     trial_id: int
     condition: int
@@ -521,8 +463,9 @@ class TrialRecord:
     purpose: str
     status: TrialStatus
     target: np.ndarray
-    state_stamps: np.ndarray   # (T, 2): [sec, nanosec] of each joint state used (exact in float64)
+    state_stamps: np.ndarray   # (T, 2): [sec, nanosec] of each joint state used
     commands: np.ndarray       # (T, dU)
+    reason: str = ""
 
     @property
     def state_stamps_ns(self) -> np.ndarray:
@@ -537,51 +480,59 @@ def stamps_to_pairs(stamps_ns: Sequence[int]) -> np.ndarray:
     return np.stack(np.divmod(stamps, _NANOSECONDS_PER_SECOND), axis=1).astype(np.float64)
 
 
-def _trial_header(obj) -> Dict[str, Tuple[float, tuple]]:
-    return {"trial_id": _scalar(obj.trial_id), "condition": _scalar(obj.condition),
-            "iteration": _scalar(obj.iteration), "index": _scalar(obj.index),
-            "controller_version": _scalar(obj.controller_version),
-            "purpose": _scalar(_option_index(obj.purpose, PURPOSES, "purpose")),
-            "status": _scalar(int(TrialStatus(obj.status)))}
+def _trial_header(obj) -> dict:
+    return dict(trial_id=int(obj.trial_id), condition=int(obj.condition),
+                iteration=int(obj.iteration), index=int(obj.index),
+                controller_version=int(obj.controller_version),
+                purpose=_option_index(obj.purpose, PURPOSES, "purpose"),
+                status=interfaces.TrialStatus(value=int(TrialStatus(obj.status))))
 
 
-def _decode_trial_header(fields, kind: str) -> dict:
-    status = _integer(fields, kind, "status")
-    if status not in TrialStatus._value2member_map_:
-        raise WireFormatError(f"record {kind!r}: status {status} is not one of "
-                              f"{[f'{s.value}={s.name}' for s in TrialStatus]}")
-    return dict(trial_id=_integer(fields, kind, "trial_id"), condition=_integer(fields, kind, "condition"),
-                iteration=_integer(fields, kind, "iteration"), index=_integer(fields, kind, "index"),
-                controller_version=_integer(fields, kind, "controller_version"),
-                purpose=_choice(fields, kind, "purpose", PURPOSES), status=TrialStatus(status))
+def _decode_trial_header(msg, what: str) -> dict:
+    return dict(trial_id=int(msg.trial_id), condition=int(msg.condition),
+                iteration=int(msg.iteration), index=int(msg.index),
+                controller_version=int(msg.controller_version),
+                purpose=_choice(int(msg.purpose), PURPOSES, f"{what}: purpose"),
+                status=_status(int(msg.status.value), what))
 
 
-def encode_trial_record(record: TrialRecord) -> Float64MultiArray:
-    """Fields: trial_id[], condition[], iteration[], index[], controller_version[], purpose[],
-    status[] (TrialStatus), target[xyz=3], state_stamps[T,stamp=2], commands[T,dU]."""
-    return encode_record(TRIAL_RECORD_KIND, {
-        **_trial_header(record), "target": (record.target, ("xyz",)),
-        "state_stamps": (record.state_stamps, ("T", "stamp")), "commands": (record.commands, ("T", "dU"))})
+def encode_trial_record(record: TrialRecord) -> interfaces.TrialRecord:
+    """Encode as mbpl_ros_interfaces/TrialRecord."""
+    commands = np.asarray(record.commands, dtype=np.float64)
+    stamps = np.asarray(record.state_stamps, dtype=np.float64).reshape(-1, 2)
+    return interfaces.TrialRecord(
+        **_trial_header(record), reason=str(record.reason), target=_point(record.target),
+        action_dim=commands.shape[1] if commands.ndim == 2 else 0,
+        state_stamps=[Time(sec=int(s), nanosec=int(n)) for s, n in stamps],
+        commands=_flat(commands))
 
 
-def decode_trial_record(msg: Float64MultiArray, dU: Optional[int] = None) -> TrialRecord:
-    k = TRIAL_RECORD_KIND
-    fields = decode_record(msg, k)
-    header = _decode_trial_header(fields, k)
-    stamps = _field(fields, k, "state_stamps", ("T", "stamp"), (None, 2))
-    # Commands may hold NaN: the collector flags those rollouts, so they must arrive.
-    commands = _field(fields, k, "commands", ("T", "dU"), (stamps.shape[0], dU), finite=False)
-    if np.any(stamps < 0) or np.any(stamps[:, 1] >= _NANOSECONDS_PER_SECOND) or np.any(stamps != np.floor(stamps)):
-        raise WireFormatError("trial record: state_stamps must be [sec, nanosec] integer pairs with "
+def decode_trial_record(msg: interfaces.TrialRecord, dU: Optional[int] = None) -> TrialRecord:
+    """Decode a TrialRecord (commands may hold NaN: the collector flags those rollouts)."""
+    header = _decode_trial_header(msg, "trial record")
+    T, dU_msg = len(msg.state_stamps), int(msg.action_dim)
+    if T:
+        _check_dims("trial record", action_dim=(dU_msg, dU, 1))
+    stamps = np.array([[s.sec, s.nanosec] for s in msg.state_stamps],
+                      dtype=np.float64).reshape(T, 2)
+    if np.any(stamps[:, 0] < 0) or np.any(stamps[:, 1] >= _NANOSECONDS_PER_SECOND):
+        raise WireFormatError("trial record: state_stamps must have sec >= 0 and "
                               "0 <= nanosec < 1e9")
-    return TrialRecord(**header, target=_field(fields, k, "target", ("xyz",), (3,)),
-                       state_stamps=stamps, commands=commands)
+    commands = _array(msg.commands, (T, dU_msg if T else (dU or dU_msg)),
+                      "trial record: commands (T, dU)", finite=False)
+    return TrialRecord(**header, target=_from_point(msg.target), state_stamps=stamps,
+                       commands=commands, reason=str(msg.reason))
 
 
 @dataclass(frozen=True)
 class RolloutMessage:
-    """A finished trial as the core sees it: X (T, dX), U (T, dU) (empty, T = 0, when
-    status != OK)."""
+    """
+    A finished trial as the core sees it.
+
+    X (T, dX), U (T, dU) (empty, T = 0, when status != OK). The collector also sends the
+    joint states it built X from (sensor_msgs/JointState, T of them), the commands
+    (T, dU) and the target (3,); they are optional for a rollout sent again.
+    """
 
     trial_id: int
     condition: int
@@ -592,34 +543,56 @@ class RolloutMessage:
     status: TrialStatus
     X: np.ndarray
     U: np.ndarray
+    target: Optional[np.ndarray] = None
+    joint_states: Tuple[JointState, ...] = ()
+    commands: Optional[np.ndarray] = None
 
 
-def encode_rollout(rollout: RolloutMessage) -> Float64MultiArray:
-    """Fields: trial_id[], condition[], iteration[], index[], controller_version[], purpose[],
-    status[] (TrialStatus), X[T,dX], U[T,dU]."""
-    return encode_record(ROLLOUT_KIND, {**_trial_header(rollout), "X": (rollout.X, ("T", "dX")),
-                                        "U": (rollout.U, ("T", "dU"))})
+def encode_rollout(rollout: RolloutMessage) -> interfaces.Rollout:
+    """Encode as mbpl_ros_interfaces/Rollout."""
+    X, U = np.asarray(rollout.X, dtype=np.float64), np.asarray(rollout.U, dtype=np.float64)
+    if X.ndim != 2 or U.ndim != 2 or X.shape[0] != U.shape[0]:
+        raise WireFormatError(f"rollout: X (T, dX) and U (T, dU) must have the same T; got "
+                              f"{X.shape} and {U.shape}")
+    target = rollout.target if rollout.target is not None else np.zeros(3)
+    return interfaces.Rollout(
+        **_trial_header(rollout), target=_point(target),
+        joint_states=list(rollout.joint_states),
+        commands=_flat(rollout.commands if rollout.commands is not None else np.zeros(0)),
+        horizon=X.shape[0], state_dim=X.shape[1], action_dim=U.shape[1],
+        states=_flat(X), actions=_flat(U))
 
 
-def decode_rollout(msg: Float64MultiArray, dX: Optional[int] = None, dU: Optional[int] = None) -> RolloutMessage:
-    k = ROLLOUT_KIND
-    fields = decode_record(msg, k)
-    header = _decode_trial_header(fields, k)
+def decode_rollout(msg: interfaces.Rollout, dX: Optional[int] = None,
+                   dU: Optional[int] = None) -> RolloutMessage:
+    """Decode a Rollout; lengths that disagree with its fields (or dX, dU) are refused."""
+    header = _decode_trial_header(msg, "rollout")
     ok = header["status"] == TrialStatus.OK
-    X = _field(fields, k, "X", ("T", "dX"), (None, dX), finite=ok)
-    U = _field(fields, k, "U", ("T", "dU"), (X.shape[0], dU), finite=ok)
-    return RolloutMessage(**header, X=X, U=U)
+    T, dX_msg, dU_msg = int(msg.horizon), int(msg.state_dim), int(msg.action_dim)
+    if ok or T:
+        _check_dims("rollout", state_dim=(dX_msg, dX, 1), action_dim=(dU_msg, dU, 1))
+    what = f"rollout of trial {header['trial_id']}:"
+    X = _array(msg.states, (T, dX_msg), f"{what} states (T, dX)", finite=ok)
+    U = _array(msg.actions, (T, dU_msg), f"{what} actions (T, dU)", finite=ok)
+    commands = np.array(msg.commands, dtype=np.float64)
+    if commands.size not in (0, T * dU_msg) or len(msg.joint_states) not in (0, T):
+        raise WireFormatError(f"{what} {len(msg.joint_states)} joint states and "
+                              f"{commands.size} command values for T={T}, dU={dU_msg}; expected "
+                              f"none or T and T*dU")
+    return RolloutMessage(**header, X=X, U=U, target=_from_point(msg.target),
+                          joint_states=tuple(msg.joint_states),
+                          commands=commands.reshape(T, dU_msg) if commands.size else None)
 
 
 # ---------------------------------------------------------------- dynamics
-DYNAMICS_KIND = "lg_dynamics"
-
-
 @dataclass(frozen=True)
 class DynamicsMessage:
-    """Condition `condition`'s dynamics fitted to the rollouts `trial_ids` of controller version
-    `controller_version`; `complete` once all of that version's sample rollouts are in (the
-    fit LQR-FLM uses, with the prior refitted on them)."""
+    """
+    Condition `condition`'s dynamics fitted to the rollouts `trial_ids`.
+
+    Of controller version `controller_version`; `complete` once all of that version's
+    sample rollouts are in (the fit LQR-FLM uses, with the prior refitted on them).
+    """
 
     condition: int
     controller_version: int
@@ -628,43 +601,39 @@ class DynamicsMessage:
     dynamics: LinearGaussianDynamics
 
 
-def _trial_ids(fields, kind: str) -> Tuple[int, ...]:
-    ids = _field(fields, kind, "trial_ids", ("n",))
-    if ids.size < 1 or np.any(ids != np.floor(ids)) or np.any(ids < 0) or np.any(ids >= _MAX_EXACT_INTEGER):
-        raise WireFormatError(f"record {kind!r}: trial_ids must be one or more integers in [0, 2**53)")
-    return tuple(int(i) for i in ids)
-
-
-def encode_dynamics(message: DynamicsMessage) -> Float64MultiArray:
-    """Fields: condition[], controller_version[], trial_ids[n], complete[] (0/1),
-    F[t=T-1,dX,dXU], f[t,dX], covar[t,dX,dX2], x0_mean[dX], x0_covar[dX,dX2]."""
+def encode_dynamics(message: DynamicsMessage) -> interfaces.LinearGaussianDynamics:
+    """Encode as mbpl_ros_interfaces/LinearGaussianDynamics."""
     d = message.dynamics
-    return encode_record(DYNAMICS_KIND, {
-        "condition": _scalar(message.condition), "controller_version": _scalar(message.controller_version),
-        "trial_ids": (np.asarray(message.trial_ids, dtype=np.float64), ("n",)),
-        "complete": _scalar(int(bool(message.complete))),
-        "F": (d.F, ("t", "dX", "dXU")), "f": (d.f, ("t", "dX")), "covar": (d.covar, ("t", "dX", "dX2")),
-        "x0_mean": (d.x0_mean, ("dX",)), "x0_covar": (d.x0_covar, ("dX", "dX2"))})
+    steps, dX, dXU = d.F.shape
+    return interfaces.LinearGaussianDynamics(
+        condition=int(message.condition), controller_version=int(message.controller_version),
+        trial_ids=[int(i) for i in message.trial_ids], complete=bool(message.complete),
+        horizon=steps + 1, state_dim=dX, action_dim=dXU - dX, transition=_flat(d.F),
+        offsets=_flat(d.f), covariance=_flat(d.covar), initial_mean=_flat(d.x0_mean),
+        initial_covariance=_flat(d.x0_covar))
 
 
-def decode_dynamics(msg: Float64MultiArray, dX: Optional[int] = None, dU: Optional[int] = None) -> DynamicsMessage:
-    k = DYNAMICS_KIND
-    fields = decode_record(msg, k)
-    F = _field(fields, k, "F", ("t", "dX", "dXU"), (None, dX, None if dX is None or dU is None else dX + dU))
-    steps, dX = F.shape[:2]
-    if F.shape[2] <= dX:
-        raise WireFormatError(f"dynamics: F must have shape (T-1, dX, dX+dU) with dU >= 1; got {F.shape}")
-    complete = _integer(fields, k, "complete")
-    if complete not in (0, 1):
-        raise WireFormatError(f"dynamics: complete must be 0 or 1; got {complete}")
+def decode_dynamics(msg: interfaces.LinearGaussianDynamics, dX: Optional[int] = None,
+                    dU: Optional[int] = None) -> DynamicsMessage:
+    """Decode fitted dynamics; shapes that disagree with the fields are refused."""
+    T, dX_msg, dU_msg = int(msg.horizon), int(msg.state_dim), int(msg.action_dim)
+    _check_dims("dynamics", horizon=(T, None, 2), state_dim=(dX_msg, dX, 1),
+                action_dim=(dU_msg, dU, 1))
+    if len(msg.trial_ids) < 1:
+        raise WireFormatError("dynamics: trial_ids must name one or more rollouts")
+    steps = T - 1
     return DynamicsMessage(
-        condition=_integer(fields, k, "condition"), controller_version=_integer(fields, k, "controller_version"),
-        trial_ids=_trial_ids(fields, k), complete=bool(complete),
+        condition=int(msg.condition), controller_version=int(msg.controller_version),
+        trial_ids=tuple(int(i) for i in msg.trial_ids), complete=bool(msg.complete),
         dynamics=LinearGaussianDynamics(
-            F=F, f=_field(fields, k, "f", ("t", "dX"), (steps, dX)),
-            covar=_field(fields, k, "covar", ("t", "dX", "dX2"), (steps, dX, dX)),
-            x0_mean=_field(fields, k, "x0_mean", ("dX",), (dX,)),
-            x0_covar=_field(fields, k, "x0_covar", ("dX", "dX2"), (dX, dX))))
+            F=_array(msg.transition, (steps, dX_msg, dX_msg + dU_msg),
+                     "dynamics: transition (T-1, dX, dX+dU)"),
+            f=_array(msg.offsets, (steps, dX_msg), "dynamics: offsets (T-1, dX)"),
+            covar=_array(msg.covariance, (steps, dX_msg, dX_msg),
+                         "dynamics: covariance (T-1, dX, dX)"),
+            x0_mean=_array(msg.initial_mean, (dX_msg,), "dynamics: initial_mean (dX,)"),
+            x0_covar=_array(msg.initial_covariance, (dX_msg, dX_msg),
+                            "dynamics: initial_covariance (dX, dX)")))
 
 
 # ---------------------------------------------------------------- progress and markers
@@ -686,9 +655,13 @@ def encode_progress(progress, algorithm: str, stamp: Stamp):
 
 
 def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
-    """visualization_msgs/MarkerArray for RViz or Foxglove: a sphere at each condition's
-    target (targets (M, 3), namespace "targets") and, for each condition with one, the
-    end-effector path of its latest trial (paths: condition -> (T, 3), namespace "paths")."""
+    """
+    Return a visualization_msgs/MarkerArray of the targets and paths, for RViz or Foxglove.
+
+    A sphere at each condition's target (targets (M, 3), namespace "targets") and, for each
+    condition with one, the end-effector path of its latest trial (paths: condition ->
+    (T, 3), namespace "paths").
+    """
     from geometry_msgs.msg import Point
     from visualization_msgs.msg import Marker, MarkerArray
 
@@ -712,8 +685,12 @@ def encode_markers(targets, paths, stamp: Stamp, frame_id: str = "world"):
     return MarkerArray(markers=markers)
 
 
-# ---------------------------------------------------------------- topics and QoS of the learning loop
-TRIAL_REQUESTS_TOPIC = "gps/trial_requests"
+# ---------------------------------------------------------------- topics and QoS of the loop
+#: The RunTrial action server of lqr_controller (one per robot namespace).
+RUN_TRIAL_ACTION = "gps/run_trial"
+#: The goals gps_trainer sends (service introspection of the action's send_goal service:
+#: RunTrial_SendGoal_Event, with the goal when the event is REQUEST_SENT).
+TRIAL_GOAL_EVENTS_TOPIC = RUN_TRIAL_ACTION + "/_action/send_goal/_service_event"
 TRIAL_RECORDS_TOPIC = "gps/trial_records"
 ROLLOUTS_TOPIC = "gps/rollouts"
 DYNAMICS_TOPIC = "gps/dynamics"
@@ -723,7 +700,7 @@ CONTROLLERS_TOPIC = "gps/controllers"
 PROGRESS_TOPIC = "gps/progress"
 MARKERS_TOPIC = "gps/markers"
 
-#: Requests, records, rollouts, dynamics: reliable, every message delivered in order.
+#: Records, rollouts, dynamics: reliable, every message delivered in order.
 EVENTS_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 #: Emergency stop: std_msgs/Bool, True = stop. lqr_controller latches on True; only its
@@ -740,8 +717,10 @@ ESTOP_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                        durability=DurabilityPolicy.VOLATILE, history=HistoryPolicy.KEEP_LAST)
 #: A state whose latest value matters to late joiners (the e-stop latch).
 LATCHED_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                               durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+                               durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                               history=HistoryPolicy.KEEP_LAST)
 #: Controllers: transient local, so a (re)started lqr_controller gets the latest ones.
 #: The depth keeps more than one version per condition for up to 64 conditions.
 CONTROLLERS_QOS = QoSProfile(depth=128, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                             history=HistoryPolicy.KEEP_LAST)

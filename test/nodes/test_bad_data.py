@@ -16,10 +16,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
-from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment, spinning,
-                          wait_until)
+from loop_helpers import (REPO, Recorder, TrialGoalSender, create_probe, observe_trial_goals,
+                          parameters, small_experiment, spinning, wait_until)
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
 from mbpl_ros.offline import TrainingRun
@@ -45,8 +46,8 @@ class Glitcher:
         self.hit = set()   # purposes whose trial a glitch aborted
         self.rollouts = Recorder(wire.decode_rollout)
         subscribe = self.node.create_subscription
-        subscribe(Float64MultiArray, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS)
-        subscribe(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request, wire.EVENTS_QOS)
+        subscribe(interfaces.Rollout, wire.ROLLOUTS_TOPIC, self._on_rollout, wire.EVENTS_QOS)
+        observe_trial_goals(self.node, self._on_request)
         subscribe(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command, 100)
         subscribe(JointState, wire.JOINT_STATES_TOPIC, self._on_state, 100)
         self.states = self.node.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
@@ -112,7 +113,7 @@ def test_impossible_states_in_sample_and_evaluation_trials_are_retried_and_chang
              str(experiment), "--iterations", "2", "--output", str(output)],
             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
-            topics = (wire.ROLLOUTS_TOPIC, wire.TRIAL_REQUESTS_TOPIC, wire.EFFORT_COMMANDS_TOPIC,
+            topics = (wire.ROLLOUTS_TOPIC, wire.TRIAL_GOAL_EVENTS_TOPIC, wire.EFFORT_COMMANDS_TOPIC,
                       wire.JOINT_STATES_TOPIC)
             wait_until(lambda: all(glitcher.node.count_publishers(topic) for topic in topics)
                 and glitcher.states.get_subscription_count() >= 2 and reset.service_is_ready(),
@@ -165,12 +166,11 @@ def test_a_future_or_out_of_order_stamp_holds_back_no_command(ros_context, tmp_p
     probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, lambda msg: (
         sim_states.append(msg) if msg.header.frame_id != "probe" else None), 100)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
     states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC,
                                          wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC,
-                                      wire.EVENTS_QOS)
+    requests = TrialGoalSender(probe)
     controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
         experiment_config=str(experiment), mode="realtime", realtime_trigger=trigger,
         reset_mode="pd",

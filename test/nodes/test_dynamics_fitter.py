@@ -5,12 +5,12 @@ import copy
 
 import numpy as np
 import pytest
-from std_msgs.msg import Float64MultiArray
 
 from loop_helpers import Recorder, create_probe, parameters, small_experiment, spinning, wait_until
 from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
 from mbpl_ros.nodes.dynamics_fitter import DynamicsFitterNode
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.core.controller import rollout_noise
@@ -51,8 +51,8 @@ class Trainer:
     def __init__(self, context):
         self.node = create_probe(context, "trainer_probe")
         self.fits = Recorder(wire.decode_dynamics)
-        self.node.create_subscription(Float64MultiArray, wire.DYNAMICS_TOPIC, self.fits, wire.EVENTS_QOS)
-        self.rollouts = self.node.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self.node.create_subscription(interfaces.LinearGaussianDynamics, wire.DYNAMICS_TOPIC, self.fits, wire.EVENTS_QOS)
+        self.rollouts = self.node.create_publisher(interfaces.Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
 
     def sample(self, version, X, U, first_id, timeout=20):
         """Publish a batch of version `version`; its complete fit (waited for) by trial ids."""

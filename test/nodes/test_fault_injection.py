@@ -20,9 +20,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 
-from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from loop_helpers import (REPO, Recorder, TrialGoalSender, create_probe, observe_trial_goals,
+                          parameters, small_experiment, spinning, wait_until)
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
 from mbpl_ros.nodes.dynamics_fitter import DynamicsFitterNode
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
@@ -117,11 +119,11 @@ def test_killing_the_sensor_source_mid_trial_trips_the_watchdog(ros_context, tmp
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     records = Recorder(wire.decode_trial_record)
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, records, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, records, wire.EVENTS_QOS)
     state_times = Recorder(lambda msg: time.monotonic())
     probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, state_times, 100)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
     controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
         experiment_config=str(experiment), mode="realtime", reset_mode="pd", watchdog_periods=periods,
         pd_position_tolerance=0.05, pd_velocity_tolerance=0.05))
@@ -175,13 +177,13 @@ def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path)
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
     states = Recorder()
     probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, states, 100)
     raw_commands = probe.create_publisher(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, 100)
     bad_states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
     with spinning(ros_context, [sim, controller, collector, probe]):
         wait_until(lambda: raw_commands.get_subscription_count() and requests.get_subscription_count()
                    and bad_states.get_subscription_count() >= 2 and probe.count_publishers(wire.ROLLOUTS_TOPIC)
@@ -260,7 +262,7 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     records = Recorder(wire.decode_trial_record)
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, records,
+    probe.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, records,
                               wire.EVENTS_QOS)
     sim_states = []     # (stamp ns, q, qd) of sim_robot's own states
 
@@ -270,8 +272,8 @@ def test_a_joint_state_flood_keeps_commands_safe_and_their_rate_bounded(
             sim_states.append((wire.nanoseconds_from_stamp(msg.header.stamp), q, qd))
     probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, on_state, 100)
     flood = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
     rng = np.random.default_rng(6)
     flood_hz, flood_s = 10 * RATE_HZ, 2.0
     with spinning(ros_context, [sim, controller, probe]):
@@ -365,7 +367,7 @@ def test_killed_and_restarted_trainer_and_controller_recover(ros_context, tmp_pa
     # A trainer's requests reach the probe only once its publisher has matched the probe's
     # subscription: count the matches instead of hoping a sleep was long enough.
     publishers_matched = []
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, requests, wire.EVENTS_QOS,
+    observe_trial_goals(probe, requests,
                               event_callbacks=SubscriptionEventCallbacks(
                                   matched=lambda info: publishers_matched.append(info.current_count_change)))
     estop = probe.create_publisher(Bool, wire.ESTOP_TOPIC, wire.ESTOP_QOS)
@@ -441,9 +443,9 @@ def test_estop_latches_within_a_period_pauses_the_trainer_and_only_reset_clears_
     probe = create_probe(ros_context)
     commands = CommandProbe(probe)
     requests = Recorder(wire.decode_trial_request)
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, requests, wire.EVENTS_QOS)
+    observe_trial_goals(probe, requests)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
     estop = probe.create_publisher(Bool, wire.ESTOP_TOPIC, wire.ESTOP_QOS)
     reset = probe.create_client(Trigger, "/lqr_controller/reset_estop")
     with spinning(ros_context, [sim, controller, collector, fitter, trainer, probe]):

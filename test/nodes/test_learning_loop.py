@@ -7,21 +7,24 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 from rclpy.context import Context
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
 import rclpy
-from loop_helpers import (REPO, Recorder, create_probe, parameters, small_experiment,
-                          small_mdgps_experiment, spinning, wait_until)
+from loop_helpers import (REPO, Recorder, TrialGoalSender, create_probe, parameters,
+                          small_experiment, small_mdgps_experiment, spinning, wait_until)
 from mbpl_ros.core.dynamics import fit_dynamics
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
+from mbpl_ros_interfaces.action import RunTrial
+from rclpy.action import ActionServer
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.nodes.sample_collector import SampleCollectorNode
@@ -83,9 +86,9 @@ def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_con
     collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(assembly_timeout_s=0.3))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
     states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
-    records = probe.create_publisher(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
+    records = probe.create_publisher(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, wire.EVENTS_QOS)
     with spinning(ros_context, [collector, probe]):
         wait_until(lambda: states.get_subscription_count() and records.get_subscription_count()
                    and probe.count_publishers(wire.ROLLOUTS_TOPIC), what="discovery")
@@ -110,19 +113,23 @@ def test_collector_builds_the_state_by_kinematics_and_flags_bad_rollouts(ros_con
 # ---------------------------------------------------------------- the trial protocol (trainer side)
 class FakeRobot:
     """Plays lqr_controller + sample_collector + dynamics_fitter for gps_trainer: answers each
-    trial request by `behaviours` (in order; then "ok"), with rollouts of the offline arm."""
+    RunTrial goal by `behaviours` (in order; then "ok"), with rollouts of the offline arm."""
 
     def __init__(self, context, config, behaviours):
         self.node = create_probe(context, "fake_robot")
         self.config, self.behaviours = config, list(behaviours)
         self.arm = Arm(config.robot, physics_dt=config.physics_dt, substeps=config.substeps)
         self.controllers, self.requests, self.batch = {}, [], {}
-        self.rollouts = self.node.create_publisher(Float64MultiArray, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
-        self.dynamics = self.node.create_publisher(Float64MultiArray, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
-        self.node.create_subscription(Float64MultiArray, wire.CONTROLLERS_TOPIC, self._on_controller,
+        self.rollouts = self.node.create_publisher(interfaces.Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
+        self.dynamics = self.node.create_publisher(interfaces.LinearGaussianDynamics, wire.DYNAMICS_TOPIC, wire.EVENTS_QOS)
+        self.node.create_subscription(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, self._on_controller,
                                       wire.CONTROLLERS_QOS)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
-                                      wire.EVENTS_QOS)
+        ActionServer(self.node, RunTrial, wire.RUN_TRIAL_ACTION, self._execute)
+
+    def _execute(self, goal_handle):
+        self._on_request(goal_handle.request)
+        goal_handle.succeed()
+        return RunTrial.Result()
 
     def _on_controller(self, msg):
         message = wire.decode_controller(msg)
@@ -341,9 +348,9 @@ def test_pd_reset_drives_the_arm_to_the_start_pose_before_the_trial(ros_context,
         experiment_config=str(experiment)))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
     spec = config.conditions[1]                     # start (1.5, 0.2); sim_robot starts at home (0, 1.5)
     with Arm(config.robot) as arm:
         initial = config.initial_controllers(arm)[1]
@@ -427,8 +434,8 @@ def test_controller_runs_the_exported_torchscript_policy(ros_context, tmp_path):
         experiment_config=str(experiment)))
     probe = create_probe(ros_context)
     rollouts = Recorder(wire.decode_rollout)
-    probe.create_subscription(Float64MultiArray, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    requests = TrialGoalSender(probe)
     spec = config.conditions[0]
     with spinning(ros_context, [sim, controller, collector, probe]):
         wait_until(lambda: requests.get_subscription_count() and probe.count_publishers(wire.ROLLOUTS_TOPIC)
@@ -500,3 +507,48 @@ def test_the_trainer_publishes_its_progress_and_markers(ros_context, tmp_path):
     assert {(marker.ns, marker.id) for marker in final} == {("targets", 0), ("targets", 1),
                                                             ("paths", 0), ("paths", 1)}
     assert all(len(marker.points) == 10 for marker in final if marker.ns == "paths")
+
+
+@pytest.mark.timeout(180)
+def test_on_a_running_graph_only_the_effort_commands_carry_float64_multiarray(ros_context, tmp_path):
+    """While `mbpl sim`'s graph runs, a probe lists the graph's topics and their types: every
+    /gps topic is typed, Float64MultiArray is the ros2_control effort command alone, and
+    lqr_controller serves the RunTrial action."""
+    from rclpy.action import get_action_server_names_and_types_by_node
+
+    experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=10, N=2)
+    probe = create_probe(ros_context, "type_probe")
+    seen, servers, done = {}, set(), threading.Event()
+
+    def look():
+        while not done.is_set():
+            for name, types in probe.get_topic_names_and_types():
+                seen.setdefault(name, set()).update(types)
+            try:
+                servers.update((name, tuple(types)) for name, types in
+                               get_action_server_names_and_types_by_node(probe, "lqr_controller", "/"))
+            except Exception:   # lqr_controller not (or no longer) in the graph
+                pass
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=look, daemon=True)
+    watcher.start()
+    try:
+        rows = graph_run(experiment, tmp_path / "graph", iterations=1)
+    finally:
+        done.set()
+        watcher.join(timeout=5)
+        probe.destroy_node()
+    assert [row["iteration"] for row in rows] == [0, 1]
+    multiarray = sorted(name for name, types in seen.items() if "std_msgs/msg/Float64MultiArray" in types)
+    assert multiarray == ["/effort_controller/commands"], multiarray
+    expected = {"/gps/controllers": "mbpl_ros_interfaces/msg/LinearGaussianController",
+                "/gps/trial_records": "mbpl_ros_interfaces/msg/TrialRecord",
+                "/gps/rollouts": "mbpl_ros_interfaces/msg/Rollout",
+                "/gps/dynamics": "mbpl_ros_interfaces/msg/LinearGaussianDynamics",
+                "/gps/progress": "mbpl_ros_interfaces/msg/TrainingProgress"}
+    for name, type_name in expected.items():
+        assert seen.get(name) == {type_name}, (name, seen.get(name))
+    gps = sorted(name for name in seen if name.startswith("/gps/") and "/_action/" not in name)
+    assert all(not any(t.startswith("std_msgs/msg/Float64") for t in seen[name]) for name in gps), gps
+    assert ("/gps/run_trial", ("mbpl_ros_interfaces/action/RunTrial",)) in servers, servers

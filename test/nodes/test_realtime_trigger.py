@@ -7,9 +7,11 @@ import pytest
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
-from loop_helpers import Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from loop_helpers import (Recorder, TrialGoalSender, create_probe, parameters, small_experiment,
+                          spinning, wait_until)
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.sim.arm import Arm
 
@@ -28,11 +30,11 @@ class RobotProbe:
         self.records = Recorder(wire.decode_trial_record)
         self.node.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC,
                                       lambda msg: self.command_times.append(time.monotonic()), 100)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self.records, wire.EVENTS_QOS)
+        self.node.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, self.records, wire.EVENTS_QOS)
         self.states = self.node.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
-        self.controllers = self.node.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC,
+        self.controllers = self.node.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC,
                                                       wire.CONTROLLERS_QOS)
-        self.requests = self.node.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self.requests = TrialGoalSender(self.node)
 
     def start_trial(self, controller_node):
         config, spec = self.config, self.config.conditions[0]

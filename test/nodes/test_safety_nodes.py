@@ -16,11 +16,13 @@ from std_msgs.msg import Bool, Float64MultiArray
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from loop_helpers import (REPO, Recorder, TrialGoalSender, create_probe, parameters, small_experiment,
+                          spinning, wait_until)
 from mbpl_ros.core import sanity
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
 from mbpl_ros.nodes.gps_trainer import GpsTrainerNode
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode
 from mbpl_ros.robot_model import RobotModel
@@ -70,12 +72,12 @@ class ProbeRobot:
         self.node = create_probe(context, name)
         self.commands = CommandProbe(self.node)
         self.records = Recorder(wire.decode_trial_record)
-        self.node.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self.records, wire.EVENTS_QOS)
+        self.node.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, self.records, wire.EVENTS_QOS)
         self.latched = Recorder(lambda msg: msg.data)
         self.node.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self.latched, wire.LATCHED_STATE_QOS)
         self.states = self.node.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
-        self.controllers = self.node.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-        self.requests = self.node.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+        self.controllers = self.node.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+        self.requests = TrialGoalSender(self.node)
         self.estop = self.node.create_publisher(Bool, wire.ESTOP_TOPIC, wire.ESTOP_QOS)
         self.reset_estop = self.node.create_client(Trigger, "/lqr_controller/reset_estop")
         self.stamp_ns = 10 ** 18
@@ -370,10 +372,10 @@ def test_watchdog_hold_sends_the_gravity_torque_at_the_last_pose(ros_context):
     probe = create_probe(ros_context)
     commands = CommandProbe(probe, limits=np.full(7, np.inf), n_joints=7)
     records = Recorder(wire.decode_trial_record)
-    probe.create_subscription(Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, records, wire.EVENTS_QOS)
+    probe.create_subscription(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, records, wire.EVENTS_QOS)
     states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
-    controllers = probe.create_publisher(Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
-    requests = probe.create_publisher(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
     q_last = np.array([0.3, 0.9, 0.1, -1.2, 0.2, 0.8, 0.0])           # robot order, away from the start pose
     spec = config.conditions[0]
     with spinning(ros_context, [controller, probe]):

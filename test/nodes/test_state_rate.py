@@ -9,11 +9,12 @@ import time
 import numpy as np
 import pytest
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Float64MultiArray
 
-from loop_helpers import Recorder, create_probe, parameters, small_experiment, spinning, wait_until
+from loop_helpers import (Recorder, TrialGoalSender, create_probe, parameters, small_experiment,
+                          spinning, wait_until)
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
+from mbpl_ros_interfaces import msg as interfaces
 from mbpl_ros.nodes.lqr_controller import LqrControllerNode, joint_state_rate_problem
 from mbpl_ros.sim.arm import Arm
 
@@ -53,14 +54,12 @@ class Robot:
         self.states = self.node.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 10)
         self.records = Recorder(wire.decode_trial_record)
         self.node.create_subscription(
-            Float64MultiArray, wire.TRIAL_RECORDS_TOPIC, self.records, wire.EVENTS_QOS
+            interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC, self.records, wire.EVENTS_QOS
         )
         self.controllers = self.node.create_publisher(
-            Float64MultiArray, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS
+            interfaces.LinearGaussianController, wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS
         )
-        self.requests = self.node.create_publisher(
-            Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, wire.EVENTS_QOS
-        )
+        self.requests = TrialGoalSender(self.node)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._publish, daemon=True)
 

@@ -8,10 +8,10 @@ import threading
 
 import numpy as np
 import pytest
-from std_msgs.msg import Float64MultiArray
 from threadpoolctl import threadpool_limits
 
-from loop_helpers import REPO, Recorder, create_probe, parameters, small_experiment, spinning
+from loop_helpers import (REPO, Recorder, create_probe, observe_trial_goals, parameters,
+                          small_experiment, spinning)
 from mbpl_ros import sim_runner
 from mbpl_ros.checkpoint import Checkpoint, experiment_identity, read_checkpoint, write_checkpoint
 from mbpl_ros.experiment import load_experiment
@@ -125,8 +125,7 @@ class Graph:
         self.probe = create_probe(context, "request_probe")
         self.requests = Recorder(wire.decode_trial_request)
         self.stop_at = lambda request: None      # called with each request, as it arrives
-        self.probe.create_subscription(Float64MultiArray, wire.TRIAL_REQUESTS_TOPIC, self._on_request,
-                                       wire.EVENTS_QOS)
+        observe_trial_goals(self.probe, self._on_request)
 
     def _on_request(self, msg):
         self.requests(msg)

@@ -174,56 +174,10 @@ def test_stamps_and_clock():
         wire.stamp_from_nanoseconds(-1)
 
 
-# ---------------------------------------------------------------- records
-from mbpl_ros.core.controller import LinearGaussianController, pd_controller  # noqa: E402
+# ---------------------------------------------------------------- typed messages of the loop
+from mbpl_ros.core.controller import LinearGaussianController  # noqa: E402
 from mbpl_ros.core.dynamics import LinearGaussianDynamics  # noqa: E402
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.lists(hnp.arrays(np.float64, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
-                           elements=st.floats(width=64)), min_size=0, max_size=4))
-def test_any_record_round_trips_bit_exactly(arrays):
-    fields = {f"field_{i}": (array, tuple(f"a{j}" for j in range(array.ndim))) for i, array in enumerate(arrays)}
-    msg = over_the_wire(wire.encode_record("test_kind", fields))
-    assert wire.record_kind(msg) == "test_kind"
-    decoded = wire.decode_record(msg, "test_kind")
-    assert list(decoded) == list(fields)
-    for name, (array, labels) in fields.items():
-        assert decoded[name].labels == labels
-        assert decoded[name].values.shape == array.shape
-        np.testing.assert_array_equal(decoded[name].values, array)  # NaN == NaN here
-
-
-def test_record_layout_is_the_documented_one():
-    msg = wire.encode_record("example", {"n": (3.0, ()), "K": (np.arange(6.0).reshape(2, 3), ("T", "dX"))})
-    dims = [(d.label, d.size, d.stride) for d in msg.layout.dim]
-    assert dims == [("mbpl_ros/example", 7, 1), ("n[]", 1, 0), ("K[T=2,dX=3]", 6, 1)]
-    np.testing.assert_array_equal(msg.data, [3.0, 0, 1, 2, 3, 4, 5])
-
-
-def test_record_errors_name_what_is_wrong():
-    msg = wire.encode_record("a", {"x": (np.zeros(2), ("n",))})
-    with pytest.raises(wire.WireFormatError, match="expected a record of kind 'b'.*got kind 'a'"):
-        wire.decode_record(msg, "b")
-    with pytest.raises(wire.WireFormatError, match="got no record"):
-        wire.decode_record(wire.encode_array(np.zeros(2), ("n",)), "a")
-    assert wire.record_kind(Float64MultiArray(data=[1.0])) is None
-    bad = wire.encode_record("a", {"x": (np.zeros(2), ("n",))})
-    bad.layout.dim[1].label = "x[n=3]"
-    with pytest.raises(wire.WireFormatError, match=r"field 'x\[n=3\]' has size 2"):
-        wire.decode_record(bad, "a")
-    bad = wire.encode_record("a", {"x": (np.zeros(2), ("n",))})
-    bad.data = np.zeros(3)
-    with pytest.raises(wire.WireFormatError, match="announces 2 values"):
-        wire.decode_record(bad, "a")
-    bad = wire.encode_record("a", {"x": (np.zeros(2), ("n",))})
-    bad.layout.dim[0].stride = 2
-    with pytest.raises(wire.WireFormatError, match="format version 2"):
-        wire.decode_record(bad, "a")
-    with pytest.raises(wire.WireFormatError, match="identifier"):
-        wire.encode_record("a b", {})
-    with pytest.raises(wire.WireFormatError, match="one distinct identifier label per axis"):
-        wire.encode_record("a", {"x": (np.zeros((2, 2)), ("n",))})
+from mbpl_ros_interfaces import msg as interfaces  # noqa: E402
 
 
 def _controller(T=4, dU=2, dX=6, seed=0):
@@ -235,35 +189,57 @@ def _controller(T=4, dU=2, dX=6, seed=0):
 
 def test_controller_round_trips_with_bit_identical_actions():
     controller = _controller()
-    message = wire.decode_controller(over_the_wire(wire.encode_controller(wire.ControllerMessage(3, 7, controller))),
-                                     dX=6, dU=2)
+    msg = over_the_wire(wire.encode_controller(wire.ControllerMessage(3, 7, controller)))
+    assert isinstance(msg, interfaces.LinearGaussianController)
+    assert (msg.horizon, msg.state_dim, msg.action_dim) == (4, 6, 2)
+    message = wire.decode_controller(msg, dX=6, dU=2)
     assert (message.condition, message.version) == (3, 7)
     for name in ("K", "k", "covar", "chol", "inv_covar"):
         np.testing.assert_array_equal(getattr(message.controller, name), getattr(controller, name))
     x, noise = np.linspace(-1, 1, 6), np.array([0.3, -0.7])
     np.testing.assert_array_equal(message.controller.act(2, x, noise), controller.act(2, x, noise))
-    with pytest.raises(wire.WireFormatError, match=r"field 'K' has shape \(4, 2, 6\); expected \('any', 3, 'any'\)"):
+    with pytest.raises(wire.WireFormatError, match="controller: action_dim is 2; expected 3"):
         wire.decode_controller(wire.encode_controller(wire.ControllerMessage(0, 0, controller)), dU=3)
+
+
+def test_controller_whose_arrays_disagree_with_its_shape_fields_is_rejected():
+    msg = wire.encode_controller(wire.ControllerMessage(0, 0, _controller()))
+    msg.horizon = 5
+    with pytest.raises(wire.WireFormatError, match=r"gains \(T, dU, dX\) has 48 values; its dimension "
+                       r"fields say \(5, 2, 6\) = 60"):
+        wire.decode_controller(msg)
+    msg = wire.encode_controller(wire.ControllerMessage(0, 0, _controller()))
+    msg.covariance_inverse = msg.covariance_inverse[:-1]
+    with pytest.raises(wire.WireFormatError, match="covariance_inverse"):
+        wire.decode_controller(msg)
+    msg.horizon = 0
+    with pytest.raises(wire.WireFormatError, match="horizon is 0; expected >= 1"):
+        wire.decode_controller(msg)
 
 
 def test_controller_with_non_finite_gains_is_rejected():
     controller = _controller()
     controller.K[0, 0, 0] = np.nan
-    with pytest.raises(wire.WireFormatError, match="field 'K' must be finite"):
+    with pytest.raises(wire.WireFormatError, match="gains .* must be finite"):
         wire.decode_controller(wire.encode_controller(wire.ControllerMessage(0, 0, controller)))
 
 
 def _request(**changes):
-    values = dict(trial_id=2 ** 52 + 1, condition=1, iteration=3, index=4, controller_version=2,
+    values = dict(trial_id=2 ** 60 + 1, condition=1, iteration=3, index=4, controller_version=2,
                   executor="controller", purpose="sample", initial_positions=np.array([0.1, -0.2]),
                   target=np.array([0.2, 0.3, 0.0]), noise=np.arange(10.0).reshape(5, 2))
     values.update(changes)
     return wire.TrialRequest(**values)
 
 
-def test_trial_request_round_trips_with_exact_large_ids():
+def test_trial_request_round_trips_as_a_run_trial_goal_with_exact_large_ids():
+    from mbpl_ros_interfaces.action import RunTrial
+
     request = _request()
-    decoded = wire.decode_trial_request(over_the_wire(wire.encode_trial_request(request)), n_joints=2, dU=2)
+    goal = over_the_wire(wire.encode_trial_request(request))
+    assert isinstance(goal, RunTrial.Goal)
+    assert (goal.executor, goal.purpose) == (RunTrial.Goal.EXECUTOR_CONTROLLER, RunTrial.Goal.PURPOSE_SAMPLE)
+    decoded = wire.decode_trial_request(goal, n_joints=2, dU=2)
     for name in ("trial_id", "condition", "iteration", "index", "controller_version", "executor", "purpose"):
         assert getattr(decoded, name) == getattr(request, name)
     for name in ("initial_positions", "target", "noise"):
@@ -276,16 +252,19 @@ def test_trial_request_round_trips_with_exact_large_ids():
 def test_trial_request_errors():
     with pytest.raises(wire.WireFormatError, match=r"executor must be one of \['controller', 'policy'\]"):
         wire.encode_trial_request(_request(executor="magic"))
-    with pytest.raises(wire.WireFormatError, match=r"field 'initial_positions' has shape \(2,\); expected \(3,\)"):
+    with pytest.raises(wire.WireFormatError, match=r"initial_positions has 2 values; expected one per joint \(3\)"):
         wire.decode_trial_request(wire.encode_trial_request(_request()), n_joints=3)
-    msg = wire.encode_trial_request(_request())
-    msg.data[0] = 1.5  # trial_id
-    with pytest.raises(wire.WireFormatError, match="field 'trial_id' must be an integer"):
-        wire.decode_trial_request(msg)
-    msg = wire.encode_trial_request(_request())
-    msg.data[6] = 5  # purpose
-    with pytest.raises(wire.WireFormatError, match=r"field 'purpose' is 5; allowed: 0..1 \(0=sample, 1=evaluation\)"):
-        wire.decode_trial_request(msg)
+    goal = wire.encode_trial_request(_request())
+    goal.purpose = 5
+    with pytest.raises(wire.WireFormatError, match="purpose is 5; allowed: 0=sample, 1=evaluation"):
+        wire.decode_trial_request(goal)
+    goal = wire.encode_trial_request(_request())
+    goal.horizon = 6
+    with pytest.raises(wire.WireFormatError, match=r"noise \(T, dU\) has 10 values; its dimension fields "
+                       r"say \(6, 2\) = 12"):
+        wire.decode_trial_request(goal)
+    with pytest.raises(wire.WireFormatError, match="action_dim is 2; expected 3"):
+        wire.decode_trial_request(wire.encode_trial_request(_request()), dU=3)
 
 
 def test_trial_record_round_trips_wall_clock_stamps_exactly():
@@ -293,31 +272,63 @@ def test_trial_record_round_trips_wall_clock_stamps_exactly():
     record = wire.TrialRecord(trial_id=9, condition=0, iteration=1, index=2, controller_version=0,
                               purpose="sample", status=wire.TrialStatus.OK, target=np.array([1.0, 2.0, 3.0]),
                               state_stamps=wire.stamps_to_pairs(stamps), commands=np.array([[1.0, np.nan], [0.5, 0.25]]))
-    decoded = wire.decode_trial_record(over_the_wire(wire.encode_trial_record(record)), dU=2)
+    msg = over_the_wire(wire.encode_trial_record(record))
+    assert isinstance(msg, interfaces.TrialRecord) and len(msg.state_stamps) == 2
+    decoded = wire.decode_trial_record(msg, dU=2)
     np.testing.assert_array_equal(decoded.state_stamps_ns, stamps)
     np.testing.assert_array_equal(decoded.commands, record.commands)  # NaN travels: the collector flags it
     assert decoded.status is wire.TrialStatus.OK and decoded.trial_id == 9
     msg = wire.encode_trial_record(record)
-    msg.data[6] = 17  # status
+    msg.status.value = 17
     with pytest.raises(wire.WireFormatError, match="status 17 is not one of"):
         wire.decode_trial_record(msg)
+    refused = wire.TrialRecord(**{**record.__dict__, "status": wire.TrialStatus.CANCELLED,
+                                  "state_stamps": np.zeros((0, 2)), "commands": np.zeros((0, 2)),
+                                  "reason": "cancelled by the client"})
+    decoded = wire.decode_trial_record(over_the_wire(wire.encode_trial_record(refused)), dU=2)
+    assert decoded.status is wire.TrialStatus.CANCELLED and decoded.reason == "cancelled by the client"
+    assert decoded.commands.shape == (0, 2)
 
 
 def test_rollout_round_trips_and_failed_rollouts_may_be_empty():
     rng = np.random.default_rng(1)
     rollout = wire.RolloutMessage(trial_id=5, condition=2, iteration=1, index=0, controller_version=1,
                                   purpose="evaluation", status=wire.TrialStatus.OK, X=rng.normal(size=(7, 10)),
-                                  U=rng.normal(size=(7, 2)))
-    decoded = wire.decode_rollout(over_the_wire(wire.encode_rollout(rollout)), dX=10, dU=2)
-    np.testing.assert_array_equal(decoded.X, rollout.X)
-    np.testing.assert_array_equal(decoded.U, rollout.U)
+                                  U=rng.normal(size=(7, 2)), target=np.array([0.1, 0.2, 0.3]),
+                                  joint_states=tuple(wire.encode_joint_state(["a"], [t], [0.0], [0.0], t)
+                                                     for t in range(7)),
+                                  commands=rng.normal(size=(7, 2)))
+    msg = over_the_wire(wire.encode_rollout(rollout))
+    assert isinstance(msg, interfaces.Rollout)
+    decoded = wire.decode_rollout(msg, dX=10, dU=2)
+    for name in ("X", "U", "target", "commands"):
+        np.testing.assert_array_equal(getattr(decoded, name), getattr(rollout, name))
+    assert [s.position[0] for s in decoded.joint_states] == list(range(7))
     assert (decoded.purpose, decoded.status) == ("evaluation", wire.TrialStatus.OK)
     dropped = wire.RolloutMessage(**{**rollout.__dict__, "status": wire.TrialStatus.GAP,
-                                     "X": np.zeros((0, 10)), "U": np.zeros((0, 2))})
+                                     "X": np.zeros((0, 10)), "U": np.zeros((0, 2)), "joint_states": (),
+                                     "commands": None})
     decoded = wire.decode_rollout(wire.encode_rollout(dropped), dX=10, dU=2)
     assert decoded.status is wire.TrialStatus.GAP and decoded.X.shape == (0, 10)
-    with pytest.raises(wire.WireFormatError, match=r"field 'U' has shape \(7, 2\); expected \(7, 3\)"):
+    with pytest.raises(wire.WireFormatError, match="rollout: action_dim is 2; expected 3"):
         wire.decode_rollout(wire.encode_rollout(rollout), dU=3)
+
+
+def test_rollout_with_mismatched_lengths_is_rejected():
+    rollout = wire.RolloutMessage(trial_id=5, condition=0, iteration=1, index=0, controller_version=1,
+                                  purpose="sample", status=wire.TrialStatus.OK, X=np.zeros((7, 10)),
+                                  U=np.zeros((7, 2)))
+    msg = wire.encode_rollout(rollout)
+    msg.actions = msg.actions[:-2]
+    with pytest.raises(wire.WireFormatError, match=r"actions \(T, dU\) has 12 values; its dimension "
+                       r"fields say \(7, 2\) = 14"):
+        wire.decode_rollout(msg)
+    msg = wire.encode_rollout(rollout)
+    msg.commands = np.zeros(3)
+    with pytest.raises(wire.WireFormatError, match="3 command values for T=7, dU=2"):
+        wire.decode_rollout(msg)
+    with pytest.raises(wire.WireFormatError, match="must have the same T"):
+        wire.encode_rollout(wire.RolloutMessage(**{**rollout.__dict__, "U": np.zeros((6, 2))}))
 
 
 def test_dynamics_round_trip():
@@ -327,16 +338,26 @@ def test_dynamics_round_trip():
     dynamics = LinearGaussianDynamics(F=rng.normal(size=(T - 1, dX, dX + dU)), f=rng.normal(size=(T - 1, dX)),
                                       covar=covar @ covar.transpose(0, 2, 1), x0_mean=rng.normal(size=dX),
                                       x0_covar=np.eye(dX))
-    message = wire.DynamicsMessage(condition=1, controller_version=3, trial_ids=(11, 12, 2 ** 52), complete=True,
+    message = wire.DynamicsMessage(condition=1, controller_version=3, trial_ids=(11, 12, 2 ** 60), complete=True,
                                    dynamics=dynamics)
-    decoded = wire.decode_dynamics(over_the_wire(wire.encode_dynamics(message)), dX=dX, dU=dU)
+    msg = over_the_wire(wire.encode_dynamics(message))
+    assert isinstance(msg, interfaces.LinearGaussianDynamics) and msg.horizon == T
+    decoded = wire.decode_dynamics(msg, dX=dX, dU=dU)
     assert (decoded.condition, decoded.controller_version, decoded.trial_ids, decoded.complete) == \
-        (1, 3, (11, 12, 2 ** 52), True)
+        (1, 3, (11, 12, 2 ** 60), True)
     for name in ("F", "f", "covar", "x0_mean", "x0_covar"):
         np.testing.assert_array_equal(getattr(decoded.dynamics, name), getattr(dynamics, name))
     assert decoded.dynamics.T == T and decoded.dynamics.dU == dU
-    with pytest.raises(wire.WireFormatError, match=r"field 'F' has shape \(4, 4, 6\); expected \('any', 4, 7\)"):
+    with pytest.raises(wire.WireFormatError, match="dynamics: action_dim is 2; expected 3"):
         wire.decode_dynamics(wire.encode_dynamics(message), dX=dX, dU=3)
+    msg.initial_mean = msg.initial_mean[:-1]
+    with pytest.raises(wire.WireFormatError, match="initial_mean"):
+        wire.decode_dynamics(msg)
+
+
+def test_trial_statuses_are_the_message_constants():
+    for status in wire.TrialStatus:
+        assert getattr(interfaces.TrialStatus, status.name) == status.value
 
 
 def test_qos_of_the_learning_loop():
