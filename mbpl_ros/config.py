@@ -7,14 +7,15 @@ keys and bad values with an error naming the key path and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+
+from mbpl_ros.core.settings import SettingsError, allowed_text, check_value, setting
 
 
 class ConfigError(ValueError):
@@ -22,68 +23,32 @@ class ConfigError(ValueError):
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, **limits) -> Any:
-    """A dataclass field with its documentation and numeric limits (gt, ge, le)."""
-    metadata = {"doc": text, **limits}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    """Return a documented dataclass field with limits (see mbpl_ros.core.settings.setting)."""
+    return setting(text, default, **limits)
 
 
-def _check_limits(path: str, value: float, meta: dict) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(f"{path}: must be a finite number, got {value!r}")
-    for key, ok, word in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-                          ("le", lambda v, b: v <= b, "<="), ("lt", lambda v, b: v < b, "<")):
-        if key in meta and not ok(value, meta[key]):
-            raise ConfigError(f"{path}: must be {word} {meta[key]}, got {value!r}")
-
-
-def _convert(path: str, value: Any, kind: Any, meta: dict) -> Any:
+def _build(path: str, value: Any, kind: Any) -> Any:
+    """Return `value` with the dataclasses of `kind` (nested, in lists, optional) built from mappings."""
     origin = typing.get_origin(kind)
-    if origin is Literal:
-        allowed = typing.get_args(kind)
-        if value not in allowed:
-            raise ConfigError(f"{path}: must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = [k for k in typing.get_args(kind) if k is not type(None)]
-        if value is None:
-            return None
-        return _convert(path, value, options[0], meta)
     if dataclasses.is_dataclass(kind):
         return from_dict(kind, value, path)
-    if origin is list:
-        (item_kind,) = typing.get_args(kind)
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: must be a list, got {type(value).__name__}")
-        return [_convert(f"{path}[{i}]", item, item_kind, meta) for i, item in enumerate(value)]
-    if origin is dict or kind is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: must be a mapping, got {type(value).__name__}")
-        return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{path}: must be true or false, got {value!r}")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: must be an integer, got {value!r}")
-        _check_limits(path, value, meta)
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: must be a number, got {value!r}")
-        _check_limits(path, float(value), meta)
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported config field type {kind!r} at {path}")
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        options = [k for k in typing.get_args(kind) if k is not type(None)]
+        return _build(path, value, options[0])
+    if origin in (list, tuple) and isinstance(value, list):
+        item_kind = typing.get_args(kind)[0]
+        if dataclasses.is_dataclass(item_kind):
+            return [_build(f"{path}[{i}]", item, item_kind) for i, item in enumerate(value)]
+    return value
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
-    """Build the dataclass `cls` from a plain mapping, validating every key."""
+    """Build the dataclass `cls` from a plain mapping, validating every key.
+
+    The type and limits of each field are checked once, by mbpl_ros.core.settings (on
+    construction for a class decorated with `settings_dataclass`, here before it for any other);
+    errors name the key path, the value and what is allowed.
+    """
     where = path or "config"
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
@@ -91,18 +56,27 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: {', '.join(sorted(fields))}")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: "
+                          f"{', '.join(sorted(fields))}")
+    prefix = f"{path}." if path else ""
     values = {}
     for name, field in fields.items():
-        key_path = f"{path}.{name}" if path else name
         if name in data:
-            values[name] = _convert(key_path, data[name], hints[name], dict(field.metadata))
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{key_path}: required key is missing ({field.metadata.get('doc', '')})")
+            values[name] = _build(prefix + name, data[name], hints[name])
+        elif field.default is dataclasses.MISSING and \
+                field.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: required key is missing "
+                              f"({field.metadata.get('doc', '')})")
     try:
+        if not getattr(cls, "__settings__", False):
+            for name, value in values.items():
+                values[name] = check_value("", name, value, hints[name],
+                                           dict(fields[name].metadata))
         return cls(**values)
     except ConfigError:
         raise
+    except SettingsError as error:
+        raise ConfigError(f"{prefix}{error.key}: {error.reason}") from None
     except ValueError as error:
         raise ConfigError(f"{where}: {error}") from None
 
@@ -178,8 +152,8 @@ def load_yaml(cls: type, path: str | Path) -> Any:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key path, default, doc) rows for every field, nested sections expanded."""
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Return (key path, default, allowed, doc) rows for every field, nested sections expanded."""
     rows = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
@@ -194,5 +168,6 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
             default = repr(field.default_factory())
         else:
             default = "(required)"
-        rows.append((key, default, field.metadata.get("doc", "")))
+        rows.append((key, default, allowed_text(kind, dict(field.metadata)),
+                     field.metadata.get("doc", "")))
     return rows

@@ -6,21 +6,20 @@ file, so a result found offline transfers to the robot.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 
 from mbpl_ros.config import ConfigError, describe, doc, from_dict, read_yaml
 from mbpl_ros.core import controller as lg
 from mbpl_ros.core.costs import build_cost
-from mbpl_ros.core.lqr_flm import LqrFlmSettings, PriorSettings
+from mbpl_ros.core.dynamics import DynamicsSettings
+from mbpl_ros.core.lqr_flm import LqrFlmSettings
+from mbpl_ros.core.policy_settings import MdgpsSettings, PolicyPriorSettings, PolicySettings
 from mbpl_ros.core.rollouts import StateLayout
-from mbpl_ros.core.traj_opt import StepAdjustment
-
-if TYPE_CHECKING:  # core.mdgps and core.policy import torch: only when MDGPS is run
-    from mbpl_ros.core.mdgps import MdgpsSettings
+from mbpl_ros.core.settings import field_from, settings_dataclass
+from mbpl_ros.core.traj_opt import KlStepSettings
 from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, check_robot, describe_robot,
                                   load_robot_description, register_robot, registered_robots, robot_spec)
 
@@ -28,7 +27,7 @@ from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, Robot
 INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0, "accel_noise_std": 2.0}
 
 
-@dataclass
+@settings_dataclass
 class ConditionConfig:
     initial_positions: list[float] = doc("joint angles at the start of every rollout (rad), one per joint")
     target: list[float] = doc("end-effector target point in the world frame (m), [x, y, z]")
@@ -38,7 +37,7 @@ class ConditionConfig:
             raise ValueError(f"target must have 3 entries [x, y, z], got {len(self.target)}")
 
 
-@dataclass
+@settings_dataclass
 class BoxConfig:
     size: list[float] = doc("full side lengths (m), [x, y, z]", gt=0.0)
     position: list[float] = doc("centre in the fixture's frame (m), [x, y, z]", [0.0, 0.0, 0.0])
@@ -48,7 +47,7 @@ class BoxConfig:
             raise ValueError("size and position must have 3 entries [x, y, z]")
 
 
-@dataclass
+@settings_dataclass
 class FixtureConfig:
     name: str = doc("the fixture's name (errors, logs)")
     boxes: list[BoxConfig] = doc("its boxes (each a collision and a visual shape), axis-aligned "
@@ -80,7 +79,7 @@ class FixtureConfig:
                        color=tuple(self.color), lateral_friction=self.lateral_friction)
 
 
-@dataclass
+@settings_dataclass
 class InitialControllerConfig:
     kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double integrator", "pd")
     natural_frequency: Optional[float] = doc(
@@ -96,92 +95,35 @@ class InitialControllerConfig:
     action_cost_weight: float = doc("lqr only: weight of the joint acceleration", 0.01, gt=0.0)
 
 
-@dataclass
+@settings_dataclass
 class ExplorationConfig:
     smoothing: float = doc("std. dev. (time steps) of the Gaussian filter smoothing the noise; 0 = white",
                            1.0, ge=0.0)
     renormalize: bool = doc("rescale smoothed noise back to unit variance", True)
 
 
-@dataclass
-class PriorConfig:
-    enabled: bool = doc("use the GMM prior over [x, u, x'] for the dynamics fit", True)
-    max_clusters: int = doc("largest number of GMM clusters", 20, ge=1)
-    min_points_per_cluster: int = doc("clusters = min(max_clusters, points // this)", 40, ge=1)
-    max_rollouts: int = doc("rollouts kept in the prior's buffer (oldest dropped first)", 20, ge=1)
-    strength: float = doc("scales the prior's pseudo-counts", 1.0, gt=0.0)
+@settings_dataclass
+class PolicyConfig(PolicySettings):
+    """The policy section: the network and S-step settings (core.policy_settings), its
+    linearisation's and how MDGPS draws rollouts."""
 
-
-@dataclass
-class DynamicsConfig:
-    regularization: float = doc("ridge added to the [x, u] covariance of the regression", 1e-6, ge=0.0)
-    prior: PriorConfig = dataclasses.field(default_factory=PriorConfig, metadata={"doc": "GMM prior"})
-
-
-@dataclass
-class TrajectoryOptimizationConfig:
-    kl_step: float = doc("KL bound ε per time step; a trajectory's budget is kl_step · step_mult · T",
-                         1.0, gt=0.0)
-    initial_eta: float = doc("initial Lagrange multiplier of the KL constraint", 1.0, gt=0.0)
-    min_step_mult: float = doc("lower clip of the adaptive step multiplier", 0.01, gt=0.0)
-    max_step_mult: float = doc("upper clip of the adaptive step multiplier", 10.0, gt=0.0)
-    min_mult_change: float = doc("lower clip of one iteration's change of the multiplier", 0.1, gt=0.0)
-    max_mult_change: float = doc("upper clip of one iteration's change of the multiplier", 5.0, gt=0.0)
-
-    def __post_init__(self):
-        if self.min_step_mult > self.max_step_mult:
-            raise ValueError("min_step_mult must not exceed max_step_mult")
-        if self.min_mult_change > self.max_mult_change:
-            raise ValueError("min_mult_change must not exceed max_mult_change")
-
-
-@dataclass
-class PolicyPriorConfig:
-    enabled: bool = doc("use a GMM prior over [x, policy action] when linearising the policy", True)
-    max_clusters: int = doc("largest number of GMM clusters", 20, ge=1)
-    min_points_per_cluster: int = doc("clusters = min(max_clusters, points // this)", 20, ge=1)
-    strength: float = doc("scales the prior's pseudo-counts", 1.0, gt=0.0)
-
-
-@dataclass
-class PolicyConfig:
-    hidden_sizes: list[int] = doc("widths of the hidden layers of the policy network; [] = linear policy",
-                                  [64, 64], ge=1)
-    activation: Literal["relu", "tanh", "elu", "softplus", "silu"] = doc(
-        "activation after each hidden layer", "relu")
-    iterations: int = doc("Adam minibatch steps per S-step", 1000, ge=1)
-    batch_size: int = doc("states per minibatch (capped at the states available)", 64, ge=1)
-    learning_rate: float = doc("Adam step size", 1e-3, gt=0.0)
-    weight_decay: float = doc("Adam L2 weight decay", 0.0, ge=0.0)
-    initial_variance: float = doc("action variance of the untrained policy (N·m)²", 0.1, gt=0.0)
-    seed: Optional[int] = doc("seeds the weights and minibatch order; null: the experiment's seed",
-                              None, ge=0)
-    device: str = doc("where the S-step trains: cpu, cuda or cuda:<index> (an error if CUDA is absent)",
-                      "cpu")
+    seed: Optional[int] = field_from(
+        PolicySettings, "seed", default=None,
+        doc="seeds the weights and minibatch order; null: the experiment's seed")
     sample_on_policy: bool = doc("from iteration 2 on, draw the rollouts from the policy (with its "
                                  "variance) instead of the local controllers", False)
-    linearization_regularization: float = doc("ridge of the per-step regression that linearises the policy",
-                                              1e-6, gt=0.0)
-    refit_normalization: bool = doc(
-        "refit the policy's input normaliser at every S-step (the network's function kept), not "
-        "only at the first: for tasks whose later states leave the first iteration's range", False)
-    normalize_actions: bool = doc(
-        "scale the policy's outputs by the mean and std. dev. of the first S-step's target "
-        "actions: for actions of tens of N·m (an arm's gravity torques)", False)
-    prior: PolicyPriorConfig = dataclasses.field(
-        default_factory=PolicyPriorConfig, metadata={"doc": "GMM prior of the policy linearisation"})
-
-    def __post_init__(self):
-        if not (self.device in ("cpu", "cuda")
-                or (self.device.startswith("cuda:") and self.device[5:].isdigit())):
-            raise ValueError(f"device: must be cpu, cuda or cuda:<index>, got {self.device!r}")
+    linearization_regularization: float = field_from(MdgpsSettings, "linearization_regularization")
+    covariance: str = field_from(MdgpsSettings, "covariance")
+    prior: PolicyPriorSettings = dataclasses.field(
+        default_factory=PolicyPriorSettings, metadata={"doc": "GMM prior of the policy linearisation"})
 
 
-@dataclass
+@settings_dataclass
 class ExperimentConfig:
     robot: str = doc(f"the robot: a built-in one ({', '.join(sorted(BUILTIN_ROBOTS))}), a robot description "
                      "(a mapping: see 'Robot description' below) or the path of a YAML file holding one "
-                     "(relative to the experiment file); after loading, the robot's name")
+                     "(relative to the experiment file); after loading, the robot's name",
+                     allowed="a robot name, a robot description or a YAML path")
     conditions: list[ConditionConfig] = doc("start poses and targets, one local controller each")
     cost: dict = doc("cost terms: see core.costs.build_cost (action, state, distance)")
     T: int = doc("time steps per rollout", 50, ge=2)
@@ -199,10 +141,10 @@ class ExperimentConfig:
         default_factory=InitialControllerConfig, metadata={"doc": "initial local controllers"})
     exploration: ExplorationConfig = dataclasses.field(
         default_factory=ExplorationConfig, metadata={"doc": "exploration noise"})
-    dynamics: DynamicsConfig = dataclasses.field(
-        default_factory=DynamicsConfig, metadata={"doc": "dynamics fit"})
-    trajectory_optimization: TrajectoryOptimizationConfig = dataclasses.field(
-        default_factory=TrajectoryOptimizationConfig, metadata={"doc": "KL-bounded LQR step"})
+    dynamics: DynamicsSettings = dataclasses.field(
+        default_factory=DynamicsSettings, metadata={"doc": "dynamics fit"})
+    trajectory_optimization: KlStepSettings = dataclasses.field(
+        default_factory=KlStepSettings, metadata={"doc": "KL-bounded LQR step"})
     policy: PolicyConfig = dataclasses.field(
         default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
     fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see "
@@ -257,35 +199,19 @@ class ExperimentConfig:
             raise ConfigError(f"cost: {error}") from None
 
     def lqr_flm_settings(self) -> LqrFlmSettings:
-        t, p = self.trajectory_optimization, self.dynamics.prior
-        return LqrFlmSettings(
-            kl_step=t.kl_step, initial_eta=t.initial_eta,
-            dynamics_regularization=self.dynamics.regularization,
-            prior=PriorSettings(enabled=p.enabled, max_clusters=p.max_clusters,
-                                min_points_per_cluster=p.min_points_per_cluster,
-                                max_rollouts=p.max_rollouts, strength=p.strength),
-            step=StepAdjustment(min_mult=t.min_step_mult, max_mult=t.max_step_mult,
-                                min_change=t.min_mult_change, max_change=t.max_mult_change))
+        """LQR-FLM's settings: this experiment's dynamics and trajectory_optimization."""
+        return LqrFlmSettings(dynamics=self.dynamics,
+                              trajectory_optimization=self.trajectory_optimization)
 
-    def mdgps_settings(self, seed: int | None = None) -> "MdgpsSettings":
+    def mdgps_settings(self, seed: int | None = None) -> MdgpsSettings:
         """MDGPS settings from the policy section; the policy seed defaults to `seed`
         (the run's seed, e.g. from the command line), else to the experiment's."""
-        from mbpl_ros.core.mdgps import MdgpsSettings, PolicyPriorSettings
-        from mbpl_ros.core.policy import PolicySettings
-
         p = self.policy
         policy_seed = p.seed if p.seed is not None else (self.seed if seed is None else seed)
-        return MdgpsSettings(
-            policy=PolicySettings(
-                hidden_sizes=tuple(p.hidden_sizes), activation=p.activation,
-                initial_variance=p.initial_variance, learning_rate=p.learning_rate,
-                weight_decay=p.weight_decay, batch_size=p.batch_size, iterations=p.iterations,
-                seed=policy_seed, device=p.device, refit_normalization=p.refit_normalization,
-                normalize_actions=p.normalize_actions),
-            policy_prior=PolicyPriorSettings(
-                enabled=p.prior.enabled, max_clusters=p.prior.max_clusters,
-                min_points_per_cluster=p.prior.min_points_per_cluster, strength=p.prior.strength),
-            linearization_regularization=p.linearization_regularization)
+        network = {f.name: getattr(p, f.name) for f in dataclasses.fields(PolicySettings)}
+        return MdgpsSettings(policy=PolicySettings(**{**network, "seed": policy_seed}),
+                             policy_prior=p.prior, covariance=p.covariance,
+                             linearization_regularization=p.linearization_regularization)
 
     def initial_controllers(self, arm) -> list[lg.LinearGaussianController]:
         """One initial controller per condition, its gains and noise scaled by the mass
@@ -385,37 +311,37 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 
 def configuration_reference() -> str:
-    """docs/configuration.md: every key of an experiment file, from the schema itself."""
+    """Return docs/configuration.md: every key of an experiment file, from the schema itself."""
     import inspect
 
     from mbpl_ros.core import costs
 
+    def table(cls, prefix=""):
+        rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+        return rows + [f"| `{prefix}{key}` | `{default}` | {allowed} | {text} |"
+                       for key, default, allowed, text in describe(cls)]
+
     lines = ["# Experiment configuration", "",
-             "Generated by `mbpl config-reference` from the schema in `mbpl_ros/experiment.py`;",
-             "a test keeps this file and the schema identical. Unknown keys are rejected, and",
-             "so is a key given twice (naming both lines).", "",
-             "| key | default | meaning |", "| --- | --- | --- |"]
-    for key, default, text in describe(ExperimentConfig):
-        lines.append(f"| `{key}` | `{default}` | {text} |")
-    lines += ["", "Each entry of `conditions` has:", "", "| key | meaning |", "| --- | --- |"]
-    for key, _, text in describe(ConditionConfig):
-        lines.append(f"| `{key}` | {text} |")
+             "Generated by `mbpl config-reference` from the settings classes themselves (each",
+             "field's doc and limits, in `mbpl_ros/experiment.py` and the `mbpl_ros/core` modules",
+             "that use them); a test keeps this file and the schema identical. Unknown keys are",
+             "rejected, and so is a key given twice (naming both lines).", ""]
+    lines += table(ExperimentConfig)
+    lines += ["", "Each entry of `conditions` has:", ""] + table(ConditionConfig)
     lines += ["", "## Robot description", "",
-              "`robot:` names a built-in robot, or describes one in place (a mapping), or gives the path",
-              "of a YAML file holding such a mapping. Each controlled joint needs an effort limit (the",
-              "URDF's or `limits.effort`); every other movable joint must be locked. A condition's",
-              "`initial_positions` and `target` may name the robot's `initial_conditions` and `targets`.",
-              "See docs/real-robot.md and config/robot_template.yaml.", "",
-              "| key | default | meaning |", "| --- | --- | --- |"]
-    for key, default, text in describe(RobotDescription):
-        lines.append(f"| `robot.{key}` | `{default}` | {text} |")
+              "`robot:` names a built-in robot, or describes one in place (a mapping), or gives "
+              "the path",
+              "of a YAML file holding such a mapping. Each controlled joint needs an effort limit "
+              "(the",
+              "URDF's or `limits.effort`); every other movable joint must be locked. A "
+              "condition's",
+              "`initial_positions` and `target` may name the robot's `initial_conditions` and "
+              "`targets`.",
+              "See docs/real-robot.md and config/robot_template.yaml.", ""]
+    lines += table(RobotDescription, "robot.")
     lines += ["", "## Fixtures", "",
               "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
-              "hole: four walls and a floor; see config/peg_insertion.yaml):", "",
-              "| key | default | meaning |", "| --- | --- | --- |"]
-    for key, default, text in describe(FixtureConfig):
-        lines.append(f"| `fixtures[].{key}` | `{default}` | {text} |")
-    for key, default, text in describe(BoxConfig):
-        lines.append(f"| `fixtures[].boxes[].{key}` | `{default}` | {text} |")
+              "hole: four walls and a floor; see config/peg_insertion.yaml):", ""]
+    lines += table(FixtureConfig, "fixtures[].") + table(BoxConfig, "fixtures[].boxes[].")[2:]
     lines += ["", "## cost", "", "```", inspect.cleandoc(costs.build_cost.__doc__), "```", ""]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ def test_shipped_experiments_load_and_build(path):
     config = load_experiment(path)
     cost = config.build_cost()
     assert config.layout.dU == len(config.conditions[0].initial_positions)
-    assert cost is not None and config.lqr_flm_settings().kl_step > 0
+    assert cost is not None and config.lqr_flm_settings().trajectory_optimization.kl_step > 0
 
 
 @pytest.mark.parametrize("change, message", [

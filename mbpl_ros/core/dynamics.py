@@ -1,12 +1,24 @@
 """Time-varying linear-Gaussian dynamics x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from .gmm import GMMPrior, NormalInverseWishart, symmetrise, robust_cholesky
+from .gmm import GMMPrior, NormalInverseWishart, PriorSettings, robust_cholesky, symmetrise
 from .rollouts import rollout_arrays
+from .settings import check_value, setting, settings_dataclass
+
+
+@settings_dataclass
+class DynamicsSettings:
+    """The dynamics fit: the experiment file's dynamics section."""
+
+    regularization: float = setting("ridge added to the [x, u] covariance of the regression "
+                                    "(keeps it positive definite)", 1e-6, gt=0.0)
+    prior: PriorSettings = dataclasses.field(default_factory=PriorSettings,
+                                             metadata={"doc": "GMM prior"})
 
 
 @dataclass
@@ -55,10 +67,8 @@ def _ridge(covars: np.ndarray, regularization: float) -> np.ndarray:
 
 
 def _check_regularization(regularization: float) -> float:
-    if not (np.isfinite(regularization) and regularization > 0.0):
-        raise ValueError(f"regularization must be a finite number > 0 (it keeps covariances PD); "
-                         f"got {regularization}")
-    return float(regularization)
+    (field,) = [f for f in dataclasses.fields(DynamicsSettings) if f.name == "regularization"]
+    return check_value("", "regularization", regularization, float, dict(field.metadata))
 
 
 def conditional_gaussian(count, mean, scatter, n_inputs: int,

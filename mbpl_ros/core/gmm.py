@@ -16,7 +16,22 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.linalg
 
+from mbpl_ros.core.settings import setting, settings_dataclass
+
 _LOG_2PI = np.log(2.0 * np.pi)
+
+
+@settings_dataclass
+class PriorSettings:
+    """The GMM prior of the dynamics fit (see GMMPrior): the experiment file's dynamics.prior."""
+
+    enabled: bool = setting("use the GMM prior over [x, u, x'] for the dynamics fit", True)
+    max_clusters: int = setting("largest number of GMM clusters", 20, ge=1)
+    min_points_per_cluster: int = setting("clusters = min(max_clusters, points // this)", 40,
+                                          ge=1)
+    max_rollouts: int = setting("rollouts kept in the prior's buffer (oldest dropped first)",
+                                20, ge=1)
+    strength: float = setting("scales the prior's pseudo-counts", 1.0, gt=0.0)
 
 
 @dataclass
@@ -319,12 +334,8 @@ class GMMPrior:
                  max_rollouts: int = 20, strength: float = 1.0,
                  max_iterations: int = 10, warm_iterations: int = 1, tolerance: float = 1e-3,
                  regularization: float = 1e-6, seed: int | None = 0):
-        for name, value in (("max_clusters", max_clusters), ("min_points_per_cluster", min_points_per_cluster),
-                            ("max_rollouts", max_rollouts)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value}")
-        if not strength > 0.0:
-            raise ValueError(f"strength must be > 0; got {strength}")
+        # The limits are PriorSettings': checked there, once.
+        PriorSettings(True, max_clusters, min_points_per_cluster, max_rollouts, strength)
         self.max_clusters = int(max_clusters)
         self.min_points_per_cluster = int(min_points_per_cluster)
         self.max_rollouts = int(max_rollouts)

@@ -30,6 +30,7 @@ from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import QuadraticCost
 from mbpl_ros.core.dynamics import LinearGaussianDynamics
 from mbpl_ros.core.lqr import homogeneous_cost, homogeneous_dynamics, riccati_recursion
+from mbpl_ros.core.settings import setting, settings_dataclass
 
 
 class TrajectoryOptimizationError(RuntimeError):
@@ -46,71 +47,71 @@ class TrajectoryMarginals:
     covar: np.ndarray
 
 
-@dataclass
+@settings_dataclass
 class TrajOptSettings:
-    """Dual search on η.
+    """Dual search on η (the defaults were tuned on random problems at T=100, dX=20, dU=7,
+    see bench/traj_opt.py).
 
-    min_eta, max_eta: the search interval. Past max_eta an indefinite Q_uu raises
-        TrajectoryOptimizationError (as η → ∞ the problem tends to reproducing the anchor,
-        which is always well posed, so failing there means broken inputs).
-    kl_tolerance: accept η once |KL − ε| ≤ kl_tolerance · ε.
-    grid_points, grid_decades: the first batch is grid_points η values log-spaced over
-        η_init · 10^[−grid_decades, +grid_decades] (the previous η is usually close).
-    extension_decades: when every η tried is too large (KL < ε everywhere), the next batch
-        steps down by this many decades per point. (When every η is too small, the next
-        batch is centred where KL ∝ η⁻², its large-η behaviour, says ε is met.)
-    refine_points: batch size of each refinement once ε is bracketed: the η where a
-        monotone interpolation of log KL against log η meets ε, plus points spread over
-        the bracket.
-    max_batches: the most batches (passes) the search may run.
-    retry_factor: when a single backward pass meets an indefinite Q_uu, η is retried at
-        η · retry_factor^j, j = 1 … 8 (one batch), repeatedly up to max_eta.
-
-    Each batch costs about one backward and one forward pass of Python-level work plus
-    the arithmetic of its members; the defaults were tuned on random problems at T=100,
-    dX=20, dU=7 (see bench/traj_opt.py).
+    Past max_eta an indefinite Q_uu raises TrajectoryOptimizationError (as η → ∞ the
+    problem tends to reproducing the anchor, which is always well posed, so failing there
+    means broken inputs). When every η tried is too small, the next batch is centred where
+    KL ∝ η⁻², its large-η behaviour, says ε is met. Each batch costs about one backward and
+    one forward pass of Python-level work plus the arithmetic of its members.
     """
 
-    min_eta: float = 1e-8
-    max_eta: float = 1e16
-    kl_tolerance: float = 0.1
-    grid_points: int = 3
-    grid_decades: float = 1.0
-    extension_decades: float = 3.0
-    refine_points: int = 1
-    max_batches: int = 20
-    retry_factor: float = 10.0 ** 0.5
+    min_eta: float = setting("lower end of the search interval of η", 1e-8, gt=0.0)
+    max_eta: float = setting("upper end of the search interval of η", 1e16, gt=0.0)
+    kl_tolerance: float = setting("accept η once |KL − ε| ≤ kl_tolerance · ε", 0.1,
+                                  gt=0.0, lt=1.0)
+    grid_points: int = setting("η values of the first batch, log-spaced over "
+                               "η_init · 10^[−grid_decades, +grid_decades]", 3, ge=1)
+    grid_decades: float = setting("half-width (decades) of the first batch", 1.0, gt=0.0)
+    extension_decades: float = setting(
+        "decades per point the next batch steps down when every η tried is too large", 3.0,
+        gt=0.0)
+    refine_points: int = setting(
+        "batch size of each refinement once ε is bracketed: the η where a monotone "
+        "interpolation of log KL against log η meets ε, plus points over the bracket", 1, ge=1)
+    max_batches: int = setting("the most batches (passes) the search may run", 20, ge=1)
+    retry_factor: float = setting(
+        "an indefinite Q_uu at η retries η · retry_factor^j, j = 1 … 8 (one batch), "
+        "repeatedly up to max_eta", 10.0 ** 0.5, gt=1.0)
 
     def __post_init__(self):
-        if not 0 < self.min_eta < self.max_eta < np.inf:
-            raise ValueError(f"need 0 < min_eta < max_eta < inf, got {self.min_eta}, {self.max_eta}")
-        if not 0 < self.kl_tolerance < 1:
-            raise ValueError(f"kl_tolerance must be in (0, 1), got {self.kl_tolerance}")
-        if self.grid_points < 1 or self.refine_points < 1 or self.max_batches < 1:
-            raise ValueError("grid_points, refine_points and max_batches must be >= 1")
-        if not (self.grid_decades > 0 and self.extension_decades > 0 and self.retry_factor > 1):
-            raise ValueError("grid_decades and extension_decades must be > 0, retry_factor > 1")
+        if not self.min_eta < self.max_eta:
+            raise ValueError(f"need min_eta < max_eta, got {self.min_eta}, {self.max_eta}")
 
 
-@dataclass
-class StepAdjustment:
-    """GPS's step-size rule (see adjust_step): the multiplier's change per iteration is
-    clipped to [min_change, max_change], the multiplier itself to [min_mult, max_mult];
-    min_gap floors the denominator (predicted − actual improvement)."""
+@settings_dataclass
+class KlStepSettings:
+    """The KL step and GPS's step-size rule (see adjust_step); the experiment file's
+    trajectory_optimization section.
 
-    min_mult: float = 0.01
-    max_mult: float = 10.0
-    min_change: float = 0.1
-    max_change: float = 5.0
-    min_gap: float = 1e-4
+    A trajectory's KL budget is kl_step · step_mult · T; the multiplier's change per
+    iteration is clipped to [min_mult_change, max_mult_change], the multiplier itself to
+    [min_step_mult, max_step_mult].
+    """
+
+    kl_step: float = setting("KL bound ε per time step; a trajectory's budget is "
+                             "kl_step · step_mult · T", 1.0, gt=0.0)
+    initial_eta: float = setting("initial Lagrange multiplier of the KL constraint", 1.0,
+                                 gt=0.0)
+    min_step_mult: float = setting("lower clip of the adaptive step multiplier", 0.01, gt=0.0)
+    max_step_mult: float = setting("upper clip of the adaptive step multiplier", 10.0, gt=0.0)
+    min_mult_change: float = setting("lower clip of one iteration's change of the multiplier",
+                                     0.1, gt=0.0)
+    max_mult_change: float = setting("upper clip of one iteration's change of the multiplier",
+                                     5.0, gt=0.0)
+    min_gap: float = setting("floor of the step rule's denominator (predicted − actual "
+                             "improvement)", 1e-4, gt=0.0)
 
     def __post_init__(self):
-        if not 0 < self.min_mult <= self.max_mult:
-            raise ValueError(f"need 0 < min_mult <= max_mult, got {self.min_mult}, {self.max_mult}")
-        if not 0 < self.min_change <= self.max_change:
-            raise ValueError(f"need 0 < min_change <= max_change, got {self.min_change}, {self.max_change}")
-        if not self.min_gap > 0:
-            raise ValueError(f"min_gap must be > 0, got {self.min_gap}")
+        if self.min_step_mult > self.max_step_mult:
+            raise ValueError("min_step_mult must not exceed max_step_mult, got "
+                             f"{self.min_step_mult} > {self.max_step_mult}")
+        if self.min_mult_change > self.max_mult_change:
+            raise ValueError("min_mult_change must not exceed max_mult_change, got "
+                             f"{self.min_mult_change} > {self.max_mult_change}")
 
 
 # ---------------------------------------------------------------- validation
@@ -490,7 +491,7 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
 # ---------------------------------------------------------------- step size
 
 def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_new_cost: float,
-                actual_new_cost: float, settings: StepAdjustment | None = None) -> float:
+                actual_new_cost: float, settings: KlStepSettings | None = None) -> float:
     """GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost:
 
     previous_cost_estimate: the previous controller under the previous model;
@@ -500,15 +501,15 @@ def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_ne
 
     Modelling the improvement as I(KL) = a·KL + b·KL² through the predicted and actual
     improvements gives the KL that maximises it, a change of the multiplier by
-    predicted / (2 (predicted − actual)), clipped to [min_change, max_change]; the new
-    multiplier is clipped to [min_mult, max_mult].
+    predicted / (2 (predicted − actual)), clipped to [min_mult_change, max_mult_change];
+    the new multiplier is clipped to [min_step_mult, max_step_mult].
     """
-    settings = settings or StepAdjustment()
+    settings = settings or KlStepSettings()
     values = (kl_step_mult, previous_cost_estimate, predicted_new_cost, actual_new_cost)
     if not all(np.isfinite(v) for v in values) or not kl_step_mult > 0:
         raise ValueError(f"need a positive multiplier and finite costs, got {values}")
     predicted = previous_cost_estimate - predicted_new_cost
     actual = previous_cost_estimate - actual_new_cost
     change = predicted / (2.0 * max(settings.min_gap, predicted - actual))
-    change = min(max(change, settings.min_change), settings.max_change)
-    return float(min(max(change * kl_step_mult, settings.min_mult), settings.max_mult))
+    change = min(max(change, settings.min_mult_change), settings.max_mult_change)
+    return float(min(max(change * kl_step_mult, settings.min_step_mult), settings.max_step_mult))

@@ -189,7 +189,7 @@ class DynamicsFitterNode(Node):
         X = np.stack([rollout.X for rollout in ordered])
         U = np.stack([rollout.U for rollout in ordered])
         trial_ids = [rollout.trial_id for rollout in ordered]
-        dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics_regularization)
+        dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics.regularization)
         fault = sanity.dynamics_fault(dynamics)
         if fault is not None:
             self.get_logger().error(f"condition {m}: the fit of controller version {batch.version} "

@@ -17,7 +17,7 @@ from mbpl_ros.core.lqr_flm import LqrFlmSettings
 from mbpl_ros.core.mdgps import Mdgps, MdgpsSettings, PolicyPriorSettings
 from mbpl_ros.core.policy import Policy, PolicySettings, linearize_policy
 from mbpl_ros.core.rollouts import Rollouts
-from mbpl_ros.core.traj_opt import StepAdjustment, adjust_step, forward_pass, kl_divergence
+from mbpl_ros.core.traj_opt import KlStepSettings, adjust_step, forward_pass, kl_divergence
 
 torch.set_num_threads(1)
 
@@ -75,7 +75,7 @@ def linear_mdgps(seed=0, **settings) -> Mdgps:
     policy = PolicySettings(hidden_sizes=(), iterations=300, batch_size=64, learning_rate=1e-2,
                             seed=seed)
     return Mdgps(COST, zero_controllers(), MdgpsSettings(policy=policy, **settings),
-                 LqrFlmSettings(kl_step=1.0, step=StepAdjustment(max_mult=1.0)))
+                 LqrFlmSettings(trajectory_optimization=KlStepSettings(kl_step=1.0, max_step_mult=1.0)))
 
 
 def policy_costs(algorithm) -> np.ndarray:
@@ -260,4 +260,4 @@ def test_step_size_follows_the_policy_linearisations_costs():
     algorithm.update(sample(algorithm.controllers, rng))
     np.testing.assert_allclose(seen["costs"], np.broadcast_to(seen["expected"], seen["costs"].shape), rtol=1e-12)
     for m, state in enumerate(algorithm.local.conditions):
-        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], algorithm.local.settings.step)
+        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], algorithm.local.settings.trajectory_optimization)
