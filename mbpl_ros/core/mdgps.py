@@ -42,7 +42,7 @@ dimension, dU action dimension.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -51,7 +51,7 @@ from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.dynamics import LinearGaussianDynamics
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
-from mbpl_ros.core.policy import (Policy, PolicySettings, controller_targets, linearize_policy,
+from mbpl_ros.core.policy import (Policy, controller_targets, linearize_policy,
                                   train_policy)
 from mbpl_ros.core.policy_settings import MdgpsSettings, PolicyPriorSettings
 from mbpl_ros.core.rollouts import Rollouts

@@ -2,15 +2,16 @@
 
 Every node reads the same experiment YAML as `mbpl train` (parameter `experiment_config`),
 so the ROS graph and the offline trainer run the same algorithm with the same settings;
-ROS-only settings (rates, timeouts, modes) are ordinary parameters declared here with
-descriptors (description, ranges) and checked at start-up.
+ROS-only settings (rates, timeouts, modes) are ordinary parameters, declared from each
+node's table in nodes.parameters (description, type, range, read-only) and checked there.
 """
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
@@ -20,49 +21,61 @@ from rclpy.node import Node
 
 from mbpl_ros.config import ConfigError
 from mbpl_ros.experiment import ExperimentConfig, load_experiment
+from mbpl_ros.nodes.parameters import EXPERIMENT_CONFIG, NodeParameterError, Parameter
 
 PACKAGE = "mbpl_ros"
 
 
-class NodeParameterError(ValueError):
-    """A parameter is invalid; the message names it and the allowed values."""
+#: The descriptor type of each type of nodes.parameters.
+_DESCRIPTOR_TYPES = {"bool": ParameterType.PARAMETER_BOOL,
+                     "integer": ParameterType.PARAMETER_INTEGER,
+                     "double": ParameterType.PARAMETER_DOUBLE,
+                     "string": ParameterType.PARAMETER_STRING,
+                     "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+                     "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
 
 
-def _double_range(low: float, high: float) -> List[FloatingPointRange]:
-    return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
+def descriptor_of(parameter: Parameter, detail: Optional[str] = None) -> ParameterDescriptor:
+    """Return the ROS descriptor of a table entry (nodes.parameters): doc, type, range, read-only."""
+    allowed = parameter.allowed + (f"; {detail}" if detail else "")
+    descriptor = ParameterDescriptor(description=parameter.doc, additional_constraints=allowed,
+                                     read_only=not parameter.runtime,
+                                     type=_DESCRIPTOR_TYPES[parameter.type])
+    if parameter.low is not None:
+        if parameter.type == "integer":
+            low = int(parameter.low) + (1 if parameter.low_open else 0)
+            descriptor.integer_range = [IntegerRange(from_value=low,
+                                                     to_value=int(parameter.high), step=1)]
+        else:  # rclpy's ranges are closed: an open end is the next double
+            low = float(parameter.low)
+            low = math.nextafter(low, math.inf) if parameter.low_open else low
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=low, to_value=float(parameter.high), step=0.0)]
+    return descriptor
 
 
-def _integer_range(low: int, high: int) -> List[IntegerRange]:
-    return [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+def declare(node: Node, table: Dict[str, Parameter], name: str, default: Any = None,
+            detail: Optional[str] = None) -> Any:
+    """Declare the parameter `name` of `table` (nodes.parameters) and return its value.
 
-
-def declare(node: Node, name: str, default, description: str, *, allowed: str,
-            low: Optional[float] = None, high: Optional[float] = None,
-            choices: Optional[Sequence[str]] = None, read_only: bool = True,
-            type_: Optional[int] = None):
-    """Declare a parameter with a descriptor and return its value, or raise
-    NodeParameterError naming the parameter and `allowed`.
-
-    low/high give a floating-point (float default) or integer (int default) range that
-    rclpy enforces; choices restrict a string to a set."""
-    descriptor = ParameterDescriptor(description=description, additional_constraints=allowed,
-                                     read_only=read_only)
-    if type_ is not None:
-        descriptor.type = type_
-    if low is not None:
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            raise TypeError(f"a range needs a numeric default for {name}")
-        if isinstance(default, int):
-            descriptor.integer_range = _integer_range(int(low), int(high))
-        else:
-            descriptor.floating_point_range = _double_range(low, high)
+    `default` replaces the table's (for one that comes from the experiment or the robot;
+    the table's doc says from what); `detail` is added to what the descriptor says is
+    allowed (e.g. the URDF's limits). A value rclpy or the table's check refuses raises
+    NodeParameterError naming the parameter and what is allowed.
+    """
+    parameter = table[name]
+    default = parameter.default if default is None else default
+    if default is None:
+        raise TypeError(f"parameter {name!r} has no default in its table: the node must give one")
+    if parameter.type == "double" and isinstance(default, int):
+        default = float(default)
+    descriptor = descriptor_of(parameter, detail)
     try:
         value = node.declare_parameter(name, default, descriptor).value
     except (InvalidParameterValueException, InvalidParameterTypeException) as error:
-        raise NodeParameterError(f"parameter '{name}' is invalid ({error}); allowed: {allowed}") from None
-    if choices is not None and value not in choices:
-        raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: one of {list(choices)}")
-    return value
+        raise NodeParameterError(f"parameter '{name}' is invalid ({error}); allowed: "
+                                 f"{descriptor.additional_constraints}") from None
+    return parameter.check(value)
 
 
 #: Declared by rclpy itself for every node.
@@ -133,10 +146,7 @@ def resolve_experiment_path(value: str) -> Path:
 
 def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
     """Declare `experiment_config`, load the experiment (errors name the file and key)."""
-    value = declare(node, "experiment_config", "reacher_2link.yaml",
-                    "Experiment YAML shared with `mbpl train` (robot, conditions, cost, algorithm).",
-                    allowed="an experiment YAML: absolute, relative to the current directory, or in "
-                            "share/mbpl_ros/config")
+    value = declare(node, {"experiment_config": EXPERIMENT_CONFIG}, "experiment_config")
     path = resolve_experiment_path(value)
     try:
         return load_experiment(path), path
@@ -185,5 +195,6 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
 
 
 __all__ = ["NodeParameterError", "check_known_parameters", "declare", "declare_experiment",
+           "descriptor_of",
            "resolve_experiment_path",
            "experiment_candidates", "run_node", "ParameterType"]

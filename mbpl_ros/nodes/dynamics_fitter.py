@@ -53,6 +53,7 @@ from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters, declare,
                                    declare_experiment, run_node)
+from mbpl_ros.nodes.parameters import DYNAMICS_FITTER
 
 
 #: Batches kept per condition (the most recently used): a resumed trainer needs the newest
@@ -75,10 +76,7 @@ class DynamicsFitterNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self.config, self.experiment_path = declare_experiment(self)
-            state_file = declare(self, "state_file", "", "Where the batches and their GMM "
-                                 "priors are kept across restarts (written after every rollout, "
-                                 "read at start-up); empty: in memory only.",
-                                 allowed="empty or a writable file path")
+            state_file = declare(self, DYNAMICS_FITTER, "state_file")
             self.state_file = Path(state_file).expanduser().resolve() if state_file else None
             self.experiment = experiment_identity(self.config, self.config.seed)
             # (condition, controller version) -> batch, least recently used first
