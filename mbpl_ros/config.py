@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from mbpl_ros.core.settings import SettingsError, allowed_text, check_value, setting
+from mbpl_ros.core.settings import SettingsError, allowed_text, from_mapping, setting
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range."""
+
+    names_key = True  # its message names the file or key path already
 
 
 def doc(text: str, default: Any = dataclasses.MISSING, **limits) -> Any:
@@ -27,58 +28,17 @@ def doc(text: str, default: Any = dataclasses.MISSING, **limits) -> Any:
     return setting(text, default, **limits)
 
 
-def _build(path: str, value: Any, kind: Any) -> Any:
-    """Return `value` with the dataclasses of `kind` (nested, in lists, optional) built from mappings."""
-    origin = typing.get_origin(kind)
-    if dataclasses.is_dataclass(kind):
-        return from_dict(kind, value, path)
-    if origin in (typing.Union, types.UnionType) and value is not None:
-        options = [k for k in typing.get_args(kind) if k is not type(None)]
-        return _build(path, value, options[0])
-    if origin in (list, tuple) and isinstance(value, list):
-        item_kind = typing.get_args(kind)[0]
-        if dataclasses.is_dataclass(item_kind):
-            return [_build(f"{path}[{i}]", item, item_kind) for i, item in enumerate(value)]
-    return value
-
-
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
     """Build the dataclass `cls` from a plain mapping, validating every key.
 
-    The type and limits of each field are checked once, by mbpl_ros.core.settings (on
-    construction for a class decorated with `settings_dataclass`, here before it for any other);
-    errors name the key path, the value and what is allowed.
+    See mbpl_ros.core.settings.from_mapping: the types and limits of the fields are
+    checked once, there; errors are ConfigError naming the key path, the value and what
+    is allowed.
     """
-    where = path or "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed keys: "
-                          f"{', '.join(sorted(fields))}")
-    prefix = f"{path}." if path else ""
-    values = {}
-    for name, field in fields.items():
-        if name in data:
-            values[name] = _build(prefix + name, data[name], hints[name])
-        elif field.default is dataclasses.MISSING and \
-                field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{prefix}{name}: required key is missing "
-                              f"({field.metadata.get('doc', '')})")
     try:
-        if not getattr(cls, "__settings__", False):
-            for name, value in values.items():
-                values[name] = check_value("", name, value, hints[name],
-                                           dict(fields[name].metadata))
-        return cls(**values)
-    except ConfigError:
-        raise
+        return from_mapping(cls, data, path)
     except SettingsError as error:
-        raise ConfigError(f"{prefix}{error.key}: {error.reason}") from None
-    except ValueError as error:
-        raise ConfigError(f"{where}: {error}") from None
+        raise ConfigError(str(error)) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -13,7 +13,7 @@ import numpy as np
 
 from mbpl_ros.config import ConfigError, describe, doc, from_dict, read_yaml
 from mbpl_ros.core import controller as lg
-from mbpl_ros.core.costs import build_cost
+from mbpl_ros.core.costs import ActionTerm, CostSpec, DistanceTerm, StateTerm, build_cost
 from mbpl_ros.core.dynamics import DynamicsSettings
 from mbpl_ros.core.lqr_flm import LqrFlmSettings
 from mbpl_ros.core.policy_settings import MdgpsSettings, PolicyPriorSettings, PolicySettings
@@ -125,7 +125,7 @@ class ExperimentConfig:
                      "(relative to the experiment file); after loading, the robot's name",
                      allowed="a robot name, a robot description or a YAML path")
     conditions: list[ConditionConfig] = doc("start poses and targets, one local controller each")
-    cost: dict = doc("cost terms: see core.costs.build_cost (action, state, distance)")
+    cost: CostSpec = doc("the cost: a sum of action, state and distance terms (see 'cost' below)")
     T: int = doc("time steps per rollout", 50, ge=2)
     physics_dt: float = doc("physics time step (s)", 1.0 / 240.0, gt=0.0)
     substeps: int = doc("physics steps per control step; control period = physics_dt · substeps", 12, ge=1)
@@ -312,10 +312,6 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
 
 def configuration_reference() -> str:
     """Return docs/configuration.md: every key of an experiment file, from the schema itself."""
-    import inspect
-
-    from mbpl_ros.core import costs
-
     def table(cls, prefix=""):
         rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
         return rows + [f"| `{prefix}{key}` | `{default}` | {allowed} | {text} |"
@@ -343,5 +339,10 @@ def configuration_reference() -> str:
               "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
               "hole: four walls and a floor; see config/peg_insertion.yaml):", ""]
     lines += table(FixtureConfig, "fixtures[].") + table(BoxConfig, "fixtures[].boxes[].")[2:]
-    lines += ["", "## cost", "", "```", inspect.cleandoc(costs.build_cost.__doc__), "```", ""]
+    lines += ["", "## cost", "",
+              "Each of `action`, `state` and `distance` holds one term (a mapping) or a list of",
+              "them; the cost is the sum of every term times its `scale`. A `state` term needs",
+              "exactly one of `block` and `indices`.", ""]
+    lines += (table(ActionTerm, "cost.action[].") + table(StateTerm, "cost.state[].")[2:]
+              + table(DistanceTerm, "cost.distance[].")[2:] + [""])
     return "\n".join(lines)

@@ -59,7 +59,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(change, message):
 def test_bad_cost_is_reported_under_cost():
     data = reacher()
     data["cost"] = {"distance": {"ramp": "cubic"}}
-    with pytest.raises(ConfigError, match=r"cost: distance.ramp is 'cubic'; allowed: constant"):
+    with pytest.raises(ConfigError, match=r"cost\.distance\.ramp: must be one of 'constant', "
+                                          r"'linear', 'quadratic', 'final_only'; got 'cubic'"):
         from_dict(ExperimentConfig, data).build_cost()
 
 

@@ -9,17 +9,20 @@ scaled over time by a ramp (``time_ramp``), and weighted sums of them.
 
 ``quadratic_cost_model`` turns the per-rollout local expansions into the one
 quadratic cost per time step that LQR consumes; ``build_cost`` builds a cost from
-a plain (YAML / ROS parameter) dictionary.
+a CostSpec (one typed spec per term, documented and checked like every setting, see
+core.settings), or from the plain YAML mapping of one.
 """
 from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 
 from mbpl_ros.core.rollouts import rollout_arrays
+from mbpl_ros.core.settings import from_mapping, setting, settings_dataclass
 
 
 @dataclass
@@ -305,15 +308,77 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
 # From a configuration dictionary
 
 STATE_BLOCKS = ("position", "velocity", "ee_offset", "ee_velocity")
-_TERM_KEYS = {
-    "action": ("weight", "scale"),
-    "state": ("block", "indices", "target", "weights", "ramp", "final_multiplier", "scale"),
-    "distance": ("l1", "l2", "alpha", "ramp", "final_multiplier", "form", "hessian", "weights", "scale"),
-}
+_SCALE_DOC = "the term's weight in the sum of the terms"
+_RAMP_DOC = "how the term is scaled over time: constant, linear, quadratic or final_only (see time_ramp)"
 
 
-def build_cost(spec: Mapping, layout, T: int) -> WeightedSum:
-    """A cost from a plain dictionary, e.g.::
+@settings_dataclass
+class ActionTerm:
+    """An `action:` entry of the cost: ½ Σ_i w_i u_i² (ActionCost)."""
+
+    weight: Union[float, list[float]] = setting("w: one number, or dU numbers (one per action)",
+                                                ge=0.0)
+    scale: float = setting(_SCALE_DOC, 1.0)
+
+
+@settings_dataclass
+class StateTerm:
+    """A `state:` entry of the cost: ramp_t · ½ Σ_i w_i (x_i − target_i)² (StateTargetCost)."""
+
+    block: Optional[str] = setting("the state block the term is on (or give indices)", None,
+                                   choices=STATE_BLOCKS)
+    indices: Optional[list[int]] = setting("the state indices the term is on (or give block)",
+                                           None, ge=0)
+    target: Union[float, list[float]] = setting("target: one number, or one per index", 0.0)
+    weights: Union[float, list[float]] = setting("w: one number, or one per index", 1.0, ge=0.0)
+    ramp: str = setting(_RAMP_DOC, "constant", choices=RAMP_KINDS)
+    final_multiplier: float = setting("multiplies the last step's cost", 1.0, ge=0.0)
+    scale: float = setting(_SCALE_DOC, 1.0)
+
+    def __post_init__(self):
+        if (self.block is None) == (self.indices is None):
+            raise ValueError(f"needs exactly one of block ({', '.join(STATE_BLOCKS)}) or indices "
+                             "(state indices)")
+        if self.indices is not None and (not self.indices
+                                         or len(set(self.indices)) != len(self.indices)):
+            raise ValueError(f"indices must be distinct and non-empty; got {self.indices}")
+
+
+@settings_dataclass
+class DistanceTerm:
+    """A `distance:` entry of the cost, on the layout's ee_offset block (DistanceCost)."""
+
+    l1: float = setting("weight of the l1 (√(α + ‖d‖²)) or log (log(α + ‖d‖²)) term", 0.0, ge=0.0)
+    l2: float = setting("weight of the ½ ‖d‖² term", 1.0, ge=0.0)
+    alpha: float = setting("α: keeps the root and the log smooth at d = 0", 1e-5, gt=0.0)
+    ramp: str = setting(_RAMP_DOC, "constant", choices=RAMP_KINDS)
+    final_multiplier: float = setting("multiplies the last step's cost", 1.0, ge=0.0)
+    form: str = setting("l1l2: ½ l2 ‖d‖² + l1 √p; log: ½ l2 ‖d‖² + l1 log p", "l1l2",
+                        choices=DISTANCE_FORMS)
+    hessian: str = setting("psd (GPS's, for LQR) or exact (see DistanceCost)", "psd",
+                           choices=HESSIAN_KINDS)
+    weights: Union[float, list[float]] = setting(
+        "w in d = w ⊙ x[ee_offset]: one number, or 3 per end-effector point", 1.0, ge=0.0)
+    scale: float = setting(_SCALE_DOC, 1.0)
+
+
+@settings_dataclass
+class CostSpec:
+    """The experiment file's cost: a sum of terms, each key holding one term or a list of them."""
+
+    action: list[ActionTerm] = setting("action penalties", [])
+    state: list[StateTerm] = setting("state-target penalties", [])
+    distance: list[DistanceTerm] = setting("end-effector distance penalties", [])
+
+    def __post_init__(self):
+        if not (self.action or self.state or self.distance):
+            raise ValueError("cost is empty; name at least one of: action, state, distance")
+
+
+def build_cost(spec: CostSpec | Mapping, layout, T: int) -> WeightedSum:
+    """Return the cost `spec` describes for `layout` (a StateLayout) and the horizon T.
+
+    spec: a CostSpec, or a plain mapping of one (e.g. from YAML), such as::
 
         {"action": {"weight": 1e-3},
          "distance": [{"l1": 0.1, "l2": 10.0, "alpha": 1e-5},
@@ -321,108 +386,53 @@ def build_cost(spec: Mapping, layout, T: int) -> WeightedSum:
                        "final_multiplier": 10.0}],
          "state": {"block": "velocity", "weights": 0.1}}
 
-    Each top-level key names a term type and holds one term's settings or a list of them:
-      action:   weight (number or dU numbers, required)
-      state:    block (one of position, velocity, ee_offset, ee_velocity) or indices
-                (state indices), target (default 0), weights (default 1), ramp, final_multiplier
-      distance: on the layout's ee_offset block; l1 (default 0), l2 (default 1),
-                alpha (default 1e-5), form (l1l2 | log), hessian (psd | exact),
-                weights (default 1, or 3P numbers), ramp, final_multiplier
-    ramp defaults to "constant" and final_multiplier to 1; every term takes
-    scale (default 1), its weight in the sum. layout: a StateLayout; T: the horizon.
-    Unknown keys or bad values raise ValueError naming the key path and what is allowed.
+    Bad keys or values raise ValueError naming the key path, the value and what is allowed.
     """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"cost spec must be a mapping of term types ({', '.join(_TERM_KEYS)}); got {spec!r}")
     if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
         raise ValueError(f"T must be a positive integer number of time steps; got {T!r}")
-    unknown = [key for key in spec if key not in _TERM_KEYS]
-    if unknown:
-        raise ValueError(f"unknown cost term type(s) {unknown}; allowed: {', '.join(_TERM_KEYS)}")
-    if not spec:
-        raise ValueError(f"cost spec is empty; name at least one of: {', '.join(_TERM_KEYS)}")
-
+    if not isinstance(spec, CostSpec):
+        spec = from_mapping(CostSpec, dict(spec) if isinstance(spec, Mapping) else spec, "cost")
     terms = []
-    for kind, entries in spec.items():
-        many = isinstance(entries, Sequence) and not isinstance(entries, (str, bytes))
-        for j, settings in enumerate(entries if many else [entries]):
-            path = f"{kind}[{j}]" if many else kind
-            if not isinstance(settings, Mapping):
-                raise ValueError(f"{path} must be a mapping with keys from {', '.join(_TERM_KEYS[kind])}; "
-                                 f"got {settings!r}")
-            unknown = [key for key in settings if key not in _TERM_KEYS[kind]]
-            if unknown:
-                raise ValueError(f"unknown key(s) {', '.join(f'{path}.{key}' for key in unknown)}; "
-                                 f"allowed keys for {kind}: {', '.join(_TERM_KEYS[kind])}")
-            scale = _spec_number(settings, path, "scale", 1.0, nonnegative=False)
-            terms.append((scale, _TERM_BUILDERS[kind](settings, path, layout, T)))
+    for kind, entries in (("action", spec.action), ("state", spec.state),
+                          ("distance", spec.distance)):
+        for j, term in enumerate(entries):
+            path = f"{kind}[{j}]" if len(entries) > 1 else kind
+            terms.append((term.scale, _TERM_BUILDERS[kind](term, path, layout, T)))
     return WeightedSum(terms)
 
 
-def _build_action(settings, path, layout, T):
-    if "weight" not in settings:
-        raise ValueError(f"{path}.weight is required (a number or {layout.dU} numbers, one per action)")
-    return ActionCost(_spec_vector(settings, path, "weight", None, layout.dU, "one per action, dU"))
+def _sized(value, size, name, size_name):
+    return _broadcast_to_size(np.asarray(value, dtype=float), size, name, size_name)
 
 
-def _build_state(settings, path, layout, T):
-    if ("block" in settings) == ("indices" in settings):
-        raise ValueError(f"{path} needs exactly one of {path}.block ({', '.join(STATE_BLOCKS)}) "
-                         f"or {path}.indices (state indices)")
-    if "block" in settings:
-        indices = getattr(layout, _spec_choice(settings, path, "block", None, STATE_BLOCKS))
+def _build_action(term: ActionTerm, path, layout, T):
+    return ActionCost(_sized(term.weight, layout.dU, f"{path}.weight", "one per action, dU"))
+
+
+def _build_state(term: StateTerm, path, layout, T):
+    if term.block is not None:
+        indices = getattr(layout, term.block)
     else:
-        indices = _index_vector(settings["indices"], f"{path}.indices")
+        indices = np.asarray(term.indices, dtype=int)
         bad = indices[indices >= layout.dX]
         if bad.size:
             raise ValueError(f"{path}.indices {bad.tolist()} are out of range for dX = {layout.dX}")
     size, size_name = indices.size, "one per selected state index"
-    return StateTargetCost(
-        indices,
-        target=_spec_vector(settings, path, "target", 0.0, size, size_name, nonnegative=False),
-        weights=_spec_vector(settings, path, "weights", 1.0, size, size_name),
-        ramp=_spec_choice(settings, path, "ramp", "constant", RAMP_KINDS),
-        final_multiplier=_spec_number(settings, path, "final_multiplier", 1.0),
-        T=T)
+    return StateTargetCost(indices, target=_sized(term.target, size, f"{path}.target", size_name),
+                           weights=_sized(term.weights, size, f"{path}.weights", size_name),
+                           ramp=term.ramp, final_multiplier=term.final_multiplier, T=T)
 
 
-def _build_distance(settings, path, layout, T):
-    alpha = _spec_number(settings, path, "alpha", 1e-5)
-    if alpha <= 0:
-        raise ValueError(f"{path}.alpha must be > 0; got {alpha!r}")
+def _build_distance(term: DistanceTerm, path, layout, T):
     size = layout.ee_offset.size
-    return DistanceCost(
-        layout.ee_offset,
-        l1=_spec_number(settings, path, "l1", 0.0),
-        l2=_spec_number(settings, path, "l2", 1.0),
-        alpha=alpha,
-        ramp=_spec_choice(settings, path, "ramp", "constant", RAMP_KINDS),
-        final_multiplier=_spec_number(settings, path, "final_multiplier", 1.0),
-        form=_spec_choice(settings, path, "form", "l1l2", DISTANCE_FORMS),
-        weights=_spec_vector(settings, path, "weights", 1.0, size, "one per ee_offset entry"),
-        hessian=_spec_choice(settings, path, "hessian", "psd", HESSIAN_KINDS),
-        T=T)
+    return DistanceCost(layout.ee_offset, l1=term.l1, l2=term.l2, alpha=term.alpha,
+                        ramp=term.ramp, final_multiplier=term.final_multiplier, form=term.form,
+                        weights=_sized(term.weights, size, f"{path}.weights",
+                                       "one per ee_offset entry"),
+                        hessian=term.hessian, T=T)
 
 
 _TERM_BUILDERS = {"action": _build_action, "state": _build_state, "distance": _build_distance}
-
-
-def _spec_number(settings, path, key, default, nonnegative=True):
-    convert = _nonnegative_float if nonnegative else _finite_float
-    return convert(settings.get(key, default), f"{path}.{key}")
-
-
-def _spec_vector(settings, path, key, default, size, size_name, nonnegative=True):
-    convert = _nonnegative_vector if nonnegative else _finite_vector
-    name = f"{path}.{key}"
-    return _broadcast_to_size(convert(settings.get(key, default), name), size, name, size_name)
-
-
-def _spec_choice(settings, path, key, default, allowed):
-    value = settings.get(key, default)
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{path}.{key} is {value!r}; allowed: {', '.join(allowed)}")
-    return value
 
 
 # ---------------------------------------------------------------------------

@@ -20,8 +20,8 @@ import types
 import typing
 from typing import Any, Literal
 
-__all__ = ["SettingsError", "allowed_text", "check_value", "field_from", "setting",
-           "settings_dataclass", "validate"]
+__all__ = ["SettingsError", "allowed_text", "check_value", "field_from", "from_mapping",
+           "setting", "settings_dataclass", "validate"]
 
 _BOUNDS = (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
            ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<="))
@@ -29,6 +29,8 @@ _BOUNDS = (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
 
 class SettingsError(ValueError):
     """A setting's value is not allowed; `key` is its field name, `reason` what is wrong."""
+
+    names_key = True  # its message starts with the key (from_mapping adds no prefix)
 
     def __init__(self, owner: str, key: str, reason: str):
         self.owner, self.key, self.reason = owner, key, reason
@@ -71,12 +73,14 @@ def allowed_text(kind: Any, meta: dict) -> str:
         return "one of " + ", ".join(map(repr, typing.get_args(kind)))
     if origin in (typing.Union, types.UnionType):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
-        return f"null or {allowed_text(options[0], meta)}"
+        words = " or ".join(allowed_text(k, meta) for k in options)
+        return f"null or {words}" if len(options) < len(typing.get_args(kind)) else words
     bounds = " and ".join(f"{word} {meta[key]}" for key, _, word in _BOUNDS if key in meta)
     if origin in (list, tuple):
         item = typing.get_args(kind)[0]
-        inner = {float: "numbers", int: "integers", str: "strings"}.get(
-            item, "mappings" if dataclasses.is_dataclass(item) else "entries")
+        if dataclasses.is_dataclass(item):
+            return "a mapping or a list of mappings"
+        inner = {float: "numbers", int: "integers", str: "strings"}.get(item, "entries")
         return f"a list of {inner}" + (f", each {bounds}" if bounds else "")
     if kind is bool:
         return "true or false"
@@ -112,8 +116,9 @@ def check_value(owner: str, key: str, value: Any, kind: Any, meta: dict) -> Any:
             raise SettingsError(owner, key, f"must be {allowed_text(kind, meta)}; got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        options = [k for k in typing.get_args(kind) if k is not type(None)]
-        return None if value is None else check_value(owner, key, value, options[0], meta)
+        if value is None and type(None) in typing.get_args(kind):
+            return None
+        return check_value(owner, key, value, _option(kind, value), meta)
     if dataclasses.is_dataclass(kind):
         if not isinstance(value, kind):
             raise SettingsError(owner, key, f"must be a {kind.__name__}, got "
@@ -161,6 +166,81 @@ def check_value(owner: str, key: str, value: Any, kind: Any, meta: dict) -> Any:
                                 f"got {value!r}")
         return value
     raise TypeError(f"unsupported settings field type {kind!r} at {owner}.{key}")
+
+
+def _option(kind: Any, value: Any) -> Any:
+    """Return the member of the union `kind` that `value` is meant as (a list or not)."""
+    options = [k for k in typing.get_args(kind) if k is not type(None)]
+    listed = isinstance(value, (list, tuple))
+    for option in options:
+        if (typing.get_origin(option) in (list, tuple)) == listed:
+            return option
+    return options[0]
+
+
+def _build(path: str, value: Any, kind: Any) -> Any:
+    """Return `value` with the dataclasses of `kind` (nested, in lists, optional) built from mappings.
+
+    Where a list of dataclasses is expected, one mapping stands for a list of one.
+    """
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return from_mapping(kind, value, path)
+    if origin in (typing.Union, types.UnionType) and value is not None:
+        return _build(path, value, _option(kind, value))
+    if origin in (list, tuple):
+        item_kind = typing.get_args(kind)[0]
+        if dataclasses.is_dataclass(item_kind):
+            if isinstance(value, dict):
+                return [from_mapping(item_kind, value, path)]
+            if isinstance(value, list):
+                return [from_mapping(item_kind, item, f"{path}[{i}]")
+                        for i, item in enumerate(value)]
+            raise SettingsError("", path, f"must be a mapping or a list of mappings, got "
+                                f"{value!r}")
+    return value
+
+
+def from_mapping(cls: type, data: Any, path: str = "") -> Any:
+    """Build the settings dataclass `cls` from a plain mapping (parsed YAML), checking every key.
+
+    Unknown and missing keys, and values the fields' types and limits do not allow, raise
+    SettingsError whose message starts with the key path (`path` being this mapping's).
+    A class decorated with settings_dataclass checks its fields on construction; any
+    other dataclass is checked here, before construction.
+    """
+    where = path or "config"
+    if not isinstance(data, dict):
+        raise SettingsError("", where, f"must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields), key=str)
+    if unknown:
+        raise SettingsError("", where, f"unknown key {unknown[0]!r}; allowed keys: "
+                            f"{', '.join(sorted(fields))}")
+    prefix = f"{path}." if path else ""
+    values = {}
+    for name, field in fields.items():
+        if name in data:
+            values[name] = _build(prefix + name, data[name], hints[name])
+        elif field.default is dataclasses.MISSING and \
+                field.default_factory is dataclasses.MISSING:
+            raise SettingsError("", prefix + name, "required key is missing "
+                                f"({field.metadata.get('doc', '')})")
+    try:
+        if not getattr(cls, "__settings__", False):
+            for name, value in values.items():
+                values[name] = check_value("", name, value, hints[name],
+                                           dict(fields[name].metadata))
+        return cls(**values)
+    except SettingsError as error:
+        if error.owner in ("", cls.__name__):  # this class's own field
+            raise SettingsError("", prefix + error.key, error.reason) from None
+        raise
+    except ValueError as error:
+        if getattr(error, "names_key", False):  # e.g. a ConfigError: it says where already
+            raise
+        raise SettingsError("", where, str(error)) from None
 
 
 def validate(obj: Any) -> None:
