@@ -13,8 +13,10 @@ from mbpl_ros.experiment import configuration_reference
 
 
 def _limit_threads():
-    """One thread each for BLAS (within the returned context) and torch: the matrices and
-    the policy network are small, and threads cost more than they give."""
+    """
+    One thread each for BLAS (within the returned context) and torch: the matrices and
+    the policy network are small, and threads cost more than they give.
+    """
     from threadpoolctl import threadpool_limits
 
     if "torch" in sys.modules:

@@ -1,4 +1,5 @@
-"""Typed, validated configuration loaded from YAML.
+"""
+Typed, validated configuration loaded from YAML.
 
 Each section is a dataclass; every field carries a one-line doc in its metadata, so
 the documentation and the validation come from one place. Loading rejects unknown
@@ -29,7 +30,8 @@ def doc(text: str, default: Any = dataclasses.MISSING, **limits) -> Any:
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
-    """Build the dataclass `cls` from a plain mapping, validating every key.
+    """
+    Build the dataclass `cls` from a plain mapping, validating every key.
 
     See mbpl_ros.core.settings.from_mapping: the types and limits of the fields are
     checked once, there; errors are ConfigError naming the key path, the value and what
@@ -60,8 +62,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
-    """The parsed contents of a YAML file ({} when empty); ConfigError naming the file when it
-    is missing, not YAML, or gives a key twice in one mapping (with both line numbers)."""
+    """
+    The parsed contents of a YAML file ({} when empty); ConfigError naming the file when it
+    is missing, not YAML, or gives a key twice in one mapping (with both line numbers).
+    """
     path = Path(path)
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
@@ -75,11 +79,13 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
 
 
 def check_output_directory(path: str | Path, what: str = "output directory") -> Path:
-    """`path` resolved, once it is known that a run can write there: an existing directory
+    """
+    `path` resolved, once it is known that a run can write there: an existing directory
     that is writable, or one that can be created. ConfigError naming the path and the
     reason (it, or a parent, is a file; not writable; cannot be created) otherwise. Checked
     by writing a probe that is removed at once, so permissions, read-only file systems and
-    pseudo file systems all count; nothing is left behind."""
+    pseudo file systems all count; nothing is left behind.
+    """
     import tempfile
 
     path = Path(path).expanduser().absolute()

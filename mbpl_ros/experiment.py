@@ -1,4 +1,5 @@
-"""An experiment: the robot, its conditions, the cost and the algorithm settings, from YAML.
+"""
+An experiment: the robot, its conditions, the cost and the algorithm settings, from YAML.
 
 The offline trainer (`mbpl train`) and the ROS nodes build the same objects from the same
 file, so a result found offline transfers to the robot.
@@ -104,8 +105,10 @@ class ExplorationConfig:
 
 @settings_dataclass
 class PolicyConfig(PolicySettings):
-    """The policy section: the network and S-step settings (core.policy_settings), its
-    linearisation's and how MDGPS draws rollouts."""
+    """
+    The policy section: the network and S-step settings (core.policy_settings), its
+    linearisation's and how MDGPS draws rollouts.
+    """
 
     seed: Optional[int] = field_from(
         PolicySettings, "seed", default=None,
@@ -204,8 +207,10 @@ class ExperimentConfig:
                               trajectory_optimization=self.trajectory_optimization)
 
     def mdgps_settings(self, seed: int | None = None) -> MdgpsSettings:
-        """MDGPS settings from the policy section; the policy seed defaults to `seed`
-        (the run's seed, e.g. from the command line), else to the experiment's."""
+        """
+        MDGPS settings from the policy section; the policy seed defaults to `seed`
+        (the run's seed, e.g. from the command line), else to the experiment's.
+        """
         p = self.policy
         policy_seed = p.seed if p.seed is not None else (self.seed if seed is None else seed)
         network = {f.name: getattr(p, f.name) for f in dataclasses.fields(PolicySettings)}
@@ -214,8 +219,10 @@ class ExperimentConfig:
                              linearization_regularization=p.linearization_regularization)
 
     def initial_controllers(self, arm) -> list[lg.LinearGaussianController]:
-        """One initial controller per condition, its gains and noise scaled by the mass
-        matrix at the start pose so that they mean the same joint accelerations on any arm."""
+        """
+        One initial controller per condition, its gains and noise scaled by the mass
+        matrix at the start pose so that they mean the same joint accelerations on any arm.
+        """
         layout, ic = self.layout, self.initial_controller
         controllers = []
         for condition in self.conditions:
@@ -237,7 +244,8 @@ class ExperimentConfig:
 
 
 def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
-    """The name of an experiment's robot, registering it first when it is described here.
+    """
+    The name of an experiment's robot, registering it first when it is described here.
 
     robot: a built-in or registered name; a robot description mapping; the path of a
     robot-description YAML file (relative to base_dir, default the current directory);
@@ -272,8 +280,10 @@ def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
 
 
 def _named_conditions(data: dict, spec: RobotSpec) -> dict:
-    """conditions whose initial_positions or target name one of the robot's
-    initial_conditions or targets, with the numbers put in."""
+    """
+    Conditions whose initial_positions or target name one of the robot's
+    initial_conditions or targets, with the numbers put in.
+    """
     conditions = data.get("conditions")
     if not isinstance(conditions, list):
         return data
@@ -293,10 +303,14 @@ def _named_conditions(data: dict, spec: RobotSpec) -> dict:
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    """An experiment file, validated. Its `robot` may describe the robot in place or name a
-    description file (relative paths start at the experiment file's directory); a
-    condition's initial_positions and target may name the robot's initial_conditions and
-    targets. Errors are ConfigError naming the file and the key path."""
+    """
+    An experiment file, validated.
+
+    Its `robot` may describe the robot in place or name a description file (relative paths start at
+    the experiment file's directory); a condition's initial_positions and target may name the
+    robot's initial_conditions and targets. Errors are ConfigError naming the file and the key
+    path.
+    """
     path = Path(path)
     data = read_yaml(path)
     try:

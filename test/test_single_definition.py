@@ -134,8 +134,10 @@ def test_core_settings_have_no_hand_written_checks_left():
 
 # ---------------------------------------------------------------- node parameters
 def node_declarations(path: Path):
-    """The parameter names a node module declares: declare(self, TABLE, "name", ...) or
-    self._declare("name", ...)."""
+    """
+    The parameter names a node module declares: declare(self, TABLE, "name", ...) or
+    self._declare("name", ...).
+    """
     names = []
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.Call):

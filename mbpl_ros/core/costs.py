@@ -1,4 +1,5 @@
-"""Costs l(x, u) with analytic derivatives.
+"""
+Costs l(x, u) with analytic derivatives.
 
 Every cost is an object with ``evaluate(X (N, T, dX), U (N, T, dU)) -> CostExpansion``,
 vectorised over the N rollouts and T time steps. The terms follow GPS
@@ -27,9 +28,11 @@ from mbpl_ros.core.settings import from_mapping, setting, settings_dataclass
 
 @dataclass
 class CostExpansion:
-    """Cost and its derivatives at given points, for N rollouts of T steps:
+    """
+    Cost and its derivatives at given points, for N rollouts of T steps:
     l (N, T), lx (N, T, dX), lu (N, T, dU), lxx (N, T, dX, dX),
-    luu (N, T, dU, dU), lux (N, T, dU, dX)."""
+    luu (N, T, dU, dU), lux (N, T, dU, dX).
+    """
 
     l: np.ndarray
     lx: np.ndarray
@@ -56,8 +59,10 @@ class CostExpansion:
 
 @dataclass
 class QuadraticCost:
-    """A time-varying quadratic cost in absolute coordinates, for z_t = [x_t; u_t]:
-    l_t(z) = ½ zᵀ C_t z + c_tᵀ z + c0_t, with C (T, dX+dU, dX+dU), c (T, dX+dU), c0 (T,)."""
+    """
+    A time-varying quadratic cost in absolute coordinates, for z_t = [x_t; u_t]:
+    l_t(z) = ½ zᵀ C_t z + c_tᵀ z + c0_t, with C (T, dX+dU, dX+dU), c (T, dX+dU), c0 (T,).
+    """
 
     C: np.ndarray
     c: np.ndarray
@@ -71,7 +76,8 @@ RAMP_KINDS = ("constant", "linear", "quadratic", "final_only")
 
 
 def time_ramp(kind: str, T: int, final_multiplier: float = 1.0) -> np.ndarray:
-    """Per-step multiplier (T,) of a cost term.
+    """
+    Per-step multiplier (T,) of a cost term.
 
     constant: 1; linear: (t+1)/T; quadratic: ((t+1)/T)²; final_only: 1 at the last
     step, 0 before. The last step is then multiplied by ``final_multiplier``.
@@ -106,7 +112,8 @@ class Cost:
 
 
 class ActionCost(Cost):
-    """l = ½ Σ_i w_i u_i² at every step (GPS's CostAction).
+    """
+    L = ½ Σ_i w_i u_i² at every step (GPS's CostAction).
 
     weights: (dU,) non-negative, or one number for every action dimension.
     """
@@ -127,7 +134,8 @@ class ActionCost(Cost):
 
 
 class StateTargetCost(Cost):
-    """l_t = ramp_t · ½ Σ_i w_i (x_i − target_i)² over the selected state indices.
+    """
+    l_t = ramp_t · ½ Σ_i w_i (x_i − target_i)² over the selected state indices.
 
     indices: (k,) distinct state indices; target, weights: (k,) or one number each;
     ramp, final_multiplier: see ``time_ramp``; T: if given, the horizon the ramp is
@@ -162,7 +170,8 @@ HESSIAN_KINDS = ("psd", "exact")
 
 
 class DistanceCost(Cost):
-    """Distance penalty on d = w ⊙ x[indices], scaled over time by a ramp:
+    """
+    Distance penalty on d = w ⊙ x[indices], scaled over time by a ramp:
     l_t = ramp_t · φ(d_t) with, for p = α + ‖d‖²,
 
       form "l1l2": φ(d) = ½ l2 ‖d‖² + l1 √p
@@ -245,7 +254,7 @@ class DistanceCost(Cost):
 
 
 class WeightedSum(Cost):
-    """l = Σ_j weight_j · cost_j(x, u), for terms [(weight, cost), ...]; empty means l = 0."""
+    """L = Σ_j weight_j · cost_j(x, u), for terms [(weight, cost), ...]; empty means l = 0."""
 
     def __init__(self, terms):
         self.terms = []
@@ -271,7 +280,8 @@ class WeightedSum(Cost):
 # From local expansions to one quadratic model per step
 
 def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion) -> QuadraticCost:
-    """Average of the rollouts' second-order Taylor models, in absolute coordinates.
+    """
+    Average of the rollouts' second-order Taylor models, in absolute coordinates.
 
     Rollout n's expansion at z̄ = [x_t; u_t] (its own point) is
       l(z) ≈ l̄ + gᵀ(z − z̄) + ½ (z − z̄)ᵀ H (z − z̄)
@@ -376,7 +386,8 @@ class CostSpec:
 
 
 def build_cost(spec: CostSpec | Mapping, layout, T: int) -> WeightedSum:
-    """Return the cost `spec` describes for `layout` (a StateLayout) and the horizon T.
+    """
+    Return the cost `spec` describes for `layout` (a StateLayout) and the horizon T.
 
     spec: a CostSpec, or a plain mapping of one (e.g. from YAML), such as::
 

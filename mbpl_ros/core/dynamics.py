@@ -23,8 +23,10 @@ class DynamicsSettings:
 
 @dataclass
 class LinearGaussianDynamics:
-    """F (T-1, dX, dX+dU), f (T-1, dX), covar (T-1, dX, dX) for the T-1 transitions,
-    and the initial-state distribution x0_mean (dX,), x0_covar (dX, dX)."""
+    """
+    F (T-1, dX, dX+dU), f (T-1, dX), covar (T-1, dX, dX) for the T-1 transitions,
+    and the initial-state distribution x0_mean (dX,), x0_covar (dX, dX).
+    """
 
     F: np.ndarray
     f: np.ndarray
@@ -61,7 +63,7 @@ _RELATIVE_RIDGE = 1e-12
 
 
 def _ridge(covars: np.ndarray, regularization: float) -> np.ndarray:
-    """regularization plus 1e-12 of the mean variance, per matrix (...)."""
+    """Regularization plus 1e-12 of the mean variance, per matrix (...)."""
     mean_variance = np.trace(covars, axis1=-2, axis2=-1) / covars.shape[-1]
     return regularization + _RELATIVE_RIDGE * np.abs(mean_variance)
 
@@ -74,7 +76,8 @@ def _check_regularization(regularization: float) -> float:
 def conditional_gaussian(count, mean, scatter, n_inputs: int,
                          prior: NormalInverseWishart | None = None,
                          regularization: float = 1e-6):
-    """Condition a joint Gaussian over [inputs; outputs] on its inputs, from sufficient statistics.
+    """
+    Condition a joint Gaussian over [inputs; outputs] on its inputs, from sufficient statistics.
 
     count (...) points with mean (..., D) and scatter (..., D, D) = Σ (z - z̄)(z - z̄)ᵀ,
     the first n_inputs = dI coordinates being the inputs. The joint covariance is the
@@ -114,7 +117,8 @@ def conditional_gaussian(count, mean, scatter, n_inputs: int,
 
 def gaussian_regression(inputs, outputs, prior: NormalInverseWishart | None = None,
                         regularization: float = 1e-6):
-    """Fit outputs | inputs ~ N(W x + b, covar) from samples, optionally under a NIW prior.
+    """
+    Fit outputs | inputs ~ N(W x + b, covar) from samples, optionally under a NIW prior.
 
     inputs (..., n, dI) and outputs (..., n, dO): n samples per regression; leading
     dimensions (e.g. T) batch independent regressions. prior: a NormalInverseWishart
@@ -149,7 +153,8 @@ def _moments(points: np.ndarray):
 
 
 def transition_points(X, U) -> np.ndarray:
-    """The [x_t, u_t, x_{t+1}] tuples (N, T-1, dX+dU+dX) of rollouts X (N, T, dX), U (N, T, dU).
+    """
+    The [x_t, u_t, x_{t+1}] tuples (N, T-1, dX+dU+dX) of rollouts X (N, T, dX), U (N, T, dU).
 
     These are the points a dynamics GMMPrior is updated with and evaluated on.
     """
@@ -179,7 +184,8 @@ def _initial_state(count, mean, scatter, regularization) -> tuple[np.ndarray, np
 
 
 def fit_dynamics(X, U, prior: GMMPrior | None = None, regularization: float = 1e-6) -> LinearGaussianDynamics:
-    """Fit x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t) to rollouts X (N, T, dX), U (N, T, dU).
+    """
+    Fit x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t) to rollouts X (N, T, dX), U (N, T, dU).
 
     One Bayesian linear regression per transition t = 0..T-2, all batched over T. With a
     GMMPrior over [x, u, x'] (see transition_points), step t is regularised by the prior
@@ -199,7 +205,8 @@ def fit_dynamics(X, U, prior: GMMPrior | None = None, regularization: float = 1e
 
 
 class OnlineDynamics:
-    """Per-time-step sufficient statistics of [x_t, u_t, x_{t+1}], updated one rollout at a time.
+    """
+    Per-time-step sufficient statistics of [x_t, u_t, x_{t+1}], updated one rollout at a time.
 
     `add` folds a rollout X (T, dX), U (T, dU) into the counts, means and scatters in
     O(T D²) (Welford's update, D = dX + dU + dX); `fit` then returns what fit_dynamics

@@ -1,4 +1,5 @@
-"""Gaussian mixture models and the normal-inverse-Wishart prior they induce.
+"""
+Gaussian mixture models and the normal-inverse-Wishart prior they induce.
 
 The dynamics fit (and the policy linearisation) regress x' on [x, u] per time step
 from only N rollouts. A Gaussian mixture fitted to many recent [x, u, x'] points,
@@ -36,7 +37,8 @@ class PriorSettings:
 
 @dataclass
 class NormalInverseWishart:
-    """Normal-inverse-Wishart prior over a Gaussian's mean and covariance.
+    """
+    Normal-inverse-Wishart prior over a Gaussian's mean and covariance.
 
     mean (..., d) is the prior mean, scatter (..., d, d) the prior scatter matrix Φ,
     m the strength of the mean and n0 that of the scatter, both counted in data points
@@ -74,7 +76,8 @@ def symmetrise(matrices: np.ndarray) -> np.ndarray:
 
 
 def robust_cholesky(matrices: np.ndarray, floor: float = 0.0) -> np.ndarray:
-    """Lower Cholesky factors (..., d, d) of symmetric matrices (..., d, d).
+    """
+    Lower Cholesky factors (..., d, d) of symmetric matrices (..., d, d).
 
     Where rounding has left a matrix indefinite, its eigenvalues are raised to a floor
     (`floor`, at least 1e-12 of the largest eigenvalue) before factorising, so a
@@ -115,7 +118,8 @@ def _as_points(points, name: str = "points") -> np.ndarray:
 
 
 class GaussianMixture:
-    """Full-covariance Gaussian mixture fitted by EM, warm-started across fits.
+    """
+    Full-covariance Gaussian mixture fitted by EM, warm-started across fits.
 
     After `fit`: weights (K,), means (K, d), covars (K, d, d) symmetric positive
     definite. Each covariance is the weighted scatter of its cluster plus a ridge,
@@ -147,7 +151,8 @@ class GaussianMixture:
     # ------------------------------------------------------------------ fitting
     def fit(self, points, n_clusters: int, max_iterations: int = 100,
             tolerance: float = 1e-4) -> "GaussianMixture":
-        """Run EM on points (n, d) with n_clusters clusters.
+        """
+        Run EM on points (n, d) with n_clusters clusters.
 
         Starts from the previous fit when it had the same dimension and cluster
         count; with more clusters than before, keeps the previous ones and seeds
@@ -204,7 +209,8 @@ class GaussianMixture:
         return self
 
     def _initialise(self, centred: np.ndarray, n_clusters: int, kept=None):
-        """Starting parameters: k-means++ seeds, nearest-seed assignment, covariances shrunk to the data's.
+        """
+        Starting parameters: k-means++ seeds, nearest-seed assignment, covariances shrunk to the data's.
 
         kept = (weights, means, covars) of clusters to carry over (fewer than
         n_clusters, means about the data mean): only the missing clusters are seeded,
@@ -277,7 +283,7 @@ class GaussianMixture:
 
     @staticmethod
     def _log_joint(points, weights, means, chol):
-        """log π_k + log N(x_n | μ_k, Σ_k) (n, K) and the inverse Cholesky factors (K, d, d)."""
+        """Log π_k + log N(x_n | μ_k, Σ_k) (n, K) and the inverse Cholesky factors (K, d, d)."""
         n, d = points.shape
         n_clusters = weights.shape[0]
         # L_k⁻¹, so that |L_k⁻¹ (x - μ_k)|² is the Mahalanobis distance (LAPACK trtri per cluster)
@@ -313,7 +319,8 @@ class GaussianMixture:
 
 
 class GMMPrior:
-    """Normal-inverse-Wishart priors from a mixture over a bounded buffer of rollouts.
+    """
+    Normal-inverse-Wishart priors from a mixture over a bounded buffer of rollouts.
 
     Holds the points of the most recent max_rollouts rollouts, each (T, d) (for the
     dynamics d = dX + dU + dX, the [x_t, u_t, x_{t+1}] tuples), refits a
@@ -394,7 +401,8 @@ class GMMPrior:
         return self.from_cluster_weights(self.responsibilities(points).mean(axis=-2))
 
     def from_cluster_weights(self, cluster_weights) -> NormalInverseWishart:
-        """The prior for mixture weights (..., K), e.g. mean responsibilities of a set of points.
+        """
+        The prior for mixture weights (..., K), e.g. mean responsibilities of a set of points.
 
         Moment-matches the weighted mixture to one Gaussian (mean μ, covariance Σ),
         then sets m = strength, Φ = strength Σ and n0 = strength (n - d - 2) / n for a

@@ -18,7 +18,8 @@ ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "silu")
 
 @settings_dataclass
 class PolicySettings:
-    """Network and S-step hyper-parameters (defaults follow GPS's policy_opt where sensible).
+    """
+    Network and S-step hyper-parameters (defaults follow GPS's policy_opt where sensible).
 
     One call of core.policy.train_policy is one S-step. CUDA is used only when configured,
     and core.policy.resolve_device raises if it is configured but not available.
@@ -69,7 +70,8 @@ class PolicySettings:
 
 @settings_dataclass
 class PolicyPriorSettings:
-    """GMM prior over [x, μ_θ(x)] points for the policy linearisation (GPS's PolicyPriorGMM).
+    """
+    GMM prior over [x, μ_θ(x)] points for the policy linearisation (GPS's PolicyPriorGMM).
 
     Each condition's prior holds only the current iteration's rollouts (its buffer is as
     long as that condition's batch), so it describes the current policy; the mixture is
@@ -86,7 +88,8 @@ class PolicyPriorSettings:
 
 @settings_dataclass
 class MdgpsSettings:
-    """MDGPS: the policy, its linearisation and its action covariance Σ_π.
+    """
+    MDGPS: the policy, its linearisation and its action covariance Σ_π.
 
     covariance: Σ_π minimises the S-step's E[KL(π ‖ p_m)] over Gaussians of its kind.
     ``"full"``: Σ_π = E[Σ_m,t⁻¹]⁻¹ (dU, dU), the expectation over all training states;

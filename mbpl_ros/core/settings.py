@@ -47,7 +47,8 @@ def setting(text: str, default: Any = dataclasses.MISSING, **limits) -> Any:
 
 
 def field_from(cls: type, name: str, **changes) -> Any:
-    """Return a new field like `cls`'s field `name` (doc, limits, default), with `changes`.
+    """
+    Return a new field like `cls`'s field `name` (doc, limits, default), with `changes`.
 
     Lets a section of the experiment file take a setting from the core class that uses it
     instead of writing its doc and range a second time. `changes` may replace the
@@ -106,7 +107,8 @@ def _check_bounds(owner: str, key: str, value: float, meta: dict) -> None:
 
 
 def check_value(owner: str, key: str, value: Any, kind: Any, meta: dict) -> Any:
-    """Return `value` checked against the type `kind` and limits `meta` (ints → float, lists → tuple where declared).
+    """
+    Return `value` checked against the type `kind` and limits `meta` (ints → float, lists → tuple where declared).
 
     Raises SettingsError(owner, key, reason) naming the value and what is allowed.
     """
@@ -179,7 +181,8 @@ def _option(kind: Any, value: Any) -> Any:
 
 
 def _build(path: str, value: Any, kind: Any) -> Any:
-    """Return `value` with the dataclasses of `kind` (nested, in lists, optional) built from mappings.
+    """
+    Return `value` with the dataclasses of `kind` (nested, in lists, optional) built from mappings.
 
     Where a list of dataclasses is expected, one mapping stands for a list of one.
     """
@@ -202,7 +205,8 @@ def _build(path: str, value: Any, kind: Any) -> Any:
 
 
 def from_mapping(cls: type, data: Any, path: str = "") -> Any:
-    """Build the settings dataclass `cls` from a plain mapping (parsed YAML), checking every key.
+    """
+    Build the settings dataclass `cls` from a plain mapping (parsed YAML), checking every key.
 
     Unknown and missing keys, and values the fields' types and limits do not allow, raise
     SettingsError whose message starts with the key path (`path` being this mapping's).

@@ -1,4 +1,5 @@
-"""Trajectory optimisation under a KL bound (the LQR step of LQR-FLM and of MDGPS's C-step).
+"""
+Trajectory optimisation under a KL bound (the LQR step of LQR-FLM and of MDGPS's C-step).
 
 Given linear-Gaussian dynamics p(x'|x,u), a quadratic cost l_t(x,u) and an anchor
 controller p̄(u|x) (the previous controller for LQR-FLM, the linearised global policy for
@@ -34,14 +35,18 @@ from mbpl_ros.core.settings import setting, settings_dataclass
 
 
 class TrajectoryOptimizationError(RuntimeError):
-    """No positive-definite Q_uu even at the largest allowed η (TrajOptSettings.max_eta):
-    the dynamics or the cost are broken (NaN, or absurdly ill-conditioned)."""
+    """
+    No positive-definite Q_uu even at the largest allowed η (TrajOptSettings.max_eta):
+    the dynamics or the cost are broken (NaN, or absurdly ill-conditioned).
+    """
 
 
 @dataclass
 class TrajectoryMarginals:
-    """State-action marginals of a trajectory distribution, z_t = [x_t; u_t]:
-    mean (T, dX+dU), covar (T, dX+dU, dX+dU) (exactly symmetric)."""
+    """
+    State-action marginals of a trajectory distribution, z_t = [x_t; u_t]:
+    mean (T, dX+dU), covar (T, dX+dU, dX+dU) (exactly symmetric).
+    """
 
     mean: np.ndarray
     covar: np.ndarray
@@ -49,7 +54,8 @@ class TrajectoryMarginals:
 
 @settings_dataclass
 class TrajOptSettings:
-    """Dual search on η (the defaults were tuned on random problems at T=100, dX=20, dU=7,
+    """
+    Dual search on η (the defaults were tuned on random problems at T=100, dX=20, dU=7,
     see bench/traj_opt.py).
 
     Past max_eta an indefinite Q_uu raises TrajectoryOptimizationError (as η → ∞ the
@@ -84,7 +90,8 @@ class TrajOptSettings:
 
 @settings_dataclass
 class KlStepSettings:
-    """The KL step and GPS's step-size rule (see adjust_step); the experiment file's
+    """
+    The KL step and GPS's step-size rule (see adjust_step); the experiment file's
     trajectory_optimization section.
 
     A trajectory's KL budget is kl_step · step_mult · T; the multiplier's change per
@@ -140,7 +147,7 @@ def _sym(A: np.ndarray) -> np.ndarray:
 
 
 def _logdet_from_chol(L: np.ndarray) -> np.ndarray:
-    """log det(L Lᵀ) (...,) for lower-triangular L (..., d, d)."""
+    """Log det(L Lᵀ) (...,) for lower-triangular L (..., d, d)."""
     return 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
 
 
@@ -148,12 +155,14 @@ def _logdet_from_chol(L: np.ndarray) -> np.ndarray:
 
 def _state_marginals(K: np.ndarray, k: np.ndarray, covar_u: np.ndarray,
                      dynamics: LinearGaussianDynamics) -> tuple[np.ndarray, np.ndarray]:
-    """State marginals under controllers K (B, T, dU, dX), k (B, T, dU), covar_u (B, T, dU, dU):
+    """
+    State marginals under controllers K (B, T, dU, dX), k (B, T, dU), covar_u (B, T, dU, dU):
     mean (B, T, dX) and covariance (B, T, dX, dX).
 
     With the closed loop A_t = F_x + F_u K_t, x_{t+1} has mean A_t μ_t + F_u k_t + f_t and
     covariance A_t Σ_t A_tᵀ + F_u Σu_t F_uᵀ + Σdyn_t, symmetrised at every step: that keeps Σ
-    exactly symmetric (unsymmetrised rounding error compounds over the horizon)."""
+    exactly symmetric (unsymmetrised rounding error compounds over the horizon).
+    """
     B, T, dU, dX = K.shape
     Fx, Fu = dynamics.F[:, :, :dX], dynamics.F[:, :, dX:]
     Fu_T = np.swapaxes(Fu, -1, -2)
@@ -184,8 +193,10 @@ def _joint_marginals(K, k, covar_u, mean_x, covar_x) -> TrajectoryMarginals:
 
 def forward_pass(controller: LinearGaussianController,
                  dynamics: LinearGaussianDynamics) -> TrajectoryMarginals:
-    """State-action marginals (T, dX+dU) of running `controller` under `dynamics` from its
-    initial-state distribution. The covariances are exactly symmetric."""
+    """
+    State-action marginals (T, dX+dU) of running `controller` under `dynamics` from its
+    initial-state distribution. The covariances are exactly symmetric.
+    """
     _check_problem(dynamics, None, {"controller": controller})
     K, k, covar_u = controller.K[None], controller.k[None], controller.covar[None]
     mean_x, covar_x = _state_marginals(K, k, covar_u, dynamics)
@@ -204,11 +215,13 @@ def expected_cost(marginals: TrajectoryMarginals, cost: QuadraticCost) -> np.nda
 
 
 def _expected_conditional_kl(K1, k1, covar1, logdet1, K0, k0, prec0, logdet0, mean_x, covar_x):
-    """E_{x ~ N(mean_x, covar_x)} KL(N(K1 x + k1, covar1) ‖ N(K0 x + k0, prec0⁻¹)), (..., T):
+    """
+    E_{x ~ N(mean_x, covar_x)} KL(N(K1 x + k1, covar1) ‖ N(K0 x + k0, prec0⁻¹)), (..., T).
 
         ½ [tr(P0 Σ1) − dU + log det Σ0 − log det Σ1 + mᵀ P0 m + tr(P0 D Σx Dᵀ)]
 
-    with D = K0 − K1 and m = D μx + k0 − k1, the mean difference at the mean state."""
+    with D = K0 − K1 and m = D μx + k0 − k1, the mean difference at the mean state.
+    """
     dU = K1.shape[-2]
     D = K0 - K1
     m = (D @ mean_x[..., None])[..., 0] + k0 - k1
@@ -221,9 +234,11 @@ def _expected_conditional_kl(K1, k1, covar1, logdet1, K0, k0, prec0, logdet0, me
 
 def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
                   marginals_of_new: TrajectoryMarginals) -> np.ndarray:
-    """KL(p_new(τ) ‖ p_old(τ)) per time step (T,), for trajectory distributions under the
+    """
+    KL(p_new(τ) ‖ p_old(τ)) per time step (T,), for trajectory distributions under the
     same dynamics and initial state (which cancel): E_{x_t ~ p_new} KL(new(·|x_t) ‖ old(·|x_t)).
-    `marginals_of_new` is forward_pass(new, dynamics). Sum it for the trajectory KL."""
+    `marginals_of_new` is forward_pass(new, dynamics). Sum it for the trajectory KL.
+    """
     T, dU, dX = new.K.shape
     if old.K.shape != new.K.shape or marginals_of_new.mean.shape != (T, dX + dU):
         raise ValueError(f"controllers (K {new.K.shape}, {old.K.shape}) and marginals "
@@ -239,8 +254,10 @@ def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
 
 @dataclass
 class _EtaBatch:
-    """Controllers and their KL to the anchor for B values of η. failed_step (B,) as in
-    RiccatiResult; kl (B,) is +inf where the backward pass failed."""
+    """
+    Controllers and their KL to the anchor for B values of η. failed_step (B,) as in
+    RiccatiResult; kl (B,) is +inf where the backward pass failed.
+    """
 
     eta: np.ndarray
     K: np.ndarray
@@ -307,8 +324,10 @@ class _KlProblem:
 
 def _backward_with_retry(problem: _KlProblem, eta: float, settings: TrajOptSettings
                          ) -> tuple[_EtaBatch, int]:
-    """The batch holding the smallest η' ≥ eta (on eta · retry_factor^j) with positive
-    definite Q_uu at every step, and that member's index."""
+    """
+    The batch holding the smallest η' ≥ eta (on eta · retry_factor^j) with positive
+    definite Q_uu at every step, and that member's index.
+    """
     batch = problem.evaluate(np.array([eta]))
     if batch.failed_step[0] < 0:
         return batch, 0
@@ -330,8 +349,10 @@ def backward_pass_with_eta(dynamics: LinearGaussianDynamics, cost: QuadraticCost
                            anchor: LinearGaussianController, eta: float,
                            settings: TrajOptSettings | None = None
                            ) -> tuple[LinearGaussianController, float]:
-    """backward_pass, also returning the η actually used (larger than `eta` when Q_uu
-    was not positive definite at `eta`)."""
+    """
+    backward_pass, also returning the η actually used (larger than `eta` when Q_uu
+    was not positive definite at `eta`).
+    """
     settings = settings or TrajOptSettings()
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
@@ -342,20 +363,24 @@ def backward_pass_with_eta(dynamics: LinearGaussianDynamics, cost: QuadraticCost
 def backward_pass(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
                   anchor: LinearGaussianController, eta: float,
                   settings: TrajOptSettings | None = None) -> LinearGaussianController:
-    """The controller minimising E[Σ_t l_t/η − log p̄(u_t|x_t)] − H(p) (the KL Lagrangian
+    """
+    The controller minimising E[Σ_t l_t/η − log p̄(u_t|x_t)] − H(p) (the KL Lagrangian
     divided by η): LQR on the cost C/η + anchor precision terms, Σ_t = Q_uu,t⁻¹.
 
     If Q_uu is not positive definite, η is increased geometrically (settings.retry_factor)
     until it is; TrajectoryOptimizationError only past settings.max_eta. Use
-    backward_pass_with_eta to learn the η used."""
+    backward_pass_with_eta to learn the η used.
+    """
     return backward_pass_with_eta(dynamics, cost, anchor, eta, settings)[0]
 
 
 # ---------------------------------------------------------------- dual search on η
 
 def _interpolate_log_eta(eta: np.ndarray, kl: np.ndarray, target: float) -> float:
-    """log η where a monotone (PCHIP) interpolation of log η against log KL meets log target.
-    eta, kl: evaluated points with 0 < kl < inf, any order; needs points on both sides."""
+    """
+    Log η where a monotone (PCHIP) interpolation of log η against log KL meets log target.
+    eta, kl: evaluated points with 0 < kl < inf, any order; needs points on both sides.
+    """
     order = np.argsort(eta)
     log_eta, log_kl = np.log(eta[order]), np.log(kl[order])
     keep = [0]                                   # KL falls with η; drop points breaking that
@@ -369,7 +394,7 @@ def _interpolate_log_eta(eta: np.ndarray, kl: np.ndarray, target: float) -> floa
 
 
 def _spread(center: float, half_width: float, points: int) -> np.ndarray:
-    """points values evenly spaced over center ± half_width (just center for one point)."""
+    """Points values evenly spaced over center ± half_width (just center for one point)."""
     if points == 1:
         return np.array([center])
     return center + np.linspace(-half_width, half_width, points)
@@ -377,9 +402,11 @@ def _spread(center: float, half_width: float, points: int) -> np.ndarray:
 
 def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bracket: float,
                    settings: TrajOptSettings) -> tuple[np.ndarray, float]:
-    """log η values for the next batch, given all η tried so far, their KL (+inf where
+    """
+    Log η values for the next batch, given all η tried so far, their KL (+inf where
     Q_uu failed) and the log-width of the previous bracket; returns them with the current
-    bracket's log-width (inf while ε is not bracketed)."""
+    bracket's log-width (inf while ε is not bracketed).
+    """
     ln10 = math.log(10.0)
     over = kl > kl_step                       # η too small (or failed): KL over budget
     if not over.any():                        # every η too large: step down
@@ -415,7 +442,8 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
                         anchor: LinearGaussianController, kl_step: float, eta_init: float = 1.0,
                         settings: TrajOptSettings | None = None
                         ) -> tuple[LinearGaussianController, float, dict]:
-    """Minimise the expected cost subject to KL(p(τ) ‖ anchor(τ)) ≤ kl_step (ε, the total over
+    """
+    Minimise the expected cost subject to KL(p(τ) ‖ anchor(τ)) ≤ kl_step (ε, the total over
     the T steps), by a dual search on η.
 
     Stops when |KL − ε| ≤ kl_tolerance · ε ("kl_met"); or at η = min_eta with KL < ε
@@ -425,13 +453,17 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
     max_batches ("max_batches", not converged) it returns the η with the largest KL within
     budget.
 
-    Returns:
+    Returns
+    -------
         (controller, eta, info) with info holding "kl" (total), "kl_per_step" (T,),
         "kl_target" (ε), "expected_cost" (total under the fitted dynamics),
         "expected_cost_per_step" (T,), "iterations" (batches run), "evaluations" (η values
         tried), "converged" and "status".
-    Raises:
+
+    Raises
+    ------
         TrajectoryOptimizationError if no η ≤ max_eta gives a positive-definite Q_uu.
+
     """
     settings = settings or TrajOptSettings()
     if not (kl_step > 0 and np.isfinite(kl_step)):
@@ -492,7 +524,8 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
 
 def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_new_cost: float,
                 actual_new_cost: float, settings: KlStepSettings | None = None) -> float:
-    """GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost:
+    """
+    GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost.
 
     previous_cost_estimate: the previous controller under the previous model;
     predicted_new_cost: the current controller under the previous model (what the last

@@ -1,4 +1,5 @@
-"""What the learning-loop nodes share: validated parameters, the experiment file, start-up.
+"""
+What the learning-loop nodes share: validated parameters, the experiment file, start-up.
 
 Every node reads the same experiment YAML as `mbpl train` (parameter `experiment_config`),
 so the ROS graph and the offline trainer run the same algorithm with the same settings;
@@ -56,7 +57,8 @@ def descriptor_of(parameter: Parameter, detail: Optional[str] = None) -> Paramet
 
 def declare(node: Node, table: Dict[str, Parameter], name: str, default: Any = None,
             detail: Optional[str] = None) -> Any:
-    """Declare the parameter `name` of `table` (nodes.parameters) and return its value.
+    """
+    Declare the parameter `name` of `table` (nodes.parameters) and return its value.
 
     `default` replaces the table's (for one that comes from the experiment or the robot;
     the table's doc says from what); `detail` is added to what the descriptor says is
@@ -83,10 +85,12 @@ RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
 
 def check_known_parameters(node: Node) -> None:
-    """NodeParameterError naming each parameter given to `node` (params file, -p, or
+    """
+    NodeParameterError naming each parameter given to `node` (params file, -p, or
     parameter_overrides) that it has not declared, with the closest declared name. rclpy
     ignores such a parameter silently, so a misspelt safety setting (`effort_limit`) would
-    not be in force. Call it once every parameter is declared, before anything starts."""
+    not be in force. Call it once every parameter is declared, before anything starts.
+    """
     declared = sorted(node._parameters)
     unknown = sorted(set(node._parameter_overrides) - set(declared))
     if not unknown:
@@ -111,9 +115,11 @@ def _share_directory() -> Optional[Path]:
 
 
 def experiment_candidates(value: str) -> List[Path]:
-    """Where `value` may be, in order: as given (absolute, or relative to the current
+    """
+    Where `value` may be, in order: as given (absolute, or relative to the current
     directory), then in the installed share/mbpl_ros/config (and share/mbpl_ros), then in
-    this source tree's config/ (so an uninstalled checkout works the same)."""
+    this source tree's config/ (so an uninstalled checkout works the same).
+    """
     path = Path(os.path.expanduser(value))
     if path.is_absolute():
         return [path]
@@ -157,12 +163,14 @@ def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
 # ---------------------------------------------------------------- entry points
 def run_node(factory: Callable[[], Node], name: str, args=None,
              until: Optional[Callable[[Node], bool]] = None) -> int:
-    """Console entry point body: init, build the node, spin (until `until(node)` when given,
+    """
+    Console entry point body: init, build the node, spin (until `until(node)` when given,
     e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1.
 
     SIGINT/SIGTERM stop the spin while the context is still valid (rclpy's own handlers
     would shut it down first), so destroy_node can still publish, e.g. lqr_controller's
-    fallback command."""
+    fallback command.
+    """
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 

@@ -103,10 +103,12 @@ def _table(*parameters: Parameter) -> Dict[str, Parameter]:
 
 
 def check_changes(table: Dict[str, Parameter], changes: Iterable) -> Optional[str]:
-    """Why the runtime changes (objects with .name, .value) cannot be made, or None.
+    """
+    Why the runtime changes (objects with .name, .value) cannot be made, or None.
 
     Each change of a parameter in `table` must be runtime-settable and allowed by its entry;
-    the node then checks what depends on the robot (e.g. the URDF's limits)."""
+    the node then checks what depends on the robot (e.g. the URDF's limits).
+    """
     for change in changes:
         parameter = table.get(change.name)
         if parameter is None:

@@ -1,4 +1,5 @@
-"""sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-controlled robot.
+"""
+sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-controlled robot.
 
 Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, effort, stamped),
                ee_pose (geometry_msgs/PoseStamped) and ee_twist (geometry_msgs/TwistStamped) of
@@ -149,8 +150,10 @@ class SimRobotNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _declare(self, name: str, default=None, detail: Optional[str] = None):
-        """Declare one parameter of SIM_ROBOT (nodes.parameters); a rejected value becomes
-        SimRobotParameterError."""
+        """
+        Declare one parameter of SIM_ROBOT (nodes.parameters); a rejected value becomes
+        SimRobotParameterError.
+        """
         try:
             return declare(self, SIM_ROBOT, name, default, detail)
         except NodeParameterError as error:

@@ -1,5 +1,7 @@
-"""Costs: analytic derivatives against central finite differences, ramps, sums,
-the quadratic model, and the config builder."""
+"""
+Costs: analytic derivatives against central finite differences, ramps, sums,
+the quadratic model, and the config builder.
+"""
 import numpy as np
 import pytest
 
@@ -21,9 +23,11 @@ def random_batch(seed, scale=1.0):
 
 
 def finite_difference_expansion(cost, X, U, eps=1e-6):
-    """Central differences of l (for lx, lu) and of the analytic lx, lu (for the
+    """
+    Central differences of l (for lx, lu) and of the analytic lx, lu (for the
     Hessians), one coordinate at a time but for all (n, t) at once: l_t depends only
-    on (x_t, u_t)."""
+    on (x_t, u_t).
+    """
     dX, dU = X.shape[-1], U.shape[-1]
     lx, lu = np.empty(X.shape), np.empty(U.shape)
     lxx = np.empty(X.shape + (dX,))
@@ -184,8 +188,10 @@ def test_l1l2_hessian_is_exact_and_psd():
 
 
 def test_log_psd_hessian_has_the_documented_form():
-    """psd Hessian = exact Hessian + ramp · 2 l1 (w⊙d)(w⊙d)ᵀ / p² ⊙ (w wᵀ) on the block;
-    it is PSD where the exact one is not; the gradient is the same."""
+    """
+    Psd Hessian = exact Hessian + ramp · 2 l1 (w⊙d)(w⊙d)ᵀ / p² ⊙ (w wᵀ) on the block;
+    it is PSD where the exact one is not; the gradient is the same.
+    """
     X, U = random_batch(7, scale=3.0)
     l1, alpha, w = 0.7, 0.05, np.array([1.0, 0.5, 2.0, 1.0, 1.5, 0.8])
     ramp = time_ramp("linear", T, 2.0)

@@ -1,6 +1,8 @@
-"""Parameters of the learning nodes: declared with descriptors, validated, errors naming
+"""
+Parameters of the learning nodes: declared with descriptors, validated, errors naming
 the parameter and what is allowed; the experiment file found like `mbpl train` finds it;
-sim_robot's initial_positions settable at runtime."""
+sim_robot's initial_positions settable at runtime.
+"""
 import os
 import subprocess
 import sys

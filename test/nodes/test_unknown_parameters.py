@@ -1,5 +1,7 @@
-"""A parameter a node does not have stops it at start-up, named with the closest known
-name: rclpy would ignore it, so a misspelt safety setting would silently not be in force."""
+"""
+A parameter a node does not have stops it at start-up, named with the closest known
+name: rclpy would ignore it, so a misspelt safety setting would silently not be in force.
+"""
 
 import os
 import subprocess
