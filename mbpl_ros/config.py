@@ -63,6 +63,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: str | Path, what: str = "config file") -> Any:
     """
+    Return the parsed contents of a YAML file.
+
     The parsed contents of a YAML file ({} when empty); ConfigError naming the file when it
     is missing, not YAML, or gives a key twice in one mapping (with both line numbers).
     """
@@ -80,6 +82,8 @@ def read_yaml(path: str | Path, what: str = "config file") -> Any:
 
 def check_output_directory(path: str | Path, what: str = "output directory") -> Path:
     """
+    Return `path` resolved, once it is known that a run can write there.
+
     `path` resolved, once it is known that a run can write there: an existing directory
     that is writable, or one that can be created. ConfigError naming the path and the
     reason (it, or a parent, is a file; not writable; cannot be created) otherwise. Checked

@@ -21,16 +21,19 @@ from mbpl_ros.core.policy_settings import MdgpsSettings, PolicyPriorSettings, Po
 from mbpl_ros.core.rollouts import StateLayout
 from mbpl_ros.core.settings import field_from, settings_dataclass
 from mbpl_ros.core.traj_opt import KlStepSettings
-from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, check_robot, describe_robot,
-                                  load_robot_description, register_robot, registered_robots, robot_spec)
+from mbpl_ros.sim.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, check_robot,
+                                 describe_robot, load_robot_description, register_robot,
+                                 registered_robots, robot_spec)
 
 # initial_controller values when neither the experiment nor the robot description gives one
-INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0, "accel_noise_std": 2.0}
+INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0,
+                               "accel_noise_std": 2.0}
 
 
 @settings_dataclass
 class ConditionConfig:
-    initial_positions: list[float] = doc("joint angles at the start of every rollout (rad), one per joint")
+    initial_positions: list[float] = doc("joint angles at the start of every rollout (rad), one "
+                                         "per joint")
     target: list[float] = doc("end-effector target point in the world frame (m), [x, y, z]")
 
     def __post_init__(self):
@@ -71,7 +74,7 @@ class FixtureConfig:
             raise ValueError(f"color must be 4 numbers in [0, 1] (RGBA), got {self.color}")
 
     def fixture(self):
-        """The sim.scene.Fixture this entry describes."""
+        """Return the sim.scene.Fixture this entry describes."""
         from mbpl_ros.sim.scene import Box, Fixture
 
         boxes = tuple(Box(tuple(b.size), tuple(b.position)) for b in self.boxes)
@@ -82,12 +85,14 @@ class FixtureConfig:
 
 @settings_dataclass
 class InitialControllerConfig:
-    kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double integrator", "pd")
+    kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double "
+                                     "integrator", "pd")
     natural_frequency: Optional[float] = doc(
         "closed-loop natural frequency ω (rad/s), in joint-acceleration terms; null: the robot "
         "description's initial_controller.natural_frequency, else 3.0", None, gt=0.0)
     damping_ratio: Optional[float] = doc(
-        "closed-loop damping ratio ζ of the PD controller; null: the robot description's, else 1.0",
+        "closed-loop damping ratio ζ of the PD controller; null: the robot description's, "
+        "else 1.0",
         None, gt=0.0)
     accel_noise_std: Optional[float] = doc(
         "exploration noise, standard deviation in joint acceleration (rad/s²); null: the robot "
@@ -98,7 +103,8 @@ class InitialControllerConfig:
 
 @settings_dataclass
 class ExplorationConfig:
-    smoothing: float = doc("std. dev. (time steps) of the Gaussian filter smoothing the noise; 0 = white",
+    smoothing: float = doc("std. dev. (time steps) of the Gaussian filter smoothing the noise; 0 "
+                           "= white",
                            1.0, ge=0.0)
     renormalize: bool = doc("rescale smoothed noise back to unit variance", True)
 
@@ -106,6 +112,8 @@ class ExplorationConfig:
 @settings_dataclass
 class PolicyConfig(PolicySettings):
     """
+    Hold the experiment file's policy section.
+
     The policy section: the network and S-step settings (core.policy_settings), its
     linearisation's and how MDGPS draws rollouts.
     """
@@ -113,25 +121,30 @@ class PolicyConfig(PolicySettings):
     seed: Optional[int] = field_from(
         PolicySettings, "seed", default=None,
         doc="seeds the weights and minibatch order; null: the experiment's seed")
-    sample_on_policy: bool = doc("from iteration 2 on, draw the rollouts from the policy (with its "
+    sample_on_policy: bool = doc("from iteration 2 on, draw the rollouts from the policy (with "
+                                 "its "
                                  "variance) instead of the local controllers", False)
     linearization_regularization: float = field_from(MdgpsSettings, "linearization_regularization")
     covariance: str = field_from(MdgpsSettings, "covariance")
     prior: PolicyPriorSettings = dataclasses.field(
-        default_factory=PolicyPriorSettings, metadata={"doc": "GMM prior of the policy linearisation"})
+        default_factory=PolicyPriorSettings, metadata={"doc": "GMM prior of the policy "
+                                                              "linearisation"})
 
 
 @settings_dataclass
 class ExperimentConfig:
-    robot: str = doc(f"the robot: a built-in one ({', '.join(sorted(BUILTIN_ROBOTS))}), a robot description "
-                     "(a mapping: see 'Robot description' below) or the path of a YAML file holding one "
+    robot: str = doc(f"the robot: a built-in one ({', '.join(sorted(BUILTIN_ROBOTS))}), a robot "
+                     "description "
+                     "(a mapping: see 'Robot description' below) or the path of a YAML file "
+                     "holding one "
                      "(relative to the experiment file); after loading, the robot's name",
                      allowed="a robot name, a robot description or a YAML path")
     conditions: list[ConditionConfig] = doc("start poses and targets, one local controller each")
     cost: CostSpec = doc("the cost: a sum of action, state and distance terms (see 'cost' below)")
     T: int = doc("time steps per rollout", 50, ge=2)
     physics_dt: float = doc("physics time step (s)", 1.0 / 240.0, gt=0.0)
-    substeps: int = doc("physics steps per control step; control period = physics_dt · substeps", 12, ge=1)
+    substeps: int = doc("physics steps per control step; control period = physics_dt · substeps",
+                        12, ge=1)
     rollouts_per_condition: int = doc("rollouts per condition per iteration (N)", 5, ge=1)
     algorithm: Literal["lqr_flm", "mdgps"] = doc(
         "lqr_flm: local controllers only; mdgps: also distil them into one neural-network policy",
@@ -149,7 +162,8 @@ class ExperimentConfig:
     trajectory_optimization: KlStepSettings = dataclasses.field(
         default_factory=KlStepSettings, metadata={"doc": "KL-bounded LQR step"})
     policy: PolicyConfig = dataclasses.field(
-        default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: mdgps)"})
+        default_factory=PolicyConfig, metadata={"doc": "MDGPS global policy (used when algorithm: "
+                                                       "mdgps)"})
     fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see "
                                         "'Fixtures' below); none by default", [])
 
@@ -161,18 +175,21 @@ class ExperimentConfig:
         n_joints = spec.n_joints
         for i, condition in enumerate(self.conditions):
             if len(condition.initial_positions) != n_joints:
-                raise ValueError(f"conditions[{i}].initial_positions: {self.robot} has {n_joints} joints, "
+                raise ValueError(f"conditions[{i}].initial_positions: {self.robot} has {n_joints} "
+                                 "joints, "
                                  f"got {len(condition.initial_positions)} angles")
         # Unset initial-controller numbers: the robot's own, else the general defaults.
         given = {key: getattr(self.initial_controller, key) for key in INITIAL_CONTROLLER_DEFAULTS}
-        resolved = {key: value if value is not None else spec.initial_controller.get(key, INITIAL_CONTROLLER_DEFAULTS[key])
+        robot_own = spec.initial_controller
+        resolved = {key: value if value is not None
+                    else robot_own.get(key, INITIAL_CONTROLLER_DEFAULTS[key])
                     for key, value in given.items()}
         if resolved != given:
             self.initial_controller = dataclasses.replace(self.initial_controller, **resolved)
 
     @property
     def robot_spec(self) -> RobotSpec:
-        """The robot: a built-in one or the description this experiment registered."""
+        """Return the robot: a built-in one or the description this experiment registered."""
         return robot_spec(self.robot)
 
     @property
@@ -181,11 +198,11 @@ class ExperimentConfig:
 
     @property
     def scene(self) -> tuple:
-        """The fixtures (sim.scene.Fixture) of the scene."""
+        """Return the fixtures (sim.scene.Fixture) of the scene."""
         return tuple(f.fixture() for f in self.fixtures)
 
     def make_arm(self, gui: bool = False):
-        """The simulated arm of this experiment: its robot, physics_dt, substeps and fixtures."""
+        """Return the simulated arm of this experiment (robot, physics_dt, substeps, fixtures)."""
         from mbpl_ros.sim.arm import Arm
 
         return Arm(self.robot, physics_dt=self.physics_dt, substeps=self.substeps, gui=gui,
@@ -208,6 +225,8 @@ class ExperimentConfig:
 
     def mdgps_settings(self, seed: int | None = None) -> MdgpsSettings:
         """
+        Return MDGPS's settings: the policy section's.
+
         MDGPS settings from the policy section; the policy seed defaults to `seed`
         (the run's seed, e.g. from the command line), else to the experiment's.
         """
@@ -220,6 +239,8 @@ class ExperimentConfig:
 
     def initial_controllers(self, arm) -> list[lg.LinearGaussianController]:
         """
+        Return one initial controller per condition.
+
         One initial controller per condition, its gains and noise scaled by the mass
         matrix at the start pose so that they mean the same joint accelerations on any arm.
         """
@@ -237,7 +258,8 @@ class ExperimentConfig:
                     accel_noise_std=ic.accel_noise_std))
             else:
                 controllers.append(lg.double_integrator_lqr_controller(
-                    self.T, self.control_dt, layout.position, layout.velocity, layout.dX, mass, gravity,
+                    self.T, self.control_dt, layout.position, layout.velocity, layout.dX, mass,
+                    gravity,
                     target_position=q0, state_cost_weight=ic.state_cost_weight,
                     action_cost_weight=ic.action_cost_weight, accel_noise_std=ic.accel_noise_std))
         return controllers
@@ -245,6 +267,8 @@ class ExperimentConfig:
 
 def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
     """
+    Return the name of an experiment's robot, registering it first if described here.
+
     The name of an experiment's robot, registering it first when it is described here.
 
     robot: a built-in or registered name; a robot description mapping; the path of a
@@ -256,20 +280,25 @@ def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
         try:
             robot_spec(robot)
         except ValueError:
-            described = f"; described in this process: {', '.join(registered_robots())}" if registered_robots() else ""
-            raise ValueError(f"robot: unknown robot {robot!r}; known robots: {', '.join(sorted(BUILTIN_ROBOTS))}{described}; "
-                             "or a robot description (a mapping with name, urdf, joints, end_effector) or "
+            described = (f"; described in this process: {', '.join(registered_robots())}"
+                         if registered_robots() else "")
+            raise ValueError(f"robot: unknown robot {robot!r}; known robots: "
+                             f"{', '.join(sorted(BUILTIN_ROBOTS))}{described}; "
+                             "or a robot description (a mapping with name, urdf, joints, "
+                             "end_effector) or "
                              "the path of a YAML file holding one") from None
         return robot
     if isinstance(robot, str):
         path = Path(robot).expanduser()
-        spec = load_robot_description(path if path.is_absolute() or base_dir is None else base_dir / path)
+        spec = load_robot_description(
+            path if path.is_absolute() or base_dir is None else base_dir / path)
     elif isinstance(robot, Mapping):
         spec = describe_robot(robot, base_dir, where="robot")
     elif isinstance(robot, RobotSpec):
         spec = robot
     else:
-        raise ValueError(f"robot: must be a robot name, a robot description mapping or a YAML path; "
+        raise ValueError("robot: must be a robot name, a robot description mapping or a YAML "
+                         "path; "
                          f"got {type(robot).__name__}")
     try:
         if ROBOTS.get(spec.name) != spec:  # not loaded before in this process
@@ -281,6 +310,8 @@ def _robot_name(robot: Any, base_dir: Optional[Path] = None) -> str:
 
 def _named_conditions(data: dict, spec: RobotSpec) -> dict:
     """
+    Return `data` with the named initial positions and targets put in.
+
     Conditions whose initial_positions or target name one of the robot's
     initial_conditions or targets, with the numbers put in.
     """
@@ -291,7 +322,8 @@ def _named_conditions(data: dict, spec: RobotSpec) -> dict:
     for i, condition in enumerate(conditions):
         if isinstance(condition, dict):
             condition = dict(condition)
-            for key, table, lookup in (("initial_positions", spec.initial_conditions, spec.initial_condition),
+            for key, table, lookup in (("initial_positions", spec.initial_conditions,
+                                        spec.initial_condition),
                                        ("target", spec.targets, spec.target)):
                 if isinstance(condition.get(key), str):
                     try:
@@ -304,6 +336,8 @@ def _named_conditions(data: dict, spec: RobotSpec) -> dict:
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
     """
+    Load an experiment file, validated.
+
     An experiment file, validated.
 
     Its `robot` may describe the robot in place or name a description file (relative paths start at

@@ -57,7 +57,7 @@ def test_every_experiment_key_is_documented_once():
 
 
 def test_policy_keys_taken_from_the_core_keep_its_limits():
-    """PolicyConfig redefines only what the experiment means differently, with the core's limits."""
+    """Check PolicyConfig: it redefines only what the experiment means differently."""
     own = {f.name: f for f in dataclasses.fields(PolicySettings)}
     mdgps = {f.name: f for f in dataclasses.fields(MdgpsSettings)}
     for field in dataclasses.fields(PolicyConfig):
@@ -135,6 +135,8 @@ def test_core_settings_have_no_hand_written_checks_left():
 # ---------------------------------------------------------------- node parameters
 def node_declarations(path: Path):
     """
+    Return the parameter names a node module declares.
+
     The parameter names a node module declares: declare(self, TABLE, "name", ...) or
     self._declare("name", ...).
     """
@@ -185,7 +187,8 @@ def test_parameter_tables_are_checked_without_ros():
 
 
 @pytest.mark.parametrize("node, name, value, message", [
-    ("gps_trainer", "kl_step", 0.0, r"parameter 'kl_step' is 0.0; allowed: a double in \(0, 1e6\]"),
+    ("gps_trainer", "kl_step", 0.0,
+     r"parameter 'kl_step' is 0.0; allowed: a double in \(0, 1e6\]"),
     ("gps_trainer", "max_attempts", 101, r"is 101; allowed: an integer in \[1, 100\]"),
     ("gps_trainer", "max_attempts", 2.0, r"is 2.0; allowed: an integer"),
     ("lqr_controller", "watchdog_action", "brake", r"allowed: one of \['zero', 'hold'\]"),

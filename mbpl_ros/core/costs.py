@@ -29,6 +29,8 @@ from mbpl_ros.core.settings import from_mapping, setting, settings_dataclass
 @dataclass
 class CostExpansion:
     """
+    Hold a cost and its derivatives at given points.
+
     Cost and its derivatives at given points, for N rollouts of T steps:
     l (N, T), lx (N, T, dX), lu (N, T, dU), lxx (N, T, dX, dX),
     luu (N, T, dU, dU), lux (N, T, dU, dX).
@@ -43,12 +45,12 @@ class CostExpansion:
 
     @classmethod
     def zeros(cls, N: int, T: int, dX: int, dU: int) -> "CostExpansion":
-        """An all-zero expansion of the given sizes."""
+        """Return an all-zero expansion of the given sizes."""
         return cls(np.zeros((N, T)), np.zeros((N, T, dX)), np.zeros((N, T, dU)),
                    np.zeros((N, T, dX, dX)), np.zeros((N, T, dU, dU)), np.zeros((N, T, dU, dX)))
 
     def scaled(self, weight: float) -> "CostExpansion":
-        """The expansion of weight · l."""
+        """Return the expansion of weight · l."""
         return CostExpansion(weight * self.l, weight * self.lx, weight * self.lu,
                              weight * self.lxx, weight * self.luu, weight * self.lux)
 
@@ -60,6 +62,8 @@ class CostExpansion:
 @dataclass
 class QuadraticCost:
     """
+    Hold a time-varying quadratic cost in absolute coordinates.
+
     A time-varying quadratic cost in absolute coordinates, for z_t = [x_t; u_t]:
     l_t(z) = ½ zᵀ C_t z + c_tᵀ z + c0_t, with C (T, dX+dU, dX+dU), c (T, dX+dU), c0 (T,).
     """
@@ -125,9 +129,10 @@ class ActionCost(Cost):
         X, U = rollout_arrays(X, U)
         N, T, dX = X.shape
         dU = U.shape[2]
-        w = _broadcast_to_size(self.weights, dU, "ActionCost weights", "one per action dimension, dU")
+        w = _broadcast_to_size(self.weights, dU, "ActionCost weights", "one per action dimension, "
+                                                                       "dU")
         out = CostExpansion.zeros(N, T, dX, dU)
-        out.l = 0.5 * np.einsum("ntu,u->nt", U ** 2, w)
+        out.l = 0.5 * np.einsum("ntu,u->nt", U ** 2, w)  # noqa: E741 (l: the cost, GPS's name)
         out.lu = U * w
         out.luu[:] = np.diag(w)
         return out
@@ -146,7 +151,8 @@ class StateTargetCost(Cost):
                  final_multiplier: float = 1.0, *, T: int | None = None):
         self.indices = _index_vector(indices, "indices")
         k = self.indices.size
-        self.target = _broadcast_to_size(_finite_vector(target, "target"), k, "target", "one per index")
+        self.target = _broadcast_to_size(_finite_vector(target, "target"), k, "target",
+                                         "one per index")
         self.weights = _broadcast_to_size(_nonnegative_vector(weights, "weights"), k, "weights",
                                           "one per index")
         self.ramp, self.final_multiplier, self.T = _ramp_settings(ramp, final_multiplier, T)
@@ -159,7 +165,7 @@ class StateTargetCost(Cost):
         out = CostExpansion.zeros(N, T, dX, U.shape[2])
         idx = self.indices
         diff = X[..., idx] - self.target
-        out.l = 0.5 * np.sum(ramp * self.weights * diff ** 2, axis=-1)
+        out.l = 0.5 * np.sum(ramp * self.weights * diff ** 2, axis=-1)  # noqa: E741 (l: the cost, GPS's name)
         out.lx[..., idx] = ramp * self.weights * diff
         out.lxx[..., idx, idx] = ramp * self.weights  # the diagonal of the block
         return out
@@ -171,6 +177,8 @@ HESSIAN_KINDS = ("psd", "exact")
 
 class DistanceCost(Cost):
     """
+    Penalise the distance d = w ⊙ x[indices], scaled over time by a ramp.
+
     Distance penalty on d = w ⊙ x[indices], scaled over time by a ramp:
     l_t = ramp_t · φ(d_t) with, for p = α + ‖d‖²,
 
@@ -206,7 +214,8 @@ class DistanceCost(Cost):
                  ramp: str = "constant", final_multiplier: float = 1.0, form: str = "l1l2", *,
                  weights=1.0, hessian: str = "psd", T: int | None = None):
         self.indices = _index_vector(indices, "indices")
-        self.weights = _broadcast_to_size(_nonnegative_vector(weights, "weights"), self.indices.size,
+        self.weights = _broadcast_to_size(_nonnegative_vector(weights, "weights"),
+                                          self.indices.size,
                                           "weights", "one per index")
         self.l1 = _nonnegative_float(l1, "l1")
         self.l2 = _nonnegative_float(l2, "l2")
@@ -215,9 +224,11 @@ class DistanceCost(Cost):
             raise ValueError(f"alpha must be > 0 (it keeps the root and the log smooth at d = 0); "
                              f"got {alpha!r}")
         if form not in DISTANCE_FORMS:
-            raise ValueError(f"unknown distance form {form!r}; allowed forms: {', '.join(DISTANCE_FORMS)}")
+            raise ValueError(f"unknown distance form {form!r}; allowed forms: "
+                             f"{', '.join(DISTANCE_FORMS)}")
         if hessian not in HESSIAN_KINDS:
-            raise ValueError(f"unknown hessian kind {hessian!r}; allowed kinds: {', '.join(HESSIAN_KINDS)}")
+            raise ValueError(f"unknown hessian kind {hessian!r}; allowed kinds: "
+                             f"{', '.join(HESSIAN_KINDS)}")
         self.form = form
         self.hessian = hessian
         self.ramp, self.final_multiplier, self.T = _ramp_settings(ramp, final_multiplier, T)
@@ -246,7 +257,7 @@ class DistanceCost(Cost):
                   + b[..., None, None] * np.einsum("nti,ntj->ntij", d, d))
 
         out = CostExpansion.zeros(N, T, dX, U.shape[2])
-        out.l = ramp * phi
+        out.l = ramp * phi  # noqa: E741 (l: the cost, GPS's name)
         # chain rule through d = w ⊙ x[idx]: ∂d/∂x[idx] = diag(w)
         out.lx[..., idx] = ramp[..., None] * w * grad_d
         out.lxx[..., idx[:, None], idx[None, :]] = ramp[..., None, None] * np.outer(w, w) * hess_d
@@ -264,7 +275,8 @@ class WeightedSum(Cost):
             weight, cost = term
             weight = _finite_float(weight, f"weight of term {j}")
             if not callable(getattr(cost, "evaluate", None)):
-                raise ValueError(f"term {j}: {cost!r} is not a cost (it has no evaluate(X, U) method)")
+                raise ValueError(f"term {j}: {cost!r} is not a cost (it has no evaluate(X, U) "
+                                 "method)")
             self.terms.append((weight, cost))
 
     def evaluate(self, X, U):
@@ -299,7 +311,8 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
     for name, shape in expected.items():
         got = np.shape(getattr(expansion, name))
         if got != shape:
-            raise ValueError(f"expansion.{name} has shape {got}; X {X.shape} and U {U.shape} need {shape}")
+            raise ValueError(f"expansion.{name} has shape {got}; X {X.shape} and U {U.shape} need "
+                             f"{shape}")
 
     Z = np.concatenate([X, U], axis=-1)                                        # (N, T, dZ)
     g = np.concatenate([expansion.lx, expansion.lu], axis=-1)                  # (N, T, dZ)
@@ -309,9 +322,11 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
     H = 0.5 * (H + np.swapaxes(H, -1, -2))
     HZ = np.einsum("ntij,ntj->nti", H, Z)
     c = g - HZ
-    c0 = np.asarray(expansion.l, float) - np.einsum("nti,nti->nt", g, Z) + 0.5 * np.einsum("nti,nti->nt", Z, HZ)
+    c0 = np.asarray(expansion.l, float) - np.einsum("nti,nti->nt", g,
+                                                    Z) + 0.5 * np.einsum("nti,nti->nt", Z, HZ)
     C = H.mean(axis=0)
-    return QuadraticCost(C=0.5 * (C + np.swapaxes(C, -1, -2)), c=c.mean(axis=0), c0=c0.mean(axis=0))
+    return QuadraticCost(C=0.5 * (C + np.swapaxes(C, -1, -2)), c=c.mean(axis=0),
+                         c0=c0.mean(axis=0))
 
 
 # ---------------------------------------------------------------------------
@@ -319,7 +334,8 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
 
 STATE_BLOCKS = ("position", "velocity", "ee_offset", "ee_velocity")
 _SCALE_DOC = "the term's weight in the sum of the terms"
-_RAMP_DOC = "how the term is scaled over time: constant, linear, quadratic or final_only (see time_ramp)"
+_RAMP_DOC = ("how the term is scaled over time: constant, linear, quadratic or final_only "
+             "(see time_ramp)")
 
 
 @settings_dataclass
@@ -427,7 +443,8 @@ def _build_state(term: StateTerm, path, layout, T):
         indices = np.asarray(term.indices, dtype=int)
         bad = indices[indices >= layout.dX]
         if bad.size:
-            raise ValueError(f"{path}.indices {bad.tolist()} are out of range for dX = {layout.dX}")
+            raise ValueError(f"{path}.indices {bad.tolist()} are out of range for "
+                             f"dX = {layout.dX}")
     size, size_name = indices.size, "one per selected state index"
     return StateTargetCost(indices, target=_sized(term.target, size, f"{path}.target", size_name),
                            weights=_sized(term.weights, size, f"{path}.weights", size_name),
@@ -450,7 +467,8 @@ _TERM_BUILDERS = {"action": _build_action, "state": _build_state, "distance": _b
 # Input checks
 
 def _finite_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray)) or np.ndim(value) != 0:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real,
+                                                         np.ndarray)) or np.ndim(value) != 0:
         raise ValueError(f"{name} must be a finite number; got {value!r}")
     value = float(value)
     if not np.isfinite(value):
@@ -466,7 +484,7 @@ def _nonnegative_float(value, name):
 
 
 def _finite_vector(value, name):
-    """A number (kept 0-d, to broadcast) or a 1-D list of finite numbers."""
+    """Return a number (kept 0-d, to broadcast) or a 1-D list of finite numbers."""
     if isinstance(value, (str, bytes, Mapping)) or (isinstance(value, bool)):
         raise ValueError(f"{name} must be a number or a list of numbers; got {value!r}")
     try:
@@ -474,7 +492,8 @@ def _finite_vector(value, name):
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number or a list of numbers; got {value!r}") from None
     if array.ndim > 1 or array.size == 0 or not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be a finite number or a non-empty 1-D list of them; got {value!r}")
+        raise ValueError(f"{name} must be a finite number or a non-empty 1-D list of them; got "
+                         f"{value!r}")
     return array
 
 
@@ -489,7 +508,8 @@ def _broadcast_to_size(array, size, name, size_name):
     if array.ndim == 0:
         return np.full(size, float(array))
     if array.shape != (size,):
-        raise ValueError(f"{name} has {array.size} entries; allowed: one number or {size} ({size_name})")
+        raise ValueError(f"{name} has {array.size} entries; allowed: one number or {size} "
+                         f"({size_name})")
     return array
 
 
@@ -498,7 +518,8 @@ def _index_vector(value, name):
         raise ValueError(f"{name} must be a list of state indices; got {value!r}")
     array = np.asarray(value)
     if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must be a non-empty 1-D list of integer state indices; got {value!r}")
+        raise ValueError(f"{name} must be a non-empty 1-D list of integer state indices; got "
+                         f"{value!r}")
     if np.any(array < 0) or np.unique(array).size != array.size:
         raise ValueError(f"{name} must be distinct and >= 0; got {array.tolist()}")
     return array.astype(int)
@@ -512,7 +533,8 @@ def _check_indices(indices, dX):
 def _ramp_settings(ramp, final_multiplier, T):
     time_ramp(ramp, 1 if T is None else T, final_multiplier)  # validates all three
     if final_multiplier < 0:
-        raise ValueError(f"final_multiplier must be >= 0 (a negative cost weight); got {final_multiplier!r}")
+        raise ValueError("final_multiplier must be >= 0 (a negative cost weight); got "
+                         f"{final_multiplier!r}")
     return ramp, float(final_multiplier), T
 
 

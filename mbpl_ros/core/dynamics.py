@@ -24,6 +24,8 @@ class DynamicsSettings:
 @dataclass
 class LinearGaussianDynamics:
     """
+    Hold time-varying linear-Gaussian dynamics and the initial-state distribution.
+
     F (T-1, dX, dX+dU), f (T-1, dX), covar (T-1, dX, dX) for the T-1 transitions,
     and the initial-state distribution x0_mean (dX,), x0_covar (dX, dX).
     """
@@ -109,7 +111,8 @@ def conditional_gaussian(count, mean, scatter, n_inputs: int,
     chol_out_in = chol[..., n_inputs:, :n_inputs]
     chol_out = chol[..., n_inputs:, n_inputs:]
     # W L_ii = L_oi  <=>  L_iiᵀ Wᵀ = L_oiᵀ
-    gain = np.swapaxes(np.linalg.solve(np.swapaxes(chol_in, -1, -2), np.swapaxes(chol_out_in, -1, -2)), -1, -2)
+    gain = np.swapaxes(np.linalg.solve(np.swapaxes(chol_in, -1, -2), np.swapaxes(chol_out_in, -1,
+                                                                                 -2)), -1, -2)
     offset = mean[..., n_inputs:] - np.einsum("...oi,...i->...o", gain, mean[..., :n_inputs])
     covar = symmetrise(chol_out @ np.swapaxes(chol_out, -1, -2))
     return gain, offset, covar
@@ -133,12 +136,14 @@ def gaussian_regression(inputs, outputs, prior: NormalInverseWishart | None = No
         raise ValueError(f"inputs and outputs must be (..., n, dI) and (..., n, dO); "
                          f"got {inputs.shape} and {outputs.shape}")
     if inputs.shape[:-1] != outputs.shape[:-1] or inputs.shape[-2] < 1:
-        raise ValueError(f"inputs {inputs.shape} and outputs {outputs.shape} must share (..., n) with n >= 1")
+        raise ValueError(f"inputs {inputs.shape} and outputs {outputs.shape} must share (..., n) "
+                         "with n >= 1")
     if not (np.all(np.isfinite(inputs)) and np.all(np.isfinite(outputs))):
         raise ValueError("inputs and outputs must be finite; found NaN or inf")
     joint = np.concatenate([inputs, outputs], axis=-1)
     if prior is not None and np.shape(prior.mean)[-1] != joint.shape[-1]:
-        raise ValueError(f"prior has dimension {np.shape(prior.mean)[-1]}; inputs+outputs have {joint.shape[-1]}")
+        raise ValueError(f"prior has dimension {np.shape(prior.mean)[-1]}; inputs+outputs have "
+                         f"{joint.shape[-1]}")
     count, mean, scatter = _moments(joint)
     return conditional_gaussian(count, mean, scatter, inputs.shape[-1], prior, regularization)
 
@@ -154,6 +159,8 @@ def _moments(points: np.ndarray):
 
 def transition_points(X, U) -> np.ndarray:
     """
+    Return the transition tuples of rollouts.
+
     The [x_t, u_t, x_{t+1}] tuples (N, T-1, dX+dU+dX) of rollouts X (N, T, dX), U (N, T, dU).
 
     These are the points a dynamics GMMPrior is updated with and evaluated on.
@@ -165,7 +172,8 @@ def transition_points(X, U) -> np.ndarray:
 def _check_rollouts(X, U):
     X, U = rollout_arrays(X, U)
     if X.shape[0] < 1 or X.shape[1] < 2 or X.shape[2] < 1 or U.shape[2] < 1:
-        raise ValueError(f"need N >= 1 rollouts of T >= 2 steps with dX, dU >= 1; got X {X.shape}, U {U.shape}")
+        raise ValueError("need N >= 1 rollouts of T >= 2 steps with dX, dU >= 1; got X "
+                         f"{X.shape}, U {U.shape}")
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(U))):
         raise ValueError("X and U must be finite; found NaN or inf")
     return X, U
@@ -183,7 +191,8 @@ def _initial_state(count, mean, scatter, regularization) -> tuple[np.ndarray, np
     return mean, covar + _ridge(covar, regularization) * np.eye(mean.shape[-1])
 
 
-def fit_dynamics(X, U, prior: GMMPrior | None = None, regularization: float = 1e-6) -> LinearGaussianDynamics:
+def fit_dynamics(X, U, prior: GMMPrior | None = None,
+                 regularization: float = 1e-6) -> LinearGaussianDynamics:
     """
     Fit x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t) to rollouts X (N, T, dX), U (N, T, dU).
 
@@ -225,7 +234,8 @@ class OnlineDynamics:
         self._points: list[np.ndarray] = []        # each (T-1, D), for the prior
         self._shape: tuple[int, int, int] | None = None
         self._cached_prior: tuple[int, int] | None = None   # (id, version) of the prior cached for
-        self._responsibility_sum: np.ndarray | None = None   # (T-1, K) over the first _cached_count rollouts
+        # (T-1, K) over the first _cached_count rollouts
+        self._responsibility_sum: np.ndarray | None = None
         self._cached_count = 0
 
     @staticmethod
@@ -240,7 +250,8 @@ class OnlineDynamics:
         X = np.asarray(X, dtype=float)
         U = np.asarray(U, dtype=float)
         if X.ndim != 2 or U.ndim != 2:
-            raise ValueError(f"add takes one rollout: X (T, dX) and U (T, dU); got {X.shape} and {U.shape}")
+            raise ValueError(f"add takes one rollout: X (T, dX) and U (T, dU); got {X.shape} and "
+                             f"{U.shape}")
         X, U = _check_rollouts(X[None], U[None])
         shape = (X.shape[1], X.shape[2], U.shape[2])
         if self._shape is None:
@@ -256,7 +267,8 @@ class OnlineDynamics:
         points = transition_points(X, U)[0]
         self.count += 1
         self.mean, self.scatter = self._welford(self.count, self.mean, self.scatter, points)
-        self.x0_mean, self.x0_scatter = self._welford(self.count, self.x0_mean, self.x0_scatter, X[0, 0])
+        self.x0_mean, self.x0_scatter = self._welford(self.count, self.x0_mean, self.x0_scatter,
+                                                      X[0, 0])
         self._points.append(points)
         return self
 

@@ -60,7 +60,7 @@ class NormalInverseWishart:
     n0: float | np.ndarray
 
     def posterior_covariance(self, count, mean, scatter) -> np.ndarray:
-        """Covariance (..., d, d) of `count` points with `mean` (..., d) and `scatter` (..., d, d)."""
+        """Return the covariance (..., d, d) of `count` points with `mean` and `scatter`."""
         count = np.asarray(count, dtype=float)
         m = np.asarray(self.m, dtype=float)
         n0 = np.asarray(self.n0, dtype=float)
@@ -71,7 +71,7 @@ class NormalInverseWishart:
 
 
 def symmetrise(matrices: np.ndarray) -> np.ndarray:
-    """(A + Aᵀ) / 2 over the last two axes."""
+    """Return (A + Aᵀ) / 2 over the last two axes."""
     return 0.5 * (matrices + np.swapaxes(matrices, -1, -2))
 
 
@@ -130,7 +130,8 @@ class GaussianMixture:
 
     def __init__(self, regularization: float = 1e-6, seed: int | None = 0):
         if not regularization > 0.0:
-            raise ValueError(f"regularization must be > 0 (it keeps covariances PD); got {regularization}")
+            raise ValueError("regularization must be > 0 (it keeps covariances PD); got "
+                             f"{regularization}")
         self.regularization = float(regularization)
         self._rng = np.random.default_rng(seed)
         self.weights: np.ndarray | None = None
@@ -166,7 +167,8 @@ class GaussianMixture:
         points = _as_points(points)
         n, d = points.shape
         if not 1 <= int(n_clusters) <= n:
-            raise ValueError(f"n_clusters must be between 1 and the number of points ({n}); got {n_clusters}")
+            raise ValueError(f"n_clusters must be between 1 and the number of points ({n}); got "
+                             f"{n_clusters}")
         if max_iterations < 0:
             raise ValueError(f"max_iterations must be >= 0; got {max_iterations}")
         if tolerance < 0:
@@ -210,7 +212,10 @@ class GaussianMixture:
 
     def _initialise(self, centred: np.ndarray, n_clusters: int, kept=None):
         """
-        Starting parameters: k-means++ seeds, nearest-seed assignment, covariances shrunk to the data's.
+        Return the starting parameters of EM.
+
+        Starting parameters: k-means++ seeds, nearest-seed assignment, covariances shrunk to
+        the data's.
 
         kept = (weights, means, covars) of clusters to carry over (fewer than
         n_clusters, means about the data mean): only the missing clusters are seeded,
@@ -237,7 +242,8 @@ class GaussianMixture:
                 candidates = self._rng.integers(n, size=n_candidates)
             else:
                 candidates = self._rng.choice(n, size=n_candidates, p=distance / total)
-            trial = np.minimum(distance[None, :], _squared_distances(whitened[candidates], whitened))
+            trial = np.minimum(distance[None, :], _squared_distances(whitened[candidates],
+                                                                     whitened))
             best = int(np.argmin(trial.sum(axis=1)))
             seeds.append(int(candidates[best]))
             distance = trial[best]
@@ -254,7 +260,8 @@ class GaussianMixture:
         data_covar = centred.T @ centred / n
         scatter = self._weighted_scatter(centred, one_hot, counts, means)
         pseudo = float(d)
-        covars = (scatter + pseudo * data_covar + self.regularization * np.eye(d)) / (counts + pseudo)[:, None, None]
+        covars = ((scatter + pseudo * data_covar + self.regularization * np.eye(d))
+                  / (counts + pseudo)[:, None, None])
         if n_kept:
             kept_weights, kept_means, kept_covars = kept
             weights[:n_kept] = kept_weights * (1.0 - weights[n_kept:].sum()) / kept_weights.sum()
@@ -302,7 +309,8 @@ class GaussianMixture:
             raise ValueError("the mixture has not been fitted yet; call fit first")
         points = _as_points(points)
         if points.shape[1] != self.dim:
-            raise ValueError(f"points have dimension {points.shape[1]}; the mixture was fitted in {self.dim}")
+            raise ValueError(f"points have dimension {points.shape[1]}; the mixture was fitted in "
+                             f"{self.dim}")
         return points
 
     def responsibilities(self, points) -> np.ndarray:
@@ -368,13 +376,16 @@ class GMMPrior:
 
     def update(self, points) -> "GMMPrior":
         """Add N rollouts' points (N, T, d), drop the oldest beyond max_rollouts, refit."""
-        points = np.array(points, dtype=float)  # a copy: the buffer must not alias the caller's array
+        points = np.array(points,
+                          dtype=float)  # a copy: the buffer must not alias the caller's array
         if points.ndim != 3 or min(points.shape) < 1:
-            raise ValueError(f"points must be a non-empty (N, T, d) array; got shape {points.shape}")
+            raise ValueError("points must be a non-empty (N, T, d) array; got shape "
+                             f"{points.shape}")
         if not np.all(np.isfinite(points)):
             raise ValueError("points must be finite; found NaN or inf")
         if self._rollouts and points.shape[-1] != self.dim:
-            raise ValueError(f"points have dimension {points.shape[-1]}; the buffer holds dimension {self.dim}")
+            raise ValueError(f"points have dimension {points.shape[-1]}; the buffer holds "
+                             f"dimension {self.dim}")
         self._rollouts.extend(points)
         buffer = np.concatenate(list(self._rollouts), axis=0)
         self.n_points = buffer.shape[0]
@@ -397,11 +408,13 @@ class GMMPrior:
         return flat.reshape(points.shape[:-1] + (self.gmm.n_clusters,))
 
     def evaluate(self, points) -> NormalInverseWishart:
-        """The prior for points (..., n, d): a NormalInverseWishart batched over (...)."""
+        """Return the prior for points (..., n, d): a NormalInverseWishart batched over (...)."""
         return self.from_cluster_weights(self.responsibilities(points).mean(axis=-2))
 
     def from_cluster_weights(self, cluster_weights) -> NormalInverseWishart:
         """
+        Return the prior for mixture weights (..., K).
+
         The prior for mixture weights (..., K), e.g. mean responsibilities of a set of points.
 
         Moment-matches the weighted mixture to one Gaussian (mean μ, covariance Σ),

@@ -3,7 +3,8 @@ Settings dataclasses whose fields carry their documentation and limits.
 
 A field made with :func:`setting` holds its one-line doc and its limits (``gt``, ``ge``,
 ``lt``, ``le`` for numbers and each entry of a numeric list, ``choices``, or
-``pattern`` with ``allowed``, for strings) in its metadata; a class decorated with :func:`settings_dataclass` checks
+``pattern`` with ``allowed``, for strings) in its metadata; a class decorated with
+:func:`settings_dataclass` checks
 every field against them on construction. The experiment loader (mbpl_ros.config) builds
 these classes from YAML and `mbpl config-reference` documents them from the same
 metadata, so a setting and its range are written once, next to the code that uses it.
@@ -38,7 +39,7 @@ class SettingsError(ValueError):
 
 
 def setting(text: str, default: Any = dataclasses.MISSING, **limits) -> Any:
-    """Return a dataclass field documented by `text` with `limits` (gt, ge, lt, le, choices, pattern, allowed)."""
+    """Return a dataclass field documented by `text`, with `limits` (see the module)."""
     metadata = {"doc": text, **limits}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default),
@@ -108,7 +109,9 @@ def _check_bounds(owner: str, key: str, value: float, meta: dict) -> None:
 
 def check_value(owner: str, key: str, value: Any, kind: Any, meta: dict) -> Any:
     """
-    Return `value` checked against the type `kind` and limits `meta` (ints → float, lists → tuple where declared).
+    Return `value` checked against the type `kind` and the limits `meta`.
+
+    Integers become floats and lists tuples where the type says so.
 
     Raises SettingsError(owner, key, reason) naming the value and what is allowed.
     """
@@ -258,7 +261,7 @@ def validate(obj: Any) -> None:
 
 
 def settings_dataclass(cls: type) -> type:
-    """Make `cls` a dataclass whose fields are validated (see validate) before its own __post_init__."""
+    """Make `cls` a dataclass whose fields are validated before its own __post_init__."""
     own = cls.__dict__.get("__post_init__")
 
     def __post_init__(self) -> None:

@@ -36,6 +36,8 @@ from mbpl_ros.core.settings import setting, settings_dataclass
 
 class TrajectoryOptimizationError(RuntimeError):
     """
+    Signal no positive-definite Q_uu even at the largest allowed η.
+
     No positive-definite Q_uu even at the largest allowed η (TrajOptSettings.max_eta):
     the dynamics or the cost are broken (NaN, or absurdly ill-conditioned).
     """
@@ -44,6 +46,8 @@ class TrajectoryOptimizationError(RuntimeError):
 @dataclass
 class TrajectoryMarginals:
     """
+    Hold the state-action marginals of a trajectory distribution.
+
     State-action marginals of a trajectory distribution, z_t = [x_t; u_t]:
     mean (T, dX+dU), covar (T, dX+dU, dX+dU) (exactly symmetric).
     """
@@ -55,6 +59,8 @@ class TrajectoryMarginals:
 @settings_dataclass
 class TrajOptSettings:
     """
+    Configure the dual search on η.
+
     Dual search on η (the defaults were tuned on random problems at T=100, dX=20, dU=7,
     see bench/traj_opt.py).
 
@@ -91,6 +97,8 @@ class TrajOptSettings:
 @settings_dataclass
 class KlStepSettings:
     """
+    Configure the KL step and its adaptation.
+
     The KL step and GPS's step-size rule (see adjust_step); the experiment file's
     trajectory_optimization section.
 
@@ -127,17 +135,22 @@ def _check_problem(dynamics: LinearGaussianDynamics, cost: QuadraticCost | None,
                    controllers: dict[str, LinearGaussianController]) -> tuple[int, int, int]:
     T, dX, dU = dynamics.T, dynamics.dX, dynamics.dU
     n = dX + dU
-    expected = {"dynamics.f": (dynamics.f, (T - 1, dX)), "dynamics.covar": (dynamics.covar, (T - 1, dX, dX)),
-                "dynamics.x0_mean": (dynamics.x0_mean, (dX,)), "dynamics.x0_covar": (dynamics.x0_covar, (dX, dX))}
+    expected = {"dynamics.f": (dynamics.f, (T - 1, dX)),
+                "dynamics.covar": (dynamics.covar, (T - 1, dX, dX)),
+                "dynamics.x0_mean": (dynamics.x0_mean, (dX,)),
+                "dynamics.x0_covar": (dynamics.x0_covar, (dX, dX))}
     if cost is not None:
-        expected.update({"cost.C": (cost.C, (T, n, n)), "cost.c": (cost.c, (T, n)), "cost.c0": (cost.c0, (T,))})
+        expected.update({"cost.C": (cost.C, (T, n, n)), "cost.c": (cost.c, (T, n)),
+                         "cost.c0": (cost.c0, (T,))})
     for name, c in controllers.items():
         expected.update({f"{name}.K": (c.K, (T, dU, dX)), f"{name}.k": (c.k, (T, dU)),
-                         f"{name}.covar": (c.covar, (T, dU, dU)), f"{name}.chol": (c.chol, (T, dU, dU)),
+                         f"{name}.covar": (c.covar, (T, dU, dU)), f"{name}.chol": (c.chol, (T, dU,
+                                                                                            dU)),
                          f"{name}.inv_covar": (c.inv_covar, (T, dU, dU))})
     for name, (array, shape) in expected.items():
         if np.shape(array) != shape:
-            raise ValueError(f"{name} must have shape {shape} (T={T}, dX={dX}, dU={dU} from the dynamics), "
+            raise ValueError(f"{name} must have shape {shape} (T={T}, dX={dX}, dU={dU} from the "
+                             "dynamics), "
                              f"got {np.shape(array)}")
     return T, dX, dU
 
@@ -156,6 +169,8 @@ def _logdet_from_chol(L: np.ndarray) -> np.ndarray:
 def _state_marginals(K: np.ndarray, k: np.ndarray, covar_u: np.ndarray,
                      dynamics: LinearGaussianDynamics) -> tuple[np.ndarray, np.ndarray]:
     """
+    Return the state marginals under a batch of controllers.
+
     State marginals under controllers K (B, T, dU, dX), k (B, T, dU), covar_u (B, T, dU, dU):
     mean (B, T, dX) and covariance (B, T, dX, dX).
 
@@ -194,6 +209,8 @@ def _joint_marginals(K, k, covar_u, mean_x, covar_x) -> TrajectoryMarginals:
 def forward_pass(controller: LinearGaussianController,
                  dynamics: LinearGaussianDynamics) -> TrajectoryMarginals:
     """
+    Return the state-action marginals of running `controller` under `dynamics`.
+
     State-action marginals (T, dX+dU) of running `controller` under `dynamics` from its
     initial-state distribution. The covariances are exactly symmetric.
     """
@@ -205,12 +222,18 @@ def forward_pass(controller: LinearGaussianController,
 
 
 def expected_cost(marginals: TrajectoryMarginals, cost: QuadraticCost) -> np.ndarray:
-    """E[l_t(z_t)] (T,) = ½ tr(C_t Σ_t) + ½ μ_tᵀ C_t μ_t + c_tᵀ μ_t + c0_t for z_t ~ N(μ_t, Σ_t)."""
+    """
+    Return E[l_t(z_t)] (T,) for z_t ~ N(μ_t, Σ_t).
+
+    E[l_t(z_t)] = ½ tr(C_t Σ_t) + ½ μ_tᵀ C_t μ_t + c_tᵀ μ_t + c0_t.
+    """
     mu, S = marginals.mean, marginals.covar
     if cost.C.shape != S.shape or cost.c.shape != mu.shape or np.shape(cost.c0) != mu.shape[:1]:
-        raise ValueError(f"cost (C {cost.C.shape}, c {cost.c.shape}, c0 {np.shape(cost.c0)}) does not match "
+        raise ValueError(f"cost (C {cost.C.shape}, c {cost.c.shape}, c0 {np.shape(cost.c0)}) does "
+                         "not match "
                          f"the marginals (mean {mu.shape}, covar {S.shape})")
-    return (0.5 * np.einsum("tij,tji->t", cost.C, S) + 0.5 * np.einsum("ti,tij,tj->t", mu, cost.C, mu)
+    return (0.5 * np.einsum("tij,tji->t", cost.C, S) + 0.5 * np.einsum("ti,tij,tj->t", mu, cost.C,
+                                                                       mu)
             + np.einsum("ti,ti->t", cost.c, mu) + cost.c0)
 
 
@@ -235,6 +258,8 @@ def _expected_conditional_kl(K1, k1, covar1, logdet1, K0, k0, prec0, logdet0, me
 def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
                   marginals_of_new: TrajectoryMarginals) -> np.ndarray:
     """
+    Return KL(p_new(τ) ‖ p_old(τ)) per time step.
+
     KL(p_new(τ) ‖ p_old(τ)) per time step (T,), for trajectory distributions under the
     same dynamics and initial state (which cancel): E_{x_t ~ p_new} KL(new(·|x_t) ‖ old(·|x_t)).
     `marginals_of_new` is forward_pass(new, dynamics). Sum it for the trajectory KL.
@@ -255,6 +280,8 @@ def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
 @dataclass
 class _EtaBatch:
     """
+    Hold controllers and their KL to the anchor for B values of η.
+
     Controllers and their KL to the anchor for B values of η. failed_step (B,) as in
     RiccatiResult; kl (B,) is +inf where the backward pass failed.
     """
@@ -273,7 +300,8 @@ class _EtaBatch:
     def controller(self, b: int) -> LinearGaussianController:
         covar = self.covar[b].copy()
         return LinearGaussianController(K=self.K[b].copy(), k=self.k[b].copy(), covar=covar,
-                                        chol=np.linalg.cholesky(covar), inv_covar=self.Quu[b].copy())
+                                        chol=np.linalg.cholesky(covar),
+                                        inv_covar=self.Quu[b].copy())
 
 
 class _KlProblem:
@@ -285,14 +313,16 @@ class _KlProblem:
         self.dynamics, self.T, self.dX, self.dU = dynamics, T, dX, dU
         # Optimise in anchor-relative actions δ = u − K̄x − k̄: with y = [x; 1; u] = S ŷ,
         # ŷ = [x; 1; δ], the anchor's −log p̄ is ½ δᵀP̄δ alone. Written in u instead, its share
-        # of V = Q_ss − Q_su Q_uu⁻¹ Q_us is K̄ᵀP̄K̄ − K̄ᵀP̄P̄⁻¹P̄K̄: exactly zero, but computed as a
+        # of V = Q_ss − Q_su Q_uu⁻¹ Q_us is K̄ᵀP̄K̄ − K̄ᵀP̄P̄⁻¹P̄K̄: exactly zero, but computed
+        # as a
         # difference of large numbers, which an ill-conditioned P̄ turns indefinite at large η.
         s = dX + 1
         S = np.zeros((T, s + dU, s + dU))
         S[:, :s, :s] = np.eye(s)
         S[:, s:, :dX], S[:, s:, dX], S[:, s:, s:] = anchor.K, anchor.k, np.eye(dU)
         self.F_hom = homogeneous_dynamics(dynamics.F, dynamics.f) @ S[:-1]
-        self.cost_hom = _sym(np.swapaxes(S, 1, 2) @ homogeneous_cost(_sym(cost.C), cost.c, None, dX) @ S)
+        self.cost_hom = _sym(np.swapaxes(S, 1, 2) @ homogeneous_cost(_sym(cost.C), cost.c, None,
+                                                                     dX) @ S)
         self.anchor_hom = np.zeros_like(self.cost_hom)
         self.anchor_hom[:, s:, s:] = _sym(anchor.inv_covar)
         self.anchor = anchor
@@ -313,7 +343,8 @@ class _KlProblem:
         with np.errstate(over="ignore", invalid="ignore"):
             mean_x, covar_x = _state_marginals(K, k, covar, self.dynamics)
             kl_t = _expected_conditional_kl(K, k, covar, -_logdet_from_chol(riccati.chol_Quu),
-                                            a.K, a.k, a.inv_covar, self.anchor_logdet, mean_x, covar_x)
+                                            a.K, a.k, a.inv_covar, self.anchor_logdet, mean_x,
+                                            covar_x)
         kl_t[failed] = np.inf
         kl = kl_t.sum(axis=1)
         kl[~np.isfinite(kl)] = np.inf
@@ -325,6 +356,8 @@ class _KlProblem:
 def _backward_with_retry(problem: _KlProblem, eta: float, settings: TrajOptSettings
                          ) -> tuple[_EtaBatch, int]:
     """
+    Return the batch with the smallest η' ≥ eta whose Q_uu is positive definite.
+
     The batch holding the smallest η' ≥ eta (on eta · retry_factor^j) with positive
     definite Q_uu at every step, and that member's index.
     """
@@ -350,6 +383,8 @@ def backward_pass_with_eta(dynamics: LinearGaussianDynamics, cost: QuadraticCost
                            settings: TrajOptSettings | None = None
                            ) -> tuple[LinearGaussianController, float]:
     """
+    Run backward_pass and return the η actually used as well.
+
     backward_pass, also returning the η actually used (larger than `eta` when Q_uu
     was not positive definite at `eta`).
     """
@@ -364,6 +399,8 @@ def backward_pass(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
                   anchor: LinearGaussianController, eta: float,
                   settings: TrajOptSettings | None = None) -> LinearGaussianController:
     """
+    Return the controller minimising the KL Lagrangian divided by η.
+
     The controller minimising E[Σ_t l_t/η − log p̄(u_t|x_t)] − H(p) (the KL Lagrangian
     divided by η): LQR on the cost C/η + anchor precision terms, Σ_t = Q_uu,t⁻¹.
 
@@ -378,6 +415,8 @@ def backward_pass(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
 
 def _interpolate_log_eta(eta: np.ndarray, kl: np.ndarray, target: float) -> float:
     """
+    Return log η where log KL, interpolated monotonically, meets log target.
+
     Log η where a monotone (PCHIP) interpolation of log η against log KL meets log target.
     eta, kl: evaluated points with 0 < kl < inf, any order; needs points on both sides.
     """
@@ -403,6 +442,8 @@ def _spread(center: float, half_width: float, points: int) -> np.ndarray:
 def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bracket: float,
                    settings: TrajOptSettings) -> tuple[np.ndarray, float]:
     """
+    Return the log η values of the next batch.
+
     Log η values for the next batch, given all η tried so far, their KL (+inf where
     Q_uu failed) and the log-width of the previous bracket; returns them with the current
     bracket's log-width (inf while ε is not bracketed).
@@ -410,10 +451,12 @@ def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bra
     ln10 = math.log(10.0)
     over = kl > kl_step                       # η too small (or failed): KL over budget
     if not over.any():                        # every η too large: step down
-        return math.log(eta.min()) - settings.extension_decades * ln10 * np.arange(1, settings.grid_points + 1), np.inf
+        steps = np.arange(1, settings.grid_points + 1)
+        return math.log(eta.min()) - settings.extension_decades * ln10 * steps, np.inf
     if over.all():                            # every η too small: KL ∝ η⁻² for large η
         i = int(np.argmax(eta))
-        jump = 0.5 * math.log(kl[i] / kl_step) if np.isfinite(kl[i]) else settings.extension_decades * ln10
+        jump = (0.5 * math.log(kl[i] / kl_step) if np.isfinite(kl[i])
+                else settings.extension_decades * ln10)
         center = math.log(eta[i]) + max(jump, 0.1)
         log_etas = _spread(center, settings.grid_decades * ln10, settings.grid_points)
         return log_etas[log_etas > math.log(eta[i])], np.inf
@@ -423,15 +466,17 @@ def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bra
     eta_b = eta[~over].min()
     below = over & (eta < eta_b)
     if not below.any():
-        return math.log(eta_b) - settings.extension_decades * ln10 * np.arange(1, settings.grid_points + 1), np.inf
+        steps = np.arange(1, settings.grid_points + 1)
+        return math.log(eta_b) - settings.extension_decades * ln10 * steps, np.inf
     log_a, log_b = math.log(eta[below].max()), math.log(eta_b)
     width = log_b - log_a
     usable = np.isfinite(kl) & (kl > 1e-9 * kl_step)
     order = np.argsort(eta[usable])
     monotone = np.all(np.diff(kl[usable][order]) <= 0)
-    if monotone and np.isfinite(kl[below]).all() and usable[~over].any() and width < 0.9 * previous_bracket:
+    if (monotone and np.isfinite(kl[below]).all() and usable[~over].any()
+            and width < 0.9 * previous_bracket):
         log_star = _interpolate_log_eta(eta[usable], kl[usable], kl_step)
-    else:                                     # failed end, vanishing KL or a stuck interpolation: bisect
+    else:   # a failed end, a vanishing KL or a stuck interpolation: bisect
         log_star = 0.5 * (log_a + log_b)
     margin = 0.02 * width
     log_etas = _spread(log_star, 0.25 * width, settings.refine_points)
@@ -443,6 +488,8 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
                         settings: TrajOptSettings | None = None
                         ) -> tuple[LinearGaussianController, float, dict]:
     """
+    Minimise the expected cost subject to the KL bound, by a dual search on η.
+
     Minimise the expected cost subject to KL(p(τ) ‖ anchor(τ)) ≤ kl_step (ε, the total over
     the T steps), by a dual search on η.
 
@@ -509,10 +556,12 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
     i = int(np.searchsorted(offsets, choice, side="right")) - 1
     batch, j = batches[i], choice - offsets[i]
     controller = batch.controller(j)
-    marginals = _joint_marginals(batch.K[j], batch.k[j], batch.covar[j], batch.mean_x[j], batch.covar_x[j])
+    marginals = _joint_marginals(batch.K[j], batch.k[j], batch.covar[j], batch.mean_x[j],
+                                 batch.covar_x[j])
     cost_per_step = expected_cost(marginals, cost)
     info = {
-        "kl": float(batch.kl[j]), "kl_per_step": batch.kl_per_step[j].copy(), "kl_target": float(kl_step),
+        "kl": float(batch.kl[j]), "kl_per_step": batch.kl_per_step[j].copy(),
+        "kl_target": float(kl_step),
         "expected_cost": float(cost_per_step.sum()), "expected_cost_per_step": cost_per_step,
         "iterations": iteration, "evaluations": int(eta.size),
         "converged": status in ("kl_met", "min_eta"), "status": status,
@@ -525,6 +574,8 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
 def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_new_cost: float,
                 actual_new_cost: float, settings: KlStepSettings | None = None) -> float:
     """
+    Return the new KL step multiplier by GPS's step-size rule.
+
     GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost.
 
     previous_cost_estimate: the previous controller under the previous model;

@@ -37,7 +37,7 @@ _DESCRIPTOR_TYPES = {"bool": ParameterType.PARAMETER_BOOL,
 
 
 def descriptor_of(parameter: Parameter, detail: Optional[str] = None) -> ParameterDescriptor:
-    """Return the ROS descriptor of a table entry (nodes.parameters): doc, type, range, read-only."""
+    """Return the ROS descriptor of a table entry: doc, type, range, read-only."""
     allowed = parameter.allowed + (f"; {detail}" if detail else "")
     descriptor = ParameterDescriptor(description=parameter.doc, additional_constraints=allowed,
                                      read_only=not parameter.runtime,
@@ -86,6 +86,8 @@ RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
 def check_known_parameters(node: Node) -> None:
     """
+    Raise NodeParameterError for each parameter given to `node` that it has not declared.
+
     NodeParameterError naming each parameter given to `node` (params file, -p, or
     parameter_overrides) that it has not declared, with the closest declared name. rclpy
     ignores such a parameter silently, so a misspelt safety setting (`effort_limit`) would
@@ -116,6 +118,8 @@ def _share_directory() -> Optional[Path]:
 
 def experiment_candidates(value: str) -> List[Path]:
     """
+    Return where the experiment file `value` may be.
+
     Where `value` may be, in order: as given (absolute, or relative to the current
     directory), then in the installed share/mbpl_ros/config (and share/mbpl_ros), then in
     this source tree's config/ (so an uninstalled checkout works the same).
@@ -136,17 +140,20 @@ def experiment_candidates(value: str) -> List[Path]:
 
 
 def resolve_experiment_path(value: str) -> Path:
-    """The experiment file named by the `experiment_config` parameter (see experiment_candidates)."""
+    """Return the experiment file the `experiment_config` parameter names."""
     if not value:
-        raise NodeParameterError("parameter 'experiment_config' is empty; allowed: the path of an experiment "
+        raise NodeParameterError("parameter 'experiment_config' is empty; allowed: the path of an "
+                                 "experiment "
                                  "YAML (as for `mbpl train --config`), e.g. reacher_2link.yaml")
     candidates = experiment_candidates(value)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise NodeParameterError(f"parameter 'experiment_config' is {value!r}, which is not a file; tried "
+    raise NodeParameterError(f"parameter 'experiment_config' is {value!r}, which is not a file; "
+                             "tried "
                              + ", ".join(str(c) for c in candidates)
-                             + "; allowed: an absolute path, or one relative to the current directory "
+                             + "; allowed: an absolute path, or one relative to the current "
+                               "directory "
                                "or to share/mbpl_ros/config")
 
 
@@ -157,13 +164,16 @@ def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
     try:
         return load_experiment(path), path
     except (ConfigError, ValueError, OSError) as error:
-        raise NodeParameterError(f"parameter 'experiment_config' = {str(path)!r} cannot be loaded: {error}") from None
+        raise NodeParameterError(f"parameter 'experiment_config' = {str(path)!r} cannot be "
+                                 f"loaded: {error}") from None
 
 
 # ---------------------------------------------------------------- entry points
 def run_node(factory: Callable[[], Node], name: str, args=None,
              until: Optional[Callable[[Node], bool]] = None) -> int:
     """
+    Run a node as a console entry point.
+
     Console entry point body: init, build the node, spin (until `until(node)` when given,
     e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1.
 

@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 
 from mbpl_ros.core import safety
 
-__all__ = ["DYNAMICS_FITTER", "EXPERIMENT_CONFIG", "GPS_TRAINER", "LQR_CONTROLLER", "NODE_PARAMETERS",
+__all__ = ["DYNAMICS_FITTER", "EXPERIMENT_CONFIG", "GPS_TRAINER", "LQR_CONTROLLER",
+           "NODE_PARAMETERS",
            "NodeParameterError", "Parameter", "SAMPLE_COLLECTOR", "SIM_ROBOT", "TYPES",
            "check_changes"]
 
@@ -50,7 +51,7 @@ class Parameter:
 
     @property
     def allowed(self) -> str:
-        """What is allowed, in words (the descriptor's additional_constraints)."""
+        """Say what is allowed, in words (the descriptor's additional_constraints)."""
         if self.allowed_words is not None:
             return self.allowed_words
         if self.choices is not None:

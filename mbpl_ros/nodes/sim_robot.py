@@ -99,14 +99,16 @@ class SimRobotNode(Node):
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
                            substeps=self.settings.substeps, gui=self.settings.gui)
             # command index i drives arm joint _arm_index[i]
-            self._arm_index = np.array([spec.joint_names.index(name) for name in self.settings.joints])
+            self._arm_index = np.array([spec.joint_names.index(name)
+                                        for name in self.settings.joints])
             self._initial_q = np.empty(spec.n_joints)
             self._initial_q[self._arm_index] = self.settings.initial_positions
             try:
                 self.arm.reset(self._initial_q)
             except ValueError as error:
                 raise SimRobotParameterError(
-                    f"parameter 'initial_positions' is {self.settings.initial_positions.tolist()}: "
+                    "parameter 'initial_positions' is "
+                    f"{self.settings.initial_positions.tolist()}: "
                     f"{error}; allowed: angles within "
                     f"{self.arm.position_limits[self._arm_index].tolist()} for joints "
                     f"{list(self.settings.joints)}") from None
@@ -144,13 +146,16 @@ class SimRobotNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_state()
         self.get_logger().info(
-            f"{self.settings.robot} in {self.settings.mode} mode at {self.settings.control_rate_hz:g} Hz "
+            f"{self.settings.robot} in {self.settings.mode} mode at "
+            f"{self.settings.control_rate_hz:g} Hz "
             f"({self.settings.substeps} physics steps of {self.settings.physics_dt:g} s), "
             f"joints {list(self.settings.joints)}")
 
     # ------------------------------------------------------------------ parameters
     def _declare(self, name: str, default=None, detail: Optional[str] = None):
         """
+        Declare one parameter of SIM_ROBOT (nodes.parameters).
+
         Declare one parameter of SIM_ROBOT (nodes.parameters); a rejected value becomes
         SimRobotParameterError.
         """
@@ -179,12 +184,15 @@ class SimRobotNode(Node):
                               f"the built-in ones being {sorted(ROBOTS)}")
         if robot not in ROBOTS:
             raise SimRobotParameterError(
-                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)} or the robot of "
+                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)} or the robot "
+                "of "
                 f"the experiment_config")
         spec = robot_spec(robot)
 
-        rate = self._declare("control_rate_hz", 1.0 / experiment.control_dt if experiment else 20.0)
-        physics_dt = self._declare("physics_dt", experiment.physics_dt if experiment else 1.0 / 240.0)
+        rate = self._declare("control_rate_hz",
+                             1.0 / experiment.control_dt if experiment else 20.0)
+        physics_dt = self._declare("physics_dt",
+                                   experiment.physics_dt if experiment else 1.0 / 240.0)
         substeps = round(1.0 / (rate * physics_dt))
         if substeps < 1 or abs(substeps * physics_dt * rate - 1.0) > 1e-9:
             raise SimRobotParameterError(
@@ -198,7 +206,8 @@ class SimRobotNode(Node):
         if sorted(joints) != sorted(spec.joint_names):
             unknown = sorted(set(joints) - set(spec.joint_names))
             raise SimRobotParameterError(
-                f"parameter 'joints' is {list(joints)}" + (f" (unknown: {unknown})" if unknown else "")
+                f"parameter 'joints' is {list(joints)}"
+                + (f" (unknown: {unknown})" if unknown else "")
                 + f"; allowed: each joint of {robot} exactly once, from {list(spec.joint_names)}")
 
         home = spec.initial_condition("home")
@@ -206,14 +215,17 @@ class SimRobotNode(Node):
         initial = np.array(self._declare("initial_positions", default_initial), dtype=float)
         if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
             raise SimRobotParameterError(
-                f"parameter 'initial_positions' is {initial.tolist()}; allowed: {len(joints)} finite "
+                f"parameter 'initial_positions' is {initial.tolist()}; allowed: {len(joints)} "
+                "finite "
                 f"angles (rad), one per joint {list(joints)}, within the joint limits")
 
         timeout = self._declare("command_timeout_s")
         gui = self._declare("gui")
-        return SimRobotSettings(robot=robot, control_rate_hz=float(rate), physics_dt=float(physics_dt),
+        return SimRobotSettings(robot=robot, control_rate_hz=float(rate),
+                                physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
-                                initial_positions=initial, command_timeout_s=float(timeout), gui=bool(gui))
+                                initial_positions=initial, command_timeout_s=float(timeout),
+                                gui=bool(gui))
 
     def _initial_positions_error(self, value) -> Optional[str]:
         """Why `value` cannot be initial_positions, or None if it can."""
@@ -224,12 +236,15 @@ class SimRobotNode(Node):
         joints = list(self.settings.joints)
         limits = self.arm.position_limits[self._arm_index]
         if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
-            return (f"parameter 'initial_positions' is {value!r}; allowed: {len(joints)} finite angles "
+            return (f"parameter 'initial_positions' is {value!r}; allowed: {len(joints)} finite "
+                    "angles "
                     f"(rad), one per joint {joints}, within the joint limits")
         outside = (initial < limits[:, 0]) | (initial > limits[:, 1])
         if outside.any():
-            return (f"parameter 'initial_positions' is {initial.tolist()}: outside the position limits "
-                    f"at joints {[name for name, out in zip(joints, outside) if out]}; allowed: angles within "
+            return (f"parameter 'initial_positions' is {initial.tolist()}: outside the position "
+                    "limits "
+                    f"at joints {[name for name, out in zip(joints, outside) if out]}; allowed: "
+                    "angles within "
                     f"{limits.tolist()} for joints {joints}")
         return None
 
@@ -269,7 +284,8 @@ class SimRobotNode(Node):
                 effort = self._held_effort
             else:
                 self.get_logger().warning(
-                    f"no effort command for {self.settings.command_timeout_s:g} s: applying zero effort",
+                    f"no effort command for {self.settings.command_timeout_s:g} s: applying zero "
+                    "effort",
                     throttle_duration_sec=WARNING_PERIOD_S)
         self._step(effort)
 
@@ -278,13 +294,14 @@ class SimRobotNode(Node):
         self._held_effort, self._held_since = None, -math.inf
         self._publish_state()
         response.success = True
-        response.message = (f"reset to initial_positions {self.settings.initial_positions.tolist()} "
+        response.message = ("reset to initial_positions "
+                            f"{self.settings.initial_positions.tolist()} "
                             f"for joints {list(self.settings.joints)}, at rest")
         return response
 
     # ------------------------------------------------------------------ helpers
     def _validated_effort(self, msg: Float64MultiArray) -> Optional[np.ndarray]:
-        """The command in arm joint order, clamped to the effort limits; None if rejected."""
+        """Return the command in arm joint order, clamped to the effort limits (None: rejected)."""
         try:
             command = wire.decode_effort_command(msg, self.arm.n_joints)
         except wire.WireFormatError as error:
@@ -321,8 +338,10 @@ class SimRobotNode(Node):
         order = self._arm_index
         self._joint_state_pub.publish(wire.encode_joint_state(
             self.settings.joints, q[order], qd[order], effort[order], stamp))
-        self._pose_pub.publish(wire.encode_pose(self.arm.ee_position(), self.arm.ee_orientation(), stamp))
-        self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(), self.arm.ee_angular_velocity(), stamp))
+        self._pose_pub.publish(wire.encode_pose(self.arm.ee_position(), self.arm.ee_orientation(),
+                                                stamp))
+        self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(),
+                                                  self.arm.ee_angular_velocity(), stamp))
 
     def destroy_node(self) -> None:
         arm = getattr(self, "arm", None)
