@@ -165,7 +165,7 @@ class StateTargetCost(Cost):
         out = CostExpansion.zeros(N, T, dX, U.shape[2])
         idx = self.indices
         diff = X[..., idx] - self.target
-        out.l = 0.5 * np.sum(ramp * self.weights * diff ** 2, axis=-1)  # noqa: E741 (l: the cost, GPS's name)
+        out.l = 0.5 * np.sum(ramp * self.weights * diff ** 2, axis=-1)  # noqa: E741 (GPS's name)
         out.lx[..., idx] = ramp * self.weights * diff
         out.lxx[..., idx, idx] = ramp * self.weights  # the diagonal of the block
         return out
