@@ -139,8 +139,10 @@ def time_stages(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> dict[str, f
                 settings=trial.settings.trajectory_optimization)
         marks.append(time.perf_counter())
         controller, _, _ = optimize_trajectory(dynamics, cost_model, state.controller,
-                                               kl_step=trial.settings.trajectory_optimization.kl_step * state.step_mult * T,
-                                               eta_init=state.eta, settings=trial.settings.eta_search)
+                                               kl_step=(trial.settings.trajectory_optimization.kl_step
+                                                        * state.step_mult * T),
+                                               eta_init=state.eta,
+                                               settings=trial.settings.eta_search)
         marks.append(time.perf_counter())
         local.estimate_cost(controller)
         marks.append(time.perf_counter())

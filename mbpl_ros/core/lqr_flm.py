@@ -116,7 +116,8 @@ class LqrFlm:
                  settings: LqrFlmSettings | None = None):
         self.cost = cost
         self.settings = settings or LqrFlmSettings()
-        self.conditions = [ConditionState(controller=c, eta=self.settings.trajectory_optimization.initial_eta,
+        eta = self.settings.trajectory_optimization.initial_eta
+        self.conditions = [ConditionState(controller=c, eta=eta,
                                           prior=new_dynamics_prior(self.settings.dynamics.prior))
                            for c in initial_controllers]
         self.iteration = 0
@@ -161,7 +162,8 @@ class LqrFlm:
             if batch.N == 0:
                 raise ValueError(f"no rollouts for condition {m}; every condition needs at least one")
             expansion = self.cost.evaluate(batch.X, batch.U)
-            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U, self.settings.dynamics.regularization)
+            regularization = self.settings.dynamics.regularization
+            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U, regularization)
                       if dynamics is None else dynamics[m])
             state.model = LocalModel(fitted, quadratic_cost_model(batch.X, batch.U, expansion))
             batches.append(batch)

@@ -339,7 +339,8 @@ class LqrControllerNode(Node):
             name = "joint_limit_damping" if "damping" in str(error) else "joint_limit_margin"
             raise NodeParameterError(f"parameter '{name}' is {values[name]!r}: {error}; allowed: a margin "
                                      "in [0, half the smallest joint range) rad and a damping >= 0") from None
-        for name in ("watchdog_periods", "watchdog_action", "pd_natural_frequency", "pd_damping_ratio"):
+        for name in ("watchdog_periods", "watchdog_action", "pd_natural_frequency",
+                     "pd_damping_ratio"):
             PARAMETERS[name].check(values[name])
         periods, action = values["watchdog_periods"], values["watchdog_action"]
         path = values["policy_path"]

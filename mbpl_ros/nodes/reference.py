@@ -1,6 +1,7 @@
 """The parameter table of every node, read from the nodes themselves.
 
-The nodes declare their parameters from the tables of nodes.parameters. Each node of graph.nodes(with_sim=True) is constructed (not spun) with the parameters of a
+The nodes declare their parameters from the tables of nodes.parameters. Each node of
+graph.nodes(with_sim=True) is constructed (not spun) with the parameters of a
 ros__parameters file, and its declared parameters are listed with their descriptors, so
 the README's table cannot drift from the code: `mbpl params-reference` prints it and a
 test compares.

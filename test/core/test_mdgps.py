@@ -75,7 +75,8 @@ def linear_mdgps(seed=0, **settings) -> Mdgps:
     policy = PolicySettings(hidden_sizes=(), iterations=300, batch_size=64, learning_rate=1e-2,
                             seed=seed)
     return Mdgps(COST, zero_controllers(), MdgpsSettings(policy=policy, **settings),
-                 LqrFlmSettings(trajectory_optimization=KlStepSettings(kl_step=1.0, max_step_mult=1.0)))
+                 LqrFlmSettings(trajectory_optimization=KlStepSettings(kl_step=1.0,
+                                                                       max_step_mult=1.0)))
 
 
 def policy_costs(algorithm) -> np.ndarray:
@@ -260,4 +261,5 @@ def test_step_size_follows_the_policy_linearisations_costs():
     algorithm.update(sample(algorithm.controllers, rng))
     np.testing.assert_allclose(seen["costs"], np.broadcast_to(seen["expected"], seen["costs"].shape), rtol=1e-12)
     for m, state in enumerate(algorithm.local.conditions):
-        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], algorithm.local.settings.trajectory_optimization)
+        rule = algorithm.local.settings.trajectory_optimization
+        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], rule)
