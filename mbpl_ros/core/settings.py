@@ -4,9 +4,9 @@ Settings dataclasses whose fields carry their documentation and limits.
 A field made with :func:`setting` holds its one-line doc and its limits (``gt``, ``ge``,
 ``lt``, ``le`` for numbers and each entry of a numeric list, ``choices``, or
 ``pattern`` with ``allowed``, for strings) in its metadata; a class decorated with
-:func:`settings_dataclass` checks every field against them on construction. The experiment loader (mbpl_ros.config) builds
-these classes from YAML and `mbpl config-reference` documents them from the same
-metadata, so a setting and its range are written once, next to the code that uses it.
+:func:`settings_dataclass` checks every field against them on construction. The
+experiment loader (mbpl_ros.config) builds these classes from YAML and `mbpl
+config-reference` documents them from the same metadata, so a setting and its range are written once, next to the code that uses it.
 
 Pure Python: the core's numerical modules and the torch-free loader both import it.
 """
