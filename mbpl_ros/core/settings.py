@@ -6,7 +6,8 @@ A field made with :func:`setting` holds its one-line doc and its limits (``gt``,
 ``pattern`` with ``allowed``, for strings) in its metadata; a class decorated with
 :func:`settings_dataclass` checks every field against them on construction. The
 experiment loader (mbpl_ros.config) builds these classes from YAML and `mbpl
-config-reference` documents them from the same metadata, so a setting and its range are written once, next to the code that uses it.
+config-reference` documents them from the same metadata, so a setting and its range
+are written once, next to the code that uses it.
 
 Pure Python: the core's numerical modules and the torch-free loader both import it.
 """
