@@ -392,12 +392,18 @@ class DistanceTerm:
 class CostSpec:
     """The experiment file's cost: a sum of terms, each key holding one term or a list of them."""
 
-    action: list[ActionTerm] = setting("action penalties", [])
-    state: list[StateTerm] = setting("state-target penalties", [])
-    distance: list[DistanceTerm] = setting("end-effector distance penalties", [])
+    action: Union[ActionTerm, list[ActionTerm], None] = setting("action penalties", None)
+    state: Union[StateTerm, list[StateTerm], None] = setting("state-target penalties", None)
+    distance: Union[DistanceTerm, list[DistanceTerm], None] = setting(
+        "end-effector distance penalties", None)
+
+    def terms(self, kind: str) -> list:
+        """Return the terms of `kind` (action, state or distance) as a list."""
+        entries = getattr(self, kind)
+        return [] if entries is None else entries if isinstance(entries, list) else [entries]
 
     def __post_init__(self):
-        if not (self.action or self.state or self.distance):
+        if not (self.terms("action") or self.terms("state") or self.terms("distance")):
             raise ValueError("cost is empty; name at least one of: action, state, distance")
 
 
@@ -420,10 +426,10 @@ def build_cost(spec: CostSpec | Mapping, layout, T: int) -> WeightedSum:
     if not isinstance(spec, CostSpec):
         spec = from_mapping(CostSpec, dict(spec) if isinstance(spec, Mapping) else spec, "cost")
     terms = []
-    for kind, entries in (("action", spec.action), ("state", spec.state),
-                          ("distance", spec.distance)):
+    for kind in ("action", "state", "distance"):
+        entries = spec.terms(kind)
         for j, term in enumerate(entries):
-            path = f"{kind}[{j}]" if len(entries) > 1 else kind
+            path = f"{kind}[{j}]" if isinstance(getattr(spec, kind), list) else kind
             terms.append((term.scale, _TERM_BUILDERS[kind](term, path, layout, T)))
     return WeightedSum(terms)
 

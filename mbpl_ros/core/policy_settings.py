@@ -65,7 +65,7 @@ class PolicySettings:
     seed: int = setting("seeds the weight initialisation and the minibatch order", 0, ge=0)
     device: str = setting("where the S-step trains: cpu, cuda or cuda:<index> (an error if "
                           "CUDA is absent)", "cpu", pattern=r"cpu|cuda(:[0-9]+)?",
-                          allowed="'cpu', 'cuda' or 'cuda:<index>'")
+                          allowed="cpu, cuda or cuda:<index>")
 
 
 @settings_dataclass

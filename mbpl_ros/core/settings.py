@@ -75,7 +75,9 @@ def allowed_text(kind: Any, meta: dict) -> str:
         return "one of " + ", ".join(map(repr, typing.get_args(kind)))
     if origin in (typing.Union, types.UnionType):
         options = [k for k in typing.get_args(kind) if k is not type(None)]
-        words = " or ".join(allowed_text(k, meta) for k in options)
+        words = [allowed_text(k, meta) for k in options]
+        words = " or ".join(w for w in words  # "a mapping" is said by "a mapping or a list of…"
+                            if not any(o != w and o.startswith(w) for o in words))
         return f"null or {words}" if len(options) < len(typing.get_args(kind)) else words
     bounds = " and ".join(f"{word} {meta[key]}" for key, _, word in _BOUNDS if key in meta)
     if origin in (list, tuple):
@@ -94,7 +96,7 @@ def allowed_text(kind: Any, meta: dict) -> str:
         if "choices" in meta:
             return "one of " + ", ".join(map(repr, meta["choices"]))
         return "a string"
-    if kind is dict or origin is dict:
+    if kind is dict or origin is dict or dataclasses.is_dataclass(kind):
         return "a mapping"
     return getattr(kind, "__name__", str(kind))
 
@@ -193,7 +195,10 @@ def _build(path: str, value: Any, kind: Any) -> Any:
     if dataclasses.is_dataclass(kind):
         return from_mapping(kind, value, path)
     if origin in (typing.Union, types.UnionType) and value is not None:
-        return _build(path, value, _option(kind, value))
+        option = _option(kind, value)
+        if dataclasses.is_dataclass(option) and not isinstance(value, dict):
+            raise SettingsError("", path, f"must be {allowed_text(kind, {})}, got {value!r}")
+        return _build(path, value, option)
     if origin in (list, tuple):
         item_kind = typing.get_args(kind)[0]
         if dataclasses.is_dataclass(item_kind):

@@ -403,7 +403,7 @@ def test_built_cost_checks_the_horizon():
                                               r"or 2"),
     ({"action": {"weight": -1.0}}, r"action\.weight: must be >= 0.0, got -1.0"),
     ({"action": {"weight": 1.0, "scale": True}}, r"action\.scale: must be a number, got True"),
-    ({"action": 1.0}, r"action: must be a mapping or a list of mappings, got 1.0"),
+    ({"action": 1.0}, r"action: must be null or a mapping or a list of mappings, got 1.0"),
     ({"state": {"weights": 1.0}},
      r"state: needs exactly one of block \(position, .*\) or indices"),
     ({"state": {"block": "position", "indices": [0]}}, r"exactly one of"),
