@@ -175,7 +175,7 @@ class DynamicsFitterNode(Node):
                                       f"prior: no complete batch of version {batch.version - 1} is known here "
                                       "(dynamics_fitter restarted without state_file, or that "
                                       "batch was dropped)")
-        return new_dynamics_prior(self.settings.prior)
+        return new_dynamics_prior(self.settings.dynamics.prior)
 
     def _fit_complete(self, m: int, batch: _Batch):
         """The batch's fit under (a copy of) the prior it starts from, kept with the prior
