@@ -102,7 +102,7 @@ def make_algorithms(seed: int = 0):
     rng = np.random.default_rng(seed)
     arm = SyntheticArm(rng)
     cost = build_cost(COST_SPEC, LAYOUT, T)
-    algorithm = LqrFlm(cost, [arm.initial_controller()], LqrFlmSettings(kl_step=1.0))
+    algorithm = LqrFlm(cost, [arm.initial_controller()], LqrFlmSettings())
     first = (copy.deepcopy(algorithm), arm.rollouts(algorithm.controllers[0], rng))
     for _ in range(WARM_ITERATIONS):
         algorithm.update(arm.rollouts(algorithm.controllers[0], rng))
@@ -137,7 +137,7 @@ def time_stages(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> dict[str, f
         marks = [time.perf_counter()]
         state.prior.update(np.concatenate([X[:, :-1], U[:, :-1], X[:, 1:]], axis=2))
         dynamics = fit_dynamics(X, U, prior=state.prior,
-                                regularization=trial.settings.dynamics_regularization)
+                                regularization=trial.settings.dynamics.regularization)
         marks.append(time.perf_counter())
         # update() evaluates the cost twice: the sample cost and the model.
         trial.cost.evaluate(X, U).l.sum(axis=1)
@@ -148,12 +148,13 @@ def time_stages(algorithm: LqrFlm, batch: Rollouts, repeats: int) -> dict[str, f
             state.step_mult = adjust_step(
                 state.step_mult, state.previous_model.estimate_cost(state.previous_controller),
                 state.previous_model.estimate_cost(state.controller),
-                local.estimate_cost(state.controller), settings=trial.settings.step)
+                local.estimate_cost(state.controller),
+                settings=trial.settings.trajectory_optimization)
         marks.append(time.perf_counter())
         controller, _, _ = optimize_trajectory(
             dynamics, cost_model, state.controller,
-            kl_step=trial.settings.kl_step * state.step_mult * T,
-            eta_init=state.eta, settings=trial.settings.traj_opt)
+            kl_step=trial.settings.trajectory_optimization.kl_step * state.step_mult * T,
+            eta_init=state.eta, settings=trial.settings.eta_search)
         marks.append(time.perf_counter())
         local.estimate_cost(controller)
         marks.append(time.perf_counter())

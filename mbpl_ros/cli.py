@@ -13,8 +13,12 @@ from mbpl_ros.experiment import configuration_reference
 
 
 def _limit_threads():
-    """One thread each for BLAS (within the returned context) and torch: the matrices and
-    the policy network are small, and threads cost more than they give."""
+    """
+    Limit BLAS (within the returned context) and torch to one thread each.
+
+    One thread each for BLAS (within the returned context) and torch: the matrices and
+    the policy network are small, and threads cost more than they give.
+    """
     from threadpoolctl import threadpool_limits
 
     if "torch" in sys.modules:
@@ -23,7 +27,7 @@ def _limit_threads():
 
 
 def _check_device(config) -> None:
-    """A configured CUDA device that is not there is a configuration error (exit code 2)."""
+    """Exit with code 2 when the configured CUDA device is not there (a configuration error)."""
     if config.algorithm != "mdgps" or config.policy.device == "cpu":
         return
     from mbpl_ros.core.policy.network import resolve_device
@@ -96,12 +100,15 @@ def _train(args) -> int:
     last = metrics[-1]
     reached = sum(d < config.success_distance_m for d in last["final_distance_m"])
     verb = "refit" if args.refit_from is not None else "done"
-    summary = (f"{verb} ({config.algorithm}): {reached}/{len(last['final_distance_m'])} conditions within "
+    summary = (f"{verb} ({config.algorithm}): {reached}/{len(last['final_distance_m'])} "
+               "conditions within "
                f"{100 * config.success_distance_m:.1f} cm after {last['iteration']} iterations, "
                f"{last['rollouts']} rollouts")
     if config.algorithm == "mdgps" and last.get("policy_final_distance_m") is not None:
-        policy_reached = sum(d < config.success_distance_m for d in last["policy_final_distance_m"])
-        summary += (f"; the policy reaches {policy_reached}/{len(last['policy_final_distance_m'])}, "
+        policy_reached = sum(d < config.success_distance_m
+                             for d in last["policy_final_distance_m"])
+        summary += ("; the policy reaches "
+                    f"{policy_reached}/{len(last['policy_final_distance_m'])}, "
                     f"exported to {output / 'policy.pt'}")
     print(f"{summary}; results in {output}")
     return 0
@@ -139,15 +146,18 @@ def _eval(args) -> int:
         return 2
     for i, row in enumerate(result["held_out"]):
         angles = " ".join(f"{q:+.3f}" for q in row["initial_positions"])
-        print(f"held-out {i:3d} | start (rad) {angles} | final distance {100 * row['final_distance_m']:7.2f} cm"
+        print(f"held-out {i:3d} | start (rad) {angles} | final distance "
+              f"{100 * row['final_distance_m']:7.2f} cm"
               f" | {'reached' if row['success'] else 'missed'}")
     output = Path(args.output) if args.output is not None else Path(args.policy).parent
     output.mkdir(parents=True, exist_ok=True)
     path = output / "eval.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"success rate {100 * result['success_rate']:.0f}% ({result['successes']}/{result['conditions']} "
+    print(f"success rate {100 * result['success_rate']:.0f}% "
+          f"({result['successes']}/{result['conditions']} "
           f"within {100 * result['success_distance_m']:.1f} cm); distance median "
-          f"{100 * result['median_distance_m']:.2f} cm, max {100 * result['max_distance_m']:.2f} cm; "
+          f"{100 * result['median_distance_m']:.2f} cm, max {100 * result['max_distance_m']:.2f} "
+          "cm; "
           f"written to {path}")
     return 0
 
@@ -228,10 +238,13 @@ def _params_reference(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mbpl", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="learn local controllers (and an MDGPS policy) offline "
+    train = commands.add_parser("train", help="learn local controllers (and an MDGPS policy) "
+                                              "offline "
                                               "on the PyBullet arm")
-    train.add_argument("--config", required=True, help="experiment YAML, e.g. config/reacher_2link.yaml")
-    train.add_argument("--algorithm", choices=("lqr_flm", "mdgps"), help="override the config's algorithm")
+    train.add_argument("--config", required=True, help="experiment YAML, e.g. "
+                                                       "config/reacher_2link.yaml")
+    train.add_argument("--algorithm", choices=("lqr_flm", "mdgps"), help="override the config's "
+                                                                         "algorithm")
     train.add_argument("--iterations", type=int, help="override the config's iterations")
     train.add_argument("--output", help="directory for metrics, checkpoints, plot (and policy.pt "
                                         "for mdgps); default: runs/<the experiment file's name>")
@@ -269,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "default the one RUN/run.json names)")
     evaluate.add_argument("--iteration", type=int,
                           help="with --run: the checkpoint's iteration (default: the newest)")
-    evaluate.add_argument("--conditions", type=int, default=20, help="number of held-out initial conditions")
+    evaluate.add_argument("--conditions", type=int, default=20, help="number of held-out initial "
+                                                                     "conditions")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out conditions")
     evaluate.add_argument("--success-distance-m", type=float,
                           help="success threshold (m); default: the config's success_distance_m")
@@ -304,10 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     from mbpl_ros import sim_runner
     sim_runner.add_subparser(commands)   # mbpl sim: the ROS node graph in one process
     nodes = commands.add_parser("params-reference",
-                                help="print every node parameter (value under a params file) as Markdown")
-    nodes.add_argument("--config", default="config/sim_reacher_2link.yaml", help="ros__parameters YAML")
+                                help="print every node parameter (value under a params file) as "
+                                     "Markdown")
+    nodes.add_argument("--config", default="config/sim_reacher_2link.yaml", help="ros__parameters "
+                                                                                 "YAML")
     nodes.set_defaults(run=_params_reference)
-    reference = commands.add_parser("config-reference", help="print every experiment key as Markdown")
+    reference = commands.add_parser("config-reference", help="print every experiment key as "
+                                                             "Markdown")
     reference.set_defaults(run=lambda args: print(configuration_reference()) or 0)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -330,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.refit_from is not None and args.resume:
             parser.error("--refit-from replays a recording from the start; it cannot --resume")
         if args.refit_from is not None and args.iterations is not None:
-            parser.error("--refit-from replays every complete iteration of the recording; drop --iterations")
+            parser.error("--refit-from replays every complete iteration of the recording; drop "
+                         "--iterations")
     if args.command == "eval":
         if args.conditions < 1:
             parser.error(f"--conditions must be >= 1, got {args.conditions}")

@@ -610,4 +610,5 @@ class TrainingLoop:
 def set_kl_step(algorithm, kl_step: float) -> None:
     """Use `kl_step` (ε per time step) from the next update of an LqrFlm or Mdgps."""
     local = getattr(algorithm, "local", algorithm)
-    local.settings = dataclasses.replace(local.settings, kl_step=float(kl_step))
+    step = dataclasses.replace(local.settings.trajectory_optimization, kl_step=float(kl_step))
+    local.settings = dataclasses.replace(local.settings, trajectory_optimization=step)

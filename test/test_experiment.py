@@ -9,7 +9,8 @@ from mbpl_ros.experiment import ExperimentConfig, configuration_reference, load_
 
 ROOT = Path(__file__).resolve().parents[1]
 # Experiment files have a top-level `robot`; the others are ROS parameter files.
-EXPERIMENTS = [p for p in sorted((ROOT / "config").glob("*.yaml")) if "robot" in yaml.safe_load(p.read_text())]
+EXPERIMENTS = [p for p in sorted((ROOT / "config").glob("*.yaml"))
+               if "robot" in yaml.safe_load(p.read_text())]
 
 
 def reacher() -> dict:
@@ -21,7 +22,7 @@ def test_shipped_experiments_load_and_build(path):
     config = load_experiment(path)
     cost = config.build_cost()
     assert config.layout.dU == len(config.conditions[0].initial_positions)
-    assert cost is not None and config.lqr_flm_settings().kl_step > 0
+    assert cost is not None and config.lqr_flm_settings().trajectory_optimization.kl_step > 0
 
 
 @pytest.mark.parametrize("change, message", [
@@ -31,10 +32,13 @@ def test_shipped_experiments_load_and_build(path):
     ({"T": 2.5}, "T: must be an integer"),
     ({"physics_dt": -0.01}, "physics_dt: must be > 0.0"),
     ({"rollouts_per_condition": 0}, "rollouts_per_condition: must be >= 1"),
-    ({"initial_controller": {"kind": "pid"}}, "initial_controller.kind: must be one of 'pd', 'lqr'"),
-    ({"initial_controller": {"natural_frequency": float("nan")}}, "natural_frequency: must be a finite"),
+    ({"initial_controller": {"kind": "pid"}},
+     "initial_controller.kind: must be one of 'pd', 'lqr'"),
+    ({"initial_controller": {"natural_frequency": float("nan")}}, "natural_frequency: must be a "
+                                                                  "finite"),
     ({"dynamics": {"prior": {"max_clusters": 0}}}, "dynamics.prior.max_clusters: must be >= 1"),
-    ({"dynamics": {"priors": {}}}, "dynamics: unknown key 'priors'; allowed keys: prior, regularization"),
+    ({"dynamics": {"priors": {}}}, "dynamics: unknown key 'priors'; allowed keys: prior, "
+                                   "regularization"),
     ({"trajectory_optimization": {"min_step_mult": 5.0, "max_step_mult": 1.0}},
      "min_step_mult must not exceed max_step_mult"),
     ({"conditions": []}, "at least one condition"),
@@ -42,7 +46,8 @@ def test_shipped_experiments_load_and_build(path):
      "conditions[0].initial_positions: reacher_2link has 2 joints, got 1 angles"),
     ({"conditions": [{"initial_positions": [0.0, 0.0], "target": [0.2, 0.3]}]},
      "target must have 3 entries"),
-    ({"conditions": [{"initial_positions": [0.0, 0.0]}]}, "conditions[0].target: required key is missing"),
+    ({"conditions": [{"initial_positions": [0.0, 0.0]}]}, "conditions[0].target: required key is "
+                                                          "missing"),
 ])
 def test_bad_values_name_the_key_and_what_is_allowed(change, message):
     data = reacher()
@@ -59,7 +64,8 @@ def test_bad_values_name_the_key_and_what_is_allowed(change, message):
 def test_bad_cost_is_reported_under_cost():
     data = reacher()
     data["cost"] = {"distance": {"ramp": "cubic"}}
-    with pytest.raises(ConfigError, match=r"cost: distance.ramp is 'cubic'; allowed: constant"):
+    with pytest.raises(ConfigError, match=r"cost\.distance\.ramp: must be one of 'constant', "
+                                          r"'linear', 'quadratic', 'final_only'; got 'cubic'"):
         from_dict(ExperimentConfig, data).build_cost()
 
 

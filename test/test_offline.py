@@ -213,7 +213,7 @@ def test_bad_config_exits_with_code_2_naming_the_key(tmp_path):
 @pytest.mark.parametrize("change, message", [
     ({"algorithm": "ppo"}, "algorithm: must be one of 'lqr_flm', 'mdgps'"),
     ({"policy": {"hiden_sizes": [8]}}, "policy: unknown key 'hiden_sizes'"),
-    ({"policy": {"hidden_sizes": [64, 0]}}, "policy.hidden_sizes[1]: must be >= 1, got 0"),
+    ({"policy": {"hidden_sizes": [64, 0]}}, "policy.hidden_sizes: must be a list of integers, each >= 1, got [64, 0]"),
     ({"policy": {"activation": "gelu"}}, "policy.activation: must be one of 'relu'"),
     ({"policy": {"device": "gpu"}}, "device: must be cpu, cuda or cuda:<index>, got 'gpu'"),
     ({"policy": {"sample_on_policy": "yes"}}, "policy.sample_on_policy: must be true or false"),

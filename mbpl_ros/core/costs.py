@@ -1,4 +1,5 @@
-"""Costs l(x, u) with analytic derivatives.
+"""
+Costs l(x, u) with analytic derivatives.
 
 Every cost is an object with ``evaluate(X (N, T, dX), U (N, T, dU)) -> CostExpansion``,
 vectorised over the N rollouts and T time steps. The terms follow GPS
@@ -9,24 +10,31 @@ scaled over time by a ramp (``time_ramp``), and weighted sums of them.
 
 ``quadratic_cost_model`` turns the per-rollout local expansions into the one
 quadratic cost per time step that LQR consumes; ``build_cost`` builds a cost from
-a plain (YAML / ROS parameter) dictionary.
+a CostSpec (one typed spec per term, documented and checked like every setting, see
+core.settings), or from the plain YAML mapping of one.
 """
 from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 
 from mbpl_ros.core.rollouts import rollout_arrays
+from mbpl_ros.core.settings import from_mapping, setting, settings_dataclass
 
 
 @dataclass
 class CostExpansion:
-    """Cost and its derivatives at given points, for N rollouts of T steps:
+    """
+    Hold a cost and its derivatives at given points.
+
+    Cost and its derivatives at given points, for N rollouts of T steps:
     l (N, T), lx (N, T, dX), lu (N, T, dU), lxx (N, T, dX, dX),
-    luu (N, T, dU, dU), lux (N, T, dU, dX)."""
+    luu (N, T, dU, dU), lux (N, T, dU, dX).
+    """
 
     l: np.ndarray
     lx: np.ndarray
@@ -37,12 +45,12 @@ class CostExpansion:
 
     @classmethod
     def zeros(cls, N: int, T: int, dX: int, dU: int) -> "CostExpansion":
-        """An all-zero expansion of the given sizes."""
+        """Return an all-zero expansion of the given sizes."""
         return cls(np.zeros((N, T)), np.zeros((N, T, dX)), np.zeros((N, T, dU)),
                    np.zeros((N, T, dX, dX)), np.zeros((N, T, dU, dU)), np.zeros((N, T, dU, dX)))
 
     def scaled(self, weight: float) -> "CostExpansion":
-        """The expansion of weight · l."""
+        """Return the expansion of weight · l."""
         return CostExpansion(weight * self.l, weight * self.lx, weight * self.lu,
                              weight * self.lxx, weight * self.luu, weight * self.lux)
 
@@ -53,8 +61,12 @@ class CostExpansion:
 
 @dataclass
 class QuadraticCost:
-    """A time-varying quadratic cost in absolute coordinates, for z_t = [x_t; u_t]:
-    l_t(z) = ½ zᵀ C_t z + c_tᵀ z + c0_t, with C (T, dX+dU, dX+dU), c (T, dX+dU), c0 (T,)."""
+    """
+    Hold a time-varying quadratic cost in absolute coordinates.
+
+    A time-varying quadratic cost in absolute coordinates, for z_t = [x_t; u_t]:
+    l_t(z) = ½ zᵀ C_t z + c_tᵀ z + c0_t, with C (T, dX+dU, dX+dU), c (T, dX+dU), c0 (T,).
+    """
 
     C: np.ndarray
     c: np.ndarray
@@ -68,7 +80,8 @@ RAMP_KINDS = ("constant", "linear", "quadratic", "final_only")
 
 
 def time_ramp(kind: str, T: int, final_multiplier: float = 1.0) -> np.ndarray:
-    """Per-step multiplier (T,) of a cost term.
+    """
+    Per-step multiplier (T,) of a cost term.
 
     constant: 1; linear: (t+1)/T; quadratic: ((t+1)/T)²; final_only: 1 at the last
     step, 0 before. The last step is then multiplied by ``final_multiplier``.
@@ -103,7 +116,8 @@ class Cost:
 
 
 class ActionCost(Cost):
-    """l = ½ Σ_i w_i u_i² at every step (GPS's CostAction).
+    """
+    L = ½ Σ_i w_i u_i² at every step (GPS's CostAction).
 
     weights: (dU,) non-negative, or one number for every action dimension.
     """
@@ -115,16 +129,18 @@ class ActionCost(Cost):
         X, U = rollout_arrays(X, U)
         N, T, dX = X.shape
         dU = U.shape[2]
-        w = _broadcast_to_size(self.weights, dU, "ActionCost weights", "one per action dimension, dU")
+        w = _broadcast_to_size(self.weights, dU, "ActionCost weights", "one per action dimension, "
+                                                                       "dU")
         out = CostExpansion.zeros(N, T, dX, dU)
-        out.l = 0.5 * np.einsum("ntu,u->nt", U ** 2, w)
+        out.l = 0.5 * np.einsum("ntu,u->nt", U ** 2, w)  # noqa: E741 (l: the cost, GPS's name)
         out.lu = U * w
         out.luu[:] = np.diag(w)
         return out
 
 
 class StateTargetCost(Cost):
-    """l_t = ramp_t · ½ Σ_i w_i (x_i − target_i)² over the selected state indices.
+    """
+    l_t = ramp_t · ½ Σ_i w_i (x_i − target_i)² over the selected state indices.
 
     indices: (k,) distinct state indices; target, weights: (k,) or one number each;
     ramp, final_multiplier: see ``time_ramp``; T: if given, the horizon the ramp is
@@ -135,7 +151,8 @@ class StateTargetCost(Cost):
                  final_multiplier: float = 1.0, *, T: int | None = None):
         self.indices = _index_vector(indices, "indices")
         k = self.indices.size
-        self.target = _broadcast_to_size(_finite_vector(target, "target"), k, "target", "one per index")
+        self.target = _broadcast_to_size(_finite_vector(target, "target"), k, "target",
+                                         "one per index")
         self.weights = _broadcast_to_size(_nonnegative_vector(weights, "weights"), k, "weights",
                                           "one per index")
         self.ramp, self.final_multiplier, self.T = _ramp_settings(ramp, final_multiplier, T)
@@ -148,7 +165,7 @@ class StateTargetCost(Cost):
         out = CostExpansion.zeros(N, T, dX, U.shape[2])
         idx = self.indices
         diff = X[..., idx] - self.target
-        out.l = 0.5 * np.sum(ramp * self.weights * diff ** 2, axis=-1)
+        out.l = 0.5 * np.sum(ramp * self.weights * diff ** 2, axis=-1)  # noqa: E741 (GPS's name)
         out.lx[..., idx] = ramp * self.weights * diff
         out.lxx[..., idx, idx] = ramp * self.weights  # the diagonal of the block
         return out
@@ -159,7 +176,10 @@ HESSIAN_KINDS = ("psd", "exact")
 
 
 class DistanceCost(Cost):
-    """Distance penalty on d = w ⊙ x[indices], scaled over time by a ramp:
+    """
+    Penalise the distance d = w ⊙ x[indices], scaled over time by a ramp.
+
+    Distance penalty on d = w ⊙ x[indices], scaled over time by a ramp:
     l_t = ramp_t · φ(d_t) with, for p = α + ‖d‖²,
 
       form "l1l2": φ(d) = ½ l2 ‖d‖² + l1 √p
@@ -194,7 +214,8 @@ class DistanceCost(Cost):
                  ramp: str = "constant", final_multiplier: float = 1.0, form: str = "l1l2", *,
                  weights=1.0, hessian: str = "psd", T: int | None = None):
         self.indices = _index_vector(indices, "indices")
-        self.weights = _broadcast_to_size(_nonnegative_vector(weights, "weights"), self.indices.size,
+        self.weights = _broadcast_to_size(_nonnegative_vector(weights, "weights"),
+                                          self.indices.size,
                                           "weights", "one per index")
         self.l1 = _nonnegative_float(l1, "l1")
         self.l2 = _nonnegative_float(l2, "l2")
@@ -203,9 +224,11 @@ class DistanceCost(Cost):
             raise ValueError(f"alpha must be > 0 (it keeps the root and the log smooth at d = 0); "
                              f"got {alpha!r}")
         if form not in DISTANCE_FORMS:
-            raise ValueError(f"unknown distance form {form!r}; allowed forms: {', '.join(DISTANCE_FORMS)}")
+            raise ValueError(f"unknown distance form {form!r}; allowed forms: "
+                             f"{', '.join(DISTANCE_FORMS)}")
         if hessian not in HESSIAN_KINDS:
-            raise ValueError(f"unknown hessian kind {hessian!r}; allowed kinds: {', '.join(HESSIAN_KINDS)}")
+            raise ValueError(f"unknown hessian kind {hessian!r}; allowed kinds: "
+                             f"{', '.join(HESSIAN_KINDS)}")
         self.form = form
         self.hessian = hessian
         self.ramp, self.final_multiplier, self.T = _ramp_settings(ramp, final_multiplier, T)
@@ -234,7 +257,7 @@ class DistanceCost(Cost):
                   + b[..., None, None] * np.einsum("nti,ntj->ntij", d, d))
 
         out = CostExpansion.zeros(N, T, dX, U.shape[2])
-        out.l = ramp * phi
+        out.l = ramp * phi  # noqa: E741 (l: the cost, GPS's name)
         # chain rule through d = w ⊙ x[idx]: ∂d/∂x[idx] = diag(w)
         out.lx[..., idx] = ramp[..., None] * w * grad_d
         out.lxx[..., idx[:, None], idx[None, :]] = ramp[..., None, None] * np.outer(w, w) * hess_d
@@ -242,7 +265,7 @@ class DistanceCost(Cost):
 
 
 class WeightedSum(Cost):
-    """l = Σ_j weight_j · cost_j(x, u), for terms [(weight, cost), ...]; empty means l = 0."""
+    """L = Σ_j weight_j · cost_j(x, u), for terms [(weight, cost), ...]; empty means l = 0."""
 
     def __init__(self, terms):
         self.terms = []
@@ -252,7 +275,8 @@ class WeightedSum(Cost):
             weight, cost = term
             weight = _finite_float(weight, f"weight of term {j}")
             if not callable(getattr(cost, "evaluate", None)):
-                raise ValueError(f"term {j}: {cost!r} is not a cost (it has no evaluate(X, U) method)")
+                raise ValueError(f"term {j}: {cost!r} is not a cost (it has no evaluate(X, U) "
+                                 "method)")
             self.terms.append((weight, cost))
 
     def evaluate(self, X, U):
@@ -268,7 +292,8 @@ class WeightedSum(Cost):
 # From local expansions to one quadratic model per step
 
 def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion) -> QuadraticCost:
-    """Average of the rollouts' second-order Taylor models, in absolute coordinates.
+    """
+    Average of the rollouts' second-order Taylor models, in absolute coordinates.
 
     Rollout n's expansion at z̄ = [x_t; u_t] (its own point) is
       l(z) ≈ l̄ + gᵀ(z − z̄) + ½ (z − z̄)ᵀ H (z − z̄)
@@ -286,7 +311,8 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
     for name, shape in expected.items():
         got = np.shape(getattr(expansion, name))
         if got != shape:
-            raise ValueError(f"expansion.{name} has shape {got}; X {X.shape} and U {U.shape} need {shape}")
+            raise ValueError(f"expansion.{name} has shape {got}; X {X.shape} and U {U.shape} need "
+                             f"{shape}")
 
     Z = np.concatenate([X, U], axis=-1)                                        # (N, T, dZ)
     g = np.concatenate([expansion.lx, expansion.lu], axis=-1)                  # (N, T, dZ)
@@ -296,24 +322,96 @@ def quadratic_cost_model(X: np.ndarray, U: np.ndarray, expansion: CostExpansion)
     H = 0.5 * (H + np.swapaxes(H, -1, -2))
     HZ = np.einsum("ntij,ntj->nti", H, Z)
     c = g - HZ
-    c0 = np.asarray(expansion.l, float) - np.einsum("nti,nti->nt", g, Z) + 0.5 * np.einsum("nti,nti->nt", Z, HZ)
+    c0 = np.asarray(expansion.l, float) - np.einsum("nti,nti->nt", g,
+                                                    Z) + 0.5 * np.einsum("nti,nti->nt", Z, HZ)
     C = H.mean(axis=0)
-    return QuadraticCost(C=0.5 * (C + np.swapaxes(C, -1, -2)), c=c.mean(axis=0), c0=c0.mean(axis=0))
+    return QuadraticCost(C=0.5 * (C + np.swapaxes(C, -1, -2)), c=c.mean(axis=0),
+                         c0=c0.mean(axis=0))
 
 
 # ---------------------------------------------------------------------------
 # From a configuration dictionary
 
 STATE_BLOCKS = ("position", "velocity", "ee_offset", "ee_velocity")
-_TERM_KEYS = {
-    "action": ("weight", "scale"),
-    "state": ("block", "indices", "target", "weights", "ramp", "final_multiplier", "scale"),
-    "distance": ("l1", "l2", "alpha", "ramp", "final_multiplier", "form", "hessian", "weights", "scale"),
-}
+_SCALE_DOC = "the term's weight in the sum of the terms"
+_RAMP_DOC = ("how the term is scaled over time: constant, linear, quadratic or final_only "
+             "(see time_ramp)")
 
 
-def build_cost(spec: Mapping, layout, T: int) -> WeightedSum:
-    """A cost from a plain dictionary, e.g.::
+@settings_dataclass
+class ActionTerm:
+    """An `action:` entry of the cost: ½ Σ_i w_i u_i² (ActionCost)."""
+
+    weight: Union[float, list[float]] = setting("w: one number, or dU numbers (one per action)",
+                                                ge=0.0)
+    scale: float = setting(_SCALE_DOC, 1.0)
+
+
+@settings_dataclass
+class StateTerm:
+    """A `state:` entry of the cost: ramp_t · ½ Σ_i w_i (x_i − target_i)² (StateTargetCost)."""
+
+    block: Optional[str] = setting("the state block the term is on (or give indices)", None,
+                                   choices=STATE_BLOCKS)
+    indices: Optional[list[int]] = setting("the state indices the term is on (or give block)",
+                                           None, ge=0)
+    target: Union[float, list[float]] = setting("target: one number, or one per index", 0.0)
+    weights: Union[float, list[float]] = setting("w: one number, or one per index", 1.0, ge=0.0)
+    ramp: str = setting(_RAMP_DOC, "constant", choices=RAMP_KINDS)
+    final_multiplier: float = setting("multiplies the last step's cost", 1.0, ge=0.0)
+    scale: float = setting(_SCALE_DOC, 1.0)
+
+    def __post_init__(self):
+        if (self.block is None) == (self.indices is None):
+            raise ValueError(f"needs exactly one of block ({', '.join(STATE_BLOCKS)}) or indices "
+                             "(state indices)")
+        if self.indices is not None and (not self.indices
+                                         or len(set(self.indices)) != len(self.indices)):
+            raise ValueError(f"indices must be distinct and non-empty; got {self.indices}")
+
+
+@settings_dataclass
+class DistanceTerm:
+    """A `distance:` entry of the cost, on the layout's ee_offset block (DistanceCost)."""
+
+    l1: float = setting("weight of the l1 (√(α + ‖d‖²)) or log (log(α + ‖d‖²)) term", 0.0, ge=0.0)
+    l2: float = setting("weight of the ½ ‖d‖² term", 1.0, ge=0.0)
+    alpha: float = setting("α: keeps the root and the log smooth at d = 0", 1e-5, gt=0.0)
+    ramp: str = setting(_RAMP_DOC, "constant", choices=RAMP_KINDS)
+    final_multiplier: float = setting("multiplies the last step's cost", 1.0, ge=0.0)
+    form: str = setting("l1l2: ½ l2 ‖d‖² + l1 √p; log: ½ l2 ‖d‖² + l1 log p", "l1l2",
+                        choices=DISTANCE_FORMS)
+    hessian: str = setting("psd (GPS's, for LQR) or exact (see DistanceCost)", "psd",
+                           choices=HESSIAN_KINDS)
+    weights: Union[float, list[float]] = setting(
+        "w in d = w ⊙ x[ee_offset]: one number, or 3 per end-effector point", 1.0, ge=0.0)
+    scale: float = setting(_SCALE_DOC, 1.0)
+
+
+@settings_dataclass
+class CostSpec:
+    """The experiment file's cost: a sum of terms, each key holding one term or a list of them."""
+
+    action: Union[ActionTerm, list[ActionTerm], None] = setting("action penalties", None)
+    state: Union[StateTerm, list[StateTerm], None] = setting("state-target penalties", None)
+    distance: Union[DistanceTerm, list[DistanceTerm], None] = setting(
+        "end-effector distance penalties", None)
+
+    def terms(self, kind: str) -> list:
+        """Return the terms of `kind` (action, state or distance) as a list."""
+        entries = getattr(self, kind)
+        return [] if entries is None else entries if isinstance(entries, list) else [entries]
+
+    def __post_init__(self):
+        if not (self.terms("action") or self.terms("state") or self.terms("distance")):
+            raise ValueError("cost is empty; name at least one of: action, state, distance")
+
+
+def build_cost(spec: CostSpec | Mapping, layout, T: int) -> WeightedSum:
+    """
+    Return the cost `spec` describes for `layout` (a StateLayout) and the horizon T.
+
+    spec: a CostSpec, or a plain mapping of one (e.g. from YAML), such as::
 
         {"action": {"weight": 1e-3},
          "distance": [{"l1": 0.1, "l2": 10.0, "alpha": 1e-5},
@@ -321,115 +419,62 @@ def build_cost(spec: Mapping, layout, T: int) -> WeightedSum:
                        "final_multiplier": 10.0}],
          "state": {"block": "velocity", "weights": 0.1}}
 
-    Each top-level key names a term type and holds one term's settings or a list of them:
-      action:   weight (number or dU numbers, required)
-      state:    block (one of position, velocity, ee_offset, ee_velocity) or indices
-                (state indices), target (default 0), weights (default 1), ramp, final_multiplier
-      distance: on the layout's ee_offset block; l1 (default 0), l2 (default 1),
-                alpha (default 1e-5), form (l1l2 | log), hessian (psd | exact),
-                weights (default 1, or 3P numbers), ramp, final_multiplier
-    ramp defaults to "constant" and final_multiplier to 1; every term takes
-    scale (default 1), its weight in the sum. layout: a StateLayout; T: the horizon.
-    Unknown keys or bad values raise ValueError naming the key path and what is allowed.
+    Bad keys or values raise ValueError naming the key path, the value and what is allowed.
     """
-    if not isinstance(spec, Mapping):
-        raise ValueError(f"cost spec must be a mapping of term types ({', '.join(_TERM_KEYS)}); got {spec!r}")
     if isinstance(T, bool) or not isinstance(T, numbers.Integral) or T < 1:
         raise ValueError(f"T must be a positive integer number of time steps; got {T!r}")
-    unknown = [key for key in spec if key not in _TERM_KEYS]
-    if unknown:
-        raise ValueError(f"unknown cost term type(s) {unknown}; allowed: {', '.join(_TERM_KEYS)}")
-    if not spec:
-        raise ValueError(f"cost spec is empty; name at least one of: {', '.join(_TERM_KEYS)}")
-
+    if not isinstance(spec, CostSpec):
+        spec = from_mapping(CostSpec, dict(spec) if isinstance(spec, Mapping) else spec, "cost")
     terms = []
-    for kind, entries in spec.items():
-        many = isinstance(entries, Sequence) and not isinstance(entries, (str, bytes))
-        for j, settings in enumerate(entries if many else [entries]):
-            path = f"{kind}[{j}]" if many else kind
-            if not isinstance(settings, Mapping):
-                raise ValueError(f"{path} must be a mapping with keys from {', '.join(_TERM_KEYS[kind])}; "
-                                 f"got {settings!r}")
-            unknown = [key for key in settings if key not in _TERM_KEYS[kind]]
-            if unknown:
-                raise ValueError(f"unknown key(s) {', '.join(f'{path}.{key}' for key in unknown)}; "
-                                 f"allowed keys for {kind}: {', '.join(_TERM_KEYS[kind])}")
-            scale = _spec_number(settings, path, "scale", 1.0, nonnegative=False)
-            terms.append((scale, _TERM_BUILDERS[kind](settings, path, layout, T)))
+    for kind in ("action", "state", "distance"):
+        entries = spec.terms(kind)
+        for j, term in enumerate(entries):
+            path = f"{kind}[{j}]" if isinstance(getattr(spec, kind), list) else kind
+            terms.append((term.scale, _TERM_BUILDERS[kind](term, path, layout, T)))
     return WeightedSum(terms)
 
 
-def _build_action(settings, path, layout, T):
-    if "weight" not in settings:
-        raise ValueError(f"{path}.weight is required (a number or {layout.dU} numbers, one per action)")
-    return ActionCost(_spec_vector(settings, path, "weight", None, layout.dU, "one per action, dU"))
+def _sized(value, size, name, size_name):
+    return _broadcast_to_size(np.asarray(value, dtype=float), size, name, size_name)
 
 
-def _build_state(settings, path, layout, T):
-    if ("block" in settings) == ("indices" in settings):
-        raise ValueError(f"{path} needs exactly one of {path}.block ({', '.join(STATE_BLOCKS)}) "
-                         f"or {path}.indices (state indices)")
-    if "block" in settings:
-        indices = getattr(layout, _spec_choice(settings, path, "block", None, STATE_BLOCKS))
+def _build_action(term: ActionTerm, path, layout, T):
+    return ActionCost(_sized(term.weight, layout.dU, f"{path}.weight", "one per action, dU"))
+
+
+def _build_state(term: StateTerm, path, layout, T):
+    if term.block is not None:
+        indices = getattr(layout, term.block)
     else:
-        indices = _index_vector(settings["indices"], f"{path}.indices")
+        indices = np.asarray(term.indices, dtype=int)
         bad = indices[indices >= layout.dX]
         if bad.size:
-            raise ValueError(f"{path}.indices {bad.tolist()} are out of range for dX = {layout.dX}")
+            raise ValueError(f"{path}.indices {bad.tolist()} are out of range for "
+                             f"dX = {layout.dX}")
     size, size_name = indices.size, "one per selected state index"
-    return StateTargetCost(
-        indices,
-        target=_spec_vector(settings, path, "target", 0.0, size, size_name, nonnegative=False),
-        weights=_spec_vector(settings, path, "weights", 1.0, size, size_name),
-        ramp=_spec_choice(settings, path, "ramp", "constant", RAMP_KINDS),
-        final_multiplier=_spec_number(settings, path, "final_multiplier", 1.0),
-        T=T)
+    return StateTargetCost(indices, target=_sized(term.target, size, f"{path}.target", size_name),
+                           weights=_sized(term.weights, size, f"{path}.weights", size_name),
+                           ramp=term.ramp, final_multiplier=term.final_multiplier, T=T)
 
 
-def _build_distance(settings, path, layout, T):
-    alpha = _spec_number(settings, path, "alpha", 1e-5)
-    if alpha <= 0:
-        raise ValueError(f"{path}.alpha must be > 0; got {alpha!r}")
+def _build_distance(term: DistanceTerm, path, layout, T):
     size = layout.ee_offset.size
-    return DistanceCost(
-        layout.ee_offset,
-        l1=_spec_number(settings, path, "l1", 0.0),
-        l2=_spec_number(settings, path, "l2", 1.0),
-        alpha=alpha,
-        ramp=_spec_choice(settings, path, "ramp", "constant", RAMP_KINDS),
-        final_multiplier=_spec_number(settings, path, "final_multiplier", 1.0),
-        form=_spec_choice(settings, path, "form", "l1l2", DISTANCE_FORMS),
-        weights=_spec_vector(settings, path, "weights", 1.0, size, "one per ee_offset entry"),
-        hessian=_spec_choice(settings, path, "hessian", "psd", HESSIAN_KINDS),
-        T=T)
+    return DistanceCost(layout.ee_offset, l1=term.l1, l2=term.l2, alpha=term.alpha,
+                        ramp=term.ramp, final_multiplier=term.final_multiplier, form=term.form,
+                        weights=_sized(term.weights, size, f"{path}.weights",
+                                       "one per ee_offset entry"),
+                        hessian=term.hessian, T=T)
 
 
 _TERM_BUILDERS = {"action": _build_action, "state": _build_state, "distance": _build_distance}
-
-
-def _spec_number(settings, path, key, default, nonnegative=True):
-    convert = _nonnegative_float if nonnegative else _finite_float
-    return convert(settings.get(key, default), f"{path}.{key}")
-
-
-def _spec_vector(settings, path, key, default, size, size_name, nonnegative=True):
-    convert = _nonnegative_vector if nonnegative else _finite_vector
-    name = f"{path}.{key}"
-    return _broadcast_to_size(convert(settings.get(key, default), name), size, name, size_name)
-
-
-def _spec_choice(settings, path, key, default, allowed):
-    value = settings.get(key, default)
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"{path}.{key} is {value!r}; allowed: {', '.join(allowed)}")
-    return value
 
 
 # ---------------------------------------------------------------------------
 # Input checks
 
 def _finite_float(value, name):
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.ndarray)) or np.ndim(value) != 0:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real,
+                                                         np.ndarray)) or np.ndim(value) != 0:
         raise ValueError(f"{name} must be a finite number; got {value!r}")
     value = float(value)
     if not np.isfinite(value):
@@ -445,7 +490,7 @@ def _nonnegative_float(value, name):
 
 
 def _finite_vector(value, name):
-    """A number (kept 0-d, to broadcast) or a 1-D list of finite numbers."""
+    """Return a number (kept 0-d, to broadcast) or a 1-D list of finite numbers."""
     if isinstance(value, (str, bytes, Mapping)) or (isinstance(value, bool)):
         raise ValueError(f"{name} must be a number or a list of numbers; got {value!r}")
     try:
@@ -453,7 +498,8 @@ def _finite_vector(value, name):
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number or a list of numbers; got {value!r}") from None
     if array.ndim > 1 or array.size == 0 or not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must be a finite number or a non-empty 1-D list of them; got {value!r}")
+        raise ValueError(f"{name} must be a finite number or a non-empty 1-D list of them; got "
+                         f"{value!r}")
     return array
 
 
@@ -468,7 +514,8 @@ def _broadcast_to_size(array, size, name, size_name):
     if array.ndim == 0:
         return np.full(size, float(array))
     if array.shape != (size,):
-        raise ValueError(f"{name} has {array.size} entries; allowed: one number or {size} ({size_name})")
+        raise ValueError(f"{name} has {array.size} entries; allowed: one number or {size} "
+                         f"({size_name})")
     return array
 
 
@@ -477,7 +524,8 @@ def _index_vector(value, name):
         raise ValueError(f"{name} must be a list of state indices; got {value!r}")
     array = np.asarray(value)
     if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{name} must be a non-empty 1-D list of integer state indices; got {value!r}")
+        raise ValueError(f"{name} must be a non-empty 1-D list of integer state indices; got "
+                         f"{value!r}")
     if np.any(array < 0) or np.unique(array).size != array.size:
         raise ValueError(f"{name} must be distinct and >= 0; got {array.tolist()}")
     return array.astype(int)
@@ -491,7 +539,8 @@ def _check_indices(indices, dX):
 def _ramp_settings(ramp, final_multiplier, T):
     time_ramp(ramp, 1 if T is None else T, final_multiplier)  # validates all three
     if final_multiplier < 0:
-        raise ValueError(f"final_multiplier must be >= 0 (a negative cost weight); got {final_multiplier!r}")
+        raise ValueError("final_multiplier must be >= 0 (a negative cost weight); got "
+                         f"{final_multiplier!r}")
     return ramp, float(final_multiplier), T
 
 

@@ -1,19 +1,35 @@
 """Time-varying linear-Gaussian dynamics x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from .gmm import GMMPrior, NormalInverseWishart
+from .gmm import GMMPrior, NormalInverseWishart, PriorSettings
 from .linalg import robust_cholesky, symmetrise
 from .rollouts import rollout_arrays
+from .settings import check_value, setting, settings_dataclass
+
+
+@settings_dataclass
+class DynamicsSettings:
+    """The dynamics fit: the experiment file's dynamics section."""
+
+    regularization: float = setting("ridge added to the [x, u] covariance of the regression "
+                                    "(keeps it positive definite)", 1e-6, gt=0.0)
+    prior: PriorSettings = dataclasses.field(default_factory=PriorSettings,
+                                             metadata={"doc": "GMM prior"})
 
 
 @dataclass
 class LinearGaussianDynamics:
-    """F (T-1, dX, dX+dU), f (T-1, dX), covar (T-1, dX, dX) for the T-1 transitions,
-    and the initial-state distribution x0_mean (dX,), x0_covar (dX, dX)."""
+    """
+    Hold time-varying linear-Gaussian dynamics and the initial-state distribution.
+
+    F (T-1, dX, dX+dU), f (T-1, dX), covar (T-1, dX, dX) for the T-1 transitions,
+    and the initial-state distribution x0_mean (dX,), x0_covar (dX, dX).
+    """
 
     F: np.ndarray
     f: np.ndarray
@@ -50,22 +66,21 @@ _RELATIVE_RIDGE = 1e-12
 
 
 def _ridge(covars: np.ndarray, regularization: float) -> np.ndarray:
-    """regularization plus 1e-12 of the mean variance, per matrix (...)."""
+    """Regularization plus 1e-12 of the mean variance, per matrix (...)."""
     mean_variance = np.trace(covars, axis1=-2, axis2=-1) / covars.shape[-1]
     return regularization + _RELATIVE_RIDGE * np.abs(mean_variance)
 
 
 def _check_regularization(regularization: float) -> float:
-    if not (np.isfinite(regularization) and regularization > 0.0):
-        raise ValueError(f"regularization must be a finite number > 0 (it keeps covariances PD); "
-                         f"got {regularization}")
-    return float(regularization)
+    (field,) = [f for f in dataclasses.fields(DynamicsSettings) if f.name == "regularization"]
+    return check_value("", "regularization", regularization, float, dict(field.metadata))
 
 
 def conditional_gaussian(count, mean, scatter, n_inputs: int,
                          prior: NormalInverseWishart | None = None,
                          regularization: float = 1e-6):
-    """Condition a joint Gaussian over [inputs; outputs] on its inputs, from sufficient statistics.
+    """
+    Condition a joint Gaussian over [inputs; outputs] on its inputs, from sufficient statistics.
 
     count (...) points with mean (..., D) and scatter (..., D, D) = Σ (z - z̄)(z - z̄)ᵀ,
     the first n_inputs = dI coordinates being the inputs. The joint covariance is the
@@ -97,7 +112,8 @@ def conditional_gaussian(count, mean, scatter, n_inputs: int,
     chol_out_in = chol[..., n_inputs:, :n_inputs]
     chol_out = chol[..., n_inputs:, n_inputs:]
     # W L_ii = L_oi  <=>  L_iiᵀ Wᵀ = L_oiᵀ
-    gain = np.swapaxes(np.linalg.solve(np.swapaxes(chol_in, -1, -2), np.swapaxes(chol_out_in, -1, -2)), -1, -2)
+    gain = np.swapaxes(np.linalg.solve(np.swapaxes(chol_in, -1, -2), np.swapaxes(chol_out_in, -1,
+                                                                                 -2)), -1, -2)
     offset = mean[..., n_inputs:] - np.einsum("...oi,...i->...o", gain, mean[..., :n_inputs])
     covar = symmetrise(chol_out @ np.swapaxes(chol_out, -1, -2))
     return gain, offset, covar
@@ -105,7 +121,8 @@ def conditional_gaussian(count, mean, scatter, n_inputs: int,
 
 def gaussian_regression(inputs, outputs, prior: NormalInverseWishart | None = None,
                         regularization: float = 1e-6):
-    """Fit outputs | inputs ~ N(W x + b, covar) from samples, optionally under a NIW prior.
+    """
+    Fit outputs | inputs ~ N(W x + b, covar) from samples, optionally under a NIW prior.
 
     inputs (..., n, dI) and outputs (..., n, dO): n samples per regression; leading
     dimensions (e.g. T) batch independent regressions. prior: a NormalInverseWishart
@@ -120,12 +137,14 @@ def gaussian_regression(inputs, outputs, prior: NormalInverseWishart | None = No
         raise ValueError(f"inputs and outputs must be (..., n, dI) and (..., n, dO); "
                          f"got {inputs.shape} and {outputs.shape}")
     if inputs.shape[:-1] != outputs.shape[:-1] or inputs.shape[-2] < 1:
-        raise ValueError(f"inputs {inputs.shape} and outputs {outputs.shape} must share (..., n) with n >= 1")
+        raise ValueError(f"inputs {inputs.shape} and outputs {outputs.shape} must share (..., n) "
+                         "with n >= 1")
     if not (np.all(np.isfinite(inputs)) and np.all(np.isfinite(outputs))):
         raise ValueError("inputs and outputs must be finite; found NaN or inf")
     joint = np.concatenate([inputs, outputs], axis=-1)
     if prior is not None and np.shape(prior.mean)[-1] != joint.shape[-1]:
-        raise ValueError(f"prior has dimension {np.shape(prior.mean)[-1]}; inputs+outputs have {joint.shape[-1]}")
+        raise ValueError(f"prior has dimension {np.shape(prior.mean)[-1]}; inputs+outputs have "
+                         f"{joint.shape[-1]}")
     count, mean, scatter = _moments(joint)
     return conditional_gaussian(count, mean, scatter, inputs.shape[-1], prior, regularization)
 
@@ -140,7 +159,10 @@ def _moments(points: np.ndarray):
 
 
 def transition_points(X, U) -> np.ndarray:
-    """The [x_t, u_t, x_{t+1}] tuples (N, T-1, dX+dU+dX) of rollouts X (N, T, dX), U (N, T, dU).
+    """
+    Return the transition tuples of rollouts.
+
+    The [x_t, u_t, x_{t+1}] tuples (N, T-1, dX+dU+dX) of rollouts X (N, T, dX), U (N, T, dU).
 
     These are the points a dynamics GMMPrior is updated with and evaluated on.
     """
@@ -151,7 +173,8 @@ def transition_points(X, U) -> np.ndarray:
 def _check_rollouts(X, U):
     X, U = rollout_arrays(X, U)
     if X.shape[0] < 1 or X.shape[1] < 2 or X.shape[2] < 1 or U.shape[2] < 1:
-        raise ValueError(f"need N >= 1 rollouts of T >= 2 steps with dX, dU >= 1; got X {X.shape}, U {U.shape}")
+        raise ValueError("need N >= 1 rollouts of T >= 2 steps with dX, dU >= 1; got X "
+                         f"{X.shape}, U {U.shape}")
     if not (np.all(np.isfinite(X)) and np.all(np.isfinite(U))):
         raise ValueError("X and U must be finite; found NaN or inf")
     return X, U
@@ -169,8 +192,10 @@ def _initial_state(count, mean, scatter, regularization) -> tuple[np.ndarray, np
     return mean, covar + _ridge(covar, regularization) * np.eye(mean.shape[-1])
 
 
-def fit_dynamics(X, U, prior: GMMPrior | None = None, regularization: float = 1e-6) -> LinearGaussianDynamics:
-    """Fit x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t) to rollouts X (N, T, dX), U (N, T, dU).
+def fit_dynamics(X, U, prior: GMMPrior | None = None,
+                 regularization: float = 1e-6) -> LinearGaussianDynamics:
+    """
+    Fit x_{t+1} ~ N(F_t [x_t; u_t] + f_t, Σ_t) to rollouts X (N, T, dX), U (N, T, dU).
 
     One Bayesian linear regression per transition t = 0..T-2, all batched over T. With a
     GMMPrior over [x, u, x'] (see transition_points), step t is regularised by the prior
@@ -190,7 +215,8 @@ def fit_dynamics(X, U, prior: GMMPrior | None = None, regularization: float = 1e
 
 
 class OnlineDynamics:
-    """Per-time-step sufficient statistics of [x_t, u_t, x_{t+1}], updated one rollout at a time.
+    """
+    Per-time-step sufficient statistics of [x_t, u_t, x_{t+1}], updated one rollout at a time.
 
     `add` folds a rollout X (T, dX), U (T, dU) into the counts, means and scatters in
     O(T D²) (Welford's update, D = dX + dU + dX); `fit` then returns what fit_dynamics
@@ -209,7 +235,8 @@ class OnlineDynamics:
         self._points: list[np.ndarray] = []        # each (T-1, D), for the prior
         self._shape: tuple[int, int, int] | None = None
         self._cached_prior: tuple[int, int] | None = None   # (id, version) of the prior cached for
-        self._responsibility_sum: np.ndarray | None = None   # (T-1, K) over the first _cached_count rollouts
+        # (T-1, K) over the first _cached_count rollouts
+        self._responsibility_sum: np.ndarray | None = None
         self._cached_count = 0
 
     @staticmethod
@@ -224,7 +251,8 @@ class OnlineDynamics:
         X = np.asarray(X, dtype=float)
         U = np.asarray(U, dtype=float)
         if X.ndim != 2 or U.ndim != 2:
-            raise ValueError(f"add takes one rollout: X (T, dX) and U (T, dU); got {X.shape} and {U.shape}")
+            raise ValueError(f"add takes one rollout: X (T, dX) and U (T, dU); got {X.shape} and "
+                             f"{U.shape}")
         X, U = _check_rollouts(X[None], U[None])
         shape = (X.shape[1], X.shape[2], U.shape[2])
         if self._shape is None:
@@ -240,7 +268,8 @@ class OnlineDynamics:
         points = transition_points(X, U)[0]
         self.count += 1
         self.mean, self.scatter = self._welford(self.count, self.mean, self.scatter, points)
-        self.x0_mean, self.x0_scatter = self._welford(self.count, self.x0_mean, self.x0_scatter, X[0, 0])
+        self.x0_mean, self.x0_scatter = self._welford(self.count, self.x0_mean, self.x0_scatter,
+                                                      X[0, 0])
         self._points.append(points)
         return self
 

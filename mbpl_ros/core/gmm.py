@@ -1,4 +1,5 @@
-"""Gaussian mixture models and the normal-inverse-Wishart prior they induce.
+"""
+Gaussian mixture models and the normal-inverse-Wishart prior they induce.
 
 The dynamics fit (and the policy linearisation) regress x' on [x, u] per time step
 from only N rollouts. A Gaussian mixture fitted to many recent [x, u, x'] points,
@@ -17,13 +18,28 @@ import numpy as np
 import scipy.linalg
 
 from mbpl_ros.core.linalg import robust_cholesky, symmetrise
+from mbpl_ros.core.settings import setting, settings_dataclass
 
 _LOG_2PI = np.log(2.0 * np.pi)
 
 
+@settings_dataclass
+class PriorSettings:
+    """The GMM prior of the dynamics fit (see GMMPrior): the experiment file's dynamics.prior."""
+
+    enabled: bool = setting("use the GMM prior over [x, u, x'] for the dynamics fit", True)
+    max_clusters: int = setting("largest number of GMM clusters", 20, ge=1)
+    min_points_per_cluster: int = setting("clusters = min(max_clusters, points // this)", 40,
+                                          ge=1)
+    max_rollouts: int = setting("rollouts kept in the prior's buffer (oldest dropped first)",
+                                20, ge=1)
+    strength: float = setting("scales the prior's pseudo-counts", 1.0, gt=0.0)
+
+
 @dataclass
 class NormalInverseWishart:
-    """Normal-inverse-Wishart prior over a Gaussian's mean and covariance.
+    """
+    Normal-inverse-Wishart prior over a Gaussian's mean and covariance.
 
     mean (..., d) is the prior mean, scatter (..., d, d) the prior scatter matrix Φ,
     m the strength of the mean and n0 that of the scatter, both counted in data points
@@ -45,7 +61,7 @@ class NormalInverseWishart:
     n0: float | np.ndarray
 
     def posterior_covariance(self, count, mean, scatter) -> np.ndarray:
-        """Covariance (..., d, d) of `count` points with `mean` (..., d) and `scatter` (..., d, d)."""
+        """Return the covariance (..., d, d) of `count` points with `mean` and `scatter`."""
         count = np.asarray(count, dtype=float)
         m = np.asarray(self.m, dtype=float)
         n0 = np.asarray(self.n0, dtype=float)
@@ -78,7 +94,8 @@ def _as_points(points, name: str = "points") -> np.ndarray:
 
 
 class GaussianMixture:
-    """Full-covariance Gaussian mixture fitted by EM, warm-started across fits.
+    """
+    Full-covariance Gaussian mixture fitted by EM, warm-started across fits.
 
     After `fit`: weights (K,), means (K, d), covars (K, d, d) symmetric positive
     definite. Each covariance is the weighted scatter of its cluster plus a ridge,
@@ -89,7 +106,8 @@ class GaussianMixture:
 
     def __init__(self, regularization: float = 1e-6, seed: int | None = 0):
         if not regularization > 0.0:
-            raise ValueError(f"regularization must be > 0 (it keeps covariances PD); got {regularization}")
+            raise ValueError("regularization must be > 0 (it keeps covariances PD); got "
+                             f"{regularization}")
         self.regularization = float(regularization)
         self._rng = np.random.default_rng(seed)
         self.weights: np.ndarray | None = None
@@ -110,7 +128,8 @@ class GaussianMixture:
     # ------------------------------------------------------------------ fitting
     def fit(self, points, n_clusters: int, max_iterations: int = 100,
             tolerance: float = 1e-4) -> "GaussianMixture":
-        """Run EM on points (n, d) with n_clusters clusters.
+        """
+        Run EM on points (n, d) with n_clusters clusters.
 
         Starts from the previous fit when it had the same dimension and cluster
         count; with more clusters than before, keeps the previous ones and seeds
@@ -124,7 +143,8 @@ class GaussianMixture:
         points = _as_points(points)
         n, d = points.shape
         if not 1 <= int(n_clusters) <= n:
-            raise ValueError(f"n_clusters must be between 1 and the number of points ({n}); got {n_clusters}")
+            raise ValueError(f"n_clusters must be between 1 and the number of points ({n}); got "
+                             f"{n_clusters}")
         if max_iterations < 0:
             raise ValueError(f"max_iterations must be >= 0; got {max_iterations}")
         if tolerance < 0:
@@ -167,7 +187,11 @@ class GaussianMixture:
         return self
 
     def _initialise(self, centred: np.ndarray, n_clusters: int, kept=None):
-        """Starting parameters: k-means++ seeds, nearest-seed assignment, covariances shrunk to the data's.
+        """
+        Return the starting parameters of EM.
+
+        Starting parameters: k-means++ seeds, nearest-seed assignment, covariances shrunk to
+        the data's.
 
         kept = (weights, means, covars) of clusters to carry over (fewer than
         n_clusters, means about the data mean): only the missing clusters are seeded,
@@ -194,7 +218,8 @@ class GaussianMixture:
                 candidates = self._rng.integers(n, size=n_candidates)
             else:
                 candidates = self._rng.choice(n, size=n_candidates, p=distance / total)
-            trial = np.minimum(distance[None, :], _squared_distances(whitened[candidates], whitened))
+            trial = np.minimum(distance[None, :], _squared_distances(whitened[candidates],
+                                                                     whitened))
             best = int(np.argmin(trial.sum(axis=1)))
             seeds.append(int(candidates[best]))
             distance = trial[best]
@@ -211,7 +236,8 @@ class GaussianMixture:
         data_covar = centred.T @ centred / n
         scatter = self._weighted_scatter(centred, one_hot, counts, means)
         pseudo = float(d)
-        covars = (scatter + pseudo * data_covar + self.regularization * np.eye(d)) / (counts + pseudo)[:, None, None]
+        covars = ((scatter + pseudo * data_covar + self.regularization * np.eye(d))
+                  / (counts + pseudo)[:, None, None])
         if n_kept:
             kept_weights, kept_means, kept_covars = kept
             weights[:n_kept] = kept_weights * (1.0 - weights[n_kept:].sum()) / kept_weights.sum()
@@ -240,7 +266,7 @@ class GaussianMixture:
 
     @staticmethod
     def _log_joint(points, weights, means, chol):
-        """log π_k + log N(x_n | μ_k, Σ_k) (n, K) and the inverse Cholesky factors (K, d, d)."""
+        """Log π_k + log N(x_n | μ_k, Σ_k) (n, K) and the inverse Cholesky factors (K, d, d)."""
         n, d = points.shape
         n_clusters = weights.shape[0]
         # L_k⁻¹, so that |L_k⁻¹ (x - μ_k)|² is the Mahalanobis distance (LAPACK trtri per cluster)
@@ -259,7 +285,8 @@ class GaussianMixture:
             raise ValueError("the mixture has not been fitted yet; call fit first")
         points = _as_points(points)
         if points.shape[1] != self.dim:
-            raise ValueError(f"points have dimension {points.shape[1]}; the mixture was fitted in {self.dim}")
+            raise ValueError(f"points have dimension {points.shape[1]}; the mixture was fitted in "
+                             f"{self.dim}")
         return points
 
     def responsibilities(self, points) -> np.ndarray:
@@ -276,7 +303,8 @@ class GaussianMixture:
 
 
 class GMMPrior:
-    """Normal-inverse-Wishart priors from a mixture over a bounded buffer of rollouts.
+    """
+    Normal-inverse-Wishart priors from a mixture over a bounded buffer of rollouts.
 
     Holds the points of the most recent max_rollouts rollouts, each (T, d) (for the
     dynamics d = dX + dU + dX, the [x_t, u_t, x_{t+1}] tuples), refits a
@@ -297,12 +325,8 @@ class GMMPrior:
                  max_rollouts: int = 20, strength: float = 1.0,
                  max_iterations: int = 10, warm_iterations: int = 1, tolerance: float = 1e-3,
                  regularization: float = 1e-6, seed: int | None = 0):
-        for name, value in (("max_clusters", max_clusters), ("min_points_per_cluster", min_points_per_cluster),
-                            ("max_rollouts", max_rollouts)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value}")
-        if not strength > 0.0:
-            raise ValueError(f"strength must be > 0; got {strength}")
+        # The limits are PriorSettings': checked there, once.
+        PriorSettings(True, max_clusters, min_points_per_cluster, max_rollouts, strength)
         self.max_clusters = int(max_clusters)
         self.min_points_per_cluster = int(min_points_per_cluster)
         self.max_rollouts = int(max_rollouts)
@@ -328,13 +352,16 @@ class GMMPrior:
 
     def update(self, points) -> "GMMPrior":
         """Add N rollouts' points (N, T, d), drop the oldest beyond max_rollouts, refit."""
-        points = np.array(points, dtype=float)  # a copy: the buffer must not alias the caller's array
+        points = np.array(points,
+                          dtype=float)  # a copy: the buffer must not alias the caller's array
         if points.ndim != 3 or min(points.shape) < 1:
-            raise ValueError(f"points must be a non-empty (N, T, d) array; got shape {points.shape}")
+            raise ValueError("points must be a non-empty (N, T, d) array; got shape "
+                             f"{points.shape}")
         if not np.all(np.isfinite(points)):
             raise ValueError("points must be finite; found NaN or inf")
         if self._rollouts and points.shape[-1] != self.dim:
-            raise ValueError(f"points have dimension {points.shape[-1]}; the buffer holds dimension {self.dim}")
+            raise ValueError(f"points have dimension {points.shape[-1]}; the buffer holds "
+                             f"dimension {self.dim}")
         self._rollouts.extend(points)
         buffer = np.concatenate(list(self._rollouts), axis=0)
         self.n_points = buffer.shape[0]
@@ -357,11 +384,14 @@ class GMMPrior:
         return flat.reshape(points.shape[:-1] + (self.gmm.n_clusters,))
 
     def evaluate(self, points) -> NormalInverseWishart:
-        """The prior for points (..., n, d): a NormalInverseWishart batched over (...)."""
+        """Return the prior for points (..., n, d): a NormalInverseWishart batched over (...)."""
         return self.from_cluster_weights(self.responsibilities(points).mean(axis=-2))
 
     def from_cluster_weights(self, cluster_weights) -> NormalInverseWishart:
-        """The prior for mixture weights (..., K), e.g. mean responsibilities of a set of points.
+        """
+        Return the prior for mixture weights (..., K).
+
+        The prior for mixture weights (..., K), e.g. mean responsibilities of a set of points.
 
         Moment-matches the weighted mixture to one Gaussian (mean μ, covariance Σ),
         then sets m = strength, Φ = strength Σ and n0 = strength (n - d - 2) / n for a

@@ -19,34 +19,26 @@ import numpy as np
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import QuadraticCost, quadratic_cost_model
-from mbpl_ros.core.dynamics import LinearGaussianDynamics, fit_dynamics, transition_points
-from mbpl_ros.core.gmm import GMMPrior
+from mbpl_ros.core.dynamics import (DynamicsSettings, LinearGaussianDynamics, fit_dynamics,
+                                    transition_points)
+from mbpl_ros.core.gmm import GMMPrior, PriorSettings
 from mbpl_ros.core.rollouts import Rollouts
-from mbpl_ros.core.traj_opt import (StepAdjustment, TrajOptSettings, adjust_step, expected_cost,
+from mbpl_ros.core.settings import settings_dataclass
+from mbpl_ros.core.traj_opt import (KlStepSettings, TrajOptSettings, adjust_step, expected_cost,
                                     forward_pass, optimize_trajectory)
 
 
-@dataclass
-class PriorSettings:
-    """GMM prior over [x_t, u_t, x_{t+1}] tuples (see core.gmm.GMMPrior)."""
-
-    enabled: bool = True
-    max_clusters: int = 20
-    min_points_per_cluster: int = 40
-    max_rollouts: int = 20
-    strength: float = 1.0
-
-
-@dataclass
+@settings_dataclass
 class LqrFlmSettings:
-    """kl_step is ε per time step: a trajectory's KL budget is kl_step · step_mult · T."""
+    """LQR-FLM's settings: the experiment file's dynamics and trajectory_optimization sections
+    and the η search (not in the experiment file)."""
 
-    kl_step: float = 1.0
-    initial_eta: float = 1.0
-    dynamics_regularization: float = 1e-6
-    prior: PriorSettings = field(default_factory=PriorSettings)
-    step: StepAdjustment = field(default_factory=StepAdjustment)
-    traj_opt: TrajOptSettings = field(default_factory=TrajOptSettings)
+    dynamics: DynamicsSettings = field(default_factory=DynamicsSettings,
+                                       metadata={"doc": "dynamics fit"})
+    trajectory_optimization: KlStepSettings = field(default_factory=KlStepSettings,
+                                                    metadata={"doc": "KL-bounded LQR step"})
+    eta_search: TrajOptSettings = field(default_factory=TrajOptSettings,
+                                        metadata={"doc": "dual search on η"})
 
 
 @dataclass
@@ -136,8 +128,9 @@ class LqrFlm:
                  settings: LqrFlmSettings | None = None):
         self.cost = cost
         self.settings = settings or LqrFlmSettings()
-        self.conditions = [ConditionState(controller=c, eta=self.settings.initial_eta,
-                                          prior=new_dynamics_prior(self.settings.prior))
+        eta = self.settings.trajectory_optimization.initial_eta
+        self.conditions = [ConditionState(controller=c, eta=eta,
+                                          prior=new_dynamics_prior(self.settings.dynamics.prior))
                            for c in initial_controllers]
         self.iteration = 0
 
@@ -189,8 +182,8 @@ class LqrFlm:
                 raise ValueError(f"no rollouts for condition {m}; every condition needs at least "
                                  "one")
             expansion = self.cost.evaluate(batch.X, batch.U)
-            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U,
-                                         self.settings.dynamics_regularization)
+            regularization = self.settings.dynamics.regularization
+            fitted = (fit_batch_dynamics(state.prior, batch.X, batch.U, regularization)
                       if dynamics is None else dynamics[m])
             state.model = LocalModel(fitted, quadratic_cost_model(batch.X, batch.U, expansion))
             batches.append(batch)
@@ -203,14 +196,14 @@ class LqrFlm:
             for state, (previous, predicted, actual) in zip(self.conditions, costs):
                 state.step_mult = adjust_step(state.step_mult, previous_cost_estimate=previous,
                                               predicted_new_cost=predicted, actual_new_cost=actual,
-                                              settings=self.settings.step)
+                                              settings=self.settings.trajectory_optimization)
         reports = []
         for m, (state, batch) in enumerate(zip(self.conditions, batches)):
-            kl_step = self.settings.kl_step * state.step_mult * batch.T
+            kl_step = self.settings.trajectory_optimization.kl_step * state.step_mult * batch.T
             anchor = state.controller if anchors is None else anchors[m]
             new_controller, state.eta, info = optimize_trajectory(
                 state.model.dynamics, state.model.cost, anchor, kl_step=kl_step,
-                eta_init=state.eta, settings=self.settings.traj_opt)
+                eta_init=state.eta, settings=self.settings.eta_search)
             state.previous_controller, state.previous_model = state.controller, state.model
             state.controller = new_controller
             reports.append(ConditionReport(

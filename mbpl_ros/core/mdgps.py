@@ -44,7 +44,7 @@ dimension, dU action dimension.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -55,77 +55,12 @@ from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.linalg import inverse_from_cholesky, symmetrise
 from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
 from mbpl_ros.core.policy.network import Policy
-from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.policy.settings import MdgpsSettings, PolicyPriorSettings
 from mbpl_ros.core.policy.training import controller_targets, train_policy
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.core.traj_opt import forward_pass, kl_divergence
 
 __all__ = ["Mdgps", "MdgpsReport", "MdgpsSettings", "PolicyPriorSettings", "linearize_policy"]
-
-
-@dataclass
-class PolicyPriorSettings:
-    """GMM prior over [x, μ_θ(x)] points for the policy linearisation (GPS's
-    PolicyPriorGMM). Each condition's prior holds only the current iteration's rollouts
-    (its buffer is as long as that condition's batch), so it describes the current
-    policy; the mixture is warm-started from the previous iteration's fit."""
-
-    enabled: bool = True
-    max_clusters: int = 20
-    min_points_per_cluster: int = 20
-    strength: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            raise ValueError("PolicyPriorSettings.enabled must be True or False, got "
-                             f"{self.enabled!r}")
-        for name in ("max_clusters", "min_points_per_cluster"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"PolicyPriorSettings.{name} must be an integer >= 1, got "
-                                 f"{value!r}")
-        if not (isinstance(self.strength, (int, float)) and np.isfinite(self.strength)
-                and self.strength > 0):
-            raise ValueError("PolicyPriorSettings.strength must be a number > 0, got "
-                             f"{self.strength!r}")
-
-
-@dataclass
-class MdgpsSettings:
-    """policy: network and S-step settings; policy_prior: the linearisation's GMM prior;
-    linearization_regularization: ridge (> 0) of the per-step regression of the policy;
-    covariance: the policy's action covariance Σ_π, which minimises the S-step's
-        E[KL(π ‖ p_m)] over Gaussians of its kind:
-
-        ``"full"``: Σ_π = E[Σ_m,t⁻¹]⁻¹ (dU, dU), the expectation over all training states;
-        ``"diagonal"``: Σ_π = diag(1 / E[diag Σ_m,t⁻¹]), GPS's choice, the Policy's own
-            action_variance.
-
-        They agree for uncorrelated controller noise. With correlated noise (torques
-        M(q) a from joint-acceleration noise a, strongly correlated on an arm) the
-        diagonal one is far narrower than every controller, the C-step then shrinks the
-        controllers to it, and exploration collapses; hence "full" by default.
-    """
-
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    policy_prior: PolicyPriorSettings = field(default_factory=PolicyPriorSettings)
-    linearization_regularization: float = 1e-6
-    covariance: str = "full"
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.policy, PolicySettings):
-            raise ValueError(f"MdgpsSettings.policy must be a PolicySettings, got "
-                             f"{type(self.policy).__name__}")
-        if not isinstance(self.policy_prior, PolicyPriorSettings):
-            raise ValueError(f"MdgpsSettings.policy_prior must be a PolicyPriorSettings, got "
-                             f"{type(self.policy_prior).__name__}")
-        if self.covariance not in ("full", "diagonal"):
-            raise ValueError(f"MdgpsSettings.covariance must be 'full' or 'diagonal', "
-                             f"got {self.covariance!r}")
-        r = self.linearization_regularization
-        if not (isinstance(r, (int, float)) and np.isfinite(r) and r > 0):
-            raise ValueError(f"MdgpsSettings.linearization_regularization must be a number > 0, "
-                             f"got {r!r}")
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Trajectory optimisation under a KL bound (the LQR step of LQR-FLM and of MDGPS's C-step).
+"""
+Trajectory optimisation under a KL bound (the LQR step of LQR-FLM and of MDGPS's C-step).
 
 Given linear-Gaussian dynamics p(x'|x,u), a quadratic cost l_t(x,u) and an anchor
 controller p̄(u|x) (the previous controller for LQR-FLM, the linearised global policy for
@@ -30,87 +31,102 @@ from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import QuadraticCost
 from mbpl_ros.core.dynamics import LinearGaussianDynamics
 from mbpl_ros.core.lqr import homogeneous_cost, homogeneous_dynamics, riccati_recursion
+from mbpl_ros.core.settings import setting, settings_dataclass
 
 
 class TrajectoryOptimizationError(RuntimeError):
-    """No positive-definite Q_uu even at the largest allowed η (TrajOptSettings.max_eta):
-    the dynamics or the cost are broken (NaN, or absurdly ill-conditioned)."""
+    """
+    Signal no positive-definite Q_uu even at the largest allowed η.
+
+    No positive-definite Q_uu even at the largest allowed η (TrajOptSettings.max_eta):
+    the dynamics or the cost are broken (NaN, or absurdly ill-conditioned).
+    """
 
 
 @dataclass
 class TrajectoryMarginals:
-    """State-action marginals of a trajectory distribution, z_t = [x_t; u_t]:
-    mean (T, dX+dU), covar (T, dX+dU, dX+dU) (exactly symmetric)."""
+    """
+    Hold the state-action marginals of a trajectory distribution.
+
+    State-action marginals of a trajectory distribution, z_t = [x_t; u_t]:
+    mean (T, dX+dU), covar (T, dX+dU, dX+dU) (exactly symmetric).
+    """
 
     mean: np.ndarray
     covar: np.ndarray
 
 
-@dataclass
+@settings_dataclass
 class TrajOptSettings:
-    """Dual search on η.
+    """
+    Configure the dual search on η.
 
-    min_eta, max_eta: the search interval. Past max_eta an indefinite Q_uu raises
-        TrajectoryOptimizationError (as η → ∞ the problem tends to reproducing the anchor,
-        which is always well posed, so failing there means broken inputs).
-    kl_tolerance: accept η once |KL − ε| ≤ kl_tolerance · ε.
-    grid_points, grid_decades: the first batch is grid_points η values log-spaced over
-        η_init · 10^[−grid_decades, +grid_decades] (the previous η is usually close).
-    extension_decades: when every η tried is too large (KL < ε everywhere), the next batch
-        steps down by this many decades per point. (When every η is too small, the next
-        batch is centred where KL ∝ η⁻², its large-η behaviour, says ε is met.)
-    refine_points: batch size of each refinement once ε is bracketed: the η where a
-        monotone interpolation of log KL against log η meets ε, plus points spread over
-        the bracket.
-    max_batches: the most batches (passes) the search may run.
-    retry_factor: when a single backward pass meets an indefinite Q_uu, η is retried at
-        η · retry_factor^j, j = 1 … 8 (one batch), repeatedly up to max_eta.
+    Dual search on η (the defaults were tuned on random problems at T=100, dX=20, dU=7,
+    see bench/traj_opt.py).
 
-    Each batch costs about one backward and one forward pass of Python-level work plus
-    the arithmetic of its members; the defaults were tuned on random problems at T=100,
-    dX=20, dU=7 (see bench/traj_opt.py).
+    Past max_eta an indefinite Q_uu raises TrajectoryOptimizationError (as η → ∞ the
+    problem tends to reproducing the anchor, which is always well posed, so failing there
+    means broken inputs). When every η tried is too small, the next batch is centred where
+    KL ∝ η⁻², its large-η behaviour, says ε is met. Each batch costs about one backward and
+    one forward pass of Python-level work plus the arithmetic of its members.
     """
 
-    min_eta: float = 1e-8
-    max_eta: float = 1e16
-    kl_tolerance: float = 0.1
-    grid_points: int = 3
-    grid_decades: float = 1.0
-    extension_decades: float = 3.0
-    refine_points: int = 1
-    max_batches: int = 20
-    retry_factor: float = 10.0 ** 0.5
+    min_eta: float = setting("lower end of the search interval of η", 1e-8, gt=0.0)
+    max_eta: float = setting("upper end of the search interval of η", 1e16, gt=0.0)
+    kl_tolerance: float = setting("accept η once |KL − ε| ≤ kl_tolerance · ε", 0.1,
+                                  gt=0.0, lt=1.0)
+    grid_points: int = setting("η values of the first batch, log-spaced over "
+                               "η_init · 10^[−grid_decades, +grid_decades]", 3, ge=1)
+    grid_decades: float = setting("half-width (decades) of the first batch", 1.0, gt=0.0)
+    extension_decades: float = setting(
+        "decades per point the next batch steps down when every η tried is too large", 3.0,
+        gt=0.0)
+    refine_points: int = setting(
+        "batch size of each refinement once ε is bracketed: the η where a monotone "
+        "interpolation of log KL against log η meets ε, plus points over the bracket", 1, ge=1)
+    max_batches: int = setting("the most batches (passes) the search may run", 20, ge=1)
+    retry_factor: float = setting(
+        "an indefinite Q_uu at η retries η · retry_factor^j, j = 1 … 8 (one batch), "
+        "repeatedly up to max_eta", 10.0 ** 0.5, gt=1.0)
 
     def __post_init__(self):
-        if not 0 < self.min_eta < self.max_eta < np.inf:
-            raise ValueError(f"need 0 < min_eta < max_eta < inf, got {self.min_eta}, {self.max_eta}")
-        if not 0 < self.kl_tolerance < 1:
-            raise ValueError(f"kl_tolerance must be in (0, 1), got {self.kl_tolerance}")
-        if self.grid_points < 1 or self.refine_points < 1 or self.max_batches < 1:
-            raise ValueError("grid_points, refine_points and max_batches must be >= 1")
-        if not (self.grid_decades > 0 and self.extension_decades > 0 and self.retry_factor > 1):
-            raise ValueError("grid_decades and extension_decades must be > 0, retry_factor > 1")
+        if not self.min_eta < self.max_eta:
+            raise ValueError(f"need min_eta < max_eta, got {self.min_eta}, {self.max_eta}")
 
 
-@dataclass
-class StepAdjustment:
-    """GPS's step-size rule (see adjust_step): the multiplier's change per iteration is
-    clipped to [min_change, max_change], the multiplier itself to [min_mult, max_mult];
-    min_gap floors the denominator (predicted − actual improvement)."""
+@settings_dataclass
+class KlStepSettings:
+    """
+    Configure the KL step and its adaptation.
 
-    min_mult: float = 0.01
-    max_mult: float = 10.0
-    min_change: float = 0.1
-    max_change: float = 5.0
-    min_gap: float = 1e-4
+    The KL step and GPS's step-size rule (see adjust_step); the experiment file's
+    trajectory_optimization section.
+
+    A trajectory's KL budget is kl_step · step_mult · T; the multiplier's change per
+    iteration is clipped to [min_mult_change, max_mult_change], the multiplier itself to
+    [min_step_mult, max_step_mult].
+    """
+
+    kl_step: float = setting("KL bound ε per time step; a trajectory's budget is "
+                             "kl_step · step_mult · T", 1.0, gt=0.0)
+    initial_eta: float = setting("initial Lagrange multiplier of the KL constraint", 1.0,
+                                 gt=0.0)
+    min_step_mult: float = setting("lower clip of the adaptive step multiplier", 0.01, gt=0.0)
+    max_step_mult: float = setting("upper clip of the adaptive step multiplier", 10.0, gt=0.0)
+    min_mult_change: float = setting("lower clip of one iteration's change of the multiplier",
+                                     0.1, gt=0.0)
+    max_mult_change: float = setting("upper clip of one iteration's change of the multiplier",
+                                     5.0, gt=0.0)
+    min_gap: float = setting("floor of the step rule's denominator (predicted − actual "
+                             "improvement)", 1e-4, gt=0.0)
 
     def __post_init__(self):
-        if not 0 < self.min_mult <= self.max_mult:
-            raise ValueError(f"need 0 < min_mult <= max_mult, got {self.min_mult}, {self.max_mult}")
-        if not 0 < self.min_change <= self.max_change:
-            raise ValueError(f"need 0 < min_change <= max_change, got {self.min_change}, {self.max_change}")
-        if not self.min_gap > 0:
-            raise ValueError(f"min_gap must be > 0, got {self.min_gap}")
+        if self.min_step_mult > self.max_step_mult:
+            raise ValueError("min_step_mult must not exceed max_step_mult, got "
+                             f"{self.min_step_mult} > {self.max_step_mult}")
+        if self.min_mult_change > self.max_mult_change:
+            raise ValueError("min_mult_change must not exceed max_mult_change, got "
+                             f"{self.min_mult_change} > {self.max_mult_change}")
 
 
 # ---------------------------------------------------------------- validation
@@ -119,17 +135,22 @@ def _check_problem(dynamics: LinearGaussianDynamics, cost: QuadraticCost | None,
                    controllers: dict[str, LinearGaussianController]) -> tuple[int, int, int]:
     T, dX, dU = dynamics.T, dynamics.dX, dynamics.dU
     n = dX + dU
-    expected = {"dynamics.f": (dynamics.f, (T - 1, dX)), "dynamics.covar": (dynamics.covar, (T - 1, dX, dX)),
-                "dynamics.x0_mean": (dynamics.x0_mean, (dX,)), "dynamics.x0_covar": (dynamics.x0_covar, (dX, dX))}
+    expected = {"dynamics.f": (dynamics.f, (T - 1, dX)),
+                "dynamics.covar": (dynamics.covar, (T - 1, dX, dX)),
+                "dynamics.x0_mean": (dynamics.x0_mean, (dX,)),
+                "dynamics.x0_covar": (dynamics.x0_covar, (dX, dX))}
     if cost is not None:
-        expected.update({"cost.C": (cost.C, (T, n, n)), "cost.c": (cost.c, (T, n)), "cost.c0": (cost.c0, (T,))})
+        expected.update({"cost.C": (cost.C, (T, n, n)), "cost.c": (cost.c, (T, n)),
+                         "cost.c0": (cost.c0, (T,))})
     for name, c in controllers.items():
         expected.update({f"{name}.K": (c.K, (T, dU, dX)), f"{name}.k": (c.k, (T, dU)),
-                         f"{name}.covar": (c.covar, (T, dU, dU)), f"{name}.chol": (c.chol, (T, dU, dU)),
+                         f"{name}.covar": (c.covar, (T, dU, dU)), f"{name}.chol": (c.chol, (T, dU,
+                                                                                            dU)),
                          f"{name}.inv_covar": (c.inv_covar, (T, dU, dU))})
     for name, (array, shape) in expected.items():
         if np.shape(array) != shape:
-            raise ValueError(f"{name} must have shape {shape} (T={T}, dX={dX}, dU={dU} from the dynamics), "
+            raise ValueError(f"{name} must have shape {shape} (T={T}, dX={dX}, dU={dU} from the "
+                             "dynamics), "
                              f"got {np.shape(array)}")
     return T, dX, dU
 
@@ -139,7 +160,7 @@ def _sym(A: np.ndarray) -> np.ndarray:
 
 
 def _logdet_from_chol(L: np.ndarray) -> np.ndarray:
-    """log det(L Lᵀ) (...,) for lower-triangular L (..., d, d)."""
+    """Log det(L Lᵀ) (...,) for lower-triangular L (..., d, d)."""
     return 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
 
 
@@ -147,12 +168,16 @@ def _logdet_from_chol(L: np.ndarray) -> np.ndarray:
 
 def _state_marginals(K: np.ndarray, k: np.ndarray, covar_u: np.ndarray,
                      dynamics: LinearGaussianDynamics) -> tuple[np.ndarray, np.ndarray]:
-    """State marginals under controllers K (B, T, dU, dX), k (B, T, dU), covar_u (B, T, dU, dU):
+    """
+    Return the state marginals under a batch of controllers.
+
+    State marginals under controllers K (B, T, dU, dX), k (B, T, dU), covar_u (B, T, dU, dU):
     mean (B, T, dX) and covariance (B, T, dX, dX).
 
     With the closed loop A_t = F_x + F_u K_t, x_{t+1} has mean A_t μ_t + F_u k_t + f_t and
     covariance A_t Σ_t A_tᵀ + F_u Σu_t F_uᵀ + Σdyn_t, symmetrised at every step: that keeps Σ
-    exactly symmetric (unsymmetrised rounding error compounds over the horizon)."""
+    exactly symmetric (unsymmetrised rounding error compounds over the horizon).
+    """
     B, T, dU, dX = K.shape
     Fx, Fu = dynamics.F[:, :, :dX], dynamics.F[:, :, dX:]
     Fu_T = np.swapaxes(Fu, -1, -2)
@@ -183,8 +208,12 @@ def _joint_marginals(K, k, covar_u, mean_x, covar_x) -> TrajectoryMarginals:
 
 def forward_pass(controller: LinearGaussianController,
                  dynamics: LinearGaussianDynamics) -> TrajectoryMarginals:
-    """State-action marginals (T, dX+dU) of running `controller` under `dynamics` from its
-    initial-state distribution. The covariances are exactly symmetric."""
+    """
+    Return the state-action marginals of running `controller` under `dynamics`.
+
+    State-action marginals (T, dX+dU) of running `controller` under `dynamics` from its
+    initial-state distribution. The covariances are exactly symmetric.
+    """
     _check_problem(dynamics, None, {"controller": controller})
     K, k, covar_u = controller.K[None], controller.k[None], controller.covar[None]
     mean_x, covar_x = _state_marginals(K, k, covar_u, dynamics)
@@ -193,21 +222,29 @@ def forward_pass(controller: LinearGaussianController,
 
 
 def expected_cost(marginals: TrajectoryMarginals, cost: QuadraticCost) -> np.ndarray:
-    """E[l_t(z_t)] (T,) = ½ tr(C_t Σ_t) + ½ μ_tᵀ C_t μ_t + c_tᵀ μ_t + c0_t for z_t ~ N(μ_t, Σ_t)."""
+    """
+    Return E[l_t(z_t)] (T,) for z_t ~ N(μ_t, Σ_t).
+
+    E[l_t(z_t)] = ½ tr(C_t Σ_t) + ½ μ_tᵀ C_t μ_t + c_tᵀ μ_t + c0_t.
+    """
     mu, S = marginals.mean, marginals.covar
     if cost.C.shape != S.shape or cost.c.shape != mu.shape or np.shape(cost.c0) != mu.shape[:1]:
-        raise ValueError(f"cost (C {cost.C.shape}, c {cost.c.shape}, c0 {np.shape(cost.c0)}) does not match "
+        raise ValueError(f"cost (C {cost.C.shape}, c {cost.c.shape}, c0 {np.shape(cost.c0)}) does "
+                         "not match "
                          f"the marginals (mean {mu.shape}, covar {S.shape})")
-    return (0.5 * np.einsum("tij,tji->t", cost.C, S) + 0.5 * np.einsum("ti,tij,tj->t", mu, cost.C, mu)
+    return (0.5 * np.einsum("tij,tji->t", cost.C, S) + 0.5 * np.einsum("ti,tij,tj->t", mu, cost.C,
+                                                                       mu)
             + np.einsum("ti,ti->t", cost.c, mu) + cost.c0)
 
 
 def _expected_conditional_kl(K1, k1, covar1, logdet1, K0, k0, prec0, logdet0, mean_x, covar_x):
-    """E_{x ~ N(mean_x, covar_x)} KL(N(K1 x + k1, covar1) ‖ N(K0 x + k0, prec0⁻¹)), (..., T):
+    """
+    E_{x ~ N(mean_x, covar_x)} KL(N(K1 x + k1, covar1) ‖ N(K0 x + k0, prec0⁻¹)), (..., T).
 
         ½ [tr(P0 Σ1) − dU + log det Σ0 − log det Σ1 + mᵀ P0 m + tr(P0 D Σx Dᵀ)]
 
-    with D = K0 − K1 and m = D μx + k0 − k1, the mean difference at the mean state."""
+    with D = K0 − K1 and m = D μx + k0 − k1, the mean difference at the mean state.
+    """
     dU = K1.shape[-2]
     D = K0 - K1
     m = (D @ mean_x[..., None])[..., 0] + k0 - k1
@@ -220,9 +257,13 @@ def _expected_conditional_kl(K1, k1, covar1, logdet1, K0, k0, prec0, logdet0, me
 
 def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
                   marginals_of_new: TrajectoryMarginals) -> np.ndarray:
-    """KL(p_new(τ) ‖ p_old(τ)) per time step (T,), for trajectory distributions under the
+    """
+    Return KL(p_new(τ) ‖ p_old(τ)) per time step.
+
+    KL(p_new(τ) ‖ p_old(τ)) per time step (T,), for trajectory distributions under the
     same dynamics and initial state (which cancel): E_{x_t ~ p_new} KL(new(·|x_t) ‖ old(·|x_t)).
-    `marginals_of_new` is forward_pass(new, dynamics). Sum it for the trajectory KL."""
+    `marginals_of_new` is forward_pass(new, dynamics). Sum it for the trajectory KL.
+    """
     T, dU, dX = new.K.shape
     if old.K.shape != new.K.shape or marginals_of_new.mean.shape != (T, dX + dU):
         raise ValueError(f"controllers (K {new.K.shape}, {old.K.shape}) and marginals "
@@ -238,8 +279,12 @@ def kl_divergence(new: LinearGaussianController, old: LinearGaussianController,
 
 @dataclass
 class _EtaBatch:
-    """Controllers and their KL to the anchor for B values of η. failed_step (B,) as in
-    RiccatiResult; kl (B,) is +inf where the backward pass failed."""
+    """
+    Hold controllers and their KL to the anchor for B values of η.
+
+    Controllers and their KL to the anchor for B values of η. failed_step (B,) as in
+    RiccatiResult; kl (B,) is +inf where the backward pass failed.
+    """
 
     eta: np.ndarray
     K: np.ndarray
@@ -255,7 +300,8 @@ class _EtaBatch:
     def controller(self, b: int) -> LinearGaussianController:
         covar = self.covar[b].copy()
         return LinearGaussianController(K=self.K[b].copy(), k=self.k[b].copy(), covar=covar,
-                                        chol=np.linalg.cholesky(covar), inv_covar=self.Quu[b].copy())
+                                        chol=np.linalg.cholesky(covar),
+                                        inv_covar=self.Quu[b].copy())
 
 
 class _KlProblem:
@@ -267,14 +313,16 @@ class _KlProblem:
         self.dynamics, self.T, self.dX, self.dU = dynamics, T, dX, dU
         # Optimise in anchor-relative actions δ = u − K̄x − k̄: with y = [x; 1; u] = S ŷ,
         # ŷ = [x; 1; δ], the anchor's −log p̄ is ½ δᵀP̄δ alone. Written in u instead, its share
-        # of V = Q_ss − Q_su Q_uu⁻¹ Q_us is K̄ᵀP̄K̄ − K̄ᵀP̄P̄⁻¹P̄K̄: exactly zero, but computed as a
+        # of V = Q_ss − Q_su Q_uu⁻¹ Q_us is K̄ᵀP̄K̄ − K̄ᵀP̄P̄⁻¹P̄K̄: exactly zero, but computed
+        # as a
         # difference of large numbers, which an ill-conditioned P̄ turns indefinite at large η.
         s = dX + 1
         S = np.zeros((T, s + dU, s + dU))
         S[:, :s, :s] = np.eye(s)
         S[:, s:, :dX], S[:, s:, dX], S[:, s:, s:] = anchor.K, anchor.k, np.eye(dU)
         self.F_hom = homogeneous_dynamics(dynamics.F, dynamics.f) @ S[:-1]
-        self.cost_hom = _sym(np.swapaxes(S, 1, 2) @ homogeneous_cost(_sym(cost.C), cost.c, None, dX) @ S)
+        self.cost_hom = _sym(np.swapaxes(S, 1, 2) @ homogeneous_cost(_sym(cost.C), cost.c, None,
+                                                                     dX) @ S)
         self.anchor_hom = np.zeros_like(self.cost_hom)
         self.anchor_hom[:, s:, s:] = _sym(anchor.inv_covar)
         self.anchor = anchor
@@ -295,7 +343,8 @@ class _KlProblem:
         with np.errstate(over="ignore", invalid="ignore"):
             mean_x, covar_x = _state_marginals(K, k, covar, self.dynamics)
             kl_t = _expected_conditional_kl(K, k, covar, -_logdet_from_chol(riccati.chol_Quu),
-                                            a.K, a.k, a.inv_covar, self.anchor_logdet, mean_x, covar_x)
+                                            a.K, a.k, a.inv_covar, self.anchor_logdet, mean_x,
+                                            covar_x)
         kl_t[failed] = np.inf
         kl = kl_t.sum(axis=1)
         kl[~np.isfinite(kl)] = np.inf
@@ -306,8 +355,12 @@ class _KlProblem:
 
 def _backward_with_retry(problem: _KlProblem, eta: float, settings: TrajOptSettings
                          ) -> tuple[_EtaBatch, int]:
-    """The batch holding the smallest η' ≥ eta (on eta · retry_factor^j) with positive
-    definite Q_uu at every step, and that member's index."""
+    """
+    Return the batch with the smallest η' ≥ eta whose Q_uu is positive definite.
+
+    The batch holding the smallest η' ≥ eta (on eta · retry_factor^j) with positive
+    definite Q_uu at every step, and that member's index.
+    """
     batch = problem.evaluate(np.array([eta]))
     if batch.failed_step[0] < 0:
         return batch, 0
@@ -329,8 +382,12 @@ def backward_pass_with_eta(dynamics: LinearGaussianDynamics, cost: QuadraticCost
                            anchor: LinearGaussianController, eta: float,
                            settings: TrajOptSettings | None = None
                            ) -> tuple[LinearGaussianController, float]:
-    """backward_pass, also returning the η actually used (larger than `eta` when Q_uu
-    was not positive definite at `eta`)."""
+    """
+    Run backward_pass and return the η actually used as well.
+
+    backward_pass, also returning the η actually used (larger than `eta` when Q_uu
+    was not positive definite at `eta`).
+    """
     settings = settings or TrajOptSettings()
     if not eta > 0:
         raise ValueError(f"eta must be > 0, got {eta}")
@@ -341,20 +398,28 @@ def backward_pass_with_eta(dynamics: LinearGaussianDynamics, cost: QuadraticCost
 def backward_pass(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
                   anchor: LinearGaussianController, eta: float,
                   settings: TrajOptSettings | None = None) -> LinearGaussianController:
-    """The controller minimising E[Σ_t l_t/η − log p̄(u_t|x_t)] − H(p) (the KL Lagrangian
+    """
+    Return the controller minimising the KL Lagrangian divided by η.
+
+    The controller minimising E[Σ_t l_t/η − log p̄(u_t|x_t)] − H(p) (the KL Lagrangian
     divided by η): LQR on the cost C/η + anchor precision terms, Σ_t = Q_uu,t⁻¹.
 
     If Q_uu is not positive definite, η is increased geometrically (settings.retry_factor)
     until it is; TrajectoryOptimizationError only past settings.max_eta. Use
-    backward_pass_with_eta to learn the η used."""
+    backward_pass_with_eta to learn the η used.
+    """
     return backward_pass_with_eta(dynamics, cost, anchor, eta, settings)[0]
 
 
 # ---------------------------------------------------------------- dual search on η
 
 def _interpolate_log_eta(eta: np.ndarray, kl: np.ndarray, target: float) -> float:
-    """log η where a monotone (PCHIP) interpolation of log η against log KL meets log target.
-    eta, kl: evaluated points with 0 < kl < inf, any order; needs points on both sides."""
+    """
+    Return log η where log KL, interpolated monotonically, meets log target.
+
+    Log η where a monotone (PCHIP) interpolation of log η against log KL meets log target.
+    eta, kl: evaluated points with 0 < kl < inf, any order; needs points on both sides.
+    """
     order = np.argsort(eta)
     log_eta, log_kl = np.log(eta[order]), np.log(kl[order])
     keep = [0]                                   # KL falls with η; drop points breaking that
@@ -368,7 +433,7 @@ def _interpolate_log_eta(eta: np.ndarray, kl: np.ndarray, target: float) -> floa
 
 
 def _spread(center: float, half_width: float, points: int) -> np.ndarray:
-    """points values evenly spaced over center ± half_width (just center for one point)."""
+    """Points values evenly spaced over center ± half_width (just center for one point)."""
     if points == 1:
         return np.array([center])
     return center + np.linspace(-half_width, half_width, points)
@@ -376,16 +441,22 @@ def _spread(center: float, half_width: float, points: int) -> np.ndarray:
 
 def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bracket: float,
                    settings: TrajOptSettings) -> tuple[np.ndarray, float]:
-    """log η values for the next batch, given all η tried so far, their KL (+inf where
+    """
+    Return the log η values of the next batch.
+
+    Log η values for the next batch, given all η tried so far, their KL (+inf where
     Q_uu failed) and the log-width of the previous bracket; returns them with the current
-    bracket's log-width (inf while ε is not bracketed)."""
+    bracket's log-width (inf while ε is not bracketed).
+    """
     ln10 = math.log(10.0)
     over = kl > kl_step                       # η too small (or failed): KL over budget
     if not over.any():                        # every η too large: step down
-        return math.log(eta.min()) - settings.extension_decades * ln10 * np.arange(1, settings.grid_points + 1), np.inf
+        steps = np.arange(1, settings.grid_points + 1)
+        return math.log(eta.min()) - settings.extension_decades * ln10 * steps, np.inf
     if over.all():                            # every η too small: KL ∝ η⁻² for large η
         i = int(np.argmax(eta))
-        jump = 0.5 * math.log(kl[i] / kl_step) if np.isfinite(kl[i]) else settings.extension_decades * ln10
+        jump = (0.5 * math.log(kl[i] / kl_step) if np.isfinite(kl[i])
+                else settings.extension_decades * ln10)
         center = math.log(eta[i]) + max(jump, 0.1)
         log_etas = _spread(center, settings.grid_decades * ln10, settings.grid_points)
         return log_etas[log_etas > math.log(eta[i])], np.inf
@@ -395,15 +466,17 @@ def _next_log_etas(eta: np.ndarray, kl: np.ndarray, kl_step: float, previous_bra
     eta_b = eta[~over].min()
     below = over & (eta < eta_b)
     if not below.any():
-        return math.log(eta_b) - settings.extension_decades * ln10 * np.arange(1, settings.grid_points + 1), np.inf
+        steps = np.arange(1, settings.grid_points + 1)
+        return math.log(eta_b) - settings.extension_decades * ln10 * steps, np.inf
     log_a, log_b = math.log(eta[below].max()), math.log(eta_b)
     width = log_b - log_a
     usable = np.isfinite(kl) & (kl > 1e-9 * kl_step)
     order = np.argsort(eta[usable])
     monotone = np.all(np.diff(kl[usable][order]) <= 0)
-    if monotone and np.isfinite(kl[below]).all() and usable[~over].any() and width < 0.9 * previous_bracket:
+    if (monotone and np.isfinite(kl[below]).all() and usable[~over].any()
+            and width < 0.9 * previous_bracket):
         log_star = _interpolate_log_eta(eta[usable], kl[usable], kl_step)
-    else:                                     # failed end, vanishing KL or a stuck interpolation: bisect
+    else:   # a failed end, a vanishing KL or a stuck interpolation: bisect
         log_star = 0.5 * (log_a + log_b)
     margin = 0.02 * width
     log_etas = _spread(log_star, 0.25 * width, settings.refine_points)
@@ -414,7 +487,10 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
                         anchor: LinearGaussianController, kl_step: float, eta_init: float = 1.0,
                         settings: TrajOptSettings | None = None
                         ) -> tuple[LinearGaussianController, float, dict]:
-    """Minimise the expected cost subject to KL(p(τ) ‖ anchor(τ)) ≤ kl_step (ε, the total over
+    """
+    Minimise the expected cost subject to the KL bound, by a dual search on η.
+
+    Minimise the expected cost subject to KL(p(τ) ‖ anchor(τ)) ≤ kl_step (ε, the total over
     the T steps), by a dual search on η.
 
     Stops when |KL − ε| ≤ kl_tolerance · ε ("kl_met"); or at η = min_eta with KL < ε
@@ -424,13 +500,17 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
     max_batches ("max_batches", not converged) it returns the η with the largest KL within
     budget.
 
-    Returns:
+    Returns
+    -------
         (controller, eta, info) with info holding "kl" (total), "kl_per_step" (T,),
         "kl_target" (ε), "expected_cost" (total under the fitted dynamics),
         "expected_cost_per_step" (T,), "iterations" (batches run), "evaluations" (η values
         tried), "converged" and "status".
-    Raises:
+
+    Raises
+    ------
         TrajectoryOptimizationError if no η ≤ max_eta gives a positive-definite Q_uu.
+
     """
     settings = settings or TrajOptSettings()
     if not (kl_step > 0 and np.isfinite(kl_step)):
@@ -476,10 +556,12 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
     i = int(np.searchsorted(offsets, choice, side="right")) - 1
     batch, j = batches[i], choice - offsets[i]
     controller = batch.controller(j)
-    marginals = _joint_marginals(batch.K[j], batch.k[j], batch.covar[j], batch.mean_x[j], batch.covar_x[j])
+    marginals = _joint_marginals(batch.K[j], batch.k[j], batch.covar[j], batch.mean_x[j],
+                                 batch.covar_x[j])
     cost_per_step = expected_cost(marginals, cost)
     info = {
-        "kl": float(batch.kl[j]), "kl_per_step": batch.kl_per_step[j].copy(), "kl_target": float(kl_step),
+        "kl": float(batch.kl[j]), "kl_per_step": batch.kl_per_step[j].copy(),
+        "kl_target": float(kl_step),
         "expected_cost": float(cost_per_step.sum()), "expected_cost_per_step": cost_per_step,
         "iterations": iteration, "evaluations": int(eta.size),
         "converged": status in ("kl_met", "min_eta"), "status": status,
@@ -490,8 +572,11 @@ def optimize_trajectory(dynamics: LinearGaussianDynamics, cost: QuadraticCost,
 # ---------------------------------------------------------------- step size
 
 def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_new_cost: float,
-                actual_new_cost: float, settings: StepAdjustment | None = None) -> float:
-    """GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost:
+                actual_new_cost: float, settings: KlStepSettings | None = None) -> float:
+    """
+    Return the new KL step multiplier by GPS's step-size rule.
+
+    GPS's step-size rule. All three costs are Laplace (model-based) estimates of total cost.
 
     previous_cost_estimate: the previous controller under the previous model;
     predicted_new_cost: the current controller under the previous model (what the last
@@ -500,15 +585,15 @@ def adjust_step(kl_step_mult: float, previous_cost_estimate: float, predicted_ne
 
     Modelling the improvement as I(KL) = a·KL + b·KL² through the predicted and actual
     improvements gives the KL that maximises it, a change of the multiplier by
-    predicted / (2 (predicted − actual)), clipped to [min_change, max_change]; the new
-    multiplier is clipped to [min_mult, max_mult].
+    predicted / (2 (predicted − actual)), clipped to [min_mult_change, max_mult_change];
+    the new multiplier is clipped to [min_step_mult, max_step_mult].
     """
-    settings = settings or StepAdjustment()
+    settings = settings or KlStepSettings()
     values = (kl_step_mult, previous_cost_estimate, predicted_new_cost, actual_new_cost)
     if not all(np.isfinite(v) for v in values) or not kl_step_mult > 0:
         raise ValueError(f"need a positive multiplier and finite costs, got {values}")
     predicted = previous_cost_estimate - predicted_new_cost
     actual = previous_cost_estimate - actual_new_cost
     change = predicted / (2.0 * max(settings.min_gap, predicted - actual))
-    change = min(max(change, settings.min_change), settings.max_change)
-    return float(min(max(change * kl_step_mult, settings.min_mult), settings.max_mult))
+    change = min(max(change, settings.min_mult_change), settings.max_mult_change)
+    return float(min(max(change * kl_step_mult, settings.min_step_mult), settings.max_step_mult))

@@ -1,16 +1,18 @@
-"""What the learning-loop nodes share: validated parameters, the experiment file, start-up.
+"""
+What the learning-loop nodes share: validated parameters, the experiment file, start-up.
 
 Every node reads the same experiment YAML as `mbpl train` (parameter `experiment_config`),
 so the ROS graph and the offline trainer run the same algorithm with the same settings;
-ROS-only settings (rates, timeouts, modes) are ordinary parameters declared here with
-descriptors (description, ranges) and checked at start-up.
+ROS-only settings (rates, timeouts, modes) are ordinary parameters, declared from each
+node's table in nodes.parameters (description, type, range, read-only) and checked there.
 """
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
@@ -20,49 +22,62 @@ from rclpy.node import Node
 
 from mbpl_ros.config import ConfigError
 from mbpl_ros.experiment import ExperimentConfig, load_experiment
+from mbpl_ros.nodes.parameters import EXPERIMENT_CONFIG, NodeParameterError, Parameter
 
 PACKAGE = "mbpl_ros"
 
 
-class NodeParameterError(ValueError):
-    """A parameter is invalid; the message names it and the allowed values."""
+#: The descriptor type of each type of nodes.parameters.
+_DESCRIPTOR_TYPES = {"bool": ParameterType.PARAMETER_BOOL,
+                     "integer": ParameterType.PARAMETER_INTEGER,
+                     "double": ParameterType.PARAMETER_DOUBLE,
+                     "string": ParameterType.PARAMETER_STRING,
+                     "string_array": ParameterType.PARAMETER_STRING_ARRAY,
+                     "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
 
 
-def _double_range(low: float, high: float) -> List[FloatingPointRange]:
-    return [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
+def descriptor_of(parameter: Parameter, detail: Optional[str] = None) -> ParameterDescriptor:
+    """Return the ROS descriptor of a table entry: doc, type, range, read-only."""
+    allowed = parameter.allowed + (f"; {detail}" if detail else "")
+    descriptor = ParameterDescriptor(description=parameter.doc, additional_constraints=allowed,
+                                     read_only=not parameter.runtime,
+                                     type=_DESCRIPTOR_TYPES[parameter.type])
+    if parameter.low is not None:
+        if parameter.type == "integer":
+            low = int(parameter.low) + (1 if parameter.low_open else 0)
+            descriptor.integer_range = [IntegerRange(from_value=low,
+                                                     to_value=int(parameter.high), step=1)]
+        else:  # rclpy's ranges are closed: an open end is the next double
+            low = float(parameter.low)
+            low = math.nextafter(low, math.inf) if parameter.low_open else low
+            descriptor.floating_point_range = [FloatingPointRange(
+                from_value=low, to_value=float(parameter.high), step=0.0)]
+    return descriptor
 
 
-def _integer_range(low: int, high: int) -> List[IntegerRange]:
-    return [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
+def declare(node: Node, table: Dict[str, Parameter], name: str, default: Any = None,
+            detail: Optional[str] = None) -> Any:
+    """
+    Declare the parameter `name` of `table` (nodes.parameters) and return its value.
 
-
-def declare(node: Node, name: str, default, description: str, *, allowed: str,
-            low: Optional[float] = None, high: Optional[float] = None,
-            choices: Optional[Sequence[str]] = None, read_only: bool = True,
-            type_: Optional[int] = None):
-    """Declare a parameter with a descriptor and return its value, or raise
-    NodeParameterError naming the parameter and `allowed`.
-
-    low/high give a floating-point (float default) or integer (int default) range that
-    rclpy enforces; choices restrict a string to a set."""
-    descriptor = ParameterDescriptor(description=description, additional_constraints=allowed,
-                                     read_only=read_only)
-    if type_ is not None:
-        descriptor.type = type_
-    if low is not None:
-        if isinstance(default, bool) or not isinstance(default, (int, float)):
-            raise TypeError(f"a range needs a numeric default for {name}")
-        if isinstance(default, int):
-            descriptor.integer_range = _integer_range(int(low), int(high))
-        else:
-            descriptor.floating_point_range = _double_range(low, high)
+    `default` replaces the table's (for one that comes from the experiment or the robot;
+    the table's doc says from what); `detail` is added to what the descriptor says is
+    allowed (e.g. the URDF's limits). A value rclpy or the table's check refuses raises
+    NodeParameterError naming the parameter and what is allowed.
+    """
+    parameter = table[name]
+    default = parameter.default if default is None else default
+    if default is None:
+        raise TypeError(f"parameter {name!r} has no default in its table: the node must give one")
+    if parameter.type == "double" and isinstance(default, int):
+        default = float(default)
+    descriptor = descriptor_of(parameter, detail)
     try:
         value = node.declare_parameter(name, default, descriptor).value
     except (InvalidParameterValueException, InvalidParameterTypeException) as error:
-        raise NodeParameterError(f"parameter '{name}' is invalid ({error}); allowed: {allowed}") from None
-    if choices is not None and value not in choices:
-        raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: one of {list(choices)}")
-    return value
+        raise NodeParameterError(f"parameter '{name}' is invalid ({error}); allowed: "
+                                 f"{descriptor.additional_constraints}") from None
+    return parameter.check(value)
 
 
 #: Declared by rclpy itself for every node.
@@ -70,10 +85,14 @@ RCLPY_PARAMETERS = ("use_sim_time", "start_type_description_service")
 
 
 def check_known_parameters(node: Node) -> None:
-    """NodeParameterError naming each parameter given to `node` (params file, -p, or
+    """
+    Raise NodeParameterError for each parameter given to `node` that it has not declared.
+
+    NodeParameterError naming each parameter given to `node` (params file, -p, or
     parameter_overrides) that it has not declared, with the closest declared name. rclpy
     ignores such a parameter silently, so a misspelt safety setting (`effort_limit`) would
-    not be in force. Call it once every parameter is declared, before anything starts."""
+    not be in force. Call it once every parameter is declared, before anything starts.
+    """
     declared = sorted(node._parameters)
     unknown = sorted(set(node._parameter_overrides) - set(declared))
     if not unknown:
@@ -98,9 +117,13 @@ def _share_directory() -> Optional[Path]:
 
 
 def experiment_candidates(value: str) -> List[Path]:
-    """Where `value` may be, in order: as given (absolute, or relative to the current
+    """
+    Return where the experiment file `value` may be.
+
+    Where `value` may be, in order: as given (absolute, or relative to the current
     directory), then in the installed share/mbpl_ros/config (and share/mbpl_ros), then in
-    this source tree's config/ (so an uninstalled checkout works the same)."""
+    this source tree's config/ (so an uninstalled checkout works the same).
+    """
     path = Path(os.path.expanduser(value))
     if path.is_absolute():
         return [path]
@@ -117,42 +140,47 @@ def experiment_candidates(value: str) -> List[Path]:
 
 
 def resolve_experiment_path(value: str) -> Path:
-    """The experiment file named by the `experiment_config` parameter (see experiment_candidates)."""
+    """Return the experiment file the `experiment_config` parameter names."""
     if not value:
-        raise NodeParameterError("parameter 'experiment_config' is empty; allowed: the path of an experiment "
+        raise NodeParameterError("parameter 'experiment_config' is empty; allowed: the path of an "
+                                 "experiment "
                                  "YAML (as for `mbpl train --config`), e.g. reacher_2link.yaml")
     candidates = experiment_candidates(value)
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    raise NodeParameterError(f"parameter 'experiment_config' is {value!r}, which is not a file; tried "
+    raise NodeParameterError(f"parameter 'experiment_config' is {value!r}, which is not a file; "
+                             "tried "
                              + ", ".join(str(c) for c in candidates)
-                             + "; allowed: an absolute path, or one relative to the current directory "
+                             + "; allowed: an absolute path, or one relative to the current "
+                               "directory "
                                "or to share/mbpl_ros/config")
 
 
 def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
     """Declare `experiment_config`, load the experiment (errors name the file and key)."""
-    value = declare(node, "experiment_config", "reacher_2link.yaml",
-                    "Experiment YAML shared with `mbpl train` (robot, conditions, cost, algorithm).",
-                    allowed="an experiment YAML: absolute, relative to the current directory, or in "
-                            "share/mbpl_ros/config")
+    value = declare(node, {"experiment_config": EXPERIMENT_CONFIG}, "experiment_config")
     path = resolve_experiment_path(value)
     try:
         return load_experiment(path), path
     except (ConfigError, ValueError, OSError) as error:
-        raise NodeParameterError(f"parameter 'experiment_config' = {str(path)!r} cannot be loaded: {error}") from None
+        raise NodeParameterError(f"parameter 'experiment_config' = {str(path)!r} cannot be "
+                                 f"loaded: {error}") from None
 
 
 # ---------------------------------------------------------------- entry points
 def run_node(factory: Callable[[], Node], name: str, args=None,
              until: Optional[Callable[[Node], bool]] = None) -> int:
-    """Console entry point body: init, build the node, spin (until `until(node)` when given,
+    """
+    Run a node as a console entry point.
+
+    Console entry point body: init, build the node, spin (until `until(node)` when given,
     e.g. the trainer finishing), destroy, shut down. A bad parameter -> exit code 1.
 
     SIGINT/SIGTERM stop the spin while the context is still valid (rclpy's own handlers
     would shut it down first), so destroy_node can still publish, e.g. lqr_controller's
-    fallback command."""
+    fallback command.
+    """
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
@@ -185,5 +213,6 @@ def run_node(factory: Callable[[], Node], name: str, args=None,
 
 
 __all__ = ["NodeParameterError", "check_known_parameters", "declare", "declare_experiment",
+           "descriptor_of",
            "resolve_experiment_path",
            "experiment_candidates", "run_node", "ParameterType"]

@@ -56,6 +56,7 @@ from mbpl_ros.core.lqr_flm import fit_batch_dynamics, new_dynamics_prior
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters, declare,
                                    declare_experiment, run_node)
+from mbpl_ros.nodes.parameters import DYNAMICS_FITTER
 
 
 #: Batches kept per condition (the most recently used): a resumed trainer needs the newest
@@ -78,10 +79,7 @@ class DynamicsFitterNode(Node):
         super().__init__(node_name, **node_kwargs)
         try:
             self.config, self.experiment_path = declare_experiment(self)
-            state_file = declare(self, "state_file", "", "Where the batches and their GMM "
-                                 "priors are kept across restarts (written after every rollout, "
-                                 "read at start-up); empty: in memory only.",
-                                 allowed="empty or a writable file path")
+            state_file = declare(self, DYNAMICS_FITTER, "state_file")
             self.state_file = Path(state_file).expanduser().resolve() if state_file else None
             self.experiment = experiment_identity(self.config, self.config.seed)
             # (condition, controller version) -> batch, least recently used first
@@ -187,7 +185,7 @@ class DynamicsFitterNode(Node):
                                       f"prior: no complete batch of version {batch.version - 1} is known here "
                                       "(dynamics_fitter restarted without state_file, or that "
                                       "batch was dropped)")
-        return new_dynamics_prior(self.settings.prior)
+        return new_dynamics_prior(self.settings.dynamics.prior)
 
     def _fit_complete(self, m: int, batch: _Batch):
         """
@@ -201,7 +199,7 @@ class DynamicsFitterNode(Node):
         X = np.stack([rollout.X for rollout in ordered])
         U = np.stack([rollout.U for rollout in ordered])
         trial_ids = [rollout.trial_id for rollout in ordered]
-        dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics_regularization)
+        dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics.regularization)
         fault = sanity.dynamics_fault(dynamics)
         if fault is not None:
             self.get_logger().error(f"condition {m}: the fit of controller version {batch.version} "

@@ -59,7 +59,6 @@ iteration's samples) and kl_step (from the next update).
 """
 from __future__ import annotations
 
-import math
 import secrets
 import sys
 import threading
@@ -85,9 +84,10 @@ from mbpl_ros.checkpoint import Checkpoint, CheckpointError
 from mbpl_ros.config import ConfigError, check_output_directory
 from mbpl_ros.dispatch import Dispatcher, TrialFailed, robot_names
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import (NodeParameterError, ParameterType, declare,
+from mbpl_ros.nodes.common import (NodeParameterError, declare,
                                    declare_experiment, run_node)
 from mbpl_ros.nodes.common import check_known_parameters
+from mbpl_ros.nodes.parameters import GPS_TRAINER, check_changes
 from mbpl_ros.recording import RecordingError
 from mbpl_ros.training import (OutputInUse, TrainingLoop, Trial, TrialHook, TrialResult,
                                UnusableBatch, claim_output, contiguous, set_kl_step)
@@ -108,14 +108,7 @@ ESTOP_SETTLE_S = 1.0
 REPUBLISH_AFTER_S = 2.0
 #: A RunTrial goal not accepted or rejected within this long (s) counts as a failed attempt.
 GOAL_RESPONSE_TIMEOUT_S = 5.0
-#: Runtime-settable parameters and their checks: (predicate, what is allowed).
-RUNTIME_CHECKS = {
-    "trial_timeout_s": (lambda v: math.isfinite(v) and 0.1 <= v <= 3600.0, "a double in [0.1, 3600.0]"),
-    "dynamics_timeout_s": (lambda v: math.isfinite(v) and 0.1 <= v <= 3600.0, "a double in [0.1, 3600.0]"),
-    "max_attempts": (lambda v: 1 <= v <= 100, "an integer in [1, 100]"),
-    "kl_step": (lambda v: math.isfinite(v) and 0.0 < v <= 1e6, "a double in (0, 1e6]"),
-    "noise_scale": (lambda v: math.isfinite(v) and 0.0 <= v <= 100.0, "a double in [0.0, 100.0] (0: no noise)"),
-}
+PARAMETERS = GPS_TRAINER
 
 
 class TrainingStopped(RuntimeError):
@@ -244,71 +237,35 @@ class GpsTrainerNode(Node):
     def _read_parameters(self) -> None:
         self.config, self.experiment_path = declare_experiment(self)
         self._check_experiment()
-        iterations = declare(self, "iterations", 0, "Learning iterations; 0: the experiment's.",
-                             allowed="an integer in [0, 100000]", low=0, high=100_000)
+        iterations = declare(self, PARAMETERS, "iterations")
         self.iterations = iterations or self.config.iterations
-        seed = declare(self, "seed", -1, "Seed of the exploration noise; -1: the experiment's.",
-                       allowed="an integer in [-1, 2**31 - 1]", low=-1, high=2 ** 31 - 1)
+        seed = declare(self, PARAMETERS, "seed")
         self.seed = self.config.seed if seed < 0 else seed
-        output = declare(self, "output_dir", f"runs/gps_{self.experiment_path.stem}",
-                         "Where metrics.jsonl, checkpoints, rollouts.mcap, learning_curve.png and "
-                         "(MDGPS) policy.pt go (relative to the current directory); default: "
-                         "runs/gps_<the experiment file's name>.",
-                         allowed="a writable directory path")
+        output = declare(self, PARAMETERS, "output_dir", f"runs/gps_{self.experiment_path.stem}")
         if not output:
             raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
         try:
             self.output = check_output_directory(output, "parameter 'output_dir'")
         except ConfigError as error:
             raise NodeParameterError(str(error)) from None
-        self.trial_timeout_s = declare(self, "trial_timeout_s", 60.0, "Longest wait for a trial's rollout (s). "
-                                       "Settable at runtime.", allowed="a double in [0.1, 3600.0]", low=0.1,
-                                       high=3600.0, read_only=False)
-        self.max_attempts = declare(self, "max_attempts", 3, "Tries per trial before the trainer stops (trials "
-                                    "aborted by the e-stop do not count). Settable at runtime.",
-                                    allowed="an integer in [1, 100]", low=1, high=100, read_only=False)
-        self.dynamics_timeout_s = declare(self, "dynamics_timeout_s", 60.0, "Longest wait for the fitted "
-                                          "dynamics of a batch (s). Settable at runtime.",
-                                          allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0,
-                                          read_only=False)
-        self.kl_step = declare(self, "kl_step", float(self.config.trajectory_optimization.kl_step),
-                               "KL bound per time step of the controller update; default: the experiment's. "
-                               "Settable at runtime (from the next update).", allowed="a double in (0, 1e6]",
-                               low=1e-12, high=1e6, read_only=False)
-        self.noise_scale = declare(self, "noise_scale", 1.0, "Scale of the exploration noise of sample trials "
-                                   "(1: the offline trainer's). Settable at runtime (from the next iteration).",
-                                   allowed="a double in [0.0, 100.0]", low=0.0, high=100.0, read_only=False)
-        self.discovery_timeout_s = declare(self, "discovery_timeout_s", 60.0, "Longest wait for lqr_controller, "
-                                           "sample_collector and dynamics_fitter to appear (s).",
-                                           allowed="a double in [0.1, 3600.0]", low=0.1, high=3600.0)
-        self.resume = declare(self, "resume", False, "Continue the run in output_dir from its newest checkpoint "
-                              "(completed iterations are kept, a half-done one is redone; none: start at "
-                              "iteration 0). false: start at iteration 0, refused if output_dir "
-                              "holds a run (unless overwrite).",
-                              allowed="true or false")
-        self.overwrite = declare(self, "overwrite", False, "Without resume: start over in an "
-                                 "output_dir that holds a run (its checkpoints are deleted). "
-                                 "false: such an output_dir is refused.", allowed="true or false")
+        self.trial_timeout_s = declare(self, PARAMETERS, "trial_timeout_s")
+        self.max_attempts = declare(self, PARAMETERS, "max_attempts")
+        self.dynamics_timeout_s = declare(self, PARAMETERS, "dynamics_timeout_s")
+        self.kl_step = declare(self, PARAMETERS, "kl_step",
+                               float(self.config.trajectory_optimization.kl_step))
+        self.noise_scale = declare(self, PARAMETERS, "noise_scale")
+        self.discovery_timeout_s = declare(self, PARAMETERS, "discovery_timeout_s")
+        self.resume = declare(self, PARAMETERS, "resume")
+        self.overwrite = declare(self, PARAMETERS, "overwrite")
         if self.resume and self.overwrite:
             raise NodeParameterError("parameters 'resume' and 'overwrite' are both true; "
                                      "allowed: at most one")
-        self.controller_node = declare(self, "controller_node", "/lqr_controller",
-                                       "The lqr_controller whose policy_path an MDGPS run sets to "
-                                       "output_dir/policy.pt before policy trials.",
-                                       allowed="a node name")
-        self.allow_incomplete_recording = declare(
-            self, "allow_incomplete_recording", False, "Resume even if output_dir's "
-            "rollouts.mcap lacks rollouts of the iterations the checkpoint covers (the recording "
-            "is then marked incomplete); false: such a resume is refused, naming what is "
-            "missing.", allowed="true or false")
+        self.controller_node = declare(self, PARAMETERS, "controller_node")
+        self.allow_incomplete_recording = declare(self, PARAMETERS, "allow_incomplete_recording")
         if not self.controller_node:
             raise NodeParameterError("parameter 'controller_node' is empty; allowed: a node name, "
                                      "e.g. /lqr_controller")
-        robots = declare(self, "robots", [""], "Namespaces of the robots to spread each batch "
-                         "over (e.g. [robot_0, robot_1]: /robot_0/lqr_controller, ...); [''] "
-                         "(default): one robot, not namespaced.",
-                         allowed="a list of distinct ROS names, or ['']",
-                         type_=ParameterType.PARAMETER_STRING_ARRAY)
+        robots = declare(self, PARAMETERS, "robots")
         try:
             self.robots = robot_names(robots)
         except ValueError as error:
@@ -338,18 +295,12 @@ class GpsTrainerNode(Node):
         Runtime changes, all or none: each checked (an unsafe value is rejected with the
         reason); the run reads them between trials (and kl_step before each update).
         """
+        reason = check_changes(PARAMETERS, parameters)
+        if reason is not None:
+            self.get_logger().warning(f"rejected a parameter change: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
         for parameter in parameters:
-            check = RUNTIME_CHECKS.get(parameter.name)
-            if check is None:
-                continue
-            valid, allowed = check
-            value = parameter.value
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(value):
-                reason = f"parameter '{parameter.name}' is {value!r}; allowed: {allowed}"
-                self.get_logger().warning(f"rejected a parameter change: {reason}")
-                return SetParametersResult(successful=False, reason=reason)
-        for parameter in parameters:
-            if parameter.name in RUNTIME_CHECKS:
+            if parameter.name in PARAMETERS and PARAMETERS[parameter.name].runtime:
                 setattr(self, parameter.name, parameter.value)
                 self.get_logger().info(f"parameter {parameter.name} = {parameter.value!r} (from the next trial, "
                                        "iteration or update)")

@@ -95,20 +95,22 @@ from mbpl_ros_interfaces.msg import LinearGaussianController, TrialRecord
 from mbpl_ros.core import safety, sanity
 from mbpl_ros.core.controller import PolicySampler
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import NodeParameterError, ParameterType, declare, declare_experiment, run_node
+from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
+from mbpl_ros.nodes.parameters import LQR_CONTROLLER
 from mbpl_ros.robot_model import JointStateToState
 from mbpl_ros.robots import robot_spec
 from mbpl_ros.training import check_policy_matches
 
-MODES = ("realtime", "lockstep")
+PARAMETERS = LQR_CONTROLLER
+MODES = PARAMETERS["mode"].choices
 #: What starts a control step in realtime mode (docs/interfaces.md).
-REALTIME_TRIGGERS = ("joint_state", "timer")
+REALTIME_TRIGGERS = PARAMETERS["realtime_trigger"].choices
 #: realtime_trigger joint_state: a state arriving sooner than this many control periods after
 #: the last command's state starts no step, so a flood of joint states cannot raise the
 #: command rate above 1 / (this · period); arrival jitter up to half a period loses no state.
 MIN_STEP_PERIODS = 0.5
-RESET_MODES = ("pd", "sim_service")
+RESET_MODES = PARAMETERS["reset_mode"].choices
 #: Joint-state intervals measured at start-up (realtime mode) before trials are accepted,
 #: and how far the measured rate may be from what the timing needs (relative).
 RATE_SAMPLES = 10
@@ -120,8 +122,7 @@ KEPT_VERSIONS = 4
 #: Parameters settable at runtime: validated together, applied between trials.
 #: Feedback of a running trial every this many steps (and at each phase change).
 FEEDBACK_EVERY_STEPS = 10
-RUNTIME_PARAMETERS = ("effort_limits", "joint_limit_margin", "joint_limit_damping", "watchdog_periods",
-                      "watchdog_action", "pd_natural_frequency", "pd_damping_ratio", "policy_path")
+RUNTIME_PARAMETERS = tuple(name for name, p in PARAMETERS.items() if p.runtime)
 
 
 @dataclass
@@ -294,61 +295,34 @@ class LqrControllerNode(Node):
         self.layout = self.config.layout
         spec = robot_spec(self.config.robot)
         self.robot_joints = spec.joint_names
-        self.mode = declare(self, "mode", "realtime", "Timing: realtime (the robot runs on its own clock; "
-                            "realtime_trigger says what starts a step) or lockstep (one step per joint state "
-                            "received, with sim_robot in lockstep).",
-                            allowed=f"one of {list(MODES)}", choices=MODES)
-        self.realtime_trigger = declare(
-            self, "realtime_trigger", "joint_state", "Realtime mode: what starts a control step. joint_state: "
-            "each new joint state (the robot's state publisher, e.g. ros2_control's joint_state_broadcaster, "
-            "sets the rate; the command follows its state at once); timer: a timer at control_rate_hz acting "
-            "on the latest state (up to one period later).",
-            allowed=f"one of {list(REALTIME_TRIGGERS)}", choices=REALTIME_TRIGGERS)
-        self.control_rate_hz = declare(self, "control_rate_hz", 1.0 / self.config.control_dt,
-                                       "Control rate (Hz): the watchdog's period in every mode, and the step "
-                                       "rate with realtime_trigger timer; default: the experiment's.",
-                                       allowed="a double in [0.1, 1000.0]", low=0.1, high=1000.0)
+        self.mode = declare(self, PARAMETERS, "mode")
+        self.realtime_trigger = declare(self, PARAMETERS, "realtime_trigger")
+        self.control_rate_hz = declare(self, PARAMETERS, "control_rate_hz",
+                                       1.0 / self.config.control_dt)
         # A step per joint state received (lockstep, realtime joint_state) or per timer tick.
         self._steps_on_state = self.mode == "lockstep" or self.realtime_trigger == "joint_state"
         # Realtime joint_state: the shortest interval between commands (s), else 0 (no limit).
         self._min_step_s = (MIN_STEP_PERIODS / self.control_rate_hz
                             if self.mode == "realtime" and self._steps_on_state else 0.0)
-        self.joints = tuple(declare(self, "joints", list(spec.joint_names),
-                                    "Joint order of the effort commands (the robot's `joints`).",
-                                    allowed=f"an ordering of {list(spec.joint_names)}",
-                                    type_=ParameterType.PARAMETER_STRING_ARRAY))
+        self.joints = tuple(declare(self, PARAMETERS, "joints", list(spec.joint_names),
+                                    detail=f"the robot's being {list(spec.joint_names)}"))
         if sorted(self.joints) != sorted(spec.joint_names):
             raise NodeParameterError(f"parameter 'joints' is {list(self.joints)}; allowed: each joint of "
                                      f"{spec.name} exactly once, from {list(spec.joint_names)}")
         # command[i] = u[_wire_order[i]]
         self._wire_order = np.array([spec.joint_names.index(name) for name in self.joints])
-        self.reset_mode = declare(self, "reset_mode", "pd", "How the arm gets to a trial's start pose: "
-                                  "a PD phase (pd) or sim_robot's reset service (sim_service).",
-                                  allowed=f"one of {list(RESET_MODES)}", choices=RESET_MODES)
-        self.sim_node = declare(self, "sim_node", "/sim_robot", "sim_robot's node name (sim_service reset).",
-                                allowed="a fully qualified node name, e.g. /sim_robot")
+        self.reset_mode = declare(self, PARAMETERS, "reset_mode")
+        self.sim_node = declare(self, PARAMETERS, "sim_node")
         if not self.sim_node.startswith("/"):
             raise NodeParameterError(f"parameter 'sim_node' is {self.sim_node!r}; allowed: a fully qualified "
                                      "node name starting with '/'")
-        self.reset_timeout_s = declare(self, "reset_timeout_s", 20.0, "Longest reset (PD phase or service).",
-                                       allowed="a double in [0.1, 600.0]", low=0.1, high=600.0)
-        declare(self, "pd_natural_frequency", 4.0, "PD reset: natural frequency (rad/s) in joint acceleration. "
-                "Settable at runtime (applied between trials).", allowed="a double in [0.1, 100.0]",
-                low=0.1, high=100.0, read_only=False)
-        declare(self, "pd_damping_ratio", 1.0, "PD reset: damping ratio. Settable at runtime.",
-                allowed="a double in [0.1, 10.0]", low=0.1, high=10.0, read_only=False)
-        self.pd_position_tolerance = declare(
-            self, "pd_position_tolerance", 0.01, "PD reset ends within this joint-angle error (rad) ...",
-            allowed="a double in [1e-6, 1.0]", low=1e-6, high=1.0)
-        self.pd_velocity_tolerance = declare(
-            self, "pd_velocity_tolerance", 0.02, "... and below this joint speed (rad/s).",
-            allowed="a double in [1e-6, 10.0]", low=1e-6, high=10.0)
-        self.controller_wait_s = declare(
-            self, "controller_wait_s", 5.0, "How long a request waits for the controller version it names (s).",
-            allowed="a double in [0.0, 600.0]", low=0.0, high=600.0)
-        declare(self, "policy_path", "", "Exported TorchScript policy (policy.pt) for trials with executor "
-                "'policy'; empty: none. Settable at runtime.",
-                allowed="empty or the path of a policy exported by `mbpl train`", read_only=False)
+        self.reset_timeout_s = declare(self, PARAMETERS, "reset_timeout_s")
+        declare(self, PARAMETERS, "pd_natural_frequency")
+        declare(self, PARAMETERS, "pd_damping_ratio")
+        self.pd_position_tolerance = declare(self, PARAMETERS, "pd_position_tolerance")
+        self.pd_velocity_tolerance = declare(self, PARAMETERS, "pd_velocity_tolerance")
+        self.controller_wait_s = declare(self, PARAMETERS, "controller_wait_s")
+        declare(self, PARAMETERS, "policy_path")
         # ---- safety (docs/safety.md)
         self.state_of = JointStateToState(self.config.robot, self.layout)
         model = self.state_of.model
@@ -356,39 +330,18 @@ class LqrControllerNode(Node):
         self.position_limits = np.asarray(model.position_limits, dtype=float)          # (J, 2), robot order
         self.envelope = sanity.StateEnvelope(self.position_limits, model.velocity_limits)
         urdf_in_joints_order = self.robot_effort_limits[self._wire_order].tolist()
-        declare(self, "effort_limits", urdf_in_joints_order, "Effort limit per joint (N·m), in the order of "
-                "`joints`; default: the URDF's. Settable at runtime; may only lower the URDF's.",
-                allowed=f"one double per joint in (0, URDF limit], the URDF's being {urdf_in_joints_order}",
-                read_only=False, type_=ParameterType.PARAMETER_DOUBLE_ARRAY)
-        declare(self, "joint_limit_margin", safety.DEFAULT_JOINT_LIMIT_MARGIN,
-                "Joint-limit guard: within this distance (rad) of a position limit, effort into "
-                "the limit fades to zero and motion towards it is damped. Settable at runtime.",
-                allowed="a double in [0.0, 1.0], below half of every joint's range", low=0.0, high=1.0,
-                read_only=False)
-        declare(self, "joint_limit_damping", safety.DEFAULT_JOINT_LIMIT_DAMPING,
-                "Joint-limit guard: damping gain (N·m·s/rad) at the limit, ramping up linearly "
-                "across the margin. Settable at runtime.",
-                allowed="a double in [0.0, 10000.0]", low=0.0, high=10000.0, read_only=False)
-        declare(self, "watchdog_periods", 5, "Watchdog: while commanding, a latest joint state older than this "
-                "many control periods sends the fallback and aborts the trial. Settable at runtime.",
-                allowed="an integer in [1, 100000]", low=1, high=100000, read_only=False)
-        declare(self, "watchdog_action", "zero", "Fallback effort of the watchdog, of a non-finite command and "
-                "after each realtime trial: zero effort, or hold (gravity torque at the last valid pose). "
-                "Settable at runtime.", allowed=f"one of {list(safety.FALLBACK_ACTIONS)}",
-                choices=safety.FALLBACK_ACTIONS, read_only=False)
-        self.estop_topic = declare(self, "estop_topic", wire.ESTOP_TOPIC, "Emergency stop input "
-                                   "(std_msgs/Bool, True = stop); cleared only by ~/reset_estop.",
-                                   allowed="a topic name")
+        declare(self, PARAMETERS, "effort_limits", urdf_in_joints_order,
+                detail=f"the URDF's being {urdf_in_joints_order}")
+        declare(self, PARAMETERS, "joint_limit_margin")
+        declare(self, PARAMETERS, "joint_limit_damping")
+        declare(self, PARAMETERS, "watchdog_periods")
+        declare(self, PARAMETERS, "watchdog_action")
+        self.estop_topic = declare(self, PARAMETERS, "estop_topic", wire.ESTOP_TOPIC)
         if not self.estop_topic:
             raise NodeParameterError("parameter 'estop_topic' is empty; allowed: a topic name, e.g. gps/estop")
-        self.global_estop_topic = declare(
-            self, "global_estop_topic", wire.GLOBAL_ESTOP_TOPIC, "A second e-stop input, shared "
-            "by every robot (std_msgs/Bool, True = stop), heard when it is not estop_topic (a "
-            "robot in a namespace); empty: none.", allowed="empty or a topic name")
-        self.estop_latched_at_start = declare(
-            self, "estop_latched_at_start", False, "Start with the e-stop latched, so that nothing moves until "
-            "~/reset_estop (recommended on hardware: a restarted controller does not forget a stop).",
-            allowed="true or false")
+        self.global_estop_topic = declare(self, PARAMETERS, "global_estop_topic",
+                                          wire.GLOBAL_ESTOP_TOPIC)
+        self.estop_latched_at_start = declare(self, PARAMETERS, "estop_latched_at_start")
         self.settings = self._validated_settings(
             {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS})
 
@@ -418,17 +371,10 @@ class LqrControllerNode(Node):
             name = "joint_limit_damping" if "damping" in str(error) else "joint_limit_margin"
             raise NodeParameterError(f"parameter '{name}' is {values[name]!r}: {error}; allowed: a margin "
                                      "in [0, half the smallest joint range) rad and a damping >= 0") from None
-        periods = values["watchdog_periods"]
-        if isinstance(periods, bool) or not isinstance(periods, int) or periods < 1:
-            raise NodeParameterError(f"parameter 'watchdog_periods' is {periods!r}; allowed: an integer >= 1")
-        action = values["watchdog_action"]
-        if action not in safety.FALLBACK_ACTIONS:
-            raise NodeParameterError(f"parameter 'watchdog_action' is {action!r}; allowed: one of "
-                                     f"{list(safety.FALLBACK_ACTIONS)}")
-        for name, low, high in (("pd_natural_frequency", 0.1, 100.0), ("pd_damping_ratio", 0.1, 10.0)):
-            value = values[name]
-            if not (isinstance(value, float) and low <= value <= high):
-                raise NodeParameterError(f"parameter '{name}' is {value!r}; allowed: a double in [{low}, {high}]")
+        for name in ("watchdog_periods", "watchdog_action", "pd_natural_frequency",
+                     "pd_damping_ratio"):
+            PARAMETERS[name].check(values[name])
+        periods, action = values["watchdog_periods"], values["watchdog_action"]
         path = values["policy_path"]
         unchanged = (current is not None and current.policy_path == path
                      and (current.policy is None or current.policy.file == _file_identity(path)))

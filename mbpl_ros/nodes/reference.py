@@ -1,6 +1,7 @@
 """The parameter table of every node, read from the nodes themselves.
 
-Each node of graph.nodes(with_sim=True) is constructed (not spun) with the parameters of a
+The nodes declare their parameters from the tables of nodes.parameters. Each node of
+graph.nodes(with_sim=True) is constructed (not spun) with the parameters of a
 ros__parameters file, and its declared parameters are listed with their descriptors, so
 the README's table cannot drift from the code: `mbpl params-reference` prints it and a
 test compares.
@@ -29,7 +30,8 @@ def parameter_reference(params_file: str | Path) -> str:
     import rclpy
     from rclpy.context import Context
 
-    rows = ["| node | parameter | value | meaning | allowed |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| node | parameter | value | meaning | allowed | runtime |",
+            "| --- | --- | --- | --- | --- | --- |"]
     parameters = {spec.name: graph.parameter_overrides(params_file, spec.name)
                   for spec in graph.nodes(with_sim=True)}
     for values in parameters.values():   # found from here as the nodes would find it
@@ -71,7 +73,8 @@ def _rows(context, spec: graph.NodeSpec, parameters: dict) -> list:
                 value = list(value)
             rows.append(f"| `{spec.name}` | `{name}` | `{_cell(repr(value))}` | "
                         f"{_cell(descriptor.description)} | "
-                        f"{_cell(descriptor.additional_constraints)} |")
+                        f"{_cell(descriptor.additional_constraints)} | "
+                        f"{'no' if descriptor.read_only else 'yes'} |")
     finally:
         node.destroy_node()
     return rows

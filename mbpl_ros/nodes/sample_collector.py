@@ -41,8 +41,9 @@ from mbpl_ros.core import sanity
 from mbpl_ros.nodes import wire
 from mbpl_ros.nodes.common import declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
-from mbpl_ros.robots import robot_spec
+from mbpl_ros.nodes.parameters import SAMPLE_COLLECTOR
 from mbpl_ros.robot_model import JointStateToState
+from mbpl_ros.robots import robot_spec
 
 
 class RolloutRejected(Exception):
@@ -58,18 +59,11 @@ class SampleCollectorNode(Node):
             self.config, self.experiment_path = declare_experiment(self)
             self.layout = self.config.layout
             self.joint_names = robot_spec(self.config.robot).joint_names
-            self.control_period_s = declare(
-                self, "control_period_s", self.config.control_dt,
-                "Expected time between the joint states of consecutive steps (s); default: the experiment's.",
-                allowed="a double in [1e-4, 10.0]", low=1e-4, high=10.0)
-            self.period_tolerance = declare(
-                self, "period_tolerance", 0.5, "Allowed relative deviation of a step's period before the "
-                "rollout counts as having a gap.", allowed="a double in [0.0, 0.99]", low=0.0, high=0.99)
-            self.buffer_size = declare(self, "buffer_size", 5000, "Joint states kept (by stamp).",
-                                       allowed="an integer in [10, 1000000]", low=10, high=1_000_000)
-            self.assembly_timeout_s = declare(
-                self, "assembly_timeout_s", 2.0, "How long a trial record waits for the joint states it "
-                "names before the rollout is dropped (s).", allowed="a double in [0.0, 60.0]", low=0.0, high=60.0)
+            self.control_period_s = declare(self, SAMPLE_COLLECTOR, "control_period_s",
+                                            self.config.control_dt)
+            self.period_tolerance = declare(self, SAMPLE_COLLECTOR, "period_tolerance")
+            self.buffer_size = declare(self, SAMPLE_COLLECTOR, "buffer_size")
+            self.assembly_timeout_s = declare(self, SAMPLE_COLLECTOR, "assembly_timeout_s")
             self.state_of = JointStateToState(self.config.robot, self.layout)
             check_known_parameters(self)
         except BaseException:

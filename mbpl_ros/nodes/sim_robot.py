@@ -1,4 +1,5 @@
-"""sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-controlled robot.
+"""
+sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-controlled robot.
 
 Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, effort, stamped),
                ee_pose (geometry_msgs/PoseStamped) and ee_twist (geometry_msgs/TwistStamped) of
@@ -36,13 +37,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
-from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor, ParameterType, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
-from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from geometry_msgs.msg import PoseStamped, TwistStamped
@@ -52,16 +52,14 @@ from std_srvs.srv import Trigger
 
 from mbpl_ros.experiment import load_experiment
 from mbpl_ros.nodes import wire
-from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters,
+from mbpl_ros.nodes.common import (NodeParameterError, check_known_parameters, declare,
                                    resolve_experiment_path, run_node)
+from mbpl_ros.nodes.parameters import SIM_ROBOT, check_changes
 from mbpl_ros.sim import view
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.robots import ROBOTS, robot_spec
 
-MODES = ("realtime", "lockstep")
-CONTROL_RATE_RANGE_HZ = (0.1, 1000.0)
-PHYSICS_DT_RANGE_S = (1e-5, 0.1)
-COMMAND_TIMEOUT_RANGE_S = (0.001, 60.0)
+MODES = SIM_ROBOT["mode"].choices
 WARNING_PERIOD_S = 1.0  # at most one warning of a kind per second
 COMMAND_QUEUE_DEPTH = 100  # lockstep clients may queue several commands; none may be lost
 
@@ -89,10 +87,6 @@ class SimRobotSettings:
         return round(self.substeps * self.physics_dt * 1e9)
 
 
-def _double_range(low: float, high: float) -> List[FloatingPointRange]:
-    return [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
-
-
 class SimRobotNode(Node):
     """The sim_robot node; `settings` and `arm` are public for tests and tools."""
 
@@ -105,14 +99,16 @@ class SimRobotNode(Node):
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
                            substeps=self.settings.substeps, gui=self.settings.gui)
             # command index i drives arm joint _arm_index[i]
-            self._arm_index = np.array([spec.joint_names.index(name) for name in self.settings.joints])
+            self._arm_index = np.array([spec.joint_names.index(name)
+                                        for name in self.settings.joints])
             self._initial_q = np.empty(spec.n_joints)
             self._initial_q[self._arm_index] = self.settings.initial_positions
             try:
                 self.arm.reset(self._initial_q)
             except ValueError as error:
                 raise SimRobotParameterError(
-                    f"parameter 'initial_positions' is {self.settings.initial_positions.tolist()}: "
+                    "parameter 'initial_positions' is "
+                    f"{self.settings.initial_positions.tolist()}: "
                     f"{error}; allowed: angles within "
                     f"{self.arm.position_limits[self._arm_index].tolist()} for joints "
                     f"{list(self.settings.joints)}") from None
@@ -150,29 +146,26 @@ class SimRobotNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_state()
         self.get_logger().info(
-            f"{self.settings.robot} in {self.settings.mode} mode at {self.settings.control_rate_hz:g} Hz "
+            f"{self.settings.robot} in {self.settings.mode} mode at "
+            f"{self.settings.control_rate_hz:g} Hz "
             f"({self.settings.substeps} physics steps of {self.settings.physics_dt:g} s), "
             f"joints {list(self.settings.joints)}")
 
     # ------------------------------------------------------------------ parameters
-    def _declare(self, name: str, default, description: str, allowed: str, read_only: bool = True,
-                 **descriptor):
-        """Declare one parameter (read-only unless said otherwise); a rejected override becomes
-        SimRobotParameterError."""
+    def _declare(self, name: str, default=None, detail: Optional[str] = None):
+        """
+        Declare one parameter of SIM_ROBOT (nodes.parameters).
+
+        Declare one parameter of SIM_ROBOT (nodes.parameters); a rejected value becomes
+        SimRobotParameterError.
+        """
         try:
-            return self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, additional_constraints=allowed, read_only=read_only,
-                **descriptor)).value
-        except (InvalidParameterValueException, InvalidParameterTypeException) as error:
-            raise SimRobotParameterError(
-                f"parameter '{name}' is invalid ({error}); allowed: {allowed}") from None
+            return declare(self, SIM_ROBOT, name, default, detail)
+        except NodeParameterError as error:
+            raise SimRobotParameterError(str(error)) from None
 
     def _read_parameters(self) -> SimRobotSettings:
-        experiment_file = self._declare(
-            "experiment_config", "", "Experiment YAML (as for `mbpl train`) whose robot, physics_dt "
-            "and control period are the defaults of robot, physics_dt and control_rate_hz; a robot "
-            "described in it (not only a built-in one) can then be simulated.",
-            "empty, or a path: absolute, relative to the current directory or to share/mbpl_ros/config")
+        experiment_file = self._declare("experiment_config")
         experiment = self.experiment = None
         if experiment_file:
             try:
@@ -188,23 +181,18 @@ class SimRobotNode(Node):
                     f"({names}), which sim_robot does not simulate yet; allowed: an experiment "
                     "without fixtures (train this one offline with `mbpl train`)")
         robot = self._declare("robot", experiment.robot if experiment else "reacher_2link",
-                              "Robot to simulate.", f"one of {sorted(ROBOTS)} or the experiment's robot")
+                              f"the built-in ones being {sorted(ROBOTS)}")
         if robot not in ROBOTS:
             raise SimRobotParameterError(
-                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)} or the robot of "
+                f"parameter 'robot' is {robot!r}; allowed: one of {sorted(ROBOTS)} or the robot "
+                "of "
                 f"the experiment_config")
         spec = robot_spec(robot)
 
-        low, high = CONTROL_RATE_RANGE_HZ
-        rate = self._declare("control_rate_hz", 1.0 / experiment.control_dt if experiment else 20.0,
-                             "Control steps per second (Hz).", f"a double in [{low}, {high}]",
-                             floating_point_range=_double_range(low, high))
-        low, high = PHYSICS_DT_RANGE_S
-        physics_dt = self._declare(
-            "physics_dt", experiment.physics_dt if experiment else 1.0 / 240.0,
-            "Physics time step (s); must divide the control period.",
-            f"a double in [{low}, {high}] that divides 1/control_rate_hz",
-            floating_point_range=_double_range(low, high))
+        rate = self._declare("control_rate_hz",
+                             1.0 / experiment.control_dt if experiment else 20.0)
+        physics_dt = self._declare("physics_dt",
+                                   experiment.physics_dt if experiment else 1.0 / 240.0)
         substeps = round(1.0 / (rate * physics_dt))
         if substeps < 1 or abs(substeps * physics_dt * rate - 1.0) > 1e-9:
             raise SimRobotParameterError(
@@ -212,44 +200,32 @@ class SimRobotNode(Node):
                 f"1/control_rate_hz = {1.0 / rate!r} s; allowed: 1/(control_rate_hz * n) for an "
                 f"integer n >= 1, e.g. {1.0 / (rate * max(substeps, 1))!r}")
 
-        mode = self._declare("mode", "realtime", "Timing mode.", f"one of {list(MODES)}")
-        if mode not in MODES:
-            raise SimRobotParameterError(f"parameter 'mode' is {mode!r}; allowed: one of {list(MODES)}")
-
-        joints = tuple(self._declare(
-            "joints", list(spec.joint_names),
-            "Joint order of effort commands and joint states (default: the robot's joints).",
-            f"an ordering of {list(spec.joint_names)}",
-            type=ParameterType.PARAMETER_STRING_ARRAY))
+        mode = self._declare("mode")
+        joints = tuple(self._declare("joints", list(spec.joint_names),
+                                     f"the robot's being {list(spec.joint_names)}"))
         if sorted(joints) != sorted(spec.joint_names):
             unknown = sorted(set(joints) - set(spec.joint_names))
             raise SimRobotParameterError(
-                f"parameter 'joints' is {list(joints)}" + (f" (unknown: {unknown})" if unknown else "")
+                f"parameter 'joints' is {list(joints)}"
+                + (f" (unknown: {unknown})" if unknown else "")
                 + f"; allowed: each joint of {robot} exactly once, from {list(spec.joint_names)}")
 
         home = spec.initial_condition("home")
         default_initial = [float(home[spec.joint_names.index(name)]) for name in joints]
-        initial = np.array(self._declare(
-            "initial_positions", default_initial,
-            "Joint angles (rad) at start-up and after ~/reset, ordered like `joints`; "
-            "settable at runtime (takes effect at the next ~/reset).",
-            f"{len(joints)} angles within the joint limits", read_only=False,
-            type=ParameterType.PARAMETER_DOUBLE_ARRAY), dtype=float)
+        initial = np.array(self._declare("initial_positions", default_initial), dtype=float)
         if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
             raise SimRobotParameterError(
-                f"parameter 'initial_positions' is {initial.tolist()}; allowed: {len(joints)} finite "
+                f"parameter 'initial_positions' is {initial.tolist()}; allowed: {len(joints)} "
+                "finite "
                 f"angles (rad), one per joint {list(joints)}, within the joint limits")
 
-        low, high = COMMAND_TIMEOUT_RANGE_S
-        timeout = self._declare(
-            "command_timeout_s", 0.5,
-            "Realtime mode: apply zero effort once the last command is older than this (s).",
-            f"a double in [{low}, {high}]", floating_point_range=_double_range(low, high))
-        gui = self._declare("gui", False, "Open the PyBullet GUI window (camera framed on the "
-                            "arm, the experiment's targets drawn).", "true or false")
-        return SimRobotSettings(robot=robot, control_rate_hz=float(rate), physics_dt=float(physics_dt),
+        timeout = self._declare("command_timeout_s")
+        gui = self._declare("gui")
+        return SimRobotSettings(robot=robot, control_rate_hz=float(rate),
+                                physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
-                                initial_positions=initial, command_timeout_s=float(timeout), gui=bool(gui))
+                                initial_positions=initial, command_timeout_s=float(timeout),
+                                gui=bool(gui))
 
     def _initial_positions_error(self, value) -> Optional[str]:
         """Why `value` cannot be initial_positions, or None if it can."""
@@ -260,17 +236,23 @@ class SimRobotNode(Node):
         joints = list(self.settings.joints)
         limits = self.arm.position_limits[self._arm_index]
         if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
-            return (f"parameter 'initial_positions' is {value!r}; allowed: {len(joints)} finite angles "
+            return (f"parameter 'initial_positions' is {value!r}; allowed: {len(joints)} finite "
+                    "angles "
                     f"(rad), one per joint {joints}, within the joint limits")
         outside = (initial < limits[:, 0]) | (initial > limits[:, 1])
         if outside.any():
-            return (f"parameter 'initial_positions' is {initial.tolist()}: outside the position limits "
-                    f"at joints {[name for name, out in zip(joints, outside) if out]}; allowed: angles within "
+            return (f"parameter 'initial_positions' is {initial.tolist()}: outside the position "
+                    "limits "
+                    f"at joints {[name for name, out in zip(joints, outside) if out]}; allowed: "
+                    "angles within "
                     f"{limits.tolist()} for joints {joints}")
         return None
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """Runtime changes: only initial_positions (the others are read-only), validated."""
+        reason = check_changes(SIM_ROBOT, parameters)
+        if reason is not None:
+            return SetParametersResult(successful=False, reason=reason)
         for parameter in parameters:
             if parameter.name != "initial_positions":
                 continue
@@ -302,7 +284,8 @@ class SimRobotNode(Node):
                 effort = self._held_effort
             else:
                 self.get_logger().warning(
-                    f"no effort command for {self.settings.command_timeout_s:g} s: applying zero effort",
+                    f"no effort command for {self.settings.command_timeout_s:g} s: applying zero "
+                    "effort",
                     throttle_duration_sec=WARNING_PERIOD_S)
         self._step(effort)
 
@@ -311,13 +294,14 @@ class SimRobotNode(Node):
         self._held_effort, self._held_since = None, -math.inf
         self._publish_state()
         response.success = True
-        response.message = (f"reset to initial_positions {self.settings.initial_positions.tolist()} "
+        response.message = ("reset to initial_positions "
+                            f"{self.settings.initial_positions.tolist()} "
                             f"for joints {list(self.settings.joints)}, at rest")
         return response
 
     # ------------------------------------------------------------------ helpers
     def _validated_effort(self, msg: Float64MultiArray) -> Optional[np.ndarray]:
-        """The command in arm joint order, clamped to the effort limits; None if rejected."""
+        """Return the command in arm joint order, clamped to the effort limits (None: rejected)."""
         try:
             command = wire.decode_effort_command(msg, self.arm.n_joints)
         except wire.WireFormatError as error:
@@ -354,8 +338,10 @@ class SimRobotNode(Node):
         order = self._arm_index
         self._joint_state_pub.publish(wire.encode_joint_state(
             self.settings.joints, q[order], qd[order], effort[order], stamp))
-        self._pose_pub.publish(wire.encode_pose(self.arm.ee_position(), self.arm.ee_orientation(), stamp))
-        self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(), self.arm.ee_angular_velocity(), stamp))
+        self._pose_pub.publish(wire.encode_pose(self.arm.ee_position(), self.arm.ee_orientation(),
+                                                stamp))
+        self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(),
+                                                  self.arm.ee_angular_velocity(), stamp))
 
     def destroy_node(self) -> None:
         arm = getattr(self, "arm", None)

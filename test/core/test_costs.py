@@ -1,5 +1,9 @@
-"""Costs: analytic derivatives against central finite differences, ramps, sums,
-the quadratic model, and the config builder."""
+"""
+Test the costs.
+
+Costs: analytic derivatives against central finite differences, ramps, sums,
+the quadratic model, and the config builder.
+"""
 import numpy as np
 import pytest
 
@@ -21,9 +25,13 @@ def random_batch(seed, scale=1.0):
 
 
 def finite_difference_expansion(cost, X, U, eps=1e-6):
-    """Central differences of l (for lx, lu) and of the analytic lx, lu (for the
+    """
+    Return the finite-difference expansion of a cost.
+
+    Central differences of l (for lx, lu) and of the analytic lx, lu (for the
     Hessians), one coordinate at a time but for all (n, t) at once: l_t depends only
-    on (x_t, u_t)."""
+    on (x_t, u_t).
+    """
     dX, dU = X.shape[-1], U.shape[-1]
     lx, lu = np.empty(X.shape), np.empty(U.shape)
     lxx = np.empty(X.shape + (dX,))
@@ -50,7 +58,8 @@ def finite_difference_expansion(cost, X, U, eps=1e-6):
 def assert_derivatives_match(cost, X, U, check_hessians=True):
     e = cost.evaluate(X, U)
     assert e.l.shape == (N, T) and e.lxx.shape == (N, T, LAYOUT.dX, LAYOUT.dX)
-    assert e.lux.shape == (N, T, LAYOUT.dU, LAYOUT.dX) and e.luu.shape == (N, T, LAYOUT.dU, LAYOUT.dU)
+    assert e.lux.shape == (N, T, LAYOUT.dU, LAYOUT.dX) and e.luu.shape == (N, T, LAYOUT.dU,
+                                                                           LAYOUT.dU)
     lx, lu, lxx, luu, lux, lxu = finite_difference_expansion(cost, X, U)
     tol = dict(rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(e.lx, lx, **tol)
@@ -184,8 +193,12 @@ def test_l1l2_hessian_is_exact_and_psd():
 
 
 def test_log_psd_hessian_has_the_documented_form():
-    """psd Hessian = exact Hessian + ramp · 2 l1 (w⊙d)(w⊙d)ᵀ / p² ⊙ (w wᵀ) on the block;
-    it is PSD where the exact one is not; the gradient is the same."""
+    """
+    Check the PSD Hessian of the log form against the exact one.
+
+    Psd Hessian = exact Hessian + ramp · 2 l1 (w⊙d)(w⊙d)ᵀ / p² ⊙ (w wᵀ) on the block;
+    it is PSD where the exact one is not; the gradient is the same.
+    """
     X, U = random_batch(7, scale=3.0)
     l1, alpha, w = 0.7, 0.05, np.array([1.0, 0.5, 2.0, 1.0, 1.5, 0.8])
     ramp = time_ramp("linear", T, 2.0)
@@ -199,7 +212,8 @@ def test_log_psd_hessian_has_the_documented_form():
     p = alpha + np.sum(d ** 2, axis=-1)
     correction = np.zeros_like(exact.lxx)
     correction[..., idx[:, None], idx] = (
-        (ramp * 2 * l1 / p ** 2)[..., None, None] * np.einsum("nti,ntj->ntij", d, d) * np.outer(w, w))
+        (ramp * 2 * l1 / p ** 2)[..., None, None] * np.einsum("nti,ntj->ntij", d, d) * np.outer(w,
+                                                                                                w))
     np.testing.assert_allclose(psd.lxx, exact.lxx + correction, rtol=1e-12, atol=1e-14)
 
     assert_psd(psd.lxx)
@@ -222,14 +236,16 @@ def all_fields(e):
 
 def test_weighted_sum_is_linear():
     X, U = random_batch(9)
-    action, state = ActionCost([0.1, 0.4]), StateTargetCost([1, 2], [0.3, 0.1], [2.0, 1.0], "linear")
+    action, state = ActionCost([0.1, 0.4]), StateTargetCost([1, 2], [0.3, 0.1], [2.0, 1.0],
+                                                            "linear")
     distance = distance_cost("log", "final_only", 3.0, hessian="psd")
     total = WeightedSum([(0.5, action), (2.0, state), (-1.5, distance)]).evaluate(X, U)
     parts = [c.evaluate(X, U) for c in (action, state, distance)]
     for got, *terms in zip(all_fields(total), *map(all_fields, parts)):
         np.testing.assert_allclose(got, 0.5 * terms[0] + 2.0 * terms[1] - 1.5 * terms[2])
     # nesting sums and the empty sum
-    nested = WeightedSum([(2.0, WeightedSum([(0.5, action)])), (1.0, WeightedSum([]))]).evaluate(X, U)
+    nested = WeightedSum([(2.0, WeightedSum([(0.5, action)])), (1.0,
+                                                                WeightedSum([]))]).evaluate(X, U)
     for got, expected in zip(all_fields(nested), all_fields(parts[0])):
         np.testing.assert_allclose(got, expected)
 
@@ -255,13 +271,15 @@ def test_weighted_sum_rejects_bad_terms():
 def model_value_gradient(model, Z):
     """l, ∇l of the absolute quadratic model at Z (N, T, dZ)."""
     CZ = np.einsum("tij,ntj->nti", model.C, Z)
-    return 0.5 * np.einsum("nti,nti->nt", Z, CZ) + np.einsum("ti,nti->nt", model.c, Z) + model.c0, \
+    return 0.5 * np.einsum("nti,nti->nt", Z, CZ) + np.einsum("ti,nti->nt", model.c,
+                                                             Z) + model.c0, \
         CZ + model.c
 
 
 def test_quadratic_model_reproduces_each_samples_expansion():
     X, U = random_batch(11, scale=2.0)
-    cost = WeightedSum([(1.0, ActionCost([0.1, 0.4])), (1.0, distance_cost("log", "linear", 3.0, "psd"))])
+    cost = WeightedSum([(1.0, ActionCost([0.1, 0.4])), (1.0, distance_cost("log", "linear", 3.0,
+                                                                           "psd"))])
     e = cost.evaluate(X, U)
     e.lux = np.random.default_rng(2).standard_normal(e.lux.shape)  # exercise the cross term
     dX = LAYOUT.dX
@@ -284,7 +302,8 @@ def test_quadratic_model_averages_the_rollouts():
     e = distance_cost("l1l2", "quadratic", 2.0).evaluate(X, U)
     e.lux = np.random.default_rng(0).standard_normal(e.lux.shape)  # a non-zero cross term
     mean = quadratic_cost_model(X, U, e)
-    singles = [quadratic_cost_model(X[n:n + 1], U[n:n + 1], CostExpansion(*(f[n:n + 1] for f in all_fields(e))))
+    singles = [quadratic_cost_model(X[n:n + 1], U[n:n + 1],
+                                    CostExpansion(*(f[n:n + 1] for f in all_fields(e))))
                for n in range(N)]
     np.testing.assert_allclose(mean.C, np.mean([s.C for s in singles], axis=0), atol=1e-12)
     np.testing.assert_allclose(mean.c, np.mean([s.c for s in singles], axis=0), atol=1e-12)
@@ -295,19 +314,22 @@ def test_quadratic_model_averages_the_rollouts():
 def test_quadratic_model_of_a_quadratic_cost_is_the_cost_itself():
     X, U = random_batch(13)
     cost = WeightedSum([(1.0, ActionCost([0.1, 0.4])),
-                        (1.0, StateTargetCost([0, 5, 9], [0.2, -0.4, 1.0], [1.0, 3.0, 0.5], "linear", 2.0))])
+                        (1.0, StateTargetCost([0, 5, 9], [0.2, -0.4, 1.0], [1.0, 3.0, 0.5],
+                                              "linear", 2.0))])
     model = quadratic_cost_model(X, U, cost.evaluate(X, U))
     X_new, U_new = random_batch(14, scale=3.0)
     value, gradient = model_value_gradient(model, np.concatenate([X_new, U_new], axis=-1))
     e = cost.evaluate(X_new, U_new)
     np.testing.assert_allclose(value, e.l, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(gradient, np.concatenate([e.lx, e.lu], axis=-1), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(gradient, np.concatenate([e.lx, e.lu], axis=-1), rtol=1e-10,
+                               atol=1e-10)
 
 
 def test_quadratic_model_symmetrises_and_checks_shapes():
     X, U = random_batch(15)
     rng = np.random.default_rng(1)
-    e = CostExpansion(*(rng.standard_normal(f.shape) for f in all_fields(ActionCost(1.0).evaluate(X, U))))
+    e = CostExpansion(*(rng.standard_normal(f.shape)
+                        for f in all_fields(ActionCost(1.0).evaluate(X, U))))
     e.lxx = rng.standard_normal(e.lxx.shape)  # deliberately asymmetric
     model = quadratic_cost_model(X, U, e)
     assert np.array_equal(model.C, np.swapaxes(model.C, -1, -2))
@@ -318,7 +340,8 @@ def test_quadratic_model_symmetrises_and_checks_shapes():
     value, gradient = model_value_gradient(quadratic_cost_model(X[:1], U[:1], one),
                                            np.concatenate([X[:1], U[:1]], axis=-1))
     np.testing.assert_allclose(value, one.l, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(gradient, np.concatenate([one.lx, one.lu], axis=-1), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(gradient, np.concatenate([one.lx, one.lu], axis=-1), rtol=1e-9,
+                               atol=1e-9)
     e.lux = e.lux[:, :-1]
     with pytest.raises(ValueError, match="expansion.lux"):
         quadratic_cost_model(X, U, e)
@@ -330,7 +353,8 @@ def test_quadratic_model_symmetrises_and_checks_shapes():
 SPEC = {
     "action": {"weight": 1e-3},
     "distance": [{"l1": 0.1, "l2": 10.0, "alpha": 1e-5},
-                 {"l1": 1.0, "l2": 10.0, "alpha": 1e-5, "ramp": "final_only", "final_multiplier": 10.0,
+                 {"l1": 1.0, "l2": 10.0, "alpha": 1e-5, "ramp": "final_only",
+                  "final_multiplier": 10.0,
                   "form": "log", "scale": 0.5}],
     "state": {"block": "velocity", "weights": [0.1, 0.2], "ramp": "quadratic"},
 }
@@ -357,28 +381,37 @@ def test_built_cost_checks_the_horizon():
 
 
 @pytest.mark.parametrize("spec, message", [
-    ({"torque": {"weight": 1.0}}, r"torque.*allowed: action, state, distance"),
+    ({"torque": {"weight": 1.0}}, r"unknown key 'torque'; allowed keys: action, distance, state"),
     ({}, "empty"),
-    ({"distance": {"l1": 1.0, "beta": 2.0}}, r"distance\.beta.*l1, l2, alpha"),
+    ({"distance": {"l1": 1.0, "beta": 2.0}}, r"distance: unknown key 'beta'; allowed keys: alpha, "
+                                             r".*l1, l2"),
     ({"distance": [{"l1": 1.0}, {"ramp": "cubic"}]},
-     r"distance\[1\]\.ramp is 'cubic'; allowed: constant, linear, quadratic, final_only"),
-    ({"distance": {"form": "l3"}}, r"distance\.form is 'l3'; allowed: l1l2, log"),
-    ({"distance": {"hessian": "gauss"}}, r"distance\.hessian is 'gauss'; allowed: psd, exact"),
-    ({"distance": {"l1": -1.0}}, r"distance\.l1 must be >= 0"),
-    ({"distance": {"l2": "big"}}, r"distance\.l2 must be a finite number"),
-    ({"distance": {"alpha": 0.0}}, r"distance\.alpha must be > 0"),
-    ({"distance": {"weights": [1.0, 2.0]}}, r"distance\.weights has 2 entries; allowed: one number or 6"),
-    ({"distance": {"final_multiplier": np.inf}}, r"distance\.final_multiplier must be a finite number"),
-    ({"action": {}}, r"action\.weight is required"),
-    ({"action": {"weight": [1.0, 2.0, 3.0]}}, r"action\.weight has 3 entries; allowed: one number or 2"),
-    ({"action": {"weight": -1.0}}, r"action\.weight must be >= 0"),
-    ({"action": {"weight": 1.0, "scale": True}}, r"action\.scale must be a finite number"),
-    ({"action": 1.0}, r"action must be a mapping"),
-    ({"state": {"weights": 1.0}}, r"state needs exactly one of state\.block .* or state\.indices"),
+     r"distance\[1\]\.ramp: must be one of 'constant', 'linear', 'quadratic', 'final_only'; got "
+     r"'cubic'"),
+    ({"distance": {"form": "l3"}}, r"distance\.form: must be one of 'l1l2', 'log'; got 'l3'"),
+    ({"distance": {"hessian": "gauss"}}, r"distance\.hessian: must be one of 'psd', 'exact'; got "
+                                         r"'gauss'"),
+    ({"distance": {"l1": -1.0}}, r"distance\.l1: must be >= 0.0, got -1.0"),
+    ({"distance": {"l2": "big"}}, r"distance\.l2: must be a number, got 'big'"),
+    ({"distance": {"alpha": 0.0}}, r"distance\.alpha: must be > 0.0, got 0.0"),
+    ({"distance": {"weights": [1.0, 2.0]}}, r"distance\.weights has 2 entries; allowed: one "
+                                            r"number or 6"),
+    ({"distance": {"final_multiplier": np.inf}}, r"distance\.final_multiplier: must be a finite "
+                                                 r"number, got inf"),
+    ({"action": {}}, r"action\.weight: required key is missing"),
+    ({"action": {"weight": [1.0, 2.0, 3.0]}}, r"action\.weight has 3 entries; allowed: one number "
+                                              r"or 2"),
+    ({"action": {"weight": -1.0}}, r"action\.weight: must be >= 0.0, got -1.0"),
+    ({"action": {"weight": 1.0, "scale": True}}, r"action\.scale: must be a number, got True"),
+    ({"action": 1.0}, r"action: must be null or a mapping or a list of mappings, got 1.0"),
+    ({"state": {"weights": 1.0}},
+     r"state: needs exactly one of block \(position, .*\) or indices"),
     ({"state": {"block": "position", "indices": [0]}}, r"exactly one of"),
-    ({"state": {"block": "torque"}}, r"state\.block is 'torque'; allowed: position, velocity, ee_offset"),
+    ({"state": {"block": "torque"}}, r"state\.block: must be one of 'position', 'velocity', "
+                                     r"'ee_offset', 'ee_velocity'; got 'torque'"),
     ({"state": {"indices": [0, 99]}}, r"state\.indices \[99\] are out of range for dX = 16"),
-    ({"state": {"indices": [0, 0]}}, r"state\.indices must be distinct"),
+    ({"state": {"indices": [0, 0]}},
+     r"state: indices must be distinct and non-empty; got \[0, 0\]"),
     ({"state": {"indices": [0, 1], "target": [1.0, 2.0, 3.0]}}, r"state\.target has 3 entries"),
 ])
 def test_build_cost_rejects_bad_specs(spec, message):

@@ -19,7 +19,7 @@ from mbpl_ros.core.mdgps import linearize_policy
 from mbpl_ros.core.policy.network import Policy
 from mbpl_ros.core.policy.settings import PolicySettings
 from mbpl_ros.core.rollouts import Rollouts
-from mbpl_ros.core.traj_opt import StepAdjustment, adjust_step, forward_pass, kl_divergence
+from mbpl_ros.core.traj_opt import KlStepSettings, adjust_step, forward_pass, kl_divergence
 
 torch.set_num_threads(1)
 
@@ -77,7 +77,8 @@ def linear_mdgps(seed=0, **settings) -> Mdgps:
     policy = PolicySettings(hidden_sizes=(), iterations=300, batch_size=64, learning_rate=1e-2,
                             seed=seed)
     return Mdgps(COST, zero_controllers(), MdgpsSettings(policy=policy, **settings),
-                 LqrFlmSettings(kl_step=1.0, step=StepAdjustment(max_mult=1.0)))
+                 LqrFlmSettings(trajectory_optimization=KlStepSettings(kl_step=1.0,
+                                                                       max_step_mult=1.0)))
 
 
 def policy_costs(algorithm) -> np.ndarray:
@@ -262,4 +263,5 @@ def test_step_size_follows_the_policy_linearisations_costs():
     algorithm.update(sample(algorithm.controllers, rng))
     np.testing.assert_allclose(seen["costs"], np.broadcast_to(seen["expected"], seen["costs"].shape), rtol=1e-12)
     for m, state in enumerate(algorithm.local.conditions):
-        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], algorithm.local.settings.step)
+        rule = algorithm.local.settings.trajectory_optimization
+        assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], rule)

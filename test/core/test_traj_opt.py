@@ -8,7 +8,7 @@ from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import QuadraticCost
 from mbpl_ros.core.dynamics import LinearGaussianDynamics
 from mbpl_ros.core.lqr import lqr_backward
-from mbpl_ros.core.traj_opt import (StepAdjustment, TrajectoryOptimizationError, TrajOptSettings,
+from mbpl_ros.core.traj_opt import (KlStepSettings, TrajectoryOptimizationError, TrajOptSettings,
                                     adjust_step, backward_pass, backward_pass_with_eta, expected_cost,
                                     forward_pass, kl_divergence, optimize_trajectory)
 
@@ -271,7 +271,8 @@ def test_inconsistent_shapes_are_rejected():
 # ---------------------------------------------------------------- step size
 
 def test_adjust_step_follows_gps_rule():
-    rule = StepAdjustment(min_mult=0.1, max_mult=10.0, min_change=0.1, max_change=5.0)
+    rule = KlStepSettings(min_step_mult=0.1, max_step_mult=10.0, min_mult_change=0.1,
+                          max_mult_change=5.0)
     # Half the predicted improvement realised: predicted / (2 (predicted − actual)) = 1.
     assert adjust_step(2.0, 100.0, 90.0, 95.0, rule) == pytest.approx(2.0)
     # A quarter realised: 10 / (2 · 7.5) = 2/3.
@@ -283,10 +284,11 @@ def test_adjust_step_follows_gps_rule():
     assert adjust_step(1.0, 100.0, 90.0, 150.0, rule) == pytest.approx(0.1)
     assert adjust_step(0.5, 100.0, 90.0, 150.0, rule) == pytest.approx(0.1)
     assert adjust_step(4.0, 100.0, 90.0, 90.0, rule) == pytest.approx(10.0)
-    narrow = StepAdjustment(min_mult=0.5, max_mult=2.0, min_change=0.8, max_change=1.25)
+    narrow = KlStepSettings(min_step_mult=0.5, max_step_mult=2.0, min_mult_change=0.8,
+                            max_mult_change=1.25)
     assert adjust_step(1.0, 100.0, 90.0, 90.0, narrow) == pytest.approx(1.25)
     assert adjust_step(1.0, 100.0, 90.0, 150.0, narrow) == pytest.approx(0.8)
     with pytest.raises(ValueError):
-        StepAdjustment(min_mult=2.0, max_mult=1.0)
+        KlStepSettings(min_step_mult=2.0, max_step_mult=1.0)
     with pytest.raises(ValueError):
         adjust_step(1.0, np.nan, 1.0, 1.0)

@@ -40,8 +40,8 @@ def batches(config, seed, versions):
 def offline_chain(config, data, prior=None):
     """LQR-FLM's fits of consecutive batches (from version 0, or after `prior`), and the prior after."""
     settings = config.lqr_flm_settings()
-    prior = new_dynamics_prior(settings.prior) if prior is None else copy.deepcopy(prior)
-    fits = [fit_batch_dynamics(prior, X, U, settings.dynamics_regularization) for X, U in data]
+    prior = new_dynamics_prior(settings.dynamics.prior) if prior is None else copy.deepcopy(prior)
+    fits = [fit_batch_dynamics(prior, X, U, settings.dynamics.regularization) for X, U in data]
     return fits, prior
 
 

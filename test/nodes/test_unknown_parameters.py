@@ -1,5 +1,9 @@
-"""A parameter a node does not have stops it at start-up, named with the closest known
-name: rclpy would ignore it, so a misspelt safety setting would silently not be in force."""
+"""
+Test that a parameter a node does not have stops it at start-up.
+
+A parameter a node does not have stops it at start-up, named with the closest known
+name: rclpy would ignore it, so a misspelt safety setting would silently not be in force.
+"""
 
 import os
 import subprocess

@@ -15,10 +15,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from mbpl_ros.core.policy.settings import (ACTIVATIONS, PolicySettings, _check_activation,
-                                           _check_device_name, _check_hidden_sizes)
+from mbpl_ros.core.policy.settings import ACTIVATION_NAMES, PolicySettings
 
 __all__ = ["Policy", "load_policy", "resolve_device", "save_policy"]
+
+#: The module of each activation name of PolicySettings.
+ACTIVATIONS: dict[str, type[nn.Module]] = dict(zip(
+    ACTIVATION_NAMES, (nn.ReLU, nn.Tanh, nn.ELU, nn.Softplus, nn.SiLU)))
+
+
+def _check_device_name(name: str, value: Any) -> None:
+    if not isinstance(value, str) or not (
+            value == "cpu" or value == "cuda"
+            or (value.startswith("cuda:") and value[5:].isdigit())):
+        raise ValueError(
+            f"{name} must be 'cpu', 'cuda' or 'cuda:<index>', got {value!r}")
+
+
+def _check_hidden_sizes(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {value!r}")
+    sizes = tuple(value)
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
+        raise ValueError(f"{name} must be a sequence of positive integers, got {value!r}")
+    return tuple(int(s) for s in sizes)
+
+
+def _check_activation(name: str, value: Any) -> None:
+    if value not in ACTIVATIONS:
+        raise ValueError(f"{name} must be one of {sorted(ACTIVATIONS)}, got {value!r}")
+
 
 _CHECKPOINT_FORMAT_NAME = "mbpl_ros.policy_checkpoint"
 _CHECKPOINT_FORMAT_VERSION = 1
