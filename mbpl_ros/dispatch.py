@@ -98,7 +98,7 @@ class Dispatcher(Generic[R]):
         return len(self.results) == self.count
 
     def ordered_results(self) -> List[R]:
-        """The results in the trials' order (all of them: call when done)."""
+        """Return the results in the trials' order (all of them: call when done)."""
         return [self.results[i] for i in range(self.count)]
 
     def running_indices(self) -> set:
@@ -110,7 +110,7 @@ class Dispatcher(Generic[R]):
         return [i for i in range(self.count) if i not in self.results and i not in running]
 
     def robot_of(self, trial_id: int) -> Optional[str]:
-        """The robot running trial `trial_id` (None: no trial with that id is awaited)."""
+        """Return the robot running trial `trial_id` (None: no trial with that id is awaited)."""
         for name, s in self.state.items():
             if s.running is not None and s.running.trial_id == trial_id:
                 return name
@@ -119,8 +119,9 @@ class Dispatcher(Generic[R]):
     # ------------------------------------------------------------------ events
     def assign(self, now: float, timeout_s: float) -> List[tuple]:
         """
-        Hand the next pending trials to the free robots, in the robots' order:
-        [(robot, index, trial_id)] to request.
+        Hand the next pending trials to the free robots, in the robots' order.
+
+        Returns [(robot, index, trial_id)] to request.
         """
         out = []
         pending = self.pending()
@@ -136,7 +137,7 @@ class Dispatcher(Generic[R]):
         return out
 
     def succeeded(self, trial_id: int, result: R, now: float) -> bool:
-        """An OK rollout of `trial_id`: True if it completed a trial (False: not awaited)."""
+        """Take an OK rollout of `trial_id`: True if it completed a trial (False: not awaited)."""
         s = self._awaiting(trial_id)
         if s is None:
             return False
@@ -146,7 +147,11 @@ class Dispatcher(Generic[R]):
         return True
 
     def failed(self, trial_id: int, reason: str, now: float) -> bool:
-        """A dropped rollout of `trial_id`: one failed attempt; TrialFailed after max_attempts."""
+        """
+        Record a dropped rollout of `trial_id`.
+
+        One failed attempt; TrialFailed after max_attempts.
+        """
         s = self._awaiting(trial_id)
         if s is None:
             return False
@@ -165,8 +170,10 @@ class Dispatcher(Generic[R]):
 
     def expire(self, now: float) -> List[tuple]:
         """
-        Trials past their deadline: [(robot, index, trial_id)], each a failed attempt
-        (or, on an e-stopped robot, put back uncounted).
+        Expire the trials past their deadline.
+
+        Returns [(robot, index, trial_id)], each a failed attempt (or, on an e-stopped
+        robot, put back uncounted).
         """
         expired = []
         for s in self.state.values():
@@ -181,8 +188,9 @@ class Dispatcher(Generic[R]):
 
     def set_present(self, robot: str, present: bool) -> Optional[int]:
         """
-        The robot joined or left the graph; a trial it was running goes back uncounted
-        (returns its index).
+        Note that the robot joined or left the graph.
+
+        A trial it was running goes back uncounted (returns its index).
         """
         s = self.state[robot]
         s.present = present
@@ -193,8 +201,10 @@ class Dispatcher(Generic[R]):
 
     def set_estopped(self, robot: str, latched: bool) -> Optional[int]:
         """
-        The robot's e-stop latch; its running trial (if any) goes back uncounted when it
-        latches (its rollout, aborted, comes back as ESTOP or never).
+        Set the robot's e-stop latch.
+
+        Its running trial (if any) goes back uncounted when it latches (its rollout,
+        aborted, comes back as ESTOP or never).
         """
         s = self.state[robot]
         s.estopped = latched
@@ -229,9 +239,11 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 def robot_names(values: Sequence[str], where: str = "parameter 'robots'") -> List[str]:
     """
-    The robots' namespaces from a `robots` setting: [] or [""] -> [] (one robot, not
-    namespaced); else each a ROS name ("robot_0", "/lab/arm_1"; leading "/" dropped),
-    distinct. ValueError naming `where`, the value and what is allowed.
+    Return the robots' namespaces from a `robots` setting.
+
+    [] or [""] -> [] (one robot, not namespaced); else each a ROS name ("robot_0",
+    "/lab/arm_1"; leading "/" dropped), distinct. ValueError naming `where`, the value
+    and what is allowed.
     """
     names = [str(value).strip("/") for value in values]
     if names in ([], [""]):

@@ -32,7 +32,7 @@ STOP_GRACE_S = 5.0
 
 def robot_parameters(params_file, node_name: str, namespace: str,
                      overrides: Optional[dict] = None) -> dict:
-    """The parameters of robot `namespace`'s node `node_name` (see the module docstring)."""
+    """Return the parameters of robot `namespace`'s node `node_name` (see the module docstring)."""
     from mbpl_ros.nodes import graph
 
     values = {**graph.parameter_overrides(params_file, node_name),
@@ -46,9 +46,10 @@ def robot_parameters(params_file, node_name: str, namespace: str,
 def run_robot(params_file, namespace: str, overrides: Optional[Dict[str, dict]] = None,
               stop: Optional[threading.Event] = None) -> int:
     """
-    Robot `namespace`'s nodes in this process (with `overrides`: node name -> {parameter:
-    value}), each spun in its own thread, until `stop` is set, SIGTERM or SIGINT. Returns 0,
-    or 1 when a node cannot start (the reason on stderr).
+    Run robot `namespace`'s nodes in this process until `stop` is set, SIGTERM or SIGINT.
+
+    With `overrides`: node name -> {parameter: value}; each node spun in its own thread.
+    Returns 0, or 1 when a node cannot start (the reason on stderr).
     """
     import rclpy
     from rclpy.context import Context
@@ -96,7 +97,7 @@ def run_robot(params_file, namespace: str, overrides: Optional[Dict[str, dict]] 
 
 def robot_command(params_file, namespace: str,
                   overrides: Optional[Dict[str, dict]] = None) -> List[str]:
-    """The command line of robot `namespace`'s process."""
+    """Return the command line of robot `namespace`'s process."""
     command = [sys.executable, "-m", "mbpl_ros.multi_robot", "--config", str(params_file),
                "--namespace", namespace]
     return command + (["--overrides", json.dumps(overrides)] if overrides else [])
@@ -106,8 +107,10 @@ def start_robots(params_file, namespaces: List[str],
                  overrides: Optional[Dict[str, dict]] = None,
                  log_dir: Optional[Path] = None) -> Dict[str, subprocess.Popen]:
     """
-    One process per robot (overrides: node name -> {parameter: value}, for every robot;
-    output to log_dir/<namespace>.log, else inherited).
+    Start one process per robot.
+
+    overrides: node name -> {parameter: value}, for every robot; output to
+    log_dir/<namespace>.log, else inherited.
     """
     processes = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -143,8 +146,9 @@ def run_robots(params_file, count: int, overrides: Optional[Dict[str, dict]] = N
                log: Optional[TextIO] = None, timeout_s: Optional[float] = None,
                log_dir: Optional[Path] = None) -> List[dict]:
     """
-    `count` robot processes and, here, the trainer's nodes (see the module docstring);
-    returns the trainer's metrics rows (sim_runner.GraphError as run_graph).
+    Run `count` robot processes and, here, the trainer's nodes (see the module docstring).
+
+    Returns the trainer's metrics rows (sim_runner.GraphError as run_graph).
     """
     from mbpl_ros.nodes import graph
     from mbpl_ros.sim_runner import GraphError, run_graph

@@ -146,9 +146,11 @@ class RecordedRollout:
             if value.ndim != 2 or value.shape[1] != J:
                 raise ValueError(f"RecordedRollout.{name} must be (T, J={J}), got {value.shape}")
             setattr(self, name, value)
-        shapes = {getattr(self, name).shape[0] for name in ("positions", "velocities", "efforts", "commands")}
+        shapes = {getattr(self, name).shape[0]
+                  for name in ("positions", "velocities", "efforts", "commands")}
         if len(shapes) != 1 or 0 in shapes:
-            raise ValueError(f"RecordedRollout arrays must share T >= 1 steps, got {sorted(shapes)}")
+            raise ValueError("RecordedRollout arrays must share T >= 1 steps, "
+                             f"got {sorted(shapes)}")
         self.target = np.asarray(self.target, dtype=float)
         self.initial_positions = np.asarray(self.initial_positions, dtype=float)
 
@@ -157,20 +159,24 @@ class RecordedRollout:
         return self.positions.shape[0]
 
     def info(self) -> dict:
-        """The /mbpl/rollout_info JSON of this rollout."""
-        return {"iteration": int(self.iteration), "condition": int(self.condition), "index": int(self.index),
-                "controller_version": int(self.controller_version), "purpose": self.purpose, "T": self.T,
+        """Return the /mbpl/rollout_info JSON of this rollout."""
+        return {"iteration": int(self.iteration), "condition": int(self.condition),
+                "index": int(self.index), "controller_version": int(self.controller_version),
+                "purpose": self.purpose, "T": self.T,
                 "start_ns": int(self.start_ns), "dt_ns": int(self.dt_ns),
-                "initial_positions": self.initial_positions.tolist(), "target": self.target.tolist(),
+                "initial_positions": self.initial_positions.tolist(),
+                "target": self.target.tolist(),
                 **({"extra": self.extra} if self.extra else {})}
 
 
 @dataclass
 class Recording:
     """
-    What read_recording found: the run's description, the complete rollouts in file
-    order, and `problem` (None for a cleanly closed file; otherwise why reading stopped,
-    e.g. the file was cut short by a crash).
+    What read_recording found.
+
+    The run's description, the complete rollouts in file order, and `problem` (None for a
+    cleanly closed file; otherwise why reading stopped, e.g. the file was cut short by a
+    crash).
     """
 
     run_info: dict
@@ -195,10 +201,11 @@ class RolloutRecorder:
     joint_names and dt_ns); it becomes the `mbpl_run` metadata record.
     """
 
-    def __init__(self, path: os.PathLike | str, run_info: dict, *, _write_to: Optional[Path] = None,
-                 _keep: Sequence[RecordedRollout] = ()):
+    def __init__(self, path: os.PathLike | str, run_info: dict, *,
+                 _write_to: Optional[Path] = None, _keep: Sequence[RecordedRollout] = ()):
         self.path = Path(path)
-        self.run_info = dict(run_info, recording_format=RECORDING_FORMAT, mbpl_ros_version=mbpl_ros.__version__)
+        self.run_info = dict(run_info, recording_format=RECORDING_FORMAT,
+                             mbpl_ros_version=mbpl_ros.__version__)
         for key in ("joint_names", "dt_ns"):
             if key not in self.run_info:
                 raise ValueError(f"run_info must hold {key!r}")
@@ -208,17 +215,20 @@ class RolloutRecorder:
         target = _write_to or self.path
         self._file: IO[bytes] = open(target, "wb")
         try:
-            self._writer = McapWriter(self._file, compression=CompressionType.ZSTD, chunk_size=1 << 22)
+            self._writer = McapWriter(self._file, compression=CompressionType.ZSTD,
+                                      chunk_size=1 << 22)
             self._writer.start(profile="ros2", library=f"mbpl_ros {mbpl_ros.__version__}")
             texts = schemas()
-            self._schemas = {name: self._writer.register_schema(name, SchemaEncoding.ROS2, text.encode())
+            self._schemas = {name: self._writer.register_schema(name, SchemaEncoding.ROS2,
+                                                                text.encode())
                              for name, text in texts.items()}
             self._channels = {topic: self._writer.register_channel(topic, MessageEncoding.CDR,
                                                                    self._schemas[kind])
                               for topic, kind in _TOPIC_TYPES.items()}
             self._encoders = {name: serialize_dynamic(name, text)[name]
                               for name, text in texts.items()}
-            self._writer.add_metadata(RUN_METADATA_NAME, {"json": json.dumps(self.run_info, sort_keys=True)})
+            self._writer.add_metadata(RUN_METADATA_NAME,
+                                      {"json": json.dumps(self.run_info, sort_keys=True)})
             self._sync()
             for rollout in _keep:
                 self.write_rollout(rollout)
@@ -231,7 +241,7 @@ class RolloutRecorder:
 
     @classmethod
     def create(cls, path: os.PathLike | str, run_info: dict) -> "RolloutRecorder":
-        """A new recording at `path` (replacing any file there)."""
+        """Start a new recording at `path` (replacing any file there)."""
         return cls(path, run_info)
 
     @classmethod
@@ -239,11 +249,12 @@ class RolloutRecorder:
                samples: Optional[tuple[int, int]] = None,
                allow_incomplete: bool = False) -> tuple["RolloutRecorder", int]:
         """
-        Continue the recording at `path` after a resume from the checkpoint of
-        `through_iteration`: keep its complete rollouts of iterations <= through_iteration
-        (dropping those of the interrupted iteration, which will be drawn again), written
-        to a new file that atomically replaces the old one. Returns the recorder and the
-        number of rollouts kept. RecordingError if the file belongs to another experiment.
+        Continue the recording at `path` after resuming from the checkpoint of `through_iteration`.
+
+        Keep its complete rollouts of iterations <= through_iteration (dropping those of the
+        interrupted iteration, which will be drawn again), written to a new file that
+        atomically replaces the old one. Returns the recorder and the number of rollouts
+        kept. RecordingError if the file belongs to another experiment.
 
         samples = (M, N): every iteration 1..through_iteration must hold the sample rollouts
         (condition m < M, index n < N). A recording that lacks some (deleted, or cut short)
@@ -257,9 +268,10 @@ class RolloutRecorder:
         if path.exists():
             recording = read_recording(path)
             fingerprint = run_info.get("experiment_fingerprint")
-            if fingerprint is not None and recording.run_info.get("experiment_fingerprint") not in (None, fingerprint):
+            recorded = recording.run_info.get("experiment_fingerprint")
+            if fingerprint is not None and recorded not in (None, fingerprint):
                 raise RecordingError(f"{path}: recorded by another experiment (fingerprint "
-                                     f"{recording.run_info.get('experiment_fingerprint')}, this run's is {fingerprint})")
+                                     f"{recorded}, this run's is {fingerprint})")
             kept = [r for r in recording.rollouts if r.iteration <= through_iteration]
         run_info = dict(run_info)
         earlier = recording.run_info.get("incomplete") if recording is not None else None
@@ -321,9 +333,10 @@ class RolloutRecorder:
                                  publish_time=info_stamp,
                                  data=self._encoders[ROLLOUT_TYPE](message),
                                  sequence=self.count)
+        info = {"data": json.dumps(rollout.info())}
         self._writer.add_message(self._channels[ROLLOUT_INFO_TOPIC], log_time=info_stamp,
                                  publish_time=info_stamp,
-                                 data=self._encoders["std_msgs/msg/String"]({"data": json.dumps(rollout.info())}),
+                                 data=self._encoders["std_msgs/msg/String"](info),
                                  sequence=self.count)
         self._sync()
         self.clock_ns = max(self.clock_ns, rollout.start_ns + rollout.T * rollout.dt_ns)
@@ -354,8 +367,9 @@ class RolloutRecorder:
 def missing_rollouts(rollouts: Sequence[RecordedRollout], through_iteration: int,
                      samples: tuple[int, int]) -> list[tuple[int, int, int]]:
     """
-    The (iteration, condition, index) of the sample rollouts of iterations
-    1..through_iteration, M conditions by N rollouts (samples = (M, N)), not in `rollouts`.
+    Return the (iteration, condition, index) of the sample rollouts not in `rollouts`.
+
+    Those of iterations 1..through_iteration, M conditions by N rollouts (samples = (M, N)).
     """
     M, N = samples
     present = {(r.iteration, r.condition, r.index) for r in rollouts if r.purpose == "sample"}
@@ -377,7 +391,7 @@ def _as_array(values: Any) -> np.ndarray:
 
 def read_recording(path: os.PathLike | str) -> Recording:
     """
-    The run description and complete rollouts of a recording, in file order.
+    Read the run description and complete rollouts of a recording, in file order.
 
     Reads records sequentially (no index needed), so a file cut short by a crash yields
     every rollout completed before the cut and `problem` says where it stopped.
@@ -415,7 +429,8 @@ def read_recording(path: os.PathLike | str) -> Recording:
                     channel = channels[record.channel_id]
                     if channel.topic not in _TOPIC_TYPES:
                         continue
-                    decode = decoders.decoder_for(channel.message_encoding, schemas[channel.schema_id])
+                    decode = decoders.decoder_for(channel.message_encoding,
+                                                  schemas[channel.schema_id])
                     message = decode(record.data)
                     if channel.topic == ROLLOUT_INFO_TOPIC:
                         rollouts.append(_assemble(path, json.loads(message.data), pending))
@@ -425,21 +440,24 @@ def read_recording(path: os.PathLike | str) -> Recording:
                 elif isinstance(record, Footer):
                     closed = True
             if not closed:
-                problem = (f"the file ends without its footer (cut short?); {len(rollouts)} complete "
-                           "rollouts before the end were read")
+                problem = ("the file ends without its footer (cut short?); "
+                           f"{len(rollouts)} complete rollouts before the end were read")
         except RecordingError:
             raise
-        except Exception as error:  # mcap's EndOfFile, struct/zstd errors on a cut record, CRC errors
+        except Exception as error:
+            # mcap's EndOfFile, struct/zstd errors on a cut record, CRC errors
             closed = False
             size, offset = path.stat().st_size, stream.tell()
             if offset >= size or isinstance(error, (EndOfFile, struct.error)):
-                problem = f"truncated at byte {size}: the data after the last complete rollout is lost"
+                problem = (f"truncated at byte {size}: "
+                           "the data after the last complete rollout is lost")
             else:
                 problem = f"corrupt from near byte {offset} ({type(error).__name__}: {error})"
             problem += f"; the {len(rollouts)} complete rollouts before it were read"
         if not run_info and not rollouts:
-            raise RecordingError(f"{path}: no run description (metadata {RUN_METADATA_NAME!r}) and no "
-                                 "complete rollout" + (f"; {problem}" if problem else ""))
+            raise RecordingError(f"{path}: no run description "
+                                 f"(metadata {RUN_METADATA_NAME!r}) and no complete rollout"
+                                 + (f"; {problem}" if problem else ""))
         return Recording(run_info=run_info, rollouts=rollouts, problem=problem, closed=closed)
 
 
@@ -468,5 +486,6 @@ def _assemble(path: Path, info: dict, pending: list) -> RecordedRollout:
         velocities=np.stack([_as_array(s.velocity) for s in states]),
         efforts=np.stack([_as_array(s.effort) for s in states]),
         commands=commands.reshape(T, J),
-        target=np.asarray(info["target"], float), initial_positions=np.asarray(info["initial_positions"], float),
+        target=np.asarray(info["target"], float),
+        initial_positions=np.asarray(info["initial_positions"], float),
         start_ns=start, dt_ns=dt, extra=info.get("extra", {}))

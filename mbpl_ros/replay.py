@@ -30,6 +30,7 @@ from mbpl_ros.sim.rollout import Act, observe
 FORMATS = (".gif", ".mp4")
 TILES_PER_ROW = 4
 
+
 @dataclass
 class Episode:
     """One noise-free rollout to show: its label, start (J,), target (3,) and executor."""
@@ -53,7 +54,7 @@ def episodes_of_run(
     held_out_seed: int = 0,
 ) -> tuple[ExperimentConfig, List[Episode], str]:
     """
-    The experiment, the episodes to replay and a description of what they show.
+    Return the experiment, the episodes to replay and a description of what they show.
 
     Controllers: those of checkpoint `iteration` (default the newest), one episode per
     training condition (or only `condition`). policy: RUN/policy.pt from the training
@@ -146,8 +147,10 @@ def play(
     height: int = 240,
 ) -> view.Camera:
     """
-    Run each episode noise-free for config.T steps on one arm, keeping its distances and
-    (render) a frame per step; with gui, in the PyBullet window at the control rate.
+    Run each episode noise-free for config.T steps on one arm.
+
+    Keeps its distances and (render) a frame per step; with gui, in the PyBullet window at
+    the control rate.
     """
     layout = config.layout
     with config.make_arm(gui=gui) as arm:   # with the experiment's fixtures (a peg's block)
@@ -188,9 +191,11 @@ def compose(
     config: ExperimentConfig, episodes: List[Episode], sequence: bool = False
 ) -> List[np.ndarray]:
     """
-    The frames of the video: per step, the episodes' tiles side by side (up to
-    TILES_PER_ROW a row, rows stacked), or (sequence) one episode after the other; each
-    tile labelled with the episode, the time and the distance to the target.
+    Return the frames of the video.
+
+    Per step, the episodes' tiles side by side (up to TILES_PER_ROW a row, rows stacked),
+    or (sequence) one episode after the other; each tile labelled with the episode, the
+    time and the distance to the target.
     """
 
     def tile(episode: Episode, t: int) -> np.ndarray:
@@ -213,7 +218,7 @@ def compose(
         canvas = np.full((rows * height, columns * width, 3), 255, dtype=np.uint8)
         for i, episode in enumerate(episodes):
             r, c = divmod(i, columns)
-            canvas[r * height : (r + 1) * height, c * width : (c + 1) * width] = tile(episode, t)
+            canvas[r * height:(r + 1) * height, c * width:(c + 1) * width] = tile(episode, t)
         frames.append(canvas)
     return frames
 
@@ -231,7 +236,7 @@ def _ffmpeg() -> Optional[str]:
 
 
 def check_output(path: Path) -> None:
-    """RunError unless `path` is a .gif, or an .mp4 with ffmpeg available (checked first)."""
+    """Raise RunError unless `path` is a .gif, or an .mp4 with ffmpeg available (checked first)."""
     if path.suffix.lower() not in FORMATS:
         raise RunError(f"--output {path}: allowed: a .gif or .mp4 file name")
     if path.suffix.lower() == ".mp4" and _ffmpeg() is None:
@@ -308,8 +313,9 @@ def replay(
     log: Optional[TextIO] = None,
 ) -> List[Episode]:
     """
-    Replay a run (see episodes_of_run) into `output` (.gif or .mp4) and/or the GUI;
-    prints one line per episode (its final distance) to `log`. Returns the episodes.
+    Replay a run (see episodes_of_run) into `output` (.gif or .mp4) and/or the GUI.
+
+    Prints one line per episode (its final distance) to `log`. Returns the episodes.
     """
     log = log or sys.stderr
     if output is not None:

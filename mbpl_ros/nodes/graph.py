@@ -61,9 +61,12 @@ SIM_NODES: Tuple[NodeSpec, ...] = (
 )
 
 LEARNING_NODES: Tuple[NodeSpec, ...] = (
-    NodeSpec("sample_collector", "sample_collector", "mbpl_ros.nodes.sample_collector:SampleCollectorNode"),
-    NodeSpec("dynamics_fitter", "dynamics_fitter", "mbpl_ros.nodes.dynamics_fitter:DynamicsFitterNode"),
-    NodeSpec("lqr_controller", "lqr_controller", "mbpl_ros.nodes.lqr_controller:LqrControllerNode"),
+    NodeSpec("sample_collector", "sample_collector",
+             "mbpl_ros.nodes.sample_collector:SampleCollectorNode"),
+    NodeSpec("dynamics_fitter", "dynamics_fitter",
+             "mbpl_ros.nodes.dynamics_fitter:DynamicsFitterNode"),
+    NodeSpec("lqr_controller", "lqr_controller",
+             "mbpl_ros.nodes.lqr_controller:LqrControllerNode"),
     NodeSpec("gps_trainer", "gps_trainer", "mbpl_ros.nodes.gps_trainer:GpsTrainerNode"),
 )
 
@@ -76,7 +79,7 @@ TRAINER_NODES: Tuple[str, ...] = ("dynamics_fitter", "gps_trainer")
 
 
 def robot_namespaces(count: int) -> List[str]:
-    """The default namespaces of `count` robots: robot_0, robot_1, ..."""
+    """Return the default namespaces of `count` robots: robot_0, robot_1, ..."""
     return [f"robot_{k}" for k in range(count)]
 
 
@@ -88,12 +91,12 @@ EFFORT_COMMANDS_TOPIC = "effort_controller/commands"
 
 
 def nodes(with_sim: bool) -> List[NodeSpec]:
-    """The nodes to start: the learning nodes, preceded by the simulator if `with_sim`."""
+    """Return the nodes to start: the learning nodes, preceded by the simulator if `with_sim`."""
     return list(SIM_NODES if with_sim else ()) + list(LEARNING_NODES)
 
 
 def node_spec(name: str) -> NodeSpec:
-    """The NodeSpec called `name`; ValueError listing the known names otherwise."""
+    """Return the NodeSpec called `name`; ValueError listing the known names otherwise."""
     for spec in SIM_NODES + LEARNING_NODES:
         if spec.name == name:
             return spec
@@ -108,16 +111,18 @@ def load_node_class(spec: NodeSpec) -> type:
     try:
         return getattr(module, class_name)
     except AttributeError:
-        raise ImportError(f"{module_name} has no class {class_name!r} (NodeSpec {spec.name!r})") from None
+        raise ImportError(f"{module_name} has no class {class_name!r} "
+                          f"(NodeSpec {spec.name!r})") from None
 
 
 # ---------------------------------------------------------------- parameter files
 ParameterValue = Union[bool, int, float, str, List[bool], List[int], List[float], List[str]]
 
 
-def read_parameter_file(params_file: Union[str, Path]) -> List[Tuple[str, Dict[str, ParameterValue]]]:
+def read_parameter_file(
+        params_file: Union[str, Path]) -> List[Tuple[str, Dict[str, ParameterValue]]]:
     """
-    Every section of a ros__parameters YAML file, in file order.
+    Read every section of a ros__parameters YAML file, in file order.
 
     Returns [(node name pattern, {dotted parameter name: value})], the pattern fully
     qualified ("/sim_robot", "/ns/sim_robot", "/**"). Nested namespace mappings
@@ -187,7 +192,8 @@ def _checked_value(value: Any, what: str) -> ParameterValue:
             raise ValueError(f"{what} is {value!r}; allowed: a list of items of one type "
                              f"(bool, int, float or str)")
         return list(value)
-    raise ValueError(f"{what} is {value!r}; allowed: bool, int, float, str or a list of one of them")
+    raise ValueError(f"{what} is {value!r}; allowed: bool, int, float, str "
+                     "or a list of one of them")
 
 
 def _pattern_regex(pattern: str) -> "re.Pattern[str]":
@@ -210,7 +216,7 @@ def _fully_qualified(node_name: str, namespace: str) -> str:
 def parameter_overrides(params_file: Union[str, Path], node_name: str,
                         namespace: str = "/") -> Dict[str, ParameterValue]:
     """
-    The parameters a node called `node_name` in `namespace` gets from `params_file`.
+    Return the parameters a node called `node_name` in `namespace` gets from `params_file`.
 
     Sections whose name has a wildcard ("/**", "/*/x") and matches apply first, in file
     order; then the node's own sections ("x" or "/x"), so a node's value beats a shared one.
