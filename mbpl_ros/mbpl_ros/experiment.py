@@ -405,13 +405,13 @@ def configuration_reference() -> str:
               "of a YAML file holding such a mapping. Each controlled joint needs an effort limit (the",
               "URDF's or `limits.effort`); every other movable joint must be locked. A condition's",
               "`initial_positions` and `target` may name the robot's `initial_conditions` and `targets`.",
-              "See docs/real-robot.md and config/robot_template.yaml.", "",
+              "See docs/real-robot.md and mbpl_ros/config/robot_template.yaml.", "",
               "| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, text in describe(RobotDescription):
         lines.append(f"| `robot.{key}` | `{default}` | {text} |")
     lines += ["", "## Fixtures", "",
               "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
-              "hole: four walls and a floor; see config/peg_insertion.yaml):", "",
+              "hole: four walls and a floor; see mbpl_ros/config/peg_insertion.yaml):", "",
               "| key | default | meaning |", "| --- | --- | --- |"]
     for key, default, text in describe(FixtureConfig):
         lines.append(f"| `fixtures[].{key}` | `{default}` | {text} |")
