@@ -121,4 +121,4 @@ def test_launch_guide_says_how_to_run_and_verify_on_a_ros_machine():
     assert "python3 -m pytest test/launch" in blocks and "colcon test" in blocks
     contributing = (REPO / "CONTRIBUTING.md").read_text()
     assert "ros-launch-overlay" in contributing
-    assert "-p launch_pytest.plugin test/launch" in contributing
+    assert "-p launch_pytest.plugin mbpl_ros/test/launch" in contributing
