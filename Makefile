@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mbpl-installed
 BENCH_STAMP := $(VENV)/.mbpl-bench-installed
+# The ament_python package (its own folder, so that colcon finds both packages).
+PKG := mbpl_ros
 # The interface package (ament_cmake + rosidl), built with cmake into the venv itself.
 IFACE := mbpl_ros_interfaces
 IFACE_BUILD := build/$(IFACE)
@@ -15,10 +17,10 @@ IFACE_SOURCES := $(IFACE)/CMakeLists.txt $(IFACE)/package.xml \
 	$(wildcard $(IFACE)/msg/*.msg $(IFACE)/srv/*.srv $(IFACE)/action/*.action)
 
 # DDS stays on this machine; each make invocation gets its own domain unless one is given.
-# The package's Fast DDS profile (loopback only, mbpl_ros/dds) is used unless one is set.
+# The package's Fast DDS profile (loopback only, $(PKG)/mbpl_ros/dds) is used unless one is set.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 ifeq ($(FASTDDS_DEFAULT_PROFILES_FILE)$(FASTRTPS_DEFAULT_PROFILES_FILE),)
-export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/mbpl_ros/dds/fastdds_loopback.xml
+export FASTDDS_DEFAULT_PROFILES_FILE := $(CURDIR)/$(PKG)/mbpl_ros/dds/fastdds_loopback.xml
 endif
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 90 + 1 )))
 export PYTHONUNBUFFERED := 1
@@ -27,11 +29,11 @@ export PYTHONUNBUFFERED := 1
 
 setup: $(STAMP) $(IFACE_STAMP)
 
-$(STAMP): requirements.txt setup.py package.xml
+$(STAMP): requirements.txt $(PKG)/setup.py $(PKG)/package.xml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
-	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e ./$(PKG)
 	touch $(STAMP)
 
 # Rebuilt from a clean build directory whenever an interface file or the venv's packages
@@ -49,10 +51,10 @@ $(IFACE_STAMP): $(STAMP) $(IFACE_SOURCES)
 	@touch $@
 
 demo: setup
-	$(VENV)/bin/mbpl sim --config config/sim_reacher_2link.yaml --output runs/demo --overwrite
+	$(VENV)/bin/mbpl sim --config $(PKG)/config/sim_reacher_2link.yaml --output runs/demo --overwrite
 
 test: setup
-	$(PY) -m pytest test
+	$(PY) -m pytest $(PKG)/test
 
 $(BENCH_STAMP): $(STAMP) $(IFACE_STAMP) requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
@@ -62,4 +64,4 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info runs
+	rm -rf $(VENV) build $(PKG)/*.egg-info runs

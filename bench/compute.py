@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mbpl_ros"))
 
 from mbpl_ros.core.controller import LinearGaussianController  # noqa: E402
 from mbpl_ros.core.costs import QuadraticCost  # noqa: E402

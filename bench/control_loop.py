@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 
 import rclpy  # noqa: E402
 from rclpy.context import Context  # noqa: E402
@@ -63,7 +64,7 @@ from mbpl_ros.nodes import wire  # noqa: E402
 from mbpl_ros.sim.arm import Arm  # noqa: E402
 from mbpl_ros.robots import robot_spec  # noqa: E402
 
-EXPERIMENT = ROOT / "config" / "reacher_2link.yaml"
+EXPERIMENT = PACKAGE / "config" / "reacher_2link.yaml"
 PHYSICS_DT = 0.001  # divides the period of every rate benchmarked (1/1000 .. 1/100 s)
 JITTER_TARGET_MS, LATENCY_TARGET_MS, TARGET_RATE_HZ = 1.0, 2.0, 500.0
 START_TIMEOUT_S = 60.0
@@ -106,7 +107,7 @@ def log_tail(path: Path, lines: int = 15) -> str:
 def start_node(module: str, params_path: Path, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "w")
     command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_path)]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=PACKAGE)
 
 
 def stop(process: subprocess.Popen) -> int:

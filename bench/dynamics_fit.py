@@ -7,7 +7,7 @@ whose buffer already holds >= 20 rollouts (~2000 points), refitted warm-started.
 Prints milliseconds (median and max of repeats) with BLAS limited to one thread and
 with the default thread count.
 
-    PYTHONPATH=. .venv/bin/python bench/dynamics_fit.py [--repeats 20]
+    PYTHONPATH=mbpl_ros .venv/bin/python bench/dynamics_fit.py [--repeats 20]
 """
 from __future__ import annotations
 

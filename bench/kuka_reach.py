@@ -19,12 +19,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 
 from mbpl_ros.experiment import load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun  # noqa: E402
 
-CONFIG = ROOT / "config" / "kuka_reach.yaml"
+CONFIG = PACKAGE / "config" / "kuka_reach.yaml"
 ITERATIONS = 12
 GOALS = ((8, 0.03), (12, 0.01))      # (iteration, every condition's final distance below, m)
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mbpl_ros"))
 
 from mbpl_ros.core.controller import LinearGaussianController, pd_controller  # noqa: E402
 from mbpl_ros.core.costs import build_cost, quadratic_cost_model  # noqa: E402

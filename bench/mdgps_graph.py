@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 from mbpl_ros.experiment import load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_exported_policy  # noqa: E402
 
-CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
-SIM_CONFIG = ROOT / "config" / "sim_reacher_2link.yaml"
+CONFIG = PACKAGE / "config" / "reacher_2link_mdgps.yaml"
+SIM_CONFIG = PACKAGE / "config" / "sim_reacher_2link.yaml"
 
 
 def largest_relative_difference(rows, reference) -> float:

@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 
 from mbpl_ros.experiment import load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_exported_policy  # noqa: E402
 
-CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
+CONFIG = PACKAGE / "config" / "reacher_2link_mdgps.yaml"
 SUCCESS_DISTANCE_M = 0.03
 TARGET_SUCCESS_RATE = 0.9
 MAX_ITERATIONS = 12

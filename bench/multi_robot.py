@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(variable, "1")
@@ -33,7 +34,7 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 from mbpl_ros.dds import use_loopback_only  # noqa: E402
 from mbpl_ros.multi_robot import run_robots  # noqa: E402
 
-SIM_CONFIG = ROOT / "config" / "sim_reacher_2link_realtime.yaml"
+SIM_CONFIG = PACKAGE / "config" / "sim_reacher_2link_realtime.yaml"
 #: Done when K = 4 takes at most this fraction of K = 1's wall time per iteration.
 TARGET_RATIO_4 = 0.35
 

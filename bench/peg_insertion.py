@@ -44,7 +44,8 @@ from typing import Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 
 from mbpl_ros.checkpoint import latest_checkpoint  # noqa: E402
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
@@ -52,8 +53,8 @@ from mbpl_ros.offline import TrainingRun, evaluate_exported_policy, evaluate_pol
 from mbpl_ros.core.rollouts import final_distance  # noqa: E402
 from mbpl_ros.sim.rollout import run_rollout  # noqa: E402
 
-LQR_CONFIG = ROOT / "config" / "peg_insertion.yaml"
-MDGPS_CONFIG = ROOT / "config" / "peg_insertion_mdgps.yaml"
+LQR_CONFIG = PACKAGE / "config" / "peg_insertion.yaml"
+MDGPS_CONFIG = PACKAGE / "config" / "peg_insertion_mdgps.yaml"
 PICTURE = ROOT / "docs" / "peg_insertion.png"
 QUICK_PICTURE = ROOT / "runs" / "bench" / "peg_insertion.png"
 
@@ -219,8 +220,9 @@ def _per_seed(values: list) -> str:
 
 
 def markdown(results: dict, args, picture: Path) -> str:
-    lines = ["Peg-in-hole insertion (`config/peg_insertion.yaml`, "
-             "`config/peg_insertion_mdgps.yaml`): inserted = the noise-free run ends with the "
+    lines = ["Peg-in-hole insertion (`mbpl_ros/config/peg_insertion.yaml`, "
+             "`mbpl_ros/config/peg_insertion_mdgps.yaml`): inserted = the noise-free run ends "
+             "with the "
              "peg's tip within 1 cm of the hole's bottom. Environment steps count training "
              "rollouts only (never evaluation runs).", "",
              "| method | seeds | budget (env steps) | iterations until every training hole is "

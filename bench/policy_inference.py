@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mbpl_ros"))
 
 from mbpl_ros.core.policy.deploy import export_torchscript, load_exported_policy  # noqa: E402
 from mbpl_ros.core.policy.network import Policy  # noqa: E402

@@ -16,11 +16,12 @@ from mbpl_ros.experiment import load_experiment
 from mbpl_ros.offline import TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
 
 
 def main() -> None:
     seeds = range(int(sys.argv[1]) if len(sys.argv) > 1 else 10)
-    config = load_experiment(ROOT / "config" / "reacher_2link.yaml")
+    config = load_experiment(PACKAGE / "config" / "reacher_2link.yaml")
     worst = []
     start = time.perf_counter()
     with threadpool_limits(limits=1), TemporaryDirectory() as out:

@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
 BENCH = ROOT / "bench"
 DOC = ROOT / "docs" / "benchmarks.md"
 LOGS = ROOT / "runs" / "bench"
@@ -82,7 +83,7 @@ def run_script(command: list[str], log_path: Path, timeout: float) -> tuple[int,
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 90 + 1))
     env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE), env.get("PYTHONPATH")]))
     stdout_lines: list[str] = []
     start = time.perf_counter()
     with open(log_path, "w") as log:

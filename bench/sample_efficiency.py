@@ -55,13 +55,14 @@ from typing import Callable, Optional
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+PACKAGE = ROOT / "mbpl_ros"  # the ament_python package folder
+sys.path.insert(0, str(PACKAGE))
 
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_policy  # noqa: E402
 
-LQR_CONFIG = ROOT / "config" / "reacher_2link.yaml"
-MDGPS_CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
+LQR_CONFIG = PACKAGE / "config" / "reacher_2link.yaml"
+MDGPS_CONFIG = PACKAGE / "config" / "reacher_2link_mdgps.yaml"
 DEFAULT_PLOT = ROOT / "docs" / "benchmark_sample_efficiency.png"
 METHOD_LABELS = {"lqr_flm": "LQR-FLM", "mdgps": "MDGPS (policy)", "sac": "SAC (SB3)",
                  "ppo": "PPO (SB3)"}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = ROOT / "mbpl_ros_interfaces"
+REPO = ROOT.parent   # the repository: docs/ and the interface package
+PACKAGE = REPO / "mbpl_ros_interfaces"
 
 
 def _interface_files():
@@ -98,7 +99,7 @@ def test_a_fresh_interpreter_imports_the_action_type_support():
 
 
 def test_docs_list_every_interface_as_it_is():
-    docs = (ROOT / "docs" / "interfaces.md").read_text()
+    docs = (REPO / "docs" / "interfaces.md").read_text()
     for path in _interface_files():
         heading = f"### `mbpl_ros_interfaces/{path.parent.name}/{path.stem}`"
         assert heading in docs, f"docs/interfaces.md has no section {heading}"

@@ -21,8 +21,8 @@ from mbpl_ros.checkpoint import read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = (
-    str(ROOT / ".venv" / "bin" / "python")
-    if (ROOT / ".venv" / "bin" / "python").exists()
+    str(ROOT.parent / ".venv" / "bin" / "python")
+    if (ROOT.parent / ".venv" / "bin" / "python").exists()
     else sys.executable
 )
 SIM_CONFIG = ROOT / "config" / "sim_reacher_2link.yaml"

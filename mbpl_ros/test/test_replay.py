@@ -24,8 +24,8 @@ from mbpl_ros.sim.arm import Arm
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = (
-    str(ROOT / ".venv" / "bin" / "python")
-    if (ROOT / ".venv" / "bin" / "python").exists()
+    str(ROOT.parent / ".venv" / "bin" / "python")
+    if (ROOT.parent / ".venv" / "bin" / "python").exists()
     else sys.executable
 )
 WIDTH, HEIGHT = 160, 120

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-GUIDE = ROOT / "docs" / "real-robot.md"
-README = ROOT / "README.md"
+ROOT = Path(__file__).resolve().parents[1]   # the package folder
+REPO = ROOT.parent                           # the repository: README, docs/, .venv/
+GUIDE = REPO / "docs" / "real-robot.md"
+README = REPO / "README.md"
 RUN_MARK = "<!-- test_docs: run -->"
 
 
@@ -50,10 +51,12 @@ def one_iteration(command: str) -> str:
 
 @pytest.fixture
 def scratch(tmp_path):
-    """A directory that looks like the repository root to a command (config/, urdf/,
-    .venv/ linked), with the venv's console scripts first on PATH."""
-    for name in ("config", "urdf", ".venv"):
-        (tmp_path / name).symlink_to(ROOT / name)
+    """A directory that looks like the repository root to a command (mbpl_ros/config/,
+    mbpl_ros/urdf/, .venv/ linked), with the venv's console scripts first on PATH."""
+    (tmp_path / "mbpl_ros").mkdir()
+    for name in ("config", "urdf"):
+        (tmp_path / "mbpl_ros" / name).symlink_to(ROOT / name)
+    (tmp_path / ".venv").symlink_to(REPO / ".venv")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     return tmp_path, env
 
@@ -99,7 +102,7 @@ DEVELOPMENT_ONLY = [r"/work/", r"/home/[a-z_][\w-]*/", r"/root/", r"ros-launch-o
 
 
 def user_docs() -> list[Path]:
-    return [README] + sorted((ROOT / "docs").glob("*.md"))
+    return [README] + sorted((REPO / "docs").glob("*.md"))
 
 
 @pytest.mark.parametrize("path", user_docs(), ids=lambda p: p.name)
@@ -111,11 +114,11 @@ def test_user_docs_name_no_development_path_or_contributor_tool(path):
 
 
 def test_launch_guide_says_how_to_run_and_verify_on_a_ros_machine():
-    text = (ROOT / "docs" / "launch.md").read_text()
+    text = (REPO / "docs" / "launch.md").read_text()
     blocks = "\n".join(body for _, body in code_blocks(text, "bash"))
     for launch_file in ("sim_gps.launch.py", "robot_gps.launch.py"):
         assert f"ros2 launch mbpl_ros {launch_file}" in blocks
     assert "python3 -m pytest test/launch" in blocks and "colcon test" in blocks
-    contributing = (ROOT / "CONTRIBUTING.md").read_text()
+    contributing = (REPO / "CONTRIBUTING.md").read_text()
     assert "ros-launch-overlay" in contributing
-    assert "-p launch_pytest.plugin test/launch" in contributing
+    assert "-p launch_pytest.plugin mbpl_ros/test/launch" in contributing

@@ -23,8 +23,8 @@ from mbpl_ros.offline import TrainingRun
 from mbpl_ros.recording import read_recording
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
-    else sys.executable
+VENV_PYTHON = ROOT.parent / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 ITERATIONS = 4
 TRIALS = 20
 

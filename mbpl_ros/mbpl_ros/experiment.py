@@ -383,11 +383,11 @@ def configuration_reference() -> str:
               "condition's",
               "`initial_positions` and `target` may name the robot's `initial_conditions` and "
               "`targets`.",
-              "See docs/real-robot.md and config/robot_template.yaml.", ""]
+              "See docs/real-robot.md and mbpl_ros/config/robot_template.yaml.", ""]
     lines += table(RobotDescription, "robot.")
     lines += ["", "## Fixtures", "",
               "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
-              "hole: four walls and a floor; see config/peg_insertion.yaml):", ""]
+              "hole: four walls and a floor; see mbpl_ros/config/peg_insertion.yaml):", ""]
     lines += table(FixtureConfig, "fixtures[].") + table(BoxConfig, "fixtures[].boxes[].")[2:]
     lines += ["", "## cost", "",
               "Each of `action`, `state` and `distance` holds one term (a mapping) or a list of",

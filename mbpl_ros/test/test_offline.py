@@ -24,8 +24,8 @@ from mbpl_ros.offline import HELD_OUT_MIN_SEPARATION_RAD, TrainingRun, held_out_
 from mbpl_ros.robots import ROBOTS
 
 ROOT = Path(__file__).resolve().parents[1]
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
-    else sys.executable
+VENV_PYTHON = ROOT.parent / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 LQR_FLM_CONFIG = ROOT / "config" / "reacher_2link.yaml"
 MDGPS_CONFIG = ROOT / "config" / "reacher_2link_mdgps.yaml"
 MDGPS_ITERATIONS = 3

@@ -160,11 +160,11 @@ def test_package_xml_and_the_pip_lines_name_every_runtime_dependency():
                          f"RUNTIME_IMPORTS: {unknown}")
     root = ET.parse(ROOT / "package.xml").getroot()
     exec_depends = {e.text for e in root.findall("exec_depend") + root.findall("depend")}
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT.parent / "README.md").read_text()
     ros_section = readme[readme.index("## On a ROS 2 machine"):]
     pip_line = [line for line in ros_section.splitlines() if line.startswith("pip install ")][0]
     pip_names = requirement_names("\n".join(pip_line.split()[2:]))
-    requirements = requirement_names((ROOT / "requirements.txt").read_text())
+    requirements = requirement_names((ROOT.parent / "requirements.txt").read_text())
     for name in imports:
         if name in OPTIONAL_IMPORTS:
             continue

@@ -32,17 +32,21 @@ def ros_context():
 
 # ---------------------------------------------------------------- outputs stay in tmp
 # Tests write only to temporary directories: nothing may appear in the repository (a run
-# directory in runs/, a stray file at the top). Caches and build output are not outputs.
-_REPOSITORY = Path(__file__).resolve().parents[1]
+# directory in runs/, a stray file at the top or in the package folder). Caches and build
+# output are not outputs.
+_PACKAGE = Path(__file__).resolve().parents[1]
+_REPOSITORY = _PACKAGE.parent
 _NOT_OUTPUTS = {".pytest_cache", ".hypothesis", "__pycache__", ".venv", "build",
                 "mbpl_ros.egg-info", ".whl"}
 
 
 def _repository_outputs() -> set:
-    found = {p for p in _REPOSITORY.iterdir() if p.name not in _NOT_OUTPUTS}
-    runs = _REPOSITORY / "runs"
-    if runs.is_dir():
-        found |= set(runs.iterdir())
+    found = set()
+    for top in (_REPOSITORY, _PACKAGE):
+        found |= {p for p in top.iterdir() if p.name not in _NOT_OUTPUTS}
+        runs = top / "runs"
+        if runs.is_dir():
+            found |= set(runs.iterdir())
     return found
 
 

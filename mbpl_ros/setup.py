@@ -8,6 +8,10 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*"]),
+    # Said explicitly so that `pip install -e` puts this folder on sys.path (a .pth entry,
+    # not an import hook): the repository's folder of the same name, on sys.path as the
+    # current directory, then never shadows the package as a namespace package.
+    package_dir={"": "."},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

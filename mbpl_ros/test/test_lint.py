@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the linters check: the package, its launch files, the benchmarks and setup.py.
-LINTED = [str(ROOT / name) for name in ("mbpl_ros", "launch", "bench", "setup.py")]
+LINTED = ([str(ROOT / name) for name in ("mbpl_ros", "launch", "setup.py")]
+          + [str(ROOT.parent / "bench")])
 
 
 @pytest.mark.linter
