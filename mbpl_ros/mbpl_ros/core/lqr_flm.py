@@ -30,8 +30,12 @@ from mbpl_ros.core.traj_opt import (KlStepSettings, TrajOptSettings, adjust_step
 
 @settings_dataclass
 class LqrFlmSettings:
-    """LQR-FLM's settings: the experiment file's dynamics and trajectory_optimization sections
-    and the η search (not in the experiment file)."""
+    """
+    LQR-FLM's settings.
+
+    The experiment file's dynamics and trajectory_optimization sections and the η search
+    (not in the experiment file).
+    """
 
     dynamics: DynamicsSettings = field(default_factory=DynamicsSettings,
                                        metadata={"doc": "dynamics fit"})

@@ -1,12 +1,13 @@
 """
-dynamics_fitter: fits each condition's time-varying linear-Gaussian dynamics with the
-GMM prior (core) online, as the rollouts arrive.
+dynamics_fitter: fits each condition's dynamics online, as the rollouts arrive.
+
+The dynamics are time-varying linear-Gaussian, fitted with the GMM prior (core).
 
 Subscribes   gps/rollouts (mbpl_ros_interfaces/Rollout): sample rollouts (status OK, purpose
              sample)
 Publishes    gps/dynamics (mbpl_ros_interfaces/LinearGaussianDynamics): condition, controller
-             version, the trial ids
-             fitted, complete flag (always true), F, f, covar, x0 mean and covariance
+             version, the trial ids fitted, complete flag (always true), F, f, covar, x0 mean
+             and covariance
 
 Per condition and controller version, the sample rollouts of that version form a batch (kept
 by index). When the batch has rollouts_per_condition rollouts, the dynamics are fitted with
@@ -100,8 +101,9 @@ class DynamicsFitterNode(Node):
 
     def _read_state(self) -> Dict[Tuple[int, int], _Batch]:
         """
-        The batches of state_file (none if unset or absent); NodeParameterError naming the
-        file and the problem if it cannot be used.
+        Return the batches of state_file (none if unset or absent).
+
+        Raises NodeParameterError naming the file and the problem if it cannot be used.
         """
         if self.state_file is None or not self.state_file.exists():
             return {}
@@ -145,8 +147,8 @@ class DynamicsFitterNode(Node):
             return
         m = rollout.condition
         if m >= len(self.config.conditions) or rollout.X.shape[0] != self.config.T:
-            self.get_logger().error(f"ignored rollout {rollout.trial_id}: condition {m}, T={rollout.X.shape[0]} "
-                                    f"do not fit the experiment")
+            self.get_logger().error(f"ignored rollout {rollout.trial_id}: condition {m}, "
+                                    f"T={rollout.X.shape[0]} do not fit the experiment")
             return
         batch = self._touch(m, rollout.controller_version)
         batch.rollouts[rollout.index] = rollout
@@ -159,8 +161,9 @@ class DynamicsFitterNode(Node):
 
     def _touch(self, m: int, version: int) -> _Batch:
         """
-        The batch of (m, version), created if new, made the most recently used; the least
-        recently used batches of condition m beyond KEPT_VERSIONS are dropped.
+        Return the batch of (m, version), created if new, made the most recently used.
+
+        The least recently used batches of condition m beyond KEPT_VERSIONS are dropped.
         """
         batch = self.batches.pop((m, version), None)
         if batch is None:
@@ -173,24 +176,28 @@ class DynamicsFitterNode(Node):
 
     def _prior_before(self, m: int, batch: _Batch) -> Optional[GMMPrior]:
         """
-        The prior batch (m, version) starts from: the one after the complete batch of
-        version - 1, or a fresh one (None when the experiment disables the prior). Not a copy.
+        Return the prior batch (m, version) starts from (not a copy).
+
+        That is the one after the complete batch of version - 1, or a fresh one (None when the
+        experiment disables the prior).
         """
         below = self.batches.get((m, batch.version - 1))
         if below is not None and below.fitted:
             return below.prior_after
         if batch.version > 0 and (m, batch.version) not in self._fresh_prior_warned:
             self._fresh_prior_warned.add((m, batch.version))
-            self.get_logger().warning(f"condition {m}: controller version {batch.version} is fitted under a fresh "
-                                      f"prior: no complete batch of version {batch.version - 1} is known here "
+            self.get_logger().warning(f"condition {m}: controller version {batch.version} "
+                                      "is fitted under a fresh prior: no complete batch of "
+                                      f"version {batch.version - 1} is known here "
                                       "(dynamics_fitter restarted without state_file, or that "
                                       "batch was dropped)")
         return new_dynamics_prior(self.settings.dynamics.prior)
 
     def _fit_complete(self, m: int, batch: _Batch):
         """
-        The batch's fit under (a copy of) the prior it starts from, kept with the prior
-        after it: (trial ids, dynamics); None for a fit with non-finite or absurd numbers
+        Fit the batch under (a copy of) the prior it starts from, kept with the prior after it.
+
+        Returns (trial ids, dynamics); None for a fit with non-finite or absurd numbers
         (core.sanity), which is never published, nor its prior kept.
         """
         # A copy: the prior before this batch stays as it was for a refit (a replaced rollout).
@@ -202,8 +209,9 @@ class DynamicsFitterNode(Node):
         dynamics = fit_batch_dynamics(prior, X, U, self.settings.dynamics.regularization)
         fault = sanity.dynamics_fault(dynamics)
         if fault is not None:
-            self.get_logger().error(f"condition {m}: the fit of controller version {batch.version} "
-                                    f"from {len(trial_ids)} rollouts is not published: {fault}")
+            self.get_logger().error(f"condition {m}: the fit of controller version "
+                                    f"{batch.version} from {len(trial_ids)} rollouts is not "
+                                    f"published: {fault}")
             return None
         batch.prior_after, batch.fitted = prior, True
         return trial_ids, dynamics

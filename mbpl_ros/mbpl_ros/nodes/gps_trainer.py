@@ -180,7 +180,8 @@ class TrialGoals:
 
 
 class GpsTrainerNode(Node):
-    def __init__(self, node_name: str = "gps_trainer", log: Optional[TextIO] = None, **node_kwargs):
+    def __init__(self, node_name: str = "gps_trainer", log: Optional[TextIO] = None,
+                 **node_kwargs):
         super().__init__(node_name, **node_kwargs)
         try:
             self._read_parameters()
@@ -196,7 +197,8 @@ class GpsTrainerNode(Node):
         self.ignored_results = 0          # rollouts whose trial id was not the awaited one
         self.estop_latched = False        # lqr_controller's e-stop latch, as last heard
         self.paused = False               # waiting for the e-stop to be reset
-        self.estop_aborts = 0             # trials aborted by the e-stop (requested again, not counted)
+        # trials aborted by the e-stop (requested again, not counted)
+        self.estop_aborts = 0
         self._stop = threading.Event()
         self._arrived = threading.Condition()
         self._results: Dict[int, wire.RolloutMessage] = {}
@@ -211,7 +213,8 @@ class GpsTrainerNode(Node):
                                                    wire.LATCHED_STATE_QOS)
         self._markers_pub = self.create_publisher(MarkerArray, wire.MARKERS_TOPIC,
                                                   wire.LATCHED_STATE_QOS)
-        self._paths: Dict[int, np.ndarray] = {}   # condition -> end-effector path of its last trial
+        # condition -> end-effector path of its last trial
+        self._paths: Dict[int, np.ndarray] = {}
         self._controller_pub = self.create_publisher(LinearGaussianController,
                                                      wire.CONTROLLERS_TOPIC,
                                                      wire.CONTROLLERS_QOS)
@@ -224,8 +227,8 @@ class GpsTrainerNode(Node):
         self._dynamics_sub = self.create_subscription(LinearGaussianDynamics, wire.DYNAMICS_TOPIC,
                                                       self._on_dynamics,
                                                       wire.EVENTS_QOS, callback_group=group)
-        self.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self._on_estop_latched, wire.LATCHED_STATE_QOS,
-                                 callback_group=group)
+        self.create_subscription(Bool, wire.ESTOP_LATCHED_TOPIC, self._on_estop_latched,
+                                 wire.LATCHED_STATE_QOS, callback_group=group)
         self._policy_client = self.create_client(
             SetParameters, f"{self.controller_node}/set_parameters", callback_group=group)
         self._policy_set: Optional[tuple] = None  # (path, version) lqr_controller last confirmed
@@ -243,7 +246,8 @@ class GpsTrainerNode(Node):
         self.seed = self.config.seed if seed < 0 else seed
         output = declare(self, PARAMETERS, "output_dir", f"runs/gps_{self.experiment_path.stem}")
         if not output:
-            raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable directory path")
+            raise NodeParameterError("parameter 'output_dir' is empty; allowed: a writable "
+                                     "directory path")
         try:
             self.output = check_output_directory(output, "parameter 'output_dir'")
         except ConfigError as error:
@@ -272,7 +276,7 @@ class GpsTrainerNode(Node):
             raise NodeParameterError(str(error)) from None
 
     def _check_experiment(self) -> None:
-        """What the graph cannot run is refused here, naming the file, key and what is allowed."""
+        """Refuse what the graph cannot run, naming the file, key and what is allowed."""
         config, path = self.config, str(self.experiment_path)
         if config.algorithm == "mdgps" and config.policy.device != "cpu":
             from mbpl_ros.core.policy.network import resolve_device
@@ -287,13 +291,15 @@ class GpsTrainerNode(Node):
 
     @property
     def metrics(self) -> List[dict]:
-        """The metrics rows so far (metrics.jsonl's)."""
+        """Return the metrics rows so far (metrics.jsonl's)."""
         return list(self._loop.metrics) if self._loop is not None else []
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """
-        Runtime changes, all or none: each checked (an unsafe value is rejected with the
-        reason); the run reads them between trials (and kl_step before each update).
+        Apply runtime changes, all or none, each checked.
+
+        An unsafe value is rejected with the reason; the run reads the changes between trials
+        (and kl_step before each update).
         """
         reason = check_changes(PARAMETERS, parameters)
         if reason is not None:
@@ -302,8 +308,8 @@ class GpsTrainerNode(Node):
         for parameter in parameters:
             if parameter.name in PARAMETERS and PARAMETERS[parameter.name].runtime:
                 setattr(self, parameter.name, parameter.value)
-                self.get_logger().info(f"parameter {parameter.name} = {parameter.value!r} (from the next trial, "
-                                       "iteration or update)")
+                self.get_logger().info(f"parameter {parameter.name} = {parameter.value!r} "
+                                       "(from the next trial, iteration or update)")
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ inputs
@@ -321,7 +327,8 @@ class GpsTrainerNode(Node):
         with self._arrived:
             if rollout.trial_id != self._awaited:
                 self.ignored_results += 1
-                self.get_logger().debug(f"ignored the rollout of trial {rollout.trial_id}: awaiting {self._awaited}")
+                self.get_logger().debug(f"ignored the rollout of trial {rollout.trial_id}: "
+                                        f"awaiting {self._awaited}")
                 return
             self._results[rollout.trial_id] = rollout
             self._arrived.notify_all()
@@ -414,7 +421,7 @@ class GpsTrainerNode(Node):
             progress, self.config.algorithm, self.get_clock().now().nanoseconds))
 
     def _publish_markers(self, result: TrialResult) -> None:
-        """The condition targets and the end-effector path of each condition's latest trial."""
+        """Publish the targets and the end-effector path of each condition's latest trial."""
         config, layout = self.config, self.config.layout
         target = np.asarray(config.conditions[result.trial.condition].target, dtype=float)
         self._paths[result.trial.condition] = result.X[:, layout.ee_offset[:3]] + target
@@ -461,7 +468,8 @@ class GpsTrainerNode(Node):
             if self._stop.is_set():
                 raise TrainingStopped("stopped")
             if time.monotonic() > deadline:
-                raise TrainingStopped(f"lqr_controller, sample_collector and dynamics_fitter did not all appear "
+                raise TrainingStopped("lqr_controller, sample_collector and dynamics_fitter did "
+                                      "not all appear "
                                       f"within discovery_timeout_s={self.discovery_timeout_s:g} s "
                                       f"({wire.RUN_TRIAL_ACTION} server ready: "
                                       f"{self._goals.ready()}, publishers of "
@@ -474,19 +482,21 @@ class GpsTrainerNode(Node):
             time.sleep(0.05)
 
     def _others_publishing(self, topic: str) -> int:
-        """Publishers of `topic` other than this node's own."""
+        """Count the publishers of `topic` other than this node's own."""
         return sum(1 for info in self.get_publishers_info_by_topic(topic)
                    if (info.node_name, info.node_namespace)
                    != (self.get_name(), self.get_namespace()))
 
     def _publish_controllers(self, controllers, version: int) -> None:
         for m, controller in enumerate(controllers):
-            self._controller_pub.publish(wire.encode_controller(wire.ControllerMessage(m, version, controller)))
+            self._controller_pub.publish(wire.encode_controller(
+                wire.ControllerMessage(m, version, controller)))
 
     def _use_policy(self, path: Path, version: int) -> None:
         """
-        Make lqr_controller's policy executor run the policy at `path` (of `version`):
-        its policy_path set over its set_parameters service (it reloads a changed file).
+        Make lqr_controller's policy executor run the policy at `path` (of `version`).
+
+        Its policy_path is set over its set_parameters service (it reloads a changed file).
         """
         if self._policy_set == (str(path), version):
             return
@@ -522,9 +532,11 @@ class GpsTrainerNode(Node):
     def _trial(self, trial: Trial, noise: np.ndarray,
                policy: Optional[tuple]) -> wire.RolloutMessage:
         """
-        Run one trial to a valid rollout, retrying with a new id; TrainingStopped after
-        max_attempts failures. Trials the e-stop aborted are requested again after its
-        reset and not counted. policy: (path, version) for a policy trial.
+        Run one trial to a valid rollout, retrying with a new id.
+
+        Raises TrainingStopped after max_attempts failures. Trials the e-stop aborted are
+        requested again after its reset and not counted. policy: (path, version) for a policy
+        trial.
         """
         m, iteration, index, purpose = trial.condition, trial.iteration, trial.index, trial.purpose
         spec = self.config.conditions[m]
@@ -557,11 +569,14 @@ class GpsTrainerNode(Node):
                 goals.cancel(trial_id)   # the robot stops it (fallback command) if it runs
             if arrived and rollout.status == wire.TrialStatus.OK:
                 return rollout
-            if (arrived and rollout.status == wire.TrialStatus.ESTOP) or (not arrived and self.estop_latched):
+            if ((arrived and rollout.status == wire.TrialStatus.ESTOP)
+                    or (not arrived and self.estop_latched)):
                 self.estop_aborts += 1
-                self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, {purpose} "
-                                          f"{index}) stopped by the e-stop: requested again after its reset")
-                self._wait(lambda: self.estop_latched, ESTOP_SETTLE_S)  # the latch may trail the rollout
+                self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition "
+                                          f"{m}, {purpose} {index}) stopped by the e-stop: "
+                                          "requested again after its reset")
+                # the latch may trail the rollout
+                self._wait(lambda: self.estop_latched, ESTOP_SETTLE_S)
                 continue
             attempt += 1
             self._policy_set = None   # a restarted lqr_controller has lost it: set it again
@@ -573,18 +588,22 @@ class GpsTrainerNode(Node):
                 failures.append(f"no rollout within trial_timeout_s={self.trial_timeout_s:g} s"
                                 if not arrived else f"rollout dropped: {rollout.status.name}")
             max_attempts = int(self.max_attempts)
-            self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, {purpose} "
-                                      f"{index}), attempt {attempt}/{max_attempts}: {failures[-1]}")
+            self.get_logger().warning(f"trial {trial_id} (iteration {iteration}, condition {m}, "
+                                      f"{purpose} {index}), attempt {attempt}/{max_attempts}: "
+                                      f"{failures[-1]}")
             if attempt >= max_attempts:
-                raise TrainingStopped(f"iteration {iteration}, condition {m}, {purpose} {index}: no valid rollout "
-                                      f"in {attempt} attempts ({'; '.join(failures)})")
+                raise TrainingStopped(f"iteration {iteration}, condition {m}, {purpose} {index}: "
+                                      f"no valid rollout in {attempt} attempts "
+                                      f"({'; '.join(failures)})")
             if self._stop.wait(RETRY_DELAY_S * attempt):
                 raise TrainingStopped("stopped")
 
     def _await_dynamics(self, version: int, batch: Dict[int, List[wire.RolloutMessage]]) -> list:
         """
-        dynamics_fitter's complete fit of every condition's batch (its rollouts, by trial
-        id, as sampled). An overdue fit has its batch published again (REPUBLISH_AFTER_S).
+        Return dynamics_fitter's complete fit of every condition's batch.
+
+        The batch is its rollouts, by trial id, as sampled. An overdue fit has its batch
+        published again (REPUBLISH_AFTER_S).
         """
         ids = {m: [rollout.trial_id for rollout in rollouts] for m, rollouts in batch.items()}
 
@@ -626,10 +645,11 @@ class GpsTrainerNode(Node):
 
 class RosTrials:
     """
-    The training loop's RolloutSource on the robot, through the node graph: each trial a
-    request to lqr_controller (retried, paused by the e-stop: GpsTrainerNode._trial), its
-    rollout from sample_collector; each batch's dynamics from dynamics_fitter. Trials run
-    one at a time (one robot).
+    The training loop's RolloutSource on the robot, through the node graph.
+
+    Each trial is a request to lqr_controller (retried, paused by the e-stop:
+    GpsTrainerNode._trial), its rollout from sample_collector; each batch's dynamics from
+    dynamics_fitter. Trials run one at a time (one robot).
     """
 
     def __init__(self, node: GpsTrainerNode) -> None:
@@ -640,8 +660,9 @@ class RosTrials:
 
     def start(self, state: Optional[dict]) -> None:
         """
-        Trial ids go on from a resumed run's, past any it used after its checkpoint; then
-        wait for the rest of the graph.
+        Wait for the rest of the graph.
+
+        Trial ids go on from a resumed run's, past any it used after its checkpoint.
         """
         if state is not None:
             self.node._next_trial_id = int(state["next_trial_id"]) + RESUME_TRIAL_ID_GAP
@@ -649,14 +670,16 @@ class RosTrials:
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
         """
-        Controllers on gps/controllers; the policy goes to lqr_controller before its next trial.
+        Publish the controllers on gps/controllers.
+
+        The policy goes to lqr_controller before its next trial.
         """
         self.node._publish_controllers(controllers, version)
         if policy_path is not None:
             self.policy_path, self.policy_version = Path(policy_path), version
 
     def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
-        """Each trial in turn; sample noise times noise_scale (one scale for the whole call)."""
+        """Run each trial in turn; sample noise times noise_scale (one scale for a whole call)."""
         noise_scale = float(self.node.noise_scale)
         results = []
         for trial in trials:
@@ -676,7 +699,9 @@ class RosTrials:
 
     def fitted_dynamics(self, version: int, results: Sequence[TrialResult]) -> list:
         """
-        dynamics_fitter's complete fits of exactly these rollouts (by trial id), per condition.
+        Return dynamics_fitter's complete fits of exactly these rollouts, per condition.
+
+        The rollouts are matched by trial id.
         """
         M = len(self.node.config.conditions)
         batch: Dict[int, List[wire.RolloutMessage]] = {m: [] for m in range(M)}
@@ -691,8 +716,10 @@ class RosTrials:
 
 class RobotLink:
     """
-    The trainer's end of one robot in namespace `name`: its trial goals and controllers
-    out, its rollouts and e-stop latch in, its lqr_controller's set_parameters (MDGPS).
+    The trainer's end of one robot in namespace `name`.
+
+    Its trial goals and controllers out, its rollouts and e-stop latch in, its
+    lqr_controller's set_parameters (MDGPS).
     """
 
     def __init__(self, node: GpsTrainerNode, name: str, on_rollout) -> None:
@@ -719,8 +746,9 @@ class RobotLink:
 
     def present(self) -> bool:
         """
-        Its lqr_controller and sample_collector are in the graph (and, for MDGPS, the
-        policy service).
+        Tell whether its lqr_controller and sample_collector are in the graph.
+
+        For MDGPS, its policy service too.
         """
         return (self.goals.ready()
                 and self.rollout_sub.get_publisher_count() > 0
@@ -728,7 +756,7 @@ class RobotLink:
                      or self.policy_client.service_is_ready()))
 
     def use_policy(self, path: Path, version: int) -> None:
-        """Its lqr_controller's policy_path set to `path` (of `version`), as _use_policy."""
+        """Set its lqr_controller's policy_path to `path` (of `version`), as _use_policy."""
         if self.policy_set == (str(path), version):
             return
         parameter = Parameter("policy_path", Parameter.Type.STRING, str(path)).to_parameter_msg()
@@ -747,11 +775,13 @@ class RobotLink:
 
 class SpreadTrials(RosTrials):
     """
-    The RolloutSource over several robots (parameter `robots`), each a namespace with its
-    own lqr_controller, sample_collector and robot: the trials of each call are handed to
-    free robots in parallel (mbpl_ros.dispatch.Dispatcher: assignment, retries, e-stop,
-    robots leaving and rejoining), and the results come back in the trials' order, each
-    passed to on_trial in that order, so the recording is the one a single robot makes.
+    The RolloutSource over several robots (parameter `robots`).
+
+    Each robot is a namespace with its own lqr_controller, sample_collector and robot: the
+    trials of each call are handed to free robots in parallel (mbpl_ros.dispatch.Dispatcher:
+    assignment, retries, e-stop, robots leaving and rejoining), and the results come back in
+    the trials' order, each passed to on_trial in that order, so the recording is the one a
+    single robot makes.
 
     One dynamics_fitter serves the trainer (in its namespace): a condition's batch is spread
     over the robots, and its fit — and the GMM prior, which accumulates every batch — must be
@@ -784,8 +814,10 @@ class SpreadTrials(RosTrials):
 
     def start(self, state: Optional[dict]) -> None:
         """
-        Trial ids as RosTrials; then wait for the fitter and the robots (all of them, up to
-        discovery_timeout_s; then those present, with a warning; none: TrainingStopped).
+        Wait for the fitter and the robots, trial ids as RosTrials.
+
+        All of the robots, up to discovery_timeout_s; then those present, with a warning;
+        none: TrainingStopped.
         """
         node = self.node
         if state is not None:
@@ -811,8 +843,9 @@ class SpreadTrials(RosTrials):
 
     def publish(self, controllers, version: int, policy_path: Optional[Path]) -> None:
         """
-        Controllers on every robot's gps/controllers (transient local: a robot that joins
-        later gets them too).
+        Publish the controllers on every robot's gps/controllers.
+
+        They are transient local: a robot that joins later gets them too.
         """
         for link in self.links:
             for m, controller in enumerate(controllers):
@@ -822,7 +855,7 @@ class SpreadTrials(RosTrials):
             self.policy_path, self.policy_version = Path(policy_path), version
 
     def run_trials(self, trials: Sequence[Trial], on_trial: TrialHook) -> List[TrialResult]:
-        """The trials spread over the free robots; results (and on_trial) in their order."""
+        """Spread the trials over the free robots; results (and on_trial) in their order."""
         node = self.node
         noise_scale = float(node.noise_scale)
         if any(t.executor == "policy" and (self.policy_path is None
@@ -902,7 +935,7 @@ class SpreadTrials(RosTrials):
 
     def _take_rejections(self, dispatcher: Dispatcher, links: Dict[str, RobotLink],
                          now: float) -> None:
-        """Goals a robot rejected: each a failed attempt of its trial (tried again)."""
+        """Take the goals a robot rejected: each a failed attempt of its trial (tried again)."""
         for name, link in links.items():
             with self.node._arrived:
                 rejected, link.goals.rejected = link.goals.rejected, set()
@@ -916,7 +949,7 @@ class SpreadTrials(RosTrials):
                     dispatcher.failed(trial_id, "goal rejected", now)
 
     def _take(self, dispatcher: Dispatcher, link: RobotLink, rollout, trials, now: float) -> None:
-        """A rollout of an awaited id from `link`: completes, fails or puts back its trial."""
+        """Take a rollout of an awaited id from `link`: complete, fail or put back its trial."""
         if dispatcher.robot_of(rollout.trial_id) != link.name:
             self.node.ignored_results += 1      # given up on meanwhile, or not this robot's
             return

@@ -1,4 +1,5 @@
-"""The parameter table of every node, read from the nodes themselves.
+"""
+The parameter table of every node, read from the nodes themselves.
 
 The nodes declare their parameters from the tables of nodes.parameters. Each node of
 graph.nodes(with_sim=True) is constructed (not spun) with the parameters of a
@@ -24,9 +25,13 @@ def _cell(text: str) -> str:
 
 
 def parameter_reference(params_file: str | Path) -> str:
-    """Markdown: one row per (node, parameter), its value under `params_file`, its description
-    and its constraints. The nodes are built in a temporary directory, so nothing (such as
-    gps_trainer's relative output_dir) is created where the command runs."""
+    """
+    Return the Markdown parameter table of every node under `params_file`.
+
+    One row per (node, parameter): its value under `params_file`, its description and its
+    constraints. The nodes are built in a temporary directory, so nothing (such as
+    gps_trainer's relative output_dir) is created where the command runs.
+    """
     import rclpy
     from rclpy.context import Context
 
@@ -61,7 +66,7 @@ def _working_directory(path):
 
 
 def _rows(context, spec: graph.NodeSpec, parameters: dict) -> list:
-    """The table rows of one node, built with `parameters`."""
+    """Return the table rows of one node, built with `parameters`."""
     rows = []
     node = graph.load_node_class(spec)(context=context,
                                        parameter_overrides=graph.as_rclpy_parameters(parameters))
