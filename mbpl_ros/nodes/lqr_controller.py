@@ -121,9 +121,9 @@ RATE_TOLERANCE = 0.2
 RESET_MATCH_TOLERANCE = 1e-9
 #: Controller versions kept per condition (a request names the exact version it wants).
 KEPT_VERSIONS = 4
-#: Parameters settable at runtime: validated together, applied between trials.
 #: Feedback of a running trial every this many steps (and at each phase change).
 FEEDBACK_EVERY_STEPS = 10
+#: Parameters settable at runtime: validated together, applied between trials.
 RUNTIME_PARAMETERS = tuple(name for name, p in PARAMETERS.items() if p.runtime)
 
 
