@@ -1,6 +1,8 @@
 """
-lqr_controller: runs trials of a condition's time-varying linear-Gaussian controller
-u_t = K_t x_t + k_t + chol_t ε_t (or of the exported TorchScript policy) on the robot.
+lqr_controller: run trials of a condition's controller (or of the exported policy) on the robot.
+
+The controller is time-varying linear-Gaussian, u_t = K_t x_t + k_t + chol_t ε_t; the policy
+is the exported TorchScript one.
 
 Subscribes   joint_states (sensor_msgs/JointState)
              gps/controllers (mbpl_ros_interfaces/LinearGaussianController, transient local):
@@ -77,7 +79,6 @@ from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rcl_interfaces.srv import SetParameters
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -115,13 +116,14 @@ RESET_MODES = PARAMETERS["reset_mode"].choices
 #: and how far the measured rate may be from what the timing needs (relative).
 RATE_SAMPLES = 10
 RATE_TOLERANCE = 0.2
-#: A sim_service reset is complete at the first joint state this close to the start pose at rest.
+#: A sim_service reset is complete at the first joint state this close to the start pose at
+#: rest.
 RESET_MATCH_TOLERANCE = 1e-9
 #: Controller versions kept per condition (a request names the exact version it wants).
 KEPT_VERSIONS = 4
-#: Parameters settable at runtime: validated together, applied between trials.
 #: Feedback of a running trial every this many steps (and at each phase change).
 FEEDBACK_EVERY_STEPS = 10
+#: Parameters settable at runtime: validated together, applied between trials.
 RUNTIME_PARAMETERS = tuple(name for name, p in PARAMETERS.items() if p.runtime)
 
 
@@ -153,19 +155,23 @@ class _Trial:
     act: object                     # act(t, x, noise) -> u (dU,)
     phase: str                      # "resetting" | "running"
     started: float                  # time.monotonic() of the request
-    watched_since: Optional[float] = None  # when commanding began (the watchdog runs from then)
+    # when commanding began (the watchdog runs from then)
+    watched_since: Optional[float] = None
     t: int = 0
     stamps: Optional[np.ndarray] = None    # (T,) int64
     commands: Optional[np.ndarray] = None  # (T, dU)
     reset_answered: Optional[float] = None  # time.monotonic() of the sim reset's response
-    last_command_arrival: float = -np.inf   # arrival of the joint state the last command acted on
-    awaiting_services: bool = False         # sim_service reset waits for the services to appear
+    # arrival of the joint state the last command acted on
+    last_command_arrival: float = -np.inf
+    # sim_service reset waits for the services to appear
+    awaiting_services: bool = False
 
 
 def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) -> Optional[str]:
     """
-    Why realtime control cannot work with joint states arriving `intervals_s` (s) apart
-    (their median is the rate), or None. realtime_trigger joint_state steps on each state,
+    Return why realtime control cannot work with joint states `intervals_s` (s) apart, or None.
+
+    The intervals' median is the rate. realtime_trigger joint_state steps on each state,
     so the states must come at control_rate_hz; timer needs them at least that often.
     """
     rate = 1.0 / max(float(np.median(intervals_s)), 1e-9)
@@ -237,8 +243,10 @@ class LqrControllerNode(Node):
         self._estop_inputs: Dict[str, bool] = {}   # the last value of each e-stop input
         self._latest: Optional[_JointSample] = None
         self._trial: Optional[_Trial] = None
-        self._pending: Optional[wire.TrialRequest] = None  # waiting for its controller version
-        self._staged: Optional[_Settings] = None             # runtime parameters, for the next trial
+        # waiting for its controller version
+        self._pending: Optional[wire.TrialRequest] = None
+        # runtime parameters, for the next trial
+        self._staged: Optional[_Settings] = None
         self._lock = threading.RLock()
         self.state_rate_problem: Optional[str] = None   # see _measure_state_rate
         self.state_rate_hz: Optional[float] = None      # measured at start-up (realtime)
@@ -249,10 +257,12 @@ class LqrControllerNode(Node):
         # Reentrant: service responses must be handled while other callbacks run; the lock
         # above serialises everything that touches the trial.
         group = ReentrantCallbackGroup()
-        self._command_pub = self.create_publisher(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, 10)
+        self._command_pub = self.create_publisher(Float64MultiArray,
+                                                  wire.EFFORT_COMMANDS_TOPIC, 10)
         self._record_pub = self.create_publisher(TrialRecord, wire.TRIAL_RECORDS_TOPIC,
                                                  wire.EVENTS_QOS)
-        self._estop_state_pub = self.create_publisher(Bool, wire.ESTOP_LATCHED_TOPIC, wire.LATCHED_STATE_QOS)
+        self._estop_state_pub = self.create_publisher(Bool, wire.ESTOP_LATCHED_TOPIC,
+                                                      wire.LATCHED_STATE_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 10,
                                  callback_group=group)
         self.create_subscription(LinearGaussianController, wire.CONTROLLERS_TOPIC,
@@ -262,7 +272,8 @@ class LqrControllerNode(Node):
             self, RunTrial, wire.RUN_TRIAL_ACTION, execute_callback=self._execute_goal,
             goal_callback=self._on_goal, handle_accepted_callback=self._on_accepted,
             cancel_callback=self._on_cancel, callback_group=group)
-        self.create_subscription(Bool, self.estop_topic, self._on_estop, wire.ESTOP_QOS, callback_group=group)
+        self.create_subscription(Bool, self.estop_topic, self._on_estop, wire.ESTOP_QOS,
+                                 callback_group=group)
         if (self.global_estop_topic and self.resolve_topic_name(self.global_estop_topic)
                 != self.resolve_topic_name(self.estop_topic)):   # a robot in a namespace
             self.create_subscription(Bool, self.global_estop_topic,
@@ -270,22 +281,31 @@ class LqrControllerNode(Node):
                                      callback_group=group)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop, callback_group=group)
         if self.reset_mode == "sim_service":
-            self._set_parameters = self.create_client(SetParameters, f"{self.sim_node}/set_parameters",
+            self._set_parameters = self.create_client(SetParameters,
+                                                      f"{self.sim_node}/set_parameters",
                                                       callback_group=group)
-            self._reset = self.create_client(Trigger, f"{self.sim_node}/reset", callback_group=group)
+            self._reset = self.create_client(Trigger, f"{self.sim_node}/reset",
+                                             callback_group=group)
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        # The watchdog, checked every control period in every mode; realtime_trigger timer: also the step.
-        self.create_timer(1.0 / self.control_rate_hz, self._on_tick, callback_group=group, clock=steady)
+        # The watchdog, checked every control period in every mode; realtime_trigger timer:
+        # also the step.
+        self.create_timer(1.0 / self.control_rate_hz, self._on_tick, callback_group=group,
+                          clock=steady)
         self.create_timer(0.1, self._check_timeouts, callback_group=group, clock=steady)
         self._estop_state_pub.publish(Bool(data=self.estop_latched))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         limits = self.settings.safety
-        timing = (f"realtime, a step per new joint state (watchdog at {self.control_rate_hz:g} Hz)"
-                  if self._steps_on_state and self.mode == "realtime" else f"{self.mode} at {self.control_rate_hz:g} Hz")
+        rate = self.control_rate_hz
+        timing = (f"realtime, a step per new joint state (watchdog at {rate:g} Hz)"
+                  if self._steps_on_state and self.mode == "realtime"
+                  else f"{self.mode} at {rate:g} Hz")
+        settings = self.settings
         self.get_logger().info(f"{self.config.robot}: {timing}, "
-                               f"reset by {self.reset_mode}, joints {list(self.joints)}, effort limits "
-                               f"{list(self.settings.effort_limits)} N·m, joint-limit margin {limits.margin:g} rad, "
-                               f"watchdog {self.settings.watchdog_periods} periods ({self.settings.watchdog_action}), "
+                               f"reset by {self.reset_mode}, joints {list(self.joints)}, "
+                               f"effort limits {list(settings.effort_limits)} N·m, "
+                               f"joint-limit margin {limits.margin:g} rad, "
+                               f"watchdog {settings.watchdog_periods} periods "
+                               f"({settings.watchdog_action}), "
                                f"e-stop on {self.resolve_topic_name(self.estop_topic)}"
                                + (" (latched: call ~/reset_estop)" if self.estop_latched else ""))
 
@@ -307,14 +327,16 @@ class LqrControllerNode(Node):
         self.joints = tuple(declare(self, PARAMETERS, "joints", list(spec.joint_names),
                                     detail=f"the robot's being {list(spec.joint_names)}"))
         if sorted(self.joints) != sorted(spec.joint_names):
-            raise NodeParameterError(f"parameter 'joints' is {list(self.joints)}; allowed: each joint of "
+            raise NodeParameterError(f"parameter 'joints' is {list(self.joints)}; "
+                                     f"allowed: each joint of "
                                      f"{spec.name} exactly once, from {list(spec.joint_names)}")
         # command[i] = u[_wire_order[i]]
         self._wire_order = np.array([spec.joint_names.index(name) for name in self.joints])
         self.reset_mode = declare(self, PARAMETERS, "reset_mode")
         self.sim_node = declare(self, PARAMETERS, "sim_node")
         if not self.sim_node.startswith("/"):
-            raise NodeParameterError(f"parameter 'sim_node' is {self.sim_node!r}; allowed: a fully qualified "
+            raise NodeParameterError(f"parameter 'sim_node' is {self.sim_node!r}; "
+                                     "allowed: a fully qualified "
                                      "node name starting with '/'")
         self.reset_timeout_s = declare(self, PARAMETERS, "reset_timeout_s")
         declare(self, PARAMETERS, "pd_natural_frequency")
@@ -326,8 +348,10 @@ class LqrControllerNode(Node):
         # ---- safety (docs/safety.md)
         self.state_of = JointStateToState(self.config.robot, self.layout)
         model = self.state_of.model
-        self.robot_effort_limits = np.asarray(model.effort_limits, dtype=float)      # robot order, URDF
-        self.position_limits = np.asarray(model.position_limits, dtype=float)          # (J, 2), robot order
+        # robot order, URDF
+        self.robot_effort_limits = np.asarray(model.effort_limits, dtype=float)
+        # (J, 2), robot order
+        self.position_limits = np.asarray(model.position_limits, dtype=float)
         self.envelope = sanity.StateEnvelope(self.position_limits, model.velocity_limits)
         urdf_in_joints_order = self.robot_effort_limits[self._wire_order].tolist()
         declare(self, PARAMETERS, "effort_limits", urdf_in_joints_order,
@@ -338,7 +362,8 @@ class LqrControllerNode(Node):
         declare(self, PARAMETERS, "watchdog_action")
         self.estop_topic = declare(self, PARAMETERS, "estop_topic", wire.ESTOP_TOPIC)
         if not self.estop_topic:
-            raise NodeParameterError("parameter 'estop_topic' is empty; allowed: a topic name, e.g. gps/estop")
+            raise NodeParameterError("parameter 'estop_topic' is empty; "
+                                     "allowed: a topic name, e.g. gps/estop")
         self.global_estop_topic = declare(self, PARAMETERS, "global_estop_topic",
                                           wire.GLOBAL_ESTOP_TOPIC)
         self.estop_latched_at_start = declare(self, PARAMETERS, "estop_latched_at_start")
@@ -347,18 +372,21 @@ class LqrControllerNode(Node):
 
     def _validated_settings(self, values: dict, current: Optional[_Settings] = None) -> _Settings:
         """
-        The runtime parameters `values` (name -> value) as settings, or NodeParameterError
-        naming the parameter, what is wrong and what is allowed. The policy is loaded only
-        when its path or its file changed.
+        Return the runtime parameters `values` (name -> value) as settings.
+
+        Raise NodeParameterError naming the parameter, what is wrong and what is allowed.
+        The policy is loaded only when its path or its file changed.
         """
         requested = np.asarray(values["effort_limits"], dtype=float)
         try:
             if requested.shape != (len(self.joints),):
                 raise ValueError(f"one per joint of {list(self.joints)} is needed")
-            effort = safety.lowered_effort_limits(self.robot_effort_limits[self._wire_order], requested)
+            effort = safety.lowered_effort_limits(self.robot_effort_limits[self._wire_order],
+                                                  requested)
         except ValueError as error:
             raise NodeParameterError(
-                f"parameter 'effort_limits' is {requested.tolist()}: {error}; allowed: one double per joint of "
+                f"parameter 'effort_limits' is {requested.tolist()}: {error}; "
+                f"allowed: one double per joint of "
                 f"{list(self.joints)} in (0, URDF limit], the URDF's being "
                 f"{self.robot_effort_limits[self._wire_order].tolist()}") from None
         effort_robot_order = np.empty_like(effort)
@@ -369,8 +397,10 @@ class LqrControllerNode(Node):
                                          margin=margin, damping=damping)
         except ValueError as error:
             name = "joint_limit_damping" if "damping" in str(error) else "joint_limit_margin"
-            raise NodeParameterError(f"parameter '{name}' is {values[name]!r}: {error}; allowed: a margin "
-                                     "in [0, half the smallest joint range) rad and a damping >= 0") from None
+            raise NodeParameterError(f"parameter '{name}' is {values[name]!r}: {error}; "
+                                     "allowed: a margin "
+                                     "in [0, half the smallest joint range) rad "
+                                     "and a damping >= 0") from None
         for name in ("watchdog_periods", "watchdog_action", "pd_natural_frequency",
                      "pd_damping_ratio"):
             PARAMETERS[name].check(values[name])
@@ -379,19 +409,23 @@ class LqrControllerNode(Node):
         unchanged = (current is not None and current.policy_path == path
                      and (current.policy is None or current.policy.file == _file_identity(path)))
         policy = current.policy if unchanged else self._load_policy(path)
-        return _Settings(safety=limits, effort_limits=tuple(effort.tolist()), watchdog_periods=int(periods),
-                         watchdog_action=action, pd_natural_frequency=float(values["pd_natural_frequency"]),
-                         pd_damping_ratio=float(values["pd_damping_ratio"]), policy_path=path, policy=policy)
+        return _Settings(safety=limits, effort_limits=tuple(effort.tolist()),
+                         watchdog_periods=int(periods), watchdog_action=action,
+                         pd_natural_frequency=float(values["pd_natural_frequency"]),
+                         pd_damping_ratio=float(values["pd_damping_ratio"]), policy_path=path,
+                         policy=policy)
 
     def _load_policy(self, path: str) -> Optional[_PolicyExecutor]:
         if not path:
             return None
         file = _file_identity(path)
         try:
-            from mbpl_ros.core.policy.deploy import load_exported_policy  # torch: only when a policy is used
+            # torch: only when a policy is used
+            from mbpl_ros.core.policy.deploy import load_exported_policy
             policy = load_exported_policy(path)
         except (ValueError, OSError, RuntimeError) as error:
-            raise NodeParameterError(f"parameter 'policy_path' is {path!r}: {error}; allowed: empty or an "
+            raise NodeParameterError(f"parameter 'policy_path' is {path!r}: {error}; "
+                                     "allowed: empty or an "
                                      "exported policy") from None
         try:
             check_policy_matches(policy, self.config, path)
@@ -405,15 +439,20 @@ class LqrControllerNode(Node):
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
         """
-        Runtime changes: validated together with the other runtime parameters (an unsafe
+        Validate runtime parameter changes, then apply them between trials.
+
+        Runtime changes are validated together with the other runtime parameters (an unsafe
         or inconsistent set is rejected with the reason), then applied when no trial runs —
         now, or when the running trial ends.
         """
         with self._lock:
             base = self._staged or self.settings
-        values = {"effort_limits": list(base.effort_limits), "joint_limit_margin": base.safety.margin,
-                  "joint_limit_damping": base.safety.damping, "watchdog_periods": base.watchdog_periods,
-                  "watchdog_action": base.watchdog_action, "pd_natural_frequency": base.pd_natural_frequency,
+        values = {"effort_limits": list(base.effort_limits),
+                  "joint_limit_margin": base.safety.margin,
+                  "joint_limit_damping": base.safety.damping,
+                  "watchdog_periods": base.watchdog_periods,
+                  "watchdog_action": base.watchdog_action,
+                  "pd_natural_frequency": base.pd_natural_frequency,
                   "pd_damping_ratio": base.pd_damping_ratio, "policy_path": base.policy_path}
         for parameter in parameters:
             if parameter.name in values:
@@ -428,7 +467,8 @@ class LqrControllerNode(Node):
             if self._trial is None:
                 self._apply_staged()
             else:
-                self.get_logger().info(f"parameters {[p.name for p in parameters]} take effect after trial "
+                names = [p.name for p in parameters]
+                self.get_logger().info(f"parameters {names} take effect after trial "
                                        f"{self._trial.request.trial_id}")
         return SetParametersResult(successful=True)
 
@@ -444,9 +484,10 @@ class LqrControllerNode(Node):
         except wire.WireFormatError as error:
             self.get_logger().error(f"ignored a controller: {error}")
             return
-        if message.condition >= len(self.config.conditions) or message.controller.T != self.config.T:
+        conditions = len(self.config.conditions)
+        if message.condition >= conditions or message.controller.T != self.config.T:
             self.get_logger().error(f"ignored controller for condition {message.condition} with T="
-                                    f"{message.controller.T}: the experiment has {len(self.config.conditions)} "
+                                    f"{message.controller.T}: the experiment has {conditions} "
                                     f"conditions and T={self.config.T}")
             return
         with self._lock:
@@ -555,14 +596,16 @@ class LqrControllerNode(Node):
                 pending, self._pending = self._pending, None
                 self._abort_request(pending, f"superseded by the goal of trial {request.trial_id}")
             if self.estop_latched:
-                self._abort_request(request, "the e-stop is latched (call ~/reset_estop)", wire.TrialStatus.ESTOP)
+                self._abort_request(request, "the e-stop is latched (call ~/reset_estop)",
+                                    wire.TrialStatus.ESTOP)
                 return
             if self.state_rate_problem is not None:
                 self._abort_request(request, self.state_rate_problem)
                 return
             self._apply_staged()
             if request.executor == "policy" and self.policy is None:
-                self._abort_request(request, "executor 'policy' but parameter 'policy_path' is empty")
+                self._abort_request(request,
+                                    "executor 'policy' but parameter 'policy_path' is empty")
                 return
             if request.executor == "controller" and not self._has_controller(request):
                 self._pending = request
@@ -572,9 +615,10 @@ class LqrControllerNode(Node):
 
     def _measure_state_rate(self, stamp_ns: int) -> None:
         """
-        Start-up check (realtime, under the lock): from the stamps of the first RATE_SAMPLES
-        joint-state intervals (the robot's clock: arrivals bunch), a rate the timing cannot
-        work with refuses every trial, naming the fix.
+        Check the joint-state rate at start-up (realtime, under the lock).
+
+        From the stamps of the first RATE_SAMPLES joint-state intervals (the robot's clock:
+        arrivals bunch), a rate the timing cannot work with refuses every trial, naming the fix.
         """
         self._first_stamps.append(stamp_ns)
         if len(self._first_stamps) <= RATE_SAMPLES:
@@ -603,7 +647,8 @@ class LqrControllerNode(Node):
                 self.faults["rejected_state"] += 1
             self.get_logger().warning(f"ignored a joint state: {error}", throttle_duration_sec=1.0)
             return
-        sample = _JointSample(q, qd, wire.nanoseconds_from_stamp(msg.header.stamp), time.monotonic())
+        sample = _JointSample(q, qd, wire.nanoseconds_from_stamp(msg.header.stamp),
+                              time.monotonic())
         now_ns = self.get_clock().now().nanoseconds
         with self._lock:
             latest = self._latest
@@ -634,8 +679,10 @@ class LqrControllerNode(Node):
 
     def _on_implausible_state(self, fault: str) -> None:
         """
-        A joint state no arm can be in (core.sanity): never acted on; a trial in progress
-        gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a non-finite command.
+        Handle a joint state no arm can be in (core.sanity): it is never acted on.
+
+        A trial in progress gets the fallback and is aborted (IMPLAUSIBLE_STATE), as for a
+        non-finite command.
         """
         self.faults["rejected_state"] += 1
         self.faults["implausible_state"] += 1
@@ -666,14 +713,16 @@ class LqrControllerNode(Node):
             self.faults["estop"] += 1
             self._send(np.zeros(self.layout.dU))   # one zero-effort command, then silence
             self._estop_state_pub.publish(Bool(data=True))
-            self.get_logger().error("E-STOP latched: zero effort sent; trials refused until ~/reset_estop")
+            self.get_logger().error("E-STOP latched: zero effort sent; "
+                                    "trials refused until ~/reset_estop")
             if self._trial is not None:
                 self._abort_running("e-stop", wire.TrialStatus.ESTOP, fallback_sent=True)
             if self._pending is not None:
                 request, self._pending = self._pending, None
                 self._abort_request(request, "e-stop", wire.TrialStatus.ESTOP)
 
-    def _on_reset_estop(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+    def _on_reset_estop(self, request: Trigger.Request,
+                        response: Trigger.Response) -> Trigger.Response:
         with self._lock:
             if not self.estop_latched:
                 response.success, response.message = True, "the e-stop was not latched"
@@ -683,7 +732,8 @@ class LqrControllerNode(Node):
                     [self.resolve_topic_name(self.global_estop_topic)]
                     if self._estop_inputs.get("global") else [])
                 response.message = (f"the e-stop input {' or '.join(topics)} still says stop "
-                                    "(its last message was True): release it (publish False), then reset")
+                                    "(its last message was True): "
+                                    "release it (publish False), then reset")
             else:
                 self.estop_latched = False
                 self._estop_state_pub.publish(Bool(data=False))
@@ -693,7 +743,11 @@ class LqrControllerNode(Node):
 
     # ------------------------------------------------------------------ commands
     def _fallback(self) -> np.ndarray:
-        """The fallback effort (dU,), robot joint order: zero, or the gravity torque at the last valid pose."""
+        """
+        Return the fallback effort (dU,), robot joint order.
+
+        It is zero, or the gravity torque at the last valid pose.
+        """
         hold = None
         if self.settings.watchdog_action == "hold" and self._latest is not None:
             hold = self.state_of.model.gravity_torque(self._latest.q)
@@ -707,38 +761,48 @@ class LqrControllerNode(Node):
 
     def _command(self, u: np.ndarray, sample: _JointSample) -> Optional[np.ndarray]:
         """
-        Publish u (dU,) made safe at the joint state `sample` and return the effort sent;
-        None if u (or the state) was not finite: then the fallback was sent and the trial aborted.
+        Publish u (dU,) made safe at the joint state `sample` and return the effort sent.
+
+        Return None if u (or the state) was not finite: then the fallback was sent and the
+        trial aborted.
         """
         self._trial.last_command_arrival = sample.arrival
         # The fallback is computed only on a fault ("hold" costs a gravity-torque evaluation).
-        command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety, self._zero_effort)
+        command = safety.safe_command(u, sample.q, sample.qd, self.settings.safety,
+                                      self._zero_effort)
         if command.fault is not None:
             self._send(self._fallback())
             self.faults["unsafe_command"] += 1
-            self._abort_running(f"unsafe command, the fallback ({self.settings.watchdog_action}) was sent: "
-                                f"{command.fault}", wire.TrialStatus.UNSAFE_COMMAND, fallback_sent=True)
+            self._abort_running(f"unsafe command, the fallback ({self.settings.watchdog_action}) "
+                                f"was sent: {command.fault}", wire.TrialStatus.UNSAFE_COMMAND,
+                                fallback_sent=True)
             return None
         self._send(command.effort)
         return command.effort
 
     def _watchdog_fired(self) -> bool:
         """
+        Fire the watchdog if the latest joint state is too old (under the lock); return whether.
+
         While commanding, a latest joint state older than watchdog_periods control periods:
-        send the fallback and abort the trial (under the lock).
+        send the fallback and abort the trial.
         """
         trial = self._trial
         if trial is None or trial.watched_since is None:
             return False
         limit = self.settings.watchdog_periods / self.control_rate_hz
-        last = max(self._latest.arrival if self._latest is not None else -np.inf, trial.watched_since)
+        latest_arrival = self._latest.arrival if self._latest is not None else -np.inf
+        last = max(latest_arrival, trial.watched_since)
         age = time.monotonic() - last
         if age <= limit:
             return False
         self.faults["watchdog"] += 1
         self._send(self._fallback())
-        self._abort_running(f"watchdog: no joint state for {age:.3f} s (> {self.settings.watchdog_periods} control "
-                            f"periods = {limit:g} s); sent the fallback ({self.settings.watchdog_action})",
+        settings = self.settings
+        self._abort_running(f"watchdog: no joint state for {age:.3f} s "
+                            f"(> {settings.watchdog_periods} control "
+                            f"periods = {limit:g} s); "
+                            f"sent the fallback ({settings.watchdog_action})",
                             wire.TrialStatus.WATCHDOG, fallback_sent=True)
         return True
 
@@ -765,6 +829,7 @@ class LqrControllerNode(Node):
                     self._advance(self._latest)
                 else:  # no state seen yet: a zero-effort step makes the arm publish one
                     self._send(np.zeros(self.layout.dU))
+
     def _call_sim_reset(self, request: wire.TrialRequest) -> None:
         trial_id = request.trial_id
         if not (self._set_parameters.service_is_ready() and self._reset.service_is_ready()):
@@ -775,7 +840,8 @@ class LqrControllerNode(Node):
         # initial_positions in sim_robot's `joints` order, which this node's `joints` must match
         initial = request.initial_positions[self._wire_order]
         parameter = Parameter("initial_positions", Parameter.Type.DOUBLE_ARRAY, initial.tolist())
-        future = self._set_parameters.call_async(SetParameters.Request(parameters=[parameter.to_parameter_msg()]))
+        future = self._set_parameters.call_async(
+            SetParameters.Request(parameters=[parameter.to_parameter_msg()]))
 
         def on_set(done):
             with self._lock:
@@ -784,7 +850,8 @@ class LqrControllerNode(Node):
                 result = done.result()
                 if result is None or not result.results[0].successful:
                     reason = result.results[0].reason if result is not None else "no response"
-                    self._abort_running(f"setting {self.sim_node} initial_positions failed: {reason}")
+                    self._abort_running(f"setting {self.sim_node} initial_positions failed: "
+                                        f"{reason}")
                     return
                 self._reset.call_async(Trigger.Request()).add_done_callback(on_reset)
 
@@ -794,8 +861,8 @@ class LqrControllerNode(Node):
                     return
                 result = done.result()
                 if result is None or not result.success:
-                    self._abort_running(f"{self.sim_node}/reset failed: "
-                                        f"{result.message if result is not None else 'no response'}")
+                    why = result.message if result is not None else 'no response'
+                    self._abort_running(f"{self.sim_node}/reset failed: {why}")
                     return
                 self._trial.reset_answered = time.monotonic()
                 # The state published by the reset may already be the latest one.
@@ -823,9 +890,11 @@ class LqrControllerNode(Node):
             return  # the same (or an older) state: a step waits for a new state
         x = self.state_of(sample.q, sample.qd, request.target)
         try:
-            with np.errstate(over="ignore", invalid="ignore"):  # a non-finite u is caught by _command
+            # a non-finite u is caught by _command
+            with np.errstate(over="ignore", invalid="ignore"):
                 u = trial.act(t, x, request.noise[t])
-        except Exception as error:  # e.g. a policy that raises: the arm must not keep the last command
+        except Exception as error:
+            # e.g. a policy that raises: the arm must not keep the last command
             u = np.full(self.layout.dU, np.nan)
             self.get_logger().error(f"trial {request.trial_id}, step {t}: the executor raised "
                                     f"{type(error).__name__}: {error}")
@@ -844,16 +913,19 @@ class LqrControllerNode(Node):
         if self.reset_mode == "sim_service":
             if trial.reset_answered is None:
                 return False
-            if self.mode == "realtime":  # the sim keeps stepping: the first state after the answer
+            # realtime: the sim keeps stepping, so the first state after the answer
+            if self.mode == "realtime":
                 return sample.arrival > trial.reset_answered
             # lockstep: the state the reset published (it may arrive before or after the answer)
             return bool(np.all(np.abs(sample.q - q0) <= RESET_MATCH_TOLERANCE)
                         and np.all(np.abs(sample.qd) <= RESET_MATCH_TOLERANCE))
         error, speed = sample.q - q0, sample.qd
-        if np.all(np.abs(error) <= self.pd_position_tolerance) and np.all(np.abs(speed) <= self.pd_velocity_tolerance):
+        if (np.all(np.abs(error) <= self.pd_position_tolerance)
+                and np.all(np.abs(speed) <= self.pd_velocity_tolerance)):
             return True
         w, z = self.settings.pd_natural_frequency, self.settings.pd_damping_ratio
-        self._command(self._pd_mass @ (-w * w * error - 2.0 * z * w * speed) + self._pd_gravity, sample)
+        pd_effort = self._pd_mass @ (-w * w * error - 2.0 * z * w * speed) + self._pd_gravity
+        self._command(pd_effort, sample)
         return False
 
     def _check_timeouts(self) -> None:
@@ -861,21 +933,25 @@ class LqrControllerNode(Node):
             now = time.monotonic()
             if self._pending is not None and now - self._pending_since > self.controller_wait_s:
                 request, self._pending = self._pending, None
-                self._abort_request(request, f"controller version {request.controller_version} of condition "
-                                    f"{request.condition} did not arrive within {self.controller_wait_s:g} s")
+                self._abort_request(request,
+                                    f"controller version {request.controller_version} "
+                                    f"of condition {request.condition} did not arrive "
+                                    f"within {self.controller_wait_s:g} s")
             trial = self._trial
             if trial is None:
                 return
             if trial.phase == "resetting" and now - trial.started > self.reset_timeout_s:
-                waiting = f" ({self.sim_node}'s set_parameters/reset services never appeared)" \
-                    if trial.awaiting_services else ""
-                self._abort_running(f"reset not done within reset_timeout_s={self.reset_timeout_s:g} s{waiting}")
+                waiting = (f" ({self.sim_node}'s set_parameters/reset services never appeared)"
+                           if trial.awaiting_services else "")
+                self._abort_running(f"reset not done within "
+                                    f"reset_timeout_s={self.reset_timeout_s:g} s{waiting}")
             elif trial.awaiting_services:
                 self._call_sim_reset(trial.request)
 
     def _abort_running(self, reason: str, status: wire.TrialStatus = wire.TrialStatus.ABORTED,
                        fallback_sent: bool = False) -> None:
-        self.get_logger().error(f"trial {self._trial.request.trial_id} aborted ({status.name}): {reason}")
+        self.get_logger().error(f"trial {self._trial.request.trial_id} aborted "
+                                f"({status.name}): {reason}")
         self._finish(status, fallback_sent, reason)
 
     def _abort_request(self, request: wire.TrialRequest, reason: str,
@@ -899,7 +975,8 @@ class LqrControllerNode(Node):
         """Publish the trial's record and end its goal (the result: the same record)."""
         self._record_pub.publish(wire.encode_trial_record(wire.TrialRecord(
             trial_id=request.trial_id, condition=request.condition, iteration=request.iteration,
-            index=request.index, controller_version=request.controller_version, purpose=request.purpose,
+            index=request.index, controller_version=request.controller_version,
+            purpose=request.purpose,
             status=status, target=request.target, state_stamps=wire.stamps_to_pairs(stamps_ns),
             commands=commands, reason=reason)))
         goal_handle = self._goals.pop(request.trial_id, None)

@@ -1,6 +1,7 @@
 """
-sample_collector: turns /joint_states and the controller's trial records into rollouts
-X (T, dX), U (T, dU) of the core's state x = [q, qd, p_ee − target, v_ee].
+sample_collector: turn /joint_states and the controller's trial records into rollouts.
+
+A rollout is X (T, dX), U (T, dU) of the core's state x = [q, qd, p_ee − target, v_ee].
 
 Subscribes   joint_states (sensor_msgs/JointState), kept in a buffer by stamp
              gps/trial_records (mbpl_ros_interfaces/TrialRecord): for each step of a trial,
@@ -78,7 +79,8 @@ class SampleCollectorNode(Node):
         # stamp (ns) -> (q (J,), qd (J,)); a later state with the same stamp replaces an earlier
         # one (in lockstep a reset republishes the current simulated time).
         self._states: "OrderedDict[int, Tuple[np.ndarray, np.ndarray]]" = OrderedDict()
-        self._waiting: Dict[int, Tuple[wire.TrialRecord, float]] = {}   # trial id -> (record, arrival)
+        # trial id -> (record, arrival)
+        self._waiting: Dict[int, Tuple[wire.TrialRecord, float]] = {}
         self.published: Dict[str, int] = {}   # status name -> count, for tests and tools
         group = MutuallyExclusiveCallbackGroup()
         self._rollout_pub = self.create_publisher(Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
@@ -138,8 +140,9 @@ class SampleCollectorNode(Node):
                 continue
             del self._waiting[trial_id]
             if missing:
+                more = '...' if len(missing) > 5 else ''
                 self._publish(record, wire.TrialStatus.MISSING_STATE,
-                              f"the joint states of steps {missing[:5]}{'...' if len(missing) > 5 else ''} "
+                              f"the joint states of steps {missing[:5]}{more} "
                               f"never arrived (waited {self.assembly_timeout_s:g} s)")
                 continue
             try:
@@ -152,8 +155,9 @@ class SampleCollectorNode(Node):
     # ------------------------------------------------------------------ assembly
     def check_timing(self, stamps_ns: np.ndarray) -> None:
         """
-        RolloutRejected (STALE or GAP) unless the steps' joint states are one control
-        period apart, within period_tolerance.
+        Raise RolloutRejected (STALE or GAP) unless the steps' states are one period apart.
+
+        The steps' joint states must be one control period apart, within period_tolerance.
         """
         if stamps_ns.size < 2:
             return
@@ -161,14 +165,17 @@ class SampleCollectorNode(Node):
         stale = np.flatnonzero(periods <= 0)
         if stale.size:
             t = int(stale[0]) + 1
-            raise RolloutRejected(wire.TrialStatus.STALE, f"step {t} used a joint state no newer than step "
+            raise RolloutRejected(wire.TrialStatus.STALE,
+                                  f"step {t} used a joint state no newer than step "
                                   f"{t - 1}'s ({periods[t - 1]:+.4f} s)")
         expected, tolerance = self.control_period_s, self.period_tolerance * self.control_period_s
         gaps = np.flatnonzero(np.abs(periods - expected) > tolerance)
         if gaps.size:
             t = int(gaps[0]) + 1
-            raise RolloutRejected(wire.TrialStatus.GAP, f"{periods[t - 1]:.4f} s between the joint states of "
-                                  f"steps {t - 1} and {t}; expected {expected:.4f} ± {tolerance:.4f} s")
+            raise RolloutRejected(wire.TrialStatus.GAP,
+                                  f"{periods[t - 1]:.4f} s between the joint states of "
+                                  f"steps {t - 1} and {t}; "
+                                  f"expected {expected:.4f} ± {tolerance:.4f} s")
 
     def assemble(self, record: wire.TrialRecord) -> Tuple[np.ndarray, np.ndarray]:
         """X (T, dX), U (T, dU) of a trial whose joint states are all buffered."""
@@ -177,9 +184,11 @@ class SampleCollectorNode(Node):
         joint_states = [self._states[stamp] for stamp in stamps]
         q = np.array([state[0] for state in joint_states])
         qd = np.array([state[1] for state in joint_states])
-        bad = ~(np.isfinite(q).all(axis=1) & np.isfinite(qd).all(axis=1) & np.isfinite(record.commands).all(axis=1))
+        bad = ~(np.isfinite(q).all(axis=1) & np.isfinite(qd).all(axis=1)
+                & np.isfinite(record.commands).all(axis=1))
         if bad.any():
-            raise RolloutRejected(wire.TrialStatus.NON_FINITE, f"non-finite joint state or command at steps "
+            raise RolloutRejected(wire.TrialStatus.NON_FINITE,
+                                  f"non-finite joint state or command at steps "
                                   f"{np.flatnonzero(bad)[:5].tolist()}")
         fault = sanity.trajectory_fault(q, qd, (stamps - stamps[0]) * 1e-9, self.envelope)
         if fault is not None:
@@ -192,14 +201,16 @@ class SampleCollectorNode(Node):
     def _publish(self, record: wire.TrialRecord, status: wire.TrialStatus, reason: Optional[str],
                  X: Optional[np.ndarray] = None, U: Optional[np.ndarray] = None) -> None:
         if status != wire.TrialStatus.OK:
-            self.get_logger().warning(f"trial {record.trial_id} (condition {record.condition}, index "
+            self.get_logger().warning(f"trial {record.trial_id} "
+                                      f"(condition {record.condition}, index "
                                       f"{record.index}) dropped, {status.name}: {reason}")
             X, U = np.zeros((0, self.layout.dX)), np.zeros((0, self.layout.dU))
         self.published[status.name] = self.published.get(status.name, 0) + 1
         ok = status == wire.TrialStatus.OK
         self._rollout_pub.publish(wire.encode_rollout(wire.RolloutMessage(
             trial_id=record.trial_id, condition=record.condition, iteration=record.iteration,
-            index=record.index, controller_version=record.controller_version, purpose=record.purpose,
+            index=record.index, controller_version=record.controller_version,
+            purpose=record.purpose,
             status=status, X=X, U=U, target=record.target,
             joint_states=self._joint_states(record) if ok else (),
             commands=record.commands if ok else None)))
