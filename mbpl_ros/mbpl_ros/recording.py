@@ -425,6 +425,13 @@ def read_recording(path: os.PathLike | str) -> Recording:
                     channels[record.id] = record
                 elif isinstance(record, Metadata) and record.name == RUN_METADATA_NAME:
                     run_info = json.loads(record.metadata["json"])
+                    written = run_info.get("recording_format")
+                    if written != RECORDING_FORMAT:
+                        raise RecordingError(
+                            f"{path}: recording format {written} (mbpl_ros "
+                            f"{run_info.get('mbpl_ros_version', '?')}); this version reads "
+                            f"format {RECORDING_FORMAT} only: read it with the version that "
+                            "wrote it")
                 elif isinstance(record, Message):
                     channel = channels[record.channel_id]
                     if channel.topic not in _TOPIC_TYPES:

@@ -340,3 +340,16 @@ def test_resume_names_the_rollouts_a_recording_lacks_and_marks_an_accepted_gap(t
     recorder, _ = RolloutRecorder.resume(path, RUN_INFO, through_iteration=1, samples=(2, 1))
     recorder.close()
     assert read_recording(path).run_info["incomplete"] == [[2, 1, 0]]
+
+
+def test_a_recording_in_another_format_is_refused_naming_both_formats(tmp_path, monkeypatch):
+    from mbpl_ros import recording
+
+    path = tmp_path / "old.mcap"
+    with monkeypatch.context() as patch:   # what an older mbpl_ros wrote
+        patch.setattr(recording, "RECORDING_FORMAT", 1)
+        with RolloutRecorder.create(path, RUN_INFO) as recorder:
+            recorder.write_rollout(synthetic_rollout(0))
+    with pytest.raises(RecordingError, match=r"recording format 1 \(mbpl_ros .*\); this "
+                                             r"version reads format 2 only"):
+        read_recording(path)
