@@ -19,8 +19,8 @@ Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service
 
 A trial: reset to the request's start pose — with a PD phase that drives the arm there
 (`reset_mode: pd`, what a real robot needs) or by setting sim_robot's initial_positions and
-calling its reset service (`reset_mode: sim_service`, exactly the offline trainer's
-arm.reset(q0)) — then T steps. In `lockstep` mode a step is taken per joint state received
+target (where its fixtures go) and calling its reset service (`reset_mode: sim_service`,
+exactly the offline trainer's arm.reset(q0, target=...)) — then T steps. In `lockstep` mode a step is taken per joint state received
 (sim_robot in lockstep steps once per command, so the loop is deterministic). In `realtime`
 mode `realtime_trigger` says what starts a step: `joint_state` (default) — each NEW joint
 state (a newer stamp than the last step's), computed and published in the state's callback,
@@ -839,19 +839,24 @@ class LqrControllerNode(Node):
         self._trial.awaiting_services = False
         # initial_positions in sim_robot's `joints` order, which this node's `joints` must match
         initial = request.initial_positions[self._wire_order]
-        parameter = Parameter("initial_positions", Parameter.Type.DOUBLE_ARRAY, initial.tolist())
+        # and the trial's target, where sim_robot's reset puts the fixtures (a peg's block)
+        parameters = [Parameter("initial_positions", Parameter.Type.DOUBLE_ARRAY,
+                                initial.tolist()),
+                      Parameter("target", Parameter.Type.DOUBLE_ARRAY,
+                                [float(v) for v in request.target])]
         future = self._set_parameters.call_async(
-            SetParameters.Request(parameters=[parameter.to_parameter_msg()]))
+            SetParameters.Request(parameters=[p.to_parameter_msg() for p in parameters]))
 
         def on_set(done):
             with self._lock:
                 if not self._is_current(trial_id):
                     return
                 result = done.result()
-                if result is None or not result.results[0].successful:
-                    reason = result.results[0].reason if result is not None else "no response"
-                    self._abort_running(f"setting {self.sim_node} initial_positions failed: "
-                                        f"{reason}")
+                failed = ([r.reason for r in result.results if not r.successful]
+                          if result is not None else ["no response"])
+                if failed:
+                    self._abort_running(f"setting {self.sim_node} initial_positions and target "
+                                        f"failed: {'; '.join(failed)}")
                     return
                 self._reset.call_async(Trigger.Request()).add_done_callback(on_reset)
 

@@ -295,9 +295,15 @@ SIM_ROBOT = _table(
               "Joint order of effort commands and joint states (default: the robot's joints).",
               allowed_words="an ordering of the robot's joints"),
     Parameter("initial_positions", "double_array", None,
-              "Joint angles (rad) at start-up and after ~/reset, ordered like `joints`; "
+              "Joint angles (rad) at start-up and after ~/reset, ordered like `joints` "
+              "(default: the robot's home pose, else the experiment's first start pose); "
               "settable at runtime (takes effect at the next ~/reset).",
               allowed_words="one angle per joint, within the joint limits", runtime=True),
+    Parameter("target", "double_array", None,
+              "The trial's target (m, world frame): the experiment's fixtures placed relative "
+              "to the target (a peg's block) are put there at ~/reset (default: the first "
+              "condition's; [0, 0, 0] without an experiment); settable at runtime (takes effect at the next ~/reset).",
+              allowed_words="3 finite numbers [x, y, z]", runtime=True),
     Parameter("command_timeout_s", "double", 0.5,
               "Realtime mode: apply zero effort once the last command is older than this (s).",
               low=0.001, high=60.0),

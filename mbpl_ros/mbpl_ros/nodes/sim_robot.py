@@ -7,10 +7,18 @@ Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, e
                clock (rosgraph_msgs/Clock), in lockstep mode only.
 Subscribes     effort_controller/commands (std_msgs/Float64MultiArray): one effort per joint in
                the order of the `joints` parameter (ros2_control forward-command convention).
-Serves         ~/reset (std_srvs/Trigger): back to `initial_positions` at rest.
-               `initial_positions` is the one parameter settable at runtime (the standard
-               ~/set_parameters service; validated like at start-up), so a trainer can
-               choose the start pose of the next ~/reset.
+Serves         ~/reset (std_srvs/Trigger): back to `initial_positions` at rest, the
+               experiment's fixtures placed for `target`.
+               `initial_positions` and `target` are the parameters settable at runtime (the
+               standard ~/set_parameters service; validated like at start-up), so a trainer
+               (lqr_controller's sim_service reset) can choose the start pose and the hole of
+               the next ~/reset.
+
+Fixtures: the experiment's static bodies (a peg's block with its hole) are built in the
+arm's world by the Arm of the offline trainer (sim.arm.Arm with sim.scene's fixtures and
+CONTACT_SETTINGS), so a trial here meets the block that `mbpl train` meets; those placed
+relative to the target move with `target` at each ~/reset, before the arm is put back. A real
+robot has its real block: on hardware nothing simulates fixtures.
 
 Timing modes
   realtime  a steady-clock timer steps the arm at control_rate_hz; the last valid command is
@@ -79,6 +87,7 @@ class SimRobotSettings:
     mode: str
     joints: tuple
     initial_positions: np.ndarray
+    target: np.ndarray        # (3,) where the fixtures relative to the target go at ~/reset
     command_timeout_s: float
     gui: bool
 
@@ -96,15 +105,18 @@ class SimRobotNode(Node):
             self.settings = self._read_parameters()
             check_known_parameters(self)
             spec = robot_spec(self.settings.robot)
+            # The experiment's fixtures, built and placed by the offline trainer's own code.
+            fixtures = self.experiment.scene if self.experiment is not None else ()
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
-                           substeps=self.settings.substeps, gui=self.settings.gui)
+                           substeps=self.settings.substeps, gui=self.settings.gui,
+                           fixtures=fixtures)
             # command index i drives arm joint _arm_index[i]
             self._arm_index = np.array([spec.joint_names.index(name)
                                         for name in self.settings.joints])
             self._initial_q = np.empty(spec.n_joints)
             self._initial_q[self._arm_index] = self.settings.initial_positions
             try:
-                self.arm.reset(self._initial_q)
+                self.arm.reset(self._initial_q, target=self.settings.target)
             except ValueError as error:
                 raise SimRobotParameterError(
                     "parameter 'initial_positions' is "
@@ -117,7 +129,7 @@ class SimRobotNode(Node):
                 view.prepare(self.arm,
                              [self._initial_q] + [c.initial_positions for c in conditions],
                              [c.target for c in conditions], gui=True)
-                self.arm.reset(self._initial_q)
+                self.arm.reset(self._initial_q, target=self.settings.target)
         except BaseException:
             self.destroy_node()
             raise
@@ -173,13 +185,6 @@ class SimRobotNode(Node):
                     resolve_experiment_path(experiment_file))
             except ValueError as error:   # ConfigError and NodeParameterError are ValueErrors
                 raise SimRobotParameterError(f"parameter 'experiment_config': {error}") from None
-            if experiment.fixtures:
-                # Placing them per condition needs each trial's target here: not wired yet.
-                names = ", ".join(f.name for f in experiment.fixtures)
-                raise SimRobotParameterError(
-                    f"parameter 'experiment_config': {experiment_file} declares fixtures "
-                    f"({names}), which sim_robot does not simulate yet; allowed: an experiment "
-                    "without fixtures (train this one offline with `mbpl train`)")
         robot = self._declare("robot", experiment.robot if experiment else "reacher_2link",
                               f"the built-in ones being {sorted(ROBOTS)}")
         if robot not in ROBOTS:
@@ -210,7 +215,10 @@ class SimRobotNode(Node):
                 + (f" (unknown: {unknown})" if unknown else "")
                 + f"; allowed: each joint of {robot} exactly once, from {list(spec.joint_names)}")
 
-        home = spec.initial_condition("home")
+        # The robot's home pose, else (a robot without one, e.g. the peg's) the first start.
+        home = (spec.initial_condition("home") if "home" in spec.initial_conditions
+                else experiment.conditions[0].initial_positions
+                if experiment and experiment.robot == robot else np.zeros(len(spec.joint_names)))
         default_initial = [float(home[spec.joint_names.index(name)]) for name in joints]
         initial = np.array(self._declare("initial_positions", default_initial), dtype=float)
         if initial.shape != (len(joints),) or not np.all(np.isfinite(initial)):
@@ -219,12 +227,19 @@ class SimRobotNode(Node):
                 "finite "
                 f"angles (rad), one per joint {list(joints)}, within the joint limits")
 
+        first_target = experiment.conditions[0].target if experiment else [0.0, 0.0, 0.0]
+        target = np.array(self._declare("target", [float(v) for v in first_target]), dtype=float)
+        error = _target_error(target)
+        if error is not None:
+            raise SimRobotParameterError(error)
+
         timeout = self._declare("command_timeout_s")
         gui = self._declare("gui")
         return SimRobotSettings(robot=robot, control_rate_hz=float(rate),
                                 physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
-                                initial_positions=initial, command_timeout_s=float(timeout),
+                                initial_positions=initial, target=target,
+                                command_timeout_s=float(timeout),
                                 gui=bool(gui))
 
     def _initial_positions_error(self, value) -> Optional[str]:
@@ -254,6 +269,13 @@ class SimRobotNode(Node):
         if reason is not None:
             return SetParametersResult(successful=False, reason=reason)
         for parameter in parameters:
+            if parameter.name == "target":
+                error = _target_error(parameter.value)
+                if error is not None:
+                    return SetParametersResult(successful=False, reason=error)
+                target = np.array(parameter.value, dtype=float)
+                self.settings = dataclasses.replace(self.settings, target=target)
+                continue
             if parameter.name != "initial_positions":
                 continue
             error = self._initial_positions_error(parameter.value)
@@ -290,13 +312,17 @@ class SimRobotNode(Node):
         self._step(effort)
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.arm.reset(self._initial_q)
+        # The fixtures move first (Arm.reset), as the offline trainer's reset does.
+        target = self.settings.target
+        self.arm.reset(self._initial_q, target=target)
         self._held_effort, self._held_since = None, -math.inf
         self._publish_state()
         response.success = True
         response.message = ("reset to initial_positions "
                             f"{self.settings.initial_positions.tolist()} "
-                            f"for joints {list(self.settings.joints)}, at rest")
+                            f"for joints {list(self.settings.joints)}, at rest"
+                            + (f"; fixtures placed for target {target.tolist()}"
+                               if self.arm.fixtures else ""))
         return response
 
     # ------------------------------------------------------------------ helpers
@@ -348,6 +374,18 @@ class SimRobotNode(Node):
         if arm is not None:
             arm.close()
         super().destroy_node()
+
+
+def _target_error(value) -> Optional[str]:
+    """Why `value` cannot be the parameter `target`, or None if it can."""
+    try:
+        target = np.array(value, dtype=float)
+    except (TypeError, ValueError):
+        target = np.array([np.nan])
+    if target.shape != (3,) or not np.all(np.isfinite(target)):
+        return (f"parameter 'target' is {value!r}; allowed: 3 finite numbers [x, y, z] (m, "
+                "world frame)")
+    return None
 
 
 def main(args=None) -> int:
