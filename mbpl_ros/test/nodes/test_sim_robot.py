@@ -324,9 +324,113 @@ def test_robot_and_timing_default_to_the_experiment_config(ros_context):
         SimRobotNode(context=ros_context, parameter_overrides=parameters(experiment_config="absent.yaml"))
 
 
+PEG = REPO / "config" / "peg_insertion.yaml"
+
+
+def set_sim_parameters(probe, **values):
+    """Set sim_robot's parameters over ~/set_parameters, as lqr_controller's sim_service reset
+    does; returns the results."""
+    from rcl_interfaces.srv import SetParameters
+
+    client = probe.node.create_client(SetParameters, "/sim_robot/set_parameters")
+    try:
+        assert client.wait_for_service(timeout_sec=5.0)
+        request = SetParameters.Request(
+            parameters=[p.to_parameter_msg() for p in parameters(**values)])
+        response = client.call(request, timeout_sec=5.0)
+        assert response is not None
+        return response.results
+    finally:
+        probe.node.destroy_client(client)
+
+
+def press_peg(sim, probe, kinematics, goal_tip, seconds, approach_height):
+    """Drive both peg points to their targets for goal_tip (3,) by a gravity-compensated
+    task-space PD over sim_robot's topics (lockstep: one command per state); the first half
+    of the time the goals are `approach_height` higher. Returns the deepest penetration of
+    the peg into the fixtures of sim_robot's world seen after any step (m)."""
+    spec = kinematics.spec
+    goals = spec.point_targets(goal_tip)
+    steps = int(round(seconds / kinematics.control_dt))
+    state, deepest = probe.states[-1], 0.0
+    client, zeros = kinematics.client, [0.0] * spec.n_joints
+    for t in range(steps):
+        q, qd = np.array(state.position), np.array(state.velocity)
+        points, velocities = kinematics.points_kinematics(q, qd)
+        effort = kinematics.gravity_torque(q) - 2.0 * qd
+        lift = np.array([0.0, 0.0, approach_height if t < steps // 2 else 0.0])
+        for offset, point, velocity, goal in zip(spec.point_offsets, points, velocities, goals):
+            jacobian = np.array(client.calculateJacobian(
+                kinematics.body, kinematics._ee_link_index, offset.tolist(), q.tolist(), zeros,
+                zeros)[0])
+            effort = effort + jacobian.T @ (300.0 * (goal + lift - point) - 30.0 * velocity)
+        state = probe.lockstep(effort)
+        deepest = max(deepest, sim.arm.fixture_penetration())   # lockstep: the arm is idle now
+    return deepest
+
+
+@pytest.mark.timeout(180)
+def test_the_peg_experiments_block_is_in_the_world_moves_with_the_target_and_holds_the_peg(
+        ros_context):
+    """sim_robot with the peg experiment builds its block with the offline Arm (its contact
+    settings included) and at each ~/reset puts it at the `target` set before over
+    ~/set_parameters (as lqr_controller does): the hole's bottom at the target, nothing left
+    where it was. Pressed onto the block beside the hole (a task-space PD at 240 Hz over the
+    effort topic), the peg stays on top: penetration below 2 mm, as offline
+    (test_peg_insertion.py)."""
+    from mbpl_ros.experiment import load_experiment
+    from mbpl_ros.sim.arm import CONTACT_SETTINGS
+
+    config = load_experiment(PEG)
+    block, = config.scene
+    walls = [box for box in block.boxes if box.lower[2] >= -1e-9]
+    depth = min(box.upper[2] for box in walls)                  # the hole's bottom is z = 0
+    half_width = min(min(abs(box.lower[0]), abs(box.upper[0])) for box in walls
+                     if box.lower[0] * box.upper[0] > 0)
+    overrides = parameters(experiment_config=str(PEG), mode="lockstep", control_rate_hz=240.0,
+                           physics_dt=1.0 / 240.0)
+    with running(ros_context, overrides) as (sim, probe), \
+            Arm(config.robot_spec, physics_dt=1.0 / 240.0, substeps=1) as kinematics:
+        client = sim.arm.client
+        assert client.getPhysicsEngineParameters()["numSolverIterations"] == \
+            CONTACT_SETTINGS["numSolverIterations"]
+        assert len(sim.arm.scene.bodies) == 1
+        # Before any trial: at the first condition's target (the parameter's default).
+        np.testing.assert_allclose(client.getBasePositionAndOrientation(
+            sim.arm.scene.bodies[0])[0], config.conditions[0].target, atol=1e-12)
+        previous = None
+        for condition in (config.conditions[3], config.conditions[0]):
+            start, target = list(condition.initial_positions), list(condition.target)
+            results = set_sim_parameters(probe, initial_positions=start, target=target)
+            assert all(result.successful for result in results), results
+            response = probe.reset()
+            assert f"fixtures placed for target {target}" in response.message
+            x, y, z = target
+            beside = (x + half_width + 0.015, y)
+            hits = client.rayTestBatch([[x, y, z + 0.2], [*beside, z + 0.2]],
+                                       [[x, y, 0.0], [*beside, 0.0]])
+            assert [hit[0] for hit in hits] == [sim.arm.scene.bodies[0]] * 2
+            assert hits[0][3][2] == pytest.approx(z, abs=1e-6)          # down the hole
+            assert hits[1][3][2] == pytest.approx(z + depth, abs=1e-6)  # onto its top
+            if previous is not None:   # the block left the previous condition's place
+                px, py, pz = previous
+                old = client.rayTestBatch([[px + half_width + 0.015, py, pz + 0.2]],
+                                          [[px + half_width + 0.015, py, 0.0]])
+                assert old[0][0] != sim.arm.scene.bodies[0]
+            previous = target
+            goal = np.array([*beside, z + depth - 0.03])               # 3 cm inside the block
+            deepest = press_peg(sim, probe, kinematics, goal, seconds=2.0, approach_height=0.06)
+            tip = probe.poses[-1].pose.position
+            assert deepest < 0.002, deepest
+            assert tip.z > z + depth - 0.002, (tip, z + depth)
+
+
 @pytest.mark.timeout(60)
-def test_an_experiment_with_fixtures_is_refused_rather_than_simulated_without_them(ros_context):
-    config = Path(__file__).resolve().parents[2] / "config" / "peg_insertion.yaml"
-    overrides = parameters(experiment_config=str(config))
-    with pytest.raises(SimRobotParameterError, match="declares fixtures \\(block\\)"):
-        SimRobotNode(context=ros_context, parameter_overrides=overrides)
+def test_a_bad_target_is_refused_at_start_up_and_at_runtime(ros_context):
+    with pytest.raises(SimRobotParameterError,
+                       match=r"parameter 'target' is .*allowed: 3 finite numbers \[x, y, z\]"):
+        SimRobotNode(context=ros_context, parameter_overrides=parameters(target=[0.1, 0.2]))
+    with running(ros_context, parameters(**LOCKSTEP)) as (sim, probe):
+        results = set_sim_parameters(probe, target=[0.1, float("nan"), 0.0])
+        assert not results[0].successful and "parameter 'target'" in results[0].reason
+        np.testing.assert_array_equal(sim.settings.target, [0.0, 0.0, 0.0])
