@@ -20,17 +20,17 @@ Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service
 A trial: reset to the request's start pose — with a PD phase that drives the arm there
 (`reset_mode: pd`, what a real robot needs) or by setting sim_robot's initial_positions and
 target (where its fixtures go) and calling its reset service (`reset_mode: sim_service`,
-exactly the offline trainer's arm.reset(q0, target=...)) — then T steps. In `lockstep` mode a step is taken per joint state received
-(sim_robot in lockstep steps once per command, so the loop is deterministic). In `realtime`
-mode `realtime_trigger` says what starts a step: `joint_state` (default) — each NEW joint
-state (a newer stamp than the last step's), computed and published in the state's callback,
-so the robot's state publisher (ros2_control's joint_state_broadcaster) sets the rate and a
-command follows its state by the compute time alone, as in ros2_control's own read-update-
-write loop; `timer` — a steady timer at control_rate_hz acting on the latest joint state
-(unsynchronised with the states: a command waits up to one period after its state). The
-state x is built from q, qd by forward kinematics (robot_model.JointStateToState), as
-everywhere. A new goal aborts a running trial (the trainer only sends one after giving up on
-the last).
+exactly the offline trainer's arm.reset(q0, target=...)) — then T steps. In `lockstep` mode
+a step is taken per joint state received (sim_robot in lockstep steps once per command, so
+the loop is deterministic). In `realtime` mode `realtime_trigger` says what starts a step:
+`joint_state` (default) — each NEW joint state (a newer stamp than the last step's),
+computed and published in the state's callback, so the robot's state publisher
+(ros2_control's joint_state_broadcaster) sets the rate and a command follows its state by
+the compute time alone, as in ros2_control's own read-update-write loop; `timer` — a steady
+timer at control_rate_hz acting on the latest joint state (unsynchronised with the states: a
+command waits up to one period after its state). The state x is built from q, qd by forward
+kinematics (robot_model.JointStateToState), as everywhere. A new goal aborts a running trial
+(the trainer only sends one after giving up on the last).
 
 The RunTrial action: a goal that cannot be run — it does not decode (wrong lengths for its
 horizon and action_dim, an unknown executor or purpose), its T or condition does not fit
