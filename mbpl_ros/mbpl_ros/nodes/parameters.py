@@ -302,7 +302,8 @@ SIM_ROBOT = _table(
     Parameter("target", "double_array", None,
               "The trial's target (m, world frame): the experiment's fixtures placed relative "
               "to the target (a peg's block) are put there at ~/reset (default: the first "
-              "condition's; [0, 0, 0] without an experiment); settable at runtime (takes effect at the next ~/reset).",
+              "condition's; [0, 0, 0] without an experiment); settable at runtime (takes "
+              "effect at the next ~/reset).",
               allowed_words="3 finite numbers [x, y, z]", runtime=True),
     Parameter("command_timeout_s", "double", 0.5,
               "Realtime mode: apply zero effort once the last command is older than this (s).",
