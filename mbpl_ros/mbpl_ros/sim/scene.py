@@ -8,8 +8,11 @@ is placed in the world at `position`, or at the condition's target plus `positio
 so the hole's position is part of each condition.
 
 Contact between the arm and fixtures uses PyBullet's default solver with the contact
-settings of `CONTACT` (see Arm): enough solver iterations and a split impulse so that a
+settings of `sim.arm.CONTACT_SETTINGS`: enough solver iterations and a split impulse so that a
 peg pressed into a wall is pushed out without gaining energy.
+
+sim.arm.Arm loads them (`SceneBodies`) on every simulated path: `mbpl train`, `mbpl replay`,
+the gymnasium env and the ROS node sim_robot, so a trial meets the same block on each.
 """
 from __future__ import annotations
 
