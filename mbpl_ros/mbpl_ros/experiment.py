@@ -84,6 +84,61 @@ class FixtureConfig:
 
 
 @settings_dataclass
+class CameraConfig:
+    """
+    Hold the experiment file's camera section: a pinhole camera looking at the scene.
+
+    Offline, one image is rendered after the state of every control step; sim_robot
+    publishes images at rate_hz. The condition's target is drawn as a sphere (target_radius,
+    target_color) that the camera sees and nothing collides with.
+    """
+
+    eye: list[float] = doc("camera position in the world frame (m), [x, y, z]")
+    look_at: list[float] = doc("the point the optical axis goes through, world frame (m), "
+                               "[x, y, z]")
+    up: list[float] = doc("world direction that appears upwards in the image, [x, y, z]; not "
+                          "parallel to look_at - eye", [0.0, 0.0, 1.0])
+    fov_deg: float = doc("vertical field of view (degrees)", 45.0, gt=0.0, lt=180.0)
+    width: int = doc("image width (pixels)", 64, ge=8, le=1024)
+    height: int = doc("image height (pixels)", 64, ge=8, le=1024)
+    near: float = doc("near clipping distance (m)", 0.05, gt=0.0)
+    far: float = doc("far clipping distance (m); > near", 5.0, gt=0.0)
+    rate_hz: float = doc("images per second sim_robot publishes (offline: one per control "
+                         "step)", 20.0, gt=0.0)
+    image_tolerance_s: float = doc("largest time (s) between a joint state's stamp and the "
+                                   "image a step uses", 0.05, gt=0.0)
+    target_radius: float = doc("radius of the sphere that marks the target (m)", 0.02, gt=0.0)
+    target_color: list[float] = doc("RGBA of the target sphere, each in [0, 1]",
+                                    [1.0, 0.1, 0.1, 1.0], ge=0.0, le=1.0)
+
+    def __post_init__(self):
+        for key in ("eye", "look_at", "up"):
+            if len(getattr(self, key)) != 3:
+                raise ValueError(f"{key} must have 3 entries [x, y, z], got {getattr(self, key)}")
+        if len(self.target_color) != 4:
+            raise ValueError(f"target_color must be 4 numbers in [0, 1] (RGBA), got "
+                             f"{self.target_color}")
+        axis = np.subtract(self.look_at, self.eye)
+        if not np.linalg.norm(axis) > 1e-9:
+            raise ValueError(f"look_at {self.look_at} must differ from eye {self.eye}")
+        up = np.asarray(self.up, float)
+        if np.linalg.norm(np.cross(axis, up)) <= 1e-6 * np.linalg.norm(axis) * max(
+                np.linalg.norm(up), 1e-300):
+            raise ValueError(f"up {self.up} must not be zero or parallel to the viewing "
+                             f"direction look_at - eye = {axis.tolist()}; e.g. [0, 1, 0] for a "
+                             "camera looking straight down")
+        if not self.far > self.near:
+            raise ValueError(f"far ({self.far} m) must be greater than near ({self.near} m)")
+
+    @property
+    def target_marker(self):
+        """Return the sim.scene.TargetMarker that shows the condition's target."""
+        from mbpl_ros.sim.scene import TargetMarker
+
+        return TargetMarker(radius=self.target_radius, color=tuple(self.target_color))
+
+
+@settings_dataclass
 class InitialControllerConfig:
     kind: Literal["pd", "lqr"] = doc("pd: PD hold of the start pose; lqr: LQR on a double "
                                      "integrator", "pd")
@@ -166,6 +221,8 @@ class ExperimentConfig:
                                                        "mdgps)"})
     fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see "
                                         "'Fixtures' below); none by default", [])
+    camera: Optional[CameraConfig] = doc("a camera rendering the scene for an image policy (see "
+                                         "'camera' below); null: no camera", None)
 
     def __post_init__(self):
         self.robot = _robot_name(self.robot)
@@ -201,12 +258,29 @@ class ExperimentConfig:
         """Return the fixtures (sim.scene.Fixture) of the scene."""
         return tuple(f.fixture() for f in self.fixtures)
 
+    @property
+    def target_marker(self):
+        """Return the visible target (sim.scene.TargetMarker) with a camera, else None."""
+        return None if self.camera is None else self.camera.target_marker
+
     def make_arm(self, gui: bool = False):
-        """Return the simulated arm of this experiment (robot, physics_dt, substeps, fixtures)."""
+        """
+        Return the simulated arm of this experiment.
+
+        Its robot, physics_dt, substeps and fixtures, and with a camera the visible target.
+        """
         from mbpl_ros.sim.arm import Arm
 
         return Arm(self.robot, physics_dt=self.physics_dt, substeps=self.substeps, gui=gui,
-                   fixtures=self.scene)
+                   fixtures=self.scene, target_marker=self.target_marker)
+
+    def make_camera(self, arm):
+        """Return the sim.camera.Camera of this experiment in `arm`'s world (None: no camera)."""
+        if self.camera is None:
+            return None
+        from mbpl_ros.sim.camera import Camera
+
+        return Camera(arm.client._client, self.camera)
 
     @property
     def control_dt(self) -> float:
@@ -389,6 +463,11 @@ def configuration_reference() -> str:
               "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
               "hole: four walls and a floor; see mbpl_ros/config/peg_insertion.yaml):", ""]
     lines += table(FixtureConfig, "fixtures[].") + table(BoxConfig, "fixtures[].boxes[].")[2:]
+    lines += ["", "## camera", "",
+              "`camera:` adds a pinhole camera (PyBullet's CPU renderer) and draws each",
+              "condition's target as a sphere it sees; an image policy (`policy.image`) is",
+              "trained on its images (see mbpl_ros/config/reacher_2link_vision.yaml).", ""]
+    lines += table(CameraConfig, "camera.")
     lines += ["", "## cost", "",
               "Each of `action`, `state` and `distance` holds one term (a mapping) or a list of",
               "them; the cost is the sum of every term times its `scale`. A `state` term needs",

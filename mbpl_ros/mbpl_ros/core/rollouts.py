@@ -1,4 +1,4 @@
-"""Rollouts and the layout of the state vector."""
+"""Rollouts, the layout of the state vector and what an image policy observes of it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,6 +59,35 @@ class StateLayout:
         ])
 
 
+def observation_indices(layout: StateLayout) -> np.ndarray:
+    """
+    Return the indices (dO,) of x that an image policy observes: q then qd (dO = 2J).
+
+    The robot's own state only, never the target: the policy finds the target in its images.
+    """
+    return np.concatenate([layout.position, layout.velocity])
+
+
+def policy_observation(X: np.ndarray, layout: StateLayout) -> np.ndarray:
+    """Return the image policy's observation (..., dO) of states X (..., dX): [q, qd]."""
+    X = np.asarray(X, dtype=float)
+    if X.shape[-1:] != (layout.dX,):
+        raise ValueError(f"states must have last dimension dX={layout.dX}, got {X.shape}")
+    return X[..., observation_indices(layout)]
+
+
+def check_images(images, N: int, T: int) -> np.ndarray | None:
+    """Return images (N, T, H, W, 3) as uint8 (None stays None); ValueError naming the shape."""
+    if images is None:
+        return None
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 5 or images.shape[:2] != (N, T) \
+            or images.shape[4] != 3:
+        raise ValueError(f"images must be uint8 (N={N}, T={T}, H, W, 3), got {images.dtype} "
+                         f"{images.shape}")
+    return images
+
+
 def final_distance(X: np.ndarray, layout: StateLayout) -> float:
     """
     Return the end-effector distance to the target at the last step of X (T, dX), in m.
@@ -82,14 +111,21 @@ def rollout_arrays(X, U) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Rollouts:
-    """N rollouts of T steps: X (N, T, dX), U (N, T, dU), condition (N,) ints."""
+    """
+    N rollouts of T steps: X (N, T, dX), U (N, T, dU), condition (N,) ints.
+
+    images: (N, T, H, W, 3) uint8 camera images, image t seen right after the state of
+    step t (what an image policy acts on at step t); None without a camera.
+    """
 
     X: np.ndarray
     U: np.ndarray
     condition: np.ndarray
+    images: np.ndarray | None = None
 
     def __post_init__(self):
         self.X, self.U = rollout_arrays(self.X, self.U)
+        self.images = check_images(self.images, *self.X.shape[:2])
         self.condition = np.asarray(self.condition, dtype=int).reshape(-1)
         if self.condition.shape != (self.X.shape[0],):
             raise ValueError(f"condition must have one id per rollout ({self.X.shape[0]}); got "
@@ -105,9 +141,14 @@ class Rollouts:
 
     def for_condition(self, m: int) -> "Rollouts":
         keep = self.condition == m
-        return Rollouts(self.X[keep], self.U[keep], self.condition[keep])
+        return Rollouts(self.X[keep], self.U[keep], self.condition[keep],
+                        None if self.images is None else self.images[keep])
 
     @staticmethod
     def concatenate(parts: list["Rollouts"]) -> "Rollouts":
+        with_images = [p.images is not None for p in parts]
+        if any(with_images) and not all(with_images):
+            raise ValueError("cannot concatenate rollouts with images and rollouts without")
+        images = np.concatenate([p.images for p in parts]) if parts and all(with_images) else None
         return Rollouts(np.concatenate([p.X for p in parts]), np.concatenate([p.U for p in parts]),
-                        np.concatenate([p.condition for p in parts]))
+                        np.concatenate([p.condition for p in parts]), images)

@@ -24,7 +24,7 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from mbpl_ros.robots import RobotSpec, check_urdf_file, robot_spec
-from mbpl_ros.sim.scene import Fixture, SceneBodies
+from mbpl_ros.sim.scene import Fixture, MarkerBody, SceneBodies, TargetMarker
 
 #: Largest force (N) or torque (N·m) of the motor holding a locked joint: far above any
 #: arm's effort, so the lock is rigid in practice (drift below 1e-6 rad).
@@ -95,10 +95,13 @@ class Arm:
 
     fixtures: static bodies of boxes (sim.scene.Fixture) in the same world, with the contact
     settings CONTACT_SETTINGS; reset(q, target=...) places those placed relative to a target.
+    target_marker: a sim.scene.TargetMarker drawing the target (for a camera); reset(q,
+    target=...) moves it there.
     """
 
     def __init__(self, robot: Union[str, RobotSpec], physics_dt: float = 1.0 / 240.0,
-                 substeps: int = 12, gui: bool = False, fixtures: Sequence[Fixture] = ()):
+                 substeps: int = 12, gui: bool = False, fixtures: Sequence[Fixture] = (),
+                 target_marker: Optional[TargetMarker] = None):
         self.spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
         if not (isinstance(physics_dt, (int,
                                         float)) and math.isfinite(physics_dt) and physics_dt > 0):
@@ -113,6 +116,8 @@ class Arm:
         self.n_joints = len(self.joint_names)
         self.fixtures = tuple(fixtures)
         self.scene: Optional[SceneBodies] = None
+        self.target_marker = target_marker
+        self.marker: Optional[MarkerBody] = None
 
         with _stdout_silenced():   # PyBullet's C code prints "argv[0]=" on every connect
             self._client: Optional[BulletClient] = BulletClient(
@@ -273,6 +278,8 @@ class Arm:
         if self.fixtures:
             client.setPhysicsEngineParameter(**CONTACT_SETTINGS)
             self.scene = SceneBodies(client, self.fixtures)
+        if self.target_marker is not None:
+            self.marker = MarkerBody(client, self.target_marker)
 
     # ------------------------------------------------------------------ control
     def reset(self, q: Union[np.ndarray, str], qd: Optional[np.ndarray] = None,
@@ -300,6 +307,8 @@ class Arm:
                              f"{self._names(too_fast)}")
         if self.scene is not None:
             self.scene.place(None if target is None else np.asarray(target, dtype=float))
+        if self.marker is not None:
+            self.marker.place(target)
         self._set_joint_state(q, qd)
         self._applied_effort = np.zeros(self.n_joints)
 

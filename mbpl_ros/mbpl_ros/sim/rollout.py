@@ -20,6 +20,8 @@ from mbpl_ros.sim.arm import Arm
 
 #: A feedback law: act(t, x (dX,)) -> u (dU,).
 Act = Callable[[int, np.ndarray], np.ndarray]
+#: A feedback law that sees the camera: act(t, x (dX,), image (H, W, 3) uint8) -> u (dU,).
+ImageAct = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
 
 
 # One kinematics model per robot and thread for `observe`, created on first use.
@@ -63,3 +65,24 @@ def run_rollout(arm: Arm, layout: StateLayout, act: Act, initial_positions: np.n
         X[t] = observe(arm, layout, target)
         U[t] = arm.step(act(t, X[t]))
     return X, U
+
+
+def run_image_rollout(arm: Arm, layout: StateLayout, act: ImageAct, initial_positions: np.ndarray,
+                      target: np.ndarray, T: int,
+                      camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Run `act` for T steps as run_rollout does, with a camera image at every step.
+
+    Image t is rendered by `camera` (sim.camera.Camera in the arm's world) right after the
+    state of step t is read, before its action: what the policy sees at step t. Returns X
+    (T, dX), U (T, dU) and images (T, H, W, 3) uint8.
+    """
+    arm.reset(np.asarray(initial_positions, float), target=target)
+    X = np.empty((T, layout.dX))
+    U = np.empty((T, layout.dU))
+    images = np.empty((T, camera.height, camera.width, 3), dtype=np.uint8)
+    for t in range(T):
+        X[t] = observe(arm, layout, target)
+        images[t] = camera.render()
+        U[t] = arm.step(act(t, X[t], images[t]))
+    return X, U, images

@@ -99,6 +99,47 @@ class Fixture:
         return np.asarray(target, dtype=float).reshape(3) + np.array(self.position)
 
 
+@dataclass(frozen=True)
+class TargetMarker:
+    """
+    The condition's target drawn as a sphere: visible to a camera, no collision.
+
+    radius (m) and color (RGBA). An image policy finds the target in its images by it.
+    """
+
+    radius: float = 0.02
+    color: tuple = (1.0, 0.1, 0.1, 1.0)
+
+    def __post_init__(self):
+        if not (math.isfinite(self.radius) and self.radius > 0):
+            raise ValueError(f"target marker radius must be > 0 m; got {self.radius!r}")
+        color = tuple(float(c) for c in self.color)
+        if len(color) != 4 or not all(0.0 <= c <= 1.0 for c in color):
+            raise ValueError(f"target marker color must be 4 numbers in [0, 1] (RGBA); got "
+                             f"{list(self.color)}")
+        object.__setattr__(self, "radius", float(self.radius))
+        object.__setattr__(self, "color", color)
+
+
+class MarkerBody:
+    """A TargetMarker loaded into one PyBullet client: a visual-only body, moved by `place`."""
+
+    def __init__(self, client, marker: TargetMarker):
+        self.marker = marker
+        self._client = client
+        visual = client.createVisualShape(client.GEOM_SPHERE, radius=marker.radius,
+                                          rgbaColor=list(marker.color))
+        # No collision shape (index -1): the arm passes through the target.
+        self.body = client.createMultiBody(baseMass=0.0, baseCollisionShapeIndex=-1,
+                                           baseVisualShapeIndex=visual,
+                                           basePosition=[0.0, 0.0, -10.0])
+
+    def place(self, target: Sequence[float] | None) -> None:
+        """Put the sphere's centre at the target (3,); None: out of sight, 10 m below."""
+        where = [0.0, 0.0, -10.0] if target is None else list(_vector3(target, "target"))
+        self._client.resetBasePositionAndOrientation(self.body, where, [0, 0, 0, 1])
+
+
 class SceneBodies:
     """The fixtures of a scene loaded into one PyBullet client, placed with `place`."""
 
