@@ -162,3 +162,24 @@ class ImageWait:
         return (f"the joint state waited {now - self.since:.3f} s (> image_timeout_s = "
                 f"{self.timeout_s:g} s) for a camera image within the tolerance of its stamp; "
                 f"{seen}")
+
+
+def policy_camera_problem(policy, camera) -> Optional[str]:
+    """
+    Return why an exported policy cannot run with the experiment's camera, or None.
+
+    A policy that sees images (its metadata's `image`) needs a camera (experiment.CameraConfig)
+    of its image size; a state-only policy needs none.
+    """
+    spec = policy.metadata.get("image")
+    if not spec:
+        return None
+    size = f"{spec['height']}x{spec['width']}"
+    if camera is None:
+        return (f"the policy sees {size} (height x width) camera images but the experiment has "
+                "no camera; allowed: an experiment with a `camera:` section of that size")
+    if (int(spec["height"]), int(spec["width"])) != (int(camera.height), int(camera.width)):
+        return (f"the policy sees {size} (height x width) images but the experiment's camera "
+                f"makes {camera.height}x{camera.width}; allowed: a policy trained with this "
+                "camera")
+    return None

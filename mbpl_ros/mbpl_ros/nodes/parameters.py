@@ -330,6 +330,11 @@ SIM_ROBOT = _table(
               low=0.001, high=60.0),
     Parameter("gui", "bool", False, "Open the PyBullet GUI window (camera framed on the arm, "
               "the experiment's targets drawn)."),
+    Parameter("target_position", "double_array", None,
+              "Where the target sphere the camera sees is put at start-up and by each ~/reset "
+              "(m, world frame; with a camera only); default: the experiment's first condition's "
+              "target. Settable at runtime (lqr_controller's sim_service reset sets it to the "
+              "trial's target).", allowed_words="3 finite numbers [x, y, z]", runtime=True),
     Parameter("image_topic", "string", "/camera/image_raw",
               "Where the experiment's camera (`camera:`) is published (sensor_msgs/Image, rgb8; "
               "lockstep: one per control step, right after its joint state and stamped like "

@@ -142,7 +142,8 @@ class SampleCollectorNode(Node):
             pixels = wire.decode_image(msg, self.camera.height, self.camera.width)
         except wire.WireFormatError as error:
             self.rejected_images += 1
-            self.get_logger().warning(f"ignored a camera image: {error}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"ignored a camera image: {error}",
+                                      throttle_duration_sec=1.0)
             return
         self.images.add(wire.nanoseconds_from_stamp(msg.header.stamp), pixels)
         if self._waiting:

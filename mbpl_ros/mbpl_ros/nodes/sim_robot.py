@@ -4,13 +4,22 @@ sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-control
 Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, effort, stamped),
                ee_pose (geometry_msgs/PoseStamped) and ee_twist (geometry_msgs/TwistStamped) of
                the end-effector point, in frame "world";
-               clock (rosgraph_msgs/Clock), in lockstep mode only.
+               clock (rosgraph_msgs/Clock), in lockstep mode only;
+               with a camera in the experiment (`camera:`): image_topic (sensor_msgs/Image,
+               rgb8) and camera_info_topic (sensor_msgs/CameraInfo), frame "camera".
 Subscribes     effort_controller/commands (std_msgs/Float64MultiArray): one effort per joint in
                the order of the `joints` parameter (ros2_control forward-command convention).
 Serves         ~/reset (std_srvs/Trigger): back to `initial_positions` at rest.
-               `initial_positions` is the one parameter settable at runtime (the standard
-               ~/set_parameters service; validated like at start-up), so a trainer can
-               choose the start pose of the next ~/reset.
+               `initial_positions` and `target_position` are the parameters settable at
+               runtime (the standard ~/set_parameters service; validated like at start-up),
+               so a trainer can choose the start pose and the target of the next ~/reset.
+
+The camera: the experiment's (sim.camera.Camera, the renderer of `mbpl train`), looking at the
+arm and the target sphere (placed at `target_position` by each reset; the condition's target
+when lqr_controller resets by sim_service). In lockstep one image per control step (and per
+reset), rendered right after the state it belongs to, published right after its joint
+state and stamped exactly like it, as offline; in realtime a steady timer at camera.rate_hz
+renders the arm as it is, stamped with the time of the render.
 
 Timing modes
   realtime  a steady-clock timer steps the arm at control_rate_hz; the last valid command is
@@ -46,7 +55,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
@@ -81,6 +90,9 @@ class SimRobotSettings:
     initial_positions: np.ndarray
     command_timeout_s: float
     gui: bool
+    target_position: np.ndarray
+    image_topic: str
+    camera_info_topic: str
 
     @property
     def control_period_ns(self) -> int:
@@ -96,15 +108,18 @@ class SimRobotNode(Node):
             self.settings = self._read_parameters()
             check_known_parameters(self)
             spec = robot_spec(self.settings.robot)
+            camera = self.experiment.camera if self.experiment is not None else None
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
-                           substeps=self.settings.substeps, gui=self.settings.gui)
+                           substeps=self.settings.substeps, gui=self.settings.gui,
+                           target_marker=None if camera is None else camera.target_marker)
+            self.camera = None if camera is None else self.experiment.make_camera(self.arm)
             # command index i drives arm joint _arm_index[i]
             self._arm_index = np.array([spec.joint_names.index(name)
                                         for name in self.settings.joints])
             self._initial_q = np.empty(spec.n_joints)
             self._initial_q[self._arm_index] = self.settings.initial_positions
             try:
-                self.arm.reset(self._initial_q)
+                self.arm.reset(self._initial_q, target=self._target())
             except ValueError as error:
                 raise SimRobotParameterError(
                     "parameter 'initial_positions' is "
@@ -117,7 +132,7 @@ class SimRobotNode(Node):
                 view.prepare(self.arm,
                              [self._initial_q] + [c.initial_positions for c in conditions],
                              [c.target for c in conditions], gui=True)
-                self.arm.reset(self._initial_q)
+                self.arm.reset(self._initial_q, target=self._target())
         except BaseException:
             self.destroy_node()
             raise
@@ -136,6 +151,13 @@ class SimRobotNode(Node):
         self._twist_pub = self.create_publisher(TwistStamped, wire.EE_TWIST_TOPIC, 10)
         self._clock_pub = (self.create_publisher(ClockMsg, "/clock", 10)
                            if self.settings.mode == "lockstep" else None)
+        self.images_published = 0
+        if self.camera is not None:
+            self._image_pub = self.create_publisher(Image, self.settings.image_topic,
+                                                    wire.image_qos("reliable"))
+            self._info_pub = self.create_publisher(CameraInfo, self.settings.camera_info_topic,
+                                                   wire.image_qos("reliable"))
+            self._intrinsics = self.camera.intrinsics()
         self.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command,
                                  COMMAND_QUEUE_DEPTH, callback_group=group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
@@ -143,13 +165,21 @@ class SimRobotNode(Node):
             self._timer = self.create_timer(1.0 / self.settings.control_rate_hz, self._on_tick,
                                             callback_group=group,
                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+            if self.camera is not None:
+                self.create_timer(1.0 / float(self.experiment.camera.rate_hz),
+                                  lambda: self._publish_image(self._stamp()),
+                                  callback_group=group,
+                                  clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_state()
         self.get_logger().info(
             f"{self.settings.robot} in {self.settings.mode} mode at "
             f"{self.settings.control_rate_hz:g} Hz "
             f"({self.settings.substeps} physics steps of {self.settings.physics_dt:g} s), "
-            f"joints {list(self.settings.joints)}")
+            f"joints {list(self.settings.joints)}"
+            + ("" if self.camera is None else
+               f"; camera {self.camera.width}x{self.camera.height} on "
+               f"{self.resolve_topic_name(self.settings.image_topic)}"))
 
     # ------------------------------------------------------------------ parameters
     def _declare(self, name: str, default=None, detail: Optional[str] = None):
@@ -221,11 +251,37 @@ class SimRobotNode(Node):
 
         timeout = self._declare("command_timeout_s")
         gui = self._declare("gui")
+        conditions = experiment.conditions if experiment else []
+        target = np.array(self._declare(
+            "target_position",
+            [float(v) for v in conditions[0].target] if conditions else [0.0, 0.0, 0.0]),
+            dtype=float)
+        problem = self._target_position_error(target)
+        if problem is not None:
+            raise SimRobotParameterError(problem)
         return SimRobotSettings(robot=robot, control_rate_hz=float(rate),
                                 physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
                                 initial_positions=initial, command_timeout_s=float(timeout),
-                                gui=bool(gui))
+                                gui=bool(gui), target_position=target,
+                                image_topic=self._declare("image_topic"),
+                                camera_info_topic=self._declare("camera_info_topic"))
+
+    @staticmethod
+    def _target_position_error(value) -> Optional[str]:
+        """Why `value` cannot be target_position, or None if it can."""
+        try:
+            target = np.array(value, dtype=float)
+        except (TypeError, ValueError):
+            target = np.array([np.nan])
+        if target.shape != (3,) or not np.all(np.isfinite(target)):
+            return (f"parameter 'target_position' is {value!r}; allowed: 3 finite numbers "
+                    "[x, y, z] (m, world frame)")
+        return None
+
+    def _target(self) -> Optional[np.ndarray]:
+        """Return where the target sphere goes at a reset (None: no camera, no sphere)."""
+        return self.settings.target_position if self.arm.target_marker is not None else None
 
     def _initial_positions_error(self, value) -> Optional[str]:
         """Why `value` cannot be initial_positions, or None if it can."""
@@ -249,11 +305,20 @@ class SimRobotNode(Node):
         return None
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Runtime changes: only initial_positions (the others are read-only), validated."""
+        """Runtime changes: initial_positions, target_position (the others read-only), checked."""
         reason = check_changes(SIM_ROBOT, parameters)
         if reason is not None:
             return SetParametersResult(successful=False, reason=reason)
         for parameter in parameters:
+            if parameter.name == "target_position":
+                error = self._target_position_error(parameter.value)
+                if error is not None:
+                    return SetParametersResult(successful=False, reason=error)
+        for parameter in parameters:
+            if parameter.name == "target_position":
+                self.settings = dataclasses.replace(
+                    self.settings, target_position=np.array(parameter.value, dtype=float))
+                continue
             if parameter.name != "initial_positions":
                 continue
             error = self._initial_positions_error(parameter.value)
@@ -290,7 +355,7 @@ class SimRobotNode(Node):
         self._step(effort)
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.arm.reset(self._initial_q)
+        self.arm.reset(self._initial_q, target=self._target())
         self._held_effort, self._held_since = None, -math.inf
         self._publish_state()
         response.success = True
@@ -342,6 +407,15 @@ class SimRobotNode(Node):
                                                 stamp))
         self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(),
                                                   self.arm.ee_angular_velocity(), stamp))
+        if self.camera is not None and self.settings.mode == "lockstep":
+            self._publish_image(stamp)   # the image of this state, after its joint state
+
+    def _publish_image(self, stamp) -> None:
+        """Render the camera and publish the image and the camera info, stamped `stamp`."""
+        image = wire.encode_image(self.camera.render(), stamp)
+        self._image_pub.publish(image)
+        self._info_pub.publish(wire.encode_camera_info(self._intrinsics, image.header.stamp))
+        self.images_published += 1
 
     def destroy_node(self) -> None:
         arm = getattr(self, "arm", None)

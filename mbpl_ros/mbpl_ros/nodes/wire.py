@@ -663,7 +663,8 @@ def encode_rollout(rollout: RolloutMessage) -> interfaces.Rollout:
         **_trial_header(rollout), target=_point(target),
         joint_states=list(rollout.joint_states),
         commands=_flat(rollout.commands if rollout.commands is not None else np.zeros(0)),
-        images=_encode_images(rollout, X.shape[0]), horizon=X.shape[0], state_dim=X.shape[1], action_dim=U.shape[1],
+        images=_encode_images(rollout, X.shape[0]), horizon=X.shape[0], state_dim=X.shape[1],
+        action_dim=U.shape[1],
         states=_flat(X), actions=_flat(U))
 
 
