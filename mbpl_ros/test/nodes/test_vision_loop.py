@@ -1,0 +1,193 @@
+"""A camera in the loop over real DDS: sim_robot's images, the collector's rollouts with images,
+lqr_controller running an image policy (and stopping it when the camera stops), and a tiny
+image policy trained and run through the graph."""
+import threading
+
+import numpy as np
+import pytest
+import rclpy
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64MultiArray
+
+from loop_helpers import (Recorder, TrialGoalSender, create_probe, parameters, small_experiment,
+                          spinning, wait_until)
+from mbpl_ros.experiment import load_experiment
+from mbpl_ros.nodes import wire
+from mbpl_ros.nodes.lqr_controller import LqrControllerNode
+from mbpl_ros.nodes.sample_collector import SampleCollectorNode
+from mbpl_ros.nodes.sim_robot import SimRobotNode
+from mbpl_ros_interfaces import msg as interfaces
+
+#: A tiny camera looking down at the reacher: 16x16 frames.
+CAMERA = dict(eye=[0.0, 0.0, 1.2], look_at=[0.0, 0.0, 0.0], up=[0.0, 1.0, 0.0], fov_deg=40.0,
+              width=16, height=16, image_tolerance_s=0.01, target_radius=0.06)
+
+
+def camera_experiment(path, **changes):
+    return small_experiment(path, **{"camera": dict(CAMERA), **changes})
+
+
+def _stamp_ns(msg):
+    return wire.nanoseconds_from_stamp(msg.header.stamp)
+
+
+@pytest.mark.timeout(60)
+def test_sim_robot_publishes_each_steps_image_after_its_joint_state_stamped_like_it(ros_context,
+                                                                                   tmp_path):
+    """Lockstep: one image per step (and per reset), right after its joint state, with the
+    same stamp; the image is the offline renderer's of the same state and target."""
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=5)
+    config = load_experiment(experiment)
+    target = [0.15, 0.2, 0.0]
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep", target_position=target))
+    probe = create_probe(ros_context)
+    order, lock = [], threading.Lock()
+
+    def arrived(kind):
+        def on(msg):
+            with lock:
+                order.append((kind, _stamp_ns(msg), msg))
+        return on
+    probe.create_subscription(JointState, wire.JOINT_STATES_TOPIC, arrived("state"), 100)
+    probe.create_subscription(Image, wire.IMAGE_TOPIC, arrived("image"), wire.image_qos())
+    infos = Recorder()
+    probe.create_subscription(CameraInfo, wire.CAMERA_INFO_TOPIC, infos, wire.image_qos())
+    commands = probe.create_publisher(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, 100)
+    efforts = [np.array([0.5, -0.3])] * 4
+    with spinning(ros_context, [sim, probe]):
+        wait_until(lambda: commands.get_subscription_count()
+                   and probe.count_publishers(wire.IMAGE_TOPIC), what="discovery")
+        with lock:
+            order.clear()
+        for k, effort in enumerate(efforts):   # one step at a time: its state, then its image
+            commands.publish(wire.encode_effort_command(effort))
+            wait_until(lambda: sum(kind == "image" for kind, _, _ in order) == k + 1,
+                       what=f"the image of step {k + 1}")
+        assert infos.wait_for(lambda items: len(items) >= 4)
+    kinds = [kind for kind, _, _ in order]
+    assert kinds == ["state", "image"] * 4
+    stamps = [stamp for _, stamp, _ in order]
+    assert stamps[0::2] == stamps[1::2] == [50_000_000 * k for k in range(1, 5)]
+    info = infos.items[-1]
+    assert (info.width, info.height, info.distortion_model) == (16, 16, "plumb_bob")
+    assert info.header.frame_id == "camera" and len(info.p) == 12
+    # The same render offline: the experiment's arm and camera, the same efforts from home.
+    with config.make_arm() as arm:
+        camera = config.make_camera(arm)
+        arm.reset(sim._initial_q, target=target)
+        offline = []
+        for effort in efforts:
+            arm.step(effort)
+            offline.append(camera.render())
+    received = [wire.decode_image(msg) for kind, _, msg in order if kind == "image"]
+    np.testing.assert_array_equal(np.stack(received), np.stack(offline))
+    red = (received[0][:, :, 0] > 180) & (received[0][:, :, 1] < 80)
+    assert red.any(), "the target sphere is in the image"
+
+
+@pytest.mark.timeout(60)
+def test_sim_robot_refuses_a_bad_target_position(ros_context, tmp_path):
+    from mbpl_ros.nodes.sim_robot import SimRobotParameterError
+
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=5)
+    with pytest.raises(SimRobotParameterError, match=r"parameter 'target_position' is .*; "
+                       r"allowed: 3 finite numbers \[x, y, z\]"):
+        SimRobotNode(context=ros_context, parameter_overrides=parameters(
+            experiment_config=str(experiment), target_position=[0.1, 0.2]))
+
+
+def _trial_goal(config, trial_id, executor="controller", condition=0):
+    spec = config.conditions[condition]
+    return wire.encode_trial_request(wire.TrialRequest(
+        trial_id=trial_id, condition=condition, iteration=0, index=0, controller_version=0,
+        executor=executor, purpose="evaluation", initial_positions=np.array(spec.initial_positions),
+        target=np.array(spec.target), noise=np.zeros((config.T, config.layout.dU))))
+
+
+@pytest.mark.timeout(90)
+def test_the_collectors_rollout_holds_each_steps_image_the_offline_renderer_draws(ros_context,
+                                                                                  tmp_path):
+    """A controller trial through sim_robot (sim_service reset: the sphere at the trial's
+    target), lqr_controller and sample_collector: the rollout's images are those
+    `mbpl train` renders for the same states, stamped like the joint states."""
+    from mbpl_ros.sim.rollout import run_image_rollout
+
+    T = 6
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=T, conditions=2)
+    config = load_experiment(experiment)
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep"))
+    controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep", reset_mode="sim_service"))
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment)))
+    probe = create_probe(ros_context)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    controllers = probe.create_publisher(interfaces.LinearGaussianController,
+                                         wire.CONTROLLERS_TOPIC, wire.CONTROLLERS_QOS)
+    requests = TrialGoalSender(probe)
+    with config.make_arm() as arm:
+        initial = config.initial_controllers(arm)
+    with spinning(ros_context, [sim, controller, collector, probe]):
+        wait_until(lambda: requests.get_subscription_count() and controllers.get_subscription_count()
+                   and probe.count_publishers(wire.ROLLOUTS_TOPIC)
+                   and controller._reset.service_is_ready(), what="discovery")
+        controllers.publish(wire.encode_controller(wire.ControllerMessage(1, 0, initial[1])))
+        requests.publish(_trial_goal(config, 7, condition=1))
+        assert rollouts.wait_for(lambda items: items, timeout=30)
+    rollout = rollouts.items[0]
+    assert rollout.status == wire.TrialStatus.OK and rollout.images.shape == (T, 16, 16, 3)
+    np.testing.assert_array_equal(rollout.image_stamps_ns,
+                                  [_stamp_ns(s) for s in rollout.joint_states])
+    spec = config.conditions[1]
+    with config.make_arm() as arm:
+        X, U, images = run_image_rollout(arm, config.layout,
+                                         lambda t, x, image: initial[1].act(t, x, np.zeros(2)),
+                                         spec.initial_positions, spec.target, T,
+                                         config.make_camera(arm))
+    np.testing.assert_allclose(rollout.X, X, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(rollout.images, images)
+    assert collector.published == {"OK": 1}
+
+
+@pytest.mark.timeout(60)
+def test_a_step_without_an_image_drops_the_rollout_as_missing_image(ros_context, tmp_path):
+    """The collector's rule: a step whose nearest image is beyond image_tolerance_s."""
+    T, period = 4, 50_000_000
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=T)
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), assembly_timeout_s=0.5))
+    probe = create_probe(ros_context)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    states = probe.create_publisher(JointState, wire.JOINT_STATES_TOPIC, 100)
+    images = probe.create_publisher(Image, wire.IMAGE_TOPIC, wire.image_qos())
+    records = probe.create_publisher(interfaces.TrialRecord, wire.TRIAL_RECORDS_TOPIC,
+                                     wire.EVENTS_QOS)
+    start = 10 ** 9
+    stamps = start + period * np.arange(T)
+    pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+    with spinning(ros_context, [collector, probe]):
+        wait_until(lambda: states.get_subscription_count() and images.get_subscription_count()
+                   and records.get_subscription_count(), what="discovery")
+        for trial_id, skipped in ((1, None), (2, 2)):
+            for t, stamp in enumerate(stamps + (trial_id - 1) * T * period):
+                states.publish(wire.encode_joint_state(["shoulder", "elbow"], [0.1 * t, 0.2],
+                                                       [0.0, 0.0], [0.0, 0.0], int(stamp)))
+                # 5 ms late: within the 10 ms tolerance; step `skipped` gets one 20 ms late
+                late = 20_000_000 if t == skipped else 5_000_000
+                images.publish(wire.encode_image(pixels + t, int(stamp) + late))
+            records.publish(wire.encode_trial_record(wire.TrialRecord(
+                trial_id=trial_id, condition=0, iteration=1, index=0, controller_version=0,
+                purpose="sample", status=wire.TrialStatus.OK, target=np.zeros(3),
+                state_stamps=wire.stamps_to_pairs(stamps + (trial_id - 1) * T * period),
+                commands=np.zeros((T, 2)))))
+            assert rollouts.wait_for(lambda items: len(items) == trial_id, timeout=10)
+    good, bad = rollouts.items
+    assert good.status == wire.TrialStatus.OK
+    np.testing.assert_array_equal(good.images[:, 0, 0, 0], np.arange(T))
+    np.testing.assert_array_equal(good.image_stamps_ns, stamps + 5_000_000)
+    assert bad.status == wire.TrialStatus.MISSING_IMAGE and bad.images is None
+    assert collector.published == {"OK": 1, "MISSING_IMAGE": 1}
