@@ -220,11 +220,11 @@ LQR_CONTROLLER = _table(
               "Start with the e-stop latched, so that nothing moves until ~/reset_estop "
               "(recommended on hardware: a restarted controller does not forget a stop)."),
     IMAGE_TOPIC, IMAGE_RELIABILITY, IMAGE_TOLERANCE,
-    Parameter("image_timeout_s", "double", 0.5,
+    Parameter("image_timeout_s", "double", None,
               "Image policy: a joint state that waits longer than this (s) for a camera image "
               "within image_tolerance_s of its stamp (the camera stopped, or is late) stops the "
-              "policy: the fallback is sent and the trial aborted (MISSING_IMAGE).",
-              low=0.001, high=60.0),
+              "policy: the fallback is sent and the trial aborted (MISSING_IMAGE); default: "
+              "the watchdog's watchdog_periods / control_rate_hz.", low=0.001, high=3600.0),
 )
 
 SAMPLE_COLLECTOR = _table(
