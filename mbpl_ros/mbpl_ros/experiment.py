@@ -235,6 +235,17 @@ class ExperimentConfig:
                 raise ValueError(f"conditions[{i}].initial_positions: {self.robot} has {n_joints} "
                                  "joints, "
                                  f"got {len(condition.initial_positions)} angles")
+        if self.policy.image is not None and self.camera is None:
+            raise ValueError("policy.image: an image policy needs a camera section (camera: "
+                             "eye, look_at, ...); or set policy.image to null")
+        if self.policy.image is not None and self.algorithm != "mdgps":
+            raise ValueError(f"policy.image: an image policy is trained by algorithm mdgps; "
+                             f"algorithm is {self.algorithm!r}")
+        if self.policy.image is not None:
+            try:
+                self.policy.image.feature_map_size(self.camera.height, self.camera.width)
+            except ValueError as error:
+                raise ValueError(f"policy.image: {error} (camera.height, camera.width)") from None
         # Unset initial-controller numbers: the robot's own, else the general defaults.
         given = {key: getattr(self.initial_controller, key) for key in INITIAL_CONTROLLER_DEFAULTS}
         robot_own = spec.initial_controller

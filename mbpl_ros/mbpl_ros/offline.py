@@ -38,7 +38,7 @@ from mbpl_ros.core.rollouts import Rollouts, final_distance
 from mbpl_ros.experiment import ExperimentConfig
 from mbpl_ros.sim.arm import Arm
 from mbpl_ros.robot_model import JointStateToState
-from mbpl_ros.sim.rollout import run_rollout
+from mbpl_ros.sim.rollout import run_image_rollout, run_rollout
 # Re-exported: they were defined here before the loop moved to mbpl_ros.training.
 from mbpl_ros.training import (METRICS_FILE, RECORDING_FILE, Trial, TrainingLoop,  # noqa: F401
                                TrialHook, TrialResult, check_policy_matches, contiguous,
@@ -63,12 +63,18 @@ def evaluate_policy(arm: Arm, config: ExperimentConfig, policy: MeanAction,
 
     Noise-free runs of one state-feedback policy from initial joint angles (K, J) with
     targets (K, 3), T = config.T steps each: final distances (K,) and, given a cost,
-    total costs (K,).
+    total costs (K,). An image policy (needs_image) is called as policy(x, image) with
+    the experiment's camera image (the target drawn where it is, for the arm's marker).
     """
     layout = config.layout
     distances, costs = [], []
+    camera = config.make_camera(arm) if getattr(policy, "needs_image", False) else None
     for q0, target in zip(np.asarray(initial_positions, float), np.asarray(targets, float)):
-        x, u = run_rollout(arm, layout, lambda t, x: policy(x), q0, target, config.T)
+        if camera is None:
+            x, u = run_rollout(arm, layout, lambda t, x: policy(x), q0, target, config.T)
+        else:   # an image policy: it sees the camera image and its observation of x only
+            x, u, _ = run_image_rollout(arm, layout, lambda t, x, image: policy(x, image), q0,
+                                        target, config.T, camera)
         distances.append(final_distance(x, layout))
         if cost is not None:
             costs.append(float(cost.evaluate(x[None], u[None]).l.sum()))
@@ -95,6 +101,7 @@ class SimSource:
 
         self.config = config
         self.arm = config.make_arm(gui=gui)   # with the experiment's fixtures
+        self.camera = config.make_camera(self.arm)   # None without a camera section
         if gui:   # the window's camera and target markers change no rollout (test_replay)
             from mbpl_ros.sim import view
             view.prepare(self.arm, [c.initial_positions for c in config.conditions],
@@ -132,9 +139,14 @@ class SimSource:
             executor = (self.controllers[trial.version][trial.condition]
                         if trial.executor == "controller" else self.policies[trial.version])
             commands = np.empty((config.T, layout.dU))
+            # Only an image policy acts on the image; controllers see the full state.
+            sees_image = trial.executor == "policy" and getattr(executor.policy, "needs_image",
+                                                                False)
 
-            def act(t, x, executor=executor, noise=trial.noise, commands=commands):
-                u = executor.act(t, x, noise[t])
+            def act(t, x, image=None, executor=executor, noise=trial.noise, commands=commands,
+                    sees_image=sees_image):
+                u = (executor.act(t, x, noise[t], image) if sees_image
+                     else executor.act(t, x, noise[t]))
                 commands[t] = u
                 command = safe_command(u, x[layout.position], x[layout.velocity], self.limits,
                                        self._zero)
@@ -144,9 +156,14 @@ class SimSource:
                                        f"step {t}: {command.fault}")
                 return command.effort
 
-            X, U = run_rollout(self.arm, layout, act, spec.initial_positions, spec.target,
-                               config.T)
-            result = TrialResult(trial, X, U, commands)
+            images = None
+            if self.camera is None:
+                X, U = run_rollout(self.arm, layout, act, spec.initial_positions, spec.target,
+                                   config.T)
+            else:
+                X, U, images = run_image_rollout(self.arm, layout, act, spec.initial_positions,
+                                                 spec.target, config.T, self.camera)
+            result = TrialResult(trial, X, U, commands, images=images)
             on_trial(result)
             results.append(result)
         return results
@@ -177,7 +194,9 @@ class RecordedSource(SimSource):
         if not trials or trials[0].purpose != "sample":
             return super().run_trials(trials, on_trial)
         batch = self.batches[trials[0].iteration - 1]
-        results = [TrialResult(trial, X, U, U) for trial, X, U in zip(trials, batch.X, batch.U)]
+        images = [None] * batch.N if batch.images is None else list(batch.images)
+        results = [TrialResult(trial, X, U, U, images=image)
+                   for trial, X, U, image in zip(trials, batch.X, batch.U, images)]
         for result in results:
             on_trial(result)
         return results

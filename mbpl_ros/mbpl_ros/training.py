@@ -102,7 +102,8 @@ class TrialResult:
     A trial's rollout: states, applied efforts, commanded actions and the trial id.
 
     A trial's rollout: states X (T, dX), applied efforts U (T, dU), commanded actions
-    commands (T, dU) (U where the source does not know them), and the source's trial id.
+    commands (T, dU) (U where the source does not know them), the source's trial id, and
+    with a camera the images (T, H, W, 3) uint8, image t seen right after state t.
     """
 
     trial: Trial
@@ -110,6 +111,7 @@ class TrialResult:
     U: np.ndarray
     commands: np.ndarray
     trial_id: Optional[int] = None
+    images: Optional[np.ndarray] = None   # (T, H, W, 3) uint8 with a camera, else None
 
 
 TrialHook = Callable[[TrialResult], None]
@@ -239,6 +241,13 @@ def check_policy_matches(policy, config: ExperimentConfig, path) -> None:
     if policy.joint_names is not None and list(policy.joint_names) != joints:
         raise ValueError(f"{path}: key joint_names is {list(policy.joint_names)}; allowed: "
                          f"{joints} ({config.robot}'s joints, in its order)")
+    image = policy.metadata.get("image")
+    camera = config.camera
+    if image is not None and (camera is None or (image["height"], image["width"])
+                              != (camera.height, camera.width)):
+        raise ValueError(f"{path}: key image is {image}; allowed: the experiment's camera "
+                         + ("(it has none: add a camera section)" if camera is None else
+                            f"{{'height': {camera.height}, 'width': {camera.width}}}"))
     stored = policy.metadata.get("extra", {}).get("state_layout")
     expected = {"n_joints": layout.n_joints, "n_points": layout.n_points}
     if stored is not None and stored != expected:
@@ -366,8 +375,13 @@ class TrainingLoop:
         if not self.is_mdgps:
             return LqrFlm(cost, initial, config.lqr_flm_settings())
         from mbpl_ros.core.mdgps import Mdgps  # imports torch: only for MDGPS runs
+        from mbpl_ros.core.rollouts import observation_indices
 
-        return Mdgps(cost, initial, config.mdgps_settings(self.seed), config.lqr_flm_settings())
+        image = ({} if config.policy.image is None else
+                 {"observation_indices": observation_indices(config.layout),
+                  "image_shape": (config.camera.height, config.camera.width)})
+        return Mdgps(cost, initial, config.mdgps_settings(self.seed), config.lqr_flm_settings(),
+                     **image)
 
     def run(self, iterations: int, *, checkpoint: Optional[Checkpoint] = None) -> list[dict]:
         """
@@ -464,6 +478,7 @@ class TrainingLoop:
         from mbpl_ros.core import sanity
         from mbpl_ros.core.traj_opt import TrajectoryOptimizationError
 
+        config = self.config
         problems = []
         for attempt in range(BATCH_ATTEMPTS):
             trials = self._sample_trials(iteration, attempt)
@@ -471,8 +486,15 @@ class TrainingLoop:
                 self.progress.add_trials(len(trials))
                 self.progress.phase("sampling")
             samples = self.source.run_trials(trials, self._on_trial)
+            images = None
+            if self.is_mdgps and config.policy.image is not None:
+                missing = [r.trial.index for r in samples if r.images is None]
+                if missing:
+                    raise ValueError(f"iteration {iteration}: the image policy needs every "
+                                     f"sample's images; {len(missing)} rollouts came without")
+                images = np.stack([r.images for r in samples])
             batch = Rollouts(np.stack([r.X for r in samples]), np.stack([r.U for r in samples]),
-                             np.array([r.trial.condition for r in samples]))
+                             np.array([r.trial.condition for r in samples]), images)
             before = copy.deepcopy(self.algorithm)
             try:
                 self.progress.phase("fitting")

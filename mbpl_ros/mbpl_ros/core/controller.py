@@ -107,9 +107,14 @@ class PolicySampler:
         self.mean = getattr(policy, "action_mean", policy)  # a Policy, or an exported one
         self.chol = np.linalg.cholesky(np.asarray(covariance, dtype=float))
 
-    def act(self, t: int, x: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Return the action u (dU,) at step t and state x (dX,) for the noise (dU,)."""
-        return np.asarray(self.mean(x), dtype=float) + self.chol @ noise
+    def act(self, t: int, x: np.ndarray, noise: np.ndarray, image=None) -> np.ndarray:
+        """
+        Return the action u (dU,) at step t and state x (dX,) for the noise (dU,).
+
+        image: the camera image (H, W, 3) uint8 an image policy acts on, else None.
+        """
+        mean = self.mean(x) if image is None else self.mean(x, image)
+        return np.asarray(mean, dtype=float) + self.chol @ noise
 
 
 # ---------------------------------------------------------------- exploration noise

@@ -54,7 +54,7 @@ from mbpl_ros.core.dynamics import LinearGaussianDynamics, gaussian_regression
 from mbpl_ros.core.gmm import GMMPrior
 from mbpl_ros.core.linalg import inverse_from_cholesky, symmetrise
 from mbpl_ros.core.lqr_flm import ConditionReport, ConditionState, LqrFlm, LqrFlmSettings
-from mbpl_ros.core.policy.network import Policy
+from mbpl_ros.core.policy.network import ImagePolicy, Policy
 from mbpl_ros.core.policy.settings import MdgpsSettings, PolicyPriorSettings
 from mbpl_ros.core.policy.training import controller_targets, train_policy
 from mbpl_ros.core.rollouts import Rollouts
@@ -97,6 +97,11 @@ class Mdgps:
         lqr_flm_settings: the C-step's settings (dynamics fit, KL step, step adjustment).
         policy: optional policy to start from (e.g. restored); by default a fresh one
             from ``settings.policy``.
+        observation_indices, image_shape: for an image policy (``settings.policy.image``):
+            where its observation lies in x (dO,), and the camera's (H, W). The rollouts
+            then carry images (N, T, H, W, 3); the S-step fits μ_θ(o, I) to the
+            controllers, which keep the full state x, and the linearisation regresses the
+            policy's actions at each sample's (o, I) on that sample's x.
 
     Attributes: ``local`` (the LqrFlm), ``policy`` (the Policy), ``policy_covariance``
     ((dU, dU), Σ_π of the last S-step, see MdgpsSettings.covariance; the policy's
@@ -108,7 +113,9 @@ class Mdgps:
     def __init__(self, cost, initial_controllers: Sequence[LinearGaussianController],
                  settings: MdgpsSettings | None = None,
                  lqr_flm_settings: LqrFlmSettings | None = None,
-                 policy: Policy | None = None) -> None:
+                 policy: Policy | ImagePolicy | None = None,
+                 observation_indices: Sequence[int] | None = None,
+                 image_shape: Sequence[int] | None = None) -> None:
         self.settings = MdgpsSettings() if settings is None else settings
         if not isinstance(self.settings, MdgpsSettings):
             raise ValueError("settings must be an MdgpsSettings, got "
@@ -121,7 +128,13 @@ class Mdgps:
         if len(shapes) != 1:
             raise ValueError(f"initial_controllers must share (T, dX, dU); got {sorted(shapes)}")
         (self.T, self.dX, self.dU), = shapes
-        if policy is None:
+        if policy is None and self.settings.policy.image is not None:
+            if observation_indices is None or image_shape is None:
+                raise ValueError("an image policy (settings.policy.image) needs "
+                                 "observation_indices and image_shape")
+            policy = ImagePolicy.from_settings(self.dX, self.dU, observation_indices,
+                                               image_shape, self.settings.policy)
+        elif policy is None:
             policy = Policy.from_settings(self.dX, self.dU, self.settings.policy)
         elif (policy.dX, policy.dU) != (self.dX, self.dU):
             raise ValueError(f"policy maps dX={policy.dX} to dU={policy.dU}; the controllers "
@@ -160,6 +173,8 @@ class Mdgps:
         unknown = sorted(set(rollouts.condition.tolist()) - set(range(self.M)))
         if unknown:
             raise ValueError(f"rollouts name conditions {unknown}; allowed are 0 .. {self.M - 1}")
+        if self.policy.needs_image and rollouts.images is None:
+            raise ValueError("the image policy needs rollouts with images (N, T, H, W, 3)")
         batches = [rollouts.for_condition(m) for m in range(self.M)]
         missing = [m for m, batch in enumerate(batches) if batch.N == 0]
         if missing:
@@ -180,8 +195,10 @@ class Mdgps:
         X = np.concatenate([batch.X for batch in batches])                  # (N, T, dX)
         target_mean = np.concatenate([mean for mean, _ in targets])         # (N, T, dU)
         target_precision = np.concatenate([prec for _, prec in targets])    # (N, T, dU, dU)
+        images = (np.concatenate([batch.images for batch in batches])       # (N, T, H, W, 3)
+                  if self.policy.needs_image else None)
         training = train_policy(self.policy, X, target_mean, target_precision,
-                                self.settings.policy)
+                                self.settings.policy, images=images)
         if self.settings.covariance == "full":
             mean_precision = target_precision.mean(axis=(0, 1))             # E[Σ⁻¹] (dU, dU)
             self.policy_covariance = symmetrise(np.linalg.inv(mean_precision))
@@ -219,7 +236,8 @@ class Mdgps:
         anchors = []
         for m, batch in enumerate(batches):
             fit = linearize_policy(self.policy, batch.X, prior=self._policy_prior(m, batch.N),
-                                   regularization=self.settings.linearization_regularization)
+                                   regularization=self.settings.linearization_regularization,
+                                   images=batch.images if self.policy.needs_image else None)
             # linearize_policy adds the Policy's diagonal variance; swap in Σ_π.
             residual = fit.covar - self.policy.action_covariance()[None]
             anchors.append(LinearGaussianController.from_covar(
@@ -282,9 +300,10 @@ class Mdgps:
 # --------------------------------------------------------------------------- linearisation
 
 
-def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = None,
-                     regularization: float = 1e-6,
-                     update_prior: bool = True) -> LinearGaussianController:
+def linearize_policy(policy: Policy | ImagePolicy, X: np.ndarray,
+                     prior: GMMPrior | None = None, regularization: float = 1e-6,
+                     update_prior: bool = True,
+                     images: np.ndarray | None = None) -> LinearGaussianController:
     """
     Fit a linear-Gaussian approximation of the policy around sample states X (N, T, dX).
 
@@ -305,6 +324,10 @@ def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = Non
             for a prior of the current policy only.
         regularization: > 0, passed to gaussian_regression (ridge on the joint
             covariance; keeps steps whose states barely vary, e.g. t = 0, well-posed).
+        images: (N, T, H, W, 3) uint8, for an image policy: its actions are μ_θ(o, I) at
+            each sample's own observation and image, regressed on that sample's full
+            state x, so the linearisation K̄_t x + k̄_t is the policy as the C-step's
+            state x predicts it (across the samples of a condition, per time step).
 
     Returns a LinearGaussianController with K (T, dU, dX), k (T, dU), covar, chol,
     inv_covar (T, dU, dU).
@@ -318,7 +341,12 @@ def linearize_policy(policy: Policy, X: np.ndarray, prior: GMMPrior | None = Non
     if not (regularization > 0 and math.isfinite(regularization)):
         raise ValueError(f"regularization must be a finite number > 0, got {regularization!r}")
 
-    actions = policy.action_mean(states)  # (N, T, dU), one batched forward pass
+    if getattr(policy, "needs_image", False):
+        if images is None:
+            raise ValueError("an image policy is linearised at its samples' images: give images")
+        actions = policy.action_mean(states, images)  # (N, T, dU)
+    else:
+        actions = policy.action_mean(states)  # (N, T, dU), one batched forward pass
     points = np.concatenate([states, actions], axis=2)  # [x, u] (N, T, dX + dU)
     step_prior = None
     if prior is not None:

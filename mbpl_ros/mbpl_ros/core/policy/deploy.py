@@ -68,6 +68,53 @@ class _DeployedPolicy(nn.Module):
         return action.to(torch.float64)
 
 
+class _DeployedImagePolicy(nn.Module):
+    """
+    An image policy's mean as TorchScript compiles it.
+
+    forward(obs (dO,) or (B, dO), any float dtype, image (H, W, 3) or (B, H, W, 3) uint8)
+    -> action (dU,) or (B, dU) in obs's dtype; both normalisations inside (the same
+    arithmetic as ImagePolicy.forward, on copies of its layers and buffers).
+    """
+
+    def __init__(self, policy: nn.Module) -> None:
+        super().__init__()
+        self.conv = policy.conv
+        self.feature_points = policy.feature_points
+        self.network = policy.network
+        for name in ("state_mean", "state_std", "image_mean", "image_std", "action_variance",
+                     "action_offset", "action_scale"):
+            self.register_buffer(name, getattr(policy, name).detach().clone())
+        self.dO = int(policy.dO)
+        self.height, self.width = (int(v) for v in policy.image_shape)
+
+    def forward(self, obs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        if obs.dim() < 1 or obs.dim() > 2 or obs.shape[-1] != self.dO:
+            raise ValueError("policy observation must have shape (dO,) or (B, dO) with dO="
+                             + str(self.dO) + ", got " + str(list(obs.shape)))
+        single = obs.dim() == 1
+        o = obs.to(self.state_mean.dtype)
+        pixels = image
+        if single:
+            o = o.unsqueeze(0)
+            pixels = pixels.unsqueeze(0)
+        if pixels.dim() != 4 or pixels.shape[0] != o.shape[0] or pixels.shape[1] != self.height \
+                or pixels.shape[2] != self.width or pixels.shape[3] != 3:
+            raise ValueError("policy image must have shape (H, W, 3) or (B, H, W, 3) with H="
+                             + str(self.height) + ", W=" + str(self.width) + " and B as the "
+                             "observation's, got " + str(list(image.shape)))
+        x = pixels.to(self.image_mean.dtype).permute(0, 3, 1, 2) / 255.0
+        x = (x - self.image_mean[:, None, None]) / self.image_std[:, None, None]
+        inputs = torch.cat([(o - self.state_mean) / self.state_std,
+                            self.feature_points(self.conv(x))], 1)
+        action = self.action_offset + self.action_scale * self.network(inputs)
+        if single:
+            action = action.squeeze(0)
+        if obs.is_floating_point():
+            return action.to(obs.dtype)
+        return action.to(torch.float64)
+
+
 def _metadata_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
@@ -84,10 +131,13 @@ def export_torchscript(policy: Policy, path: str | Path,
 
     The module maps state (dX,) or (B, dX), float32 or float64, to the action mean
     (dU,) or (B, dU) in the same dtype; it runs with plain ``torch.jit.load`` and needs
-    no mbpl_ros code. JSON keys: format, format_version, mbpl_ros_version,
-    torch_version, dX, dU, joint_names, hidden_sizes, activation, action_variance,
-    extra, and action_covariance when given. ``joint_names`` (one per action dimension,
-    the command order) is optional. ``action_covariance`` (dU, dU) is the covariance to
+    no mbpl_ros code. An image policy's module maps (obs (B, dO), image (B, H, W, 3)
+    uint8) instead (see _DeployedImagePolicy); its JSON adds ``image`` ({height, width,
+    channels}), ``dO`` and ``observation_indices`` (where obs lies in the state x).
+    JSON keys: format, format_version, mbpl_ros_version, torch_version, dX, dU,
+    joint_names, hidden_sizes, activation, action_variance, extra, and action_covariance
+    when given. ``joint_names`` (one per action dimension, the command order) is optional.
+    ``action_covariance`` (dU, dU) is the covariance to
     sample actions with (MDGPS's Σ_π); without it, diag(action_variance) is meant.
     Returns the path of the JSON file.
     """
@@ -118,17 +168,26 @@ def export_torchscript(policy: Policy, path: str | Path,
     }
     if action_covariance is not None:
         metadata["action_covariance"] = action_covariance.tolist()
+    if getattr(policy, "needs_image", False):
+        height, width = policy.image_shape
+        metadata.update({"image": {"height": int(height), "width": int(width), "channels": 3},
+                         "dO": policy.dO,
+                         "observation_indices": list(policy.observation_indices),
+                         "conv": policy.config["image"]})
     try:
         metadata_text = json.dumps(metadata, indent=2, sort_keys=True)
     except (TypeError, ValueError) as error:
         raise ValueError(f"extra_metadata must be JSON-serialisable: {error}") from None
 
-    deployed = _DeployedPolicy(copy.deepcopy(policy.network).cpu().eval(),
-                               policy.state_mean.detach().cpu().clone(),
-                               policy.state_std.detach().cpu().clone(),
-                               policy.action_variance.detach().cpu().clone(),
-                               policy.action_offset.detach().cpu().clone(),
-                               policy.action_scale.detach().cpu().clone()).eval()
+    if getattr(policy, "needs_image", False):
+        deployed = _DeployedImagePolicy(copy.deepcopy(policy).cpu().eval()).eval()
+    else:
+        deployed = _DeployedPolicy(copy.deepcopy(policy.network).cpu().eval(),
+                                   policy.state_mean.detach().cpu().clone(),
+                                   policy.state_std.detach().cpu().clone(),
+                                   policy.action_variance.detach().cpu().clone(),
+                                   policy.action_offset.detach().cpu().clone(),
+                                   policy.action_scale.detach().cpu().clone()).eval()
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
     with warnings.catch_warnings():
@@ -145,15 +204,19 @@ def export_torchscript(policy: Policy, path: str | Path,
 
 class ExportedPolicy:
     """
-    A loaded exported policy, called as ``policy(state)``.
+    A loaded exported policy, called as ``policy(state)`` or ``policy(state, image)``.
 
     With a numpy array or tensor state (dX,) or (B, dX) it returns the action mean (dU,) or
     (B, dU): numpy float64 for numpy or list input, a tensor in the input's dtype for tensor
-    input.
+    input. An image policy (``needs_image``) also takes the camera image (H, W, 3) or
+    (B, H, W, 3) uint8, and as state either the full state x (dX) — it reads only the
+    observation x[observation_indices], the robot's joint state — or that observation
+    (dO); it raises ValueError without an image.
 
     Attributes: ``module`` (the TorchScript module), ``metadata`` (the JSON dict),
     ``dX``, ``dU``, ``joint_names``, ``action_variance`` (np (dU,)), ``action_covariance``
-    (np (dU, dU): the exported one, else diag(action_variance)).
+    (np (dU, dU): the exported one, else diag(action_variance)), ``image_shape`` ((H, W)
+    or None), ``observation_indices`` ((dO,) or None).
     """
 
     def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any]) -> None:
@@ -166,13 +229,37 @@ class ExportedPolicy:
         covariance = metadata.get("action_covariance")
         self.action_covariance = (np.diag(self.action_variance) if covariance is None
                                   else np.asarray(covariance, dtype=np.float64))
+        image = metadata.get("image")
+        self.image_shape = None if image is None else (int(image["height"]), int(image["width"]))
+        self.observation_indices = (None if image is None
+                                    else [int(i) for i in metadata["observation_indices"]])
 
-    def __call__(self, state: Any) -> Any:
+    @property
+    def needs_image(self) -> bool:
+        """Whether the policy acts on a camera image (and the joint state) as well."""
+        return self.image_shape is not None
+
+    def __call__(self, state: Any, image: Any = None) -> Any:
+        if not self.needs_image:
+            if image is not None:
+                raise ValueError("this policy takes no image (it was exported without one)")
+            with torch.inference_mode():
+                if isinstance(state, torch.Tensor):
+                    return self.module(state)
+                array = np.asarray(state, dtype=np.float64)
+                return self.module(torch.from_numpy(array)).numpy()
+        if image is None:
+            raise ValueError(f"this policy needs a camera image ({self.image_shape[0]}x"
+                             f"{self.image_shape[1]} RGB) with the state")
+        tensor_in = isinstance(state, torch.Tensor)
+        obs = state if tensor_in else torch.from_numpy(np.asarray(state, dtype=np.float64))
+        if obs.shape[-1] == self.dX and self.dX != len(self.observation_indices):
+            obs = obs[..., self.observation_indices]
+        pixels = image if isinstance(image, torch.Tensor) else torch.from_numpy(
+            np.ascontiguousarray(image, dtype=np.uint8))
         with torch.inference_mode():
-            if isinstance(state, torch.Tensor):
-                return self.module(state)
-            array = np.asarray(state, dtype=np.float64)
-            return self.module(torch.from_numpy(array)).numpy()
+            action = self.module(obs, pixels)
+        return action if tensor_in else action.numpy()
 
 
 def load_exported_policy(path: str | Path) -> ExportedPolicy:

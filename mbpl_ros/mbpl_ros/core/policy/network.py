@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from mbpl_ros.core.policy.settings import ACTIVATION_NAMES, PolicySettings
+from mbpl_ros.core.policy.settings import ACTIVATION_NAMES, ImagePolicySettings, PolicySettings
 
-__all__ = ["Policy", "load_policy", "resolve_device", "save_policy"]
+__all__ = ["ImagePolicy", "Policy", "SpatialSoftArgmax", "load_policy", "resolve_device",
+           "save_policy"]
 
 #: The module of each activation name of PolicySettings.
 ACTIVATIONS: dict[str, type[nn.Module]] = dict(zip(
@@ -100,6 +101,8 @@ class Policy(nn.Module):
 
     The network is float32; numpy helpers accept and return float64.
     """
+
+    needs_image = False
 
     def __init__(self, dX: int, dU: int, hidden_sizes: Sequence[int] = (64, 64),
                  activation: str = "relu", *, initial_variance: float = 0.1,
@@ -206,6 +209,199 @@ class Policy(nn.Module):
         return np.diag(self.action_variance.detach().double().cpu().numpy())
 
 
+class SpatialSoftArgmax(nn.Module):
+    """
+    Feature points: the expected image coordinates of each feature map's softmax.
+
+    forward(features (B, C, h, w)) -> (B, 2C) = [x_1, y_1, ..., x_C, y_C], with x (columns)
+    and y (rows) in [-1, 1] (pixel centres, -1 the first, 1 the last), the softmax over
+    the h·w positions of each channel taken at a learned temperature (Levine et al. 2016):
+
+        p_c(i, j) = exp(f_c(i, j) / τ) / Σ exp(f_c / τ),   x_c = Σ p_c x_j,  y_c = Σ p_c y_i.
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        super().__init__()
+        ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, height),
+                                torch.linspace(-1.0, 1.0, width), indexing="ij")
+        self.register_buffer("grid_x", xs.reshape(-1))
+        self.register_buffer("grid_y", ys.reshape(-1))
+        self.log_temperature = nn.Parameter(torch.zeros(()))  # τ = exp(·), 1 at first
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        B, C = features.shape[0], features.shape[1]
+        flat = features.reshape(B, C, -1) / torch.exp(self.log_temperature)
+        p = torch.softmax(flat, dim=-1)                                   # (B, C, h·w)
+        points = torch.stack([p @ self.grid_x, p @ self.grid_y], dim=-1)  # (B, C, 2)
+        return points.reshape(B, 2 * C)
+
+
+class ImagePolicy(nn.Module):
+    """
+    π_θ(u|o, I) = N(μ_θ(o, I), diag(action_variance)): a visuomotor policy.
+
+    It observes o = x[observation_indices] (dO,), the robot's own joint state, and the
+    camera image I (H, W, 3) uint8; never the target. μ_θ: convolutions (ReLU) → spatial
+    soft-argmax (2C feature points) → MLP on [normalised o, feature points] (Levine et
+    al., JMLR 2016). forward(obs (B, dO), image (B, H, W, 3) uint8 or float in 0..255)
+    -> (B, dU), both normalisations inside: ô = (o − obs_mean) / obs_std and
+    Î = (I / 255 − image_mean) / image_std per colour channel.
+
+    dX, the full state's size, is kept so MDGPS checks the controllers against it; the
+    numpy helpers take full states X (..., dX) and pick the observation.
+    Buffers as Policy's (state_* are the observation's), plus image_mean, image_std (3,).
+    """
+
+    needs_image = True
+
+    def __init__(self, dX: int, dU: int, observation_indices: Sequence[int],
+                 image_shape: Sequence[int], image: ImagePolicySettings | None = None,
+                 hidden_sizes: Sequence[int] = (64, 64), activation: str = "relu", *,
+                 initial_variance: float = 0.1, seed: int = 0, device: str = "cpu") -> None:
+        super().__init__()
+        for name, value in (("dX", dX), ("dU", dU)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"ImagePolicy {name} must be a positive integer, got {value!r}")
+        indices = [int(i) for i in observation_indices]
+        if not indices or min(indices) < 0 or max(indices) >= dX:
+            raise ValueError(f"ImagePolicy observation_indices must index a state of dX={dX}, "
+                             f"got {indices}")
+        height, width = (int(v) for v in image_shape)
+        self.image_settings = ImagePolicySettings() if image is None else image
+        feature_h, feature_w = self.image_settings.feature_map_size(height, width)
+        hidden = _check_hidden_sizes("ImagePolicy hidden_sizes", hidden_sizes)
+        _check_activation("ImagePolicy activation", activation)
+        if not (initial_variance > 0 and math.isfinite(initial_variance)):
+            raise ValueError(f"ImagePolicy initial_variance must be > 0, got "
+                             f"{initial_variance!r}")
+        self.dX, self.dU, self.dO = int(dX), int(dU), len(indices)
+        self.observation_indices = tuple(indices)
+        self.image_shape = (height, width)
+        self.hidden_sizes, self.activation = hidden, activation
+        channels = self.image_settings.conv_channels
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            layers: list[nn.Module] = []
+            width_in = 3
+            for out, kernel, stride in zip(channels, self.image_settings.kernel_sizes,
+                                           self.image_settings.strides):
+                layers += [nn.Conv2d(width_in, out, kernel, stride=stride), nn.ReLU()]
+                width_in = out
+            self.conv = nn.Sequential(*layers)
+            self.feature_points = SpatialSoftArgmax(feature_h, feature_w)
+            self.network = _mlp(self.dO + 2 * channels[-1], self.dU, hidden, activation)
+        self.register_buffer("state_mean", torch.zeros(self.dO))
+        self.register_buffer("state_std", torch.ones(self.dO))
+        self.register_buffer("image_mean", torch.full((3,), 0.5))
+        self.register_buffer("image_std", torch.full((3,), 0.25))
+        self.register_buffer("action_variance", torch.full((self.dU,), float(initial_variance)))
+        self.register_buffer("normalizer_fitted", torch.tensor(False))
+        self.register_buffer("action_offset", torch.zeros(self.dU))
+        self.register_buffer("action_scale", torch.ones(self.dU))
+        self.register_buffer("action_scaling_fitted", torch.tensor(False))
+        self.register_buffer("s_steps", torch.tensor(0, dtype=torch.int64))
+        self.to(resolve_device(device))
+
+    @classmethod
+    def from_settings(cls, dX: int, dU: int, observation_indices: Sequence[int],
+                      image_shape: Sequence[int], settings: PolicySettings) -> "ImagePolicy":
+        """Build a fresh image policy from ``settings`` (its ``image`` section must be set)."""
+        if settings.image is None:
+            raise ValueError("ImagePolicy needs PolicySettings.image (the convolutions)")
+        return cls(dX, dU, observation_indices, image_shape, settings.image,
+                   settings.hidden_sizes, settings.activation,
+                   initial_variance=settings.initial_variance, seed=settings.seed,
+                   device=settings.device)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Return the constructor arguments (plain Python) that rebuild the architecture."""
+        return {"dX": self.dX, "dU": self.dU,
+                "observation_indices": list(self.observation_indices),
+                "image_shape": list(self.image_shape), "hidden_sizes": list(self.hidden_sizes),
+                "activation": self.activation,
+                "image": {"conv_channels": list(self.image_settings.conv_channels),
+                          "kernel_sizes": list(self.image_settings.kernel_sizes),
+                          "strides": list(self.image_settings.strides)}}
+
+    @property
+    def device(self) -> torch.device:
+        return self.state_mean.device
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Return the feature points (B, 2C) of images (B, H, W, 3) in 0..255."""
+        pixels = image.to(self.image_mean.dtype).permute(0, 3, 1, 2) / 255.0   # (B, 3, H, W)
+        pixels = (pixels - self.image_mean[:, None, None]) / self.image_std[:, None, None]
+        return self.feature_points(self.conv(pixels))
+
+    def forward(self, obs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        inputs = torch.cat([(obs - self.state_mean) / self.state_std, self.features(image)], 1)
+        return self.action_offset + self.action_scale * self.network(inputs)
+
+    def observe(self, X: np.ndarray) -> np.ndarray:
+        """Return the observations (..., dO) of full states X (..., dX)."""
+        states = np.asarray(X, dtype=np.float64)
+        if states.shape[-1:] != (self.dX,):
+            raise ValueError(f"states must have last dimension dX={self.dX}, got {states.shape}")
+        return states[..., list(self.observation_indices)]
+
+    def fit_normalization(self, X: np.ndarray, images: np.ndarray, min_std: float = 1e-3,
+                          preserve_function: bool = True) -> None:
+        """
+        Fit the normalisers to full states X (..., dX) and images (..., H, W, 3).
+
+        The observation's as Policy.fit_normalization (with ``preserve_function`` the
+        first linear layer's observation columns are rescaled so μ_θ is unchanged); the
+        image's per colour channel, only when not fitted before (the convolutions' weights
+        would not survive a change).
+        """
+        obs = self.observe(X).reshape(-1, self.dO)
+        new_mean = torch.as_tensor(obs.mean(axis=0), dtype=torch.float32, device=self.device)
+        new_std = torch.as_tensor(np.maximum(obs.std(axis=0), min_std), dtype=torch.float32,
+                                  device=self.device)
+        with torch.no_grad():
+            if preserve_function and bool(self.normalizer_fitted):
+                first = self.network[0]
+                columns = first.weight[:, :self.dO]
+                first.bias += columns @ ((new_mean - self.state_mean) / self.state_std)
+                first.weight[:, :self.dO] = columns * (new_std / self.state_std)[None, :]
+            else:
+                pixels = np.asarray(images).reshape(-1, 3)[::97] / 255.0   # a subsample
+                self.image_mean.copy_(torch.as_tensor(pixels.mean(axis=0), dtype=torch.float32))
+                self.image_std.copy_(torch.as_tensor(np.maximum(pixels.std(axis=0), 1e-2),
+                                                     dtype=torch.float32))
+            self.state_mean.copy_(new_mean)
+            self.state_std.copy_(new_std)
+            self.normalizer_fitted.fill_(True)
+
+    fit_action_scaling = Policy.fit_action_scaling
+    action_covariance = Policy.action_covariance
+
+    def action_mean(self, X: np.ndarray, images: np.ndarray, chunk: int = 512) -> np.ndarray:
+        """
+        Return μ_θ for full states X (..., dX) and their images (..., H, W, 3) -> (..., dU).
+
+        Float64, without gradients, in chunks of `chunk` images.
+        """
+        obs = self.observe(X)
+        images = np.asarray(images)
+        lead = obs.shape[:-1]
+        if images.shape != lead + self.image_shape + (3,):
+            raise ValueError(f"images must have shape {lead + self.image_shape + (3,)} for "
+                             f"states {np.shape(X)}, got {images.shape}")
+        flat_obs = obs.reshape(-1, self.dO)
+        flat_images = images.reshape((-1,) + self.image_shape + (3,))
+        out = []
+        with torch.no_grad():
+            for start in range(0, flat_obs.shape[0], chunk):
+                o = torch.as_tensor(flat_obs[start:start + chunk], dtype=torch.float32,
+                                    device=self.device)
+                image = torch.as_tensor(flat_images[start:start + chunk], device=self.device)
+                out.append(self(o, image).double().cpu().numpy())
+        actions = np.concatenate(out) if out else np.zeros((0, self.dU))
+        return actions.reshape(lead + (self.dU,))
+
+
 def save_policy(policy: Policy, path: str | Path) -> None:
     """
     Write a training checkpoint of the policy, restorable by :func:`load_policy`.
@@ -226,7 +422,13 @@ def load_policy(path: str | Path, device: str = "cpu") -> Policy:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != _CHECKPOINT_FORMAT_NAME:
         raise ValueError(f"{path} is not a policy checkpoint written by save_policy")
     config = checkpoint["config"]
-    policy = Policy(config["dX"], config["dU"], config["hidden_sizes"], config["activation"])
+    if "image_shape" in config:
+        policy = ImagePolicy(config["dX"], config["dU"], config["observation_indices"],
+                             config["image_shape"], ImagePolicySettings(
+                                 **{k: tuple(v) for k, v in config["image"].items()}),
+                             config["hidden_sizes"], config["activation"])
+    else:
+        policy = Policy(config["dX"], config["dU"], config["hidden_sizes"], config["activation"])
     # Checkpoints from before the output scaling lack its buffers: identity scaling.
     policy.load_state_dict({**policy.state_dict(), **checkpoint["state_dict"]})
     return policy.to(resolve_device(device)).eval()

@@ -7,13 +7,54 @@ import the training code; core.policy.network, core.policy.training and core.mdg
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 from mbpl_ros.core.settings import setting, settings_dataclass
 
-__all__ = ["ACTIVATION_NAMES", "MdgpsSettings", "PolicyPriorSettings", "PolicySettings"]
+__all__ = ["ACTIVATION_NAMES", "ImagePolicySettings", "MdgpsSettings", "PolicyPriorSettings",
+           "PolicySettings"]
 
 #: The activations core.policy.network.ACTIVATIONS provides, by name.
 ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "silu")
+
+
+@settings_dataclass
+class ImagePolicySettings:
+    """
+    The convolutional part of an image policy (Levine et al., JMLR 2016, smaller).
+
+    Convolutions (each followed by a ReLU, no padding) map the camera image to C feature
+    maps; a spatial soft-argmax turns each map into one feature point, its expected image
+    coordinates (x, y) in [-1, 1]; the 2C numbers, with the normalised observation, feed
+    the MLP of hidden_sizes. The image size is the camera's.
+    """
+
+    conv_channels: tuple[int, ...] = setting("output channels of each convolution; the last "
+                                             "is the number of feature points", (16, 32, 32),
+                                             ge=1)
+    kernel_sizes: tuple[int, ...] = setting("square kernel size of each convolution (one per "
+                                            "entry of conv_channels)", (5, 3, 3), ge=1)
+    strides: tuple[int, ...] = setting("stride of each convolution (one per entry of "
+                                       "conv_channels)", (2, 1, 1), ge=1)
+
+    def __post_init__(self):
+        if not self.conv_channels:
+            raise ValueError("conv_channels: at least one convolution is needed")
+        for key in ("kernel_sizes", "strides"):
+            if len(getattr(self, key)) != len(self.conv_channels):
+                raise ValueError(f"{key} must have one entry per convolution "
+                                 f"({len(self.conv_channels)}, as conv_channels), got "
+                                 f"{list(getattr(self, key))}")
+
+    def feature_map_size(self, height: int, width: int) -> tuple[int, int]:
+        """Return (h, w) of the last feature maps of an image (height, width); ValueError: < 1."""
+        h, w = height, width
+        for kernel, stride in zip(self.kernel_sizes, self.strides):
+            h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+        if h < 1 or w < 1:
+            raise ValueError(f"the convolutions (kernel_sizes {list(self.kernel_sizes)}, strides "
+                             f"{list(self.strides)}) leave no pixel of a {height}x{width} image")
+        return h, w
 
 
 @settings_dataclass
@@ -66,6 +107,9 @@ class PolicySettings:
     device: str = setting("where the S-step trains: cpu, cuda or cuda:<index> (an error if "
                           "CUDA is absent)", "cpu", pattern=r"cpu|cuda(:[0-9]+)?",
                           allowed="cpu, cuda or cuda:<index>")
+    image: Optional[ImagePolicySettings] = setting(
+        "an image policy: it sees the joint state and the camera image, never the target "
+        "(needs a camera section; see 'policy.image' below); null: the state policy", None)
 
 
 @settings_dataclass

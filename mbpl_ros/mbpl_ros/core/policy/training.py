@@ -95,7 +95,8 @@ def _validate_training_data(policy: Policy, X: np.ndarray, target_mean: np.ndarr
 
 def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
                  target_precision: np.ndarray, settings: PolicySettings | None = None,
-                 weights: np.ndarray | None = None) -> dict[str, Any]:
+                 weights: np.ndarray | None = None,
+                 images: np.ndarray | None = None) -> dict[str, Any]:
     """
     Run one S-step: fit μ_θ to the local controllers' means, and set the variance.
 
@@ -107,6 +108,9 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         target_precision: (N, T, dU, dU) controller precisions Σ_t⁻¹.
         settings: hyper-parameters; defaults to ``PolicySettings()``.
         weights: optional (N, T) per-state weights (GPS ``pol_wt``), robustly normalised.
+        images: (N, T, H, W, 3) uint8, the camera image of every state, for an image
+            policy (core.policy.network.ImagePolicy: it sees its observation of x and the
+            image); None for a state policy.
 
     Loss: mean over states of w·(μ_θ(x) − μ)ᵀ Λ (μ_θ(x) − μ), minimised with Adam on
     minibatches for ``settings.iterations`` steps, or less when early stopping on a
@@ -127,11 +131,25 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         policy, X, target_mean, target_precision, weights)
     N, T, dX = X.shape
     dU = policy.dU
+    needs_image = getattr(policy, "needs_image", False)
+    if needs_image != (images is not None):
+        raise ValueError("an image policy needs images (N, T, H, W, 3) and a state policy "
+                         f"takes none; got {'none' if images is None else 'images'} for "
+                         f"{type(policy).__name__}")
+    if needs_image:
+        images = np.asarray(images)
+        expected = (N, T) + tuple(policy.image_shape) + (3,)
+        if images.dtype != np.uint8 or images.shape != expected:
+            raise ValueError(f"images must be uint8 {expected}, got {images.dtype} "
+                             f"{images.shape}")
     device = resolve_device(settings.device)
     policy.to(device)
 
     if settings.refit_normalization or not bool(policy.normalizer_fitted):
-        policy.fit_normalization(X, settings.min_state_std, preserve_function=True)
+        if needs_image:
+            policy.fit_normalization(X, images, settings.min_state_std, preserve_function=True)
+        else:
+            policy.fit_normalization(X, settings.min_state_std, preserve_function=True)
     if settings.normalize_actions and not bool(policy.action_scaling_fitted):
         policy.fit_action_scaling(target_mean)
 
@@ -155,29 +173,44 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         _, log_det = np.linalg.slogdet(target_precision)
         log_det_term = -float(np.mean(sample_weights * log_det))
 
+    # An image policy's inputs: its observation of x, and the images (kept uint8).
+    inputs = policy.observe(X) if needs_image else X
+
     def as_tensors(rollouts: np.ndarray) -> tuple[torch.Tensor, ...]:
         def flat(a: np.ndarray, tail: tuple[int, ...]) -> torch.Tensor:
             return torch.as_tensor(a[rollouts].reshape((-1,) + tail), dtype=torch.float32,
                                    device=device)
-        return (flat(X, (dX,)), flat(target_mean, (dU,)), flat(target_precision, (dU, dU)),
-                flat(sample_weights, ()))
+        tensors = (flat(inputs, (inputs.shape[2],)), flat(target_mean, (dU,)),
+                   flat(target_precision, (dU, dU)), flat(sample_weights, ()))
+        if needs_image:
+            tensors += (torch.as_tensor(images[rollouts].reshape((-1,) + images.shape[2:]),
+                                        device=device),)
+        return tensors
+
+    def predict(data: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return policy(data[0], data[4]) if needs_image else policy(data[0])
 
     train = as_tensors(train_rollouts)
     held_out = as_tensors(held_out_rollouts) if n_held_out else None
     n_train = train[0].shape[0]
     batch_size = min(settings.batch_size, n_train)
 
-    def full_loss(data: tuple[torch.Tensor, ...]) -> float:
-        states, mean, precision, weight = data
+    def full_loss(data: tuple[torch.Tensor, ...], chunk: int = 1024) -> float:
+        total = 0.0
         with torch.no_grad():
-            return float(_weighted_quadratic(policy(states) - mean, precision, weight)) \
-                + log_det_term
+            for start in range(0, data[0].shape[0], chunk):
+                part = tuple(tensor[start:start + chunk] for tensor in data)
+                _, mean, precision, weight = part[:4]
+                total += float(_weighted_quadratic(predict(part) - mean, precision, weight)) \
+                    * mean.shape[0]
+        return total / data[0].shape[0] + log_det_term
 
-    optimizer = torch.optim.Adam(policy.network.parameters(), lr=settings.learning_rate,
+    trained = policy if needs_image else policy.network   # what Adam moves
+    optimizer = torch.optim.Adam(trained.parameters(), lr=settings.learning_rate,
                                  weight_decay=settings.weight_decay)
     initial_loss = full_loss(train)
     best_validation = full_loss(held_out) if held_out is not None else None
-    best_state = copy.deepcopy(policy.network.state_dict()) if held_out is not None else None
+    best_state = copy.deepcopy(trained.state_dict()) if held_out is not None else None
     evaluations_without_improvement = 0
     stopped_early = False
 
@@ -191,8 +224,9 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
             cursor = 0
         index = permutation[cursor:cursor + batch_size].to(device)
         cursor += batch_size
-        states, mean, precision, weight = (tensor[index] for tensor in train)
-        loss = _weighted_quadratic(policy(states) - mean, precision, weight)
+        batch = tuple(tensor[index] for tensor in train)
+        _, mean, precision, weight = batch[:4]
+        loss = _weighted_quadratic(predict(batch) - mean, precision, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -201,7 +235,7 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
             validation = full_loss(held_out)
             if validation < best_validation:
                 best_validation = validation
-                best_state = copy.deepcopy(policy.network.state_dict())
+                best_state = copy.deepcopy(trained.state_dict())
                 evaluations_without_improvement = 0
             else:
                 evaluations_without_improvement += 1
@@ -210,7 +244,7 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
                     break
     policy.eval()
     if best_state is not None:
-        policy.network.load_state_dict(best_state)
+        trained.load_state_dict(best_state)
 
     # Closed-form variance (GPS): the diagonal of the mean target precision.
     mean_precision_diag = np.einsum("ntii->i", target_precision) / (N * T)
