@@ -128,9 +128,11 @@ class ImageWait:
     """
     How long the current joint state of an image-policy trial has waited for its image.
 
-    wait(now) when a step cannot be taken for want of an image (the first call starts the
-    clock), stepped() when a step is taken; fault(now) says why the policy must stop once the
-    wait exceeds timeout_s (times: time.monotonic()).
+    wait(since) when a step cannot be taken for want of an image, `since` the arrival of its
+    joint state (the first call starts the clock: so the wait is never shorter than the
+    joint state's age, which the joint-state watchdog measures), stepped() when a step is
+    taken; fault(now) says why the policy must stop once the wait exceeds timeout_s (times:
+    time.monotonic()).
     """
 
     def __init__(self, timeout_s: float) -> None:
@@ -139,10 +141,10 @@ class ImageWait:
         self.timeout_s = float(timeout_s)
         self.since: Optional[float] = None
 
-    def wait(self, now: float) -> None:
-        """Note that a step waits for its image (from `now`, unless it already waits)."""
+    def wait(self, since: float) -> None:
+        """Note that a step waits for its image (from `since`, unless it already waits)."""
         if self.since is None:
-            self.since = float(now)
+            self.since = float(since)
 
     def stepped(self) -> None:
         """Note that a step was taken: nothing waits."""
@@ -163,23 +165,3 @@ class ImageWait:
                 f"{self.timeout_s:g} s) for a camera image within the tolerance of its stamp; "
                 f"{seen}")
 
-
-def policy_camera_problem(policy, camera) -> Optional[str]:
-    """
-    Return why an exported policy cannot run with the experiment's camera, or None.
-
-    A policy that sees images (its metadata's `image`) needs a camera (experiment.CameraConfig)
-    of its image size; a state-only policy needs none.
-    """
-    spec = policy.metadata.get("image")
-    if not spec:
-        return None
-    size = f"{spec['height']}x{spec['width']}"
-    if camera is None:
-        return (f"the policy sees {size} (height x width) camera images but the experiment has "
-                "no camera; allowed: an experiment with a `camera:` section of that size")
-    if (int(spec["height"]), int(spec["width"])) != (int(camera.height), int(camera.width)):
-        return (f"the policy sees {size} (height x width) images but the experiment's camera "
-                f"makes {camera.height}x{camera.width}; allowed: a policy trained with this "
-                "camera")
-    return None

@@ -135,6 +135,8 @@ KEPT_VERSIONS = 4
 FEEDBACK_EVERY_STEPS = 10
 #: Parameters settable at runtime: validated together, applied between trials.
 RUNTIME_PARAMETERS = tuple(name for name, p in PARAMETERS.items() if p.runtime)
+#: Calls of a newly loaded policy before it is used (TorchScript's optimising passes).
+WARM_UP_CALLS = 3
 #: Camera images kept for pairing with joint states (a few control periods' worth).
 IMAGES_KEPT = 16
 
@@ -218,6 +220,13 @@ class _PolicyExecutor(PolicySampler):
     def __init__(self, policy, file: Tuple[int, int, int]):
         super().__init__(policy, policy.action_covariance)
         self.file = file
+        # TorchScript optimises a module on its first calls (0.4 s for a small conv net):
+        # here, between trials, not in a trial's first steps (the watchdog would fire).
+        state = np.zeros(policy.dX)
+        image = (np.zeros((*policy.image_shape, 3), dtype=np.uint8) if self.needs_image
+                 else None)
+        for _ in range(WARM_UP_CALLS):
+            self.act(0, state, np.zeros(policy.dU), image)
 
     @property
     def needs_image(self) -> bool:
@@ -465,9 +474,6 @@ class LqrControllerNode(Node):
             check_policy_matches(policy, self.config, path)
         except ValueError as error:
             raise NodeParameterError(f"parameter 'policy_path': {error}") from None
-        problem = images.policy_camera_problem(policy, self.config.camera)
-        if problem is not None:
-            raise NodeParameterError(f"parameter 'policy_path' is {path!r}: {problem}")
         return _PolicyExecutor(policy, file)
 
     @property
@@ -987,7 +993,7 @@ class LqrControllerNode(Node):
         if trial.needs_image:
             found = self._images.nearest(sample.stamp_ns)
             if found is None:   # the step waits for its image (_image_fault_fired: how long)
-                self._image_wait.wait(time.monotonic())
+                self._image_wait.wait(sample.arrival)
                 return
             image = found[1]
             self._image_wait.stepped()

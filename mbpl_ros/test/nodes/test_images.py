@@ -81,17 +81,6 @@ def test_a_step_that_waits_too_long_for_its_image_stops_the_policy():
         images.ImageWait(0.0)
 
 
-def test_a_policy_that_sees_images_needs_a_camera_of_its_size():
-    camera = SimpleNamespace(height=16, width=20)
-    state_only = SimpleNamespace(metadata={"dX": 10})
-    seeing = SimpleNamespace(metadata={"image": {"height": 16, "width": 20, "channels": 3}})
-    assert images.policy_camera_problem(state_only, None) is None
-    assert images.policy_camera_problem(seeing, camera) is None
-    assert "the experiment has no camera" in images.policy_camera_problem(seeing, None)
-    problem = images.policy_camera_problem(seeing, SimpleNamespace(height=32, width=20))
-    assert "sees 16x20 (height x width) images but the experiment's camera makes 32x20" in problem
-
-
 def test_the_default_tolerance_is_the_cameras_or_half_a_period():
     camera = SimpleNamespace(image_tolerance_s=0.01)
     assert images.default_tolerance_s(SimpleNamespace(camera=camera, control_dt=0.05)) == 0.01

@@ -2,6 +2,7 @@
 lqr_controller running an image policy (and stopping it when the camera stops), and a tiny
 image policy trained and run through the graph."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -191,3 +192,144 @@ def test_a_step_without_an_image_drops_the_rollout_as_missing_image(ros_context,
     np.testing.assert_array_equal(good.image_stamps_ns, stamps + 5_000_000)
     assert bad.status == wire.TrialStatus.MISSING_IMAGE and bad.images is None
     assert collector.published == {"OK": 1, "MISSING_IMAGE": 1}
+
+
+# ---------------------------------------------------------------- lqr_controller: an image policy
+def export_image_policy(config, path, seed=0):
+    """A small untrained image policy for `config` (its camera's size), exported to `path`."""
+    from mbpl_ros.core.policy.deploy import export_torchscript
+    from mbpl_ros.core.policy.network import ImagePolicy
+    from mbpl_ros.core.policy.settings import ImagePolicySettings
+    from mbpl_ros.core.rollouts import observation_indices
+
+    layout = config.layout
+    policy = ImagePolicy(layout.dX, layout.dU, list(observation_indices(layout)),
+                         (config.camera.height, config.camera.width),
+                         ImagePolicySettings(conv_channels=(4,), kernel_sizes=(3,), strides=(1,)),
+                         (8,), seed=seed)
+    rng = np.random.default_rng(seed)
+    policy.fit_normalization(rng.normal(size=(20, layout.dX)),
+                             rng.integers(0, 256, size=(20, config.camera.height,
+                                                        config.camera.width, 3), dtype=np.uint8))
+    export_torchscript(policy, path, joint_names=list(config.robot_spec.joint_names),
+                       action_covariance=0.01 * np.eye(layout.dU))
+    return path
+
+
+@pytest.mark.timeout(90)
+def test_the_controller_runs_an_image_policy_on_each_steps_image(ros_context, tmp_path):
+    """An image policy's trial: each command is the policy's on (state, the step's image),
+    the image the collector puts into the rollout."""
+    pytest.importorskip("torch")
+    from mbpl_ros.core.policy.deploy import load_exported_policy
+
+    T = 6
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=T)
+    config = load_experiment(experiment)
+    policy_path = export_image_policy(config, tmp_path / "policy.pt")
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep"))
+    controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep", reset_mode="sim_service",
+        policy_path=str(policy_path)))
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment)))
+    probe = create_probe(ros_context)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    requests = TrialGoalSender(probe)
+    assert controller._image_sub is not None     # the policy sees images: subscribed
+    with spinning(ros_context, [sim, controller, collector, probe]):
+        wait_until(lambda: requests.get_subscription_count()
+                   and probe.count_publishers(wire.ROLLOUTS_TOPIC)
+                   and controller._reset.service_is_ready()
+                   and controller._image_sub.get_publisher_count(), what="discovery")
+        requests.publish(_trial_goal(config, 3, executor="policy"))
+        assert rollouts.wait_for(lambda items: items, timeout=30)
+    rollout = rollouts.items[0]
+    assert rollout.status == wire.TrialStatus.OK and rollout.images.shape == (T, 16, 16, 3)
+    policy = load_exported_policy(policy_path)
+    expected = np.clip(policy(rollout.X, rollout.images), [-2.0, -1.0], [2.0, 1.0])
+    np.testing.assert_allclose(rollout.U, expected, rtol=1e-5, atol=1e-6)
+    blind = np.clip(policy(rollout.X, np.zeros_like(rollout.images)), [-2.0, -1.0], [2.0, 1.0])
+    assert np.abs(blind - expected).max() > 1e-6     # the images did matter
+    assert controller.faults["missing_image"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_policy_that_sees_images_is_refused_without_a_camera_of_its_size(ros_context,
+                                                                           tmp_path):
+    pytest.importorskip("torch")
+    from mbpl_ros.nodes.common import NodeParameterError
+
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=6)
+    policy_path = export_image_policy(load_experiment(experiment), tmp_path / "policy.pt")
+    blind = small_experiment(tmp_path / "blind.yaml", T=6)
+    with pytest.raises(NodeParameterError, match=r"parameter 'policy_path'.*key image is "
+                       r"\{'channels': 3, 'height': 16, 'width': 16\}; allowed: the experiment's "
+                       r"camera \(it has none"):
+        LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+            experiment_config=str(blind), mode="lockstep", policy_path=str(policy_path)))
+
+
+@pytest.mark.timeout(90)
+def test_when_the_camera_stops_the_image_policy_trial_ends_with_the_fallback(ros_context,
+                                                                            tmp_path):
+    """The camera (a relay of sim_robot's images) stops after 3 images: step 3 waits for its
+    image, image_timeout_s later the fallback (zero effort) is sent and the trial aborted
+    (MISSING_IMAGE); the commands before are the policy's, within the limits, and none
+    follows the fallback."""
+    pytest.importorskip("torch")
+    T, relayed = 10, 3
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=T)
+    config = load_experiment(experiment)
+    policy_path = export_image_policy(config, tmp_path / "policy.pt")
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep", image_topic="/camera/sim_raw"))
+    controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="lockstep", reset_mode="sim_service",
+        policy_path=str(policy_path), image_timeout_s=0.3, watchdog_periods=40))
+    collector = SampleCollectorNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment)))
+    probe = create_probe(ros_context)
+    camera = probe.create_publisher(Image, wire.IMAGE_TOPIC, wire.image_qos())
+    budget = {"left": 0}
+
+    def relay(msg):   # the camera: forwards sim_robot's images while it has budget
+        if budget["left"] > 0:
+            budget["left"] -= 1
+            camera.publish(msg)
+    probe.create_subscription(Image, "/camera/sim_raw", relay, wire.image_qos())
+    commands = Recorder(lambda msg: (time.monotonic(), np.array(msg.data)))
+    probe.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, commands, 100)
+    rollouts = Recorder(wire.decode_rollout)
+    probe.create_subscription(interfaces.Rollout, wire.ROLLOUTS_TOPIC, rollouts, wire.EVENTS_QOS)
+    requests = TrialGoalSender(probe)
+    with spinning(ros_context, [sim, controller, collector, probe]):
+        wait_until(lambda: requests.get_subscription_count()
+                   and probe.count_publishers(wire.ROLLOUTS_TOPIC)
+                   and controller._reset.service_is_ready()
+                   and camera.get_subscription_count() and probe.count_publishers("/camera/sim_raw")
+                   and commands_subscribed(probe), what="discovery")
+        budget["left"] = relayed
+        requests.publish(_trial_goal(config, 11, executor="policy"))
+        assert requests.wait_for(lambda: 11 in requests.results, timeout=30)
+        ended = time.monotonic()
+        assert rollouts.wait_for(lambda items: items, timeout=10)
+        time.sleep(0.5)     # no command may follow the fallback
+    result = requests.results[11]
+    assert result.status.value == wire.TrialStatus.MISSING_IMAGE
+    assert "waited" in result.reason and "image_timeout_s = 0.3 s" in result.reason
+    assert rollouts.items[0].status == wire.TrialStatus.MISSING_IMAGE
+    sent = [effort for _, effort in commands.items]
+    assert len(sent) == relayed + 1, sent            # the 3 policy steps, then the fallback
+    np.testing.assert_array_equal(sent[-1], [0.0, 0.0])
+    assert all(np.all(np.isfinite(e)) and np.all(np.abs(e) <= [2.0, 1.0]) for e in sent)
+    assert commands.items[-1][0] <= ended + 0.1
+    gap = commands.items[-1][0] - commands.items[-2][0]
+    assert 0.3 <= gap < 1.0, gap                      # image_timeout_s after the last step
+    assert controller.faults["missing_image"] == 1 and controller.faults["watchdog"] == 0
+
+
+def commands_subscribed(probe):
+    return probe.count_publishers(wire.EFFORT_COMMANDS_TOPIC) > 0
