@@ -10,8 +10,11 @@ The law of sample_collector and lqr_controller for a camera in the loop:
   state's stamp, or an image stamped beyond the tolerance has arrived (images arrive in stamp
   order). sample_collector assembles a rollout from settled steps only, so its choice does not
   depend on when the images happened to arrive.
-* A step of an image policy waits for its image. A joint state that has waited longer than the
-  timeout for one (the camera stopped, or sends old stamps) stops the policy: ImageWait.fault.
+* A step of an image policy waits for its image: in lockstep until it is settled (so the
+  controller acts on the image the collector records and `mbpl train` renders), in realtime for
+  the nearest at hand within the tolerance (not delaying the command). A joint state that has
+  waited longer than the timeout (the camera stopped, or sends old stamps) stops the policy:
+  ImageWait.fault.
 """
 from __future__ import annotations
 

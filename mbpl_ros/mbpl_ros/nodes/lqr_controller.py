@@ -75,7 +75,9 @@ rejected with the reason), then applied between trials, never during one.
 An image policy (its export says it sees images; the experiment must have a camera of the
 same size) acts on the state and the camera image of each step: the image stamped nearest
 the joint state, within image_tolerance_s (nodes.images, the rule sample_collector uses). A
-step waits for its image (in lockstep it comes right after its joint state); a joint state
+step waits for its image: in lockstep for the settled one (stamped like the joint state, right
+after it: the collector's choice and the offline one), in realtime for any within the
+tolerance (the nearest at hand: a later, nearer one may come after the command); a joint state
 that waits longer than image_timeout_s (the camera stopped, or is late) sends the fallback and
 aborts the trial (MISSING_IMAGE), before the joint-state watchdog would.
 """
@@ -992,7 +994,11 @@ class LqrControllerNode(Node):
         image = None
         if trial.needs_image:
             found = self._images.nearest(sample.stamp_ns)
-            if found is None:   # the step waits for its image (_image_fault_fired: how long)
+            # Lockstep: the image stamped like the state comes right after it; until then an
+            # older one within the tolerance would be a stale choice. Realtime: the nearest
+            # at hand (waiting for a later one would delay the command).
+            unsettled = self.mode == "lockstep" and not self._images.settled(sample.stamp_ns)
+            if found is None or unsettled:   # it waits (_image_fault_fired: how long)
                 self._image_wait.wait(sample.arrival)
                 return
             image = found[1]

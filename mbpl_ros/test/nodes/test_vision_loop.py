@@ -333,3 +333,56 @@ def test_when_the_camera_stops_the_image_policy_trial_ends_with_the_fallback(ros
 
 def commands_subscribed(probe):
     return probe.count_publishers(wire.EFFORT_COMMANDS_TOPIC) > 0
+
+
+# ---------------------------------------------------------------- training through the graph
+def tiny_vision_experiment(path, sample_on_policy=True):
+    """The vision reacher cut down for CI: 16x16 frames, 2 conditions, T=10, 2 rollouts each,
+    a network of one 4-channel convolution and 8 hidden units, 30 Adam steps per S-step."""
+    import yaml
+
+    from loop_helpers import REPO
+
+    base = yaml.safe_load((REPO / "config" / "reacher_2link_vision.yaml").read_text())
+    camera = dict(base["camera"], width=16, height=16, target_radius=0.05)
+    policy = dict(base["policy"], hidden_sizes=[8], iterations=30, batch_size=16,
+                  sample_on_policy=sample_on_policy,
+                  image={"conv_channels": [4], "kernel_sizes": [3], "strides": [1]})
+    config = dict(base, T=10, rollouts_per_condition=2, camera=camera, policy=policy,
+                  conditions=[base["conditions"][0], base["conditions"][8]])   # two corners
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.timeout(300)
+def test_a_tiny_image_policy_trained_through_the_graph_is_the_one_mbpl_train_trains(tmp_path):
+    """Camera topic -> sample_collector -> gps_trainer (S-step on the rollouts' images) ->
+    lqr_controller running the image policy (iteration 2's samples and every policy
+    evaluation): two lockstep iterations give mbpl train's metrics, recording and policy."""
+    pytest.importorskip("torch")
+    from test_learning_loop import assert_same_metrics, graph_run, offline_run
+
+    from mbpl_ros.core.policy.deploy import load_exported_policy
+    from mbpl_ros.recording import read_recording
+
+    experiment = tiny_vision_experiment(tmp_path / "experiment.yaml")
+    reference = offline_run(experiment, tmp_path / "offline", iterations=2)
+    rows = graph_run(experiment, tmp_path / "graph", iterations=2)
+    assert [row["iteration"] for row in rows] == [0, 1, 2]
+    assert rows[2]["policy_final_distance_m"] is not None
+    assert_same_metrics(rows, reference)
+    graph = read_recording(tmp_path / "graph" / "rollouts.mcap")
+    offline = read_recording(tmp_path / "offline" / "rollouts.mcap")
+    assert len(graph.rollouts) == len(offline.rollouts) == 2 * 2 * 2
+    for recorded, expected in zip(graph.rollouts, offline.rollouts):
+        assert recorded.images.shape == (10, 16, 16, 3)
+        np.testing.assert_array_equal(recorded.images, expected.images)
+        np.testing.assert_allclose(recorded.positions, expected.positions, rtol=1e-9, atol=1e-12)
+    graph_policy = load_exported_policy(tmp_path / "graph" / "policy.pt")
+    offline_policy = load_exported_policy(tmp_path / "offline" / "policy.pt")
+    assert graph_policy.needs_image and graph_policy.image_shape == (16, 16)
+    X = np.zeros((10, graph_policy.dX))
+    X[:, :2] = graph.rollouts[0].positions
+    np.testing.assert_allclose(graph_policy(X, graph.rollouts[0].images),
+                               offline_policy(X, offline.rollouts[0].images),
+                               rtol=1e-6, atol=1e-9)
