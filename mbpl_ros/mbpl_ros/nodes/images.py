@@ -167,4 +167,3 @@ class ImageWait:
         return (f"the joint state waited {now - self.since:.3f} s (> image_timeout_s = "
                 f"{self.timeout_s:g} s) for a camera image within the tolerance of its stamp; "
                 f"{seen}")
-
