@@ -88,6 +88,30 @@ def test_sim_robot_publishes_each_steps_image_after_its_joint_state_stamped_like
 
 
 @pytest.mark.timeout(60)
+def test_in_realtime_sim_robot_publishes_the_camera_at_its_rate(ros_context, tmp_path):
+    """camera.rate_hz 10 with control at 20 Hz: images on their own steady timer, stamped with
+    the render time (increasing), each with its CameraInfo."""
+    experiment = camera_experiment(tmp_path / "experiment.yaml", T=5,
+                                   camera=dict(CAMERA, rate_hz=10.0))
+    sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(
+        experiment_config=str(experiment), mode="realtime"))
+    probe = create_probe(ros_context)
+    images, infos = Recorder(), Recorder()
+    probe.create_subscription(Image, wire.IMAGE_TOPIC, images, wire.image_qos())
+    probe.create_subscription(CameraInfo, wire.CAMERA_INFO_TOPIC, infos, wire.image_qos())
+    with spinning(ros_context, [sim, probe]):
+        wait_until(lambda: images.items, what="the first image")
+        first, start = len(images.items), time.monotonic()
+        time.sleep(2.0)
+        count, elapsed = len(images.items) - first, time.monotonic() - start
+    assert 0.5 * 10 * elapsed <= count <= 1.2 * 10 * elapsed + 1, (count, elapsed)
+    stamps = [_stamp_ns(msg) for msg in images.items]
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    assert {_stamp_ns(msg) for msg in infos.items} <= set(stamps)
+    assert sim.images_published >= len(images.items)
+
+
+@pytest.mark.timeout(60)
 def test_sim_robot_refuses_a_bad_target_position(ros_context, tmp_path):
     from mbpl_ros.nodes.sim_robot import SimRobotParameterError
 
