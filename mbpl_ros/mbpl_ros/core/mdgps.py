@@ -43,7 +43,9 @@ dimension, dU action dimension.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -77,6 +79,8 @@ class MdgpsReport:
         the policy's linearisation, under the dynamics fitted to those rollouts: how far
         the policy is from that controller, in the C-step's own units.
     conditions: (M,) LQR-FLM's report of the C-step per condition.
+    seconds: wall time of the parts, {"s_step", "linearization", "c_step"} (the C-step
+        with its dynamics fit).
     """
 
     policy_loss: float
@@ -84,6 +88,7 @@ class MdgpsReport:
     policy_training: dict[str, Any]
     policy_kl: list[float]
     conditions: list[ConditionReport]
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 class Mdgps:
@@ -144,6 +149,7 @@ class Mdgps:
         self.policy_covariance = policy.action_covariance()
         self._policy_priors: list[Optional[GMMPrior]] = [None] * len(controllers)
         self.anchors: list[LinearGaussianController] | None = None
+        self.seconds: dict[str, float] = {}   # the last update's MdgpsReport.seconds
 
     # ------------------------------------------------------------------ views
 
@@ -275,8 +281,11 @@ class Mdgps:
         dynamics_fitter, see LqrFlm.update_with_dynamics); by default LqrFlm fits them.
         """
         self._split(rollouts)
+        start = time.perf_counter()
         training = self.s_step(rollouts)
+        trained = time.perf_counter()
         anchors = self.linearize(rollouts)
+        linearized = time.perf_counter()
         sampling_controllers = self.controllers
 
         def step_costs(conditions):
@@ -287,6 +296,9 @@ class Mdgps:
             reports = self.local.update_with_dynamics(rollouts, dynamics, anchors=anchors,
                                                       step_costs=step_costs)
         self.anchors = anchors
+        seconds = {"s_step": trained - start, "linearization": linearized - trained,
+                   "c_step": time.perf_counter() - linearized}
+        self.seconds = seconds
         policy_kl = []
         for controller, anchor, state in zip(sampling_controllers, anchors, self.local.conditions):
             dynamics = state.previous_model.dynamics  # fitted to these rollouts
@@ -294,7 +306,8 @@ class Mdgps:
             policy_kl.append(float(np.sum(kl_divergence(controller, anchor, marginals))))
         return MdgpsReport(policy_loss=float(training["loss"]),
                            policy_initial_loss=float(training["initial_loss"]),
-                           policy_training=training, policy_kl=policy_kl, conditions=reports)
+                           policy_training=training, policy_kl=policy_kl, conditions=reports,
+                           seconds=seconds)
 
 
 # --------------------------------------------------------------------------- linearisation

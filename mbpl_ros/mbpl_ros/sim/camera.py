@@ -12,6 +12,7 @@ f_x = f_y = H / (2 tan(fov / 2)).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import pybullet
@@ -46,18 +47,22 @@ class Camera:
         self.rotation = np.stack([x, np.cross(z, x), z])       # (3, 3)
         self.position = eye                                     # (3,)
         focal = self.height / (2.0 * math.tan(math.radians(config.fov_deg) / 2.0))
+        self.render_seconds = 0.0   # wall time spent in render(), for benchmarks
         self.K = np.array([[focal, 0.0, (self.width - 1) / 2.0],
                            [0.0, focal, (self.height - 1) / 2.0],
                            [0.0, 0.0, 1.0]])
 
     def render(self) -> np.ndarray:
         """Return the image of the world now, (H, W, 3) uint8 RGB."""
+        start = time.perf_counter()
         _, _, rgba, _, _ = pybullet.getCameraImage(
             self.width, self.height, viewMatrix=self._view, projectionMatrix=self._projection,
             renderer=pybullet.ER_TINY_RENDERER, flags=pybullet.ER_NO_SEGMENTATION_MASK,
             physicsClientId=self.client_id)
         rgba = np.asarray(rgba, dtype=np.uint8).reshape(self.height, self.width, 4)
-        return np.ascontiguousarray(rgba[:, :, :3])
+        image = np.ascontiguousarray(rgba[:, :, :3])
+        self.render_seconds += time.perf_counter() - start
+        return image
 
     def intrinsics(self) -> dict:
         """

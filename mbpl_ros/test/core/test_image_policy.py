@@ -98,3 +98,59 @@ def test_settings_need_one_kernel_and_stride_per_convolution():
         ImagePolicy(8, 2, [0, 1], (4, 4), SMALL)
     with pytest.raises(ValueError, match="needs PolicySettings.image"):
         ImagePolicy.from_settings(8, 2, [0, 1], (16, 20), PolicySettings())
+
+
+def test_the_linearisation_recovers_a_policy_linear_in_the_observation():
+    """μ = W ô + b exactly (features weighted 0): K̄ is W / std on o's entries, 0 elsewhere."""
+    from mbpl_ros.core.mdgps import linearize_policy
+
+    rng = np.random.default_rng(4)
+    policy = ImagePolicy(8, 2, [0, 1, 2, 3], (16, 20), SMALL, (), seed=5)
+    N, T = 12, 3
+    X, images = rng.normal(size=(N, T, 8)), _images(rng, N * T).reshape(N, T, 16, 20, 3)
+    policy.fit_normalization(X, images)
+    W = torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.3, 0.0, -1.0, 2.0]])
+    with torch.no_grad():
+        policy.network[0].weight.zero_()
+        policy.network[0].weight[:, :4] = W
+        policy.network[0].bias.copy_(torch.tensor([0.2, -0.1]))
+    fit = linearize_policy(policy, X, images=images, regularization=1e-9)
+    std, mean = policy.state_std.double().numpy(), policy.state_mean.double().numpy()
+    K = np.zeros((2, 8))
+    K[:, :4] = W.double().numpy() / std
+    k = np.array([0.2, -0.1]) - K[:, :4] @ mean
+    for t in range(T):
+        np.testing.assert_allclose(fit.K[t], K, atol=1e-4)
+        np.testing.assert_allclose(fit.k[t], k, atol=1e-4)
+    with pytest.raises(ValueError, match="give images"):
+        linearize_policy(policy, X)
+
+
+def test_the_linearisation_regresses_image_driven_actions_on_the_state():
+    """Actions that depend on x only through the image are still linearised in x."""
+    from mbpl_ros.core.mdgps import linearize_policy
+
+    rng = np.random.default_rng(6)
+    policy = ImagePolicy(8, 2, [0, 1, 2, 3], (16, 20), SMALL, (), seed=7)
+    N, T = 40, 2
+    X = rng.normal(size=(N, T, 8))
+    # A bright square whose column follows x[5], a part of x the policy never observes.
+    X[..., 5] = rng.uniform(-1.0, 1.0, size=(N, T))
+    images = np.zeros((N, T, 16, 20, 3), np.uint8)
+    columns = np.round(8 + 5 * X[..., 5]).astype(int)
+    for n in range(N):
+        for t in range(T):
+            images[n, t, 6:10, columns[n, t]:columns[n, t] + 4] = 255
+    policy.fit_normalization(X, images)
+    fit = linearize_policy(policy, X, images=images, regularization=1e-9)
+    actions = policy.action_mean(X, images)
+    spread = np.abs(actions - actions.mean(0)).max()
+    assert spread > 1e-3, "the square moves the feature points and so the actions"
+    for t in range(T):
+        predicted = X[:, t] @ fit.K[t].T + fit.k[t]
+        residual = actions[:, t] - predicted
+        # The fit explains most of the actions' variation through x[5] (the square's
+        # position) and the observed entries; the other unobserved entries explain none.
+        explained = 1 - residual.var(0).sum() / actions[:, t].var(0).sum()
+        assert explained > 0.8
+        assert np.all(np.abs(fit.K[t][:, [4, 6, 7]]) < 0.2 * np.abs(fit.K[t][:, 5:6]) + 1e-6)

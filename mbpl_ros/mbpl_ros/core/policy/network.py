@@ -328,15 +328,20 @@ class ImagePolicy(nn.Module):
     def device(self) -> torch.device:
         return self.state_mean.device
 
-    def features(self, image: torch.Tensor) -> torch.Tensor:
-        """Return the feature points (B, 2C) of images (B, H, W, 3) in 0..255."""
-        pixels = image.to(self.image_mean.dtype).permute(0, 3, 1, 2) / 255.0   # (B, 3, H, W)
-        pixels = (pixels - self.image_mean[:, None, None]) / self.image_std[:, None, None]
-        return self.feature_points(self.conv(pixels))
+    @staticmethod
+    def pixels(image: torch.Tensor) -> torch.Tensor:
+        """Return images (B, H, W, 3) in 0..255 as float (B, 3, H, W) in 0..1."""
+        return image.permute(0, 3, 1, 2).to(torch.float32).contiguous() / 255.0
+
+    def forward_pixels(self, obs: torch.Tensor, pixels: torch.Tensor) -> torch.Tensor:
+        """Return μ_θ for observations (B, dO) and images as `pixels` returns them."""
+        normalised = (pixels - self.image_mean[:, None, None]) / self.image_std[:, None, None]
+        inputs = torch.cat([(obs - self.state_mean) / self.state_std,
+                            self.feature_points(self.conv(normalised))], 1)
+        return self.action_offset + self.action_scale * self.network(inputs)
 
     def forward(self, obs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        inputs = torch.cat([(obs - self.state_mean) / self.state_std, self.features(image)], 1)
-        return self.action_offset + self.action_scale * self.network(inputs)
+        return self.forward_pixels(obs, self.pixels(image))
 
     def observe(self, X: np.ndarray) -> np.ndarray:
         """Return the observations (..., dO) of full states X (..., dX)."""

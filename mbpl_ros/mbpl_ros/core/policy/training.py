@@ -182,13 +182,13 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
                                    device=device)
         tensors = (flat(inputs, (inputs.shape[2],)), flat(target_mean, (dU,)),
                    flat(target_precision, (dU, dU)), flat(sample_weights, ()))
-        if needs_image:
-            tensors += (torch.as_tensor(images[rollouts].reshape((-1,) + images.shape[2:]),
-                                        device=device),)
+        if needs_image:   # converted once, not at every minibatch
+            tensors += (policy.pixels(torch.as_tensor(
+                images[rollouts].reshape((-1,) + images.shape[2:]), device=device)),)
         return tensors
 
     def predict(data: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return policy(data[0], data[4]) if needs_image else policy(data[0])
+        return policy.forward_pixels(data[0], data[4]) if needs_image else policy(data[0])
 
     train = as_tensors(train_rollouts)
     held_out = as_tensors(held_out_rollouts) if n_held_out else None
