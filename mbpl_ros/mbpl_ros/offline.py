@@ -273,7 +273,11 @@ def recorded_iterations(recording, config: ExperimentConfig,
                                     for q, qd in zip(r.positions, r.velocities)])
                           for r in rollouts])
             U = np.stack([r.efforts for r in rollouts])
-            batches.append((iteration, Rollouts(X, U, np.array([r.condition for r in rollouts]))))
+            # The camera's images, when the run recorded them (all or none).
+            images = (np.stack([r.images for r in rollouts])
+                      if all(r.images is not None for r in rollouts) else None)
+            batches.append((iteration, Rollouts(X, U, np.array([r.condition for r in rollouts]),
+                                                images)))
     return batches
 
 

@@ -8,7 +8,8 @@ One file per training run (`rollouts.mcap` in the run's output directory). Topic
   sensor_msgs/JointState stamped start + t·dt (position q_t, velocity qd_t, effort = the
   effort applied over step t, after clamping); commands (T, J), the commanded effort u_t
   before clamping; actions (T, J), the applied efforts; horizon T, action_dim J, state_dim 0
-  (no states).
+  (no states); with a camera, images: T sensor_msgs/Image (rgb8), image t the one step t
+  saw, stamped like joint state t (none without a camera).
 * `/mbpl/rollout_info` (std_msgs/msg/String), one message after it, JSON: iteration,
   condition, index, controller_version, purpose, T, start_ns, dt_ns, initial_positions,
   target.
@@ -72,6 +73,8 @@ _SEPARATOR = "=" * 80 + "\n"
 _JOINT_STATE_MSG = ("std_msgs/Header header\nstring[] name\nfloat64[] position\n"
                     "float64[] velocity\nfloat64[] effort\n")
 _POINT_MSG = "float64 x\nfloat64 y\nfloat64 z\n"
+_IMAGE_MSG = ("std_msgs/Header header\nuint32 height\nuint32 width\nstring encoding\n"
+              "uint8 is_bigendian\nuint32 step\nuint8[] data\n")
 
 
 def _interface_file(name: str) -> str:
@@ -94,6 +97,7 @@ def _rollout_schema() -> str:
              "MSG: mbpl_ros_interfaces/TrialStatus\n" + _interface_file("TrialStatus"),
              "MSG: geometry_msgs/Point\n" + _POINT_MSG,
              "MSG: sensor_msgs/JointState\n" + _JOINT_STATE_MSG,
+             "MSG: sensor_msgs/Image\n" + _IMAGE_MSG,
              "MSG: std_msgs/Header\n" + _HEADER_MSG,
              "MSG: builtin_interfaces/Time\n" + _TIME_MSG]
     return _SEPARATOR.join(part if part.endswith("\n") else part + "\n" for part in parts)
@@ -120,6 +124,7 @@ class RecordedRollout:
     Arrays are (T, J) for J joints, in joint_names' order: positions q_t, velocities qd_t (the
     state at step t), efforts (applied over step t), commands (commanded at step t).
     start_ns/dt_ns: the stamps, start_ns + t·dt_ns (start_ns None until a recorder assigns it).
+    images: (T, H, W, 3) uint8 RGB, image t the camera image step t saw; None without a camera.
     """
 
     iteration: int
@@ -137,6 +142,7 @@ class RecordedRollout:
     start_ns: Optional[int] = None
     dt_ns: Optional[int] = None
     extra: dict = field(default_factory=dict)
+    images: Optional[np.ndarray] = None
 
     def __post_init__(self) -> None:
         self.joint_names = tuple(self.joint_names)
@@ -153,6 +159,13 @@ class RecordedRollout:
                              f"got {sorted(shapes)}")
         self.target = np.asarray(self.target, dtype=float)
         self.initial_positions = np.asarray(self.initial_positions, dtype=float)
+        if self.images is not None:
+            images = np.asarray(self.images)
+            if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != self.T \
+                    or images.shape[3] != 3:
+                raise ValueError(f"RecordedRollout.images must be uint8 (T={self.T}, H, W, 3), "
+                                 f"got {images.dtype} {images.shape}")
+            self.images = images
 
     @property
     def T(self) -> int:
@@ -320,13 +333,20 @@ class RolloutRecorder:
                    "effort": rollout.efforts[t].tolist()}
                   for t, stamp in enumerate(stamps.tolist())]
         target = [float(v) for v in np.resize(rollout.target, 3)]
+        images = [] if rollout.images is None else [
+            {"header": {"stamp": _stamp(stamp), "frame_id": "camera"},
+             "height": int(image.shape[0]), "width": int(image.shape[1]), "encoding": "rgb8",
+             "is_bigendian": 0, "step": 3 * int(image.shape[1]),
+             "data": np.ascontiguousarray(image).tobytes()}
+            for image, stamp in zip(rollout.images, stamps.tolist())]
         message = {
             "trial_id": int(rollout.extra.get("trial_id", 0)), "condition": int(rollout.condition),
             "iteration": int(rollout.iteration), "index": int(rollout.index),
             "controller_version": int(rollout.controller_version),
             "purpose": _PURPOSES.index(rollout.purpose), "status": {"value": 0},
             "target": dict(zip("xyz", target)), "joint_states": states,
-            "commands": rollout.commands.ravel().tolist(), "horizon": rollout.T, "state_dim": 0,
+            "commands": rollout.commands.ravel().tolist(), "images": images,
+            "horizon": rollout.T, "state_dim": 0,
             "action_dim": len(names), "states": [], "actions": rollout.efforts.ravel().tolist()}
         info_stamp = int(stamps[-1])
         self._writer.add_message(self._channels[ROLLOUTS_TOPIC], log_time=info_stamp,
@@ -485,6 +505,7 @@ def _assemble(path: Path, info: dict, pending: list) -> RecordedRollout:
     commands = _as_array(message.commands)
     if commands.size != T * J:
         raise RecordingError(f"{where} has {commands.size} command values, not T·J = {T * J}")
+    images = _images(where, list(getattr(message, "images", None) or []), T)
     return RecordedRollout(
         iteration=info["iteration"], condition=info["condition"], index=info["index"],
         controller_version=info["controller_version"], purpose=info.get("purpose", "sample"),
@@ -495,4 +516,24 @@ def _assemble(path: Path, info: dict, pending: list) -> RecordedRollout:
         commands=commands.reshape(T, J),
         target=np.asarray(info["target"], float),
         initial_positions=np.asarray(info["initial_positions"], float),
-        start_ns=start, dt_ns=dt, extra=info.get("extra", {}))
+        start_ns=start, dt_ns=dt, extra=info.get("extra", {}), images=images)
+
+
+def _images(where: str, images: list, T: int) -> Optional[np.ndarray]:
+    """Return a recorded rollout's images (T, H, W, 3) uint8, or None (recorded without)."""
+    if not images:
+        return None
+    if len(images) != T:
+        raise RecordingError(f"{where} has {len(images)} images, not none or T = {T}")
+    pixels = []
+    for image in images:
+        height, width = int(image.height), int(image.width)
+        data = np.frombuffer(bytes(image.data), dtype=np.uint8)
+        if image.encoding != "rgb8" or int(image.step) != 3 * width \
+                or data.size != height * 3 * width:
+            raise RecordingError(f"{where} has an image that is not {height}x{width} rgb8 "
+                                 f"({image.encoding}, step {image.step}, {data.size} bytes)")
+        pixels.append(data.reshape(height, width, 3))
+    if len({p.shape for p in pixels}) != 1:
+        raise RecordingError(f"{where} has images of different sizes")
+    return np.stack(pixels)

@@ -565,7 +565,7 @@ class TrainingLoop:
             controller_version=trial.version, joint_names=tuple(config.robot_spec.joint_names),
             positions=result.X[:, layout.position], velocities=result.X[:, layout.velocity],
             efforts=result.U, commands=result.commands, target=np.asarray(spec.target, float),
-            initial_positions=np.asarray(spec.initial_positions, float)))
+            initial_positions=np.asarray(spec.initial_positions, float), images=result.images))
 
     def _update(self, algorithm, batch: Rollouts, dynamics: Optional[list]):
         if dynamics is None:

@@ -353,3 +353,49 @@ def test_a_recording_in_another_format_is_refused_naming_both_formats(tmp_path, 
     with pytest.raises(RecordingError, match=r"recording format 1 \(mbpl_ros .*\); this "
                                              r"version reads format 2 only"):
         read_recording(path)
+
+
+def test_a_rollouts_camera_images_are_recorded_as_images_that_rosbags_decodes(tmp_path):
+    """Images (T, H, W, 3) go into the Rollout as sensor_msgs/Image (rgb8, stamped like the
+    joint states); our reader and rosbags (from the embedded definitions) get them back, and
+    a resumed recording keeps them."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+    from rosbags.typesys.msg import get_types_from_msg
+
+    path = tmp_path / "rollouts.mcap"
+    rng = np.random.default_rng(3)
+    seen = synthetic_rollout(0)
+    seen.images = rng.integers(0, 256, size=(seen.T, 6, 5, 3), dtype=np.uint8)
+    blind = synthetic_rollout(1)
+    with RolloutRecorder.create(path, RUN_INFO) as recorder:
+        recorder.write_rollout(seen)
+        recorder.write_rollout(blind)
+    recording = read_recording(path)
+    assert recording.problem is None
+    np.testing.assert_array_equal(recording.rollouts[0].images, seen.images)
+    assert recording.rollouts[1].images is None
+    typestore = get_typestore(Stores.EMPTY)
+    with Reader(path) as reader:
+        connections = {c.topic: c for c in reader.connections}
+        for connection in reader.connections:
+            sections = connection.msgdef.data.split("=" * 80 + "\n")
+            types = get_types_from_msg(sections[0], connection.msgtype)
+            for section in sections[1:]:
+                name, _, text = section.partition("\n")
+                types.update(get_types_from_msg(text, name.removeprefix("MSG: ").replace("/", "/msg/", 1)))
+            typestore.register(types)
+        decoded = [typestore.deserialize_cdr(data, ROLLOUT_TYPE)
+                   for _, _, data in reader.messages(connections=[connections[ROLLOUTS_TOPIC]])]
+    images = decoded[0].images
+    assert len(images) == seen.T and len(decoded[1].images) == 0
+    assert {(i.encoding, i.height, i.width, i.step) for i in images} == {("rgb8", 6, 5, 15)}
+    np.testing.assert_array_equal(np.stack([i.data.reshape(6, 5, 3) for i in images]), seen.images)
+    assert [i.header.stamp.sec * 10**9 + i.header.stamp.nanosec for i in images] == \
+        [s.header.stamp.sec * 10**9 + s.header.stamp.nanosec for s in decoded[0].joint_states]
+    recorder, kept = RolloutRecorder.resume(path, RUN_INFO, through_iteration=1)
+    recorder.close()
+    np.testing.assert_array_equal(read_recording(path).rollouts[0].images, seen.images)
+    with pytest.raises(ValueError, match=r"RecordedRollout.images must be uint8 \(T=7, H, W, 3\)"):
+        blind.images = np.zeros((3, 6, 5, 3), dtype=np.uint8)
+        blind.__post_init__()

@@ -25,7 +25,9 @@ trial id). Sample trial n of condition m at iteration i explores with rollout_no
 m, n) (times noise_scale). For MDGPS the policy is trained on the robot's rollouts and
 exported (policy.pt + policy.json, atomically) after every iteration; it is measured by
 noise-free trials of lqr_controller's policy executor (policy_final_distance_m), and with
-policy.sample_on_policy it draws the samples from the second iteration on. Each iteration
+policy.sample_on_policy it draws the samples from the second iteration on. With a camera the
+rollouts' images (sample_collector's, one per step) go to the loop with them: an image
+policy's S-step trains on them, as offline, and the recording holds them. Each iteration
 ends with checkpoint_<i>.pkl (mbpl_ros.checkpoint; `extra` holds the trial-id counter) — the
 commit point — then its metrics.jsonl row; every accepted sample rollout is recorded to
 rollouts.mcap as it arrives; the run ends with learning_curve.png and the node reports
@@ -692,7 +694,8 @@ class RosTrials:
             rollout = self.node._trial(trial, noise, policy)
             if trial.purpose == "sample":
                 self.samples[rollout.trial_id] = rollout
-            result = TrialResult(trial, rollout.X, rollout.U, rollout.U, rollout.trial_id)
+            result = TrialResult(trial, rollout.X, rollout.U, rollout.U, rollout.trial_id,
+                                 images=rollout.images)
             on_trial(result)
             results.append(result)
         return results
@@ -960,7 +963,8 @@ class SpreadTrials(RosTrials):
         trial = trials[index]
         if rollout.status == wire.TrialStatus.OK:
             dispatcher.succeeded(rollout.trial_id, TrialResult(
-                trial, rollout.X, rollout.U, rollout.U, rollout.trial_id), now)
+                trial, rollout.X, rollout.U, rollout.U, rollout.trial_id,
+                images=rollout.images), now)
             if trial.purpose == "sample":
                 self.samples[rollout.trial_id] = rollout
                 self.node._rollout_pub.publish(wire.encode_rollout(rollout))   # to the fitter

@@ -9,13 +9,16 @@ Subscribes   joint_states (sensor_msgs/JointState)
              the latest controllers
              gps/estop (std_msgs/Bool, True = stop; parameter estop_topic)
              /gps/estop (global_estop_topic: every robot's, heard by one in a namespace)
+             the camera (sensor_msgs/Image, image_topic), once a policy that needs images
+             is loaded
 Publishes    effort_controller/commands (std_msgs/Float64MultiArray, one effort per joint in
              the order of `joints`: the ros2_control forward-command convention)
              gps/trial_records (mbpl_ros_interfaces/TrialRecord): what was done in each trial
              gps/estop_latched (std_msgs/Bool, transient local): the e-stop latch
 Serves       gps/run_trial (mbpl_ros_interfaces/RunTrial action): runs one trial per goal
              ~/reset_estop (std_srvs/Trigger): clears the e-stop latch
-Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service only)
+Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service only; with a
+             camera, the reset also puts sim_robot's target sphere at the trial's target)
 
 A trial: reset to the request's start pose — with a PD phase that drives the arm there
 (`reset_mode: pd`, what a real robot needs) or by setting sim_robot's initial_positions and
@@ -68,6 +71,15 @@ it ends, leaves the fallback as the last command (a ros2_control forward-command
 holds the last one); in lockstep mode a command is one simulated step, so only faults send it.
 Safety parameters and the PD gains are settable at runtime: validated (an unsafe value is
 rejected with the reason), then applied between trials, never during one.
+
+An image policy (its export says it sees images; the experiment must have a camera of the
+same size) acts on the state and the camera image of each step: the image stamped nearest
+the joint state, within image_tolerance_s (nodes.images, the rule sample_collector uses). A
+step waits for its image: in lockstep for the settled one (stamped like the joint state, right
+after it: the collector's choice and the offline one), in realtime for any within the
+tolerance (the nearest at hand: a later, nearer one may come after the command); a joint state
+that waits longer than image_timeout_s (the camera stopped, or is late) sends the fallback and
+aborts the trial (MISSING_IMAGE), before the joint-state watchdog would.
 """
 from __future__ import annotations
 
@@ -87,7 +99,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import Trigger
 from mbpl_ros_interfaces.action import RunTrial
@@ -95,7 +107,7 @@ from mbpl_ros_interfaces.msg import LinearGaussianController, TrialRecord
 
 from mbpl_ros.core import safety, sanity
 from mbpl_ros.core.controller import PolicySampler
-from mbpl_ros.nodes import wire
+from mbpl_ros.nodes import images, wire
 from mbpl_ros.nodes.common import NodeParameterError, declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.nodes.parameters import LQR_CONTROLLER
@@ -125,6 +137,10 @@ KEPT_VERSIONS = 4
 FEEDBACK_EVERY_STEPS = 10
 #: Parameters settable at runtime: validated together, applied between trials.
 RUNTIME_PARAMETERS = tuple(name for name, p in PARAMETERS.items() if p.runtime)
+#: Calls of a newly loaded policy before it is used (TorchScript's optimising passes).
+WARM_UP_CALLS = 3
+#: Camera images kept for pairing with joint states (a few control periods' worth).
+IMAGES_KEPT = 16
 
 
 @dataclass
@@ -165,6 +181,8 @@ class _Trial:
     last_command_arrival: float = -np.inf
     # sim_service reset waits for the services to appear
     awaiting_services: bool = False
+    # an image policy's trial: each step needs the camera image of its joint state
+    needs_image: bool = False
 
 
 def joint_state_rate_problem(intervals_s, trigger: str, control_rate_hz: float) -> Optional[str]:
@@ -204,6 +222,18 @@ class _PolicyExecutor(PolicySampler):
     def __init__(self, policy, file: Tuple[int, int, int]):
         super().__init__(policy, policy.action_covariance)
         self.file = file
+        # TorchScript optimises a module on its first calls (0.4 s for a small conv net):
+        # here, between trials, not in a trial's first steps (the watchdog would fire).
+        state = np.zeros(policy.dX)
+        image = (np.zeros((*policy.image_shape, 3), dtype=np.uint8) if self.needs_image
+                 else None)
+        for _ in range(WARM_UP_CALLS):
+            self.act(0, state, np.zeros(policy.dU), image)
+
+    @property
+    def needs_image(self) -> bool:
+        """Tell whether the policy acts on camera images too."""
+        return bool(self.policy.metadata.get("image"))
 
 
 def _file_identity(path: str) -> Tuple[int, int, int]:
@@ -230,7 +260,8 @@ class LqrControllerNode(Node):
         self.trials_done = 0
         self.faults: Dict[str, int] = {"watchdog": 0, "unsafe_command": 0, "estop": 0,
                                        "rejected_state": 0, "implausible_state": 0,
-                                       "rejected_stamp": 0}
+                                       "rejected_stamp": 0, "missing_image": 0,
+                                       "rejected_image": 0}
         self.commands_published = 0
         self.rejected_goals = 0
         self.last_rejection: Optional[str] = None
@@ -248,6 +279,8 @@ class LqrControllerNode(Node):
         # runtime parameters, for the next trial
         self._staged: Optional[_Settings] = None
         self._lock = threading.RLock()
+        self._image_sub = None   # subscribed once a policy that needs images is loaded
+        self._image_group = None
         self.state_rate_problem: Optional[str] = None   # see _measure_state_rate
         self.state_rate_hz: Optional[float] = None      # measured at start-up (realtime)
         self._first_stamps: list = []   # stamps (ns) of the first joint states
@@ -265,6 +298,8 @@ class LqrControllerNode(Node):
                                                       wire.LATCHED_STATE_QOS)
         self.create_subscription(JointState, wire.JOINT_STATES_TOPIC, self._on_joint_state, 10,
                                  callback_group=group)
+        self._image_group = group
+        self._subscribe_camera_if_needed()
         self.create_subscription(LinearGaussianController, wire.CONTROLLERS_TOPIC,
                                  self._on_controller,
                                  wire.CONTROLLERS_QOS, callback_group=group)
@@ -367,6 +402,16 @@ class LqrControllerNode(Node):
         self.global_estop_topic = declare(self, PARAMETERS, "global_estop_topic",
                                           wire.GLOBAL_ESTOP_TOPIC)
         self.estop_latched_at_start = declare(self, PARAMETERS, "estop_latched_at_start")
+        # The camera (used by an image policy only; declared, and listed, in every case).
+        self.camera = self.config.camera
+        self.image_topic = declare(self, PARAMETERS, "image_topic")
+        self.image_qos = wire.image_qos(declare(self, PARAMETERS, "image_reliability"))
+        tolerance = declare(self, PARAMETERS, "image_tolerance_s",
+                            images.default_tolerance_s(self.config))
+        self._images = images.ImageBuffer(round(tolerance * 1e9), IMAGES_KEPT)
+        timeout = declare(self, PARAMETERS, "image_timeout_s",
+                          self.get_parameter("watchdog_periods").value / self.control_rate_hz)
+        self._image_wait = images.ImageWait(timeout)
         self.settings = self._validated_settings(
             {name: self.get_parameter(name).value for name in RUNTIME_PARAMETERS})
 
@@ -476,6 +521,18 @@ class LqrControllerNode(Node):
         """Swap in the staged runtime parameters (under the lock, with no trial running)."""
         if self._staged is not None:
             self.settings, self._staged = self._staged, None
+            self._subscribe_camera_if_needed()
+
+    def _subscribe_camera_if_needed(self) -> None:
+        """Subscribe to the camera once a policy that needs images is loaded."""
+        policy = self.settings.policy
+        if self._image_sub is not None or policy is None or not policy.needs_image:
+            return
+        self._image_sub = self.create_subscription(Image, self.image_topic, self._on_image,
+                                                   self.image_qos,
+                                                   callback_group=self._image_group)
+        self.get_logger().info(f"the policy sees images: camera "
+                               f"{self.resolve_topic_name(self.image_topic)} subscribed")
 
     # ------------------------------------------------------------------ inputs
     def _on_controller(self, msg: LinearGaussianController) -> None:
@@ -677,6 +734,43 @@ class LqrControllerNode(Node):
             if self._steps_on_state:
                 self._advance(sample)
 
+    def _on_image(self, msg: Image) -> None:
+        try:
+            pixels = wire.decode_image(msg, self.camera.height, self.camera.width)
+        except wire.WireFormatError as error:
+            with self._lock:
+                self.faults["rejected_image"] += 1
+            self.get_logger().warning(f"ignored a camera image: {error}",
+                                      throttle_duration_sec=1.0)
+            return
+        with self._lock:
+            self._images.add(wire.nanoseconds_from_stamp(msg.header.stamp), pixels)
+            trial = self._trial
+            # A step waiting for this image (in lockstep, it follows its joint state).
+            if (trial is not None and trial.needs_image and self._image_wait.since is not None
+                    and self._latest is not None):
+                self._advance(self._latest)
+
+    def _image_fault_fired(self) -> bool:
+        """
+        Stop an image-policy trial whose joint state waited too long for its image.
+
+        Under the lock: send the fallback and abort (MISSING_IMAGE); return whether it fired.
+        """
+        trial = self._trial
+        if trial is None or not trial.needs_image:
+            return False
+        fault = self._image_wait.fault(time.monotonic(), self._images.latest_stamp_ns,
+                                       None if self._latest is None else self._latest.stamp_ns)
+        if fault is None:
+            return False
+        self.faults["missing_image"] += 1
+        self._send(self._fallback())
+        self._abort_running(f"{fault} (on {self.resolve_topic_name(self.image_topic)}); sent the "
+                            f"fallback ({self.settings.watchdog_action})",
+                            wire.TrialStatus.MISSING_IMAGE, fallback_sent=True)
+        return True
+
     def _on_implausible_state(self, fault: str) -> None:
         """
         Handle a joint state no arm can be in (core.sanity): it is never acted on.
@@ -697,7 +791,8 @@ class LqrControllerNode(Node):
 
     def _on_tick(self) -> None:
         with self._lock:
-            if self._watchdog_fired():
+            # A step waiting for its image: MISSING_IMAGE, before the joint-state watchdog.
+            if self._image_fault_fired() or self._watchdog_fired():
                 return
             if not self._steps_on_state and self._latest is not None:
                 self._advance(self._latest)
@@ -809,14 +904,17 @@ class LqrControllerNode(Node):
     # ------------------------------------------------------------------ the trial
     def _start(self, request: wire.TrialRequest) -> None:
         self._apply_staged()
+        needs_image = False
         if request.executor == "controller":
             act = self.controllers[(request.condition, request.controller_version)].controller.act
         else:
-            act = self.policy.act
+            act, needs_image = self.policy.act, self.policy.needs_image
         T, dU = request.T, self.layout.dU
         now = time.monotonic()
+        self._image_wait.stepped()
         self._trial = _Trial(request, act, "resetting", now,
-                             stamps=np.zeros(T, dtype=np.int64), commands=np.zeros((T, dU)))
+                             stamps=np.zeros(T, dtype=np.int64), commands=np.zeros((T, dU)),
+                             needs_image=needs_image)
         if self.reset_mode == "sim_service":
             self._call_sim_reset(request)
         else:
@@ -893,11 +991,24 @@ class LqrControllerNode(Node):
         request, t = trial.request, trial.t
         if trial.t > 0 and self._steps_on_state and sample.stamp_ns <= trial.stamps[t - 1]:
             return  # the same (or an older) state: a step waits for a new state
+        image = None
+        if trial.needs_image:
+            found = self._images.nearest(sample.stamp_ns)
+            # Lockstep: the image stamped like the state comes right after it; until then an
+            # older one within the tolerance would be a stale choice. Realtime: the nearest
+            # at hand (waiting for a later one would delay the command).
+            unsettled = self.mode == "lockstep" and not self._images.settled(sample.stamp_ns)
+            if found is None or unsettled:   # it waits (_image_fault_fired: how long)
+                self._image_wait.wait(sample.arrival)
+                return
+            image = found[1]
+            self._image_wait.stepped()
         x = self.state_of(sample.q, sample.qd, request.target)
         try:
             # a non-finite u is caught by _command
             with np.errstate(over="ignore", invalid="ignore"):
-                u = trial.act(t, x, request.noise[t])
+                u = (trial.act(t, x, request.noise[t]) if image is None
+                     else trial.act(t, x, request.noise[t], image))
         except Exception as error:
             # e.g. a policy that raises: the arm must not keep the last command
             u = np.full(self.layout.dU, np.nan)

@@ -128,6 +128,24 @@ EXPERIMENT_CONFIG = Parameter(
     allowed_words="an experiment YAML: absolute, relative to the current directory, or in "
                   "share/mbpl_ros/config")
 
+
+#: The camera parameters of the nodes that read it (experiment section `camera:`).
+IMAGE_TOPIC = Parameter(
+    "image_topic", "string", "/camera/image_raw",
+    "Camera images (sensor_msgs/Image, rgb8 or bgr8, the experiment camera's size): "
+    "sim_robot's, or a ROS 2 camera driver's topic; used only when the experiment has a "
+    "camera (`camera:`).", allowed_words="a topic name")
+IMAGE_RELIABILITY = Parameter(
+    "image_reliability", "string", "reliable",
+    "QoS reliability of the camera subscription: reliable (sim_robot, most drivers' default) "
+    "or best_effort (matches any publisher, e.g. a driver using the sensor-data profile).",
+    choices=("reliable", "best_effort"))
+IMAGE_TOLERANCE = Parameter(
+    "image_tolerance_s", "double", None,
+    "A step's image is the one stamped nearest its joint state, at most this far (s); "
+    "default: the experiment's camera.image_tolerance_s (without a camera: half the control "
+    "period, unused).", low=0.0, high=10.0)
+
 LQR_CONTROLLER = _table(
     EXPERIMENT_CONFIG,
     Parameter("mode", "string", "realtime",
@@ -201,6 +219,12 @@ LQR_CONTROLLER = _table(
     Parameter("estop_latched_at_start", "bool", False,
               "Start with the e-stop latched, so that nothing moves until ~/reset_estop "
               "(recommended on hardware: a restarted controller does not forget a stop)."),
+    IMAGE_TOPIC, IMAGE_RELIABILITY, IMAGE_TOLERANCE,
+    Parameter("image_timeout_s", "double", None,
+              "Image policy: a joint state that waits longer than this (s) for a camera image "
+              "within image_tolerance_s of its stamp (the camera stopped, or is late) stops the "
+              "policy: the fallback is sent and the trial aborted (MISSING_IMAGE); default: "
+              "the watchdog's watchdog_periods / control_rate_hz.", low=0.001, high=3600.0),
 )
 
 SAMPLE_COLLECTOR = _table(
@@ -216,6 +240,9 @@ SAMPLE_COLLECTOR = _table(
     Parameter("assembly_timeout_s", "double", 2.0,
               "How long a trial record waits for the joint states it names before the rollout "
               "is dropped (s).", low=0.0, high=60.0),
+    IMAGE_TOPIC, IMAGE_RELIABILITY, IMAGE_TOLERANCE,
+    Parameter("image_buffer_size", "integer", 500, "Camera images kept (by stamp).",
+              low=10, high=100_000),
 )
 
 DYNAMICS_FITTER = _table(
@@ -301,15 +328,24 @@ SIM_ROBOT = _table(
               allowed_words="one angle per joint, within the joint limits", runtime=True),
     Parameter("target", "double_array", None,
               "The trial's target (m, world frame): the experiment's fixtures placed relative "
-              "to the target (a peg's block) are put there at ~/reset (default: the first "
-              "condition's; [0, 0, 0] without an experiment); settable at runtime (takes "
-              "effect at the next ~/reset).",
+              "to the target (a peg's block) and the target sphere the camera sees are put "
+              "there at ~/reset (default: the first condition's; [0, 0, 0] without an "
+              "experiment); settable at runtime (takes effect at the next ~/reset; "
+              "lqr_controller's sim_service reset sets it to the trial's target).",
               allowed_words="3 finite numbers [x, y, z]", runtime=True),
     Parameter("command_timeout_s", "double", 0.5,
               "Realtime mode: apply zero effort once the last command is older than this (s).",
               low=0.001, high=60.0),
     Parameter("gui", "bool", False, "Open the PyBullet GUI window (camera framed on the arm, "
               "the experiment's targets drawn)."),
+    Parameter("image_topic", "string", "/camera/image_raw",
+              "Where the experiment's camera (`camera:`) is published (sensor_msgs/Image, rgb8; "
+              "lockstep: one per control step, right after its joint state and stamped like "
+              "it; realtime: at camera.rate_hz); used only when the experiment has a camera.",
+              allowed_words="a topic name"),
+    Parameter("camera_info_topic", "string", "/camera/camera_info",
+              "Where the camera's intrinsics go (sensor_msgs/CameraInfo, with each image).",
+              allowed_words="a topic name"),
 )
 
 #: node name (as in nodes.graph) -> its parameter table.

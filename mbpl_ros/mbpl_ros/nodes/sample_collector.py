@@ -6,8 +6,10 @@ A rollout is X (T, dX), U (T, dU) of the core's state x = [q, qd, p_ee − targe
 Subscribes   joint_states (sensor_msgs/JointState), kept in a buffer by stamp
              gps/trial_records (mbpl_ros_interfaces/TrialRecord): for each step of a trial,
              the stamp of the joint state the controller acted on and the command it sent
+             the camera (sensor_msgs/Image, parameter image_topic), when the experiment
+             has one (`camera:`), kept in a buffer by stamp
 Publishes    gps/rollouts (mbpl_ros_interfaces/Rollout), with the trial's id, the joint
-             states used, the commands and X, U
+             states used, the commands, X, U and, with a camera, each step's image
 
 x_t is built from the buffered joint state with the record's stamp t, by forward
 kinematics and the Jacobian of the URDF (robot_model.JointStateToState: the same function
@@ -23,6 +25,12 @@ not finite (NON_FINITE), or when a state or a step between two leaves the physic
 multiple of the velocity limits): the fit never sees an impossible state. Joint states
 stamped ahead of this node's clock, or older than the latest one it accepted, are not
 buffered (counted in `rejected_stamps`; core.sanity).
+
+With a camera, step t's image is the one stamped nearest its joint state, within
+image_tolerance_s (nodes.images: the rule, and when a step's image is settled); a step
+without one drops the rollout (MISSING_IMAGE), once no image that could fill it can still
+come (or after assembly_timeout_s). Images of another size than the experiment's camera, or
+another encoding than rgb8/bgr8, are ignored (counted in `rejected_images`).
 """
 from __future__ import annotations
 
@@ -35,11 +43,11 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import Image, JointState
 from mbpl_ros_interfaces.msg import Rollout, TrialRecord
 
 from mbpl_ros.core import sanity
-from mbpl_ros.nodes import wire
+from mbpl_ros.nodes import images, wire
 from mbpl_ros.nodes.common import declare, declare_experiment, run_node
 from mbpl_ros.nodes.common import check_known_parameters
 from mbpl_ros.nodes.parameters import SAMPLE_COLLECTOR
@@ -65,6 +73,14 @@ class SampleCollectorNode(Node):
             self.period_tolerance = declare(self, SAMPLE_COLLECTOR, "period_tolerance")
             self.buffer_size = declare(self, SAMPLE_COLLECTOR, "buffer_size")
             self.assembly_timeout_s = declare(self, SAMPLE_COLLECTOR, "assembly_timeout_s")
+            # The camera's parameters are declared (and listed) even without one.
+            self.camera = self.config.camera
+            self.image_topic = declare(self, SAMPLE_COLLECTOR, "image_topic")
+            tolerance = declare(self, SAMPLE_COLLECTOR, "image_tolerance_s",
+                                images.default_tolerance_s(self.config))
+            self.images = images.ImageBuffer(
+                round(tolerance * 1e9), declare(self, SAMPLE_COLLECTOR, "image_buffer_size"))
+            self.image_qos = wire.image_qos(declare(self, SAMPLE_COLLECTOR, "image_reliability"))
             self.state_of = JointStateToState(self.config.robot, self.layout)
             check_known_parameters(self)
         except BaseException:
@@ -74,6 +90,7 @@ class SampleCollectorNode(Node):
         self.envelope = sanity.StateEnvelope(self.state_of.model.position_limits,
                                              self.state_of.model.velocity_limits)
         self.rejected_stamps = 0
+        self.rejected_images = 0
         self._latest_accepted: Optional[Tuple[int, float]] = None   # (stamp ns, arrival)
         self._effort_low, self._effort_high = -limits, limits
         # stamp (ns) -> (q (J,), qd (J,)); a later state with the same stamp replaces an earlier
@@ -89,6 +106,9 @@ class SampleCollectorNode(Node):
         self.create_subscription(TrialRecord, wire.TRIAL_RECORDS_TOPIC, self._on_record,
                                  wire.EVENTS_QOS,
                                  callback_group=group)
+        if self.camera is not None:
+            self.create_subscription(Image, self.image_topic, self._on_image, self.image_qos,
+                                     callback_group=group)
         self.create_timer(0.05, self._check_waiting, callback_group=group,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
 
@@ -117,6 +137,18 @@ class SampleCollectorNode(Node):
         if self._waiting:
             self._check_waiting()
 
+    def _on_image(self, msg: Image) -> None:
+        try:
+            pixels = wire.decode_image(msg, self.camera.height, self.camera.width)
+        except wire.WireFormatError as error:
+            self.rejected_images += 1
+            self.get_logger().warning(f"ignored a camera image: {error}",
+                                      throttle_duration_sec=1.0)
+            return
+        self.images.add(wire.nanoseconds_from_stamp(msg.header.stamp), pixels)
+        if self._waiting:
+            self._check_waiting()
+
     def _on_record(self, msg: TrialRecord) -> None:
         try:
             record = wire.decode_trial_record(msg, dU=self.layout.dU)
@@ -136,7 +168,9 @@ class SampleCollectorNode(Node):
         for trial_id, (record, arrival) in list(self._waiting.items()):
             stamps = record.state_stamps_ns
             missing = [t for t, stamp in enumerate(stamps) if stamp not in self._states]
-            if missing and now - arrival <= self.assembly_timeout_s:
+            unsettled = (self.camera is not None
+                         and bool(images.align(self.images, stamps).unsettled))
+            if (missing or unsettled) and now - arrival <= self.assembly_timeout_s:
                 continue
             del self._waiting[trial_id]
             if missing:
@@ -147,10 +181,11 @@ class SampleCollectorNode(Node):
                 continue
             try:
                 X, U = self.assemble(record)
+                alignment = self.align_images(record)
             except RolloutRejected as rejected:
                 self._publish(record, rejected.status, str(rejected))
                 continue
-            self._publish(record, wire.TrialStatus.OK, None, X, U)
+            self._publish(record, wire.TrialStatus.OK, None, X, U, alignment)
 
     # ------------------------------------------------------------------ assembly
     def check_timing(self, stamps_ns: np.ndarray) -> None:
@@ -198,8 +233,30 @@ class SampleCollectorNode(Node):
         U = np.clip(record.commands, self._effort_low, self._effort_high)
         return X, U
 
+    def align_images(self, record: wire.TrialRecord) -> Optional[images.Alignment]:
+        """
+        Return each step's camera image (None without a camera).
+
+        RolloutRejected (MISSING_IMAGE) names the steps without one within the tolerance.
+        """
+        if self.camera is None:
+            return None
+        alignment = images.align(self.images, record.state_stamps_ns)
+        if alignment.missing:
+            more = "..." if len(alignment.missing) > 5 else ""
+            latest = self.images.latest_stamp_ns
+            seen = ("no camera image has arrived" if latest is None else
+                    f"the latest image is stamped {latest * 1e-9:.3f} s")
+            raise RolloutRejected(
+                wire.TrialStatus.MISSING_IMAGE,
+                f"no camera image within image_tolerance_s = "
+                f"{self.images.tolerance_ns * 1e-9:g} s of the joint states of steps "
+                f"{list(alignment.missing[:5])}{more} ({seen}, on {self.image_topic})")
+        return alignment
+
     def _publish(self, record: wire.TrialRecord, status: wire.TrialStatus, reason: Optional[str],
-                 X: Optional[np.ndarray] = None, U: Optional[np.ndarray] = None) -> None:
+                 X: Optional[np.ndarray] = None, U: Optional[np.ndarray] = None,
+                 alignment: Optional[images.Alignment] = None) -> None:
         if status != wire.TrialStatus.OK:
             self.get_logger().warning(f"trial {record.trial_id} "
                                       f"(condition {record.condition}, index "
@@ -213,7 +270,9 @@ class SampleCollectorNode(Node):
             purpose=record.purpose,
             status=status, X=X, U=U, target=record.target,
             joint_states=self._joint_states(record) if ok else (),
-            commands=record.commands if ok else None)))
+            commands=record.commands if ok else None,
+            images=alignment.images if ok and alignment is not None else None,
+            image_stamps_ns=alignment.stamps_ns if ok and alignment is not None else None)))
 
     def _joint_states(self, record: wire.TrialRecord) -> tuple:
         """Return the buffered joint states the trial's steps used, as JointState messages."""

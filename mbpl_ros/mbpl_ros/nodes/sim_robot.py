@@ -4,21 +4,29 @@ sim_robot: a PyBullet arm behind the interfaces of a ros2_control effort-control
 Publishes      joint_states (sensor_msgs/JointState: name, position, velocity, effort, stamped),
                ee_pose (geometry_msgs/PoseStamped) and ee_twist (geometry_msgs/TwistStamped) of
                the end-effector point, in frame "world";
-               clock (rosgraph_msgs/Clock), in lockstep mode only.
+               clock (rosgraph_msgs/Clock), in lockstep mode only;
+               with a camera in the experiment (`camera:`): image_topic (sensor_msgs/Image,
+               rgb8) and camera_info_topic (sensor_msgs/CameraInfo), frame "camera".
 Subscribes     effort_controller/commands (std_msgs/Float64MultiArray): one effort per joint in
                the order of the `joints` parameter (ros2_control forward-command convention).
 Serves         ~/reset (std_srvs/Trigger): back to `initial_positions` at rest, the
-               experiment's fixtures placed for `target`.
+               experiment's fixtures and the camera's target sphere placed for `target`.
                `initial_positions` and `target` are the parameters settable at runtime (the
                standard ~/set_parameters service; validated like at start-up), so a trainer
-               (lqr_controller's sim_service reset) can choose the start pose and the hole of
-               the next ~/reset.
+               (lqr_controller's sim_service reset) can choose the start pose and the target
+               (a peg's hole) of the next ~/reset.
 
 Fixtures: the experiment's static bodies (a peg's block with its hole) are built in the
 arm's world by the Arm of the offline trainer (sim.arm.Arm with sim.scene's fixtures and
 CONTACT_SETTINGS), so a trial here meets the block that `mbpl train` meets; those placed
 relative to the target move with `target` at each ~/reset, before the arm is put back. A real
 robot has its real block: on hardware nothing simulates fixtures.
+
+The camera: the experiment's (sim.camera.Camera, the renderer of `mbpl train`), looking at the
+arm and the target sphere (placed at `target` by each reset). In lockstep one image per
+control step (and per reset), rendered right after the state it belongs to, published right
+after its joint state and stamped exactly like it, as offline; in realtime a steady timer at
+camera.rate_hz renders the arm as it is, stamped with the time of the render.
 
 Timing modes
   realtime  a steady-clock timer steps the arm at control_rate_hz; the last valid command is
@@ -54,7 +62,7 @@ from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock as ClockMsg
 from geometry_msgs.msg import PoseStamped, TwistStamped
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray
 from std_srvs.srv import Trigger
 
@@ -90,6 +98,8 @@ class SimRobotSettings:
     target: np.ndarray        # (3,) where the fixtures relative to the target go at ~/reset
     command_timeout_s: float
     gui: bool
+    image_topic: str
+    camera_info_topic: str
 
     @property
     def control_period_ns(self) -> int:
@@ -105,11 +115,15 @@ class SimRobotNode(Node):
             self.settings = self._read_parameters()
             check_known_parameters(self)
             spec = robot_spec(self.settings.robot)
-            # The experiment's fixtures, built and placed by the offline trainer's own code.
+            # The experiment's fixtures and target sphere, built and placed by the offline
+            # trainer's own code.
             fixtures = self.experiment.scene if self.experiment is not None else ()
+            camera = self.experiment.camera if self.experiment is not None else None
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
                            substeps=self.settings.substeps, gui=self.settings.gui,
-                           fixtures=fixtures)
+                           fixtures=fixtures,
+                           target_marker=None if camera is None else camera.target_marker)
+            self.camera = None if camera is None else self.experiment.make_camera(self.arm)
             # command index i drives arm joint _arm_index[i]
             self._arm_index = np.array([spec.joint_names.index(name)
                                         for name in self.settings.joints])
@@ -148,6 +162,13 @@ class SimRobotNode(Node):
         self._twist_pub = self.create_publisher(TwistStamped, wire.EE_TWIST_TOPIC, 10)
         self._clock_pub = (self.create_publisher(ClockMsg, "/clock", 10)
                            if self.settings.mode == "lockstep" else None)
+        self.images_published = 0
+        if self.camera is not None:
+            self._image_pub = self.create_publisher(Image, self.settings.image_topic,
+                                                    wire.image_qos("reliable"))
+            self._info_pub = self.create_publisher(CameraInfo, self.settings.camera_info_topic,
+                                                   wire.image_qos("reliable"))
+            self._intrinsics = self.camera.intrinsics()
         self.create_subscription(Float64MultiArray, wire.EFFORT_COMMANDS_TOPIC, self._on_command,
                                  COMMAND_QUEUE_DEPTH, callback_group=group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=group)
@@ -155,13 +176,21 @@ class SimRobotNode(Node):
             self._timer = self.create_timer(1.0 / self.settings.control_rate_hz, self._on_tick,
                                             callback_group=group,
                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
+            if self.camera is not None:
+                self.create_timer(1.0 / float(self.experiment.camera.rate_hz),
+                                  lambda: self._publish_image(self._stamp()),
+                                  callback_group=group,
+                                  clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._publish_state()
         self.get_logger().info(
             f"{self.settings.robot} in {self.settings.mode} mode at "
             f"{self.settings.control_rate_hz:g} Hz "
             f"({self.settings.substeps} physics steps of {self.settings.physics_dt:g} s), "
-            f"joints {list(self.settings.joints)}")
+            f"joints {list(self.settings.joints)}"
+            + ("" if self.camera is None else
+               f"; camera {self.camera.width}x{self.camera.height} on "
+               f"{self.resolve_topic_name(self.settings.image_topic)}"))
 
     # ------------------------------------------------------------------ parameters
     def _declare(self, name: str, default=None, detail: Optional[str] = None):
@@ -239,8 +268,9 @@ class SimRobotNode(Node):
                                 physics_dt=float(physics_dt),
                                 substeps=int(substeps), mode=mode, joints=joints,
                                 initial_positions=initial, target=target,
-                                command_timeout_s=float(timeout),
-                                gui=bool(gui))
+                                command_timeout_s=float(timeout), gui=bool(gui),
+                                image_topic=self._declare("image_topic"),
+                                camera_info_topic=self._declare("camera_info_topic"))
 
     def _initial_positions_error(self, value) -> Optional[str]:
         """Why `value` cannot be initial_positions, or None if it can."""
@@ -264,23 +294,24 @@ class SimRobotNode(Node):
         return None
 
     def _on_set_parameters(self, parameters) -> SetParametersResult:
-        """Runtime changes: only initial_positions (the others are read-only), validated."""
+        """Runtime changes: initial_positions and target (the others are read-only), checked."""
         reason = check_changes(SIM_ROBOT, parameters)
         if reason is not None:
             return SetParametersResult(successful=False, reason=reason)
+        # All checked before any is applied: a refused request changes nothing.
+        for parameter in parameters:
+            check = {"target": _target_error,
+                     "initial_positions": self._initial_positions_error}.get(parameter.name)
+            error = None if check is None else check(parameter.value)
+            if error is not None:
+                return SetParametersResult(successful=False, reason=error)
         for parameter in parameters:
             if parameter.name == "target":
-                error = _target_error(parameter.value)
-                if error is not None:
-                    return SetParametersResult(successful=False, reason=error)
                 target = np.array(parameter.value, dtype=float)
                 self.settings = dataclasses.replace(self.settings, target=target)
                 continue
             if parameter.name != "initial_positions":
                 continue
-            error = self._initial_positions_error(parameter.value)
-            if error is not None:
-                return SetParametersResult(successful=False, reason=error)
             initial = np.array(parameter.value, dtype=float)
             initial_q = np.empty(self.arm.n_joints)
             initial_q[self._arm_index] = initial
@@ -368,6 +399,15 @@ class SimRobotNode(Node):
                                                 stamp))
         self._twist_pub.publish(wire.encode_twist(self.arm.ee_velocity(),
                                                   self.arm.ee_angular_velocity(), stamp))
+        if self.camera is not None and self.settings.mode == "lockstep":
+            self._publish_image(stamp)   # the image of this state, after its joint state
+
+    def _publish_image(self, stamp) -> None:
+        """Render the camera and publish the image and the camera info, stamped `stamp`."""
+        image = wire.encode_image(self.camera.render(), stamp)
+        self._image_pub.publish(image)
+        self._info_pub.publish(wire.encode_camera_info(self._intrinsics, image.header.stamp))
+        self.images_published += 1
 
     def destroy_node(self) -> None:
         arm = getattr(self, "arm", None)

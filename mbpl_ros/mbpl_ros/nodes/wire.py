@@ -23,7 +23,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, PoseStamped, TwistStamped
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
@@ -38,6 +38,11 @@ JOINT_STATES_TOPIC = "joint_states"
 EFFORT_COMMANDS_TOPIC = "effort_controller/commands"
 EE_POSE_TOPIC = "ee_pose"
 EE_TWIST_TOPIC = "ee_twist"
+#: The camera (sim_robot's, or a ROS 2 camera driver's): parameters image_topic and
+#: camera_info_topic.
+IMAGE_TOPIC = "/camera/image_raw"
+CAMERA_INFO_TOPIC = "/camera/camera_info"
+CAMERA_FRAME = "camera"
 
 JOINTS_LABEL = "joints"
 _NANOSECONDS_PER_SECOND = 1_000_000_000
@@ -256,6 +261,68 @@ def decode_twist(msg: TwistStamped) -> Tuple[np.ndarray, np.ndarray]:
     return np.array([v.x, v.y, v.z]), np.array([w.x, w.y, w.z])
 
 
+# ---------------------------------------------------------------- camera
+#: Encodings an image may arrive in (sensor_msgs/image_encodings); bgr8 is turned into RGB.
+IMAGE_ENCODINGS = ("rgb8", "bgr8")
+
+
+def encode_image(image, stamp: Stamp, frame_id: str = CAMERA_FRAME) -> Image:
+    """sensor_msgs/Image (rgb8) of an RGB image (H, W, 3) uint8."""
+    pixels = np.asarray(image)
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise WireFormatError(f"an image is (H, W, 3) uint8 RGB; got {pixels.shape} "
+                              f"{pixels.dtype}")
+    height, width = pixels.shape[:2]
+    msg = Image(height=height, width=width, encoding="rgb8", is_bigendian=0, step=3 * width)
+    msg.header.stamp = _stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.data = np.ascontiguousarray(pixels).tobytes()
+    return msg
+
+
+def decode_image(msg: Image, height: Optional[int] = None,
+                 width: Optional[int] = None) -> np.ndarray:
+    """
+    Return the RGB pixels (H, W, 3) uint8 of a sensor_msgs/Image (a new array).
+
+    rgb8 and bgr8 are accepted, rows may be padded (step >= 3·width); height and width, when
+    given, must match. WireFormatError says what was wrong and what is allowed.
+    """
+    if msg.encoding not in IMAGE_ENCODINGS:
+        raise WireFormatError(f"image encoding is {msg.encoding!r}; allowed: one of "
+                              f"{list(IMAGE_ENCODINGS)}")
+    rows, columns, step = int(msg.height), int(msg.width), int(msg.step)
+    if (height is not None and rows != height) or (width is not None and columns != width):
+        raise WireFormatError(f"image is {rows}x{columns} (height x width); expected "
+                              f"{height}x{width} (the experiment's camera)")
+    data = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if rows < 1 or columns < 1 or step < 3 * columns or data.size != rows * step:
+        raise WireFormatError(f"image of {rows}x{columns} with step {step} needs step >= "
+                              f"{3 * columns} and {rows} rows of step bytes; data has "
+                              f"{data.size} bytes")
+    pixels = data.reshape(rows, step)[:, :3 * columns].reshape(rows, columns, 3)
+    return np.array(pixels[:, :, ::-1] if msg.encoding == "bgr8" else pixels)
+
+
+def encode_camera_info(intrinsics: dict, stamp: Stamp, frame_id: str = CAMERA_FRAME
+                       ) -> CameraInfo:
+    """
+    Return the sensor_msgs/CameraInfo of a camera's intrinsics.
+
+    intrinsics: width, height, K (9,) and P (12,) row-major, D, distortion_model (as
+    sim.camera.Camera.intrinsics() gives them).
+    """
+    msg = CameraInfo(width=int(intrinsics["width"]), height=int(intrinsics["height"]),
+                     distortion_model=str(intrinsics["distortion_model"]))
+    msg.header.stamp = _stamp(stamp)
+    msg.header.frame_id = frame_id
+    msg.k = _vector(intrinsics["K"], 9, "camera K (9,)")
+    msg.p = _vector(intrinsics["P"], 12, "camera P (12,)")
+    msg.d = [float(v) for v in np.ravel(intrinsics["D"])]
+    msg.r = np.eye(3).ravel()
+    return msg
+
+
 # ================================================================ typed messages of the loop
 # mbpl_ros_interfaces (docs/interfaces.md): the dataclasses below are what the nodes work
 # with; each has an encoder to its message and a decoder that checks the message's arrays
@@ -360,6 +427,7 @@ class TrialStatus(IntEnum):
     UNSAFE_COMMAND = interfaces.TrialStatus.UNSAFE_COMMAND
     IMPLAUSIBLE_STATE = interfaces.TrialStatus.IMPLAUSIBLE_STATE
     CANCELLED = interfaces.TrialStatus.CANCELLED
+    MISSING_IMAGE = interfaces.TrialStatus.MISSING_IMAGE
 
 
 def _status(value: int, what: str) -> TrialStatus:
@@ -531,7 +599,9 @@ class RolloutMessage:
 
     X (T, dX), U (T, dU) (empty, T = 0, when status != OK). The collector also sends the
     joint states it built X from (sensor_msgs/JointState, T of them), the commands
-    (T, dU) and the target (3,); they are optional for a rollout sent again.
+    (T, dU) and the target (3,); they are optional for a rollout sent again. With a camera:
+    images (T, H, W, 3) uint8 RGB, image t the one step t used, stamped image_stamps_ns (T,)
+    (None: the joint states' stamps); None without a camera.
     """
 
     trial_id: int
@@ -546,6 +616,40 @@ class RolloutMessage:
     target: Optional[np.ndarray] = None
     joint_states: Tuple[JointState, ...] = ()
     commands: Optional[np.ndarray] = None
+    images: Optional[np.ndarray] = None
+    image_stamps_ns: Optional[np.ndarray] = None
+
+
+def _encode_images(rollout: RolloutMessage, T: int) -> list:
+    """Return the Image messages of a rollout's images (none without a camera)."""
+    if rollout.images is None:
+        return []
+    images = np.asarray(rollout.images)
+    if images.ndim != 4 or images.shape[0] != T:
+        raise WireFormatError(f"rollout: images must be (T={T}, H, W, 3); got {images.shape}")
+    if rollout.image_stamps_ns is not None:
+        stamps = [int(s) for s in np.asarray(rollout.image_stamps_ns).reshape(-1)]
+    elif len(rollout.joint_states) == T:
+        stamps = [nanoseconds_from_stamp(state.header.stamp) for state in rollout.joint_states]
+    else:
+        stamps = [0] * T
+    if len(stamps) != T:
+        raise WireFormatError(f"rollout: {len(stamps)} image stamps for T={T} images")
+    return [encode_image(image, stamp) for image, stamp in zip(images, stamps)]
+
+
+def _decode_images(msg: interfaces.Rollout, T: int, what: str):
+    """Return images (T, H, W, 3) uint8 and their stamps (T,) of a Rollout, or (None, None)."""
+    if not msg.images:
+        return None, None
+    if len(msg.images) != T:
+        raise WireFormatError(f"{what} {len(msg.images)} images for T={T}; expected none or T")
+    first = msg.images[0]
+    images = np.stack([decode_image(image, int(first.height), int(first.width))
+                       for image in msg.images])
+    stamps = np.array([nanoseconds_from_stamp(image.header.stamp) for image in msg.images],
+                      dtype=np.int64)
+    return images, stamps
 
 
 def encode_rollout(rollout: RolloutMessage) -> interfaces.Rollout:
@@ -559,7 +663,8 @@ def encode_rollout(rollout: RolloutMessage) -> interfaces.Rollout:
         **_trial_header(rollout), target=_point(target),
         joint_states=list(rollout.joint_states),
         commands=_flat(rollout.commands if rollout.commands is not None else np.zeros(0)),
-        horizon=X.shape[0], state_dim=X.shape[1], action_dim=U.shape[1],
+        images=_encode_images(rollout, X.shape[0]), horizon=X.shape[0], state_dim=X.shape[1],
+        action_dim=U.shape[1],
         states=_flat(X), actions=_flat(U))
 
 
@@ -579,9 +684,11 @@ def decode_rollout(msg: interfaces.Rollout, dX: Optional[int] = None,
         raise WireFormatError(f"{what} {len(msg.joint_states)} joint states and "
                               f"{commands.size} command values for T={T}, dU={dU_msg}; expected "
                               f"none or T and T*dU")
+    images, image_stamps = _decode_images(msg, T, what)
     return RolloutMessage(**header, X=X, U=U, target=_from_point(msg.target),
                           joint_states=tuple(msg.joint_states),
-                          commands=commands.reshape(T, dU_msg) if commands.size else None)
+                          commands=commands.reshape(T, dU_msg) if commands.size else None,
+                          images=images, image_stamps_ns=image_stamps)
 
 
 # ---------------------------------------------------------------- dynamics
@@ -724,3 +831,18 @@ LATCHED_STATE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 CONTROLLERS_QOS = QoSProfile(depth=128, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL,
                              history=HistoryPolicy.KEEP_LAST)
+#: Reliabilities a camera subscriber may use (parameter image_reliability): a reliable one
+#: matches only reliable publishers (sim_robot's; most camera drivers' default); best_effort
+#: matches any, e.g. a driver publishing with the sensor-data profile.
+IMAGE_RELIABILITIES = ("reliable", "best_effort")
+
+
+def image_qos(reliability: str = "reliable") -> QoSProfile:
+    """Return the QoS of a camera topic: volatile, the last few images, `reliability`."""
+    if reliability not in IMAGE_RELIABILITIES:
+        raise ValueError(f"image reliability {reliability!r}; allowed: one of "
+                         f"{list(IMAGE_RELIABILITIES)}")
+    policy = (ReliabilityPolicy.RELIABLE if reliability == "reliable"
+              else ReliabilityPolicy.BEST_EFFORT)
+    return QoSProfile(depth=10, reliability=policy, durability=DurabilityPolicy.VOLATILE,
+                      history=HistoryPolicy.KEEP_LAST)

@@ -365,3 +365,85 @@ def test_qos_of_the_learning_loop():
     assert wire.CONTROLLERS_QOS.durability == DurabilityPolicy.TRANSIENT_LOCAL
     assert wire.CONTROLLERS_QOS.reliability == ReliabilityPolicy.RELIABLE
     assert wire.EVENTS_QOS.reliability == ReliabilityPolicy.RELIABLE
+
+
+# ---------------------------------------------------------------- camera
+def test_an_image_round_trips_through_cdr_and_bgr8_or_padded_rows_are_read_as_rgb():
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
+    msg = wire.encode_image(pixels, 1_700_000_000_123_456_789)
+    from sensor_msgs.msg import Image
+
+    again = deserialize_message(serialize_message(msg), Image)
+    assert (again.encoding, again.height, again.width, again.step) == ("rgb8", 6, 5, 15)
+    assert wire.nanoseconds_from_stamp(again.header.stamp) == 1_700_000_000_123_456_789
+    assert again.header.frame_id == wire.CAMERA_FRAME
+    np.testing.assert_array_equal(wire.decode_image(again, 6, 5), pixels)
+    bgr = wire.encode_image(pixels[:, :, ::-1].copy(), 0)
+    bgr.encoding = "bgr8"
+    np.testing.assert_array_equal(wire.decode_image(bgr), pixels)
+    padded = wire.encode_image(pixels, 0)
+    rows = np.zeros((6, 16), dtype=np.uint8)
+    rows[:, :15] = pixels.reshape(6, 15)
+    padded.step, padded.data = 16, rows.tobytes()
+    np.testing.assert_array_equal(wire.decode_image(padded), pixels)
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(encoding="mono8"), r"image encoding is 'mono8'; allowed: one of \['rgb8', 'bgr8'\]"),
+    (dict(height=7), r"image of 7x5 with step 15 needs step >= 15 and 7 rows"),
+    (dict(step=14), r"needs step >= 15"),
+])
+def test_bad_images_are_rejected(change, message):
+    msg = wire.encode_image(np.zeros((6, 5, 3), dtype=np.uint8), 0)
+    for key, value in change.items():
+        setattr(msg, key, value)
+    with pytest.raises(wire.WireFormatError, match=message):
+        wire.decode_image(msg)
+    with pytest.raises(wire.WireFormatError, match=r"image is 6x5 \(height x width\); expected "
+                       r"8x5 \(the experiment's camera\)"):
+        wire.decode_image(wire.encode_image(np.zeros((6, 5, 3), dtype=np.uint8), 0), 8, 5)
+    with pytest.raises(wire.WireFormatError, match=r"an image is \(H, W, 3\) uint8 RGB"):
+        wire.encode_image(np.zeros((6, 5, 3)), 0)
+
+
+def test_camera_info_carries_the_intrinsics():
+    info = wire.encode_camera_info({"width": 5, "height": 6, "K": np.arange(9.0),
+                                    "P": np.arange(12.0), "D": [], "distortion_model": "plumb_bob"},
+                                   42)
+    assert (info.width, info.height, info.distortion_model) == (5, 6, "plumb_bob")
+    np.testing.assert_array_equal(info.k, np.arange(9.0))
+    np.testing.assert_array_equal(info.p, np.arange(12.0))
+    np.testing.assert_array_equal(info.r, np.eye(3).ravel())
+    assert list(info.d) == [] and wire.nanoseconds_from_stamp(info.header.stamp) == 42
+
+
+def test_a_rollouts_images_round_trip_with_their_stamps_and_are_checked():
+    T = 3
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, size=(T, 4, 5, 3), dtype=np.uint8)
+    rollout = wire.RolloutMessage(
+        trial_id=9, condition=0, iteration=1, index=0, controller_version=0, purpose="sample",
+        status=wire.TrialStatus.OK, X=rng.normal(size=(T, 4)), U=rng.normal(size=(T, 2)),
+        images=images, image_stamps_ns=np.array([10, 60, 110]))
+    msg = deserialize_message(serialize_message(wire.encode_rollout(rollout)), interfaces.Rollout)
+    decoded = wire.decode_rollout(msg, dX=4, dU=2)
+    np.testing.assert_array_equal(decoded.images, images)
+    np.testing.assert_array_equal(decoded.image_stamps_ns, [10, 60, 110])
+    assert wire.decode_rollout(wire.encode_rollout(
+        wire.RolloutMessage(**{**rollout.__dict__, "images": None}))).images is None
+    msg.images = msg.images[:2]
+    with pytest.raises(wire.WireFormatError, match="2 images for T=3; expected none or T"):
+        wire.decode_rollout(msg)
+    with pytest.raises(wire.WireFormatError, match=r"images must be \(T=3, H, W, 3\)"):
+        wire.encode_rollout(wire.RolloutMessage(**{**rollout.__dict__, "images": images[:2]}))
+    assert wire.TrialStatus.MISSING_IMAGE == interfaces.TrialStatus.MISSING_IMAGE
+
+
+def test_camera_qos_is_reliable_or_best_effort():
+    from rclpy.qos import ReliabilityPolicy
+
+    assert wire.image_qos("reliable").reliability == ReliabilityPolicy.RELIABLE
+    assert wire.image_qos("best_effort").reliability == ReliabilityPolicy.BEST_EFFORT
+    with pytest.raises(ValueError, match="allowed: one of"):
+        wire.image_qos("fast")
