@@ -24,6 +24,7 @@ from mbpl_ros.core.traj_opt import KlStepSettings
 from mbpl_ros.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, describe_robot,
                              load_robot_description, register_robot, registered_robots,
                              robot_spec)
+from mbpl_ros.sim.model_error import ModelError
 
 # initial_controller values when neither the experiment nor the robot description gives one
 INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0,
@@ -166,6 +167,10 @@ class ExperimentConfig:
                                                        "mdgps)"})
     fixtures: list[FixtureConfig] = doc("static objects of the scene, made of boxes (see "
                                         "'Fixtures' below); none by default", [])
+    model_error: ModelError = dataclasses.field(
+        default_factory=ModelError, metadata={"doc": "how the simulated arm differs from the "
+                                                     "robot description the learner sees "
+                                                     "(none by default)"})
 
     def __post_init__(self):
         self.robot = _robot_name(self.robot)
@@ -202,11 +207,16 @@ class ExperimentConfig:
         return tuple(f.fixture() for f in self.fixtures)
 
     def make_arm(self, gui: bool = False):
-        """Return the simulated arm of this experiment (robot, physics_dt, substeps, fixtures)."""
+        """
+        Return the simulated arm of this experiment.
+
+        Its robot, physics_dt, substeps, fixtures and model_error (the learner's robot
+        description, robot_spec, is not changed by model_error).
+        """
         from mbpl_ros.sim.arm import Arm
 
         return Arm(self.robot, physics_dt=self.physics_dt, substeps=self.substeps, gui=gui,
-                   fixtures=self.scene)
+                   fixtures=self.scene, model_error=self.model_error)
 
     @property
     def control_dt(self) -> float:
@@ -389,6 +399,15 @@ def configuration_reference() -> str:
               "Each entry of `fixtures` is one static body made of boxes (e.g. a block with a",
               "hole: four walls and a floor; see mbpl_ros/config/peg_insertion.yaml):", ""]
     lines += table(FixtureConfig, "fixtures[].") + table(BoxConfig, "fixtures[].boxes[].")[2:]
+    lines += ["", "## Model error", "",
+              "`model_error` makes the simulated arm differ from the robot description that the",
+              "learner sees, to measure a method under model error as on a real robot: the",
+              "simulator loads a copy of the URDF with every link's mass and inertia times",
+              "`mass_scale` and a point mass of `payload_kg` fixed at the end-effector point, and",
+              "adds `joint_damping` and a Coulomb `joint_friction` at every controlled joint. The",
+              "robot description, its rigid-body model and the initial controllers built from it",
+              "keep the URDF's values. E.g. `model_error: {mass_scale: 1.3, payload_kg: 0.2}`.",
+              "It changes only the simulator of `mbpl train`, `mbpl eval` and the benchmarks.", ""]
     lines += ["", "## cost", "",
               "Each of `action`, `state` and `distance` holds one term (a mapping) or a list of",
               "them; the cost is the sum of every term times its `scale`. A `state` term needs",
