@@ -75,7 +75,8 @@ def test_data_override_a_wrong_model_as_rollouts_accumulate():
 def test_the_prior_checks_the_linearisation_it_is_given():
     A, B, c = _linear_system()
     X, U = _rollouts(A, B, c, N=2)
-    bad = ModelPrior(lambda x, u: (np.zeros((1, 3, 5)), np.zeros((1, 3))), dX=3, dU=2, strength=1.0)
+    bad = ModelPrior(lambda x, u: (np.zeros((1, 3, 5)), np.zeros((1, 3))), dX=3, dU=2,
+                     strength=1.0)
     with pytest.raises(ValueError, match="linearisation gave"):
         fit_dynamics(X, U, prior=bad)
     with pytest.raises(ValueError, match="strength"):
