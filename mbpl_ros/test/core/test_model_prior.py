@@ -8,7 +8,7 @@ from mbpl_ros.core.model_prior import ModelPrior, PooledPrior, pool_priors
 
 
 def _niw_of(points):
-    """The NIW whose pseudo-points are `points` (n, d): their mean, scatter and count."""
+    """Return the NIW whose pseudo-points are `points` (n, d): their mean, scatter, count."""
     mean = points.mean(axis=0)
     centred = points - mean
     return NormalInverseWishart(mean=mean, scatter=centred.T @ centred, m=len(points),
@@ -47,8 +47,12 @@ def _model(G, c):
 
 
 def test_one_rollout_under_a_true_model_gives_the_true_dynamics():
-    """One rollout cannot identify F_t (dX + dU unknowns per row, one point per step): the
-    model's pseudo-points do, and agree with the data."""
+    """
+    Identify the dynamics from one rollout with the model's help.
+
+    One rollout cannot identify F_t (dX + dU unknowns per row, one point per step): the
+    model's pseudo-points do, and agree with the data.
+    """
     A, B, c = _linear_system()
     G = np.concatenate([A, B], axis=2)
     X, U = _rollouts(A, B, c, N=1)

@@ -19,8 +19,12 @@ GRAVITY = np.array([0.0, 0.0, -9.81])
 
 @pytest.mark.parametrize("robot", ["reacher_2link", "kuka_iiwa"])
 def test_scaled_masses_and_a_payload_give_the_rigid_body_dynamics_they_imply(robot):
-    """M and G scale with the masses; a point mass m at the end-effector point adds m JᵀJ to M
-    and -m Jᵀg to G (J the point's linear Jacobian), up to the payload's 1e-6 kg·m² inertia."""
+    """
+    Check M and G of the heavier, loaded arm against the rigid-body formulas.
+
+    M and G scale with the masses; a point mass m at the end-effector point adds m JᵀJ to M
+    and -m Jᵀg to G (J the point's linear Jacobian), up to the payload's 1e-6 kg·m² inertia.
+    """
     s, m = 1.3, 0.4
     rng = np.random.default_rng(0)
     with Arm(robot) as plain, Arm(robot, model_error=ModelError(mass_scale=s)) as heavier, \
