@@ -8,7 +8,7 @@ after each learning iteration (LQR-FLM, MDGPS) or every --eval-every environment
 (mbpl_ros.offline.evaluate_controllers / evaluate_policy: identical rollouts, identical
 final-distance measure), averaged over the conditions. Evaluation runs are not counted
 as environment steps for any method; every training step is (for LQR-FLM and MDGPS:
-iterations x 4 conditions x 5 rollouts x 50 steps).
+iterations x 4 conditions x the config's rollouts_per_condition x 50 steps).
 
 Reached: the first evaluation at which the mean final distance is below the success
 distance (2 cm, the config's success_distance_m) and stays below it at every later
@@ -431,7 +431,9 @@ def main() -> int:
     summary = summarise(curves, args.methods, threshold, args.consecutive)
     settings = (f"Budgets: SAC {args.sac_steps:,}, PPO {args.ppo_steps:,} environment steps; "
                 f"LQR-FLM {args.lqr_iterations}, MDGPS {args.mdgps_iterations} iterations of "
-                f"4 x 5 rollouts x 50 steps. Total wall time {time.perf_counter() - start:.0f} s "
+                f"4 x {lqr_config.rollouts_per_condition} (LQR-FLM) and "
+                f"{mdgps_config.rollouts_per_condition} (MDGPS) rollouts x 50 steps. Total wall "
+                f"time {time.perf_counter() - start:.0f} s "
                 f"(torch threads: {args.torch_threads}).")
     print(markdown_report(summary, threshold, args.consecutive, settings))
     plot(curves, threshold, Path(args.plot))

@@ -25,6 +25,7 @@ from mbpl_ros.core.traj_opt import KlStepSettings
 from mbpl_ros.robots import (BUILTIN_ROBOTS, ROBOTS, RobotDescription, RobotSpec, describe_robot,
                              load_robot_description, register_robot, registered_robots,
                              robot_spec)
+from mbpl_ros.sim.model_error import ModelError
 
 # initial_controller values when neither the experiment nor the robot description gives one
 INITIAL_CONTROLLER_DEFAULTS = {"natural_frequency": 3.0, "damping_ratio": 1.0,
@@ -224,6 +225,10 @@ class ExperimentConfig:
                                         "'Fixtures' below); none by default", [])
     camera: Optional[CameraConfig] = doc("a camera rendering the scene for an image policy (see "
                                          "'camera' below); null: no camera", None)
+    model_error: ModelError = dataclasses.field(
+        default_factory=ModelError, metadata={"doc": "how the simulated arm differs from the "
+                                                     "robot description the learner sees "
+                                                     "(none by default)"})
 
     def __post_init__(self):
         self.robot = _robot_name(self.robot)
@@ -279,12 +284,15 @@ class ExperimentConfig:
         """
         Return the simulated arm of this experiment.
 
-        Its robot, physics_dt, substeps and fixtures, and with a camera the visible target.
+        Its robot, physics_dt, substeps, fixtures and model_error (the learner's robot
+        description, robot_spec, is not changed by model_error), and with a camera the
+        visible target.
         """
         from mbpl_ros.sim.arm import Arm
 
         return Arm(self.robot, physics_dt=self.physics_dt, substeps=self.substeps, gui=gui,
-                   fixtures=self.scene, target_marker=self.target_marker)
+                   fixtures=self.scene, target_marker=self.target_marker,
+                   model_error=self.model_error)
 
     def make_camera(self, arm):
         """Return the sim.camera.Camera of this experiment in `arm`'s world (None: no camera)."""
@@ -487,6 +495,16 @@ def configuration_reference() -> str:
               "feature points (spatial soft-argmax), which with the joint state feed the MLP of",
               "`policy.hidden_sizes`. The S-step's other settings are the policy section's.", ""]
     lines += table(ImagePolicySettings, "policy.image.")
+    lines += ["", "## Model error", "",
+              "`model_error` makes the simulated arm differ from the robot description that the",
+              "learner sees, to measure a method under model error as on a real robot: the",
+              "simulator loads a copy of the URDF with every link's mass and inertia times",
+              "`mass_scale` and a point mass of `payload_kg` fixed at the end-effector point, and",
+              "adds `joint_damping` and a Coulomb `joint_friction` at every controlled joint. The",
+              "robot description, its rigid-body model and the initial controllers built from it",
+              "keep the URDF's values. E.g. `model_error: {mass_scale: 1.3, payload_kg: 0.2}`.",
+              "It changes only simulators: those of `mbpl train`, `mbpl eval` and the",
+              "benchmarks, and sim_robot when it simulates the experiment's robot.", ""]
     lines += ["", "## cost", "",
               "Each of `action`, `state` and `distance` holds one term (a mapping) or a list of",
               "them; the cost is the sum of every term times its `scale`. A `state` term needs",

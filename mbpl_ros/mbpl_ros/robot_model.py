@@ -247,3 +247,80 @@ class JointStateToState:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class StepLinearization:
+    """
+    The description's control step, linearised, for core.model_prior.ModelPrior.
+
+    x_{t+1} ≈ G_t [x_t; u_t] + c_t in the learner's state x = [q, q̇, p_ee − p_target,
+    ṗ_ee] (core.rollouts.StateLayout with one end-effector point). A control step holds the
+    effort u for `substeps` physics steps of `physics_dt`, each a semi-implicit Euler step
+    q̇ += h q̈(q, q̇, u), q += h q̇ (as PyBullet integrates), q̈ from Pinocchio's forward
+    dynamics and its analytical derivatives. The end-effector entries of x are functions
+    of q and q̇, so G_t's columns for them are zero. Picklable (checkpoints hold it): the
+    Pinocchio model is rebuilt from the spec.
+    """
+
+    def __init__(self, spec: RobotSpec, target, physics_dt: float, substeps: int):
+        if spec.n_points != 1:
+            raise ValueError(f"robot {spec.name!r}: the description prior handles one "
+                             f"end-effector point; this robot has {spec.n_points}")
+        self.spec, self.target = spec, np.asarray(target, dtype=float)
+        self.physics_dt, self.substeps = float(physics_dt), int(substeps)
+        self.model = RobotModel(spec)
+
+    def __getstate__(self):
+        return {"spec": self.spec, "target": self.target, "physics_dt": self.physics_dt,
+                "substeps": self.substeps}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def observe(self, q: np.ndarray, qd: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Return x (dX,) and d x / d [q; q̇] (dX, 2J) at q, q̇ (J,)."""
+        model, J = self.model, self.model.n_joints
+        p, jac = model.forward_kinematics(q), model.jacobian(q)
+        eps, eye = 1e-6, np.eye(J)
+        # d (J(q) q̇) / d q by central differences of the analytical Jacobian.
+        d_velocity = np.stack([(model.jacobian(q + eps * e) - model.jacobian(q - eps * e)) @ qd
+                               for e in eye], axis=1) / (2 * eps)
+        x = np.concatenate([q, qd, p - self.target, jac @ qd])
+        dx = np.zeros((2 * J + 6, 2 * J))
+        dx[:J, :J] = eye
+        dx[J:2 * J, J:] = eye
+        dx[2 * J:2 * J + 3, :J] = jac
+        dx[2 * J + 3:, :J], dx[2 * J + 3:, J:] = d_velocity, jac
+        return x, dx
+
+    def step(self, q: np.ndarray, qd: np.ndarray, u: np.ndarray):
+        """Return q, q̇ after one control step, and d [q'; q̇'] / d [q; q̇; u] (2J, 3J)."""
+        model, J, h = self.model, self.model.n_joints, self.physics_dt
+        u = np.clip(u, -model.effort_limits, model.effort_limits)  # as the arm clamps it
+        # Chain rule through the substeps: D = d [q; q̇] / d [q0; q̇0; u].
+        D = np.zeros((2 * J, 3 * J))
+        D[:, :2 * J] = np.eye(2 * J)
+        for _ in range(self.substeps):
+            a_q, a_qd, a_u = model.forward_dynamics_derivatives(q, qd, u)
+            qdd = model.forward_dynamics(q, qd, u)
+            d_qd = D[J:] + h * (a_q @ D[:J] + a_qd @ D[J:])
+            d_qd[:, 2 * J:] += h * a_u
+            qd = qd + h * qdd
+            D = np.vstack([D[:J] + h * d_qd, d_qd])
+            q = q + h * qd
+        return q, qd, D
+
+    def __call__(self, x_mean: np.ndarray, u_mean: np.ndarray):
+        """Return G (T-1, dX, dX+dU), c (T-1, dX) at mean states (T-1, dX), actions (T-1, dU)."""
+        J = self.model.n_joints
+        dX = x_mean.shape[1]
+        G = np.zeros((x_mean.shape[0], dX, dX + J))
+        c = np.zeros((x_mean.shape[0], dX))
+        for t, (x, u) in enumerate(zip(x_mean, u_mean)):
+            q_next, qd_next, D = self.step(x[:J], x[J:2 * J], u)
+            x_next, d_observe = self.observe(q_next, qd_next)
+            chain = d_observe @ D                                     # (dX, 3J)
+            G[t, :, :2 * J] = chain[:, :2 * J]
+            G[t, :, dX:] = chain[:, 2 * J:]
+            c[t] = x_next - G[t] @ np.concatenate([x, u])
+        return G, c

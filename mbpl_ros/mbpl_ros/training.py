@@ -373,15 +373,21 @@ class TrainingLoop:
         initial = [contiguous(c) for c in config.initial_controllers(RobotModel(config.robot))]
         cost = config.build_cost()
         if not self.is_mdgps:
-            return LqrFlm(cost, initial, config.lqr_flm_settings())
-        from mbpl_ros.core.mdgps import Mdgps  # imports torch: only for MDGPS runs
-        from mbpl_ros.core.rollouts import observation_indices
+            algorithm = LqrFlm(cost, initial, config.lqr_flm_settings())
+            local = algorithm
+        else:
+            from mbpl_ros.core.mdgps import Mdgps  # imports torch: only for MDGPS runs
+            from mbpl_ros.core.rollouts import observation_indices
 
-        image = ({} if config.policy.image is None else
-                 {"observation_indices": observation_indices(config.layout),
-                  "image_shape": (config.camera.height, config.camera.width)})
-        return Mdgps(cost, initial, config.mdgps_settings(self.seed), config.lqr_flm_settings(),
-                     **image)
+            image = ({} if config.policy.image is None else
+                     {"observation_indices": observation_indices(config.layout),
+                      "image_shape": (config.camera.height, config.camera.width)})
+            algorithm = Mdgps(cost, initial, config.mdgps_settings(self.seed),
+                              config.lqr_flm_settings(), **image)
+            local = algorithm.local
+        if config.dynamics.description_prior.enabled:
+            add_description_prior(local, config)
+        return algorithm
 
     def run(self, iterations: int, *, checkpoint: Optional[Checkpoint] = None) -> list[dict]:
         """
@@ -634,3 +640,22 @@ def set_kl_step(algorithm, kl_step: float) -> None:
     local = getattr(algorithm, "local", algorithm)
     step = dataclasses.replace(local.settings.trajectory_optimization, kl_step=float(kl_step))
     local.settings = dataclasses.replace(local.settings, trajectory_optimization=step)
+
+
+def add_description_prior(local, config) -> None:
+    """
+    Pool each condition's dynamics prior of LqrFlm `local` with the robot description's.
+
+    The description's control step (robot_model.StepLinearization, towards the condition's
+    target) becomes a core.model_prior.ModelPrior of dynamics.description_prior.strength
+    rollouts, pooled with the condition's GMM prior (alone when that one is disabled).
+    """
+    from mbpl_ros.core.model_prior import ModelPrior, PooledPrior
+    from mbpl_ros.robot_model import StepLinearization
+
+    layout, settings = config.layout, config.dynamics.description_prior
+    for state, condition in zip(local.conditions, config.conditions):
+        model = ModelPrior(StepLinearization(config.robot_spec, condition.target,
+                                             config.physics_dt, config.substeps),
+                           layout.dX, layout.dU, settings.strength)
+        state.prior = model if state.prior is None else PooledPrior(state.prior, model)

@@ -37,8 +37,8 @@ def test_shipped_experiments_load_and_build(path):
     ({"initial_controller": {"natural_frequency": float("nan")}}, "natural_frequency: must be a "
                                                                   "finite"),
     ({"dynamics": {"prior": {"max_clusters": 0}}}, "dynamics.prior.max_clusters: must be >= 1"),
-    ({"dynamics": {"priors": {}}}, "dynamics: unknown key 'priors'; allowed keys: prior, "
-                                   "regularization"),
+    ({"dynamics": {"priors": {}}}, "dynamics: unknown key 'priors'; allowed keys: "
+                                   "description_prior, prior, regularization"),
     ({"trajectory_optimization": {"min_step_mult": 5.0, "max_step_mult": 1.0}},
      "min_step_mult must not exceed max_step_mult"),
     ({"conditions": []}, "at least one condition"),

@@ -188,7 +188,8 @@ def test_mbpl_train_lqr_flm_writes_metrics_checkpoints_and_plot(tmp_path):
         assert "policy_loss" not in row and "policy_final_distance_m" not in row
         assert len(row["final_distance_m"]) == 4
         assert row["env_steps"] == row["rollouts"] * 50
-    assert [row["rollouts"] for row in metrics] == [0, 20, 40]
+    per_iteration = 4 * load_experiment(LQR_FLM_CONFIG).rollouts_per_condition
+    assert [row["rollouts"] for row in metrics] == [0, per_iteration, 2 * per_iteration]
     assert metrics[0]["kl_step"] is None and metrics[1]["kl_step"] > 0
     assert metrics[2]["wall_s"] >= metrics[1]["wall_s"] >= metrics[0]["wall_s"] >= 0
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pkl")) == \

@@ -8,6 +8,7 @@ import numpy as np
 
 from .gmm import GMMPrior, NormalInverseWishart, PriorSettings
 from .linalg import robust_cholesky, symmetrise
+from .model_prior import DescriptionPriorSettings
 from .rollouts import rollout_arrays
 from .settings import check_value, setting, settings_dataclass
 
@@ -20,6 +21,9 @@ class DynamicsSettings:
                                     "(keeps it positive definite)", 1e-6, gt=0.0)
     prior: PriorSettings = dataclasses.field(default_factory=PriorSettings,
                                              metadata={"doc": "GMM prior"})
+    description_prior: DescriptionPriorSettings = dataclasses.field(
+        default_factory=DescriptionPriorSettings,
+        metadata={"doc": "prior from the robot description (off by default)"})
 
 
 @dataclass

@@ -203,7 +203,10 @@ class LqrFlm:
                                               settings=self.settings.trajectory_optimization)
         reports = []
         for m, (state, batch) in enumerate(zip(self.conditions, batches)):
-            kl_step = self.settings.trajectory_optimization.kl_step * state.step_mult * batch.T
+            step = self.settings.trajectory_optimization
+            epsilon = (step.first_kl_step if self.iteration == 0 and step.first_kl_step
+                       is not None else step.kl_step)
+            kl_step = epsilon * state.step_mult * batch.T
             anchor = state.controller if anchors is None else anchors[m]
             new_controller, state.eta, info = optimize_trajectory(
                 state.model.dynamics, state.model.cost, anchor, kl_step=kl_step,

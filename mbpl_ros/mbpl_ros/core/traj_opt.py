@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
@@ -109,6 +110,9 @@ class KlStepSettings:
 
     kl_step: float = setting("KL bound ε per time step; a trajectory's budget is "
                              "kl_step · step_mult · T", 1.0, gt=0.0)
+    first_kl_step: Optional[float] = setting(
+        "KL bound ε per time step of the first iteration only (away from the initial "
+        "controller); null: kl_step", None, gt=0.0)
     initial_eta: float = setting("initial Lagrange multiplier of the KL constraint", 1.0,
                                  gt=0.0)
     min_step_mult: float = setting("lower clip of the adaptive step multiplier", 0.01, gt=0.0)

@@ -162,10 +162,18 @@ def declare_experiment(node: Node) -> tuple[ExperimentConfig, Path]:
     value = declare(node, {"experiment_config": EXPERIMENT_CONFIG}, "experiment_config")
     path = resolve_experiment_path(value)
     try:
-        return load_experiment(path), path
+        config = load_experiment(path)
     except (ConfigError, ValueError, OSError) as error:
         raise NodeParameterError(f"parameter 'experiment_config' = {str(path)!r} cannot be "
                                  f"loaded: {error}") from None
+    if config.dynamics.description_prior.enabled:
+        # Refused rather than ignored: the node graph's fits would silently differ from the
+        # experiment's.
+        raise NodeParameterError(
+            f"parameter 'experiment_config' = {str(path)!r}: dynamics.description_prior is "
+            "enabled, which only `mbpl train` supports so far; allowed on the node graph: "
+            "dynamics.description_prior.enabled false")
+    return config, path
 
 
 # ---------------------------------------------------------------- entry points

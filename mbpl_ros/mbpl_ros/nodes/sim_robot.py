@@ -20,7 +20,8 @@ Fixtures: the experiment's static bodies (a peg's block with its hole) are built
 arm's world by the Arm of the offline trainer (sim.arm.Arm with sim.scene's fixtures and
 CONTACT_SETTINGS), so a trial here meets the block that `mbpl train` meets; those placed
 relative to the target move with `target` at each ~/reset, before the arm is put back. A real
-robot has its real block: on hardware nothing simulates fixtures.
+robot has its real block: on hardware nothing simulates fixtures. The experiment's
+`model_error` (a simulated arm unlike its description) applies here too, as in `mbpl train`.
 
 The camera: the experiment's (sim.camera.Camera, the renderer of `mbpl train`), looking at the
 arm and the target sphere (placed at `target` by each reset). In lockstep one image per
@@ -122,7 +123,8 @@ class SimRobotNode(Node):
             self.arm = Arm(spec, physics_dt=self.settings.physics_dt,
                            substeps=self.settings.substeps, gui=self.settings.gui,
                            fixtures=fixtures,
-                           target_marker=None if camera is None else camera.target_marker)
+                           target_marker=None if camera is None else camera.target_marker,
+                           model_error=self._model_error())
             self.camera = None if camera is None else self.experiment.make_camera(self.arm)
             # command index i drives arm joint _arm_index[i]
             self._arm_index = np.array([spec.joint_names.index(name)
@@ -271,6 +273,13 @@ class SimRobotNode(Node):
                                 command_timeout_s=float(timeout), gui=bool(gui),
                                 image_topic=self._declare("image_topic"),
                                 camera_info_topic=self._declare("camera_info_topic"))
+
+    def _model_error(self):
+        """Return how the simulated arm differs from its description: the experiment's."""
+        experiment = self.experiment
+        if experiment is None or experiment.robot != self.settings.robot:
+            return None
+        return experiment.model_error
 
     def _initial_positions_error(self, value) -> Optional[str]:
         """Why `value` cannot be initial_positions, or None if it can."""

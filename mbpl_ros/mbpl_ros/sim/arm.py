@@ -24,6 +24,7 @@ import pybullet
 from pybullet_utils.bullet_client import BulletClient
 
 from mbpl_ros.robots import RobotSpec, check_urdf_file, robot_spec
+from mbpl_ros.sim.model_error import ModelError, apply_to_urdf
 from mbpl_ros.sim.scene import Fixture, MarkerBody, SceneBodies, TargetMarker
 
 #: Largest force (N) or torque (N·m) of the motor holding a locked joint: far above any
@@ -52,16 +53,20 @@ def _stdout_silenced():
         os.close(saved)
 
 
-def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
+def _urdf_to_load(path: str, directory: str, spec: RobotSpec,
+                  model_error: Optional[ModelError]) -> str:
     """
-    Return `path`, or a copy in `directory` with every mesh path absolute.
+    Return `path`, or a copy in `directory` that PyBullet loads as this simulated arm.
 
     The copy is made when its mesh files are named pybullet_data://<path> (PyBullet's
-    bundled meshes, which PyBullet cannot resolve itself).
+    bundled meshes, which PyBullet cannot resolve itself: every mesh path becomes
+    absolute) or when `model_error` changes the masses or adds a payload
+    (sim.model_error.apply_to_urdf).
     """
     with open(path) as file:
         text = file.read()
-    if "pybullet_data://" not in text:
+    edit_model = model_error is not None and model_error.changes_urdf
+    if "pybullet_data://" not in text and not edit_model:
         return path
     import pybullet_data
 
@@ -74,6 +79,8 @@ def _urdf_with_resolved_meshes(path: str, directory: str) -> str:
             mesh.set("filename", os.path.join(pybullet_data.getDataPath(), relative))
         elif "://" not in name and not os.path.isabs(name):
             mesh.set("filename", os.path.join(base, name))
+    if edit_model:
+        apply_to_urdf(tree.getroot(), model_error, spec.ee_link, spec.ee_offset)
     copy = os.path.join(directory, os.path.basename(path))
     tree.write(copy)
     return copy
@@ -97,11 +104,17 @@ class Arm:
     settings CONTACT_SETTINGS; reset(q, target=...) places those placed relative to a target.
     target_marker: a sim.scene.TargetMarker drawing the target (for a camera); reset(q,
     target=...) moves it there.
+
+    model_error (sim.model_error.ModelError): this arm differs from its robot description
+    (scaled masses, a payload, added joint damping and Coulomb friction); mass_matrix,
+    inverse_dynamics and gravity_torque are then the simulated arm's, not the description's
+    (mbpl_ros.robot_model.RobotModel keeps those).
     """
 
     def __init__(self, robot: Union[str, RobotSpec], physics_dt: float = 1.0 / 240.0,
                  substeps: int = 12, gui: bool = False, fixtures: Sequence[Fixture] = (),
-                 target_marker: Optional[TargetMarker] = None):
+                 target_marker: Optional[TargetMarker] = None,
+                 model_error: Optional[ModelError] = None):
         self.spec = robot if isinstance(robot, RobotSpec) else robot_spec(robot)
         if not (isinstance(physics_dt, (int,
                                         float)) and math.isfinite(physics_dt) and physics_dt > 0):
@@ -118,6 +131,10 @@ class Arm:
         self.scene: Optional[SceneBodies] = None
         self.target_marker = target_marker
         self.marker: Optional[MarkerBody] = None
+        if model_error is not None and not isinstance(model_error, ModelError):
+            raise ValueError("model_error must be a sim.model_error.ModelError or None; got "
+                             f"{type(model_error).__name__}")
+        self.model_error = model_error if model_error is not None else ModelError()
 
         with _stdout_silenced():   # PyBullet's C code prints "argv[0]=" on every connect
             self._client: Optional[BulletClient] = BulletClient(
@@ -142,7 +159,7 @@ class Arm:
         try:
             with _stdout_silenced(), tempfile.TemporaryDirectory() as directory:
                 self._body = client.loadURDF(
-                    _urdf_with_resolved_meshes(spec.urdf_path, directory),
+                    _urdf_to_load(spec.urdf_path, directory, spec, self.model_error),
                     basePosition=spec.base_position, useFixedBase=True,
                     # Keep the URDF's masses and inertias instead of ones derived from shapes.
                     flags=pybullet.URDF_USE_INERTIA_FROM_FILE)
@@ -219,6 +236,9 @@ class Arm:
                                          for name, info in zip(names, infos)], dtype=float)
         self.joint_damping = np.array([spec.damping_overrides.get(name, info[6])
                                        for name, info in zip(self.joint_names, infos)])
+        self.joint_damping = self.joint_damping + self.model_error.joint_damping
+        #: Coulomb friction (N·m) of each controlled joint: model_error's, none in a URDF.
+        self.joint_friction = np.full(self.n_joints, self.model_error.joint_friction)
         for what, key, bad in (
                 ("effort", "effort", ~(self.effort_limits > 0)),
                 ("velocity", "velocity", ~(self.velocity_limits > 0)),
@@ -250,10 +270,11 @@ class Arm:
         for link in range(-1, client.getNumJoints(self._body)):
             # No hidden per-link velocity damping: joint damping is the only dissipation.
             client.changeDynamics(self._body, link, linearDamping=0.0, angularDamping=0.0)
-        # Disable the default velocity motors, which would otherwise brake every joint.
+        # The default velocity motors would brake every joint: disabled, or, with a Coulomb
+        # friction, kept at that force (a motor towards zero speed that gives way above it).
         client.setJointMotorControlArray(
             self._body, self._joint_indices, pybullet.VELOCITY_CONTROL,
-            targetVelocities=[0.0] * self.n_joints, forces=[0.0] * self.n_joints)
+            targetVelocities=[0.0] * self.n_joints, forces=self.joint_friction.tolist())
         # Locked joints: a position motor, which PyBullet solves as a constraint each physics
         # step, holds them at their angle. Their links keep their mass and inertia (the arm
         # carries them), and the joints stay movable, so PyBullet's dynamics and Jacobians
