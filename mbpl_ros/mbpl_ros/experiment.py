@@ -17,7 +17,8 @@ from mbpl_ros.core import controller as lg
 from mbpl_ros.core.costs import ActionTerm, CostSpec, DistanceTerm, StateTerm, build_cost
 from mbpl_ros.core.dynamics import DynamicsSettings
 from mbpl_ros.core.lqr_flm import LqrFlmSettings
-from mbpl_ros.core.policy.settings import MdgpsSettings, PolicyPriorSettings, PolicySettings
+from mbpl_ros.core.policy.settings import (ImagePolicySettings, MdgpsSettings,
+                                           PolicyPriorSettings, PolicySettings)
 from mbpl_ros.core.rollouts import StateLayout
 from mbpl_ros.core.settings import field_from, settings_dataclass
 from mbpl_ros.core.traj_opt import KlStepSettings
@@ -479,6 +480,13 @@ def configuration_reference() -> str:
               "condition's target as a sphere it sees; an image policy (`policy.image`) is",
               "trained on its images (see mbpl_ros/config/reacher_2link_vision.yaml).", ""]
     lines += table(CameraConfig, "camera.")
+    lines += ["", "## policy.image", "",
+              "`policy.image:` makes the MDGPS policy an image policy (needs `camera:`): it sees",
+              "the joint angles and speeds and the camera image, never the target. Each",
+              "convolution is followed by a ReLU (no padding); the last one's channels become",
+              "feature points (spatial soft-argmax), which with the joint state feed the MLP of",
+              "`policy.hidden_sizes`. The S-step's other settings are the policy section's.", ""]
+    lines += table(ImagePolicySettings, "policy.image.")
     lines += ["", "## cost", "",
               "Each of `action`, `state` and `distance` holds one term (a mapping) or a list of",
               "them; the cost is the sum of every term times its `scale`. A `state` term needs",

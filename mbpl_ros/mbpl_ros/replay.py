@@ -7,7 +7,8 @@ PyBullet's TinyRenderer (mbpl_ros.sim.view) and written as a GIF (Pillow) or an 
 (ffmpeg, when one is installed). Each episode is one tile with its label, time and the
 end-effector's distance to the target; tiles stand side by side (up to four a row) or
 follow one another. With gui the PyBullet window shows the same camera and markers, in
-real time.
+real time. An experiment with a camera (an image policy's) shows beside each episode's
+scene what that camera saw at each step, the image the policy acted on.
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ class Episode:
     act: Act
     frames: List[np.ndarray] = field(default_factory=list)  # (H, W, 3) uint8 each
     distances: List[float] = field(default_factory=list)  # (T,) m, of the state at each step
+    sees_image: bool = False   # act(t, x, image): an image policy
+    camera_frames: List[np.ndarray] = field(default_factory=list)  # the experiment camera's
 
 
 def episodes_of_run(
@@ -111,13 +114,17 @@ def episodes_of_run(
             f"has dX={config.layout.dX}, dU={config.layout.dU}"
         )
 
-    def act(t, x):
-        return np.asarray(exported(x), dtype=float)
+    def act(t, x, image=None):
+        return np.asarray(exported(x) if image is None else exported(x, image), dtype=float)
 
+    sees_image = exported.needs_image
+    if sees_image and config.camera is None:
+        raise RunError(f"{path} is an image policy; the experiment has no camera section")
     if held_out is not None:
         starts, targets = held_out_conditions(config, held_out, held_out_seed)
         episodes = [
-            Episode(f"held-out {k}", q, g, act) for k, (q, g) in enumerate(zip(starts, targets))
+            Episode(f"held-out {k}", q, g, act, sees_image=sees_image)
+            for k, (q, g) in enumerate(zip(starts, targets))
         ]
         return (
             config,
@@ -131,6 +138,7 @@ def episodes_of_run(
             np.asarray(config.conditions[m].initial_positions, float),
             np.asarray(config.conditions[m].target, float),
             act,
+            sees_image=sees_image,
         )
         for m in chosen
     ]
@@ -150,10 +158,12 @@ def play(
     Run each episode noise-free for config.T steps on one arm.
 
     Keeps its distances and (render) a frame per step; with gui, in the PyBullet window at
-    the control rate.
+    the control rate. With the experiment's camera, its image of every step too (the one an
+    image policy acts on, the target drawn as the camera sees it).
     """
     layout = config.layout
     with config.make_arm(gui=gui) as arm:   # with the experiment's fixtures (a peg's block)
+        experiment_camera = config.make_camera(arm)
         camera, markers = view.prepare(
             arm,
             [e.initial_positions for e in episodes],
@@ -163,15 +173,28 @@ def play(
         )
         for episode in episodes:
             markers.move_target(0, episode.target)
-            arm.reset(episode.initial_positions)
+            if experiment_camera is None:
+                arm.reset(episode.initial_positions)
+            else:   # the target sphere the camera sees goes where the episode's target is
+                arm.reset(episode.initial_positions, target=episode.target)
             for t in range(config.T):
                 x = observe(arm, layout, episode.target)
                 episode.distances.append(float(np.linalg.norm(x[layout.ee_offset])))
+                image = None
+                if experiment_camera is not None:
+                    # The policy's camera sees the scene as in training: no view markers.
+                    for body in markers.targets + [markers.ee]:
+                        arm.client.resetBasePositionAndOrientation(body, [0.0, 0.0, -10.0],
+                                                                   [0.0, 0.0, 0.0, 1.0])
+                    image = experiment_camera.render()
+                    markers.move_target(0, episode.target)
+                    if render:
+                        episode.camera_frames.append(image)
                 markers.follow()
                 if render:
                     episode.frames.append(view.render(arm, camera, width, height))
                 started = time.monotonic()
-                arm.step(episode.act(t, x))
+                arm.step(episode.act(t, x, image) if episode.sees_image else episode.act(t, x))
                 if gui:
                     time.sleep(max(0.0, config.control_dt - (time.monotonic() - started)))
     return camera
@@ -187,6 +210,24 @@ def _annotated(frame: np.ndarray, lines: List[str]) -> np.ndarray:
     return np.asarray(image)
 
 
+def camera_panel(image: np.ndarray, height: int) -> np.ndarray:
+    """
+    Return the camera's image (h, w, 3) as a panel `height` pixels high, labelled.
+
+    Scaled up by a whole factor (each camera pixel a block, nothing smoothed away) and
+    centred on white.
+    """
+    h, w, _ = image.shape
+    scale = max(1, height // h)
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)[:height]
+    panel = np.full((height, big.shape[1] + 8, 3), 255, dtype=np.uint8)
+    top = (height - big.shape[0]) // 2
+    panel[top:top + big.shape[0], 4:4 + big.shape[1]] = big
+    labelled = _annotated(panel[:16].copy(), [f"camera {w}x{h}"])
+    panel[:min(16, top)] = labelled[:min(16, top)]
+    return panel
+
+
 def compose(
     config: ExperimentConfig, episodes: List[Episode], sequence: bool = False
 ) -> List[np.ndarray]:
@@ -199,7 +240,7 @@ def compose(
     """
 
     def tile(episode: Episode, t: int) -> np.ndarray:
-        return _annotated(
+        scene = _annotated(
             episode.frames[t],
             [
                 episode.label,
@@ -207,10 +248,13 @@ def compose(
                 f"distance {100 * episode.distances[t]:6.2f} cm",
             ],
         )
+        if not episode.camera_frames:
+            return scene
+        return np.concatenate([scene, camera_panel(episode.camera_frames[t], scene.shape[0])], 1)
 
     if sequence:
         return [tile(e, t) for e in episodes for t in range(len(e.frames))]
-    height, width, _ = episodes[0].frames[0].shape
+    height, width, _ = tile(episodes[0], 0).shape   # the scene, and the camera's panel
     columns = min(len(episodes), TILES_PER_ROW)
     rows = -(-len(episodes) // columns)
     frames = []

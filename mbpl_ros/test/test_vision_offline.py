@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VISION = ROOT / "config" / "reacher_2link_vision.yaml"
 
 
-def tiny(**changes) -> ExperimentConfig:
-    data = {
+def tiny_data(**changes) -> dict:
+    return {
         "robot": "reacher_2link", "algorithm": "mdgps", "T": 8, "rollouts_per_condition": 2,
         "iterations": 2, "success_distance_m": 0.03,
         "conditions": [{"initial_positions": [0.0, 1.5], "target": [0.05, 0.25, 0.0]},
@@ -27,11 +27,20 @@ def tiny(**changes) -> ExperimentConfig:
                    "image": {"conv_channels": [4, 4], "kernel_sizes": [3, 3],
                              "strides": [2, 1]}},
         **changes}
-    return from_dict(ExperimentConfig, data)
 
 
-def test_a_tiny_image_policy_run_trains_exports_and_evaluates(tmp_path):
-    config = tiny()
+def tiny(**changes) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, tiny_data(**changes))
+
+
+def test_a_tiny_image_policy_run_trains_exports_evaluates_and_replays(tmp_path):
+    import yaml
+
+    from mbpl_ros.replay import compose, episodes_of_run, play
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_data()))
+    config = load_experiment(path)
     metrics = TrainingRun(config, tmp_path, seed=0, log=open(tmp_path / "log", "w")).run(2)
     assert [row["iteration"] for row in metrics] == [0, 1, 2]
     assert all(np.isfinite(row["policy_loss"]) for row in metrics[1:])
@@ -46,6 +55,19 @@ def test_a_tiny_image_policy_run_trains_exports_and_evaluates(tmp_path):
     starts, targets = held_out_conditions(config, 3, seed=1)
     assert np.all(starts == [0.0, 1.5])
     assert np.all((targets[:, :2] >= [0.05, 0.25]) & (targets[:, :2] <= [0.15, 0.3]))
+    # mbpl replay --policy --held-out 2: the camera's image beside each episode's scene.
+    config, episodes, _ = episodes_of_run(tmp_path, path, policy=True, held_out=2,
+                                          held_out_seed=1)
+    play(config, episodes, width=64, height=48)
+    np.testing.assert_allclose([e.distances[-1] for e in episodes],
+                               result["distances_m"][:2], atol=1e-9)
+    assert len(episodes[0].camera_frames) == config.T
+    assert episodes[0].camera_frames[0].shape == (12, 16, 3)
+    frames = compose(config, episodes)
+    # Each tile: the 64-wide scene, then the camera panel (16 px x scale 4, 8 px margin).
+    assert frames[0].shape == (48, 2 * (64 + 16 * 4 + 8), 3)
+    np.testing.assert_array_equal(frames[0][0:48:4, 64 + 4:64 + 4 + 64:4],
+                                  episodes[0].camera_frames[0])
 
 
 def test_the_policy_sees_the_target_only_in_the_image(tmp_path):

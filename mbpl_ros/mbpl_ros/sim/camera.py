@@ -17,7 +17,15 @@ import time
 import numpy as np
 import pybullet
 
-__all__ = ["Camera"]
+__all__ = ["Camera", "LIGHTING"]
+
+#: The renderer's light, given at every render: PyBullet keeps the last lighting a client
+#: was asked for (e.g. by sim.view's frames), so an image policy would otherwise see other
+#: light after a replay's frame than in training. These are TinyRenderer's defaults for a
+#: z-up world, so a camera's first image is the same either way.
+LIGHTING = {"lightDirection": [-50.0, 30.0, 100.0], "lightColor": [1.0, 1.0, 1.0],
+            "lightDistance": 2.0, "lightAmbientCoeff": 0.6, "lightDiffuseCoeff": 0.35,
+            "lightSpecularCoeff": 0.05, "shadow": 0}
 
 
 class Camera:
@@ -58,7 +66,7 @@ class Camera:
         _, _, rgba, _, _ = pybullet.getCameraImage(
             self.width, self.height, viewMatrix=self._view, projectionMatrix=self._projection,
             renderer=pybullet.ER_TINY_RENDERER, flags=pybullet.ER_NO_SEGMENTATION_MASK,
-            physicsClientId=self.client_id)
+            physicsClientId=self.client_id, **LIGHTING)
         rgba = np.asarray(rgba, dtype=np.uint8).reshape(self.height, self.width, 4)
         image = np.ascontiguousarray(rgba[:, :, :3])
         self.render_seconds += time.perf_counter() - start

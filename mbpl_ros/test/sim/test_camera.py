@@ -94,3 +94,17 @@ def test_the_experiment_has_no_camera_unless_given():
     assert config.camera.width == 80 and config.target_marker.radius == 0.02
     with config.make_arm() as arm:
         assert config.make_camera(arm).render().shape == (64, 80, 3)
+
+
+def test_the_image_does_not_depend_on_lighting_asked_for_before():
+    """PyBullet keeps a client's last lighting; the camera gives its own every time."""
+    import pybullet
+
+    config = CameraConfig(**DOWN)
+    with Arm("reacher_2link", target_marker=config.target_marker) as arm:
+        camera = Camera(arm.client._client, config)
+        arm.reset([0.3, 1.0], target=[0.1, 0.3, 0.0])
+        first = camera.render()
+        arm.client.getCameraImage(32, 24, renderer=pybullet.ER_TINY_RENDERER,
+                                  lightDirection=[0.4, -0.6, 1.0], lightColor=[1, 0, 0])
+        np.testing.assert_array_equal(camera.render(), first)

@@ -30,12 +30,12 @@ class ImagePolicySettings:
     """
 
     conv_channels: tuple[int, ...] = setting("output channels of each convolution; the last "
-                                             "is the number of feature points", (16, 32, 32),
+                                             "is the number of feature points", (16, 16, 16),
                                              ge=1)
     kernel_sizes: tuple[int, ...] = setting("square kernel size of each convolution (one per "
                                             "entry of conv_channels)", (5, 3, 3), ge=1)
     strides: tuple[int, ...] = setting("stride of each convolution (one per entry of "
-                                       "conv_channels)", (2, 1, 1), ge=1)
+                                       "conv_channels)", (2, 2, 1), ge=1)
 
     def __post_init__(self):
         if not self.conv_channels:
