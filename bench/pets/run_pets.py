@@ -49,6 +49,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import omegaconf
@@ -171,8 +172,13 @@ class PlannerPolicy:
 
 
 def run_reach(config_path: Path, seed: int, budget: int, eval_every: int, population: int,
-              particles: int, log=sys.stderr) -> dict:
-    """Train PETS for `budget` environment steps on the reach of `config_path`; the curve."""
+              particles: int, partial: Optional[Path] = None, log=sys.stderr) -> dict:
+    """
+    Train PETS for `budget` environment steps on the reach of `config_path`; the curve.
+
+    With `partial`, the curve so far is written there after every evaluation (complete:
+    false until the run ends), so a run stopped by a time limit still leaves its curve.
+    """
     from mbpl_ros.experiment import load_experiment
     from mbpl_ros.offline import evaluate_policy
     from mbpl_ros.sim.gym_env import ReachEnv
@@ -213,6 +219,14 @@ def run_reach(config_path: Path, seed: int, budget: int, eval_every: int, popula
     steps, distances, step_s = [], [], []
     start = time.perf_counter()
 
+    def result(complete: bool) -> dict:
+        planning_ms = 1e3 * np.median(step_s) if step_s else float("nan")
+        return {"method": "pets", "seed": seed, "steps": steps, "distance_m": distances,
+                "wall_s": time.perf_counter() - start, "budget": budget, "complete": complete,
+                "note": f"population {population}, particles {particles}, horizon "
+                        f"{cfg.overrides.planning_horizon}; planning {planning_ms:.0f} ms per "
+                        "environment step (median CPU time)"}
+
     def evaluate(env_steps: int) -> None:
         distance, _ = evaluate_policy(eval_arm, config, policy, starts, targets)
         steps.append(env_steps)
@@ -220,6 +234,8 @@ def run_reach(config_path: Path, seed: int, budget: int, eval_every: int, popula
         print(f"    PETS seed {seed}: {env_steps:,} steps, mean final distance "
               f"{100 * distances[-1]:.2f} cm ({time.perf_counter() - start:.0f} s)",
               file=log, flush=True)
+        if partial is not None:
+            partial.write_text(json.dumps(result(complete=False)))
 
     env_steps, trained = 0, False
     try:
@@ -234,7 +250,7 @@ def run_reach(config_path: Path, seed: int, budget: int, eval_every: int, popula
             obs, _ = env.reset()
             agent.reset()
             for t in range(T):
-                tick = time.perf_counter()
+                tick = time.process_time()
                 model_env.t0 = t
                 action = (random_agent if exploring else agent).act(obs)
                 next_obs, reward, terminated, truncated, _ = env.step(action)
@@ -242,7 +258,7 @@ def run_reach(config_path: Path, seed: int, budget: int, eval_every: int, popula
                 obs = next_obs
                 env_steps += 1
                 if not exploring:
-                    step_s.append(time.perf_counter() - tick)
+                    step_s.append(time.process_time() - tick)
         mbrl.util.common.train_model_and_save_model_and_data(
             dynamics_model, trainer, cfg.overrides, replay_buffer)
         if steps[-1] < env_steps:
@@ -250,11 +266,7 @@ def run_reach(config_path: Path, seed: int, budget: int, eval_every: int, popula
     finally:
         eval_arm.close()
         env.close()
-    return {"method": "pets", "seed": seed, "steps": steps, "distance_m": distances,
-            "wall_s": time.perf_counter() - start, "budget": budget,
-            "note": f"population {population}, particles {particles}, horizon "
-                    f"{cfg.overrides.planning_horizon}; planning {1e3 * np.median(step_s):.0f} "
-                    "ms per environment step (median)"}
+    return result(complete=True)
 
 
 def run_cartpole(seed: int, trials: int, population: int, particles: int) -> dict:
@@ -307,7 +319,7 @@ def main() -> int:
         if args.config is None:
             parser.error("reach needs --config")
         result = run_reach(args.config, args.seed, args.budget, args.eval_every,
-                           args.population, args.particles)
+                           args.population, args.particles, partial=args.json)
     else:
         result = run_cartpole(args.seed, args.trials, args.population, args.particles)
     text = json.dumps(result)
