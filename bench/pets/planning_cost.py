@@ -100,7 +100,7 @@ class PlanningCost:
         return l
 
     def reward(self, X: torch.Tensor, A: torch.Tensor, t0: int) -> torch.Tensor:
-        """Return the planning reward (B,): minus the summed step costs of each sequence."""
+        """Return minus the summed step costs of each sequence (B,): the planning reward."""
         return -self.step_costs(X, A, t0).sum(-1)
 
     def sequence_reward(self, x0: torch.Tensor, A: torch.Tensor,
