@@ -482,7 +482,8 @@ def main() -> int:
     pets = (f", PETS {args.pets_steps:,} (CEM population {args.pets_population} x "
             f"{args.pets_particles} particles, evaluated every {args.pets_eval_every})"
             if "pets" in args.methods else "")
-    settings = (f"Budgets: SAC {args.sac_steps:,}, PPO {args.ppo_steps:,}{pets} environment steps; "
+    settings = (f"Budgets: SAC {args.sac_steps:,}, PPO {args.ppo_steps:,}{pets} environment "
+                f"steps; "
                 f"LQR-FLM {args.lqr_iterations}, MDGPS {args.mdgps_iterations} iterations of "
                 f"4 x 5 rollouts x 50 steps. Total wall time {time.perf_counter() - start:.0f} s "
                 f"(torch threads: {args.torch_threads}).")
