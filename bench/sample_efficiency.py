@@ -269,6 +269,18 @@ def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budge
 # --------------------------------------------------------------------------- PETS
 
 
+def load_pets_curve(path: Path) -> Curve:
+    """Read one seed's curve written by bench/pets/run_pets.py --json (possibly cut short)."""
+    data = json.loads(Path(path).read_text())
+    note = data["note"]
+    if not data.get("complete", True):
+        # a run stopped by a time limit: its budget is what it got to
+        note += f"; stopped at {data['steps'][-1]:,} of {data['budget']:,} steps"
+        data["budget"] = data["steps"][-1]
+    return Curve("pets", data["seed"], data["steps"], data["distance_m"], data["wall_s"],
+                 data["budget"], note=note)
+
+
 def run_pets(config_path: Path, seed: int, budget: int, eval_every: int, population: int,
              particles: int, torch_threads: int) -> Curve:
     """Run bench/pets/run_pets.py in the PETS venv (mbrl's pins need their own) for one seed."""
@@ -284,9 +296,7 @@ def run_pets(config_path: Path, seed: int, budget: int, eval_every: int, populat
         threads = {k: str(torch_threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                    "MKL_NUM_THREADS")}
         subprocess.run(command, check=True, stdout=sys.stderr, env=dict(os.environ, **threads))
-        data = json.loads(result.read_text())
-    return Curve("pets", seed, data["steps"], data["distance_m"], data["wall_s"],
-                 data["budget"], note=data["note"])
+        return load_pets_curve(result)
 
 
 # --------------------------------------------------------------------------- report
@@ -420,6 +430,9 @@ def main() -> int:
     parser.add_argument("--pets-particles", type=int, default=7,
                         help="PETS particles per sequence (mbrl's pets: 20); population x "
                              "particles must be a multiple of the ensemble's 7 members")
+    parser.add_argument("--pets-curves", nargs="+", type=Path, metavar="JSON",
+                        help="take the PETS curves from these run_pets.py --json files (one "
+                             "per seed, run with the same settings) instead of running PETS")
     parser.add_argument("--eval-every", type=int, default=1000,
                         help="model-free evaluation period, environment steps (PPO: at least "
                              "once per rollout of 8 x 512 steps, as its policy only changes then)")
@@ -459,6 +472,11 @@ def main() -> int:
                     curve = run_model_based(method, lqr_config, seed, args.lqr_iterations)
                 elif method == "mdgps":
                     curve = run_model_based(method, mdgps_config, seed, args.mdgps_iterations)
+                elif method == "pets" and args.pets_curves:
+                    curve = next((c for c in map(load_pets_curve, args.pets_curves)
+                                  if c.seed == seed), None)
+                    if curve is None:
+                        raise SystemExit(f"no --pets-curves file has seed {seed}")
                 elif method == "pets":
                     curve = run_pets(LQR_CONFIG, seed, args.pets_steps, args.pets_eval_every,
                                      args.pets_population, args.pets_particles,
