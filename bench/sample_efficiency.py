@@ -34,9 +34,10 @@ What each method is:
   (.venv-pets, made by `make bench`) as a subprocess; its docstring states the recipe,
   mbrl-lib's pets_reacher hyperparameters and the deviations. mbrl's population 350 x 20
   particles costs ~3 CPU s per environment step here, so the defaults plan with
-  --pets-population 50 x --pets-particles 7 (~0.15 s); evaluated by the same noise-free
-  runs (of its planner) every --pets-eval-every (200) steps, the first after its initial
-  random episodes (one per condition) and first model fit.
+  --pets-population 50 x --pets-particles 7 (0.15-0.3 s), for a budget of --pets-steps
+  (1000); evaluated by the same noise-free runs (of its planner) every --pets-eval-every
+  (200) steps, the first after its initial random episodes (one per condition) and first
+  model fit. An evaluation costs as much planning as 200 training steps.
 SAC, PPO and PETS see the environment mbpl_ros.sim.gym_env.ReachEnv (observation: the core
 state x; action: efforts normalised to [-1, 1]; reward: minus the per-step cost), both
 with one stationary policy over x, like MDGPS's. The model-based methods start from the
@@ -421,7 +422,7 @@ def main() -> int:
                         help="SAC budget, environment steps")
     parser.add_argument("--ppo-steps", type=int, default=300_000,
                         help="PPO budget, environment steps")
-    parser.add_argument("--pets-steps", type=int, default=2000,
+    parser.add_argument("--pets-steps", type=int, default=1000,
                         help="PETS budget, environment steps")
     parser.add_argument("--pets-eval-every", type=int, default=200,
                         help="PETS evaluation period, environment steps (a multiple of T)")
