@@ -7,6 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mbpl-installed
 BENCH_STAMP := $(VENV)/.mbpl-bench-installed
+# The PETS peer of bench/sample_efficiency.py (mbrl-lib) in a venv of its own: mbrl's pins
+# clash with the main venv's (requirements-pets.txt says which and how they are met).
+PETS_VENV := .venv-pets
+PETS_PY := $(PETS_VENV)/bin/python
+PETS_STAMP := $(PETS_VENV)/.mbpl-pets-installed
 # The ament_python package (its own folder, so that colcon finds both packages).
 PKG := mbpl_ros
 # The interface package (ament_cmake + rosidl), built with cmake into the venv itself.
@@ -60,8 +65,17 @@ $(BENCH_STAMP): $(STAMP) $(IFACE_STAMP) requirements-bench.txt
 	$(PY) -m pip install --quiet -r requirements-bench.txt
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP)
+# mbrl itself without its dependencies (its hydra-core 1.0.3 pin does not import on Python
+# 3.11); everything else from the file first. mbpl_ros comes on the path from bench/.
+$(PETS_STAMP): requirements-pets.txt
+	test -x $(PETS_PY) || $(PYTHON) -m venv $(PETS_VENV)
+	$(PETS_PY) -m pip install --quiet --upgrade pip
+	$(PETS_PY) -m pip install --quiet -r <(grep -v '^mbrl==' requirements-pets.txt)
+	$(PETS_PY) -m pip install --quiet --no-deps $$(grep '^mbrl==' requirements-pets.txt)
+	touch $(PETS_STAMP)
+
+bench: $(BENCH_STAMP) $(PETS_STAMP)
 	$(PY) bench/run_all.py
 
 clean:
-	rm -rf $(VENV) build $(PKG)/*.egg-info runs
+	rm -rf $(VENV) $(PETS_VENV) build $(PKG)/*.egg-info runs

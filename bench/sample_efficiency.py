@@ -1,5 +1,5 @@
 """
-Sample efficiency on the 2-link reach: LQR-FLM and MDGPS against SB3 SAC and PPO.
+Sample efficiency on the 2-link reach: LQR-FLM and MDGPS against SB3 SAC and PPO, and PETS.
 
 Every method learns the task of config/reacher_2link.yaml (4 start poses, one target,
 T = 50 steps of 0.05 s, the same cost) from the same seeds, and is measured the same way:
@@ -29,14 +29,24 @@ What each method is:
   reward, 8 envs, n_steps 512, batch 64, 20 epochs, gamma 0.99, gae_lambda 0.9,
   lr 3e-5, clip lin 0.4, gSDE sde_sample_freq 4 log_std_init -2.7, ReLU [256, 256] pi
   and vf, max_grad_norm 0.5, vf_coef 0.5, ent_coef 0).
-SAC and PPO see the environment mbpl_ros.sim.gym_env.ReachEnv (observation: the core
+- PETS: mbrl-lib 0.2.0 (probabilistic ensemble, CEM over the learned model, the reward
+  minus our per-step cost on the predicted states), bench/pets/run_pets.py in its own venv
+  (.venv-pets, made by `make bench`) as a subprocess; its docstring states the recipe,
+  mbrl-lib's pets_reacher hyperparameters and the deviations. mbrl's population 350 x 20
+  particles costs ~3 CPU s per environment step here, so the defaults plan with
+  --pets-population 50 x --pets-particles 7 (0.15-0.3 s), for a budget of --pets-steps
+  (1000); evaluated by the same noise-free runs (of its planner) every --pets-eval-every
+  (200) steps, the first after its initial random episodes (one per condition) and first
+  model fit. An evaluation costs as much planning as 200 training steps.
+SAC, PPO and PETS see the environment mbpl_ros.sim.gym_env.ReachEnv (observation: the core
 state x; action: efforts normalised to [-1, 1]; reward: minus the per-step cost), both
 with one stationary policy over x, like MDGPS's. The model-based methods start from the
 config's initial PD controllers (which already hold the arm against gravity); the
 model-free ones from SB3's random initialisation.
 
 Run: .venv/bin/python bench/sample_efficiency.py [--quick] [--markdown]
-     [--seeds 0 1] [--sac-steps N] [--ppo-steps N] [--methods lqr_flm mdgps sac ppo]
+     [--seeds 0 1] [--sac-steps N] [--ppo-steps N] [--pets-steps N]
+     [--methods lqr_flm mdgps sac ppo pets]
 Prints a markdown table (steps to reach, ratios) and writes the plot of mean final
 distance against environment steps (--plot, default docs/benchmark_sample_efficiency.png).
 """
@@ -46,6 +56,8 @@ import argparse
 import dataclasses
 import io
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,7 +77,9 @@ LQR_CONFIG = PACKAGE / "config" / "reacher_2link.yaml"
 MDGPS_CONFIG = PACKAGE / "config" / "reacher_2link_mdgps.yaml"
 DEFAULT_PLOT = ROOT / "docs" / "benchmark_sample_efficiency.png"
 METHOD_LABELS = {"lqr_flm": "LQR-FLM", "mdgps": "MDGPS (policy)", "sac": "SAC (SB3)",
-                 "ppo": "PPO (SB3)"}
+                 "ppo": "PPO (SB3)", "pets": "PETS (mbrl-lib)"}
+PETS_RUNNER = ROOT / "bench" / "pets" / "run_pets.py"
+PETS_PYTHON = ROOT / ".venv-pets" / "bin" / "python"   # made by `make bench`
 
 # rl-baselines3-zoo, hyperparams/sac.yml, ReacherBulletEnv-v0 (<<: *pybullet-defaults).
 SAC_ZOO = dict(learning_rate=7.3e-4, buffer_size=300_000, batch_size=256, ent_coef="auto",
@@ -253,6 +267,39 @@ def _learn_and_evaluate(method, config, seed, model, env, effort_of_state, budge
     return Curve(method, seed, steps, distances, time.perf_counter() - start, budget)
 
 
+# --------------------------------------------------------------------------- PETS
+
+
+def load_pets_curve(path: Path) -> Curve:
+    """Read one seed's curve written by bench/pets/run_pets.py --json (possibly cut short)."""
+    data = json.loads(Path(path).read_text())
+    note = data["note"]
+    if not data.get("complete", True):
+        # a run stopped by a time limit: its budget is what it got to
+        note += f"; stopped at {data['steps'][-1]:,} of {data['budget']:,} steps"
+        data["budget"] = data["steps"][-1]
+    return Curve("pets", data["seed"], data["steps"], data["distance_m"], data["wall_s"],
+                 data["budget"], note=note)
+
+
+def run_pets(config_path: Path, seed: int, budget: int, eval_every: int, population: int,
+             particles: int, torch_threads: int) -> Curve:
+    """Run bench/pets/run_pets.py in the PETS venv (mbrl's pins need their own) for one seed."""
+    if not PETS_PYTHON.exists():
+        raise SystemExit(f"PETS needs its venv {PETS_PYTHON.relative_to(ROOT)} (`make bench` "
+                         "makes it); or leave pets out of --methods")
+    with tempfile.TemporaryDirectory() as out:
+        result = Path(out) / "pets.json"
+        command = [str(PETS_PYTHON), str(PETS_RUNNER), "reach", "--config", str(config_path),
+                   "--seed", str(seed), "--budget", str(budget), "--eval-every", str(eval_every),
+                   "--population", str(population), "--particles", str(particles),
+                   "--torch-threads", str(torch_threads), "--json", str(result)]
+        threads = {k: str(torch_threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS")}
+        subprocess.run(command, check=True, stdout=sys.stderr, env=dict(os.environ, **threads))
+        return load_pets_curve(result)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -319,7 +366,7 @@ def markdown_report(summary: dict, threshold_m: float, consecutive: int, setting
                      f"{np.median(s['final_cm']):.2f} | {np.median(s['best_cm']):.2f} | "
                      f"{np.median(s['wall_s']):.0f} |")
     if "lqr_flm" in summary:
-        others = [m for m in ("sac", "ppo", "mdgps") if m in summary]
+        others = [m for m in ("sac", "ppo", "pets", "mdgps") if m in summary]
         lines += ["", "Environment steps relative to LQR-FLM (ratio of medians over seeds; a seed "
                   "that never reached counts as its whole budget, so ≥ marks a lower bound):", "",
                   f"| method / LQR-FLM | stays < {cm} | first < {cm} |", "| --- | ---: | ---: |"]
@@ -336,14 +383,15 @@ def plot(curves: list[Curve], threshold_m: float, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"lqr_flm": "tab:blue", "mdgps": "tab:green", "sac": "tab:red", "ppo": "tab:orange"}
+    colours = {"lqr_flm": "tab:blue", "mdgps": "tab:green", "sac": "tab:red", "ppo": "tab:orange",
+               "pets": "tab:purple"}
     fig, ax = plt.subplots(figsize=(8, 4.5))
     labelled = set()
     for c in curves:
         steps = np.maximum(np.asarray(c.steps, float), STEP_ZERO_DRAWN_AT)   # step 0 on a log axis
         ax.loglog(steps, 100 * np.asarray(c.distance_m), color=colours[c.method], alpha=0.8,
                   lw=1.2,
-                  marker="." if c.method in ("lqr_flm", "mdgps") else None,
+                  marker="." if c.method in ("lqr_flm", "mdgps", "pets") else None,
                   label=None if c.method in labelled else METHOD_LABELS[c.method])
         labelled.add(c.method)
     ax.axhline(100 * threshold_m, color="k", linestyle=":", label=f"{100 * threshold_m:g} cm")
@@ -362,7 +410,7 @@ def plot(curves: list[Curve], threshold_m: float, path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "sac", "ppo"],
+    parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "sac", "ppo", "pets"],
                         choices=list(METHOD_LABELS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
                         help="seeds of every method")
@@ -374,14 +422,26 @@ def main() -> int:
                         help="SAC budget, environment steps")
     parser.add_argument("--ppo-steps", type=int, default=300_000,
                         help="PPO budget, environment steps")
+    parser.add_argument("--pets-steps", type=int, default=1000,
+                        help="PETS budget, environment steps")
+    parser.add_argument("--pets-eval-every", type=int, default=200,
+                        help="PETS evaluation period, environment steps (a multiple of T)")
+    parser.add_argument("--pets-population", type=int, default=50,
+                        help="PETS CEM population (mbrl's pets_reacher: 350)")
+    parser.add_argument("--pets-particles", type=int, default=7,
+                        help="PETS particles per sequence (mbrl's pets: 20); population x "
+                             "particles must be a multiple of the ensemble's 7 members")
+    parser.add_argument("--pets-curves", nargs="+", type=Path, metavar="JSON",
+                        help="take the PETS curves from these run_pets.py --json files (one "
+                             "per seed, run with the same settings) instead of running PETS")
     parser.add_argument("--eval-every", type=int, default=1000,
                         help="model-free evaluation period, environment steps (PPO: at least "
                              "once per rollout of 8 x 512 steps, as its policy only changes then)")
     parser.add_argument("--consecutive", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: seed 0, SAC 3000 and PPO 8192 steps, 7 LQR-FLM / MDGPS "
-                             "iterations")
+                        help="smoke run: seed 0, SAC 3000, PPO 8192 and PETS 400 steps, 7 LQR-FLM "
+                             "/ MDGPS iterations")
     parser.add_argument("--plot", help=f"where the plot goes (default: "
                                        f"{DEFAULT_PLOT.relative_to(ROOT)}; with --quick a "
                                        "temporary file, never the committed plot)")
@@ -390,7 +450,7 @@ def main() -> int:
                         help="print only the markdown report on stdout")
     args = parser.parse_args()
     if args.quick:
-        args.seeds, args.sac_steps, args.ppo_steps = [0], 3000, 8192
+        args.seeds, args.sac_steps, args.ppo_steps, args.pets_steps = [0], 3000, 8192, 400
         args.lqr_iterations = args.mdgps_iterations = 7
     if args.plot is None:
         quick_plot = Path(tempfile.gettempdir()) / "benchmark_sample_efficiency_quick.png"
@@ -413,6 +473,15 @@ def main() -> int:
                     curve = run_model_based(method, lqr_config, seed, args.lqr_iterations)
                 elif method == "mdgps":
                     curve = run_model_based(method, mdgps_config, seed, args.mdgps_iterations)
+                elif method == "pets" and args.pets_curves:
+                    curve = next((c for c in map(load_pets_curve, args.pets_curves)
+                                  if c.seed == seed), None)
+                    if curve is None:
+                        raise SystemExit(f"no --pets-curves file has seed {seed}")
+                elif method == "pets":
+                    curve = run_pets(LQR_CONFIG, seed, args.pets_steps, args.pets_eval_every,
+                                     args.pets_population, args.pets_particles,
+                                     args.torch_threads)
                 elif method == "sac":
                     curve = run_sac(lqr_config, seed, args.sac_steps, args.eval_every)
                 else:
@@ -429,7 +498,11 @@ def main() -> int:
                 if curve.note:
                     print(f"    {curve.note}", file=log)
     summary = summarise(curves, args.methods, threshold, args.consecutive)
-    settings = (f"Budgets: SAC {args.sac_steps:,}, PPO {args.ppo_steps:,} environment steps; "
+    pets = (f", PETS {args.pets_steps:,} (CEM population {args.pets_population} x "
+            f"{args.pets_particles} particles, evaluated every {args.pets_eval_every})"
+            if "pets" in args.methods else "")
+    settings = (f"Budgets: SAC {args.sac_steps:,}, PPO {args.ppo_steps:,}{pets} environment "
+                f"steps; "
                 f"LQR-FLM {args.lqr_iterations}, MDGPS {args.mdgps_iterations} iterations of "
                 f"4 x {lqr_config.rollouts_per_condition} (LQR-FLM) and "
                 f"{mdgps_config.rollouts_per_condition} (MDGPS) rollouts x 50 steps. Total wall "
