@@ -173,10 +173,9 @@ def play(
         )
         for episode in episodes:
             markers.move_target(0, episode.target)
-            if experiment_camera is None:
-                arm.reset(episode.initial_positions)
-            else:   # the target sphere the camera sees goes where the episode's target is
-                arm.reset(episode.initial_positions, target=episode.target)
+            # The fixtures placed relative to the target (a peg's block) and the target sphere
+            # the camera sees go where the episode's target is, as in training.
+            arm.reset(episode.initial_positions, target=episode.target)
             for t in range(config.T):
                 x = observe(arm, layout, episode.target)
                 episode.distances.append(float(np.linalg.norm(x[layout.ee_offset])))
