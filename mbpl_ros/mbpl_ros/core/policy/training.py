@@ -133,7 +133,8 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
     if settings.refit_normalization or not bool(policy.normalizer_fitted):
         policy.fit_normalization(X, settings.min_state_std, preserve_function=True)
     if settings.normalize_actions and not bool(policy.action_scaling_fitted):
-        policy.fit_action_scaling(target_mean)
+        # The network's part is the residual over the action base.
+        policy.fit_action_scaling(target_mean - policy.base_actions(X))
 
     # Deterministic per S-step: (seed, how many S-steps this policy has seen).
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + int(policy.s_steps))
