@@ -163,15 +163,15 @@ class SerialChainGravity(nn.Module):
                                    + torch.sin(angle) * skew
                                    + (1.0 - torch.cos(angle)) * (skew @ skew))
             centres.append(origin + rotation @ self.centres[j])
-        weight = self.masses[:, None] * self.gravity                       # m_i g (J, 3)
-        torques: list[torch.Tensor] = []
-        for j in range(self.J):
-            total = torch.zeros(B, dtype=q.dtype, device=q.device)
-            for i in range(j, self.J):
-                moment = torch.linalg.cross(centres[i] - origins[j], weight[i].expand(B, 3))
-                total = total - (axes[j] * moment).sum(dim=1)
-            torques.append(total)
-        return torch.stack(torques, dim=1)[:, self.output_index]
+        # G_j = −a_j · Σ_{i≥j} (c_i − o_j) × w_i = −a_j · (Σ_{i≥j} c_i × w_i − o_j × Σ_{i≥j} w_i),
+        # w_i = m_i g: both sums are suffix sums over the chain.
+        weight = (self.masses[:, None] * self.gravity).expand(B, self.J, 3)       # (B, J, 3)
+        moments = torch.linalg.cross(torch.stack(centres, dim=1), weight, dim=2)
+        moments = torch.flip(torch.cumsum(torch.flip(moments, [1]), dim=1), [1])
+        weights = torch.flip(torch.cumsum(torch.flip(weight, [1]), dim=1), [1])
+        moments = moments - torch.linalg.cross(torch.stack(origins, dim=1), weights, dim=2)
+        torques = -(torch.stack(axes, dim=1) * moments).sum(dim=2)                 # (B, J)
+        return torques[:, self.output_index]
 
 
 def _mlp(dX: int, dU: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
@@ -256,11 +256,15 @@ class Policy(nn.Module):
         return self.state_mean.device
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        action = (state @ self.base_gain.T + self.base_bias + self.action_offset
-                  + self.action_scale * self.network((state - self.state_mean) / self.state_std))
+        action = state @ self.base_gain.T + self.base_bias + self.residual(state)
         if bool(self.gravity_base):
             action = action + self.gravity(state[:, :self.dU])
         return action
+
+    def residual(self, state: torch.Tensor) -> torch.Tensor:
+        """Return the network's part of μ_θ (B, dU) at states (B, dX): μ_θ less the base."""
+        return self.action_offset + self.action_scale * self.network(
+            (state - self.state_mean) / self.state_std)
 
     def set_gravity_base(self, **chain) -> None:
         """Add the gravity torque G(q) of a chain (SerialChainGravity.set_chain's arguments)."""

@@ -132,9 +132,11 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
 
     if settings.refit_normalization or not bool(policy.normalizer_fitted):
         policy.fit_normalization(X, settings.min_state_std, preserve_function=True)
+    # The network fits the residual over the policy's fixed action base (zero without one),
+    # which is computed once here rather than at every minibatch.
+    target_residual = target_mean - policy.base_actions(X)                 # (N, T, dU)
     if settings.normalize_actions and not bool(policy.action_scaling_fitted):
-        # The network's part is the residual over the action base.
-        policy.fit_action_scaling(target_mean - policy.base_actions(X))
+        policy.fit_action_scaling(target_residual)
 
     # Deterministic per S-step: (seed, how many S-steps this policy has seen).
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + int(policy.s_steps))
@@ -160,8 +162,8 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         def flat(a: np.ndarray, tail: tuple[int, ...]) -> torch.Tensor:
             return torch.as_tensor(a[rollouts].reshape((-1,) + tail), dtype=torch.float32,
                                    device=device)
-        return (flat(X, (dX,)), flat(target_mean, (dU,)), flat(target_precision, (dU, dU)),
-                flat(sample_weights, ()))
+        return (flat(X, (dX,)), flat(target_residual, (dU,)),
+                flat(target_precision, (dU, dU)), flat(sample_weights, ()))
 
     train = as_tensors(train_rollouts)
     held_out = as_tensors(held_out_rollouts) if n_held_out else None
@@ -171,7 +173,8 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
     def full_loss(data: tuple[torch.Tensor, ...]) -> float:
         states, mean, precision, weight = data
         with torch.no_grad():
-            return float(_weighted_quadratic(policy(states) - mean, precision, weight)) \
+            return float(_weighted_quadratic(policy.residual(states) - mean, precision,
+                                             weight)) \
                 + log_det_term
 
     optimizer = torch.optim.Adam(policy.network.parameters(), lr=settings.learning_rate,
@@ -193,7 +196,7 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         index = permutation[cursor:cursor + batch_size].to(device)
         cursor += batch_size
         states, mean, precision, weight = (tensor[index] for tensor in train)
-        loss = _weighted_quadratic(policy(states) - mean, precision, weight)
+        loss = _weighted_quadratic(policy.residual(states) - mean, precision, weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
