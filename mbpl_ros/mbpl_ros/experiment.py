@@ -247,6 +247,9 @@ class ExperimentConfig:
         if self.policy.image is not None and self.algorithm != "mdgps":
             raise ValueError(f"policy.image: an image policy is trained by algorithm mdgps; "
                              f"algorithm is {self.algorithm!r}")
+        if self.policy.image is not None and self.policy.action_base != "none":
+            raise ValueError(f"policy.action_base: {self.policy.action_base!r} is for a state "
+                             "policy; allowed with policy.image: 'none'")
         if self.policy.image is not None:
             try:
                 self.policy.image.feature_map_size(self.camera.height, self.camera.width)

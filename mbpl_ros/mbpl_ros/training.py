@@ -184,6 +184,40 @@ def contiguous(controller: LinearGaussianController) -> LinearGaussianController
                                        for name in ("K", "k", "covar", "chol", "inv_covar")})
 
 
+def gravity_chain(robot_model) -> dict:
+    """
+    Describe a RobotModel's gravity for the policy: SerialChainGravity.set_chain's arguments.
+
+    Its joints must form one chain of revolute joints (each the child of the one before).
+    The policy's action base 'gravity' then computes G(q) as robot_model.gravity_torque does.
+    """
+    model, spec = robot_model.model, robot_model.spec
+    axes = {"JointModelRX": (1.0, 0.0, 0.0), "JointModelRY": (0.0, 1.0, 0.0),
+            "JointModelRZ": (0.0, 0.0, 1.0)}
+    chain = {"rotations": [], "translations": [], "axes": [], "masses": [], "centres": []}
+    for i in range(1, model.njoints):
+        kind = model.joints[i].shortname()
+        revolute = kind in axes or kind == "JointModelRevoluteUnaligned"
+        if model.parents[i] != i - 1 or not revolute:
+            raise ValueError(f"robot {spec.name!r}: policy.action_base 'gravity' needs its joints "
+                             f"to form one chain of revolute joints; joint {model.names[i]!r} is "
+                             f"a {kind} with parent {model.names[model.parents[i]]!r}")
+        axis = axes.get(kind)
+        if axis is None:
+            axis = np.asarray(model.joints[i].extract().axis, dtype=float)
+        placement, inertia = model.jointPlacements[i], model.inertias[i]
+        chain["rotations"].append(np.asarray(placement.rotation))
+        chain["translations"].append(np.asarray(placement.translation))
+        chain["axes"].append(np.asarray(axis, dtype=float))
+        chain["masses"].append(float(inertia.mass))
+        chain["centres"].append(np.asarray(inertia.lever))
+    names = list(spec.joint_names)
+    chain = {key: np.array(value) for key, value in chain.items()}
+    chain["gravity"] = np.asarray(model.gravity.linear, dtype=float)
+    chain["chain_index"] = [names.index(model.names[i]) for i in range(1, model.njoints)]
+    return chain
+
+
 def recording_run_info(config: ExperimentConfig, seed: int) -> dict:
     """Describe (`mbpl_run`) a recording made by a run of `config` with `seed`."""
     identity = experiment_identity(config, seed)
@@ -382,8 +416,11 @@ class TrainingLoop:
             image = ({} if config.policy.image is None else
                      {"observation_indices": observation_indices(config.layout),
                       "image_shape": (config.camera.height, config.camera.width)})
-            algorithm = Mdgps(cost, initial, config.mdgps_settings(self.seed),
-                              config.lqr_flm_settings(), **image)
+            settings = config.mdgps_settings(self.seed)
+            chain = (gravity_chain(RobotModel(config.robot))
+                     if settings.policy.action_base == "gravity" else None)
+            algorithm = Mdgps(cost, initial, settings, config.lqr_flm_settings(),
+                              gravity_chain=chain, **image)
             local = algorithm.local
         if config.dynamics.description_prior.enabled:
             add_description_prior(local, config)

@@ -97,6 +97,9 @@ def test_the_vision_config_is_valid_and_image_settings_need_a_camera():
     assert steps <= 52_000
     with pytest.raises(ConfigError, match="policy.image: an image policy needs a camera"):
         tiny(camera=None)
+    with pytest.raises(ConfigError, match=r"policy.action_base: 'gravity' is for a state "
+                       r"policy; allowed with policy.image: 'none'"):
+        tiny(policy={**tiny_data()["policy"], "action_base": "gravity"})
     with pytest.raises(ConfigError, match="leave no pixel"):
         tiny(policy={"image": {"conv_channels": [4], "kernel_sizes": [20], "strides": [1]}})
     with pytest.raises(ConfigError, match="camera.fov_deg"):

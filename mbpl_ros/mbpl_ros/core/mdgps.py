@@ -101,12 +101,14 @@ class Mdgps:
         settings: MDGPS settings (policy network, S-step, linearisation).
         lqr_flm_settings: the C-step's settings (dynamics fit, KL step, step adjustment).
         policy: optional policy to start from (e.g. restored); by default a fresh one
-            from ``settings.policy``.
+            from ``settings.policy``, given its action base (PolicySettings.action_base).
         observation_indices, image_shape: for an image policy (``settings.policy.image``):
             where its observation lies in x (dO,), and the camera's (H, W). The rollouts
             then carry images (N, T, H, W, 3); the S-step fits μ_θ(o, I) to the
             controllers, which keep the full state x, and the linearisation regresses the
             policy's actions at each sample's (o, I) on that sample's x.
+        gravity_chain: the robot's chain for action_base 'gravity' (the keyword arguments
+            of core.policy.network.SerialChainGravity.set_chain).
 
     Attributes: ``local`` (the LqrFlm), ``policy`` (the Policy), ``policy_covariance``
     ((dU, dU), Σ_π of the last S-step, see MdgpsSettings.covariance; the policy's
@@ -120,7 +122,8 @@ class Mdgps:
                  lqr_flm_settings: LqrFlmSettings | None = None,
                  policy: Policy | ImagePolicy | None = None,
                  observation_indices: Sequence[int] | None = None,
-                 image_shape: Sequence[int] | None = None) -> None:
+                 image_shape: Sequence[int] | None = None,
+                 gravity_chain: dict[str, Any] | None = None) -> None:
         self.settings = MdgpsSettings() if settings is None else settings
         if not isinstance(self.settings, MdgpsSettings):
             raise ValueError("settings must be an MdgpsSettings, got "
@@ -141,6 +144,17 @@ class Mdgps:
                                                image_shape, self.settings.policy)
         elif policy is None:
             policy = Policy.from_settings(self.dX, self.dU, self.settings.policy)
+            if self.settings.policy.action_base == "initial_controller":
+                # The policy starts as the initial controllers act (their affine mean, K̄, k̄);
+                # its network then learns only what the C-steps add to them.
+                policy.set_action_base(np.mean([c.K for c in controllers], axis=(0, 1)),
+                                       np.mean([c.k for c in controllers], axis=(0, 1)))
+            elif self.settings.policy.action_base == "gravity":
+                if gravity_chain is None:
+                    raise ValueError("policy.action_base 'gravity' needs the robot's gravity "
+                                     "chain (gravity_chain: SerialChainGravity.set_chain's "
+                                     "arguments)")
+                policy.set_gravity_base(**gravity_chain)
         elif (policy.dX, policy.dU) != (self.dX, self.dU):
             raise ValueError(f"policy maps dX={policy.dX} to dU={policy.dU}; the controllers "
                              f"need dX={self.dX}, dU={self.dU}")

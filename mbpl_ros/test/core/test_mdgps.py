@@ -265,3 +265,38 @@ def test_step_size_follows_the_policy_linearisations_costs():
     for m, state in enumerate(algorithm.local.conditions):
         rule = algorithm.local.settings.trajectory_optimization
         assert state.step_mult == adjust_step(multipliers[m], *seen["expected"], rule)
+
+
+def test_action_base_initial_controller_makes_the_network_learn_the_residual(tmp_path):
+    """With action_base = initial_controller the policy is K̄x + k̄ of the initial controllers
+    plus its network: the base is their mean action exactly, the S-step fits only the residual
+    (a teacher equal to the base is fitted by a network that outputs ~0), and the exported module
+    adds the same base."""
+    from mbpl_ros.core.policy.deploy import export_torchscript, load_exported_policy
+
+    rng = np.random.default_rng(5)
+    K = 30.0 * rng.normal(size=(dU, dX))
+    k = np.array([40.0, -25.0])
+    teacher = [LinearGaussianController.from_covar(np.broadcast_to(K, (T, dU, dX)),
+                                                   np.broadcast_to(k, (T, dU)), 0.01 * np.eye(dU))
+               for _ in STARTS]
+    X = rng.normal(size=(2 * N_PER_CONDITION, T, dX))
+    batch = Rollouts(X, np.zeros((2 * N_PER_CONDITION, T, dU)), np.repeat([0, 1], N_PER_CONDITION))
+    losses = {}
+    for base in ("none", "initial_controller"):
+        settings = MdgpsSettings(policy=PolicySettings(hidden_sizes=(16,), iterations=200,
+                                                       action_base=base, seed=0))
+        algorithm = Mdgps(COST, teacher, settings, LqrFlmSettings())
+        losses[base] = algorithm.s_step(batch)["loss"]
+    np.testing.assert_allclose(algorithm.policy.base_actions(X), X @ K.T + k, rtol=1e-5,
+                               atol=1e-3)
+    residual = algorithm.policy.action_mean(X) - algorithm.policy.base_actions(X)
+    assert np.abs(residual).max() < 0.01 * np.abs(X @ K.T + k).max()
+    assert losses["initial_controller"] < 1e-3 * losses["none"], losses
+    export_torchscript(algorithm.policy, tmp_path / "policy.pt")
+    exported = load_exported_policy(tmp_path / "policy.pt")
+    np.testing.assert_allclose(exported(X[0]), algorithm.policy.action_mean(X[0]), rtol=1e-5,
+                               atol=1e-3)
+    # Without the setting there is no base.
+    plain = Mdgps(COST, teacher, MdgpsSettings(), LqrFlmSettings())
+    assert not plain.policy.base_gain.any() and not plain.policy.base_bias.any()

@@ -7,7 +7,8 @@ policy's linearisation (core.mdgps.linearize_policy), and an S-step, in which a 
 state-feedback policy π_θ(u|x) = N(μ_θ(x), diag(σ²)) is fitted to all controllers.
 
 * :mod:`.settings` — PolicySettings, the network and S-step hyper-parameters;
-* :mod:`.network` — Policy, the nn.Module, and its training checkpoints;
+* :mod:`.network` — Policy, the nn.Module (with its optional fixed action base, e.g. the
+  robot's gravity torque, SerialChainGravity), and its training checkpoints;
 * :mod:`.training` — train_policy, the S-step;
 * :mod:`.deploy` — the TorchScript export and its loader: what a robot imports (no
   training code, no dynamics, no GMM); core.controller.PolicySampler samples it.

@@ -41,7 +41,9 @@ class _DeployedPolicy(nn.Module):
 
     def __init__(self, network: nn.Sequential, state_mean: torch.Tensor,
                  state_std: torch.Tensor, action_variance: torch.Tensor,
-                 action_offset: torch.Tensor, action_scale: torch.Tensor) -> None:
+                 action_offset: torch.Tensor, action_scale: torch.Tensor,
+                 base_gain: torch.Tensor, base_bias: torch.Tensor, gravity: nn.Module,
+                 gravity_base: bool) -> None:
         super().__init__()
         self.network = network
         self.register_buffer("state_mean", state_mean)
@@ -49,6 +51,11 @@ class _DeployedPolicy(nn.Module):
         self.register_buffer("action_variance", action_variance)
         self.register_buffer("action_offset", action_offset)
         self.register_buffer("action_scale", action_scale)
+        self.register_buffer("base_gain", base_gain)
+        self.register_buffer("base_bias", base_bias)
+        self.gravity = gravity            # G(q) of the robot (SerialChainGravity)
+        self.gravity_base = gravity_base
+        self.dU = int(base_bias.shape[0])
         self.dX = int(state_mean.shape[0])
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
@@ -59,8 +66,10 @@ class _DeployedPolicy(nn.Module):
         x = state.to(self.state_mean.dtype)
         if single:
             x = x.unsqueeze(0)
-        action = self.action_offset + self.action_scale * self.network(
-            (x - self.state_mean) / self.state_std)
+        action = (x @ self.base_gain.t() + self.base_bias + self.action_offset
+                  + self.action_scale * self.network((x - self.state_mean) / self.state_std))
+        if self.gravity_base:
+            action = action + self.gravity(x[:, :self.dU])
         if single:
             action = action.squeeze(0)
         if state.is_floating_point():
@@ -187,7 +196,11 @@ def export_torchscript(policy: Policy, path: str | Path,
                                    policy.state_std.detach().cpu().clone(),
                                    policy.action_variance.detach().cpu().clone(),
                                    policy.action_offset.detach().cpu().clone(),
-                                   policy.action_scale.detach().cpu().clone()).eval()
+                                   policy.action_scale.detach().cpu().clone(),
+                                   policy.base_gain.detach().cpu().clone(),
+                                   policy.base_bias.detach().cpu().clone(),
+                                   copy.deepcopy(policy.gravity).cpu().eval(),
+                                   bool(policy.gravity_base)).eval()
     for parameter in deployed.parameters():
         parameter.requires_grad_(False)
     with warnings.catch_warnings():

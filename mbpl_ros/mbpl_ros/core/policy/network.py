@@ -17,8 +17,8 @@ from torch import nn
 
 from mbpl_ros.core.policy.settings import ACTIVATION_NAMES, ImagePolicySettings, PolicySettings
 
-__all__ = ["ImagePolicy", "Policy", "SpatialSoftArgmax", "load_policy", "resolve_device",
-           "save_policy"]
+__all__ = ["ImagePolicy", "Policy", "SerialChainGravity", "SpatialSoftArgmax",
+           "load_policy", "resolve_device", "save_policy"]
 
 #: The module of each activation name of PolicySettings.
 ACTIVATIONS: dict[str, type[nn.Module]] = dict(zip(
@@ -74,6 +74,107 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+class SerialChainGravity(nn.Module):
+    """
+    The gravity torque G(q) of a fixed-base serial chain of J revolute joints, in torch.
+
+    forward(q (B, J)) -> G (B, J), the torque that holds the chain still at q:
+
+        G_j(q) = −Σ_{i ≥ j} m_i gᵀ (a_j × (c_i − o_j)),
+
+    a_j, o_j the world axis and origin of joint j, c_i and m_i the centre of mass and mass
+    of the body joint i moves (with every body fixed to it), g the gravity vector: the
+    derivative of the potential energy −Σ m_i gᵀ c_i. Written in torch (not a call of a
+    rigid-body library) so that it is part of the exported TorchScript policy and a robot
+    needs nothing else to run it. Buffers: rotations (J, 3, 3) and translations (J, 3) of
+    each joint's frame in its parent's at q = 0, axes (J, 3) in the joint's frame, masses
+    (J,), centres (J, 3) of mass in the joint's frame, gravity (3,), and the index maps
+    chain_index / output_index (J,) between q's order and the chain's. Zero masses (the
+    default) give G = 0.
+    """
+
+    def __init__(self, J: int) -> None:
+        super().__init__()
+        self.J = int(J)
+        self.register_buffer("rotations", torch.eye(3).repeat(self.J, 1, 1))
+        self.register_buffer("translations", torch.zeros(self.J, 3))
+        self.register_buffer("axes", torch.tensor([0.0, 0.0, 1.0]).repeat(self.J, 1))
+        self.register_buffer("masses", torch.zeros(self.J))
+        self.register_buffer("centres", torch.zeros(self.J, 3))
+        self.register_buffer("gravity", torch.zeros(3))
+        self.register_buffer("skews", torch.zeros(self.J, 3, 3))   # [a_j]×
+        self.register_buffer("chain_index", torch.arange(self.J))
+        self.register_buffer("output_index", torch.arange(self.J))
+
+    def set_chain(self, rotations: np.ndarray, translations: np.ndarray, axes: np.ndarray,
+                  masses: np.ndarray, centres: np.ndarray, gravity: np.ndarray,
+                  chain_index: Sequence[int] | None = None) -> None:
+        """
+        Set the chain (shapes as in the class docstring); the axes are normalised.
+
+        chain_index (J,): the column of q (and of G) of each joint along the chain, base
+        first (default: q's order is the chain's).
+        """
+        J = self.J
+        index = np.arange(J) if chain_index is None else np.asarray(chain_index)
+        if sorted(index.tolist()) != list(range(J)):
+            raise ValueError(f"chain_index must order 0 .. {J - 1}, got {index.tolist()}")
+        with torch.no_grad():
+            self.chain_index.copy_(torch.as_tensor(index, dtype=torch.int64))
+            self.output_index.copy_(torch.as_tensor(np.argsort(index), dtype=torch.int64))
+        arrays = {"rotations": (rotations, (J, 3, 3)), "translations": (translations, (J, 3)),
+                  "axes": (axes, (J, 3)), "masses": (masses, (J,)),
+                  "centres": (centres, (J, 3)), "gravity": (gravity, (3,))}
+        for name, (value, shape) in arrays.items():
+            value = np.asarray(value, dtype=np.float64)
+            if value.shape != shape or not np.all(np.isfinite(value)):
+                raise ValueError(f"the gravity chain's {name} must be finite with shape {shape}, "
+                                 f"got {value.shape}")
+            if name == "axes":
+                norms = np.linalg.norm(value, axis=1, keepdims=True)
+                if np.any(norms < 1e-9):
+                    raise ValueError("the gravity chain's axes must be non-zero vectors")
+                value = value / norms
+            with torch.no_grad():
+                getattr(self, name).copy_(torch.as_tensor(value, dtype=torch.float32))
+        a = self.axes.double().numpy()
+        skews = np.zeros((J, 3, 3))
+        skews[:, 0, 1], skews[:, 0, 2], skews[:, 1, 2] = -a[:, 2], a[:, 1], -a[:, 0]
+        with torch.no_grad():
+            self.skews.copy_(torch.as_tensor(skews - np.swapaxes(skews, 1, 2),
+                                             dtype=torch.float32))
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        q = q[:, self.chain_index]
+        B = q.shape[0]
+        rotation = torch.eye(3, dtype=q.dtype, device=q.device).expand(B, 3, 3)
+        origin = torch.zeros(B, 3, dtype=q.dtype, device=q.device)
+        axes: list[torch.Tensor] = []
+        origins: list[torch.Tensor] = []
+        centres: list[torch.Tensor] = []
+        for j in range(self.J):
+            # The joint's frame at q_j = 0, then the rotation q_j about its axis (Rodrigues).
+            origin = origin + rotation @ self.translations[j]
+            rotation = rotation @ self.rotations[j]
+            axes.append(rotation @ self.axes[j])
+            origins.append(origin)
+            skew = self.skews[j]
+            angle = q[:, j].reshape(B, 1, 1)
+            rotation = rotation @ (torch.eye(3, dtype=q.dtype, device=q.device)
+                                   + torch.sin(angle) * skew
+                                   + (1.0 - torch.cos(angle)) * (skew @ skew))
+            centres.append(origin + rotation @ self.centres[j])
+        # G_j = −a_j · Σ_{i≥j} (c_i − o_j) × w_i = −a_j · (Σ_{i≥j} c_i × w_i − o_j × Σ_{i≥j} w_i),
+        # w_i = m_i g: both sums are suffix sums over the chain.
+        weight = (self.masses[:, None] * self.gravity).expand(B, self.J, 3)       # (B, J, 3)
+        moments = torch.linalg.cross(torch.stack(centres, dim=1), weight, dim=2)
+        moments = torch.flip(torch.cumsum(torch.flip(moments, [1]), dim=1), [1])
+        weights = torch.flip(torch.cumsum(torch.flip(weight, [1]), dim=1), [1])
+        moments = moments - torch.linalg.cross(torch.stack(origins, dim=1), weights, dim=2)
+        torques = -(torch.stack(axes, dim=1) * moments).sum(dim=2)                 # (B, J)
+        return torques[:, self.output_index]
+
+
 def _mlp(dX: int, dU: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
     layers: list[nn.Module] = []
     width_in = dX
@@ -92,8 +193,11 @@ class Policy(nn.Module):
 
     Buffers (saved in ``state_dict`` with the weights):
         state_mean (dX,), state_std (dX,): input normaliser, x̂ = (x − mean) / std;
-        action_offset (dU,), action_scale (dU,): output scaling, μ_θ(x) = offset + scale ⊙
-            net(x̂) (0 and 1 unless PolicySettings.normalize_actions);
+        base_gain (dU, dX), base_bias (dU,): a fixed affine action the network's output is
+            added to (zeros unless PolicySettings.action_base), so that
+            μ_θ(x) = base_gain x + base_bias + offset + scale ⊙ net(x̂);
+        action_offset (dU,), action_scale (dU,): output scaling of the network's part (0 and
+            1 unless PolicySettings.normalize_actions);
         action_variance (dU,): diagonal of the action covariance;
         normalizer_fitted (): whether the normaliser was fitted from data;
         s_steps (): number of S-steps trained, which varies the minibatch order between
@@ -129,6 +233,11 @@ class Policy(nn.Module):
         self.register_buffer("action_offset", torch.zeros(self.dU))
         self.register_buffer("action_scale", torch.ones(self.dU))
         self.register_buffer("action_scaling_fitted", torch.tensor(False))
+        self.register_buffer("base_gain", torch.zeros(self.dU, self.dX))
+        self.register_buffer("base_bias", torch.zeros(self.dU))
+        # G(q) of the robot, q the state's first dU entries (core.rollouts.StateLayout).
+        self.gravity = SerialChainGravity(self.dU)
+        self.register_buffer("gravity_base", torch.tensor(False))
         self.register_buffer("s_steps", torch.tensor(0, dtype=torch.int64))
         self.to(resolve_device(device))
 
@@ -150,8 +259,57 @@ class Policy(nn.Module):
         return self.state_mean.device
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
+        action = state @ self.base_gain.T + self.base_bias + self.residual(state)
+        if bool(self.gravity_base):
+            action = action + self.gravity(state[:, :self.dU])
+        return action
+
+    def residual(self, state: torch.Tensor) -> torch.Tensor:
+        """Return the network's part of μ_θ (B, dU) at states (B, dX): μ_θ less the base."""
         return self.action_offset + self.action_scale * self.network(
             (state - self.state_mean) / self.state_std)
+
+    def set_gravity_base(self, **chain) -> None:
+        """Add the gravity torque G(q) of a chain (SerialChainGravity.set_chain's arguments)."""
+        self.gravity.set_chain(**chain)
+        with torch.no_grad():
+            self.gravity_base.fill_(True)
+
+    def set_action_base(self, gain: np.ndarray, bias: np.ndarray) -> None:
+        """
+        Set the fixed affine action base_gain x + base_bias, gain (dU, dX), bias (dU,).
+
+        The network then learns the residual over it. Meant before the first S-step: it
+        changes the policy's function.
+        """
+        gain = np.asarray(gain, dtype=np.float64)
+        bias = np.asarray(bias, dtype=np.float64)
+        if gain.shape != (self.dU, self.dX) or bias.shape != (self.dU,):
+            raise ValueError(f"the action base needs gain (dU, dX) = ({self.dU}, {self.dX}) and "
+                             f"bias (dU,) = ({self.dU},); got {gain.shape} and {bias.shape}")
+        if not (np.all(np.isfinite(gain)) and np.all(np.isfinite(bias))):
+            raise ValueError("the action base's gain and bias must be finite")
+        with torch.no_grad():
+            self.base_gain.copy_(torch.as_tensor(gain, dtype=torch.float32))
+            self.base_bias.copy_(torch.as_tensor(bias, dtype=torch.float32))
+
+    def base_actions(self, X: np.ndarray) -> np.ndarray:
+        """
+        Return the base actions (..., dU) at states X (..., dX).
+
+        They are base_gain x + base_bias, plus G(q) with the gravity base.
+        """
+        states = np.asarray(X, dtype=np.float64)
+        gain = self.base_gain.detach().double().cpu().numpy()
+        bias = self.base_bias.detach().double().cpu().numpy()
+        actions = states @ gain.T + bias
+        if bool(self.gravity_base):
+            with torch.no_grad():
+                q = torch.as_tensor(states.reshape(-1, self.dX)[:, :self.dU],
+                                    dtype=torch.float32, device=self.device)
+                actions = actions + self.gravity(q).double().cpu().numpy().reshape(
+                    actions.shape)
+        return actions
 
     def fit_action_scaling(self, target_mean: np.ndarray, min_std: float = 1e-3) -> None:
         """
@@ -434,6 +592,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> Policy:
                              config["hidden_sizes"], config["activation"])
     else:
         policy = Policy(config["dX"], config["dU"], config["hidden_sizes"], config["activation"])
-    # Checkpoints from before the output scaling lack its buffers: identity scaling.
+    # Checkpoints from before the output scaling or the action base lack their buffers:
+    # identity scaling, no base.
     policy.load_state_dict({**policy.state_dict(), **checkpoint["state_dict"]})
     return policy.to(resolve_device(device)).eval()

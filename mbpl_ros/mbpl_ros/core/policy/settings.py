@@ -11,11 +11,14 @@ from typing import Optional
 
 from mbpl_ros.core.settings import setting, settings_dataclass
 
-__all__ = ["ACTIVATION_NAMES", "ImagePolicySettings", "MdgpsSettings", "PolicyPriorSettings",
+__all__ = ["ACTION_BASES", "ACTIVATION_NAMES", "ImagePolicySettings", "MdgpsSettings",
+           "PolicyPriorSettings",
            "PolicySettings"]
 
 #: The activations core.policy.network.ACTIVATIONS provides, by name.
 ACTIVATION_NAMES = ("relu", "tanh", "elu", "softplus", "silu")
+#: What PolicySettings.action_base may name.
+ACTION_BASES = ("none", "gravity", "initial_controller")
 
 
 @settings_dataclass
@@ -100,6 +103,12 @@ class PolicySettings:
     normalize_actions: bool = setting(
         "scale the policy's outputs by the mean and std. dev. of the first S-step's target "
         "actions: for actions of tens of N·m (an arm's gravity torques)", False)
+    action_base: str = setting(
+        "what the network's output is added to, so that it learns only the residual: none; "
+        "gravity (the robot's gravity torque G(q) from its model, computed inside the "
+        "exported policy); or initial_controller (the initial controllers' affine action "
+        "K̄x + k̄, averaged over conditions and time steps)",
+        "none", choices=ACTION_BASES, allowed="'none', 'gravity' or 'initial_controller'")
     loss_includes_log_det: bool = setting(
         "report the S-step loss with its θ-independent −E[log det Λ] term, i.e. as the "
         "policy's Gaussian NLL up to constants (gradients unchanged)", False)

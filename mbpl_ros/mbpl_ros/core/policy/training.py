@@ -150,8 +150,12 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
             policy.fit_normalization(X, images, settings.min_state_std, preserve_function=True)
         else:
             policy.fit_normalization(X, settings.min_state_std, preserve_function=True)
+    # The network fits the residual over a state policy's fixed action base (zero
+    # without one), computed once here rather than at every minibatch.
+    target_residual = (target_mean if needs_image
+                       else target_mean - policy.base_actions(X))     # (N, T, dU)
     if settings.normalize_actions and not bool(policy.action_scaling_fitted):
-        policy.fit_action_scaling(target_mean)
+        policy.fit_action_scaling(target_residual)
 
     # Deterministic per S-step: (seed, how many S-steps this policy has seen).
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + int(policy.s_steps))
@@ -180,7 +184,7 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         def flat(a: np.ndarray, tail: tuple[int, ...]) -> torch.Tensor:
             return torch.as_tensor(a[rollouts].reshape((-1,) + tail), dtype=torch.float32,
                                    device=device)
-        tensors = (flat(inputs, (inputs.shape[2],)), flat(target_mean, (dU,)),
+        tensors = (flat(inputs, (inputs.shape[2],)), flat(target_residual, (dU,)),
                    flat(target_precision, (dU, dU)), flat(sample_weights, ()))
         if needs_image:   # converted once, not at every minibatch
             tensors += (policy.pixels(torch.as_tensor(
@@ -188,7 +192,7 @@ def train_policy(policy: Policy, X: np.ndarray, target_mean: np.ndarray,
         return tensors
 
     def predict(data: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return policy.forward_pixels(data[0], data[4]) if needs_image else policy(data[0])
+        return policy.forward_pixels(data[0], data[4]) if needs_image else policy.residual(data[0])
 
     train = as_tensors(train_rollouts)
     held_out = as_tensors(held_out_rollouts) if n_held_out else None
