@@ -48,6 +48,31 @@ def largest_relative_difference(rows, reference) -> float:
     return worst
 
 
+def graph_and_offline(config, config_path: Path, output: Path, seed: int) -> tuple:
+    """
+    Run the experiment through `mbpl sim`'s graph, then offline, with one training seed.
+
+    Returns (graph_rows, graph_s, offline_rows, offline_s): both runs' metrics rows and
+    wall-clock times; the runs are written under output/graph_<seed> and train_<seed>.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from mbpl_ros import sim_runner
+    from mbpl_ros.nodes import graph
+
+    overrides = {spec.name: {"experiment_config": str(config_path)}
+                 for spec in graph.nodes(with_sim=True)}
+    overrides["gps_trainer"].update(output_dir=str(output / f"graph_{seed}"), seed=seed)
+    start = time.perf_counter()
+    graph_rows = sim_runner.run_graph(SIM_CONFIG, overrides)
+    graph_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with threadpool_limits(limits=1):
+        run = TrainingRun(config, output / f"train_{seed}", seed, log=io.StringIO())
+        offline_rows = run.run(config.iterations)
+    return graph_rows, graph_s, offline_rows, time.perf_counter() - start
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
@@ -57,25 +82,13 @@ def main() -> int:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from mbpl_ros import sim_runner
-    from mbpl_ros.nodes import graph
-
     torch.set_num_threads(1)
     config = load_experiment(CONFIG)
     output = Path(args.output or tempfile.mkdtemp(prefix="mbpl_mdgps_graph_"))
     results = []
     for seed in args.seeds:
-        overrides = {spec.name: {"experiment_config": str(CONFIG)}
-                     for spec in graph.nodes(with_sim=True)}
-        overrides["gps_trainer"].update(output_dir=str(output / f"graph_{seed}"), seed=seed)
-        start = time.perf_counter()
-        graph_rows = sim_runner.run_graph(SIM_CONFIG, overrides)
-        graph_s = time.perf_counter() - start
-        start = time.perf_counter()
-        with threadpool_limits(limits=1):
-            run = TrainingRun(config, output / f"train_{seed}", seed, log=io.StringIO())
-            offline_rows = run.run(config.iterations)
-        offline_s = time.perf_counter() - start
+        graph_rows, graph_s, offline_rows, offline_s = graph_and_offline(config, CONFIG,
+                                                                         output, seed)
         success = {}
         for name in ("graph", "train"):
             with threadpool_limits(limits=1):

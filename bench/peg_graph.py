@@ -14,11 +14,9 @@ after the last iteration (both runs), both wall-clock times; then medians.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +27,8 @@ sys.path.insert(0, str(PACKAGE))
 sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
-from mdgps_graph import largest_relative_difference  # noqa: E402
+from mdgps_graph import graph_and_offline, largest_relative_difference  # noqa: E402
 from mbpl_ros.experiment import load_experiment  # noqa: E402
-from mbpl_ros.offline import TrainingRun  # noqa: E402
 
 CONFIG = PACKAGE / "config" / "peg_insertion.yaml"
 SIM_CONFIG = PACKAGE / "config" / "sim_reacher_2link.yaml"
@@ -53,10 +50,6 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from threadpoolctl import threadpool_limits
-
-    from mbpl_ros import sim_runner
-    from mbpl_ros.nodes import graph
 
     torch.set_num_threads(1)
     path = Path(args.config).resolve()
@@ -64,17 +57,8 @@ def main() -> int:
     output = Path(args.output or tempfile.mkdtemp(prefix="mbpl_peg_graph_"))
     results = []
     for seed in args.seeds:
-        overrides = {spec.name: {"experiment_config": str(path)}
-                     for spec in graph.nodes(with_sim=True)}
-        overrides["gps_trainer"].update(output_dir=str(output / f"graph_{seed}"), seed=seed)
-        start = time.perf_counter()
-        graph_rows = sim_runner.run_graph(SIM_CONFIG, overrides)
-        graph_s = time.perf_counter() - start
-        start = time.perf_counter()
-        with threadpool_limits(limits=1):
-            run = TrainingRun(config, output / f"train_{seed}", seed, log=io.StringIO())
-            offline_rows = run.run(config.iterations)
-        offline_s = time.perf_counter() - start
+        graph_rows, graph_s, offline_rows, offline_s = graph_and_offline(config, path, output,
+                                                                         seed)
         difference = largest_relative_difference(graph_rows, offline_rows)
         (first_g, end_g), (first_t, end_t) = (insertion(rows, config.success_distance_m)
                                               for rows in (graph_rows, offline_rows))
