@@ -17,8 +17,8 @@ Publishes    effort_controller/commands (std_msgs/Float64MultiArray, one effort 
              gps/estop_latched (std_msgs/Bool, transient local): the e-stop latch
 Serves       gps/run_trial (mbpl_ros_interfaces/RunTrial action): runs one trial per goal
              ~/reset_estop (std_srvs/Trigger): clears the e-stop latch
-Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service only; with a
-             camera, the reset also puts sim_robot's target sphere at the trial's target)
+Calls        <sim_node>/set_parameters, <sim_node>/reset (reset_mode sim_service only; the
+             reset puts sim_robot's fixtures and target sphere at the trial's target)
 
 A trial: reset to the request's start pose — with a PD phase that drives the arm there
 (`reset_mode: pd`, what a real robot needs) or by setting sim_robot's initial_positions and
