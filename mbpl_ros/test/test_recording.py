@@ -149,15 +149,15 @@ def test_standard_readers_read_the_recording(trained):
     np.testing.assert_array_equal([rollout.target.x, rollout.target.y, rollout.target.z], ours[1].target)
 
 
-def test_an_independent_reader_decodes_the_typed_messages_from_their_embedded_definitions(trained):
-    """rosbags (its own MCAP reader and CDR decoder, no ROS, no mcap_ros2) builds the types
-    from the definitions the file embeds and decodes every Rollout."""
+def rosbags_rollouts(path: Path) -> list:
+    """Every Rollout of `path` as rosbags decodes it (its own MCAP reader and CDR decoder),
+    with the types built from the definitions the file embeds."""
     from rosbags.rosbag2 import Reader
     from rosbags.typesys import Stores, get_typestore
     from rosbags.typesys.msg import get_types_from_msg
 
     typestore = get_typestore(Stores.EMPTY)
-    with Reader(trained / "rollouts.mcap") as reader:
+    with Reader(path) as reader:
         connections = {c.topic: c for c in reader.connections}
         assert connections[ROLLOUTS_TOPIC].msgtype == ROLLOUT_TYPE
         for connection in reader.connections:   # each schema: its type, then "MSG: <dependency>" sections
@@ -167,8 +167,14 @@ def test_an_independent_reader_decodes_the_typed_messages_from_their_embedded_de
                 name, _, text = section.partition("\n")
                 types.update(get_types_from_msg(text, name.removeprefix("MSG: ").replace("/", "/msg/", 1)))
             typestore.register(types)
-        decoded = [typestore.deserialize_cdr(data, ROLLOUT_TYPE)
-                   for _, _, data in reader.messages(connections=[connections[ROLLOUTS_TOPIC]])]
+        return [typestore.deserialize_cdr(data, ROLLOUT_TYPE)
+                for _, _, data in reader.messages(connections=[connections[ROLLOUTS_TOPIC]])]
+
+
+def test_an_independent_reader_decodes_the_typed_messages_from_their_embedded_definitions(trained):
+    """rosbags (its own MCAP reader and CDR decoder, no ROS, no mcap_ros2) builds the types
+    from the definitions the file embeds and decodes every Rollout."""
+    decoded = rosbags_rollouts(trained / "rollouts.mcap")
     ours = read_recording(trained / "rollouts.mcap").rollouts
     assert len(decoded) == len(ours) == ITERATIONS * M * N
     for message, rollout in zip(decoded, ours):
@@ -359,10 +365,6 @@ def test_a_rollouts_camera_images_are_recorded_as_images_that_rosbags_decodes(tm
     """Images (T, H, W, 3) go into the Rollout as sensor_msgs/Image (rgb8, stamped like the
     joint states); our reader and rosbags (from the embedded definitions) get them back, and
     a resumed recording keeps them."""
-    from rosbags.rosbag2 import Reader
-    from rosbags.typesys import Stores, get_typestore
-    from rosbags.typesys.msg import get_types_from_msg
-
     path = tmp_path / "rollouts.mcap"
     rng = np.random.default_rng(3)
     seen = synthetic_rollout(0)
@@ -375,18 +377,7 @@ def test_a_rollouts_camera_images_are_recorded_as_images_that_rosbags_decodes(tm
     assert recording.problem is None
     np.testing.assert_array_equal(recording.rollouts[0].images, seen.images)
     assert recording.rollouts[1].images is None
-    typestore = get_typestore(Stores.EMPTY)
-    with Reader(path) as reader:
-        connections = {c.topic: c for c in reader.connections}
-        for connection in reader.connections:
-            sections = connection.msgdef.data.split("=" * 80 + "\n")
-            types = get_types_from_msg(sections[0], connection.msgtype)
-            for section in sections[1:]:
-                name, _, text = section.partition("\n")
-                types.update(get_types_from_msg(text, name.removeprefix("MSG: ").replace("/", "/msg/", 1)))
-            typestore.register(types)
-        decoded = [typestore.deserialize_cdr(data, ROLLOUT_TYPE)
-                   for _, _, data in reader.messages(connections=[connections[ROLLOUTS_TOPIC]])]
+    decoded = rosbags_rollouts(path)
     images = decoded[0].images
     assert len(images) == seen.T and len(decoded[1].images) == 0
     assert {(i.encoding, i.height, i.width, i.step) for i in images} == {("rgb8", 6, 5, 15)}
