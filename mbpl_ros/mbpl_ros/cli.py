@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "default the one RUN/run.json names)")
     evaluate.add_argument("--iteration", type=int,
                           help="with --run: the checkpoint's iteration (default: the newest)")
-    evaluate.add_argument("--conditions", "--count", dest="conditions", type=int, default=20,
+    evaluate.add_argument("--conditions", type=int, default=20,
                           help="number of held-out initial conditions (or held-out targets, "
                                "where only the targets vary)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of the held-out conditions")
