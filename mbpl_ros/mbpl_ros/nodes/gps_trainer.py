@@ -235,6 +235,10 @@ class GpsTrainerNode(Node):
             SetParameters, f"{self.controller_node}/set_parameters", callback_group=group)
         self._policy_set: Optional[tuple] = None  # (path, version) lqr_controller last confirmed
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Every client, publisher and subscription exists before the executor spins: rclpy's
+        # ActionClient is added to the node before its lock exists, so one made while spinning
+        # can kill the executor's thread.
+        self._source = SpreadTrials(self) if self.robots else RosTrials(self)
         self._worker = threading.Thread(target=self._run, name="gps_trainer", daemon=True)
         self._worker.start()
 
@@ -401,7 +405,7 @@ class GpsTrainerNode(Node):
             import torch
 
             torch.set_num_threads(1)   # a small network: threads cost more than they give
-        source = SpreadTrials(self) if self.robots else RosTrials(self)
+        source = self._source
         self._loop = TrainingLoop(
             self.config, self.output, self.seed, source, record=True, say=self._say,
             allow_incomplete_recording=self.allow_incomplete_recording,
