@@ -3,11 +3,13 @@ MDGPS through the ROS node graph against `mbpl train`: the same policy, the same
 
 For each training seed: `mbpl sim`'s graph (config/sim_reacher_2link.yaml, lockstep, one
 process: sim_robot, lqr_controller, sample_collector, dynamics_fitter, gps_trainer over DDS)
-runs config/reacher_2link_mdgps.yaml, then `mbpl train` runs it offline with the same seed;
-both exported policies go through `mbpl eval`'s held-out test (20 held-out starts, eval seed
-0, success below 3 cm).
+runs config/reacher_2link_mdgps.yaml (or --config's MDGPS experiment, e.g. the visuomotor
+config/reacher_2link_vision.yaml: sim_robot's camera topic, an image policy), then
+`mbpl train` runs it offline with the same seed; both exported policies go through
+`mbpl eval`'s held-out test (20 held-out starts or targets, eval seed 0, success below
+3 cm).
 
-Run: .venv/bin/python bench/mdgps_graph.py [--seeds 0 1 2] [--output DIR]
+Run: .venv/bin/python bench/mdgps_graph.py [--config YAML] [--seeds 0 1 2] [--output DIR]
 Prints per seed: the largest relative difference over every metrics value (but wall_s)
 between the two runs, both held-out success rates and both wall-clock times; then medians.
 """
@@ -75,6 +77,7 @@ def graph_and_offline(config, config_path: Path, output: Path, seed: int) -> tup
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=CONFIG, help="an MDGPS experiment")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
     parser.add_argument("--output", help="directory for the runs (default: a temporary one)")
     args = parser.parse_args()
@@ -83,11 +86,13 @@ def main() -> int:
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
-    config = load_experiment(CONFIG)
+    config = load_experiment(args.config)
+    if config.algorithm != "mdgps":
+        parser.error(f"{args.config}: algorithm {config.algorithm!r}; allowed: mdgps")
     output = Path(args.output or tempfile.mkdtemp(prefix="mbpl_mdgps_graph_"))
     results = []
     for seed in args.seeds:
-        graph_rows, graph_s, offline_rows, offline_s = graph_and_offline(config, CONFIG,
+        graph_rows, graph_s, offline_rows, offline_s = graph_and_offline(config, args.config,
                                                                          output, seed)
         success = {}
         for name in ("graph", "train"):

@@ -1,7 +1,7 @@
 """
 Visuomotor MDGPS on the 2-link reacher: a policy that finds the target in a camera image.
 
-The figure of issue 17: config/reacher_2link_vision.yaml (9 training targets on a 3x3
+The figure of issue 17: config/reacher_2link_vision.yaml (16 training targets on a 4x4
 grid over a 20 cm x 15 cm region, one start pose, a camera above the arm), MDGPS with the
 image policy (convolutions -> spatial soft-argmax -> MLP; it sees the joint state and a
 64x64 image, never the target), then the exported TorchScript policy run noise-free to

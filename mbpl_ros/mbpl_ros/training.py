@@ -404,7 +404,8 @@ class TrainingLoop:
         from mbpl_ros.robot_model import RobotModel
 
         config = self.config
-        initial = [contiguous(c) for c in config.initial_controllers(RobotModel(config.robot))]
+        robot = RobotModel(config.robot)
+        initial = [contiguous(c) for c in config.initial_controllers(robot)]
         cost = config.build_cost()
         if not self.is_mdgps:
             algorithm = LqrFlm(cost, initial, config.lqr_flm_settings())
@@ -417,10 +418,9 @@ class TrainingLoop:
                      {"observation_indices": observation_indices(config.layout),
                       "image_shape": (config.camera.height, config.camera.width)})
             settings = config.mdgps_settings(self.seed)
-            chain = (gravity_chain(RobotModel(config.robot))
-                     if settings.policy.action_base == "gravity" else None)
+            chain = (gravity_chain(robot) if settings.policy.action_base == "gravity" else None)
             algorithm = Mdgps(cost, initial, settings, config.lqr_flm_settings(),
-                              gravity_chain=chain, **image)
+                              gravity_chain=chain, action_limits=robot.effort_limits, **image)
             local = algorithm.local
         if config.dynamics.description_prior.enabled:
             add_description_prior(local, config)

@@ -109,6 +109,8 @@ class Mdgps:
             policy's actions at each sample's (o, I) on that sample's x.
         gravity_chain: the robot's chain for action_base 'gravity' (the keyword arguments
             of core.policy.network.SerialChainGravity.set_chain).
+        action_limits: (dU,) the robot's effort limits, > 0: the S-step's targets are the
+            controllers' means clamped to them (core.policy.training.controller_targets).
 
     Attributes: ``local`` (the LqrFlm), ``policy`` (the Policy), ``policy_covariance``
     ((dU, dU), Σ_π of the last S-step, see MdgpsSettings.covariance; the policy's
@@ -123,7 +125,8 @@ class Mdgps:
                  policy: Policy | ImagePolicy | None = None,
                  observation_indices: Sequence[int] | None = None,
                  image_shape: Sequence[int] | None = None,
-                 gravity_chain: dict[str, Any] | None = None) -> None:
+                 gravity_chain: dict[str, Any] | None = None,
+                 action_limits: Sequence[float] | None = None) -> None:
         self.settings = MdgpsSettings() if settings is None else settings
         if not isinstance(self.settings, MdgpsSettings):
             raise ValueError("settings must be an MdgpsSettings, got "
@@ -159,6 +162,8 @@ class Mdgps:
             raise ValueError(f"policy maps dX={policy.dX} to dU={policy.dU}; the controllers "
                              f"need dX={self.dX}, dU={self.dU}")
         self.local = LqrFlm(cost, controllers, lqr_flm_settings)
+        self.action_limits = (None if action_limits is None
+                              else np.asarray(action_limits, dtype=np.float64))
         self.policy = policy
         self.policy_covariance = policy.action_covariance()
         self._policy_priors: list[Optional[GMMPrior]] = [None] * len(controllers)
@@ -206,11 +211,11 @@ class Mdgps:
         """
         Train the policy on every condition's rollout states X_m (N_m, T, dX).
 
-        The targets are those of the controller p_m: means K_t x + k_t and precisions Σ_t⁻¹; then
-        set ``policy_covariance``. Returns train_policy's result.
+        The targets are those of the controller p_m: means K_t x + k_t (clamped to
+        ``action_limits``) and precisions Σ_t⁻¹; then set ``policy_covariance``. Returns train_policy's result.
         """
         batches = self._split(rollouts)
-        targets = [controller_targets(controller, batch.X)
+        targets = [controller_targets(controller, batch.X, self.action_limits)
                    for controller, batch in zip(self.controllers, batches)]
         X = np.concatenate([batch.X for batch in batches])                  # (N, T, dX)
         target_mean = np.concatenate([mean for mean, _ in targets])         # (N, T, dU)

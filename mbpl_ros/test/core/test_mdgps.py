@@ -174,6 +174,37 @@ def test_s_step_targets_are_the_current_controllers():
     np.testing.assert_allclose(algorithm.policy.action_mean(X), X @ K.T + k, atol=5e-3)
 
 
+def test_a_controller_commanding_far_beyond_the_limits_does_not_break_the_policy_elsewhere():
+    """One condition's controller (a C-step's bad fit) commands 50x the effort limits: with
+    action_limits the S-step fits the clamped command there, and the policy still follows
+    the other condition's controller; without them the shared network is pulled off it."""
+    rng = np.random.default_rng(5)
+    K = rng.normal(size=(dU, dX))
+    good = LinearGaussianController.from_covar(np.broadcast_to(K, (T, dU, dX)),
+                                               np.zeros((T, dU)), 0.01 * np.eye(dU))
+    wild = LinearGaussianController.from_covar(np.broadcast_to(-50.0 * K, (T, dU, dX)),
+                                               np.full((T, dU), 50.0), 0.01 * np.eye(dU))
+    X = rng.normal(scale=0.2, size=(2 * N_PER_CONDITION, T, dX))
+    X[N_PER_CONDITION:] += 1.0                 # the wild condition's states, nearby
+    batch = Rollouts(X, np.zeros((2 * N_PER_CONDITION, T, dU)),
+                     np.repeat([0, 1], N_PER_CONDITION))
+    limits = np.array([1.0, 1.0])
+    errors = {}
+    for name, action_limits in (("clamped", limits), ("free", None)):
+        settings = MdgpsSettings(policy=PolicySettings(hidden_sizes=(32,), iterations=1000,
+                                                       learning_rate=1e-2, seed=0))
+        algorithm = Mdgps(COST, [good, wild], settings, LqrFlmSettings(),
+                          action_limits=action_limits)
+        algorithm.s_step(batch)
+        good_states = X[:N_PER_CONDITION]
+        errors[name] = np.max(np.abs(algorithm.policy.action_mean(good_states)
+                                     - good_states @ K.T))
+        if name == "clamped":
+            wild_actions = algorithm.policy.action_mean(X[N_PER_CONDITION:])
+            assert np.max(np.abs(wild_actions)) < 1.5 * limits.max()
+    assert errors["clamped"] < 0.1 < errors["free"], errors
+
+
 def test_full_and_diagonal_policy_covariance():
     """Correlated controller noise Σ: the full Σ_π is E[Σ⁻¹]⁻¹ = Σ; the diagonal one is
     diag(1/diag(Σ⁻¹)), narrower than Σ's marginals."""

@@ -224,6 +224,26 @@ def test_controller_targets_match_per_sample_evaluation():
             np.testing.assert_allclose(precision[n, t], np.diag([2.0, 0.5]))
 
 
+def test_controller_targets_are_clamped_to_the_action_limits_and_bad_limits_rejected():
+    """Targets beyond ±action_limits become the limit (what the robot applies); those inside
+    are unchanged; limits of the wrong shape or not > 0 are refused."""
+    rng = np.random.default_rng(9)
+    T, dX, dU, N = 4, 3, 2, 6
+    K, k = 5.0 * rng.normal(size=(T, dU, dX)), rng.normal(size=(T, dU))
+    controller = LinearGaussianController.from_covar(K, k, np.eye(dU))
+    X = rng.normal(size=(N, T, dX))
+    limits = np.array([2.0, 0.5])
+    free, _ = controller_targets(controller, X)
+    clamped, _ = controller_targets(controller, X, limits)
+    assert np.any(np.abs(free) > limits) and np.all(np.abs(clamped) <= limits)
+    inside = np.abs(free) <= limits
+    np.testing.assert_array_equal(clamped[inside], free[inside])
+    np.testing.assert_array_equal(clamped[~inside], (np.sign(free) * limits)[~inside])
+    for bad in ([2.0], [2.0, 0.0], [2.0, -1.0]):
+        with pytest.raises(ValueError, match="action_limits must be"):
+            controller_targets(controller, X, bad)
+
+
 @pytest.mark.parametrize("field, value", [
     ("hidden_sizes", (64, 0)),
     ("hidden_sizes", "64"),

@@ -23,19 +23,30 @@ from mbpl_ros.core.policy.settings import PolicySettings
 __all__ = ["controller_targets", "train_policy"]
 
 
-def controller_targets(controller: LinearGaussianController,
-                       X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def controller_targets(controller: LinearGaussianController, X: np.ndarray,
+                       action_limits: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """
     Return the S-step targets of one condition's controller at its rollout states X.
 
-    X (N, T, dX) gives the means K_t x_t + k_t (N, T, dU) and the precisions Σ_t⁻¹ tiled
-    to (N, T, dU, dU).
+    X (N, T, dX) gives the means K_t x_t + k_t (N, T, dU), clamped to ±action_limits (dU,)
+    when given, and the precisions Σ_t⁻¹ tiled to (N, T, dU, dU).
+
+    The clamp is what the robot applies of a command beyond its effort limits. It matters
+    when a C-step's dynamics fit was wrong: that controller's gains then command many times
+    the limits at its states, and fitting one shared network to such targets breaks it at
+    every condition, after which each C-step is anchored to a broken policy.
     """
     states = np.asarray(X, dtype=np.float64)
     if states.ndim != 3 or states.shape[1:] != (controller.T, controller.dX):
         raise ValueError(f"X must have shape (N, T={controller.T}, dX={controller.dX}), "
                          f"got {states.shape}")
     mean = controller.mean_actions(states)
+    if action_limits is not None:
+        limits = np.asarray(action_limits, dtype=np.float64)
+        if limits.shape != (controller.dU,) or not np.all(limits > 0):
+            raise ValueError(f"action_limits must be (dU={controller.dU},) values > 0 (the "
+                             f"effort limits), got {limits.tolist()}")
+        mean = np.clip(mean, -limits, limits)
     precision = np.broadcast_to(controller.inv_covar[None],
                                 (states.shape[0],) + controller.inv_covar.shape).copy()
     return mean, precision
