@@ -212,7 +212,8 @@ class Mdgps:
         Train the policy on every condition's rollout states X_m (N_m, T, dX).
 
         The targets are those of the controller p_m: means K_t x + k_t (clamped to
-        ``action_limits``) and precisions Σ_t⁻¹; then set ``policy_covariance``. Returns train_policy's result.
+        ``action_limits``) and precisions Σ_t⁻¹; then set ``policy_covariance``. Returns
+        train_policy's result.
         """
         batches = self._split(rollouts)
         targets = [controller_targets(controller, batch.X, self.action_limits)
