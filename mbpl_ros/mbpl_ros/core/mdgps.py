@@ -8,8 +8,10 @@ iteration, from rollouts of the current controllers p_m (or of the policy itself
 
   1. S-step: fit π_θ to all controllers at once, minimising over the rollout states x
 
-         Σ_m E_{x ~ p_m} (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)),   μ_m(x) = K_t x + k_t,
+         Σ_m E_{x ~ p_m} (μ_θ(x) − μ_m(x))ᵀ Σ_m⁻¹ (μ_θ(x) − μ_m(x)),
+         μ_m(x) = clip(K_t x + k_t, −u_max, u_max),
 
+     u_max the robot's effort limits, what it would apply of the controller's command
      (core.policy.training.train_policy; the variance has a closed form);
   2. linearise π_θ around each condition's rollouts: π̄_m(u|x, t) = N(K̄_t x + k̄_t, S̄_t),
      a per-time-step Bayesian linear regression of μ_θ(x) on x with a GMM prior over
