@@ -39,6 +39,7 @@ was down reach it when gps_trainer publishes the awaited batch again.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -150,6 +151,10 @@ class DynamicsFitterNode(Node):
             self.get_logger().error(f"ignored rollout {rollout.trial_id}: condition {m}, "
                                     f"T={rollout.X.shape[0]} do not fit the experiment")
             return
+        # A fit needs the states and efforts only. The rest (a camera's images: hundreds of kB
+        # a rollout) stays out of the batches, and so out of the state file written per rollout.
+        rollout = dataclasses.replace(rollout, joint_states=(), commands=None, images=None,
+                                      image_stamps_ns=None)
         batch = self._touch(m, rollout.controller_version)
         batch.rollouts[rollout.index] = rollout
         complete = len(batch.rollouts) >= self.config.rollouts_per_condition

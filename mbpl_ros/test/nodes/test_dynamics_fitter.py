@@ -54,13 +54,15 @@ class Trainer:
         self.node.create_subscription(interfaces.LinearGaussianDynamics, wire.DYNAMICS_TOPIC, self.fits, wire.EVENTS_QOS)
         self.rollouts = self.node.create_publisher(interfaces.Rollout, wire.ROLLOUTS_TOPIC, wire.EVENTS_QOS)
 
-    def sample(self, version, X, U, first_id, timeout=20):
-        """Publish a batch of version `version`; its complete fit (waited for) by trial ids."""
+    def sample(self, version, X, U, first_id, timeout=20, images=None):
+        """Publish a batch of version `version` (with images (N, T, H, W, 3), if given); its
+        complete fit (waited for) by trial ids."""
         ids = tuple(range(first_id, first_id + N))
         for n in range(N):
             self.rollouts.publish(wire.encode_rollout(wire.RolloutMessage(
                 trial_id=ids[n], condition=0, iteration=version + 1, index=n, controller_version=version,
-                purpose="sample", status=wire.TrialStatus.OK, X=X[n], U=U[n])))
+                purpose="sample", status=wire.TrialStatus.OK, X=X[n], U=U[n],
+                images=None if images is None else images[n])))
 
         def complete(items):
             return [m for m in items if m.complete and m.controller_version == version and m.trial_ids == ids]
@@ -110,7 +112,9 @@ def test_a_restarted_or_resumed_trainer_gets_the_fits_of_lqr_flm_at_any_version(
 def test_the_fitter_keeps_its_batches_in_state_file_and_refuses_another_experiments(ros_context,
                                                                                     tmp_path):
     """state_file: a restarted fitter has the batches and priors (the next version's fit is
-    LQR-FLM's chain, not a fresh prior's); a state file of another experiment stops the start."""
+    LQR-FLM's chain, not a fresh prior's); a camera's images, which no fit needs, are kept
+    out of it (it is written after every rollout); a state file of another experiment stops
+    the start."""
     from mbpl_ros.nodes.common import NodeParameterError
 
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=T, N=N)
@@ -122,8 +126,12 @@ def test_the_fitter_keeps_its_batches_in_state_file_and_refuses_another_experime
     trainer = Trainer(ros_context)
     with spinning(ros_context, [fitter, trainer]):
         wait_until(lambda: trainer.rollouts.get_subscription_count(), what="discovery")
-        trainer.sample(0, *data[0], first_id=10)
+        images = np.random.default_rng(0).integers(0, 256, (N, T, 64, 64, 3), dtype=np.uint8)
+        trainer.sample(0, *data[0], first_id=10, images=images)
+    assert state.stat().st_size < images.nbytes / 4
     restarted = DynamicsFitterNode(context=ros_context, parameter_overrides=overrides)
+    assert all(rollout.images is None for batch in restarted.batches.values()
+               for rollout in batch.rollouts.values())
     trainer = Trainer(ros_context)
     with spinning(ros_context, [restarted, trainer]):
         wait_until(lambda: trainer.rollouts.get_subscription_count(), what="discovery")
