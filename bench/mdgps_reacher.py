@@ -63,7 +63,7 @@ def main() -> int:
     config = dataclasses.replace(config, algorithm="mdgps")
     print(f"{config.robot}: {len(config.conditions)} training conditions x "
           f"{config.rollouts_per_condition} rollouts, {args.iterations} MDGPS iterations, "
-          f"T={config.T}; policy {config.policy.hidden_sizes} {config.policy.activation}; "
+          f"T={config.T}; policy {list(config.policy.hidden_sizes)} {config.policy.activation}; "
           f"{args.held_out} held-out starts (seed {args.eval_seed}), success < "
           f"{100 * SUCCESS_DISTANCE_M:.0f} cm")
     output = Path(args.output) if args.output else Path(tempfile.mkdtemp(prefix="mdgps_reacher_"))

@@ -39,10 +39,9 @@ was down reach it when gps_trainer publishes the awaited batch again.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import sys
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -153,8 +152,8 @@ class DynamicsFitterNode(Node):
             return
         # A fit needs the states and efforts only. The rest (a camera's images: hundreds of kB
         # a rollout) stays out of the batches, and so out of the state file written per rollout.
-        rollout = dataclasses.replace(rollout, joint_states=(), commands=None, images=None,
-                                      image_stamps_ns=None)
+        rollout = replace(rollout, joint_states=(), commands=None, images=None,
+                          image_stamps_ns=None)
         batch = self._touch(m, rollout.controller_version)
         batch.rollouts[rollout.index] = rollout
         complete = len(batch.rollouts) >= self.config.rollouts_per_condition
