@@ -19,6 +19,7 @@ import torch
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.policy.network import Policy, resolve_device
 from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.safety import clamp_effort
 
 __all__ = ["controller_targets", "train_policy"]
 
@@ -46,7 +47,7 @@ def controller_targets(controller: LinearGaussianController, X: np.ndarray,
         if limits.shape != (controller.dU,) or not np.all(limits > 0):
             raise ValueError(f"action_limits must be (dU={controller.dU},) values > 0 (the "
                              f"effort limits), got {limits.tolist()}")
-        mean = np.clip(mean, -limits, limits)
+        mean = clamp_effort(mean, limits)   # the law the commands to the robot obey
     precision = np.broadcast_to(controller.inv_covar[None],
                                 (states.shape[0],) + controller.inv_covar.shape).copy()
     return mean, precision
