@@ -183,6 +183,8 @@ class PolicyConfig(PolicySettings):
                                  "variance) instead of the local controllers", False)
     linearization_regularization: float = field_from(MdgpsSettings, "linearization_regularization")
     covariance: str = field_from(MdgpsSettings, "covariance")
+    anchor_max_kl: Optional[float] = field_from(MdgpsSettings, "anchor_max_kl")
+    s_step_max_cost_ratio: Optional[float] = field_from(MdgpsSettings, "s_step_max_cost_ratio")
     prior: PolicyPriorSettings = dataclasses.field(
         default_factory=PolicyPriorSettings, metadata={"doc": "GMM prior of the policy "
                                                               "linearisation"})
@@ -332,7 +334,9 @@ class ExperimentConfig:
         network = {f.name: getattr(p, f.name) for f in dataclasses.fields(PolicySettings)}
         return MdgpsSettings(policy=PolicySettings(**{**network, "seed": policy_seed}),
                              policy_prior=p.prior, covariance=p.covariance,
-                             linearization_regularization=p.linearization_regularization)
+                             linearization_regularization=p.linearization_regularization,
+                             anchor_max_kl=p.anchor_max_kl,
+                             s_step_max_cost_ratio=p.s_step_max_cost_ratio)
 
     def initial_controllers(self, arm) -> list[lg.LinearGaussianController]:
         """

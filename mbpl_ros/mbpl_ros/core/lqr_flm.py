@@ -13,7 +13,7 @@ For each condition m, with rollouts drawn from its current controller p_i(u|x):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -84,6 +84,12 @@ class ConditionReport:
     step_mult: float
 
 
+Anchors = Union[Sequence[LinearGaussianController],
+                Callable[[Sequence["ConditionState"]], Sequence[LinearGaussianController]]]
+"""The C-step's KL anchors (M,), or a function of the condition states that returns them
+once every model of this batch is fitted (MDGPS chooses per condition: see
+core.mdgps)."""
+
 StepCosts = Callable[[Sequence["ConditionState"]], np.ndarray]
 """Supplies the step rule's costs: called with the M condition states once every model
 of this batch is fitted (``state.model``; ``state.previous_model`` is the last one), it
@@ -143,20 +149,22 @@ class LqrFlm:
         return [c.controller for c in self.conditions]
 
     def update(self, rollouts: Rollouts,
-               anchors: Sequence[LinearGaussianController] | None = None,
+               anchors: Anchors | None = None,
                step_costs: StepCosts | None = None) -> list[ConditionReport]:
         """
         One LQR-FLM iteration from rollouts of the current controllers.
 
         anchors (M,) replaces the KL anchor of each condition (MDGPS passes the
-        linearised policy); by default each condition stays near its own controller.
+        linearised policy); by default each condition stays near its own controller. It may
+        also be a function of the condition states, called once this batch's models are
+        fitted (``state.model``), that returns the (M,) anchors.
         step_costs replaces the costs the step rule compares (default
         controller_step_costs); it is called from the second iteration on.
         """
         return self._update(rollouts, anchors, dynamics=None, step_costs=step_costs)
 
     def update_with_dynamics(self, rollouts: Rollouts, dynamics: Sequence[LinearGaussianDynamics],
-                             anchors: Sequence[LinearGaussianController] | None = None,
+                             anchors: Anchors | None = None,
                              step_costs: StepCosts | None = None) -> list[ConditionReport]:
         """
         Run update() with each condition's dynamics (M,) fitted elsewhere.
@@ -201,6 +209,8 @@ class LqrFlm:
                 state.step_mult = adjust_step(state.step_mult, previous_cost_estimate=previous,
                                               predicted_new_cost=predicted, actual_new_cost=actual,
                                               settings=self.settings.trajectory_optimization)
+        if callable(anchors):
+            anchors = anchors(self.conditions)
         reports = []
         for m, (state, batch) in enumerate(zip(self.conditions, batches)):
             step = self.settings.trajectory_optimization

@@ -21,7 +21,12 @@ iteration, from rollouts of the current controllers p_m (or of the policy itself
          p_m ← argmin E_p[Σ_t l_t]  s.t.  KL(p(τ) ‖ π̄_m(τ)) ≤ ε_m,
 
      i.e. LqrFlm.update with the linearised policies as the KL anchors (instead of
-     each controller's previous self, the LQR-FLM anchor).
+     each controller's previous self, the LQR-FLM anchor). With
+     ``MdgpsSettings.anchor_max_kl``, a condition whose controller the policy did not
+     follow, KL(p_m(τ) ‖ π̄_m(τ)) > anchor_max_kl · T under that condition's new model, is
+     anchored to its controller instead (an LQR-FLM step): its model knows only the states
+     near that controller's rollouts, and a step to a far-off anchor extrapolates it (on
+     contact, such steps flung the arm; docs/benchmarks.md, peg insertion).
 
 This follows the order of GPS's AlgorithmMDGPS.iteration (update dynamics; policy on
 the current controllers; linearise the policy; C-step), with the S-step of the current
@@ -214,8 +219,12 @@ class Mdgps:
         Train the policy on every condition's rollout states X_m (N_m, T, dX).
 
         The targets are those of the controller p_m: means K_t x + k_t (clamped to
-        ``action_limits``) and precisions Σ_t⁻¹; then set ``policy_covariance``. Returns
-        train_policy's result.
+        ``action_limits``) and precisions Σ_t⁻¹; then set ``policy_covariance``. With
+        ``settings.s_step_max_cost_ratio``, a rollout whose cost exceeds that multiple of
+        the batch's median rollout cost is left out: a rollout the exploration noise flung
+        reaches states far from every other, and fitting the one network to its controller
+        there pulls it off every condition. Returns train_policy's result, with
+        ``left_out_rollouts`` (indices along the stacked conditions' N).
         """
         batches = self._split(rollouts)
         targets = [controller_targets(controller, batch.X, self.action_limits)
@@ -225,8 +234,17 @@ class Mdgps:
         target_precision = np.concatenate([prec for _, prec in targets])    # (N, T, dU, dU)
         images = (np.concatenate([batch.images for batch in batches])       # (N, T, H, W, 3)
                   if self.policy.needs_image else None)
+        weights, left_out = None, []
+        ratio = self.settings.s_step_max_cost_ratio
+        if ratio is not None:
+            costs = np.concatenate([self.local.cost.evaluate(batch.X, batch.U).l.sum(axis=1)
+                                    for batch in batches])                  # (N,)
+            kept = costs <= ratio * np.median(costs)
+            left_out = np.flatnonzero(~kept).tolist()
+            weights = np.repeat(kept[:, None].astype(np.float64), self.T, axis=1)  # (N, T)
         training = train_policy(self.policy, X, target_mean, target_precision,
-                                self.settings.policy, images=images)
+                                self.settings.policy, weights=weights, images=images)
+        training["left_out_rollouts"] = left_out
         if self.settings.covariance == "full":
             mean_precision = target_precision.mean(axis=(0, 1))             # E[Σ⁻¹] (dU, dU)
             self.policy_covariance = symmetrise(np.linalg.inv(mean_precision))
@@ -308,24 +326,34 @@ class Mdgps:
         trained = time.perf_counter()
         anchors = self.linearize(rollouts)
         linearized = time.perf_counter()
-        sampling_controllers = self.controllers
+        policy_kl: list[float] = []
 
         def step_costs(conditions):
             return self.step_costs(conditions, anchors)
+
+        def c_step_anchors(conditions):
+            # Each condition's model is fitted around its controller's rollouts. Where the
+            # policy did not follow that controller, an anchor at the policy would move the
+            # controller far from the only states the model knows (and a contact model
+            # extrapolated that far flings the arm): that condition takes an LQR-FLM step.
+            limit = self.settings.anchor_max_kl
+            chosen = []
+            for state, anchor in zip(conditions, anchors):
+                marginals = forward_pass(state.controller, state.model.dynamics)
+                policy_kl.append(float(np.sum(kl_divergence(state.controller, anchor,
+                                                            marginals))))
+                near = limit is None or policy_kl[-1] <= limit * self.T
+                chosen.append(anchor if near else state.controller)
+            return chosen
         if dynamics is None:
-            reports = self.local.update(rollouts, anchors=anchors, step_costs=step_costs)
+            reports = self.local.update(rollouts, anchors=c_step_anchors, step_costs=step_costs)
         else:
-            reports = self.local.update_with_dynamics(rollouts, dynamics, anchors=anchors,
+            reports = self.local.update_with_dynamics(rollouts, dynamics, anchors=c_step_anchors,
                                                       step_costs=step_costs)
         self.anchors = anchors
         seconds = {"s_step": trained - start, "linearization": linearized - trained,
                    "c_step": time.perf_counter() - linearized}
         self.seconds = seconds
-        policy_kl = []
-        for controller, anchor, state in zip(sampling_controllers, anchors, self.local.conditions):
-            dynamics = state.previous_model.dynamics  # fitted to these rollouts
-            marginals = forward_pass(controller, dynamics)
-            policy_kl.append(float(np.sum(kl_divergence(controller, anchor, marginals))))
         return MdgpsReport(policy_loss=float(training["loss"]),
                            policy_initial_loss=float(training["initial_loss"]),
                            policy_training=training, policy_kl=policy_kl, conditions=reports,

@@ -13,11 +13,12 @@ import torch
 
 from mbpl_ros.core.controller import LinearGaussianController
 from mbpl_ros.core.costs import ActionCost, StateTargetCost, WeightedSum
-from mbpl_ros.core.lqr_flm import LqrFlmSettings
+from mbpl_ros.core.lqr_flm import LqrFlm, LqrFlmSettings
 from mbpl_ros.core.mdgps import Mdgps, MdgpsSettings, PolicyPriorSettings
 from mbpl_ros.core.mdgps import linearize_policy
 from mbpl_ros.core.policy.network import Policy
 from mbpl_ros.core.policy.settings import PolicySettings
+from mbpl_ros.core.policy.training import controller_targets, train_policy
 from mbpl_ros.core.rollouts import Rollouts
 from mbpl_ros.core.traj_opt import KlStepSettings, adjust_step, forward_pass, kl_divergence
 
@@ -155,6 +156,31 @@ def test_anchors_are_the_linearised_policy_and_bound_the_c_step():
         assert abs(kl_to_previous - kl_to_anchor) > 1e-3 * kl_to_anchor
 
 
+@pytest.mark.parametrize("limit, anchored_to_policy", [(1e-9, False), (1e9, True)])
+def test_a_condition_the_policy_does_not_follow_takes_an_lqr_flm_step(limit, anchored_to_policy):
+    """anchor_max_kl: where the policy's linearisation is further than the limit from the
+    controller that drew the rollouts, the C-step is LQR-FLM's own (anchored to that
+    controller), the same controller an LqrFlm computes from the same rollouts."""
+    batch = sample(zero_controllers(), np.random.default_rng(4))
+    # One Adam step: the policy stays near its random start, far from the controllers.
+    untrained = PolicySettings(hidden_sizes=(), iterations=1, seed=4)
+    local = LqrFlmSettings(trajectory_optimization=KlStepSettings(kl_step=1.0))
+
+    def algorithm(anchor_max_kl):
+        return Mdgps(COST, zero_controllers(), MdgpsSettings(policy=untrained,
+                                                             anchor_max_kl=anchor_max_kl), local)
+    mdgps = algorithm(limit)
+    report = mdgps.update(batch)
+    reference = algorithm(None) if anchored_to_policy else LqrFlm(COST, zero_controllers(), local)
+    reference.update(batch)
+    assert min(report.policy_kl) > 1.0    # nats over the trajectory
+    assert all((kl <= limit * T) == anchored_to_policy for kl in report.policy_kl)
+    for new, expected in zip(mdgps.controllers, reference.controllers):
+        np.testing.assert_allclose(new.K, expected.K, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(new.k, expected.k, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(new.covar, expected.covar, rtol=1e-9, atol=1e-12)
+
+
 def test_s_step_targets_are_the_current_controllers():
     """Iteration 1's S-step fits the initial controllers: a linear teacher u = K x + k
     with state-independent noise is learnt exactly by a linear policy."""
@@ -203,6 +229,42 @@ def test_a_controller_commanding_far_beyond_the_limits_does_not_break_the_policy
             wild_actions = algorithm.policy.action_mean(X[N_PER_CONDITION:])
             assert np.max(np.abs(wild_actions)) < 1.5 * limits.max()
     assert errors["clamped"] < 0.1 < errors["free"], errors
+
+
+def test_s_step_leaves_out_rollouts_costing_far_more_than_the_batch_median():
+    """s_step_max_cost_ratio: a rollout the noise flung (here 10 x further from the target
+    than any other) costs far more than the batch's median, and the S-step fits the policy
+    as if it had weight 0; a batch with no such rollout trains exactly as without the rule."""
+    rng = np.random.default_rng(6)
+    batch = sample(zero_controllers(), rng)
+    flung = 7
+    X = batch.X.copy()
+    X[flung] *= 10.0
+    costs = np.array([true_cost(x, u) for x, u in zip(X, batch.U)])
+    assert np.sum(costs > 5.0 * np.median(costs)) == 1      # only the flung one
+    flung_batch = Rollouts(X, batch.U, batch.condition)
+    policy = PolicySettings(hidden_sizes=(16,), iterations=200, seed=0)
+
+    def s_step(rollouts, ratio):
+        algorithm = Mdgps(COST, zero_controllers(), MdgpsSettings(
+            policy=policy, s_step_max_cost_ratio=ratio), LqrFlmSettings())
+        return algorithm, algorithm.s_step(rollouts)
+    with_rule, training = s_step(flung_batch, 5.0)
+    assert training["left_out_rollouts"] == [flung]
+    weights = np.ones(X.shape[:2])
+    weights[flung] = 0.0
+    reference = Policy.from_settings(dX, dU, policy)
+    targets = [controller_targets(c, flung_batch.for_condition(m).X)
+               for m, c in enumerate(zero_controllers())]
+    train_policy(reference, X, np.concatenate([t[0] for t in targets]),
+                 np.concatenate([t[1] for t in targets]), policy, weights=weights)
+    np.testing.assert_allclose(with_rule.policy.action_mean(X), reference.action_mean(X),
+                               rtol=1e-6, atol=1e-6)
+    # Without a flung rollout the rule leaves the S-step as it was.
+    kept, training = s_step(batch, 5.0)
+    plain, _ = s_step(batch, None)
+    assert training["left_out_rollouts"] == []
+    np.testing.assert_array_equal(kept.policy.action_mean(X), plain.policy.action_mean(X))
 
 
 def test_full_and_diagonal_policy_covariance():

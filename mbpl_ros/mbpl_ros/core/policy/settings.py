@@ -162,3 +162,13 @@ class MdgpsSettings:
     covariance: str = setting(
         "the policy's action covariance: full (E[Σ⁻¹]⁻¹, keeps correlated exploration) or "
         "diagonal (GPS's)", "full", choices=("full", "diagonal"), allowed="'full' or 'diagonal'")
+    s_step_max_cost_ratio: Optional[float] = setting(
+        "the S-step leaves out a rollout whose cost exceeds this multiple of the batch's "
+        "median rollout cost (one the exploration noise flung: fitting the network to its "
+        "controller at such states pulls it off every condition); null: every rollout "
+        "(GPS's)", None, gt=0.0)
+    anchor_max_kl: Optional[float] = setting(
+        "the C-step anchors a condition to the policy only while the policy's linearisation is "
+        "within this KL (per time step) of the controller that drew the rollouts, else to "
+        "that controller (an LQR-FLM step); null: always to the policy (GPS's MDGPS)", None,
+        gt=0.0)
