@@ -117,7 +117,7 @@ def run_sac(config: ExperimentConfig, seed: int, budget: int, eval_every: int) -
     from stable_baselines3 import SAC
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from bench.sample_efficiency import SAC_LEARNING_STARTS, SAC_ZOO
+    from sample_efficiency import SAC_LEARNING_STARTS, SAC_ZOO   # bench/, on the path
     from mbpl_ros.sim.gym_env import ReachEnv
 
     env = ReachEnv(config, condition_order="round_robin")
