@@ -170,7 +170,7 @@ def test_malformed_commands_and_joint_states_are_rejected(ros_context, tmp_path)
     experiment = small_experiment(tmp_path / "experiment.yaml", conditions=1, T=10, N=1)
     config = load_experiment(experiment)
     sim = SimRobotNode(context=ros_context, parameter_overrides=parameters(mode="lockstep"))
-    # The watchdog is not under test: 2 s rather than 0.25 s of wall clock, since four nodes and
+    # The watchdog is not under test: 2 s rather than 0.25 s of wall clock, since three nodes and
     # the probe share one process here (CI once stalled 0.3 s between two lockstep states).
     controller = LqrControllerNode(context=ros_context, parameter_overrides=parameters(
         experiment_config=str(experiment), mode="lockstep", reset_mode="sim_service",
