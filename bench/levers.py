@@ -62,6 +62,8 @@ def main() -> int:
 
     source = PACKAGE / "config" / f"{args.config}.yaml"
     data = with_changes(read_yaml(source), args.changes)
+    if isinstance(data.get("robot"), str):   # a description file, relative to the config's folder
+        data["robot"] = str(source.parent / data["robot"])
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / source.name
         path.write_text(yaml.safe_dump(data))

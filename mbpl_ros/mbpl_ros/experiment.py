@@ -441,8 +441,6 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     """
     Load an experiment file, validated.
 
-    An experiment file, validated.
-
     Its `robot` may describe the robot in place or name a description file (relative paths start at
     the experiment file's directory); a condition's initial_positions and target may name the
     robot's initial_conditions and targets. Errors are ConfigError naming the file and the key
