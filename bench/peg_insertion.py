@@ -52,6 +52,7 @@ from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_exported_policy, evaluate_policy  # noqa: E402
 from mbpl_ros.core.rollouts import final_distance  # noqa: E402
 from mbpl_ros.sim.rollout import run_rollout  # noqa: E402
+from parallel import run_tasks  # noqa: E402   (bench/, the script's folder)
 
 LQR_CONFIG = PACKAGE / "config" / "peg_insertion.yaml"
 MDGPS_CONFIG = PACKAGE / "config" / "peg_insertion_mdgps.yaml"
@@ -277,21 +278,6 @@ def markdown(results: dict, args, picture: Path) -> str:
     return "\n".join(lines)
 
 
-def _one_thread() -> None:
-    """
-    Set a worker up: one BLAS and one torch thread, as in the main process.
-
-    It also registers the experiments' robot (a config arrives pickled, its robot known by
-    name).
-    """
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(limits=1)
-    load_experiment(LQR_CONFIG)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["sac", "mdgps", "lqr_flm"],
@@ -328,7 +314,6 @@ def main() -> int:
     picture = QUICK_PICTURE if args.quick else PICTURE
 
     import torch
-    from threadpoolctl import threadpool_limits
     torch.set_num_threads(1)
     results: dict[str, list] = {}
     start = time.perf_counter()
@@ -358,17 +343,8 @@ def main() -> int:
         else:
             tasks += [(method, run_sac, (lqr_config, seed, args.sac_steps, args.eval_every))
                       for seed in args.sac_seeds]
-    if args.jobs == 1:
-        with threadpool_limits(limits=1):
-            outcomes = [function(*arguments) for _, function, arguments in tasks]
-    else:   # independent runs in worker processes, one thread each
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_one_thread) as pool:
-            futures = [pool.submit(function, *arguments) for _, function, arguments in tasks]
-            outcomes = [future.result() for future in futures]
+    outcomes = run_tasks([(function, arguments) for _, function, arguments in tasks],
+                         args.jobs, [LQR_CONFIG])
     for (method, _, _), outcome in zip(tasks, outcomes):
         results.setdefault(method, []).append(outcome)
     if args.json:

@@ -46,7 +46,7 @@ model-free ones from SB3's random initialisation.
 
 Run: .venv/bin/python bench/sample_efficiency.py [--quick] [--markdown]
      [--seeds 0 1] [--sac-steps N] [--ppo-steps N] [--pets-steps N]
-     [--methods lqr_flm mdgps sac ppo pets]
+     [--methods lqr_flm mdgps sac ppo pets] [--jobs 2]
 Prints a markdown table (steps to reach, ratios) and writes the plot of mean final
 distance against environment steps (--plot, default docs/benchmark_sample_efficiency.png).
 """
@@ -72,6 +72,7 @@ sys.path.insert(0, str(PACKAGE))
 
 from mbpl_ros.experiment import ExperimentConfig, load_experiment  # noqa: E402
 from mbpl_ros.offline import TrainingRun, evaluate_policy  # noqa: E402
+from parallel import run_tasks  # noqa: E402   (bench/, the script's folder)
 
 LQR_CONFIG = PACKAGE / "config" / "reacher_2link.yaml"
 MDGPS_CONFIG = PACKAGE / "config" / "reacher_2link_mdgps.yaml"
@@ -408,6 +409,22 @@ def plot(curves: list[Curve], threshold_m: float, path: Path) -> None:
     plt.close(fig)
 
 
+def _task(method: str, seed: int, args, lqr_config: ExperimentConfig,
+          mdgps_config: ExperimentConfig) -> tuple[Callable, tuple]:
+    """Return the run of `method` on `seed` as (function, arguments) for parallel.run_tasks."""
+    if method in ("lqr_flm", "mdgps"):
+        config, iterations = ((lqr_config, args.lqr_iterations) if method == "lqr_flm"
+                              else (mdgps_config, args.mdgps_iterations))
+        return run_model_based, (method, config, seed, iterations)
+    if method == "pets":
+        return run_pets, (LQR_CONFIG, seed, args.pets_steps, args.pets_eval_every,
+                          args.pets_population, args.pets_particles, args.torch_threads)
+    if method == "sac":
+        return run_sac, (lqr_config, seed, args.sac_steps, args.eval_every)
+    return run_ppo, (lqr_config, seed, args.ppo_steps,
+                     max(args.eval_every, PPO_ZOO_ENVS * PPO_ZOO["n_steps"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", nargs="+", default=["lqr_flm", "mdgps", "sac", "ppo", "pets"],
@@ -439,6 +456,9 @@ def main() -> int:
                              "once per rollout of 8 x 512 steps, as its policy only changes then)")
     parser.add_argument("--consecutive", type=int, default=3)
     parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once, each in its own process (one BLAS thread, "
+                             "--torch-threads torch threads)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: seed 0, SAC 3000, PPO 8192 and PETS 400 steps, 7 LQR-FLM "
                              "/ MDGPS iterations")
@@ -457,46 +477,36 @@ def main() -> int:
         args.plot = str(quick_plot if args.quick else DEFAULT_PLOT)
 
     import torch
-    from threadpoolctl import threadpool_limits
     torch.set_num_threads(args.torch_threads)
     log = sys.stderr if args.markdown else sys.stdout
 
     lqr_config = load_experiment(LQR_CONFIG)
     mdgps_config = dataclasses.replace(load_experiment(MDGPS_CONFIG), algorithm="mdgps")
     threshold = lqr_config.success_distance_m
-    curves: list[Curve] = []
+    given = {}   # the PETS curves of --pets-curves, by seed
+    if "pets" in args.methods and args.pets_curves:
+        given = {c.seed: c for c in map(load_pets_curve, args.pets_curves)}
+        missing = [seed for seed in args.seeds if seed not in given]
+        if missing:
+            raise SystemExit(f"no --pets-curves file has seed(s) {missing}")
+    runs = [(method, seed) for method in args.methods for seed in args.seeds
+            if not (method == "pets" and given)]
     start = time.perf_counter()
-    with threadpool_limits(limits=1):
-        for method in args.methods:
-            for seed in args.seeds:
-                if method == "lqr_flm":
-                    curve = run_model_based(method, lqr_config, seed, args.lqr_iterations)
-                elif method == "mdgps":
-                    curve = run_model_based(method, mdgps_config, seed, args.mdgps_iterations)
-                elif method == "pets" and args.pets_curves:
-                    curve = next((c for c in map(load_pets_curve, args.pets_curves)
-                                  if c.seed == seed), None)
-                    if curve is None:
-                        raise SystemExit(f"no --pets-curves file has seed {seed}")
-                elif method == "pets":
-                    curve = run_pets(LQR_CONFIG, seed, args.pets_steps, args.pets_eval_every,
-                                     args.pets_population, args.pets_particles,
-                                     args.torch_threads)
-                elif method == "sac":
-                    curve = run_sac(lqr_config, seed, args.sac_steps, args.eval_every)
-                else:
-                    curve = run_ppo(lqr_config, seed, args.ppo_steps,
-                                    max(args.eval_every, PPO_ZOO_ENVS * PPO_ZOO["n_steps"]))
-                curves.append(curve)
-                reached = steps_to_reach(curve, threshold, args.consecutive)
-                print(f"{METHOD_LABELS[method]:15s} seed {seed}: {curve.wall_s:7.1f} s, "
-                      f"{curve.steps[-1]:,} steps, final {100 * curve.distance_m[-1]:.2f} cm, "
-                      f"best {100 * min(curve.distance_m):.2f} cm, reached at "
-                      f"{'-' if reached is None else f'{reached:,}'} steps", file=log, flush=True)
-                print("    mean distance (cm) at steps: " + " ".join(
-                    f"{s}:{100 * d:.2f}" for s, d in zip(curve.steps, curve.distance_m)), file=log)
-                if curve.note:
-                    print(f"    {curve.note}", file=log)
+    outcomes = iter(run_tasks([_task(method, seed, args, lqr_config, mdgps_config)
+                               for method, seed in runs], args.jobs, [LQR_CONFIG, MDGPS_CONFIG],
+                              args.torch_threads))
+    curves = [given[seed] if method == "pets" and given else next(outcomes)
+              for method in args.methods for seed in args.seeds]
+    for curve in curves:
+        reached = steps_to_reach(curve, threshold, args.consecutive)
+        print(f"{METHOD_LABELS[curve.method]:15s} seed {curve.seed}: {curve.wall_s:7.1f} s, "
+              f"{curve.steps[-1]:,} steps, final {100 * curve.distance_m[-1]:.2f} cm, "
+              f"best {100 * min(curve.distance_m):.2f} cm, reached at "
+              f"{'-' if reached is None else f'{reached:,}'} steps", file=log, flush=True)
+        print("    mean distance (cm) at steps: " + " ".join(
+            f"{s}:{100 * d:.2f}" for s, d in zip(curve.steps, curve.distance_m)), file=log)
+        if curve.note:
+            print(f"    {curve.note}", file=log)
     summary = summarise(curves, args.methods, threshold, args.consecutive)
     pets = (f", PETS {args.pets_steps:,} (CEM population {args.pets_population} x "
             f"{args.pets_particles} particles, evaluated every {args.pets_eval_every})"
