@@ -318,8 +318,8 @@ class _KlProblem:
         # Optimise in anchor-relative actions δ = u − K̄x − k̄: with y = [x; 1; u] = S ŷ,
         # ŷ = [x; 1; δ], the anchor's −log p̄ is ½ δᵀP̄δ alone. Written in u instead, its share
         # of V = Q_ss − Q_su Q_uu⁻¹ Q_us is K̄ᵀP̄K̄ − K̄ᵀP̄P̄⁻¹P̄K̄: exactly zero, but computed
-        # as a
-        # difference of large numbers, which an ill-conditioned P̄ turns indefinite at large η.
+        # as a difference of large numbers, which an ill-conditioned P̄ turns indefinite at
+        # large η.
         s = dX + 1
         S = np.zeros((T, s + dU, s + dU))
         S[:, :s, :s] = np.eye(s)
