@@ -492,10 +492,10 @@ def main() -> int:
         raise SystemExit(f"PETS needs its venv {PETS_PYTHON.relative_to(ROOT)} (`make bench` "
                          "makes it); or leave pets out of --methods, or give --pets-curves")
     start = time.perf_counter()
-    outcomes = iter(run_tasks([_task(method, seed, args, lqr_config, mdgps_config)
-                               for method, seed in runs], args.jobs, [LQR_CONFIG, MDGPS_CONFIG],
-                              args.torch_threads))
-    curves = [given[seed] if method == "pets" and given else next(outcomes)
+    ran = dict(zip(runs, run_tasks([_task(method, seed, args, lqr_config, mdgps_config)
+                                    for method, seed in runs], args.jobs,
+                                   [LQR_CONFIG, MDGPS_CONFIG], args.torch_threads)))
+    curves = [ran[method, seed] if (method, seed) in ran else given[seed]
               for method in args.methods for seed in args.seeds]
     for curve in curves:
         reached = steps_to_reach(curve, threshold, args.consecutive)
